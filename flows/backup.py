@@ -1,0 +1,231 @@
+"""Nightly backup of the platform's PostgreSQL databases into the backup repository.
+
+Trigger: the ``backup-nightly`` deployment (02:00 UTC), on demand from the Prefect UI, or
+``runbooks run backup``. Blast radius: read-only on the databases (one REPEATABLE READ snapshot per database);
+writes new objects to the repository; retention deletes backups outside the policy, never the newest verified
+one. Rollback: nothing to undo. A failed run lists no backup, and the next run sweeps what it left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel, Field
+
+from runbooks.catalog import BackupCatalog
+from runbooks.errors import RunbookError
+from runbooks.manifest import BackupKind, Verification
+from runbooks.redact import scrub
+from runbooks.report import StepTiming, Timeline, human_bytes, table
+from runbooks.repository import open_repository
+from runbooks.settings import Settings, load_settings
+from tasks.postgres import dump_cluster, dump_database, probe_database
+from tasks.reports import publish_report
+from tasks.storage import (
+    LeftoverReport,
+    RetentionReport,
+    apply_retention,
+    check_repository_writable,
+    publish_backup,
+    sweep_leftovers,
+    verify_backup,
+)
+
+
+class BackupParameters(BaseModel):
+    """What to back up in this run."""
+
+    databases: list[str] = Field(default_factory=list, description="Databases from the inventory; empty: all.")
+    include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
+    apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
+    dry_run: bool = Field(default=False, description="Change nothing: report what would be backed up and deleted.")
+
+
+class ItemResult(BaseModel):
+    kind: BackupKind
+    name: str
+    status: Literal["succeeded", "failed", "verification_failed", "dry_run"]
+    backup_id: str | None = None
+    bytes: int | None = None
+    stored_bytes: int | None = None
+    database_size: int | None = None
+    seconds: float = 0.0
+    throughput_mb_s: float | None = None
+    verification: Verification | None = None
+    retention: RetentionReport | None = None
+    error: str | None = None
+
+
+class BackupResult(BaseModel):
+    repository: str
+    dry_run: bool
+    started_at: datetime
+    seconds: float
+    items: list[ItemResult]
+    leftovers: list[LeftoverReport]
+    timeline: list[StepTiming]
+    succeeded: bool
+
+
+def _run_name() -> str:
+    params = (flow_run.parameters or {}).get("parameters") or {}
+    names = params.get("databases") if isinstance(params, dict) else getattr(params, "databases", None)
+    return f"backup-{'+'.join(names) if names else 'all'}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+
+
+def render_report(result: BackupResult) -> str:
+    lines = [
+        f"# Backup {'(dry run) ' if result.dry_run else ''}— {'succeeded' if result.succeeded else 'FAILED'}",
+        "",
+        f"Repository `{result.repository}`, started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{result.seconds:.1f} s.",
+        "",
+        "## Backups",
+        table(
+            ["kind", "name", "status", "backup id", "size", "stored", "duration", "throughput", "verification"],
+            [
+                [i.kind, i.name, i.status, i.backup_id or "-", human_bytes(i.bytes or i.database_size),
+                 human_bytes(i.stored_bytes), f"{i.seconds:.1f} s",
+                 f"{i.throughput_mb_s:.1f} MB/s" if i.throughput_mb_s else "-",
+                 f"{i.verification.status} ({i.verification.seconds:.1f} s)" if i.verification else "-"]
+                for i in result.items
+            ],
+        ),
+    ]
+    errors = [i for i in result.items if i.error]
+    if errors:
+        lines += ["## Errors", *[f"- **{i.kind} {i.name}**: {i.error}" for i in errors], ""]
+    lines += ["## Retention"]
+    retention_rows = [
+        [i.kind, i.name, ", ".join(i.retention.removed) or "nothing",
+         "would delete" if i.retention.dry_run else "deleted", len(i.retention.kept)]
+        for i in result.items if i.retention
+    ]
+    lines += [table(["kind", "name", "backups", "action", "kept"], retention_rows)]
+    lines += ["## Leftovers of interrupted backups",
+              table(["backup", "reason", "objects", "incomplete uploads", "action"],
+                    [[lo.prefix, lo.reason, lo.objects, lo.incomplete_uploads,
+                      "removed" if lo.removed else "would remove"] for lo in result.leftovers])]
+    lines += ["## Timeline", result.timeline and Timeline.markdown_of(result.timeline) or "_none_"]
+    if not result.succeeded:
+        lines += ["", "## Next steps",
+                  "- Read the errors above; each ends with a HINT. Fix and rerun `runbooks run backup` "
+                  "(or the deployment) for the failed databases only (`--param databases='[\"NAME\"]'`).",
+                  "- A backup marked `verification_failed` is kept for inspection but never used for restore."]
+    return "\n".join(lines)
+
+
+@flow(name="backup", flow_run_name=_run_name, log_prints=False)
+def backup_databases(parameters: BackupParameters | None = None) -> State:
+    """Back up every configured database (or the named ones), the cluster globals and config files."""
+    params = parameters or BackupParameters()
+    logger = get_run_logger()
+    settings: Settings = load_settings()
+    secrets = settings.secrets
+    names = params.databases or sorted(settings.databases)
+    databases = {name: settings.database_or_raise(name) for name in names}  # unknown name: fail before work
+    catalog = BackupCatalog(open_repository(settings.repository))
+    timeline = Timeline()
+    started_at, started = datetime.now(UTC), time.monotonic()
+    run_id = str(flow_run.id) if flow_run.id else None
+    items: list[ItemResult] = []
+
+    with timeline.step("check repository"):
+        if not params.dry_run:
+            check_repository_writable(catalog=catalog)
+    with timeline.step("sweep leftovers"):
+        leftovers = sweep_leftovers(
+            catalog=catalog, stale_after=timedelta(minutes=settings.backup.stale_after_minutes),
+            dry_run=params.dry_run,
+        )
+
+    backup_id = catalog.new_backup_id([("database", n) for n in names] + [("cluster", settings.cluster.name)])
+    cfg = settings.backup
+
+    def finish(item: ItemResult, manifest_fn) -> None:  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        try:
+            with timeline.step(f"dump {item.kind} {item.name}"):
+                manifest = manifest_fn()
+            if manifest is None:
+                return
+            with timeline.step(f"verify {item.kind} {item.name}"):
+                manifest.verification = verify_backup(catalog=catalog, manifest=manifest)
+            with timeline.step(f"publish {item.kind} {item.name}"):
+                publish_backup(catalog=catalog, manifest=manifest)
+            item.backup_id, item.bytes, item.stored_bytes = manifest.backup_id, manifest.bytes, manifest.stored_bytes
+            item.verification = manifest.verification
+            dump_seconds = (manifest.finished_at - manifest.started_at).total_seconds()
+            item.throughput_mb_s = manifest.bytes / 1e6 / max(dump_seconds, 1e-6)
+            item.status = "succeeded" if manifest.verified else "verification_failed"
+            if not manifest.verified:
+                item.error = f"ALERT: verification failed: {manifest.verification.detail if manifest.verification else '?'}"
+                logger.error("ALERT: %s %r backup %s failed verification; it is kept, marked failed",
+                             item.kind, item.name, manifest.backup_id)
+        except RunbookError as exc:
+            item.status, item.error = "failed", scrub(str(exc), secrets)
+            logger.error("Backup of %s %r failed: %s", item.kind, item.name, item.error)
+        except Exception as exc:  # unexpected: still report it, then fail the run
+            item.status, item.error = "failed", scrub(f"{type(exc).__name__}: {exc}", secrets)
+            logger.exception("Backup of %s %r failed unexpectedly", item.kind, item.name)
+        finally:
+            item.seconds = time.monotonic() - t0
+            items.append(item)
+
+    for name, database in databases.items():
+        if params.dry_run:
+            with timeline.step(f"probe {name}"):
+                try:
+                    probe = probe_database(name=name, database=database, secrets=secrets)
+                    items.append(ItemResult(kind="database", name=name, status="dry_run",
+                                            database_size=probe.size_bytes))
+                    logger.info("Would back up %r (%s, PostgreSQL %s)", name, human_bytes(probe.size_bytes),
+                                probe.server_version)
+                except RunbookError as exc:
+                    items.append(ItemResult(kind="database", name=name, status="failed",
+                                            error=scrub(str(exc), secrets)))
+            continue
+        finish(ItemResult(kind="database", name=name, status="failed"),
+               lambda name=name, database=database: dump_database(
+                   catalog=catalog, name=name, database=database, backup_id=backup_id, level=cfg.compression_level,
+                   threads=cfg.compression_threads, secrets=secrets, flow_run_id=run_id))
+
+    cluster = settings.cluster
+    if params.include_cluster and (cluster.dsn or cluster.config_files):
+        if params.dry_run:
+            items.append(ItemResult(kind="cluster", name=cluster.name, status="dry_run"))
+            logger.info("Would back up globals and %d config files of cluster %r", len(cluster.config_files),
+                        cluster.name)
+        else:
+            finish(ItemResult(kind="cluster", name=cluster.name, status="failed"), lambda: dump_cluster(
+                catalog=catalog, cluster_name=cluster.name, database=cluster.database(),
+                config_files=cluster.config_files, backup_id=backup_id, level=cfg.compression_level,
+                threads=cfg.compression_threads, secrets=secrets, flow_run_id=run_id))
+
+    if params.apply_retention:
+        for item in items:
+            if item.status not in ("succeeded", "dry_run"):
+                continue  # retention only after a good backup of that name
+            with timeline.step(f"retention {item.kind} {item.name}"):
+                try:
+                    item.retention = apply_retention(catalog=catalog, kind=item.kind, name=item.name,
+                                                     policy=cfg.retention, dry_run=params.dry_run)
+                except RunbookError as exc:
+                    item.error = f"retention failed: {scrub(str(exc), secrets)}"
+
+    result = BackupResult(
+        repository=catalog.repository.url, dry_run=params.dry_run, started_at=started_at,
+        seconds=time.monotonic() - started, items=items, leftovers=leftovers, timeline=timeline.steps,
+        succeeded=all(i.status in ("succeeded", "dry_run") and not i.error for i in items),
+    )
+    publish_report(key=f"backup-report-{'dry-run' if params.dry_run else 'run'}", markdown=render_report(result),
+                   description="Backup runbook report", secrets=secrets)
+    if result.succeeded:
+        return Completed(data=result, message=f"{len(items)} backups")
+    failed = ", ".join(f"{i.kind} {i.name}" for i in items if i.status not in ("succeeded", "dry_run") or i.error)
+    return Failed(data=result, message=f"backup failed for: {failed}")

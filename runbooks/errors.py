@@ -1,0 +1,78 @@
+"""Errors a runbook raises on purpose, split by whether a retry can help.
+
+    RunbookError
+    ├── TransientError            retry with backoff: the same call may succeed later
+    │   ├── DatabaseUnavailable       connection refused, server starting up, too many clients
+    │   └── RepositoryUnavailable     S3 5xx / throttling / connection reset
+    └── PermanentError            fail at once: a retry only delays the page
+        ├── ConfigurationError        malformed settings (repository URL, DSN, unknown database name)
+        ├── AuthenticationFailed      wrong password / access denied
+        ├── DatabaseNotFound          the server has no such database
+        ├── RepositoryNotWritable     the repository path or bucket refuses writes
+        ├── BackupNotFound            no such backup id / no manifest
+        ├── BackupIncomplete          an interrupted backup: objects without a manifest
+        ├── VerificationFailed        a checksum or archive check failed
+        └── ToolFailed                pg_dump / pg_restore / pg_dumpall exited non-zero
+
+Every message says what was refused and ends with a ``HINT:`` saying what to do next. Messages never
+contain secrets: callers pass redacted DSNs, and ``redact.scrub`` runs over anything a tool printed.
+"""
+
+from __future__ import annotations
+
+
+class RunbookError(Exception):
+    """Base class; ``hint`` is appended to the message so an operator always gets a next step."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} HINT: {hint}" if hint else message)
+
+
+class TransientError(RunbookError):
+    """A failure a retry may fix."""
+
+
+class PermanentError(RunbookError):
+    """A failure no retry will fix."""
+
+
+class DatabaseUnavailable(TransientError):
+    pass
+
+
+class RepositoryUnavailable(TransientError):
+    pass
+
+
+class ConfigurationError(PermanentError):
+    pass
+
+
+class AuthenticationFailed(PermanentError):
+    pass
+
+
+class DatabaseNotFound(PermanentError):
+    pass
+
+
+class RepositoryNotWritable(PermanentError):
+    pass
+
+
+class BackupNotFound(PermanentError):
+    pass
+
+
+class BackupIncomplete(PermanentError):
+    pass
+
+
+class VerificationFailed(PermanentError):
+    pass
+
+
+class ToolFailed(PermanentError):
+    pass

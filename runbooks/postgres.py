@@ -1,0 +1,188 @@
+"""PostgreSQL plumbing shared by the tasks: binaries, connections, error classification, snapshots."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from runbooks.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DatabaseNotFound,
+    DatabaseUnavailable,
+    RunbookError,
+    ToolFailed,
+)
+from runbooks.redact import scrub
+
+_ENV_NAMES = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
+    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "sslmode": "PGSSLMODE", "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT", "sslcrl": "PGSSLCRL", "connect_timeout":
+    "PGCONNECT_TIMEOUT", "options": "PGOPTIONS", "application_name": "PGAPPNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "gssencmode": "PGGSSENCMODE",
+}
+
+
+@cache
+def pg_bindir(major: int | None = None) -> Path:
+    """The directory of the PostgreSQL client tools, preferring the server's major version.
+
+    pg_dump must be at least as new as the server; Debian installs every major side by side.
+    """
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    if major is not None:
+        for path in candidates:
+            if int(path.parent.name) == major:
+                return path
+    if override := os.environ.get("RUNBOOKS_PG_BINDIR"):
+        return Path(override)
+    if candidates:
+        return candidates[0]
+    found = shutil.which("pg_dump")
+    if found:
+        return Path(found).parent
+    raise ConfigurationError(
+        "PostgreSQL client tools (pg_dump, pg_restore) were not found.",
+        hint="install the postgresql-client package or set RUNBOOKS_PG_BINDIR.",
+    )
+
+
+def pg_tool(name: str, major: int | None = None) -> str:
+    return str(pg_bindir(major) / name)
+
+
+@cache
+def tool_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return out or "unknown"
+
+
+def libpq_env(params: Mapping[str, Any], *, dbname: str | None = None) -> dict[str, str]:
+    """Environment for a libpq tool: the password travels in PGPASSWORD, never on a command line (ps)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in params.items():
+        if value is None:
+            continue
+        env[_ENV_NAMES.get(key, "PG" + key.upper().replace("_", ""))] = str(value)
+    if dbname is not None:
+        env["PGDATABASE"] = dbname
+    return env
+
+
+def describe(params: Mapping[str, Any]) -> str:
+    """``user@host:port/dbname`` for messages (no password)."""
+    return f"{params.get('user', '?')}@{params.get('host', 'localhost')}:{params.get('port', 5432)}/" \
+           f"{params.get('dbname', '?')}"
+
+
+def classify(text: str, *, where: str, secrets: list[str]) -> RunbookError:
+    """Turn libpq/psql/pg_dump error text into a permanent or transient error with a next step."""
+    clean = scrub(text.strip(), secrets)
+    first = clean.splitlines()[-1] if clean else "no error text"
+    lowered = clean.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered \
+            or "authentication failed" in lowered or "pg_hba.conf" in lowered:
+        return AuthenticationFailed(
+            f"{where}: the server rejected the credentials ({first}).",
+            hint="fix the password (RUNBOOKS_DATABASES__<NAME>__PASSWORD or its Secret block) or pg_hba.conf.",
+        )
+    if re.search(r'database ".*" does not exist', lowered):
+        return DatabaseNotFound(
+            f"{where}: {first}.", hint="check the dbname in the DSN; 'psql -l' lists the server's databases."
+        )
+    if re.search(r'role ".*" does not exist', lowered):
+        return AuthenticationFailed(f"{where}: {first}.", hint="fix the user in the DSN.")
+    transient_marks = ("connection refused", "could not connect", "timeout expired", "the database system is",
+                       "too many clients", "server closed the connection", "connection reset",
+                       "no route to host", "could not translate host name", "terminating connection")
+    if any(mark in lowered for mark in transient_marks):
+        return DatabaseUnavailable(
+            f"{where}: the server is unreachable ({first}).",
+            hint="check that PostgreSQL is running and the host/port in the DSN; transient errors are retried.",
+        )
+    return ToolFailed(f"{where}: {first}", hint="see the task log for the tool's full error output.")
+
+
+def connect(params: Mapping[str, Any], *, secrets: list[str], where: str, **kwargs: Any) -> psycopg.Connection:
+    try:
+        return psycopg.connect(**{"connect_timeout": 10, **params}, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise classify(str(exc), where=where, secrets=secrets) from None
+
+
+@dataclass
+class Snapshot:
+    """A consistent point in the database: pg_dump and the row counts both read exactly this."""
+
+    snapshot_id: str
+    wal_lsn: str
+    taken_at: datetime
+    in_recovery: bool
+    server_version: str
+    server_major: int
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def exported_snapshot(params: Mapping[str, Any], *, secrets: list[str], where: str) -> Iterator[
+        tuple[Snapshot, psycopg.Connection]]:
+    """Hold a REPEATABLE READ transaction open and export its snapshot for ``pg_dump --snapshot``."""
+    conn = connect(params, secrets=secrets, where=where, autocommit=True)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute(
+            "SELECT pg_export_snapshot(), pg_is_in_recovery(), clock_timestamp(),"
+            " current_setting('server_version'), current_setting('server_version_num')::int,"
+            " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
+        ).fetchone()
+        assert row is not None
+        snap = Snapshot(
+            snapshot_id=row[0], in_recovery=row[1], taken_at=row[2], server_version=row[3],
+            server_major=row[4] // 10000, wal_lsn=row[5],
+        )
+        yield snap, conn
+    finally:
+        conn.close()
+
+
+def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row count of every user table (partitions counted as their own leaves) in the open transaction."""
+    tables = conn.execute(
+        """
+        SELECT n.nspname, c.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    if not tables:
+        return {}
+    parts = [
+        sql.SQL("SELECT {label}, count(*) FROM ONLY {table}").format(
+            label=sql.Literal(f"{schema}.{name}"), table=sql.Identifier(schema, name)
+        )
+        for schema, name in tables
+    ]
+    rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+    return {label: int(count) for label, count in rows}
+
+
+def database_size(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0

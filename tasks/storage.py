@@ -1,0 +1,131 @@
+"""Tasks on the backup repository: writability, leftover sweep, verification, publishing, retention."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from runbooks.catalog import BackupCatalog
+from runbooks.errors import VerificationFailed
+from runbooks.manifest import BackupKind, BackupManifest, Verification
+from runbooks.pipeline import check_object
+from runbooks.postgres import pg_tool
+from runbooks.retention import Candidate, select_retention
+from runbooks.settings import RetentionPolicy
+from tasks.policies import TRANSIENT_RETRY
+
+
+class LeftoverReport(BaseModel):
+    prefix: str
+    reason: str
+    objects: int
+    incomplete_uploads: int
+    stored_bytes: int
+    removed: bool
+
+
+class RetentionReport(BaseModel):
+    kind: BackupKind
+    name: str
+    kept: dict[str, list[str]] = Field(description="backup id -> why it is kept")
+    removed: list[str] = Field(description="deleted (or, in dry-run, would be deleted)")
+    dry_run: bool
+
+
+@task(name="check-repository-writable", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def check_repository_writable(*, catalog: BackupCatalog) -> None:
+    """Fail before dumping anything if the repository would refuse the upload."""
+    catalog.repository.check_writable()
+
+
+@task(name="sweep-leftovers", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def sweep_leftovers(*, catalog: BackupCatalog, stale_after: timedelta, dry_run: bool) -> list[LeftoverReport]:
+    """Remove what interrupted backups left behind (objects and incomplete multipart uploads).
+
+    Returns:
+        One report per unfinished backup found; ``removed`` is False in dry-run.
+    """
+    logger = get_run_logger()
+    reports = []
+    for leftover in catalog.stale_leftovers(stale_after=stale_after):
+        removed = False
+        if dry_run:
+            logger.info("Would remove unfinished backup %r (%s)", leftover.prefix, leftover.reason)
+        else:
+            removed = catalog.remove_leftover(leftover)
+            if removed:
+                logger.info("Removed unfinished backup %r (%s): %d objects, %d incomplete uploads",
+                            leftover.prefix, leftover.reason, len(leftover.keys), len(leftover.uploads))
+        reports.append(LeftoverReport(prefix=leftover.prefix, reason=leftover.reason, objects=len(leftover.keys),
+                                      incomplete_uploads=len(leftover.uploads),
+                                      stored_bytes=leftover.stored_bytes, removed=removed))
+    return reports
+
+
+@task(name="verify-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verification:
+    """Re-read every stored object: size and SHA-256 must match what was written, and the dump must open
+    with ``pg_restore --list``. A mismatch is reported in the result, not raised, so the backup is
+    published marked as failed instead of disappearing silently.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    toc_entries = None
+    try:
+        for obj in manifest.objects:
+            list_argv = None
+            if obj.role == "dump":
+                major = int(manifest.server_version.split(".")[0]) if manifest.server_version else None
+                list_argv = [pg_tool("pg_restore", major), "--list"]
+            check = check_object(catalog.repository, obj.key, list_argv=list_argv, decompress_all=list_argv is None)
+            if check.stored_bytes != obj.stored_bytes or check.sha256 != obj.sha256:
+                raise VerificationFailed(
+                    f"object {obj.key!r} re-read as {check.stored_bytes} bytes sha256 {check.sha256[:12]}…, "
+                    f"written as {obj.stored_bytes} bytes sha256 {obj.sha256[:12]}…."
+                )
+            if check.listing is not None:
+                toc_entries = sum(1 for line in check.listing.splitlines() if line and not line.startswith(";"))
+    except VerificationFailed as exc:
+        logger.error("Verification of %s %r backup %s FAILED: %s", manifest.kind, manifest.name,
+                     manifest.backup_id, exc)
+        return Verification(status="failed", checked_at=datetime.now(UTC), seconds=time.monotonic() - started,
+                            detail=str(exc))
+    seconds = time.monotonic() - started
+    logger.info("Verified %s %r backup %s in %.1f s", manifest.kind, manifest.name, manifest.backup_id, seconds)
+    return Verification(status="passed", checked_at=datetime.now(UTC), seconds=seconds,
+                        detail="checksums match; pg_restore --list reads the archive" if toc_entries is not None
+                        else "checksums match", toc_entries=toc_entries)
+
+
+@task(name="publish-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def publish_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> None:
+    """Write the manifest last: from this moment the backup is listed and restorable."""
+    catalog.publish(manifest)
+    get_run_logger().info("Published %s %r backup %s", manifest.kind, manifest.name, manifest.backup_id)
+
+
+@task(name="apply-retention", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def apply_retention(
+    *, catalog: BackupCatalog, kind: BackupKind, name: str, policy: RetentionPolicy, dry_run: bool
+) -> RetentionReport:
+    """Delete backups outside the grandfather-father-son policy, oldest first (dry-run: only report).
+
+    Returns:
+        What was kept and why, and what went.
+    """
+    logger = get_run_logger()
+    manifests = {m.backup_id: m for m in catalog.list_backups(kind=kind, name=name)}
+    plan = select_retention(
+        [Candidate(m.backup_id, m.started_at, m.verified) for m in manifests.values()], policy
+    )
+    for backup_id in plan.remove:
+        if dry_run:
+            logger.info("Would delete %s %r backup %s (outside retention)", kind, name, backup_id)
+        else:
+            catalog.delete_backup(manifests[backup_id])
+            logger.info("Deleted %s %r backup %s (outside retention)", kind, name, backup_id)
+    return RetentionReport(kind=kind, name=name, kept=plan.keep, removed=plan.remove, dry_run=dry_run)
