@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import RunbookError
@@ -39,6 +39,8 @@ from tasks.storage import (
 
 class BackupParameters(BaseModel):
     """What to back up in this run."""
+
+    model_config = ConfigDict(extra="forbid")
 
     databases: list[str] = Field(default_factory=list, description="Databases from the inventory; empty: all.")
     include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from runbooks.errors import RunbookError, ToolFailed, VerificationFailed
+from runbooks.errors import RunbookError, ToolFailed
 from runbooks.repository import ObjectWriter, Repository
 
 CHUNK = 1 << 20
@@ -143,6 +143,7 @@ class ObjectCheck:
     sha256: str
     stored_bytes: int
     listing: str | None
+    error: str | None = None  # why the content does not decode / list, if it does not
 
 
 def check_object(
@@ -174,25 +175,26 @@ def check_object(
         for t in threads:
             t.start()
     feeding = proc is not None
+    error: str | None = None
     try:
         for chunk in repository.iter_chunks(key):
             sha.update(chunk)
             size += len(chunk)
-            if decompress_all and not list_argv:
-                try:
+            if error is not None:
+                continue  # keep hashing: a checksum mismatch is the more precise report
+            try:
+                if decompress_all and not list_argv:
                     decompressor.decompress(chunk)
-                except zstandard.ZstdError as exc:
-                    raise VerificationFailed(f"object {key!r} is not a valid zstd stream: {exc}.") from None
-            if feeding:
-                assert proc is not None and proc.stdin is not None
-                try:
+                elif feeding:
+                    assert proc is not None and proc.stdin is not None
                     data = decompressor.decompress(chunk)
                     if data:
                         proc.stdin.write(data)
-                except BrokenPipeError:
-                    feeding = False  # pg_restore has read the TOC and exited
-                except zstandard.ZstdError as exc:
-                    raise VerificationFailed(f"object {key!r} is not a valid zstd stream: {exc}.") from None
+            except BrokenPipeError:
+                feeding = False  # pg_restore has read the TOC and exited
+            except zstandard.ZstdError as exc:
+                error = f"object {key!r} is not a valid zstd stream: {exc}"
+                feeding = False
     finally:
         if proc is not None:
             try:
@@ -204,9 +206,10 @@ def check_object(
             for t in threads:
                 t.join()
     listing = None
-    if proc is not None:
+    if proc is not None and error is None:
         if proc.returncode != 0:
             text = b"".join(err).decode(errors="replace").strip()
-            raise VerificationFailed(f"pg_restore --list rejected {key!r}: {text.splitlines()[-1] if text else proc.returncode}.")
-        listing = b"".join(out).decode(errors="replace")
-    return ObjectCheck(sha.hexdigest(), size, listing)
+            error = f"pg_restore --list rejected {key!r}: {text.splitlines()[-1] if text else proc.returncode}"
+        else:
+            listing = b"".join(out).decode(errors="replace")
+    return ObjectCheck(sha.hexdigest(), size, listing, error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from runbooks.settings import RetentionPolicy
 
@@ -21,6 +21,11 @@ class RetentionPlan:
     remove: list[str] = field(default_factory=list)  # oldest first
 
 
+def _utc(moment: datetime) -> datetime:
+    """Buckets are UTC calendar days/weeks/months (like backup ids); naive times are taken as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def select_retention(candidates: list[Candidate], policy: RetentionPolicy) -> RetentionPlan:
     """Keep the newest verified backup of each of the last N days / M ISO weeks / K months that have one.
 
@@ -28,11 +33,11 @@ def select_retention(candidates: list[Candidate], policy: RetentionPolicy) -> Re
     the repository). Backups that failed verification never fill a bucket, so they go once a good one exists.
     """
     plan = RetentionPlan()
-    ordered = sorted(candidates, key=lambda c: (c.taken_at, c.backup_id), reverse=True)
+    ordered = sorted(candidates, key=lambda c: (_utc(c.taken_at), c.backup_id), reverse=True)
     good = [c for c in ordered if c.verified]
     buckets = (
         ("daily", policy.daily, lambda t: t.date().isoformat()),
-        ("weekly", policy.weekly, lambda t: "%d-W%02d" % t.isocalendar()[:2]),
+        ("weekly", policy.weekly, lambda t: f"{t.isocalendar().year}-W{t.isocalendar().week:02d}"),
         ("monthly", policy.monthly, lambda t: t.strftime("%Y-%m")),
     )
     for label, limit, period_of in buckets:
@@ -40,7 +45,7 @@ def select_retention(candidates: list[Candidate], policy: RetentionPolicy) -> Re
         for cand in good:
             if len(seen) >= limit:
                 break
-            period = period_of(cand.taken_at)
+            period = period_of(_utc(cand.taken_at))
             if period in seen:
                 continue
             seen.add(period)

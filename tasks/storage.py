@@ -87,6 +87,8 @@ def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verifi
                     f"object {obj.key!r} re-read as {check.stored_bytes} bytes sha256 {check.sha256[:12]}…, "
                     f"written as {obj.stored_bytes} bytes sha256 {obj.sha256[:12]}…."
                 )
+            if check.error:
+                raise VerificationFailed(f"{check.error}.")
             if check.listing is not None:
                 toc_entries = sum(1 for line in check.listing.splitlines() if line and not line.startswith(";"))
     except VerificationFailed as exc:

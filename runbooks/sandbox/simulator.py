@@ -23,6 +23,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _aware(moment: datetime) -> datetime:
+    """A naive time is UTC (as timestamptz is stored): comparing it with an aware 'now' would raise."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class ModelVersion(BaseModel):
     model_id: str
     version: str
@@ -131,7 +136,7 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         path = request.url.path
         if path.startswith("/api/"):
             body = (await request.body()).decode(errors="replace")
-            entry = {"at": _now().isoformat(), "method": request.method, "path": path, "body": body}
+            entry: dict[str, Any] = {"at": _now().isoformat(), "method": request.method, "path": path, "body": body}
             state.calls.append(entry)
             for prefix, seconds in state.latency.items():
                 if path.startswith(prefix) and seconds > 0:
@@ -141,7 +146,11 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
                     failure[1] -= 1
                     entry["status"] = failure[0]
                     return JSONResponse({"detail": "injected failure"}, status_code=failure[0])
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:
+                entry["status"] = 500  # what the client gets; without it a crash would look like a call in flight
+                raise
             entry["status"] = response.status_code
             return response
         return await call_next(request)
@@ -201,6 +210,7 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
             last, source = (row[0] if row else None), "database"
         if last is None:
             last = _now()
+        last = _aware(last)
         staleness = (_now() - last).total_seconds()
         return {"source": "twelvedata", "read_from": source, "last_bar_at": last.isoformat(),
                 "staleness_seconds": staleness, "status": "fresh" if staleness <= 600 else "stale"}
@@ -301,7 +311,7 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         if req.use_database:
             state.last_bar_at = None
         elif req.last_bar_at is not None:
-            state.last_bar_at = req.last_bar_at
+            state.last_bar_at = _aware(req.last_bar_at)
         elif req.staleness_seconds is not None:
             state.last_bar_at = _now() - timedelta(seconds=req.staleness_seconds)
         return {"last_bar_at": state.last_bar_at.isoformat() if state.last_bar_at else None}

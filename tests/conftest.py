@@ -1,0 +1,71 @@
+"""Session fixtures: one real sandbox (PostgreSQL cluster, moto S3 over HTTP, simulator over HTTP) and Prefect's
+test harness, started once and removed at the end."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+# Before Prefect is imported anywhere: no telemetry, no ~/.prefect.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="runbooks-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+for _name in [k for k in os.environ if k.startswith("RUNBOOKS_")]:
+    os.environ.pop(_name)
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+
+from runbooks.sandbox import Sandbox, SandboxState  # noqa: E402
+from runbooks.sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[str]:
+    """Prefect's test harness (one temporary server for the session); yields its API URL for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxState]:
+    # Not under pytest's 0700 tmp dirs: the server runs as the postgres OS user when we are root.
+    root = Path(tempfile.mkdtemp(prefix="runbooks-sandbox-"))
+    root.chmod(0o755)
+    box = Sandbox(root)
+    state = box.up(size_mb=3, prefect=False, progress=lambda _m: None)
+    try:
+        yield state
+    finally:
+        box.down()
+
+
+@pytest.fixture
+def config(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SandboxState:
+    """The sandbox config with a fresh, empty local repository for this test."""
+    monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.config_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", (tmp_path / "repository").as_uri())
+    return sandbox
+
+
+@pytest.fixture
+def s3_config(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> SandboxState:
+    """The sandbox config with a fresh prefix in the moto S3 bucket for this test."""
+    assert sandbox.s3_config_path
+    monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.s3_config_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", f"s3://{BUCKET}/test-{uuid.uuid4().hex[:12]}")
+    return sandbox
+
+
+@pytest.fixture(scope="session")
+def s3_client(sandbox: SandboxState):  # type: ignore[no-untyped-def]
+    return boto3.client("s3", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3_KEY_ID, aws_secret_access_key=sandbox.s3_secret)
