@@ -72,6 +72,7 @@ class BackupResult(BaseModel):
     leftovers: list[LeftoverReport]
     timeline: list[StepTiming]
     succeeded: bool
+    error: str | None = Field(default=None, description="why the run stopped before backing anything up")
 
 
 def _run_name() -> str:
@@ -99,9 +100,11 @@ def render_report(result: BackupResult) -> str:
             ],
         ),
     ]
-    errors = [i for i in result.items if i.error]
+    errors = [f"- **{i.kind} {i.name}**: {i.error}" for i in result.items if i.error]
+    if result.error:
+        errors.insert(0, f"- **run refused**: {result.error}")
     if errors:
-        lines += ["## Errors", *[f"- **{i.kind} {i.name}**: {i.error}" for i in errors], ""]
+        lines += ["## Errors", *errors, ""]
     lines += ["## Retention"]
     retention_rows = [
         [i.kind, i.name, ", ".join(i.retention.removed) or "nothing",
@@ -129,22 +132,45 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
     logger = get_run_logger()
     settings: Settings = load_settings()
     secrets = settings.secrets
-    names = params.databases or sorted(settings.databases)
-    databases = {name: settings.database_or_raise(name) for name in names}  # unknown name: fail before work
-    catalog = BackupCatalog(open_repository(settings.repository))
     timeline = Timeline()
     started_at, started = datetime.now(UTC), time.monotonic()
     run_id = str(flow_run.id) if flow_run.id else None
     items: list[ItemResult] = []
+    leftovers: list[LeftoverReport] = []
+    names = params.databases or sorted(settings.databases)
+    repository_url = settings.repository.url
 
-    with timeline.step("check repository"):
-        if not params.dry_run:
-            check_repository_writable(catalog=catalog)
-    with timeline.step("sweep leftovers"):
-        leftovers = sweep_leftovers(
-            catalog=catalog, stale_after=timedelta(minutes=settings.backup.stale_after_minutes),
-            dry_run=params.dry_run,
+    def conclude(error: str | None = None) -> State:
+        result = BackupResult(
+            repository=repository_url, dry_run=params.dry_run, started_at=started_at,
+            seconds=time.monotonic() - started, items=items, leftovers=leftovers, timeline=timeline.steps,
+            succeeded=error is None and all(i.status in ("succeeded", "dry_run") and not i.error for i in items),
+            error=error,
         )
+        publish_report(key=f"backup-report-{'dry-run' if params.dry_run else 'run'}", markdown=render_report(result),
+                       description="Backup runbook report", secrets=secrets)
+        if result.succeeded:
+            return Completed(data=result, message=f"{len(items)} backups")
+        failed = error or "backup failed for: " + ", ".join(
+            f"{i.kind} {i.name}" for i in items if i.status not in ("succeeded", "dry_run") or i.error)
+        return Failed(data=result, message=failed)
+
+    try:
+        with timeline.step("check inventory and repository"):
+            databases = {name: settings.database_or_raise(name) for name in names}
+            catalog = BackupCatalog(open_repository(settings.repository))
+            repository_url = catalog.repository.url
+            if not params.dry_run:
+                check_repository_writable(catalog=catalog)
+        with timeline.step("sweep leftovers"):
+            leftovers = sweep_leftovers(
+                catalog=catalog, stale_after=timedelta(minutes=settings.backup.stale_after_minutes),
+                dry_run=params.dry_run,
+            )
+    except RunbookError as exc:
+        message = scrub(str(exc), secrets)
+        logger.error("Backup refused before any dump: %s", message)
+        return conclude(message)
 
     backup_id = catalog.new_backup_id([("database", n) for n in names] + [("cluster", settings.cluster.name)])
     cfg = settings.backup
@@ -220,14 +246,4 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
                 except RunbookError as exc:
                     item.error = f"retention failed: {scrub(str(exc), secrets)}"
 
-    result = BackupResult(
-        repository=catalog.repository.url, dry_run=params.dry_run, started_at=started_at,
-        seconds=time.monotonic() - started, items=items, leftovers=leftovers, timeline=timeline.steps,
-        succeeded=all(i.status in ("succeeded", "dry_run") and not i.error for i in items),
-    )
-    publish_report(key=f"backup-report-{'dry-run' if params.dry_run else 'run'}", markdown=render_report(result),
-                   description="Backup runbook report", secrets=secrets)
-    if result.succeeded:
-        return Completed(data=result, message=f"{len(items)} backups")
-    failed = ", ".join(f"{i.kind} {i.name}" for i in items if i.status not in ("succeeded", "dry_run") or i.error)
-    return Failed(data=result, message=f"backup failed for: {failed}")
+    return conclude()

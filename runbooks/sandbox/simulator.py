@@ -113,7 +113,7 @@ class FailureControl(BaseModel):
 
 class LatencyControl(BaseModel):
     path_prefix: str = "/api/v1"
-    seconds: float = 0.0
+    seconds: float = Field(default=0.0, ge=0, le=60)
 
 
 class DataControl(BaseModel):

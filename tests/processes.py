@@ -1,0 +1,56 @@
+"""Finding and signalling the processes a run started (for fault-injection tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def children_named(parent: int, name: str) -> list[int]:
+    """Descendant pids of ``parent`` whose executable is ``name``."""
+    tree: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        pid = int(entry.name)
+        tree.setdefault(ppid, []).append(pid)
+        names[pid] = comm
+    found, stack = [], list(tree.get(parent, []))
+    while stack:
+        pid = stack.pop()
+        if names.get(pid) == name:
+            found.append(pid)
+        stack.extend(tree.get(pid, []))
+    return found
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 60, interval: float = 0.002) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def freeze_when(pid: int, ready: Callable[[], bool], *, timeout: float = 60) -> None:
+    """Let ``pid`` run in short slices until ``ready()``, then leave it stopped: a deterministic 'midway'."""
+    deadline = time.monotonic() + timeout
+    os.kill(pid, signal.SIGSTOP)
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError("process never reached the wanted point")
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)

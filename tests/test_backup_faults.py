@@ -1,0 +1,132 @@
+"""Interrupted backups: killed pg_dump, killed flow process. Nothing is listed; the next run cleans up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from flows.backup import BackupParameters, backup_databases
+from runbooks.catalog import BackupCatalog
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import load_settings
+from tests.pgfixtures import admin_dsn, drop_db, set_database_env
+from tests.processes import children_named, freeze_when, wait_for
+
+
+def catalog() -> BackupCatalog:
+    return BackupCatalog(open_repository(load_settings().repository))
+
+
+@pytest.fixture
+def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """~20 MB of poorly compressible rows: enough for a dump to still be running when we interrupt it, and
+    for S3 to need a multipart upload (5 MiB parts)."""
+    name = f"bulk_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
+        conn.execute("CREATE TABLE blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS a,"
+                     " md5(random()::text) AS b FROM generate_series(1, 220000) g")
+    set_database_env(monkeypatch, sandbox, name)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__PART_SIZE_MB", "5")
+    yield name
+    drop_db(sandbox, name)
+
+
+def _has_partial_dump(name: str) -> bool:
+    repo = catalog().repository
+    if repo.list_incomplete_uploads("databases/"):
+        return True
+    return any(o.key.endswith("dump.pgc.zst") and o.size > 0 for o in repo.list(f"databases/{name}/"))
+
+
+def test_killed_pg_dump_lists_nothing_and_leaves_nothing(config: SandboxState, bulk_db: str) -> None:
+    killed: list[int] = []
+
+    def killer() -> None:
+        [pid] = wait_for(lambda: children_named(os.getpid(), "pg_dump"))  # type: ignore[misc]
+        freeze_when(pid, lambda: _has_partial_dump(bulk_db))
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    state = backup_databases(parameters=BackupParameters(databases=[bulk_db], include_cluster=False),
+                             return_state=True)
+    thread.join(timeout=30)
+    assert killed, "pg_dump was never interrupted"
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed()
+    [item] = result.items
+    assert item.status == "failed" and "killed by signal 9" in item.error
+    cat = catalog()
+    assert cat.list_backups() == []
+    assert cat.unfinished() == []  # the run removed its own partial objects
+    assert list(cat.repository.list("")) == []
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_killed_flow_process_is_swept_by_the_next_run(
+    backend: str, request: pytest.FixtureRequest, bulk_db: str, prefect_api: str, tmp_path: Path
+) -> None:
+    """SIGKILL the whole `runbooks run backup` process midway (no chance to clean up), as an OOM kill would."""
+    request.getfixturevalue("config" if backend == "local" else "s3_config")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runbooks.cli", "run", "backup", "--param", f'databases=["{bulk_db}"]',
+         "--param", "include_cluster=false"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        [pid] = wait_for(lambda: children_named(proc.pid, "pg_dump"), timeout=90)  # type: ignore[misc]
+        freeze_when(pid, lambda: _has_partial_dump(bulk_db))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # pg_dump was in our process group: it is gone too.
+    cat = catalog()
+    assert cat.list_backups() == []
+    [unfinished] = cat.unfinished()
+    assert unfinished.prefix.startswith(f"databases/{bulk_db}/")
+    if backend == "s3":
+        assert unfinished.uploads, "an incomplete multipart upload should be left behind"
+
+    state = backup_databases(parameters=BackupParameters(databases=[bulk_db], include_cluster=False),
+                             return_state=True)
+    result = state.result()
+    assert state.is_completed(), result
+    [swept] = result.leftovers
+    assert swept.prefix == unfinished.prefix and swept.removed
+    assert "gone" in swept.reason
+    assert cat.unfinished() == []
+    assert cat.repository.list_incomplete_uploads("") == []
+    assert [m.name for m in cat.list_backups()] == [bulk_db]
+
+
+def test_a_live_backup_of_another_process_is_not_swept(config: SandboxState) -> None:
+    """A lock held by a live process (here: this test process) is in progress, not a leftover."""
+    cat = catalog()
+    cat.begin("database", "trading_db", "20260101T000000Z", flow_run_id=None)
+    cat.repository.put_bytes("databases/trading_db/20260101T000000Z/dump.pgc.zst", b"partial")
+    state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+                             return_state=True)
+    assert state.is_completed()
+    assert state.result().leftovers == []
+    assert [u.prefix for u in cat.unfinished()] == ["databases/trading_db/20260101T000000Z"]
+    # Dry-run listing of a stale one: report, do not delete.
+    cat.repository.put_bytes("databases/trading_db/20250101T000000Z/dump.pgc.zst", b"orphan")
+    dry = backup_databases(parameters=BackupParameters(dry_run=True), return_state=True).result()
+    assert [(lo.prefix, lo.removed) for lo in dry.leftovers] == [("databases/trading_db/20250101T000000Z", False)]
+    assert cat.repository.exists("databases/trading_db/20250101T000000Z/dump.pgc.zst")
