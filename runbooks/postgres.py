@@ -91,7 +91,9 @@ def describe(params: Mapping[str, Any]) -> str:
 def classify(text: str, *, where: str, secrets: list[str]) -> RunbookError:
     """Turn libpq/psql/pg_dump error text into a permanent or transient error with a next step."""
     clean = scrub(text.strip(), secrets)
-    first = clean.splitlines()[-1] if clean else "no error text"
+    lines = [line.strip() for line in clean.splitlines() if line.strip()]
+    marked = [line for line in lines if any(m in line for m in ("error", "FATAL", "failed"))]
+    first = (marked or lines or ["no error text"])[0]
     lowered = clean.lower()
     if "password authentication failed" in lowered or "no password supplied" in lowered \
             or "authentication failed" in lowered or "pg_hba.conf" in lowered:
