@@ -64,7 +64,7 @@ class BackupCatalog:
         moment = (now or datetime.now(UTC)).replace(microsecond=0)
 
         def taken(backup_id: str) -> bool:
-            return any(any(True for _ in self.repository.list(backup_prefix(kind, name, backup_id) + "/"))
+            return any(any(True for _ in self.repository.list_objects(backup_prefix(kind, name, backup_id) + "/"))
                        for kind, name in subjects)
 
         while taken(backup_id_for(moment)):
@@ -88,7 +88,7 @@ class BackupCatalog:
     def discard(self, kind: BackupKind, name: str, backup_id: str) -> None:
         """Remove an unfinished backup this process started (its objects, then its lock)."""
         prefix = backup_prefix(kind, name, backup_id)
-        keys = [o.key for o in self.repository.list(prefix + "/") if not o.key.endswith(f"/{LOCK}")]
+        keys = [o.key for o in self.repository.list_objects(prefix + "/") if not o.key.endswith(f"/{LOCK}")]
         for upload in self.repository.list_incomplete_uploads(prefix + "/"):
             self.repository.abort_incomplete_upload(upload)
         self.repository.delete(keys)
@@ -101,7 +101,7 @@ class BackupCatalog:
         found: list[BackupManifest] = []
         for k in kinds:
             prefix = f"{KIND_DIRS[k]}/{name}/" if name else f"{KIND_DIRS[k]}/"
-            for obj in self.repository.list(prefix):
+            for obj in self.repository.list_objects(prefix):
                 if obj.key.endswith("/" + MANIFEST) and obj.key.count("/") == 3:
                     try:
                         found.append(BackupManifest.model_validate_json(self.repository.get_bytes(obj.key)))
@@ -130,7 +130,7 @@ class BackupCatalog:
         groups: dict[str, Leftover] = {}
         published: set[str] = set()
         for kind_dir in KIND_DIRS.values():
-            for obj in self.repository.list(kind_dir + "/"):
+            for obj in self.repository.list_objects(kind_dir + "/"):
                 parts = obj.key.split("/")
                 if len(parts) != 4:
                     continue
@@ -203,4 +203,4 @@ class BackupCatalog:
         prefix = backup_prefix(manifest.kind, manifest.name, manifest.backup_id)
         self.repository.delete([f"{prefix}/{MANIFEST}"])
         self.repository.delete([o.key for o in manifest.objects])
-        self.repository.delete([o.key for o in self.repository.list(prefix + "/")])
+        self.repository.delete([o.key for o in self.repository.list_objects(prefix + "/")])

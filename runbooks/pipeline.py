@@ -45,7 +45,7 @@ class CompressingSink:
             self.stored_bytes += len(data)
             self._writer.write(data)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.raw_bytes += len(data)
         self._emit(self._compressor.compress(data))
         return len(data)
@@ -89,7 +89,7 @@ def stream_command(
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while True:
-            n = proc.stdout.readinto(buf)
+            n = proc.stdout.readinto(buf)  # type: ignore[attr-defined]  # unbuffered FileIO
             if not n:
                 break
             sink.write(view[:n])

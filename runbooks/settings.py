@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlparse
 
 from psycopg.conninfo import conninfo_to_dict
@@ -48,7 +48,8 @@ def resolve_secret(value: SecretStr | None, block: str | None) -> str | None:
         from prefect.blocks.system import Secret
 
         try:
-            return str(Secret.load(block).get())
+            secret = cast(Secret, Secret.load(block))  # sync in a sync context
+            return str(secret.get())
         except ValueError as exc:
             raise ConfigurationError(
                 f"Prefect Secret block {block!r} could not be loaded.",

@@ -128,7 +128,7 @@ def test_dry_run_changes_nothing(config: SandboxState) -> None:
     assert result.dry_run and {i.status for i in result.items} == {"dry_run"}
     assert result.items[0].database_size and result.items[0].database_size > 1_000_000
     assert catalog().list_backups() == []
-    assert not any(True for _ in catalog().repository.list(""))
+    assert not any(True for _ in catalog().repository.list_objects(""))
 
 
 def test_retention_runs_after_backup_and_keeps_newest(config: SandboxState) -> None:
@@ -140,7 +140,7 @@ def test_retention_runs_after_backup_and_keeps_newest(config: SandboxState) -> N
     second = result.items[0].backup_id
     assert result.items[0].retention.removed == [first]
     assert [m.backup_id for m in catalog().list_backups(name="trading_db")] == [second]
-    assert not any(first in o.key for o in catalog().repository.list("databases/"))
+    assert not any(first in o.key for o in catalog().repository.list_objects("databases/"))
 
 
 def test_report_artifact_is_published(config: SandboxState) -> None:
@@ -151,3 +151,16 @@ def test_report_artifact_is_published(config: SandboxState) -> None:
     assert artifact is not None
     text = str(artifact.data)
     assert result.items[0].backup_id in text and "trading_db" in text and "## Timeline" in text
+
+
+def test_password_from_a_prefect_secret_block(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DSN carries no password; the backup reads it from a Secret block, as a production deployment would."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=config.superuser_password).save("trading-db-password", overwrite=True)
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__DSN",
+                       f"postgresql://postgres@127.0.0.1:{config.postgres_port}/trading_db")
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD_BLOCK", "trading-db-password")
+    state, result = run_backup(databases=["trading_db"], include_cluster=False)
+    assert state.is_completed(), result
+    assert result.items[0].verification.status == "passed"

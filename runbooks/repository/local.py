@@ -115,7 +115,7 @@ class LocalRepository(Repository):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return

@@ -257,7 +257,7 @@ class S3Repository(Repository):
         except Exception as exc:
             raise translate(exc, url=self.url, action=f"inspect {key!r}") from None
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):

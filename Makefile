@@ -1,0 +1,26 @@
+# The two set-up commands of the README. Each creates the virtualenv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+SIZE ?= 50MB
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: demo test down
+# Main job on the embedded default: sandbox up, seed, nightly backup, list backups.
+demo: $(VENV)/.installed
+	$(VENV)/bin/runbooks sandbox up --size $(SIZE)
+	$(VENV)/bin/runbooks run backup
+	$(VENV)/bin/runbooks backups list
+
+# Lint, types, and the whole suite (it starts and removes its own PostgreSQL, S3 server and simulator).
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check runbooks flows tasks tests bench deployments
+	$(VENV)/bin/mypy runbooks flows tasks
+	$(VENV)/bin/pytest
+
+down: $(VENV)/.installed
+	$(VENV)/bin/runbooks sandbox down

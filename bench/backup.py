@@ -1,0 +1,149 @@
+"""Benchmark: the backup flow against the raw tools, measured in the same run on the same database.
+
+    .venv/bin/python -m bench.backup [--size 1GB] [--size 200MB] [--write docs/benchmarks.md]
+
+For each size: (a) the seeds' ``pg_dump -Fc`` to a local file, (b) the fastest raw logical pipeline
+``pg_dump -Fc -Z0 | zstd -3`` to a file, (c) the backup flow to the local repository and (d) to S3 (moto's
+server, in memory: its throughput bounds (d), not ours). Prints times, ratios against (b) and the flow's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from runbooks.postgres import libpq_env, pg_tool
+from runbooks.sandbox import Sandbox, parse_size
+from runbooks.sandbox.environment import BUCKET, DATABASE
+
+
+@dataclass
+class Row:
+    size: str
+    db_bytes: int
+    label: str
+    seconds: float
+    out_bytes: int | None = None
+    peak_rss_mb: float | None = None
+    flow_seconds: float | None = None
+
+
+def timed_shell(command: str, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, check=True)
+    return time.perf_counter() - started
+
+
+def run_flow(env: dict[str, str]) -> tuple[float, float, dict]:  # type: ignore[type-arg]
+    """Wall time of the backup (from the flow's own timeline), whole-process wall time, peak RSS (MB)."""
+    argv = [sys.executable, "-m", "runbooks.cli", "run", "backup", "--json", "--param", "include_cluster=false",
+            "--param", "apply_retention=false"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stdout = proc.stdout.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"backup flow failed: {stdout.decode()[-2000:]}")
+    result = json.loads(stdout)
+    return wall, usage.ru_maxrss / 1024, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", action="append", help="database size(s), e.g. 1GB (repeatable)")
+    parser.add_argument("--write", type=Path, help="append the results to this markdown file")
+    parser.add_argument("--skip-s3", action="store_true")
+    args = parser.parse_args()
+    sizes = args.size or ["1GB"]
+    if not shutil.which("zstd"):
+        raise SystemExit("zstd(1) is needed for baseline (b): apt-get install zstd")
+    rows: list[Row] = []
+    for size in sizes:
+        root = Path(tempfile.mkdtemp(prefix="runbooks-bench-"))
+        root.chmod(0o755)
+        box = Sandbox(root)
+        try:
+            print(f"== {size}: starting sandbox and seeding", flush=True)
+            state = box.up(size_mb=parse_size(size), s3=not args.skip_s3, simulator=False, prefect=True,
+                           progress=lambda m: print("  " + m, flush=True))
+            dsn = state.cluster().dsn(DATABASE)
+            with psycopg.connect(dsn) as conn:
+                conn.execute("VACUUM ANALYZE")
+                row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+                db_bytes = int(row[0]) if row else 0
+            params = psycopg.conninfo.conninfo_to_dict(dsn)
+            env = libpq_env(params)
+            pg_dump = shlex.quote(pg_tool("pg_dump"))
+            out = root / "out"
+            out.mkdir()
+            # Warm the page cache so no contender pays the first read.
+            timed_shell(f"{pg_dump} -Fc -Z0 > /dev/null", env)
+            a = timed_shell(f"{pg_dump} -Fc -f {out / 'a.dump'}", env)
+            rows.append(Row(size, db_bytes, "(a) pg_dump -Fc (seeds)", a, (out / "a.dump").stat().st_size))
+            b = timed_shell(f"{pg_dump} -Fc -Z0 | zstd -3 -q > {out / 'b.dump.zst'}", env)
+            rows.append(Row(size, db_bytes, "(b) pg_dump -Fc -Z0 | zstd -3", b, (out / "b.dump.zst").stat().st_size))
+            shutil.rmtree(out)
+            flow_env = {**os.environ, "RUNBOOKS_CONFIG": state.config_path, "PREFECT_API_URL":
+                        state.prefect_api_url or "", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            backends = [("local", {})]
+            if not args.skip_s3:
+                backends.append(("S3 (moto)", {"RUNBOOKS_REPOSITORY__URL": f"s3://{BUCKET}/bench",
+                                               "RUNBOOKS_REPOSITORY__ENDPOINT_URL": state.s3_endpoint or "",
+                                               "RUNBOOKS_REPOSITORY__ACCESS_KEY_ID": "sandbox",
+                                               "RUNBOOKS_REPOSITORY__SECRET_ACCESS_KEY": state.s3_secret or ""}))
+            for label, extra in backends:
+                wall, rss, result = run_flow({**flow_env, **extra})
+                [item] = result["items"]
+                rows.append(Row(size, db_bytes, f"(c) backup flow -> {label}", item["seconds"], item["stored_bytes"],
+                                rss, result["seconds"]))
+                print(f"  flow -> {label}: backup {item['seconds']:.1f} s (dump+verify+publish), "
+                      f"process {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
+        finally:
+            box.down()
+    report = render(rows)
+    print(report)
+    if args.write:
+        with open(args.write, "a") as handle:
+            handle.write(report + "\n")
+
+
+def render(rows: list[Row]) -> str:
+    lines = [f"### Backup benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+             "",
+             f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"{subprocess.run([pg_tool('pg_dump'), '--version'], capture_output=True, text=True).stdout.strip()}, "
+             f"peak RSS of this benchmark {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+             "",
+             "| database | contender | seconds | vs (b) | vs (a) | output | flow peak RSS | whole flow run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for size in dict.fromkeys(r.size for r in rows):
+        group = [r for r in rows if r.size == size]
+        a = next(r.seconds for r in group if r.label.startswith("(a)"))
+        b = next(r.seconds for r in group if r.label.startswith("(b)"))
+        for r in group:
+            lines.append(
+                f"| {size} ({r.db_bytes / 1e9:.2f} GB) | {r.label} | {r.seconds:.1f} | {r.seconds / b:.2f}x | "
+                f"{r.seconds / a:.2f}x | {r.out_bytes / 1e6:.0f} MB | "
+                f"{f'{r.peak_rss_mb:.0f} MB' if r.peak_rss_mb else '-'} | "
+                f"{f'{r.flow_seconds:.1f} s' if r.flow_seconds else '-'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Every deployment in ``prefect.yaml`` loads its flow, belongs to a runbook of ``flows.RUNBOOKS`` and passes that
+runbook's parameter model; ``deployments/serve.py`` builds the same deployments without serving them.
+
+No database and no API calls: only Prefect's loaders, schema builder and validators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import typing
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import prefect
+import pytest
+import yaml
+from prefect import Flow
+from prefect.cli.deploy._models import DeploymentConfig
+from prefect.exceptions import ParameterTypeError
+from prefect.flows import load_flow_from_entrypoint
+from prefect.server.schemas.schedules import CronSchedule
+from prefect.utilities.callables import parameter_schema
+from prefect.utilities.schema_tools.validation import ValidationError, validate
+from pydantic import BaseModel
+
+from flows import RUNBOOKS, Runbook
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC: dict[str, Any] = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS: list[dict[str, Any]] = SPEC["deployments"]
+# What `prefect deploy` accepts in a schedule entry (prefect.cli.deploy._models.RawScheduleConfig, extra="forbid").
+SCHEDULE_KEYS = {"cron", "interval", "rrule", "timezone", "anchor_date", "active", "parameters", "slug", "replaces",
+                 "day_or"}
+
+
+@cache
+def entry_flow(entrypoint: str) -> Flow[..., Any]:
+    """The flow as `prefect deploy` and the worker load it: from the file, relative to the repository root."""
+    path, _, _ = entrypoint.rpartition(":")
+    assert not Path(path).is_absolute(), f"entrypoint {entrypoint!r} must be relative to the repository root"
+    assert (REPO_ROOT / path).is_file(), f"entrypoint {entrypoint!r}: no file {path!r} in the repository"
+    return load_flow_from_entrypoint(str(REPO_ROOT / entrypoint))
+
+
+def runbook_of(entrypoint: str) -> Runbook:
+    flow = entry_flow(entrypoint)
+    matches = [rb for rb in RUNBOOKS.values() if rb.name == flow.name]
+    assert matches, f"{entrypoint!r} is flow {flow.name!r}, which is not a runbook of flows.RUNBOOKS {sorted(RUNBOOKS)}"
+    return matches[0]
+
+
+def model_parameter(flow: Flow[..., Any], model: type[BaseModel]) -> str:
+    """The name of the flow's one parameter annotated with the runbook's model (``X`` or ``X | None``)."""
+    hints = typing.get_type_hints(flow.fn)
+    names = [name for name in inspect.signature(flow.fn).parameters
+             if hints.get(name) is model or model in typing.get_args(hints.get(name))]
+    assert len(names) == 1, f"flow {flow.name!r} should take exactly one {model.__name__} parameter, found {names}"
+    return names[0]
+
+
+def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: dict[str, Any], where: str) -> None:
+    """Refuse what the server (schema), the engine (signature) or the runbook's model would refuse at run time."""
+    unknown = set(parameters) - set(inspect.signature(flow.fn).parameters)
+    # Prefect's schema does not forbid unknown top-level names; the run would fail only when it starts.
+    assert not unknown, f"{where}: {sorted(unknown)} are not parameters of flow {flow.name!r}"
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    validate(parameters, schema, raise_on_error=True)  # what enforce_parameter_schema makes the server do
+    flow.validate_parameters(parameters)  # what the engine does before the flow function runs
+    name = model_parameter(flow, model)
+    model.model_validate(parameters.get(name) or {})
+
+
+def load_serve_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deployments_serve", REPO_ROOT / "deployments" / "serve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deployment_entries_are_well_formed() -> None:
+    names = [d.get("name") for d in DEPLOYMENTS]
+    assert all(names) and len(names) == len(set(names)), names
+    for deployment in DEPLOYMENTS:
+        # `prefect deploy` ignores keys it does not know: a misspelled `parameters:` or `schedules:` would vanish.
+        # (The model is private to Prefect's CLI; if an upgrade moves it, find its new home.)
+        unknown = set(deployment) - set(DeploymentConfig.model_fields)
+        assert not unknown, f"{deployment['name']}: keys {sorted(unknown)} are not deployment fields"
+        assert deployment.get("work_pool", {}).get("name"), f"{deployment['name']}: no work pool"
+        assert deployment.get("description") and deployment.get("tags"), f"{deployment['name']}: the UI needs both"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_entrypoint_is_a_runbook_flow(deployment: dict[str, Any]) -> None:
+    flow = entry_flow(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    runbook = runbook_of(deployment["entrypoint"])
+    runbook_flow, model, _render = runbook.load()
+    # The same function the registry names, not a namesake: same source file, same attribute.
+    assert Path(inspect.getfile(flow.fn)).resolve() == Path(inspect.getfile(runbook_flow.fn)).resolve()
+    assert flow.fn.__name__ == runbook.flow
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    assert schema == parameter_schema(runbook_flow.fn).model_dump_for_openapi()
+    model_parameter(runbook_flow, model)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_parameters_fit_the_runbook_model(deployment: dict[str, Any]) -> None:
+    flow, model, _render = runbook_of(deployment["entrypoint"]).load()
+    parameters = deployment.get("parameters") or {}
+    check_parameters(flow, model, parameters, deployment["name"])
+    for schedule in deployment.get("schedules") or []:
+        check_parameters(flow, model, {**parameters, **(schedule.get("parameters") or {})},
+                         f"{deployment['name']} schedule {schedule}")
+
+
+@pytest.mark.parametrize("runbook", RUNBOOKS.values(), ids=list(RUNBOOKS))
+def test_parameter_model_refuses_a_misspelled_field(runbook: Runbook) -> None:
+    flow, model, _render = runbook.load()
+    assert model.model_config.get("extra") == "forbid", (
+        f"{model.__name__} must set model_config = ConfigDict(extra='forbid'), or a misspelled parameter in "
+        "prefect.yaml or the UI is silently ignored"
+    )
+    typo = {model_parameter(flow, model): {"no_such_field": True}}
+    with pytest.raises(ValidationError):
+        validate(typo, parameter_schema(flow.fn).model_dump_for_openapi(), raise_on_error=True)
+    with pytest.raises(ParameterTypeError):
+        flow.validate_parameters(typo)
+
+
+@pytest.mark.parametrize("runbook", RUNBOOKS.values(), ids=list(RUNBOOKS))
+def test_parameter_schema_builds(runbook: Runbook) -> None:
+    flow, _model, _render = runbook.load()
+    schema = parameter_schema(flow.fn)
+    assert schema.properties, f"{runbook.name}: empty parameter schema, the UI would show no form"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_schedules_parse(deployment: dict[str, Any]) -> None:
+    for item in deployment.get("schedules") or []:
+        assert set(item) <= SCHEDULE_KEYS, f"{deployment['name']}: unknown schedule keys {set(item) - SCHEDULE_KEYS}"
+        assert "cron" in item, f"{deployment['name']}: only cron schedules are checked here, extend this test"
+        assert item.get("timezone"), f"{deployment['name']}: name the timezone; operators read it in the UI"
+        schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"], day_or=item.get("day_or", True))
+        # The scheduler's own computation: a valid but impossible cron (0 0 30 2 *) raises here.
+        assert len(asyncio.run(schedule.get_dates(n=2))) == 2
+
+
+def test_every_runbook_has_a_deployment() -> None:
+    deployed = {runbook_of(d["entrypoint"]).name for d in DEPLOYMENTS}
+    assert set(RUNBOOKS) <= deployed, f"runbooks without a deployment in prefect.yaml: {set(RUNBOOKS) - deployed}"
+
+
+def test_serve_builds_the_same_deployments_without_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("deployments/serve.py started serving on import")
+
+    monkeypatch.setattr(prefect, "serve", refuse)
+    module = load_serve_module()
+    assert module.serve is refuse  # imported, not called
+
+    built = module.build_deployments()
+    assert {d.flow_name for d in built} == set(RUNBOOKS), "serve.py must serve every runbook"
+    served = {d.name: d for d in built}
+    for deployment in DEPLOYMENTS:
+        runner = served.pop(deployment["name"])
+        runbook = runbook_of(deployment["entrypoint"])
+        flow, model, _render = runbook.load()
+        assert runner.flow_name == runbook.name
+        assert runner.work_pool_name is None, "served deployments run in the serving process, not a work pool"
+        assert runner.parameters == (deployment.get("parameters") or {})
+        check_parameters(flow, model, runner.parameters, f"served {runner.name}")
+        assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in runner.schedules] == [
+            (s["cron"], s.get("timezone"), s.get("active", True)) for s in deployment.get("schedules") or []
+        ]
+    # Anything left is a runbook that prefect.yaml does not deploy: served on demand only.
+    assert all(not d.schedules for d in served.values()), sorted(served)
