@@ -82,7 +82,7 @@ def main() -> None:
             state = box.up(size_mb=parse_size(size), s3=not args.skip_s3, simulator=False, prefect=True,
                            progress=lambda m: print("  " + m, flush=True))
             dsn = state.cluster().dsn(DATABASE)
-            with psycopg.connect(dsn) as conn:
+            with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE")
                 row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
                 db_bytes = int(row[0]) if row else 0
@@ -96,7 +96,7 @@ def main() -> None:
             a = timed_shell(f"{pg_dump} -Fc -f {out / 'a.dump'}", env)
             rows.append(Row(size, db_bytes, "(a) pg_dump -Fc (seeds)", a, (out / "a.dump").stat().st_size))
             b = timed_shell(f"{pg_dump} -Fc -Z0 | zstd -3 -q > {out / 'b.dump.zst'}", env)
-            rows.append(Row(size, db_bytes, "(b) pg_dump -Fc -Z0 | zstd -3", b, (out / "b.dump.zst").stat().st_size))
+            rows.append(Row(size, db_bytes, "(b) pg_dump -Fc -Z0 \\| zstd -3", b, (out / "b.dump.zst").stat().st_size))
             shutil.rmtree(out)
             flow_env = {**os.environ, "RUNBOOKS_CONFIG": state.config_path, "PREFECT_API_URL":
                         state.prefect_api_url or "", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

@@ -192,7 +192,8 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
             item.throughput_mb_s = manifest.bytes / 1e6 / max(dump_seconds, 1e-6)
             item.status = "succeeded" if manifest.verified else "verification_failed"
             if not manifest.verified:
-                item.error = f"ALERT: verification failed: {manifest.verification.detail if manifest.verification else '?'}"
+                detail = manifest.verification.detail if manifest.verification else "?"
+                item.error = f"ALERT: verification failed: {detail}"
                 logger.error("ALERT: %s %r backup %s failed verification; it is kept, marked failed",
                              item.kind, item.name, manifest.backup_id)
         except RunbookError as exc:

@@ -135,7 +135,9 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 @app.command("run")
 def run(
     runbook: Annotated[str, typer.Argument(help="backup (more to come: restore, data-freshness, …)")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE as JSON if it parses)")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE as JSON if it parses)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result model as JSON")] = False,
 ) -> None:
     """Run a runbook flow locally; exit status 0 only when it succeeded."""

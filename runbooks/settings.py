@@ -71,7 +71,9 @@ class DatabaseSettings(BaseModel):
         try:
             conninfo_to_dict(value.get_secret_value())
         except Exception:
-            raise ValueError(f"not a valid PostgreSQL connection string: {redact_dsn(value.get_secret_value())}")
+            raise ValueError(
+                f"not a valid PostgreSQL connection string: {redact_dsn(value.get_secret_value())}"
+            ) from None
         return value
 
     def conninfo(self) -> dict[str, Any]:
@@ -158,7 +160,9 @@ class ApiSettings(BaseModel):
 
 
 class PrefectSettings(BaseModel):
-    api_url: str | None = Field(default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server")
+    api_url: str | None = Field(
+        default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server"
+    )
 
 
 class Settings(BaseSettings):

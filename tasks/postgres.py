@@ -48,6 +48,7 @@ def probe_database(*, name: str, database: DatabaseSettings, secrets: list[str])
         What a dry run reports and the flow checks before writing anything.
     """
     params = database.conninfo()
+    secrets = [*secrets, str(params.get("password") or "")]  # a password from a Secret block is known only now
     with connect(params, secrets=secrets, where=f"database {name!r} ({describe(params)})") as conn:
         version = conn.execute("SHOW server_version").fetchone()
         return DatabaseProbe(name=name, server_version=str(version[0] if version else "?"),
@@ -86,6 +87,7 @@ def dump_database(
     """
     logger = get_run_logger()
     params = database.conninfo()
+    secrets = [*secrets, str(params.get("password") or "")]  # a password from a Secret block is known only now
     where = f"pg_dump of {name!r} ({describe(params)})"
     started_at = datetime.now(UTC)
     prefix = catalog.begin("database", name, backup_id, flow_run_id=flow_run_id)
@@ -194,6 +196,7 @@ def dump_cluster(
     try:
         if database is not None:
             params = database.conninfo()
+            secrets = [*secrets, str(params.get("password") or "")]
             where = f"pg_dumpall --globals-only ({describe(params)})"
             with connect(params, secrets=secrets, where=where) as conn:
                 row = conn.execute("SELECT current_setting('server_version'),"

@@ -41,7 +41,8 @@ FROM generate_series(1, 500) g;
 CREATE TABLE market.ticks (ts timestamptz NOT NULL, px numeric NOT NULL) PARTITION BY RANGE (ts);
 CREATE TABLE market.ticks_2026_01 PARTITION OF market.ticks FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
 CREATE TABLE market.ticks_2026_02 PARTITION OF market.ticks FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
-INSERT INTO market.ticks SELECT '2026-01-01'::timestamptz + g * interval '1 hour', 3900 + g FROM generate_series(0, 1000) g;
+INSERT INTO market.ticks
+SELECT '2026-01-01'::timestamptz + g * interval '1 hour', 3900 + g FROM generate_series(0, 1000) g;
 CREATE TABLE "Risk Desk"."Limits; DROP TABLE x; --" ("Weird Col" text PRIMARY KEY, "select" int);
 INSERT INTO "Risk Desk"."Limits; DROP TABLE x; --" VALUES ('USD/COP', 1), (E'tab\there', 2), (E'new\nline', 3);
 CREATE VIEW market.big_orders AS SELECT id, side, notional FROM market.orders WHERE notional > 100000;

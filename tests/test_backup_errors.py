@@ -18,8 +18,8 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import free_port
 from runbooks.settings import load_settings
-from tests.pgfixtures import admin_dsn
 from tasks.postgres import dump_database, probe_database
+from tests.pgfixtures import admin_dsn
 
 CANARY = "canary-Pw-7f3a9c"
 

@@ -47,7 +47,7 @@ def _has_partial_dump(name: str) -> bool:
     repo = catalog().repository
     if repo.list_incomplete_uploads("databases/"):
         return True
-    return any(o.key.endswith("dump.pgc.zst") and o.size > 0 for o in repo.list(f"databases/{name}/"))
+    return any(o.key.endswith("dump.pgc.zst") and o.size > 0 for o in repo.list_objects(f"databases/{name}/"))
 
 
 def test_killed_pg_dump_lists_nothing_and_leaves_nothing(config: SandboxState, bulk_db: str) -> None:
@@ -72,7 +72,7 @@ def test_killed_pg_dump_lists_nothing_and_leaves_nothing(config: SandboxState, b
     cat = catalog()
     assert cat.list_backups() == []
     assert cat.unfinished() == []  # the run removed its own partial objects
-    assert list(cat.repository.list("")) == []
+    assert list(cat.repository.list_objects("")) == []
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

@@ -1,0 +1,362 @@
+"""Settings: TOML file, environment overrides, readable ConfigurationErrors that never show a password."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from runbooks.errors import ConfigurationError
+from runbooks.settings import DatabaseSettings, Settings, config_path, load_settings
+
+FILE_PW = "file-pw-7Qx"
+CLUSTER_PW = "cluster-pw-3Zr"
+S3_SECRET = "s3-secret-9Kd"
+TRADING_TOKEN = "trading-token-5Lm"
+INFERENCE_TOKEN = "inference-token-8Wp"
+
+TOML = f"""
+[databases.trading_db]
+dsn = "postgresql://app:{FILE_PW}@db.internal:5432/trading_db"
+
+[databases.analytics]
+dsn = "host=analytics.internal port=5433 dbname=analytics user=reader"
+password = "analytics-pw-2Vb"
+
+[cluster]
+name = "prod"
+dsn = "postgresql://postgres:{CLUSTER_PW}@db.internal:5432/postgres"
+
+[repository]
+url = "s3://backups/prod"
+endpoint_url = "http://minio:9000"
+secret_access_key = "{S3_SECRET}"
+part_size_mb = 64
+
+[backup.retention]
+daily = 10
+weekly = 5
+monthly = 12
+
+[trading_api]
+base_url = "http://trading-api:8000"
+token = "{TRADING_TOKEN}"
+
+[inference_api]
+base_url = "http://inference-api:8001"
+token = "{INFERENCE_TOKEN}"
+"""
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No RUNBOOKS_* variable from the outside and a working directory without any config file."""
+    for name in [k for k in os.environ if k.upper().startswith("RUNBOOKS_")]:
+        monkeypatch.delenv(name)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def write_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str = TOML) -> Path:
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(path))
+    return path
+
+
+def test_loads_the_file_named_by_runbooks_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path)
+    assert config_path() == path
+
+    settings = load_settings()
+
+    assert sorted(settings.databases) == ["analytics", "trading_db"]
+    assert settings.databases["trading_db"].dsn.get_secret_value() == (
+        f"postgresql://app:{FILE_PW}@db.internal:5432/trading_db"
+    )
+    assert settings.cluster.name == "prod"
+    assert settings.repository.url == "s3://backups/prod"
+    assert settings.repository.endpoint_url == "http://minio:9000"
+    assert settings.repository.part_size_mb == 64
+    assert settings.repository.max_concurrency == 2  # default kept for what the file does not set
+    assert (settings.backup.retention.daily, settings.backup.retention.weekly, settings.backup.retention.monthly) == (
+        10, 5, 12)
+    assert settings.trading_api is not None and settings.trading_api.base_url == "http://trading-api:8000"
+    assert settings.trading_api.bearer() == TRADING_TOKEN
+
+
+def test_runbooks_config_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "inventory.toml").write_text(TOML)
+    monkeypatch.setenv("RUNBOOKS_CONFIG", "~/inventory.toml")
+
+    assert config_path() == tmp_path / "inventory.toml"
+    assert load_settings().cluster.name == "prod"
+
+
+def test_environment_overrides_nested_fields_and_keeps_the_rest(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", "file:///srv/backups")
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD", "env-pw-4Hn")
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION__DAILY", "3")
+    monkeypatch.setenv("RUNBOOKS_TRADING_API__TOKEN", "env-token-6Ty")
+
+    settings = load_settings()
+
+    assert settings.repository.url == "file:///srv/backups"
+    assert settings.repository.endpoint_url == "http://minio:9000"  # siblings from the file survive
+    assert settings.repository.part_size_mb == 64
+    db = settings.databases["trading_db"]
+    assert db.dsn.get_secret_value() == f"postgresql://app:{FILE_PW}@db.internal:5432/trading_db"
+    assert db.password is not None and db.password.get_secret_value() == "env-pw-4Hn"
+    assert db.conninfo()["password"] == "env-pw-4Hn"
+    assert db.conninfo()["host"] == "db.internal"
+    assert "analytics" in settings.databases  # other dictionary entries are not dropped by the merge
+    assert settings.backup.retention.daily == 3
+    assert settings.backup.retention.weekly == 5
+    assert settings.trading_api is not None
+    assert settings.trading_api.base_url == "http://trading-api:8000"
+    assert settings.trading_api.bearer() == "env-token-6Ty"
+
+
+def test_keyword_arguments_beat_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", "file:///from/env")
+
+    settings = load_settings(repository={"url": "file:///from/kwargs"})
+
+    assert settings.repository.url == "file:///from/kwargs"
+
+
+def test_defaults_without_any_config_file() -> None:
+    assert config_path() == Path("runbooks.toml")
+    settings = load_settings()
+    assert settings.databases == {}
+    assert settings.repository.url == "file:///var/backups/runbooks"
+    assert (settings.backup.retention.daily, settings.backup.retention.weekly, settings.backup.retention.monthly) == (
+        7, 4, 6)
+    assert settings.trading_api is None
+    assert settings.secrets == []
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("ftp://x", "must start with file:/// or s3://"),
+        ("s3://", "has no bucket"),
+        ("file://relative", "must be file:///absolute/path"),
+        ("file://remote-host/srv/backups", "must be file:///absolute/path"),
+        ("/srv/backups", "must start with file:/// or s3://"),
+    ],
+)
+def test_malformed_repository_url_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str,
+                                           complaint: str) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", url)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "repository.url" in message
+    assert complaint in message
+    assert "HINT" in message
+    assert caught.value.hint
+
+
+def test_malformed_repository_url_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path, '[repository]\nurl = "ftp://x"\n')
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    assert "repository.url" in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert "HINT" in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["file:///srv/backups", "file://localhost/srv/backups", "s3://bucket",
+                                 "s3://bucket/some/prefix"])
+def test_valid_repository_urls(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", url)
+    assert load_settings().repository.url == url
+
+
+def test_missing_config_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "runbooks.toml"
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(missing))
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    assert str(missing) in str(caught.value)
+    assert "RUNBOOKS_CONFIG" in str(caught.value)
+    assert "HINT" in str(caught.value)
+
+
+def test_runbooks_config_naming_a_directory_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigurationError):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password"),
+    [
+        ("postgresql://app:hunter2-secret@db:5432/trading_db?bogus_option=1", "hunter2-secret"),
+        ("host=db password=hunter2-secret dbname", "hunter2-secret"),
+        ("host=db password='hunter two secret", "two secret"),  # unterminated quote
+        ("postgresql://app:hunter two secret@db/trading_db", "two secret"),  # unencoded spaces
+    ],
+)
+def test_invalid_dsn_message_hides_the_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dsn: str,
+                                                password: str) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__DSN", dsn)
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "databases.trading_db.dsn" in message
+    assert "not a valid PostgreSQL connection string" in message
+    assert password not in message
+    assert "hunter" not in message
+    assert "***" in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_invalid_nested_value_names_its_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION__WEEKLY", "-1")
+
+    with pytest.raises(ConfigurationError, match=r"backup\.retention\.weekly"):
+        load_settings()
+
+
+def test_unknown_top_level_key_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path, TOML + '\n[repositroy]\nurl = "s3://typo/prefix"\n')
+    with pytest.raises(ConfigurationError, match="repositroy"):
+        load_settings()
+
+
+@pytest.mark.parametrize("name", [".hidden", "a/b"])
+def test_database_names_must_be_usable_as_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    write_config(monkeypatch, tmp_path, f'[databases."{name}"]\ndsn = "host=db dbname=x"\n')
+    with pytest.raises(ConfigurationError, match="cannot be used as a repository path"):
+        load_settings()
+
+
+def test_database_or_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path)
+    settings = load_settings()
+
+    assert settings.database_or_raise("analytics") is settings.databases["analytics"]
+    with pytest.raises(ConfigurationError) as caught:
+        settings.database_or_raise("nope")
+
+    message = str(caught.value)
+    assert "'nope'" in message
+    assert "configured: analytics, trading_db" in message
+    assert "HINT" in message
+    assert "[databases.nope]" in message
+    assert str(path) in message
+
+
+def test_database_or_raise_with_an_empty_inventory() -> None:
+    with pytest.raises(ConfigurationError, match=r"configured: none"):
+        load_settings().database_or_raise("trading_db")
+
+
+def test_secrets_lists_every_known_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD", "explicit-pw-1Aa")
+
+    secrets = load_settings().secrets
+
+    for expected in (FILE_PW, "explicit-pw-1Aa", "analytics-pw-2Vb", CLUSTER_PW, S3_SECRET, TRADING_TOKEN,
+                     INFERENCE_TOKEN):
+        assert expected in secrets
+    assert "" not in secrets
+
+
+def test_secrets_decodes_percent_encoded_dsn_passwords(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path, '[databases.db]\ndsn = "postgresql://u:p%40ss%2Fword@h/db"\n')
+    assert load_settings().secrets == ["p@ss/word"]
+
+
+def test_settings_repr_hides_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    text = repr(load_settings()) + str(load_settings().model_dump())
+    for secret in (FILE_PW, CLUSTER_PW, S3_SECRET, TRADING_TOKEN, INFERENCE_TOKEN, "analytics-pw-2Vb"):
+        assert secret not in text
+
+
+def test_conninfo_password_wins_over_the_dsn() -> None:
+    db = DatabaseSettings(dsn=SecretStr("postgresql://app:dsn-pw@db:5433/trading_db?sslmode=require"),
+                          password=SecretStr("explicit-pw"))
+    assert db.conninfo() == {"user": "app", "password": "explicit-pw", "host": "db", "port": "5433",
+                             "dbname": "trading_db", "sslmode": "require"}
+
+
+def test_conninfo_keeps_the_dsn_password_when_none_is_given() -> None:
+    db = DatabaseSettings(dsn=SecretStr("host=db user=app password='dsn pw' dbname=trading_db"))
+    assert db.conninfo() == {"host": "db", "user": "app", "password": "dsn pw", "dbname": "trading_db"}
+    assert "dsn pw" not in db.safe_dsn()
+    assert "host=db" in db.safe_dsn()
+
+
+def test_conninfo_adds_a_password_the_dsn_lacks() -> None:
+    db = DatabaseSettings(dsn=SecretStr("host=db dbname=trading_db"), password=SecretStr("explicit-pw"))
+    assert db.conninfo() == {"host": "db", "dbname": "trading_db", "password": "explicit-pw"}
+
+
+def test_cluster_database_carries_dsn_and_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_CLUSTER__PASSWORD", "cluster-explicit")
+    db = load_settings().cluster.database()
+    assert db is not None
+    assert db.conninfo()["password"] == "cluster-explicit"
+    assert db.conninfo()["dbname"] == "postgres"
+    assert Settings().cluster.database() is not None  # same sources when constructed directly
+    monkeypatch.delenv("RUNBOOKS_CONFIG")
+    assert load_settings().cluster.database() is None
+
+
+# --- config_path() fallbacks ---
+
+
+def test_config_path_prefers_local_runbooks_toml(isolated: Path) -> None:
+    (isolated / "runbooks.toml").write_text('[repository]\nurl = "file:///local"\n')
+    (isolated / ".sandbox").mkdir()
+    (isolated / ".sandbox" / "runbooks.toml").write_text('[repository]\nurl = "file:///sandbox"\n')
+
+    assert config_path() == Path("runbooks.toml")
+    assert load_settings().repository.url == "file:///local"
+
+
+def test_config_path_falls_back_to_the_sandbox(isolated: Path) -> None:
+    (isolated / ".sandbox").mkdir()
+    (isolated / ".sandbox" / "runbooks.toml").write_text('[repository]\nurl = "file:///sandbox"\n')
+
+    assert config_path() == Path(".sandbox") / "runbooks.toml"
+    assert load_settings().repository.url == "file:///sandbox"
+
+
+def test_config_path_without_any_file_is_the_local_default(isolated: Path) -> None:
+    (isolated / ".sandbox").mkdir()  # a sandbox directory without a config does not count
+    assert config_path() == Path("runbooks.toml")
+    (isolated / "runbooks.toml").mkdir()  # nor does a directory named like the file
+    assert config_path() == Path("runbooks.toml")
+
+
+def test_runbooks_config_beats_local_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path) -> None:
+    (isolated / "runbooks.toml").write_text('[repository]\nurl = "file:///local"\n')
+    path = write_config(monkeypatch, tmp_path)
+    assert config_path() == path
+    assert load_settings().repository.url == "s3://backups/prod"
