@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,18 @@ def test_password_from_a_prefect_secret_block(config: SandboxState, monkeypatch:
     state, result = run_backup(databases=["trading_db"], include_cluster=False)
     assert state.is_completed(), result
     assert result.items[0].verification.status == "passed"
+
+
+def test_versioned_bucket_is_tolerated(s3_config: SandboxState, s3_client, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """On a versioned bucket, retention's deletes leave delete markers; listings and the next runs are unaffected."""
+    bucket = "runbooks-versioned"
+    if bucket not in [b["Name"] for b in s3_client.list_buckets()["Buckets"]]:
+        s3_client.create_bucket(Bucket=bucket)
+        s3_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", f"s3://{bucket}/v-{uuid.uuid4().hex[:8]}")
+    first = run_backup(databases=["trading_db"], include_cluster=False)[1].items[0].backup_id
+    state, result = run_backup(databases=["trading_db"], include_cluster=False)
+    assert state.is_completed(), result
+    assert result.items[0].retention.removed == [first]
+    assert [m.backup_id for m in catalog().list_backups()] == [result.items[0].backup_id]
+    assert catalog().unfinished() == []
