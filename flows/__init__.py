@@ -30,4 +30,6 @@ class Runbook:
 RUNBOOKS: dict[str, Runbook] = {
     "backup": Runbook("backup", "flows.backup", "backup_databases", "BackupParameters", "render_report",
                       "scheduled maintenance"),
+    "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
+                       "on-demand recovery"),
 }

@@ -3,7 +3,8 @@
     RunbookError
     ├── TransientError            retry with backoff: the same call may succeed later
     │   ├── DatabaseUnavailable       connection refused, server starting up, too many clients
-    │   └── RepositoryUnavailable     S3 5xx / throttling / connection reset
+    │   ├── RepositoryUnavailable     S3 5xx / throttling / connection reset
+    │   └── TradingApiUnavailable     trading API unreachable, 5xx or 429
     └── PermanentError            fail at once: a retry only delays the page
         ├── ConfigurationError        malformed settings (repository URL, DSN, unknown database name)
         ├── AuthenticationFailed      wrong password / access denied
@@ -12,7 +13,10 @@
         ├── BackupNotFound            no such backup id / no manifest
         ├── BackupIncomplete          an interrupted backup: objects without a manifest
         ├── VerificationFailed        a checksum or archive check failed
-        └── ToolFailed                pg_dump / pg_restore / pg_dumpall exited non-zero
+        ├── ToolFailed                pg_dump / pg_restore / pg_dumpall exited non-zero
+        ├── LockBusy                  another run holds the lock (e.g. a restore of the same database)
+        ├── Refused                   the request would be unsafe (target exists, target is the source, …)
+        └── TradingApiRefused         the trading API said no (4xx other than auth)
 
 Every message says what was refused and ends with a ``HINT:`` saying what to do next. Messages never
 contain secrets: callers pass redacted DSNs, and ``redact.scrub`` runs over anything a tool printed.
@@ -75,4 +79,20 @@ class VerificationFailed(PermanentError):
 
 
 class ToolFailed(PermanentError):
+    pass
+
+
+class LockBusy(PermanentError):
+    pass
+
+
+class Refused(PermanentError):
+    pass
+
+
+class TradingApiUnavailable(TransientError):
+    pass
+
+
+class TradingApiRefused(PermanentError):
     pass

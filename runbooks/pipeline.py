@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import zstandard
 
-from runbooks.errors import RunbookError, ToolFailed
+from runbooks.errors import RunbookError, ToolFailed, VerificationFailed
 from runbooks.repository import ObjectWriter, Repository
 
 CHUNK = 1 << 20
@@ -213,3 +214,39 @@ def check_object(
         else:
             listing = b"".join(out).decode(errors="replace")
     return ObjectCheck(sha.hexdigest(), size, listing, error)
+
+
+def fetch_object(repository: Repository, key: str, dest: Path, *, sha256: str, stored_bytes: int) -> int:
+    """Stream ``key`` into ``dest`` decompressed, checking its SHA-256 and size against the manifest.
+
+    The checksum covers the stored bytes, so it is known only at the end: on a mismatch the local copy is
+    deleted and nothing downstream ever reads it. Returns the decompressed size.
+    """
+    sha = hashlib.sha256()
+    size = 0
+    written = 0
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        with open(dest, "wb") as handle:
+            for chunk in repository.iter_chunks(key):
+                sha.update(chunk)
+                size += len(chunk)
+                try:
+                    data = decompressor.decompress(chunk)
+                except zstandard.ZstdError as exc:
+                    raise VerificationFailed(
+                        f"object {key!r} is damaged ({exc}).",
+                        hint="pick another backup with 'runbooks backups list'.",
+                    ) from None
+                handle.write(data)
+                written += len(data)
+        if size != stored_bytes or sha.hexdigest() != sha256:
+            raise VerificationFailed(
+                f"object {key!r} does not match its manifest (read {size} bytes sha256 {sha.hexdigest()[:12]}…, "
+                f"manifest {stored_bytes} bytes sha256 {sha256[:12]}…); it is corrupted.",
+                hint="pick another backup with 'runbooks backups list'; never restore this one.",
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return written

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from runbooks.errors import (
     ConfigurationError,
     DatabaseNotFound,
     DatabaseUnavailable,
+    LockBusy,
     RunbookError,
     ToolFailed,
 )
@@ -188,3 +191,146 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
 def database_size(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     return int(row[0]) if row else 0
+
+
+# -- cluster administration for restores ----------------------------------------------------------------------
+SCRATCH_MARK = "runbooks-scratch"  # a database a restore is filling; removable by the next restore
+RECOVERY_MARK = "runbooks-recovery"  # a finished restore into a new database; overwritable on request
+
+
+def admin_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The same server and role, on the maintenance database (CREATE/ALTER/DROP DATABASE run from there)."""
+    return {**params, "dbname": "postgres"}
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def database_mark(conn: psycopg.Connection, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The runbooks mark in a database's comment, if any: (mark, metadata)."""
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [name]
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    mark, _, meta = str(row[0]).partition(" ")
+    if mark not in (SCRATCH_MARK, RECOVERY_MARK):
+        return None
+    try:
+        return mark, dict(json.loads(meta or "{}"))
+    except ValueError:
+        return mark, {}
+
+
+def mark_text(mark: str, meta: Mapping[str, Any]) -> str:
+    return f"{mark} {json.dumps(dict(meta), default=str)}"
+
+
+def mark_database(conn: psycopg.Connection, name: str, mark: str, meta: Mapping[str, Any]) -> None:
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                               sql.Literal(mark_text(mark, meta))))
+
+
+def marked_databases(conn: psycopg.Connection, mark: str) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for (name,) in conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall():
+        marked = database_mark(conn, name)
+        if marked and marked[0] == mark:
+            found.append((name, marked[1]))
+    return found
+
+
+def create_database(conn: psycopg.Connection, name: str, *, mark: str, meta: Mapping[str, Any]) -> None:
+    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    mark_database(conn, name, mark, meta)
+
+
+def drop_marked_database(conn: psycopg.Connection, name: str, *, allowed: tuple[str, ...]) -> bool:
+    """Drop ``name`` only if it carries one of the ``allowed`` marks: a restore never drops anything it did
+    not create. Returns False if it was already gone."""
+    if not database_exists(conn, name):
+        return False
+    marked = database_mark(conn, name)
+    if marked is None or marked[0] not in allowed:
+        raise ToolFailed(f"refusing to drop database {name!r}: it was not created by a runbooks restore.",
+                         hint="drop it by hand if that is really intended.")
+    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    return True
+
+
+def _allow_connections(conn: psycopg.Connection, name: str, allow: bool) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allow else "false")))
+
+
+def rename_databases(conn: psycopg.Connection, renames: list[tuple[str, str]], *, close: list[str],
+                     comments: Mapping[str, str] | None = None) -> None:
+    """Rename several databases and set their comments (marks) in one transaction, all or nothing, after
+    closing connections to ``close``; whatever happens, those accept connections again afterwards."""
+    for name in close:
+        _allow_connections(conn, name, False)
+    try:
+        for name in close:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                         " AND pid <> pg_backend_pid()", [name])
+        with conn.transaction():
+            for old, new in renames:
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old),
+                                                                             sql.Identifier(new)))
+            for name, comment in (comments or {}).items():
+                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                                           sql.Literal(comment)))
+    finally:
+        renamed = dict(renames)
+        for name in close:
+            current = renamed.get(name, name)
+            _allow_connections(conn, current if database_exists(conn, current) else name, True)
+
+
+@contextmanager
+def advisory_lock(params: Mapping[str, Any], key: str, *, wait_seconds: float, secrets: list[str],
+                  holder: str) -> Iterator[None]:
+    """A session advisory lock on the server (any host, any process) held for the duration of the block."""
+    conn = connect(admin_params(params), secrets=secrets, where=f"lock {key!r}", autocommit=True)
+    deadline = time.monotonic() + wait_seconds
+    try:
+        conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(holder[:63])))
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
+            if row and row[0]:
+                break
+            if time.monotonic() >= deadline:
+                raise LockBusy(
+                    f"another run holds {key!r}; runs never interleave.",
+                    hint="wait for it to finish (Prefect UI: runs in progress) or pass a longer lock wait.",
+                )
+            time.sleep(0.5)
+        yield
+    finally:
+        conn.close()  # closing the session releases the lock
+
+
+INTEGRITY_CHECKS = {
+    # From the seeds' data-corruption runbook (002): each should count zero rows.
+    "positions with NULL entry_price or current_price": (
+        "positions", "SELECT count(*) FROM positions WHERE entry_price IS NULL OR current_price IS NULL"),
+    "trades with a status outside open/closed/cancelled": (
+        "trades", "SELECT count(*) FROM trades WHERE status NOT IN ('open', 'closed', 'cancelled')"),
+}
+POSITION_TOTALS = ("SELECT symbol, SUM(quantity)::text, SUM(quantity * entry_price)::text FROM positions"
+                   " WHERE status = 'open' GROUP BY symbol ORDER BY symbol")
+
+
+def integrity_report(conn: psycopg.Connection) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+    """Run the seeds' integrity checks where their tables exist: anomalies per check, open position totals."""
+    anomalies: dict[str, int] = {}
+    for label, (table, query) in INTEGRITY_CHECKS.items():
+        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,):
+            continue
+        row = conn.execute(query).fetchone()
+        anomalies[label] = int(row[0]) if row else 0
+    totals: list[tuple[str, str, str]] = []
+    if conn.execute("SELECT to_regclass('positions')").fetchone() != (None,):
+        totals = [(str(a), str(b), str(c)) for a, b, c in conn.execute(POSITION_TOTALS).fetchall()]
+    return anomalies, totals

@@ -149,6 +149,11 @@ class BackupSettings(BaseModel):
     )
 
 
+class RestoreSettings(BaseModel):
+    work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j; "
+                                  "None: the system temp directory")
+
+
 class ApiSettings(BaseModel):
     base_url: str = Field(description="e.g. http://trading-api:8000")
     token: SecretStr | None = Field(default=None, description="bearer token")
@@ -178,6 +183,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    restore: RestoreSettings = Field(default_factory=RestoreSettings)
     trading_api: ApiSettings | None = None
     inference_api: ApiSettings | None = None
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)

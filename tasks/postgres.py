@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import tarfile
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from runbooks import __version__
 from runbooks.catalog import BackupCatalog
@@ -18,16 +20,27 @@ from runbooks.errors import ConfigurationError
 from runbooks.manifest import BackupManifest, SnapshotInfo, StoredObject
 from runbooks.pipeline import CompressingSink, stream_command, stream_into
 from runbooks.postgres import (
+    RECOVERY_MARK,
+    SCRATCH_MARK,
+    admin_params,
     classify,
     connect,
     count_rows,
+    create_database,
+    database_exists,
+    database_mark,
     database_size,
     describe,
+    drop_marked_database,
     exported_snapshot,
+    integrity_report,
     libpq_env,
+    marked_databases,
     pg_tool,
+    rename_databases,
     tool_version,
 )
+from runbooks.redact import scrub
 from runbooks.settings import DatabaseSettings
 from tasks.policies import TRANSIENT_RETRY
 
@@ -230,3 +243,193 @@ def dump_cluster(
         objects=objects,
     )
 
+
+
+# -- restore ------------------------------------------------------------------------------------------------------
+class ValidationReport(BaseModel):
+    """What a restored database looks like next to its manifest (and, optionally, the live database)."""
+
+    database: str
+    row_counts: dict[str, int]
+    mismatches: dict[str, list[int]] = Field(default_factory=dict, description="table -> [manifest, restored]")
+    anomalies: dict[str, int] = Field(default_factory=dict, description="seeds' integrity checks: rows found")
+    position_totals: list[list[str]] = Field(default_factory=list, description="symbol, quantity, value (open)")
+    live_deltas: dict[str, int] | None = Field(default=None, description="table -> restored minus live rows")
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches
+
+
+def _admin(database: DatabaseSettings, secrets: list[str]):  # type: ignore[no-untyped-def]
+    params = database.conninfo()
+    secrets = [*secrets, str(params.get("password") or "")]
+    return params, secrets, connect(admin_params(params), secrets=secrets, where=f"server of {describe(params)}",
+                                    autocommit=True)
+
+
+@task(name="sweep-scratch-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def sweep_scratch_databases(*, database: DatabaseSettings, source: str, secrets: list[str]) -> list[str]:
+    """Drop the scratch databases that interrupted restores of ``source`` left behind.
+
+    Called while holding the restore lock of ``source``, so none of them belongs to a live restore.
+
+    Returns:
+        The names dropped.
+    """
+    _params, secrets, conn = _admin(database, secrets)
+    dropped = []
+    with conn:
+        for name, meta in marked_databases(conn, SCRATCH_MARK):
+            if meta.get("source") == source:
+                drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))
+                dropped.append(name)
+                get_run_logger().info("Dropped scratch database %r left by an interrupted restore (%s)", name,
+                                      meta.get("flow_run_id"))
+    return dropped
+
+
+@task(name="inspect-target", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def inspect_target(*, database: DatabaseSettings, names: list[str], secrets: list[str]) -> dict[str, str | None]:
+    """Returns:
+    For each name: None if no such database, else its runbooks mark ('runbooks-recovery', …) or 'unmarked'."""
+    _params, secrets, conn = _admin(database, secrets)
+    with conn:
+        found: dict[str, str | None] = {}
+        for name in names:
+            if not database_exists(conn, name):
+                found[name] = None
+            else:
+                mark = database_mark(conn, name)
+                found[name] = mark[0] if mark else "unmarked"
+        return found
+
+
+@task(name="create-scratch-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def create_scratch_database(*, database: DatabaseSettings, name: str, meta: dict[str, str],
+                            secrets: list[str]) -> None:
+    """Create the empty database a restore fills, marked so that it is recognisable and removable."""
+    _params, secrets, conn = _admin(database, secrets)
+    with conn:
+        if database_exists(conn, name):
+            drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))  # a retry of this very task
+        create_database(conn, name, mark=SCRATCH_MARK, meta=meta)
+    get_run_logger().info("Created scratch database %r", name)
+
+
+@task(name="drop-scratch-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def drop_scratch_database(*, database: DatabaseSettings, name: str, secrets: list[str]) -> bool:
+    """Drop a scratch database this run made ("already gone" is success)."""
+    _params, secrets, conn = _admin(database, secrets)
+    with conn:
+        dropped = drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))
+    if dropped:
+        get_run_logger().info("Dropped scratch database %r", name)
+    return dropped
+
+
+@task(name="restore-globals", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def restore_globals(*, database: DatabaseSettings, globals_sql: Path, secrets: list[str]) -> list[str]:
+    """Create the roles of the cluster backup that the target cluster lacks (a clean cluster), so objects
+    keep their owners. Existing roles are left as they are.
+
+    Returns:
+        The roles created.
+    """
+    params, secrets, conn = _admin(database, secrets)
+    with conn:
+        before = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        major = int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
+    proc = subprocess.run([pg_tool("psql", major), "-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", str(globals_sql)],
+                          env=libpq_env(admin_params(params)), capture_output=True, text=True, check=False)
+    with connect(admin_params(params), secrets=secrets, where="roles", autocommit=True) as conn2:
+        after = {r for (r,) in conn2.execute("SELECT rolname FROM pg_roles").fetchall()}
+    created = sorted(after - before)
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line and "already exists" not in line]
+    if errors:
+        get_run_logger().warning("Restoring globals reported: %s", scrub("; ".join(errors[:5]), secrets))
+    get_run_logger().info("Roles created from the cluster backup: %s", ", ".join(created) or "none needed")
+    return created
+
+
+@task(name="restore-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int, no_owner: bool,
+                     secrets: list[str]) -> float:
+    """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
+
+    Returns:
+        Seconds pg_restore took.
+    """
+    params, secrets, conn = _admin(database, secrets)
+    with conn:
+        major = int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
+    argv = [pg_tool("pg_restore", major), "--exit-on-error", f"--jobs={jobs}", "--no-password", "-d", target]
+    if no_owner:
+        argv += ["--no-owner", "--no-acl"]
+    started = time.monotonic()
+    proc = subprocess.run([*argv, str(dump_file)], env=libpq_env(params, dbname=target), capture_output=True,
+                          text=True, check=False)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise classify(proc.stderr, where=f"pg_restore into {target!r}", secrets=secrets)
+    get_run_logger().info("pg_restore -j %d into %r took %.1f s", jobs, target, seconds)
+    return seconds
+
+
+@task(name="validate-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def validate_database(*, database: DatabaseSettings, target: str, expected: dict[str, int],
+                      compare_live: str | None, secrets: list[str]) -> ValidationReport:
+    """Row counts against the manifest, the seeds' integrity checks, and optionally deltas to the live database.
+
+    Returns:
+        The report; ``passed`` is False when any table's row count differs from the manifest.
+    """
+    params = database.conninfo()
+    secrets = [*secrets, str(params.get("password") or "")]
+    with connect({**params, "dbname": target}, secrets=secrets, where=f"restored database {target!r}") as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        counts = count_rows(conn)
+        anomalies, totals = integrity_report(conn)
+    mismatches = {t: [expected.get(t, -1), counts.get(t, -1)] for t in sorted(set(expected) | set(counts))
+                  if expected.get(t) != counts.get(t)}
+    deltas = None
+    if compare_live:
+        where = f"live database {compare_live!r}"
+        with connect({**params, "dbname": compare_live}, secrets=secrets, where=where) as live:
+            live.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            live_counts = count_rows(live)
+        deltas = {t: counts.get(t, 0) - live_counts.get(t, 0) for t in sorted(set(counts) | set(live_counts))}
+    report = ValidationReport(database=target, row_counts=counts, mismatches=mismatches, anomalies=anomalies,
+                              position_totals=[list(t) for t in totals], live_deltas=deltas)
+    logger = get_run_logger()
+    if mismatches:
+        logger.error("Restored %r differs from the manifest in %d tables: %s", target, len(mismatches), mismatches)
+    else:
+        logger.info("Restored %r: row counts of %d tables match the manifest", target, len(counts))
+    for label, n in anomalies.items():
+        if n:
+            logger.warning("Integrity check on %r: %d %s", target, n, label)
+    return report
+
+
+@task(name="rename-databases", cache_policy=NO_CACHE)
+def rename_databases_task(*, database: DatabaseSettings, renames: list[tuple[str, str]], close: list[str],
+                          comments: dict[str, str], secrets: list[str]) -> None:
+    """Swap names and marks in one transaction (all or nothing). Not retried: an operator reads the report
+    before anything touches names again."""
+    _params, secrets, conn = _admin(database, secrets)
+    with conn:
+        rename_databases(conn, renames, close=close, comments=comments)
+    for old, new in renames:
+        get_run_logger().info("Renamed database %r -> %r", old, new)
+
+
+@task(name="drop-recovery-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def drop_recovery_database(*, database: DatabaseSettings, name: str, secrets: list[str]) -> bool:
+    """Drop a previous recovery database (only one marked as such) the operator asked to overwrite."""
+    _params, secrets, conn = _admin(database, secrets)
+    with conn:
+        dropped = drop_marked_database(conn, name, allowed=(RECOVERY_MARK,))
+    if dropped:
+        get_run_logger().info("Dropped previous recovery database %r (overwrite_target)", name)
+    return dropped

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from runbooks.catalog import BackupCatalog
-from runbooks.errors import VerificationFailed
+from runbooks.errors import BackupNotFound, VerificationFailed
 from runbooks.manifest import BackupKind, BackupManifest, Verification
-from runbooks.pipeline import check_object
+from runbooks.pipeline import check_object, fetch_object
 from runbooks.postgres import pg_tool
 from runbooks.retention import Candidate, select_retention
 from runbooks.settings import RetentionPolicy
@@ -131,3 +132,67 @@ def apply_retention(
             catalog.delete_backup(manifests[backup_id])
             logger.info("Deleted %s %r backup %s (outside retention)", kind, name, backup_id)
     return RetentionReport(kind=kind, name=name, kept=plan.keep, removed=plan.remove, dry_run=dry_run)
+
+
+@task(name="resolve-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id: str,
+                            before: datetime | None) -> BackupManifest:
+    """Turn ``latest`` / an id / ``latest`` + ``before`` into one published, verified backup of ``database``.
+
+    Returns:
+        Its manifest. Refuses (BackupNotFound / VerificationFailed) rather than guessing.
+    """
+    if backup_id != "latest":
+        [manifest] = catalog.find_or_raise(backup_id, name=database)
+        if manifest.kind != "database":
+            raise BackupNotFound(f"backup {backup_id} of {database!r} is a cluster backup, not a database dump.")
+    else:
+        candidates = [m for m in catalog.list_backups(kind="database", name=database)]
+        if not candidates:
+            raise BackupNotFound(f"there is no backup of {database!r} in {catalog.repository.url}.",
+                                 hint="run the backup runbook first, or check repository.url.")
+        if before is not None:
+            cutoff = before if before.tzinfo else before.replace(tzinfo=UTC)
+            earlier = [m for m in candidates if m.started_at < cutoff]
+            if not earlier:
+                raise BackupNotFound(
+                    f"no backup of {database!r} was taken before {cutoff:%Y-%m-%d %H:%M:%S}Z; the first one is "
+                    f"{candidates[0].backup_id} ({candidates[0].started_at:%Y-%m-%d %H:%M:%S}Z).",
+                    hint="pick a later 'before' or a backup id from 'runbooks backups list'.",
+                )
+            candidates = earlier
+        verified = [m for m in candidates if m.verified]
+        if not verified:
+            raise VerificationFailed(f"no verified backup of {database!r} matches.",
+                                     hint="'runbooks backups list' shows each backup's verification state.")
+        manifest = verified[-1]
+    if not manifest.verified:
+        raise VerificationFailed(
+            f"backup {manifest.backup_id} of {database!r} failed verification when it was taken; it is never "
+            "restored.", hint="pick another with 'runbooks backups list'.")
+    get_run_logger().info("Using backup %s of %r (taken %s, %s stored)", manifest.backup_id, database,
+                          f"{manifest.started_at:%Y-%m-%d %H:%M:%S}Z", manifest.stored_bytes)
+    return manifest
+
+
+@task(name="find-cluster-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, not_after: datetime) -> BackupManifest | None:
+    """Returns:
+    The newest verified cluster (globals) backup taken no later than the database backup, if any."""
+    found = [m for m in catalog.list_backups(kind="cluster", name=cluster)
+             if m.verified and m.started_at <= not_after and any(o.role == "globals" for o in m.objects)]
+    return found[-1] if found else None
+
+
+@task(name="fetch-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str, dest: Path) -> Path:
+    """Stream one object of a backup to a local file (decompressed), verifying it against the manifest.
+
+    Returns:
+        The local file: only ever present if its checksum matched.
+    """
+    obj = next(o for o in manifest.objects if o.role == role)
+    started = time.monotonic()
+    size = fetch_object(catalog.repository, obj.key, dest, sha256=obj.sha256, stored_bytes=obj.stored_bytes)
+    get_run_logger().info("Fetched and verified %r (%d bytes) in %.1f s", obj.key, size, time.monotonic() - started)
+    return dest

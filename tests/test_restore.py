@@ -1,0 +1,266 @@
+"""The restore runbook against the real sandbox: all three modes, approvals, trading halt/resume through the
+simulator, refusals that change nothing, corrupted backups, and serialized concurrent restores."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from pydantic import ValidationError
+
+from flows.backup import BackupParameters, backup_databases
+from flows.restore import RestoreParameters, restore_database_flow
+from runbooks.catalog import BackupCatalog
+from runbooks.postgres import RECOVERY_MARK, SCRATCH_MARK, create_database, database_mark
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import load_settings
+from tests.approvals import decide_when_paused
+from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
+
+APPROVE = {"approve": True, "approver": "oncall-alice", "reason": "positions table corrupted at 01:40"}
+REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"}
+
+
+def restore(**params):  # type: ignore[no-untyped-def]
+    state = restore_database_flow(parameters=RestoreParameters(**params), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def databases(sandbox: SandboxState) -> set[str]:
+    with psycopg.connect(admin_dsn(sandbox)) as conn:
+        return {r for (r,) in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+
+
+def scalar(sandbox: SandboxState, dbname: str, query: str):  # type: ignore[no-untyped-def]
+    with psycopg.connect(admin_dsn(sandbox, dbname)) as conn:
+        row = conn.execute(query).fetchone()
+        return row[0] if row else None
+
+
+@pytest.fixture
+def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
+    client = httpx.Client(base_url=sandbox.simulator_url or "",
+                          headers={"Authorization": f"Bearer {sandbox.simulator_token}"})
+    client.post("/_control/reset").raise_for_status()
+    yield client
+    client.close()
+
+
+def operations(simulator: httpx.Client) -> list[str]:
+    calls = simulator.get("/_control/state").json()["calls"]
+    return [c["path"].rsplit("/", 1)[-1] for c in calls if c["method"] == "POST"]
+
+
+@pytest.fixture
+def source(config: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A fidelity database in the inventory, with one verified backup in this test's repository."""
+    name = create_fidelity_db(config)
+    set_database_env(monkeypatch, config, name)
+    state = backup_databases(parameters=BackupParameters(databases=[name]), return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    yield name
+    for db in databases(config):
+        if db.startswith(name):
+            drop_db(config, db)
+
+
+def test_verify_mode_touches_no_database(config: SandboxState, source: str) -> None:
+    before = databases(config)
+    state, result = restore(database=source, mode="verify")
+    assert state.is_completed(), result
+    assert result.verification.status == "passed" and result.verification.toc_entries > 10
+    assert databases(config) == before
+
+
+def test_new_mode_restores_an_identical_copy_and_leaves_the_source(config: SandboxState, source: str) -> None:
+    source_schema, source_content = schema_dump(config, source), content_checksums(config, source)
+    state, result = restore(database=source, mode="new", jobs=2)
+    assert state.is_completed(), result
+    target = f"{source}_recovery"
+    assert result.target == target and result.validation.passed and result.time_to_restore_seconds > 0
+    assert schema_dump(config, target) == source_schema == schema_dump(config, source)
+    assert content_checksums(config, target) == source_content == content_checksums(config, source)
+    with psycopg.connect(admin_dsn(config)) as conn:
+        assert database_mark(conn, target)[0] == RECOVERY_MARK  # type: ignore[index]
+    assert not [d for d in databases(config) if "_restore_" in d]  # no scratch left
+
+    # Again into the same target: refused unless overwrite_target, which then replaces it.
+    state, result = restore(database=source, mode="new")
+    assert state.is_failed() and "already exists" in result.error and "overwrite_target" in result.error
+    state, result = restore(database=source, mode="new", overwrite_target=True)
+    assert state.is_completed(), result
+
+
+def test_refusals_change_nothing(config: SandboxState, source: str) -> None:
+    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{source}_keep"')
+    before = databases(config)
+    state, result = restore(database=source, mode="new", target_database=f"{source}_keep")
+    assert state.is_failed() and "was not made by a restore" in result.error
+    state, result = restore(database=source, backup_id="20200101T000000Z")
+    assert state.is_failed() and "no backup 20200101T000000Z" in result.error and "HINT" in result.error
+    state, result = restore(database=source, before="2001-01-01T00:00:00Z")
+    assert state.is_failed() and "no backup of" in result.error and "first one is" in result.error
+    state, result = restore(database="not_in_inventory")
+    assert state.is_failed() and "not in the inventory" in result.error
+    with pytest.raises(ValidationError, match="use mode=replace"):
+        RestoreParameters(database=source, mode="new", target_database=source)
+    assert databases(config) == before
+
+
+def test_corrupted_backup_is_refused(config: SandboxState, source: str) -> None:
+    catalog = BackupCatalog(open_repository(load_settings().repository))
+    [manifest] = catalog.list_backups(kind="database", name=source)
+    path = Path(catalog.repository.root) / manifest.objects[0].key  # type: ignore[attr-defined]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    before = databases(config)
+    state, result = restore(database=source, mode="verify")
+    assert state.is_failed() and "does not verify" in result.error
+    state, result = restore(database=source, mode="new")
+    assert state.is_failed() and ("corrupted" in result.error or "damaged" in result.error)
+    assert databases(config) == before
+
+
+def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, source: str,
+                                                       simulator: httpx.Client) -> None:
+    # After the backup, the live database takes a bad write we want to undo.
+    with psycopg.connect(admin_dsn(config, source), autocommit=True) as conn:
+        conn.execute("DELETE FROM market.orders WHERE id > 100")
+    approver = decide_when_paused(APPROVE)
+    state, result = restore(database=source, mode="replace", approval_poll_seconds=1)
+    approver.join(5)
+    assert state.is_completed(), result
+    assert result.approval == APPROVE
+    assert scalar(config, source, "SELECT count(*) FROM market.orders") == 500  # restored
+    kept = result.kept_live_as
+    assert kept and kept.startswith(f"{source}_pre_restore_")
+    assert scalar(config, kept, "SELECT count(*) FROM market.orders") == 100  # the old live one, kept
+    assert operations(simulator) == ["kill-switch", "resume"]  # halt before the swap, resume after
+    assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"
+    assert result.validation.live_deltas["market.orders"] == 400
+    with psycopg.connect(admin_dsn(config)) as conn:
+        assert database_mark(conn, source) is None  # the live database is never a droppable scratch
+
+
+@pytest.mark.parametrize("decision", [REJECT, None], ids=["rejected", "timed-out"])
+def test_replace_rejected_or_timed_out_changes_nothing(config: SandboxState, source: str, simulator: httpx.Client,
+                                                       decision: dict | None) -> None:  # type: ignore[type-arg]
+    before, content = databases(config), content_checksums(config, source)
+    approver = decide_when_paused(decision)
+    state, result = restore(database=source, mode="replace", approval_poll_seconds=1,
+                            approval_timeout_seconds=120 if decision else 3)
+    approver.join(5)
+    assert state.is_failed()
+    assert result.status == ("rejected" if decision else "timed_out")
+    assert databases(config) == before and content_checksums(config, source) == content
+    assert operations(simulator) == []  # trading untouched
+    if decision:
+        assert "oncall-bob" in result.error
+
+
+def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str, simulator: httpx.Client) -> None:
+    state, dry = restore(database=source, mode="replace", dry_run=True)
+    assert state.is_completed() and dry.status == "dry_run"
+    assert databases(config) >= {source} and operations(simulator) == []
+    state, wrong = restore(database=source, mode="replace", confirm="000000000000")
+    assert state.is_failed() and "does not match this plan" in wrong.error
+    assert operations(simulator) == []
+    state, result = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
+    assert state.is_completed(), result
+    assert result.approval["approver"] == "confirm parameter (unattended)"
+    assert operations(simulator) == ["kill-switch", "resume"]
+
+
+def test_trading_already_halted_stays_halted(config: SandboxState, source: str, simulator: httpx.Client) -> None:
+    simulator.post("/api/v1/operations/kill-switch", json={"reason": "incident", "activated_by": "oncall"})
+    state, dry = restore(database=source, mode="replace", dry_run=True)
+    state, result = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
+    assert state.is_completed(), result
+    assert operations(simulator) == ["kill-switch", "kill-switch"]  # no resume
+    assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "halted"
+
+
+def test_concurrent_restores_of_one_database_never_interleave(config: SandboxState, source: str,
+                                                             simulator: httpx.Client) -> None:
+    """A replace waiting for approval holds the lock: a second restore is refused at once, or waits its turn."""
+    first: dict = {}  # type: ignore[type-arg]
+
+    def run_first() -> None:
+        first["state"], first["result"] = restore(database=source, mode="replace", approval_poll_seconds=1,
+                                                  approval_timeout_seconds=120)
+
+    paused = decide_when_paused(None)  # only to know when the first run is paused (holding the lock)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run_first,))
+    thread.start()
+    paused.join(120)
+    state, refused = restore(database=source, mode="new", target_database=f"{source}_second")
+    assert state.is_failed() and "another run holds" in refused.error
+    assert f"{source}_second" not in databases(config)
+
+    from prefect.flow_runs import resume_flow_run
+
+    waiter: dict = {}  # type: ignore[type-arg]
+
+    def run_waiting() -> None:
+        waiter["state"], waiter["result"] = restore(database=source, mode="new", target_database=f"{source}_third",
+                                                    lock_wait_seconds=120)
+
+    second = threading.Thread(target=contextvars.copy_context().run, args=(run_waiting,))
+    second.start()
+    resume_flow_run(paused.seen[0], run_input=REJECT)  # type: ignore[attr-defined]
+    thread.join(120)
+    second.join(180)
+    assert first["result"].status == "rejected"
+    assert waiter["state"].is_completed(), waiter["result"]
+    lock_step = next(s for s in waiter["result"].timeline if s.step == "take restore lock")
+    first_end = first["result"].started_at.timestamp() + first["result"].seconds
+    assert lock_step.started_at.timestamp() + lock_step.seconds >= first_end - 1.0  # got it only after the first
+
+
+def test_a_killed_restore_leaves_a_scratch_the_next_run_removes(config: SandboxState, source: str) -> None:
+    """What a restore killed during pg_restore leaves: a marked scratch database (the source untouched)."""
+    scratch = f"{source}_restore_20260101000000"
+    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+        create_database(conn, scratch, mark=SCRATCH_MARK, meta={"source": source, "flow_run_id": "killed"})
+    state, result = restore(database=source, mode="new")
+    assert state.is_completed(), result
+    assert result.scratch_swept == [scratch]
+    assert scratch not in databases(config)
+
+
+def test_restore_process_killed_midway(config: SandboxState, source: str, prefect_api: str) -> None:
+    """SIGKILL `runbooks run restore` during pg_restore: the source is untouched, the scratch database is
+    marked, and the next restore drops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.processes import children_named, freeze_when, wait_for
+
+    content = content_checksums(config, source)
+    proc = subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param", f"database={source}"],
+                            env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        [pid] = wait_for(lambda: children_named(proc.pid, "pg_restore"), timeout=120)  # type: ignore[misc]
+        freeze_when(pid, lambda: True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    with psycopg.connect(admin_dsn(config)) as conn:
+        scratch = [d for d in databases(config) if d.startswith(f"{source}_restore_")]
+        assert len(scratch) == 1 and database_mark(conn, scratch[0])[0] == SCRATCH_MARK  # type: ignore[index]
+    assert content_checksums(config, source) == content
+    state, result = restore(database=source, mode="new")
+    assert state.is_completed(), result
+    assert result.scratch_swept == scratch
