@@ -10,22 +10,20 @@ server, in memory: its throughput bounds (d), not ours). Prints times, ratios ag
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
+from bench.measure import flow_env, median_of, run_runbook, shell_median, timed_shell
 from runbooks.postgres import libpq_env, pg_tool
 from runbooks.sandbox import Sandbox, parse_size
 from runbooks.sandbox.environment import BUCKET, DATABASE
@@ -40,37 +38,6 @@ class Row:
     out_bytes: int | None = None
     peak_rss_mb: float | None = None
     flow_seconds: float | None = None
-
-
-def timed_shell(command: str, env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, check=True)
-    return time.perf_counter() - started
-
-
-def shell_median(command: str, env: dict[str, str], repeat: int) -> float:
-    return sorted(timed_shell(command, env) for _ in range(repeat))[repeat // 2]
-
-
-def median_of(repeat: int, measure):  # type: ignore[no-untyped-def]
-    """Median over ``repeat`` runs of ``measure() -> (seconds, *extra)``; this machine's timings are noisy."""
-    runs = sorted((measure() for _ in range(repeat)), key=lambda r: r[0])
-    return runs[len(runs) // 2]
-
-
-def run_flow(env: dict[str, str]) -> tuple[float, float, dict]:  # type: ignore[type-arg]
-    """Wall time of the backup (from the flow's own timeline), whole-process wall time, peak RSS (MB)."""
-    argv = [sys.executable, "-m", "runbooks.cli", "run", "backup", "--json", "--param", "include_cluster=false",
-            "--param", "apply_retention=false"]
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    stdout = proc.stdout.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"backup flow failed: {stdout.decode()[-2000:]}")
-    result = json.loads(stdout)
-    return wall, usage.ru_maxrss / 1024, result
 
 
 def main() -> None:
@@ -110,8 +77,7 @@ def main() -> None:
             b = shell_median(f"{pg_dump} -Fc -Z0 | zstd -3 -q > {out / 'b.dump.zst'}", env, args.repeat)
             rows.append(Row(size, db_bytes, "(b) pg_dump -Fc -Z0 \\| zstd -3", b, (out / "b.dump.zst").stat().st_size))
             shutil.rmtree(out)
-            flow_env = {**os.environ, "RUNBOOKS_CONFIG": state.config_path, "PREFECT_API_URL":
-                        state.prefect_api_url or "", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            base_env = flow_env(state.config_path, state.prefect_api_url)
             backends = [("local", {})]
             if not args.skip_s3:
                 backends.append(("S3 (moto)", {"RUNBOOKS_REPOSITORY__URL": f"s3://{BUCKET}/bench",
@@ -119,10 +85,11 @@ def main() -> None:
                                                "RUNBOOKS_REPOSITORY__ACCESS_KEY_ID": "sandbox",
                                                "RUNBOOKS_REPOSITORY__SECRET_ACCESS_KEY": state.s3_secret or ""}))
             for label, extra in backends:
-                env_c = {**flow_env, **extra}
+                env_c = {**base_env, **extra}
 
                 def measure_flow(env_c: dict[str, str] = env_c) -> tuple[float, float, float, dict]:  # type: ignore[type-arg]
-                    wall, rss, result = run_flow(env_c)
+                    wall, rss, result = run_runbook(
+                        "backup", ["include_cluster=false", "apply_retention=false"], env_c)
                     return result["items"][0]["seconds"], wall, rss, result
 
                 seconds, wall, rss, result = median_of(args.repeat, measure_flow)

@@ -202,7 +202,8 @@ def render_report(result: RestoreResult) -> str:
     if result.roles_created:
         lines += [f"Roles created from the cluster backup: {', '.join(result.roles_created)}", ""]
     if result.scratch_swept:
-        lines += [f"Scratch databases of interrupted restores dropped: {', '.join(result.scratch_swept)}", ""]
+        verb = "to drop (dry run)" if result.dry_run else "dropped"
+        lines += [f"Scratch databases of interrupted restores {verb}: {', '.join(result.scratch_swept)}", ""]
     lines += ["## Trading", "\n".join(f"- {t}" for t in result.trading) or "_untouched_", ""]
     if result.kept_live_as:
         lines += [f"The previous live database is kept as `{result.kept_live_as}`.", ""]
@@ -295,7 +296,8 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
     secrets = settings.secrets
     assert result.plan is not None
     with timeline.step("sweep scratch databases"):
-        result.scratch_swept = sweep_scratch_databases(database=database, source=params.database, secrets=secrets)
+        result.scratch_swept = sweep_scratch_databases(database=database, source=params.database, secrets=secrets,
+                                                       dry_run=params.dry_run)
     with timeline.step("check target"):
         state = inspect_target(database=database, names=[target], secrets=secrets)[target]
     if params.mode == "new" and state is not None:

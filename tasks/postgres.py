@@ -269,19 +269,24 @@ def _admin(database: DatabaseSettings, secrets: list[str]):  # type: ignore[no-u
 
 
 @task(name="sweep-scratch-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def sweep_scratch_databases(*, database: DatabaseSettings, source: str, secrets: list[str]) -> list[str]:
+def sweep_scratch_databases(*, database: DatabaseSettings, source: str, secrets: list[str],
+                            dry_run: bool = False) -> list[str]:
     """Drop the scratch databases that interrupted restores of ``source`` left behind.
 
     Called while holding the restore lock of ``source``, so none of them belongs to a live restore.
 
     Returns:
-        The names dropped.
+        The names dropped (dry-run: that would be dropped).
     """
     _params, secrets, conn = _admin(database, secrets)
     dropped = []
     with conn:
         for name, meta in marked_databases(conn, SCRATCH_MARK):
             if meta.get("source") == source:
+                if dry_run:
+                    get_run_logger().info("Would drop scratch database %r of an interrupted restore", name)
+                    dropped.append(name)
+                    continue
                 drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))
                 dropped.append(name)
                 get_run_logger().info("Dropped scratch database %r left by an interrupted restore (%s)", name,

@@ -229,6 +229,8 @@ def test_a_killed_restore_leaves_a_scratch_the_next_run_removes(config: SandboxS
     scratch = f"{source}_restore_20260101000000"
     with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
         create_database(conn, scratch, mark=SCRATCH_MARK, meta={"source": source, "flow_run_id": "killed"})
+    state, result = restore(database=source, mode="new", dry_run=True)
+    assert state.is_completed() and result.scratch_swept == [scratch] and scratch in databases(config)
     state, result = restore(database=source, mode="new")
     assert state.is_completed(), result
     assert result.scratch_swept == [scratch]
