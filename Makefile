@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 # Lint, types, and the whole suite (it starts and removes its own PostgreSQL, S3 server and simulator).
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check runbooks flows tasks tests bench deployments
-	$(VENV)/bin/mypy runbooks flows tasks
+	$(VENV)/bin/mypy runbooks flows tasks bench deployments
 	$(VENV)/bin/pytest
 
 down: $(VENV)/.installed

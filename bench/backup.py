@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.measure import flow_env, median_of, run_runbook, shell_median, timed_shell
+from bench.measure import flow_env, run_runbook, timed_shell
 from runbooks.postgres import libpq_env, pg_tool
 from runbooks.sandbox import Sandbox, parse_size
 from runbooks.sandbox.environment import BUCKET, DATABASE
@@ -35,7 +35,7 @@ class Row:
     db_bytes: int
     label: str
     seconds: float
-    out_bytes: int | None = None
+    out_bytes: int = 0
     peak_rss_mb: float | None = None
     flow_seconds: float | None = None
 
@@ -71,33 +71,38 @@ def main() -> None:
             out.mkdir()
             # Warm the page cache so no contender pays the first read.
             timed_shell(f"{pg_dump} -Fc -Z0 > /dev/null", env)
-            print("  timing (a) and (b)", flush=True)
-            a = shell_median(f"{pg_dump} -Fc -f {out / 'a.dump'}", env, args.repeat)
-            rows.append(Row(size, db_bytes, "(a) pg_dump -Fc (seeds)", a, (out / "a.dump").stat().st_size))
-            b = shell_median(f"{pg_dump} -Fc -Z0 | zstd -3 -q > {out / 'b.dump.zst'}", env, args.repeat)
-            rows.append(Row(size, db_bytes, "(b) pg_dump -Fc -Z0 \\| zstd -3", b, (out / "b.dump.zst").stat().st_size))
-            shutil.rmtree(out)
             base_env = flow_env(state.config_path, state.prefect_api_url)
-            backends = [("local", {})]
+            contenders: dict[str, object] = {
+                "(a) pg_dump -Fc (seeds)": f"{pg_dump} -Fc -f {out / 'a.dump'}",
+                "(b) pg_dump -Fc -Z0 \\| zstd -3": f"{pg_dump} -Fc -Z0 | zstd -3 -q > {out / 'b.dump.zst'}",
+                "(c) backup flow -> local": {},
+            }
             if not args.skip_s3:
-                backends.append(("S3 (moto)", {"RUNBOOKS_REPOSITORY__URL": f"s3://{BUCKET}/bench",
-                                               "RUNBOOKS_REPOSITORY__ENDPOINT_URL": state.s3_endpoint or "",
-                                               "RUNBOOKS_REPOSITORY__ACCESS_KEY_ID": "sandbox",
-                                               "RUNBOOKS_REPOSITORY__SECRET_ACCESS_KEY": state.s3_secret or ""}))
-            for label, extra in backends:
-                env_c = {**base_env, **extra}
-
-                def measure_flow(env_c: dict[str, str] = env_c) -> tuple[float, float, float, dict]:  # type: ignore[type-arg]
-                    wall, rss, result = run_runbook(
-                        "backup", ["include_cluster=false", "apply_retention=false"], env_c)
-                    return result["items"][0]["seconds"], wall, rss, result
-
-                seconds, wall, rss, result = median_of(args.repeat, measure_flow)
-                item = result["items"][0]
-                rows.append(Row(size, db_bytes, f"(c) backup flow -> {label}", seconds, item["stored_bytes"],
-                                rss, result["seconds"]))
-                print(f"  flow -> {label}: backup {item['seconds']:.1f} s (dump+verify+publish), "
-                      f"process {wall:.1f} s, peak RSS {rss:.0f} MB", flush=True)
+                contenders["(c) backup flow -> S3 (moto)"] = {
+                    "RUNBOOKS_REPOSITORY__URL": f"s3://{BUCKET}/bench",
+                    "RUNBOOKS_REPOSITORY__ENDPOINT_URL": state.s3_endpoint or "",
+                    "RUNBOOKS_REPOSITORY__ACCESS_KEY_ID": "sandbox",
+                    "RUNBOOKS_REPOSITORY__SECRET_ACCESS_KEY": state.s3_secret or ""}
+            runs: dict[str, list[Row]] = {label: [] for label in contenders}
+            for round_ in range(args.repeat):  # interleaved: drift on a noisy machine hits every contender alike
+                print(f"  round {round_ + 1}/{args.repeat}", flush=True)
+                for label, how in contenders.items():
+                    subprocess.run(["sync"], check=True)
+                    if isinstance(how, str):
+                        seconds = timed_shell(how, env)
+                        output = out / ("a.dump" if label.startswith("(a)") else "b.dump.zst")
+                        runs[label].append(Row(size, db_bytes, label, seconds, output.stat().st_size))
+                        output.unlink()
+                        continue
+                    _wall, rss, result = run_runbook(
+                        "backup", ["include_cluster=false", "apply_retention=false"], {**base_env, **how})  # type: ignore[dict-item]
+                    item = result["items"][0]
+                    runs[label].append(Row(size, db_bytes, label, item["seconds"], item["stored_bytes"], rss,
+                                           result["seconds"]))
+            for label, measured in runs.items():
+                rows.append(sorted(measured, key=lambda r: r.seconds)[len(measured) // 2])
+                print(f"  {label}: " + ", ".join(f"{r.seconds:.1f}" for r in measured) + " s", flush=True)
+            shutil.rmtree(out)
         finally:
             box.down()
     report = render(rows)
@@ -114,8 +119,8 @@ def render(rows: list[Row]) -> str:
              f"{subprocess.run([pg_tool('pg_dump'), '--version'], capture_output=True, text=True).stdout.strip()}, "
              f"peak RSS of this benchmark {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
              "",
-             "Medians of the runs; `seconds` of the flow is its backup of the database (dump + verify + publish), "
-             "`whole flow run` adds the repository check, sweep and report.",
+             "Medians of interleaved rounds; `seconds` of the flow is its backup of the database "
+             "(dump + verify + publish), `whole flow run` adds the repository check, sweep and report.",
              "",
              "| database | contender | seconds | vs (b) | vs (a) | output | flow peak RSS | whole flow run |",
              "|---|---|---|---|---|---|---|---|"]

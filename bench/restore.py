@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import platform
 import shlex
+import subprocess
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from bench.measure import flow_env, median_of, run_runbook, shell_median
+from bench.measure import flow_env, run_runbook, timed_shell
 from runbooks.catalog import BackupCatalog
 from runbooks.pipeline import iter_decompressed
 from runbooks.postgres import libpq_env, pg_tool
@@ -56,36 +58,42 @@ def main() -> None:
 
         admin = state.cluster().dsn("postgres")
 
-        def recreate(name: str) -> None:
+        def settle() -> None:
+            """Same start for every contender: no restored copies left, no checkpoint or writeback pending."""
             with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_%'"):
+                    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute("CREATE DATABASE bench_raw")
+                conn.execute("CHECKPOINT")
+            subprocess.run(["sync"], check=True)
+            time.sleep(2)
 
-        raw_env = libpq_env(psycopg.conninfo.conninfo_to_dict(state.cluster().dsn("raw_target")))
-        print(f"  timing raw pg_restore -j {args.jobs}", flush=True)
-        raw = shell_median(f"{shlex.quote(pg_tool('pg_restore'))} -j {args.jobs} -d raw_target {dump}", raw_env,
-                           args.repeat, before=lambda: recreate("raw_target"))
-
-        counter = iter(range(1000))
-
-        def flow_once() -> tuple[float, float, dict]:  # type: ignore[type-arg]
-            target = f"flow_target_{next(counter)}"
+        raw_env = libpq_env(psycopg.conninfo.conninfo_to_dict(state.cluster().dsn("bench_raw")))
+        raw_cmd = f"{shlex.quote(pg_tool('pg_restore'))} -j {args.jobs} -d bench_raw {dump}"
+        raws: list[float] = []
+        flows: list[tuple[float, float, dict]] = []  # type: ignore[type-arg]
+        for round_ in range(args.repeat):  # interleaved, so drift on this noisy machine hits both alike
+            print(f"  round {round_ + 1}/{args.repeat}: raw pg_restore, then the restore flow", flush=True)
+            settle()
+            raws.append(timed_shell(raw_cmd, raw_env))
+            settle()
             _wall, _rss, result = run_runbook(
-                "restore", [f"database={DATABASE}", "mode=new", f"target_database={target}", f"jobs={args.jobs}",
-                            "restore_globals=never"], env)
+                "restore", [f"database={DATABASE}", "mode=new", f"target_database=bench_flow_{round_}",
+                            f"jobs={args.jobs}", "restore_globals=never"], env)
             steps = {s["step"]: s["seconds"] for s in result["timeline"]}
-            restore_only = steps["fetch and verify backup"] + steps[f"pg_restore -j {args.jobs}"]
-            return restore_only, result["time_to_restore_seconds"], result
-
-        print("  timing the restore flow", flush=True)
-        restore_s, validated_s, result = median_of(args.repeat, flow_once)
+            flows.append((steps["fetch and verify backup"] + steps[f"pg_restore -j {args.jobs}"],
+                          result["time_to_restore_seconds"], result))
+        raw = sorted(raws)[len(raws) // 2]
+        restore_s, validated_s, result = sorted(flows, key=lambda f: f[0])[len(flows) // 2]
     finally:
         box.down()
     steps = {s["step"]: s["seconds"] for s in result["timeline"]}
     report = "\n".join([
         f"### Restore benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
         f"{platform.node()}: {args.size} generated database ({manifest.bytes / 1e9:.2f} GB dump), "
-        f"`-j {args.jobs}`, medians of {args.repeat} runs.", "",
+        f"`-j {args.jobs}`, medians of {args.repeat} interleaved rounds "
+        f"(raw runs: {', '.join(f'{r:.1f}' for r in raws)} s; flow restores: "
+        f"{', '.join(f'{f[0]:.1f}' for f in flows)} s).", "",
         "| contender | seconds | vs raw |", "|---|---|---|",
         f"| raw `pg_restore -j {args.jobs}` from a local file | {raw:.1f} | 1.00x |",
         f"| restore flow: fetch + verify + pg_restore | {restore_s:.1f} | {restore_s / raw:.2f}x |",
@@ -93,8 +101,8 @@ def main() -> None:
         "", "Flow steps of the median run: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()), ""])
     print(report)
     if args.write:
-        with open(args.write, "a") as handle:
-            handle.write(report + "\n")
+        with open(args.write, "a") as report_file:
+            report_file.write(report + "\n")
 
 
 if __name__ == "__main__":
