@@ -227,6 +227,7 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
     result = RestoreResult(database=params.database, mode=params.mode, dry_run=params.dry_run, status="failed",
                            target=target if params.mode != "verify" else None, started_at=started_at, seconds=0,
                            timeline=[], succeeded=False)
+
     def conclude() -> State:
         result.seconds = time.monotonic() - started
         result.timeline = timeline.steps

@@ -178,6 +178,8 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     ).fetchall()
     if not tables:
         return {}
+    # Runs beside pg_dump on the same cores: one process, no parallel workers competing with the dump.
+    conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     parts = [
         sql.SQL("SELECT {label}, count(*) FROM ONLY {table}").format(
             label=sql.Literal(f"{schema}.{name}"), table=sql.Identifier(schema, name)
