@@ -147,7 +147,7 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
         if manifest.kind != "database":
             raise BackupNotFound(f"backup {backup_id} of {database!r} is a cluster backup, not a database dump.")
     else:
-        candidates = [m for m in catalog.list_backups(kind="database", name=database)]
+        candidates = catalog.list_backups(kind="database", name=database)
         if not candidates:
             raise BackupNotFound(f"there is no backup of {database!r} in {catalog.repository.url}.",
                                  hint="run the backup runbook first, or check repository.url.")
