@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import Refused, RunbookError
 from runbooks.manifest import BackupManifest, Verification
-from runbooks.postgres import RECOVERY_MARK, advisory_lock, mark_text
+from runbooks.postgres import RECOVERY_MARK, SCRATCH_MARK, advisory_lock, mark_text
 from runbooks.redact import scrub
 from runbooks.report import StepTiming, Timeline, human_bytes, table
 from runbooks.repository import open_repository
@@ -43,8 +43,7 @@ from runbooks.settings import Settings, load_settings
 from tasks.postgres import (
     ValidationReport,
     create_scratch_database,
-    drop_recovery_database,
-    drop_scratch_database,
+    drop_restore_database,
     inspect_target,
     rename_databases_task,
     restore_database,
@@ -364,7 +363,7 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
             if params.mode == "new":
                 with timeline.step("publish recovery database"):
                     if state == RECOVERY_MARK:
-                        drop_recovery_database(database=database, name=target, secrets=secrets)
+                        drop_restore_database(database=database, name=target, mark=RECOVERY_MARK, secrets=secrets)
                     rename_databases_task(database=database, renames=[(scratch, target)], close=[],
                                           comments={target: mark_text(RECOVERY_MARK, meta)}, secrets=secrets)
                 result.status = "succeeded"
@@ -414,7 +413,7 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
         finally:
             if result.kept_live_as is None and result.status != "succeeded":
                 try:
-                    drop_scratch_database(database=database, name=scratch, secrets=secrets)
+                    drop_restore_database(database=database, name=scratch, mark=SCRATCH_MARK, secrets=secrets)
                 except RunbookError as exc:
                     logger.warning("Could not drop scratch database %r: %s", scratch, exc)
     finally:

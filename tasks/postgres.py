@@ -20,7 +20,6 @@ from runbooks.errors import ConfigurationError
 from runbooks.manifest import BackupManifest, SnapshotInfo, StoredObject
 from runbooks.pipeline import CompressingSink, stream_command, stream_into
 from runbooks.postgres import (
-    RECOVERY_MARK,
     SCRATCH_MARK,
     admin_params,
     classify,
@@ -322,14 +321,15 @@ def create_scratch_database(*, database: DatabaseSettings, name: str, meta: dict
     get_run_logger().info("Created scratch database %r", name)
 
 
-@task(name="drop-scratch-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def drop_scratch_database(*, database: DatabaseSettings, name: str, secrets: list[str]) -> bool:
-    """Drop a scratch database this run made ("already gone" is success)."""
+@task(name="drop-restore-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def drop_restore_database(*, database: DatabaseSettings, name: str, mark: str, secrets: list[str]) -> bool:
+    """Drop a database a restore made — a scratch copy, or a previous recovery database the operator asked to
+    overwrite — and only if it carries that ``mark`` ("already gone" is success)."""
     _params, secrets, conn = _admin(database, secrets)
     with conn:
-        dropped = drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))
+        dropped = drop_marked_database(conn, name, allowed=(mark,))
     if dropped:
-        get_run_logger().info("Dropped scratch database %r", name)
+        get_run_logger().info("Dropped %s database %r", mark.removeprefix("runbooks-"), name)
     return dropped
 
 
@@ -427,14 +427,3 @@ def rename_databases_task(*, database: DatabaseSettings, renames: list[tuple[str
         rename_databases(conn, renames, close=close, comments=comments)
     for old, new in renames:
         get_run_logger().info("Renamed database %r -> %r", old, new)
-
-
-@task(name="drop-recovery-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def drop_recovery_database(*, database: DatabaseSettings, name: str, secrets: list[str]) -> bool:
-    """Drop a previous recovery database (only one marked as such) the operator asked to overwrite."""
-    _params, secrets, conn = _admin(database, secrets)
-    with conn:
-        dropped = drop_marked_database(conn, name, allowed=(RECOVERY_MARK,))
-    if dropped:
-        get_run_logger().info("Dropped previous recovery database %r (overwrite_target)", name)
-    return dropped

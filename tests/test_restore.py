@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
+from tests.processes import wait_for
 
 APPROVE = {"approve": True, "approver": "oncall-alice", "reason": "positions table corrupted at 01:40"}
 REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"}
@@ -82,7 +84,7 @@ def test_new_mode_restores_an_identical_copy_and_leaves_the_source(config: Sandb
     state, result = restore(database=source, mode="new", jobs=2)
     assert state.is_completed(), result
     target = f"{source}_recovery"
-    assert result.target == target and result.validation.passed and result.time_to_restore_seconds > 0
+    assert result.target == target and result.validation.passed and result.time_to_restore_seconds is not None
     assert schema_dump(config, target) == source_schema == schema_dump(config, source)
     assert content_checksums(config, target) == source_content == content_checksums(config, source)
     with psycopg.connect(admin_dsn(config)) as conn:
@@ -214,14 +216,23 @@ def test_concurrent_restores_of_one_database_never_interleave(config: SandboxSta
 
     second = threading.Thread(target=contextvars.copy_context().run, args=(run_waiting,))
     second.start()
+
+    def lock_sessions() -> int:  # the holder and the waiter, each on its own lock session
+        with psycopg.connect(admin_dsn(config, "postgres")) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'runbooks restore%'"
+                               ).fetchone()
+            return int(row[0]) if row else 0
+
+    wait_for(lambda: lock_sessions() >= 2, timeout=120, interval=0.2)
+    released_at = datetime.now(UTC)  # the first run holds the lock at least until it is resumed
     resume_flow_run(paused.seen[0], run_input=REJECT)  # type: ignore[attr-defined]
     thread.join(120)
     second.join(180)
     assert first["result"].status == "rejected"
     assert waiter["state"].is_completed(), waiter["result"]
     lock_step = next(s for s in waiter["result"].timeline if s.step == "take restore lock")
-    first_end = first["result"].started_at.timestamp() + first["result"].seconds
-    assert lock_step.started_at.timestamp() + lock_step.seconds >= first_end - 1.0  # got it only after the first
+    acquired_at = lock_step.started_at + timedelta(seconds=lock_step.seconds)
+    assert lock_step.started_at < released_at <= acquired_at  # it waited, and got the lock only after the first
 
 
 def test_a_killed_restore_leaves_a_scratch_the_next_run_removes(config: SandboxState, source: str) -> None:
