@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import threading
@@ -78,7 +77,8 @@ class RestoreParameters(BaseModel):
     halt_trading: bool | None = Field(default=None, description="Kill switch before the swap; default: replace only.")
     compare_live: bool = Field(default=False, description="Also compare row counts with the live database.")
     restore_globals: Literal["auto", "always", "never"] = Field(
-        default="auto", description="Create roles from the cluster backup first (auto: when some are missing).")
+        default="auto", description="Create the roles the cluster lacks from the cluster backup first "
+        "(always: fail if there is no cluster backup).")
     no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-acl (seeds' variant).")
     confirm: str | None = Field(default=None, description="The plan hash: approves a replace without pausing.")
     approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400)
@@ -222,7 +222,11 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
     timeline = Timeline()
     started_at, started = datetime.now(UTC), time.monotonic()
     halt = params.halt_trading if params.halt_trading is not None else params.mode == "replace"
-    target = params.database if params.mode == "replace" else (params.target_database or f"{params.database}_recovery")
+    try:
+        live = str(settings.database_or_raise(params.database).conninfo().get("dbname") or params.database)
+    except RunbookError:
+        live = params.database  # reported below, where the inventory is checked
+    target = live if params.mode == "replace" else (params.target_database or f"{params.database}_recovery")
     result = RestoreResult(database=params.database, mode=params.mode, dry_run=params.dry_run, status="failed",
                            target=target if params.mode != "verify" else None, started_at=started_at, seconds=0,
                            timeline=[], succeeded=False)
@@ -256,7 +260,7 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
             return conclude()
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        keep_as = f"{params.database}_pre_restore_{stamp}"[:63] if params.mode == "replace" else None
+        keep_as = f"{live[:45]}_pre_restore_{stamp}" if params.mode == "replace" else None
         result.plan = RestorePlan(
             database=params.database, mode=params.mode, backup_id=manifest.backup_id,
             backup_taken_at=manifest.started_at,
@@ -294,6 +298,7 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
     """Everything after the lock is taken; exceptions propagate to the flow, which reports them."""
     logger = get_run_logger()
     secrets = settings.secrets
+    live = str(database.conninfo().get("dbname") or params.database)  # the server's name, not the inventory's
     assert result.plan is not None
     with timeline.step("sweep scratch databases"):
         result.scratch_swept = sweep_scratch_databases(database=database, source=params.database, secrets=secrets,
@@ -334,13 +339,12 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
         if params.restore_globals != "never":
             with timeline.step("restore roles (globals)"):
                 cluster = find_cluster_backup(catalog=catalog, cluster=settings.cluster.name,
-                                              not_after=manifest.finished_at)
+                                              backup_id=manifest.backup_id)
                 if cluster is not None:
                     globals_sql = fetch_backup(catalog=catalog, manifest=cluster, role="globals",
                                                dest=workdir / "globals.sql")
-                    if params.restore_globals == "always" or _missing_roles(globals_sql, database, secrets):
-                        result.roles_created = restore_globals(database=database, globals_sql=globals_sql,
-                                                               secrets=secrets)
+                    result.roles_created = restore_globals(database=database, globals_sql=globals_sql,
+                                                           secrets=secrets)
                 elif params.restore_globals == "always":
                     raise Refused("restore_globals=always but there is no verified cluster backup of "
                                   f"{settings.cluster.name!r} before {manifest.backup_id}.")
@@ -353,7 +357,7 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
             with timeline.step("validate restored database"):
                 result.validation = validate_database(
                     database=database, target=scratch, expected=manifest.row_counts,
-                    compare_live=params.database if (params.compare_live or params.mode == "replace") else None,
+                    compare_live=live if (params.compare_live or params.mode == "replace") else None,
                     secrets=secrets)
             result.time_to_restore_seconds = time.monotonic() - restore_started
             if not result.validation.passed:
@@ -383,19 +387,20 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
             if halt:
                 with timeline.step("halt trading"):
                     before = read_trading_status(api=settings.trading_api)
+                    # Recorded first: a kill switch that took effect but whose answer was lost is still reported.
+                    result.trading.append(f"HALTED via kill switch (was {before.get('trading_mode')!r})")
                     halt_trading(api=settings.trading_api, actor=ACTOR,
                                  reason=f"restore of {params.database} from {manifest.backup_id}")
-                    result.trading.append(f"HALTED via kill switch (was {before.get('trading_mode')!r})")
             with timeline.step("swap databases"):
                 rename_databases_task(
-                    database=database, renames=[(params.database, keep_as), (scratch, params.database)],  # type: ignore[list-item]
-                    close=[params.database],
+                    database=database, renames=[(live, keep_as), (scratch, live)],  # type: ignore[list-item]
+                    close=[live], properties_from=(live, scratch),
                     comments={keep_as: f"runbooks pre-restore copy {json.dumps(meta)}",  # type: ignore[dict-item]
-                              params.database: f"restored by runbooks from backup {manifest.backup_id}"},
+                              live: f"restored by runbooks from backup {manifest.backup_id}"},
                     secrets=secrets)
             result.kept_live_as = keep_as  # the scratch copy is the live database now: never drop it
             with timeline.step("validate live database"):
-                after = validate_database(database=database, target=params.database, expected=manifest.row_counts,
+                after = validate_database(database=database, target=live, expected=manifest.row_counts,
                                           compare_live=None, secrets=secrets)
             if not after.passed:
                 raise Refused("after the swap the live database does not match the manifest.",
@@ -418,16 +423,6 @@ def _restore_locked(params: RestoreParameters, settings: Settings, database, cat
                     logger.warning("Could not drop scratch database %r: %s", scratch, exc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _missing_roles(globals_sql: Path, database, secrets: list[str]) -> bool:  # type: ignore[no-untyped-def]
-    """Does the target cluster lack a role the cluster backup defines? (A clean cluster does.)"""
-    from runbooks.postgres import admin_params, connect
-
-    wanted = set(re.findall(r'^CREATE ROLE "?([^";\s]+)"?;', globals_sql.read_text(), flags=re.M))
-    with connect(admin_params(database.conninfo()), secrets=secrets, where="roles") as conn:
-        present = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-    return bool(wanted - present)
 
 
 TIMEOUT_APPROVER = "runbooks (approval timeout)"

@@ -130,6 +130,8 @@ class BackupCatalog:
         groups: dict[str, Leftover] = {}
         published: set[str] = set()
         for kind_dir in KIND_DIRS.values():
+            # Uploads first: a backup starting between the two listings then shows its lock too.
+            uploads = self.repository.list_incomplete_uploads(kind_dir + "/")
             for obj in self.repository.list_objects(kind_dir + "/"):
                 parts = obj.key.split("/")
                 if len(parts) != 4:
@@ -140,7 +142,7 @@ class BackupCatalog:
                 entry = groups.setdefault(prefix, Leftover(prefix=prefix, reason=""))
                 entry.keys.append(obj.key)
                 entry.stored_bytes += obj.size
-            for upload in self.repository.list_incomplete_uploads(kind_dir + "/"):
+            for upload in uploads:
                 prefix = "/".join(upload.key.split("/")[:3])
                 groups.setdefault(prefix, Leftover(prefix=prefix, reason="")).uploads.append(upload)
         result = []
@@ -163,6 +165,9 @@ class BackupCatalog:
                 continue
             lock_key = f"{entry.prefix}/{LOCK}"
             if lock_key not in entry.keys:
+                newest = max([u.initiated for u in entry.uploads], default=None)
+                if newest is not None and not entry.keys and now - newest <= stale_after:
+                    continue  # only an upload, and a recent one: its lock may simply not be listed yet
                 entry.reason = "no lock and no manifest"
                 stale.append(entry)
                 continue
@@ -173,9 +178,11 @@ class BackupCatalog:
                 entry.reason = "unreadable lock"
                 stale.append(entry)
                 continue
-            if lock.get("host") == host and not _pid_alive(int(lock.get("pid", 0))):
+            same_host = lock.get("host") == host
+            alive = same_host and _pid_alive(int(lock.get("pid", 0)))
+            if same_host and not alive:
                 entry.reason = f"writer process {lock.get('pid')} on this host is gone"
-            elif now - started > stale_after:
+            elif not alive and now - started > stale_after:  # a live writer here is never swept, however slow
                 entry.reason = f"started {started:%Y-%m-%d %H:%M}Z, older than {stale_after}"
             else:
                 continue

@@ -77,8 +77,13 @@ def stream_command(
     started = time.monotonic()
     writer = repository.open_writer(key)
     sink = CompressingSink(writer, level=level, threads=threads)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            env=env, bufsize=0)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=env, bufsize=0)
+    except OSError as exc:
+        writer.abort()
+        raise ToolFailed(f"could not start {argv[0]}: {exc.strerror}.",
+                         hint="check the PostgreSQL client tools (RUNBOOKS_PG_BINDIR).") from None
     if on_start:
         on_start(proc)
     stderr_chunks: list[bytes] = []

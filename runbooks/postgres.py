@@ -261,33 +261,46 @@ def drop_marked_database(conn: psycopg.Connection, name: str, *, allowed: tuple[
     return True
 
 
-def _allow_connections(conn: psycopg.Connection, name: str, allow: bool) -> None:
-    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-        sql.Identifier(name), sql.SQL("true" if allow else "false")))
-
-
 def rename_databases(conn: psycopg.Connection, renames: list[tuple[str, str]], *, close: list[str],
-                     comments: Mapping[str, str] | None = None) -> None:
-    """Rename several databases and set their comments (marks) in one transaction, all or nothing, after
-    closing connections to ``close``; whatever happens, those accept connections again afterwards."""
-    for name in close:
-        _allow_connections(conn, name, False)
-    try:
-        for name in close:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
-                         " AND pid <> pg_backend_pid()", [name])
-        with conn.transaction():
-            for old, new in renames:
-                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old),
-                                                                             sql.Identifier(new)))
-            for name, comment in (comments or {}).items():
-                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
-                                                                           sql.Literal(comment)))
-    finally:
-        renamed = dict(renames)
-        for name in close:
-            current = renamed.get(name, name)
-            _allow_connections(conn, current if database_exists(conn, current) else name, True)
+                     comments: Mapping[str, str] | None = None, attempts: int = 10) -> None:
+    """Rename several databases and set their comments (marks) in one transaction, all or nothing.
+
+    Sessions on ``close`` are terminated inside the same transaction, just before the renames; a client that
+    reconnects in between makes the rename fail, and the whole transaction is simply tried again. No state
+    (such as ALLOW_CONNECTIONS false) is ever left behind by a run that dies here.
+    """
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                for name in close:
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                                 " AND pid <> pg_backend_pid()", [name])
+                for old, new in renames:
+                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old),
+                                                                                 sql.Identifier(new)))
+                for name, comment in (comments or {}).items():
+                    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                                               sql.Literal(comment)))
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+
+
+def copy_database_properties(conn: psycopg.Connection, *, source: str, target: str) -> None:
+    """Give ``target`` the owner and per-database settings of ``source`` (what pg_restore without --create
+    does not carry), so a swapped-in copy behaves like the database it replaces."""
+    row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [source]).fetchone()
+    if row:
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(row[0])))
+    settings = conn.execute(
+        "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+        " WHERE d.datname = %s AND s.setrole = 0", [source]).fetchall()
+    for (setting,) in settings:
+        name, _, value = str(setting).partition("=")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(sql.Identifier(target), sql.Identifier(name),
+                                                                     sql.Literal(value)))
 
 
 @contextmanager

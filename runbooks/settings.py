@@ -235,6 +235,16 @@ class Settings(BaseSettings):
         for api in (self.trading_api, self.inference_api):
             if api and api.token:
                 found.append(api.token.get_secret_value())
+        # Values kept in Prefect Secret blocks are scrubbed too; a block that cannot be read now is the
+        # concern of the step that needs it, not of the scrubbing.
+        blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database()] if db]
+        blocks += [self.repository.secret_access_key_block]
+        blocks += [api.token_block for api in (self.trading_api, self.inference_api) if api]
+        for block in filter(None, blocks):
+            try:
+                found.append(resolve_secret(None, block) or "")
+            except Exception:  # noqa: BLE001 - unreadable now: nothing to scrub from it
+                continue
         return [s for s in found if s]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import tarfile
@@ -24,6 +25,7 @@ from runbooks.postgres import (
     admin_params,
     classify,
     connect,
+    copy_database_properties,
     count_rows,
     create_database,
     database_exists,
@@ -39,7 +41,6 @@ from runbooks.postgres import (
     rename_databases,
     tool_version,
 )
-from runbooks.redact import scrub
 from runbooks.settings import DatabaseSettings
 from tasks.policies import TRANSIENT_RETRY
 
@@ -121,17 +122,23 @@ def dump_database(
 
             counter = threading.Thread(target=count, name=f"count-{name}", daemon=True)
             logger.info("Dumping %r at WAL %s into %r", name, snap.wal_lsn, key)
-            stats = stream_command(
-                argv,
-                env=libpq_env(params),
-                repository=catalog.repository,
-                key=key,
-                level=level,
-                threads=threads,
-                classify_error=lambda text: classify(text, where=where, secrets=secrets),
-                progress=_progress(name),
-                on_start=lambda _proc: counter.start(),
-            )
+            try:
+                stats = stream_command(
+                    argv,
+                    env=libpq_env(params),
+                    repository=catalog.repository,
+                    key=key,
+                    level=level,
+                    threads=threads,
+                    classify_error=lambda text: classify(text, where=where, secrets=secrets),
+                    progress=_progress(name),
+                    on_start=lambda _proc: counter.start(),
+                )
+            except BaseException:
+                if counter.is_alive():
+                    conn.cancel_safe()  # never close the connection under a running count
+                    counter.join()
+                raise
             counter.join()
             if errors:
                 raise classify(str(errors[0]), where=f"row counts of {name!r}", secrets=secrets)
@@ -333,31 +340,47 @@ def drop_restore_database(*, database: DatabaseSettings, name: str, mark: str, s
     return dropped
 
 
+_ROLE_STATEMENT = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)[\s;]')
+
+
+def _role_name(token: str) -> str:
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token
+
+
 @task(name="restore-globals", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def restore_globals(*, database: DatabaseSettings, globals_sql: Path, secrets: list[str]) -> list[str]:
-    """Create the roles of the cluster backup that the target cluster lacks (a clean cluster), so objects
-    keep their owners. Existing roles are left as they are.
+    """Create the roles of the cluster backup that the target cluster lacks (a clean cluster), so restored
+    objects keep their owners. Only the CREATE/ALTER ROLE statements of missing roles run: an existing role's
+    password or attributes are never reset to the backup's.
 
     Returns:
         The roles created.
     """
     params, secrets, conn = _admin(database, secrets)
     with conn:
-        before = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        present = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
         major = int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
-    proc = subprocess.run([pg_tool("psql", major), "-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", str(globals_sql)],
+    wanted: list[str] = []
+    statements: list[str] = []
+    for line in globals_sql.read_text().splitlines():
+        match = _ROLE_STATEMENT.match(line)
+        if match and _role_name(match[1]) not in present:
+            statements.append(line)
+            if line.startswith("CREATE ROLE"):
+                wanted.append(_role_name(match[1]))
+    if not wanted:
+        return []
+    script = globals_sql.with_name("missing-roles.sql")
+    script.write_text("\n".join(statements) + "\n")
+    proc = subprocess.run([pg_tool("psql", major), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script)],
                           env=libpq_env(admin_params(params)), capture_output=True, text=True, check=False)
-    with connect(admin_params(params), secrets=secrets, where="roles", autocommit=True) as conn2:
-        after = {r for (r,) in conn2.execute("SELECT rolname FROM pg_roles").fetchall()}
-    created = sorted(after - before)
-    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line and "already exists" not in line]
-    if errors:
-        get_run_logger().warning("Restoring globals reported: %s", scrub("; ".join(errors[:5]), secrets))
-    get_run_logger().info("Roles created from the cluster backup: %s", ", ".join(created) or "none needed")
-    return created
+    if proc.returncode != 0:
+        raise classify(proc.stderr, where="creating roles from the cluster backup", secrets=secrets)
+    get_run_logger().info("Roles created from the cluster backup: %s", ", ".join(wanted))
+    return wanted
 
 
-@task(name="restore-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@task(name="restore-database", cache_policy=NO_CACHE)  # no retry: a retry would meet a half-filled database
 def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int, no_owner: bool,
                      secrets: list[str]) -> float:
     """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
@@ -419,11 +442,15 @@ def validate_database(*, database: DatabaseSettings, target: str, expected: dict
 
 @task(name="rename-databases", cache_policy=NO_CACHE)
 def rename_databases_task(*, database: DatabaseSettings, renames: list[tuple[str, str]], close: list[str],
-                          comments: dict[str, str], secrets: list[str]) -> None:
+                          comments: dict[str, str], secrets: list[str],
+                          properties_from: tuple[str, str] | None = None) -> None:
     """Swap names and marks in one transaction (all or nothing). Not retried: an operator reads the report
-    before anything touches names again."""
+    before anything touches names again. ``properties_from`` = (live, copy): first give the copy the live
+    database's owner and settings."""
     _params, secrets, conn = _admin(database, secrets)
     with conn:
+        if properties_from is not None:
+            copy_database_properties(conn, source=properties_from[0], target=properties_from[1])
         rename_databases(conn, renames, close=close, comments=comments)
     for old, new in renames:
         get_run_logger().info("Renamed database %r -> %r", old, new)

@@ -176,11 +176,12 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
 
 
 @task(name="find-cluster-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, not_after: datetime) -> BackupManifest | None:
+def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, backup_id: str) -> BackupManifest | None:
     """Returns:
-    The newest verified cluster (globals) backup taken no later than the database backup, if any."""
+    The verified cluster (globals) backup of the same run as the database backup, else the newest earlier one.
+    (Ids are UTC timestamps, so they order like the runs.)"""
     found = [m for m in catalog.list_backups(kind="cluster", name=cluster)
-             if m.verified and m.started_at <= not_after and any(o.role == "globals" for o in m.objects)]
+             if m.verified and m.backup_id <= backup_id and any(o.role == "globals" for o in m.objects)]
     return found[-1] if found else None
 
 

@@ -135,6 +135,9 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     # After the backup, the live database takes a bad write we want to undo.
     with psycopg.connect(admin_dsn(config, source), autocommit=True) as conn:
         conn.execute("DELETE FROM market.orders WHERE id > 100")
+    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:  # database-level properties to carry over
+        conn.execute(f'ALTER DATABASE "{source}" OWNER TO trading_user')
+        conn.execute(f"ALTER DATABASE \"{source}\" SET work_mem = '7MB'")
     approver = decide_when_paused(APPROVE)
     state, result = restore(database=source, mode="replace", approval_poll_seconds=1)
     approver.join(5)
@@ -149,6 +152,9 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     assert result.validation.live_deltas["market.orders"] == 400
     with psycopg.connect(admin_dsn(config)) as conn:
         assert database_mark(conn, source) is None  # the live database is never a droppable scratch
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [source])
+        assert owner.fetchone() == ("trading_user",)
+    assert scalar(config, source, "SHOW work_mem") == "7MB"
 
 
 @pytest.mark.parametrize("decision", [REJECT, None], ids=["rejected", "timed-out"])
@@ -277,3 +283,39 @@ def test_restore_process_killed_midway(config: SandboxState, source: str, prefec
     state, result = restore(database=source, mode="new")
     assert state.is_completed(), result
     assert result.scratch_swept == scratch
+
+
+def test_missing_roles_come_from_the_cluster_backup_and_existing_ones_are_untouched(
+    config: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role that owned objects at backup time is gone; trading_user's password was rotated since. The restore
+    creates only the missing role, and the rotated password still works."""
+    name = create_fidelity_db(config)
+    set_database_env(monkeypatch, config, name)
+    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS desk_analyst; CREATE ROLE desk_analyst LOGIN PASSWORD 'analyst-pw'")
+    with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
+        conn.execute("ALTER TABLE market.docs OWNER TO desk_analyst")
+    try:
+        state = backup_databases(parameters=BackupParameters(databases=[name]), return_state=True)
+        assert state.is_completed()
+        with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
+            conn.execute("REASSIGN OWNED BY desk_analyst TO postgres; DROP OWNED BY desk_analyst")
+        with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+            conn.execute("DROP ROLE desk_analyst")
+            conn.execute("ALTER ROLE trading_user PASSWORD 'rotated-after-backup'")
+        state, result = restore(database=name, mode="new")
+        assert state.is_completed(), result
+        assert result.roles_created == ["desk_analyst"]
+        owner = scalar(config, f"{name}_recovery",
+                       "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'market.docs'::regclass")
+        assert owner == "desk_analyst"
+        with psycopg.connect(config.cluster().dsn(name, "trading_user", "rotated-after-backup")) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("trading_user",)
+    finally:
+        for db in databases(config):
+            if db.startswith(name):
+                drop_db(config, db)
+        with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS desk_analyst")
+            conn.execute(f"ALTER ROLE trading_user PASSWORD '{config.app_password}'")

@@ -230,9 +230,14 @@ class S3Repository(Repository):
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+        except Exception as exc:
+            raise translate(exc, url=self.url, action=f"read {key!r}") from None
+        try:
             yield from body.iter_chunks(chunk_size)
         except Exception as exc:
             raise translate(exc, url=self.url, action=f"read {key!r}") from None
+        finally:
+            body.close()  # also when the reader stops early (pg_restore --list has what it needs)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
