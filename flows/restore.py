@@ -222,7 +222,7 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
     timeline = Timeline()
     started_at, started = datetime.now(UTC), time.monotonic()
     halt = params.halt_trading if params.halt_trading is not None else params.mode == "replace"
-    try:
+    try:  # the server's name of the database, which need not be its inventory key
         live = str(settings.database_or_raise(params.database).conninfo().get("dbname") or params.database)
     except RunbookError:
         live = params.database  # reported below, where the inventory is checked
@@ -274,8 +274,8 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
                 held.enter_context(advisory_lock(
                     database.conninfo(), f"runbooks-restore:{params.database}", wait_seconds=params.lock_wait_seconds,
                     secrets=secrets, holder=f"runbooks restore {flow_run.id}"))
-            return _restore_locked(params, settings, database, catalog, manifest, result, timeline, target, keep_as,
-                                   halt, conclude)
+            return _restore_locked(params, settings, database, catalog, manifest, result, timeline, target, live,
+                                   keep_as, halt, conclude)
     except RunbookError as exc:
         result.error = scrub(str(exc), secrets)
         logger.error("Restore of %r failed: %s", params.database, result.error)
@@ -293,12 +293,11 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
 
 
 def _restore_locked(params: RestoreParameters, settings: Settings, database, catalog: BackupCatalog,  # type: ignore[no-untyped-def]
-                    manifest: BackupManifest, result: RestoreResult, timeline: Timeline, target: str,
+                    manifest: BackupManifest, result: RestoreResult, timeline: Timeline, target: str, live: str,
                     keep_as: str | None, halt: bool, conclude) -> State:
     """Everything after the lock is taken; exceptions propagate to the flow, which reports them."""
     logger = get_run_logger()
     secrets = settings.secrets
-    live = str(database.conninfo().get("dbname") or params.database)  # the server's name, not the inventory's
     assert result.plan is not None
     with timeline.step("sweep scratch databases"):
         result.scratch_swept = sweep_scratch_databases(database=database, source=params.database, secrets=secrets,
