@@ -8,24 +8,25 @@ one. Rollback: nothing to undo. A failed run lists no backup, and the next run s
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import RunbookError
-from runbooks.manifest import BackupKind, Verification
+from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.manifest import BackupKind, BackupManifest, Verification
 from runbooks.redact import scrub
-from runbooks.report import StepTiming, Timeline, human_bytes, table
+from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
-from runbooks.settings import Settings, load_settings
 from tasks.postgres import dump_cluster, dump_database, probe_database
-from tasks.reports import publish_report
 from tasks.storage import (
     LeftoverReport,
     RetentionReport,
@@ -63,16 +64,11 @@ class ItemResult(BaseModel):
     error: str | None = None
 
 
-class BackupResult(BaseModel):
+class BackupResult(RunbookResult):
     repository: str
     dry_run: bool
-    started_at: datetime
-    seconds: float
-    items: list[ItemResult]
-    leftovers: list[LeftoverReport]
-    timeline: list[StepTiming]
-    succeeded: bool
-    error: str | None = Field(default=None, description="why the run stopped before backing anything up")
+    items: list[ItemResult] = Field(default_factory=list)
+    leftovers: list[LeftoverReport] = Field(default_factory=list)
 
 
 def _run_name() -> str:
@@ -101,7 +97,7 @@ def render_report(result: BackupResult) -> str:
         ),
     ]
     errors = [f"- **{i.kind} {i.name}**: {i.error}" for i in result.items if i.error]
-    if result.error:
+    if result.error and not result.items:
         errors.insert(0, f"- **run refused**: {result.error}")
     if errors:
         lines += ["## Errors", *errors, ""]
@@ -116,12 +112,9 @@ def render_report(result: BackupResult) -> str:
               table(["backup", "reason", "objects", "incomplete uploads", "action"],
                     [[lo.prefix, lo.reason, lo.objects, lo.incomplete_uploads,
                       "removed" if lo.removed else "would remove"] for lo in result.leftovers])]
-    lines += ["## Timeline", result.timeline and Timeline.markdown_of(result.timeline) or "_none_"]
-    if not result.succeeded:
-        lines += ["", "## Next steps",
-                  "- Read the errors above; each ends with a HINT. Fix and rerun `runbooks run backup` "
-                  "(or the deployment) for the failed databases only (`--param databases='[\"NAME\"]'`).",
-                  "- A backup marked `verification_failed` is kept for inspection but never used for restore."]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
     return "\n".join(lines)
 
 
@@ -129,62 +122,59 @@ def render_report(result: BackupResult) -> str:
 def backup_databases(parameters: BackupParameters | None = None) -> State:
     """Back up every configured database (or the named ones), the cluster globals and config files."""
     params = parameters or BackupParameters()
-    logger = get_run_logger()
-    settings: Settings = load_settings()
-    secrets = settings.secrets
-    timeline = Timeline()
-    started_at, started = datetime.now(UTC), time.monotonic()
-    run_id = str(flow_run.id) if flow_run.id else None
-    items: list[ItemResult] = []
-    leftovers: list[LeftoverReport] = []
-    names = params.databases or sorted(settings.databases)
-    repository_url = settings.repository.url
+    run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases) or "all")
+    settings, logger = run.settings, run.logger
+    result = BackupResult(repository=settings.repository.url, dry_run=params.dry_run, started_at=run.started_at)
 
     def conclude(error: str | None = None) -> State:
-        result = BackupResult(
-            repository=repository_url, dry_run=params.dry_run, started_at=started_at,
-            seconds=time.monotonic() - started, items=items, leftovers=leftovers, timeline=timeline.steps,
-            succeeded=error is None and all(i.status in ("succeeded", "dry_run") and not i.error for i in items),
-            error=error,
-        )
-        publish_report(key=f"backup-report-{'dry-run' if params.dry_run else 'run'}", markdown=render_report(result),
-                       description="Backup runbook report", secrets=secrets)
-        if result.succeeded:
-            return Completed(data=result, message=f"{len(items)} backups")
-        failed = error or "backup failed for: " + ", ".join(
-            f"{i.kind} {i.name}" for i in items if i.status not in ("succeeded", "dry_run") or i.error)
-        return Failed(data=result, message=failed)
+        result.error = error
+        failed = [i for i in result.items if i.status not in ("succeeded", "dry_run") or i.error]
+        result.succeeded = error is None and not failed
+        if failed and not error:
+            result.error = "backup failed for: " + ", ".join(f"{i.kind} {i.name}" for i in failed)
+        if not result.succeeded:
+            result.next_steps += [
+                "Read the errors above; each ends with a HINT. Fix and rerun `runbooks run backup` (or the "
+                "deployment) for the failed databases only (`--param databases='[\"NAME\"]'`).",
+                "A backup marked `verification_failed` is kept for inspection but never used for restore."]
+        return run.conclude(result, render=render_report,
+                            report_key=f"backup-report-{'dry-run' if params.dry_run else 'run'}",
+                            description="Backup runbook report")
 
+    names = params.databases or sorted(settings.databases)
     try:
-        with timeline.step("check inventory and repository"):
+        with run.step("check inventory and repository"):
             databases = {name: settings.database_or_raise(name) for name in names}
             catalog = BackupCatalog(open_repository(settings.repository))
-            repository_url = catalog.repository.url
+            result.repository = catalog.repository.url
             if not params.dry_run:
                 check_repository_writable(catalog=catalog)
-        with timeline.step("sweep leftovers"):
-            leftovers = sweep_leftovers(
+        with run.step("sweep leftovers", destructive=not params.dry_run) as figures:
+            result.leftovers = sweep_leftovers(
                 catalog=catalog, stale_after=timedelta(minutes=settings.backup.stale_after_minutes),
-                dry_run=params.dry_run,
-            )
+                dry_run=params.dry_run)
+            figures["leftovers"] = len(result.leftovers)
     except RunbookError as exc:
-        message = scrub(str(exc), secrets)
-        logger.error("Backup refused before any dump: %s", message)
-        return conclude(message)
+        logger.error("Backup refused before any dump: %s", scrub(str(exc)))
+        return conclude(scrub(str(exc)))
 
     backup_id = catalog.new_backup_id([("database", n) for n in names] + [("cluster", settings.cluster.name)])
     cfg = settings.backup
 
-    def finish(item: ItemResult, manifest_fn) -> None:  # type: ignore[no-untyped-def]
+    def back_up(item: ItemResult, dump: Callable[[], BackupManifest | None]) -> None:
+        """Dump, verify, publish one item; its failure is reported and the run goes on with the next."""
         t0 = time.monotonic()
         try:
-            with timeline.step(f"dump {item.kind} {item.name}"):
-                manifest = manifest_fn()
+            with run.step(f"dump {item.kind} {item.name}") as figures:
+                manifest = dump()
+                if manifest is not None:
+                    figures.update(bytes=manifest.bytes, stored_bytes=manifest.stored_bytes)
             if manifest is None:
                 return
-            with timeline.step(f"verify {item.kind} {item.name}"):
+            with run.step(f"verify {item.kind} {item.name}") as figures:
                 manifest.verification = verify_backup(catalog=catalog, manifest=manifest)
-            with timeline.step(f"publish {item.kind} {item.name}"):
+                figures["verification"] = manifest.verification.status
+            with run.step(f"publish {item.kind} {item.name}"):
                 publish_backup(catalog=catalog, manifest=manifest)
             item.backup_id, item.bytes, item.stored_bytes = manifest.backup_id, manifest.bytes, manifest.stored_bytes
             item.verification = manifest.verification
@@ -197,54 +187,54 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
                 logger.error("ALERT: %s %r backup %s failed verification; it is kept, marked failed",
                              item.kind, item.name, manifest.backup_id)
         except RunbookError as exc:
-            item.status, item.error = "failed", scrub(str(exc), secrets)
+            item.status, item.error = "failed", scrub(str(exc))
             logger.error("Backup of %s %r failed: %s", item.kind, item.name, item.error)
         except Exception as exc:  # unexpected: still report it, then fail the run
-            item.status, item.error = "failed", scrub(f"{type(exc).__name__}: {exc}", secrets)
+            item.status, item.error = "failed", scrub(f"{type(exc).__name__}: {exc}")
             logger.exception("Backup of %s %r failed unexpectedly", item.kind, item.name)
         finally:
             item.seconds = time.monotonic() - t0
-            items.append(item)
+            result.items.append(item)
 
     for name, database in databases.items():
         if params.dry_run:
-            with timeline.step(f"probe {name}"):
+            with run.step(f"probe {name}"):
                 try:
-                    probe = probe_database(name=name, database=database, secrets=secrets)
-                    items.append(ItemResult(kind="database", name=name, status="dry_run",
-                                            database_size=probe.size_bytes))
+                    probe = probe_database(name=name, database=database)
+                    result.items.append(ItemResult(kind="database", name=name, status="dry_run",
+                                                   database_size=probe.size_bytes))
                     logger.info("Would back up %r (%s, PostgreSQL %s)", name, human_bytes(probe.size_bytes),
                                 probe.server_version)
                 except RunbookError as exc:
-                    items.append(ItemResult(kind="database", name=name, status="failed",
-                                            error=scrub(str(exc), secrets)))
+                    result.items.append(ItemResult(kind="database", name=name, status="failed",
+                                                   error=scrub(str(exc))))
             continue
-        finish(ItemResult(kind="database", name=name, status="failed"),
-               lambda name=name, database=database: dump_database(
-                   catalog=catalog, name=name, database=database, backup_id=backup_id, level=cfg.compression_level,
-                   threads=cfg.compression_threads, secrets=secrets, flow_run_id=run_id))
+        back_up(ItemResult(kind="database", name=name, status="failed"), functools.partial(
+            dump_database, catalog=catalog, name=name, database=database, backup_id=backup_id,
+            level=cfg.compression_level, threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
 
     cluster = settings.cluster
     if params.include_cluster and (cluster.dsn or cluster.config_files):
         if params.dry_run:
-            items.append(ItemResult(kind="cluster", name=cluster.name, status="dry_run"))
+            result.items.append(ItemResult(kind="cluster", name=cluster.name, status="dry_run"))
             logger.info("Would back up globals and %d config files of cluster %r", len(cluster.config_files),
                         cluster.name)
         else:
-            finish(ItemResult(kind="cluster", name=cluster.name, status="failed"), lambda: dump_cluster(
+            back_up(ItemResult(kind="cluster", name=cluster.name, status="failed"), lambda: dump_cluster(
                 catalog=catalog, cluster_name=cluster.name, database=cluster.database(),
                 config_files=cluster.config_files, backup_id=backup_id, level=cfg.compression_level,
-                threads=cfg.compression_threads, secrets=secrets, flow_run_id=run_id))
+                threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
 
     if params.apply_retention:
-        for item in items:
+        for item in result.items:
             if item.status not in ("succeeded", "dry_run"):
                 continue  # retention only after a good backup of that name
-            with timeline.step(f"retention {item.kind} {item.name}"):
+            with run.step(f"retention {item.kind} {item.name}", destructive=not params.dry_run) as figures:
                 try:
                     item.retention = apply_retention(catalog=catalog, kind=item.kind, name=item.name,
                                                      policy=cfg.retention, dry_run=params.dry_run)
+                    figures["removed"] = len(item.retention.removed)
                 except RunbookError as exc:
-                    item.error = f"retention failed: {scrub(str(exc), secrets)}"
+                    item.error = f"retention failed: {scrub(str(exc))}"
 
     return conclude()

@@ -4,58 +4,60 @@ Trigger: on demand — the ``restore-on-demand`` deployment, ``runbooks run rest
 game-day (``confirm`` = the plan hash). Blast radius: ``verify`` touches no database; ``new`` creates one database
 (default ``<database>_recovery``) and never touches the source; ``replace`` restores into a scratch database,
 validates it, and only after approval halts trading and swaps names — the live database is kept as
-``<database>_pre_restore_<timestamp>``; nothing is ever dropped but scratch databases this runbook made.
+``<database>_pre_restore_<timestamp>``. A restore drops only databases its own record (in the repository) says
+it made, never one of the inventory, never one with other sessions.
 Rollback of a replace: ``ALTER DATABASE <database> RENAME TO <database>_rejected;
 ALTER DATABASE <database>_pre_restore_<ts> RENAME TO <database>;`` then resume trading (CONFIRM_RESUME).
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import shutil
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
+from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import Refused, RunbookError
+from runbooks.frame import Approval, RunbookResult, RunbookRun, TradingGuard, request_approval, resource_lock
 from runbooks.manifest import BackupManifest, Verification
-from runbooks.postgres import RECOVERY_MARK, SCRATCH_MARK, advisory_lock, mark_text
+from runbooks.postgres import fit_name
+from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.redact import scrub
-from runbooks.report import StepTiming, Timeline, human_bytes, table
+from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
-from runbooks.settings import Settings, load_settings
+from runbooks.roles import RoleCreated
+from runbooks.settings import DatabaseSettings, Settings
 from tasks.postgres import (
+    Prerequisites,
     ValidationReport,
+    check_restore_prerequisites,
     create_scratch_database,
     drop_restore_database,
+    identify_server,
     inspect_target,
-    rename_databases_task,
+    publish_recovery_database,
     restore_database,
-    restore_globals,
-    sweep_scratch_databases,
+    restore_roles,
+    swap_databases,
+    sweep_restore_databases,
     validate_database,
 )
 from tasks.reports import publish_report
 from tasks.storage import fetch_backup, find_cluster_backup, resolve_backup_or_raise, verify_backup
-from tasks.trading_api import halt_trading, read_trading_status, resume_trading
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"
-ACTOR = "runbooks-restore"
+HOLD_MARGIN = timedelta(hours=24)  # a killed run's hold on its backup lapses this long after its approval deadline
 
 
 class RestoreParameters(BaseModel):
@@ -77,8 +79,9 @@ class RestoreParameters(BaseModel):
     halt_trading: bool | None = Field(default=None, description="Kill switch before the swap; default: replace only.")
     compare_live: bool = Field(default=False, description="Also compare row counts with the live database.")
     restore_globals: Literal["auto", "always", "never"] = Field(
-        default="auto", description="Create the roles the cluster lacks from the cluster backup first "
-        "(always: fail if there is no cluster backup).")
+        default="auto", description="Create the roles the cluster lacks from the cluster backup first. auto: as "
+        "NOLOGIN roles without password (as in the backup on a clean cluster); always: as in the backup, LOGIN and "
+        "password included, and fail if there is no cluster backup; never: skip.")
     no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-acl (seeds' variant).")
     confirm: str | None = Field(default=None, description="The plan hash: approves a replace without pausing.")
     approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400)
@@ -98,14 +101,6 @@ class RestoreParameters(BaseModel):
         return self
 
 
-class RestoreApproval(RunInput):
-    """The on-call decision on a replace plan (the Prefect UI renders this form on the paused run)."""
-
-    approve: bool = Field(description="Approve the plan exactly as published")
-    approver: str = Field(min_length=1, description="Who decides")
-    reason: str = Field(min_length=1, description="Why (goes into the report)")
-
-
 class RestorePlan(BaseModel):
     database: str
     mode: str
@@ -121,28 +116,24 @@ class RestorePlan(BaseModel):
     plan_hash: str = Field(description="pass as 'confirm' to approve this plan unattended")
 
 
-class RestoreResult(BaseModel):
+class RestoreResult(RunbookResult):
     database: str
     mode: str
     dry_run: bool
-    status: Literal["succeeded", "failed", "rejected", "timed_out", "dry_run"]
+    status: Literal["succeeded", "failed", "rejected", "timed_out", "dry_run"] = "failed"
     backup_id: str | None = None
     target: str | None = None
     plan: RestorePlan | None = None
-    approval: dict[str, str | bool] | None = None
+    prerequisites: Prerequisites | None = None
+    approval: Approval | None = None
     verification: Verification | None = None
     validation: ValidationReport | None = None
-    roles_created: list[str] = Field(default_factory=list)
+    roles_created: list[RoleCreated] = Field(default_factory=list)
     scratch_swept: list[str] = Field(default_factory=list)
+    scratch_left: list[str] = Field(default_factory=list, description="recorded scratch databases not dropped")
     trading: list[str] = Field(default_factory=list, description="trading actions taken, in order")
     kept_live_as: str | None = None
     time_to_restore_seconds: float | None = Field(default=None, description="fetch + restore + validate")
-    started_at: datetime
-    seconds: float
-    timeline: list[StepTiming]
-    error: str | None = None
-    next_steps: list[str] = Field(default_factory=list)
-    succeeded: bool
 
 
 def plan_hash(manifest: BackupManifest, *, mode: str, target: str, halt: bool) -> str:
@@ -150,6 +141,11 @@ def plan_hash(manifest: BackupManifest, *, mode: str, target: str, halt: bool) -
     dump = next(o for o in manifest.objects if o.role == "dump")
     payload = json.dumps([manifest.name, manifest.backup_id, dump.sha256, mode, target, halt])
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def keep_name(live: str, moment: datetime) -> str:
+    """Where the live database is kept by a replace: always within 63 bytes, the timestamp never cut off."""
+    return fit_name(live, f"_pre_restore_{moment:%Y%m%dT%H%M%S}")
 
 
 def _run_name() -> str:
@@ -176,10 +172,16 @@ def render_report(result: RestoreResult) -> str:
             ["WAL at snapshot", p.wal_lsn or "-"], ["target", p.target],
             ["live database kept as", p.keep_live_as or "-"], ["halt trading", str(p.halt_trading)],
             ["plan hash (confirm)", f"`{p.plan_hash}`"]])]
+    if result.prerequisites:
+        pre = result.prerequisites
+        free = human_bytes(pre.server_free_bytes) if pre.server_free_bytes is not None else "not checked"
+        lines += ["## Prerequisites", f"Role `{pre.role}`{' (superuser)' if pre.superuser else ''}; server disk "
+                  f"free {free}, a copy needs about {human_bytes(pre.needed_bytes)}.",
+                  *[f"- {n}" for n in pre.notes], ""]
     if result.approval:
         a = result.approval
-        lines += ["## Approval", f"{'Approved' if a.get('approve') else 'Rejected'} by **{a.get('approver')}**: "
-                  f"{a.get('reason')}", ""]
+        lines += ["## Approval", f"{'Approved' if a.approved else 'Not approved'} by **{a.approver}** ({a.via}, "
+                  f"{a.decided_at:%H:%M:%S}Z): {a.reason}", ""]
     if result.verification:
         v = result.verification
         lines += ["## Verification", f"{v.status}: {v.detail} ({v.seconds:.1f} s)", ""]
@@ -190,23 +192,26 @@ def render_report(result: RestoreResult) -> str:
                   f"{'match the manifest' if val.passed else 'DIFFER from the manifest'}.", ""]
         if val.mismatches:
             lines.append(table(["table", "manifest", "restored"], [[t, m[0], m[1]] for t, m in val.mismatches.items()]))
-        if val.anomalies:
-            lines.append(table(["integrity check (seeds 002)", "rows"], [[k, n] for k, n in val.anomalies.items()]))
-        if val.position_totals:
-            lines.append(table(["symbol", "open quantity", "open value"], val.position_totals))
+        if val.checks:
+            lines.append(table(["integrity check", "status", "found", "healthy", "detail"], [
+                [c.name, c.status, c.value or "-", c.expect or "-",
+                 c.error or "; ".join(", ".join(r) for r in c.rows[:5]) or "-"] for c in val.checks]))
         if val.live_deltas is not None:
             changed = {t: d for t, d in val.live_deltas.items() if d}
             lines.append(table(["table", "restored minus live rows"], [[t, d] for t, d in changed.items()])
                          if changed else "Row counts equal the live database's.\n")
     if result.roles_created:
-        lines += [f"Roles created from the cluster backup: {', '.join(result.roles_created)}", ""]
+        lines += ["Roles created from the cluster backup: " + ", ".join(
+            f"`{r.name}` ({r.attributes})" for r in result.roles_created), ""]
     if result.scratch_swept:
         verb = "to drop (dry run)" if result.dry_run else "dropped"
         lines += [f"Scratch databases of interrupted restores {verb}: {', '.join(result.scratch_swept)}", ""]
+    if result.scratch_left:
+        lines += ["Scratch databases left in place:", *[f"- {s}" for s in result.scratch_left], ""]
     lines += ["## Trading", "\n".join(f"- {t}" for t in result.trading) or "_untouched_", ""]
     if result.kept_live_as:
         lines += [f"The previous live database is kept as `{result.kept_live_as}`.", ""]
-    lines += ["## Timeline", Timeline.markdown_of(result.timeline)]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
     if result.next_steps:
         lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
     return "\n".join(lines)
@@ -216,41 +221,33 @@ def render_report(result: RestoreResult) -> str:
 def restore_database_flow(parameters: RestoreParameters) -> State:
     """Restore one database: verify, into a new database, or replace the live one after approval."""
     params = parameters
-    logger = get_run_logger()
-    settings: Settings = load_settings()
-    secrets = settings.secrets
-    timeline = Timeline()
-    started_at, started = datetime.now(UTC), time.monotonic()
+    run: RunbookRun[RestoreResult] = RunbookRun("restore", resource=params.database)
+    settings = run.settings
     halt = params.halt_trading if params.halt_trading is not None else params.mode == "replace"
-    try:  # the server's name of the database, which need not be its inventory key
-        live = str(settings.database_or_raise(params.database).conninfo().get("dbname") or params.database)
-    except RunbookError:
-        live = params.database  # reported below, where the inventory is checked
-    target = live if params.mode == "replace" else (params.target_database or f"{params.database}_recovery")
-    result = RestoreResult(database=params.database, mode=params.mode, dry_run=params.dry_run, status="failed",
-                           target=target if params.mode != "verify" else None, started_at=started_at, seconds=0,
-                           timeline=[], succeeded=False)
+    guard = TradingGuard(run, settings.trading_api)
+    result = RestoreResult(database=params.database, mode=params.mode, dry_run=params.dry_run,
+                           started_at=run.started_at)
 
     def conclude() -> State:
-        result.seconds = time.monotonic() - started
-        result.timeline = timeline.steps
+        result.trading = guard.actions
         result.succeeded = result.status in ("succeeded", "dry_run")
-        publish_report(key=f"restore-report-{params.database}", markdown=render_report(result),
-                       description=f"Restore runbook report ({params.mode})", secrets=secrets)
-        if result.succeeded:
-            return Completed(data=result, message=f"restore {result.status}")
-        return Failed(data=result, message=result.error or f"restore {result.status}")
+        return run.conclude(result, render=render_report, report_key=f"restore-report-{params.database}",
+                            description=f"Restore runbook report ({params.mode})")
 
     try:
         database = settings.database_or_raise(params.database)
+        live = str(database.conninfo().get("dbname") or params.database)  # the server's name for it
+        target = live if params.mode == "replace" else (params.target_database or f"{params.database}_recovery")
+        result.target = target if params.mode != "verify" else None
         catalog = BackupCatalog(open_repository(settings.repository))
-        with timeline.step("resolve backup"):
+        with run.step("resolve backup") as figures:
             manifest = resolve_backup_or_raise(catalog=catalog, database=params.database,
                                                backup_id=params.backup_id, before=params.before)
+            figures["backup_id"] = manifest.backup_id
         result.backup_id = manifest.backup_id
 
         if params.mode == "verify":
-            with timeline.step("verify backup objects"):
+            with run.step("verify backup objects"):
                 result.verification = verify_backup(catalog=catalog, manifest=manifest)
             if result.verification.status != "passed":
                 raise Refused(f"backup {manifest.backup_id} does not verify: {result.verification.detail}",
@@ -259,221 +256,177 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
             result.next_steps.append(f"Restore it with mode=new (into {params.database}_recovery) to inspect it.")
             return conclude()
 
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        keep_as = f"{live[:45]}_pre_restore_{stamp}" if params.mode == "replace" else None
         result.plan = RestorePlan(
             database=params.database, mode=params.mode, backup_id=manifest.backup_id,
             backup_taken_at=manifest.started_at,
             backup_age_hours=(datetime.now(UTC) - manifest.started_at).total_seconds() / 3600,
             bytes=manifest.bytes, stored_bytes=manifest.stored_bytes,
-            wal_lsn=manifest.snapshot.wal_lsn if manifest.snapshot else None, target=target, keep_live_as=keep_as,
+            wal_lsn=manifest.snapshot.wal_lsn if manifest.snapshot else None, target=target,
+            keep_live_as=keep_name(live, datetime.now(UTC)) if params.mode == "replace" else None,
             halt_trading=halt, plan_hash=plan_hash(manifest, mode=params.mode, target=target, halt=halt))
 
-        with ExitStack() as held:
-            with timeline.step("take restore lock"):  # only one restore of a database at a time, any host
-                held.enter_context(advisory_lock(
-                    database.conninfo(), f"runbooks-restore:{params.database}", wait_seconds=params.lock_wait_seconds,
-                    secrets=secrets, holder=f"runbooks restore {flow_run.id}"))
-            return _restore_locked(params, settings, database, catalog, manifest, result, timeline, target, live,
-                                   keep_as, halt, conclude)
+        with ExitStack() as held:  # only one restore of a database at a time, any host; its backup is held
+            held.enter_context(resource_lock(run, server=database.conninfo(), key=f"runbooks-restore:{params.database}",
+                                             wait_seconds=params.lock_wait_seconds))
+            if not params.dry_run:
+                held.enter_context(catalog.holding(
+                    manifest, holder=run.flow_run_id or "local", reason=f"restore of {params.database}",
+                    until=datetime.now(UTC) + timedelta(seconds=params.approval_timeout_seconds) + HOLD_MARGIN))
+            _restore_locked(run, params, settings, database, catalog, manifest, result, guard, live=live,
+                            target=target, halt=halt)
     except RunbookError as exc:
-        result.error = scrub(str(exc), secrets)
-        logger.error("Restore of %r failed: %s", params.database, result.error)
+        result.error = scrub(str(exc))
+        run.logger.error("Restore of %r failed: %s", params.database, result.error)
     except Exception as exc:  # still leave a report behind
-        result.error = scrub(f"{type(exc).__name__}: {exc}", secrets)
-        logger.exception("Restore of %r failed unexpectedly", params.database)
-    if result.kept_live_as is None:
-        result.next_steps.append(f"The live database {params.database!r} was not changed.")
-    else:
-        result.next_steps.append(f"The live database was swapped; the previous one is {result.kept_live_as!r} "
-                                 "(roll back by renaming it back).")
-    if any(t.startswith("HALTED") for t in result.trading) and not any(t.startswith("resumed") for t in result.trading):
-        result.next_steps.append("Trading stays HALTED. Investigate, then resume with CONFIRM_RESUME when safe.")
+        result.error = scrub(f"{type(exc).__name__}: {exc}")
+        run.logger.exception("Restore of %r failed unexpectedly", params.database)
+    if result.status == "failed":
+        if result.kept_live_as is None:
+            result.next_steps.append(f"The live database {params.database!r} was not changed.")
+        else:
+            result.next_steps.append(f"The live database was swapped; the previous one is {result.kept_live_as!r} "
+                                     "(roll back by renaming it back).")
+    if guard.left_halted:
+        result.next_steps.append("Trading stays HALTED by this run. Investigate, then resume with CONFIRM_RESUME "
+                                 "when safe.")
     return conclude()
 
 
-def _restore_locked(params: RestoreParameters, settings: Settings, database, catalog: BackupCatalog,  # type: ignore[no-untyped-def]
-                    manifest: BackupManifest, result: RestoreResult, timeline: Timeline, target: str, live: str,
-                    keep_as: str | None, halt: bool, conclude) -> State:
-    """Everything after the lock is taken; exceptions propagate to the flow, which reports them."""
-    logger = get_run_logger()
-    secrets = settings.secrets
+def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, settings: Settings,
+                    database: DatabaseSettings, catalog: BackupCatalog, manifest: BackupManifest,
+                    result: RestoreResult, guard: TradingGuard, *, live: str, target: str, halt: bool) -> None:
+    """Everything done under the restore lock; it sets ``result.status``, and raises what the flow reports."""
     assert result.plan is not None
-    with timeline.step("sweep scratch databases"):
-        result.scratch_swept = sweep_scratch_databases(database=database, source=params.database, secrets=secrets,
-                                                       dry_run=params.dry_run)
-    with timeline.step("check target"):
-        state = inspect_target(database=database, names=[target], secrets=secrets)[target]
-    if params.mode == "new" and state is not None:
-        if state != RECOVERY_MARK or not params.overwrite_target:
-            previous = state == RECOVERY_MARK
-            raise Refused(
-                f"target database {target!r} already exists and "
-                + ("is a previous recovery database." if previous else "was not made by a restore."),
-                hint="choose another target_database"
-                + (", or set overwrite_target=true to replace it." if previous else "; nothing was changed."))
-    if params.mode == "replace" and state is None:
+    records = RestoreRecords(catalog.repository, identify_server(database=database))
+    protected = {str(db.conninfo().get("dbname") or name) for name, db in settings.databases.items()}
+    with run.step("sweep scratch databases", destructive=not params.dry_run) as figures:
+        sweep = sweep_restore_databases(database=database, records=records, source=params.database,
+                                        protected=protected, dry_run=params.dry_run)
+        result.scratch_swept, result.scratch_left = sweep.dropped, sweep.left
+        figures["dropped"] = len(sweep.dropped)
+    with run.step("check target"):
+        state = inspect_target(database=database, records=records, name=target)
+    if params.mode == "new" and state != "absent":
+        if state == "foreign":
+            raise Refused(f"target database {target!r} already exists and was not made by a restore (the runbooks' "
+                          "records say so).", hint="choose another target_database; nothing was changed.")
+        if not params.overwrite_target:
+            raise Refused(f"target database {target!r} already exists and is a previous recovery database.",
+                          hint="choose another target_database, or set overwrite_target=true to replace it.")
+    if params.mode == "replace" and state == "absent":
         raise Refused(f"database {target!r} does not exist on the server, so there is nothing to replace.",
                       hint="use mode=new to restore it under a new name.")
+
+    with run.step("check prerequisites") as figures:
+        needed = manifest.database_bytes or manifest.bytes * 2
+        result.prerequisites = check_restore_prerequisites(
+            database=database, live=live, replace=params.mode == "replace", needed_bytes=needed,
+            reserve_percent=settings.restore.server_disk_reserve_percent)
+        work_root = settings.restore.work_dir or Path(tempfile.gettempdir())
+        free = shutil.disk_usage(work_root).free
+        if free < manifest.bytes * 1.05:
+            raise Refused(f"the restore work directory {str(work_root)!r} has {human_bytes(free)} free; the dump "
+                          f"needs {human_bytes(manifest.bytes * 1.05)}.", hint="set restore.work_dir to a larger "
+                          "volume; nothing was done.")
+        if halt:
+            status = guard.check()
+            figures["trading_mode"] = str(status.get("trading_mode"))
     if params.dry_run:
         result.status = "dry_run"
         result.next_steps.append(f"Would restore {manifest.backup_id} into {target!r}"
-                                 + (f", keeping the live database as {keep_as!r}" if keep_as else "")
+                                 + (f", keeping the live database as {result.plan.keep_live_as!r}"
+                                    if result.plan.keep_live_as else "")
                                  + f". Plan hash: {result.plan.plan_hash}.")
-        return conclude()
+        return
 
-    needed = manifest.bytes * 1.05
     workdir = Path(tempfile.mkdtemp(prefix="runbooks-restore-", dir=settings.restore.work_dir))
+    scratch = fit_name(params.database, f"_restore_{datetime.now(UTC):%Y%m%d%H%M%S}")
     try:
-        free = shutil.disk_usage(workdir).free
-        if free < needed:
-            raise Refused(f"the restore work directory {str(workdir)!r} has {human_bytes(free)} free; the dump needs "
-                          f"{human_bytes(needed)}.", hint="set restore.work_dir to a larger volume.")
         restore_started = time.monotonic()
-        scratch = f"{params.database[:40]}_restore_{datetime.now(UTC):%Y%m%d%H%M%S}"
-        meta = {"source": params.database, "backup_id": manifest.backup_id, "flow_run_id": str(flow_run.id),
-                "created_at": datetime.now(UTC).isoformat()}
-        with timeline.step("fetch and verify backup"):
-            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / "dump.pgc")
         if params.restore_globals != "never":
-            with timeline.step("restore roles (globals)"):
+            with run.step("restore roles (globals)", destructive=True) as figures:
                 cluster = find_cluster_backup(catalog=catalog, cluster=settings.cluster.name,
                                               backup_id=manifest.backup_id)
                 if cluster is not None:
                     globals_sql = fetch_backup(catalog=catalog, manifest=cluster, role="globals",
                                                dest=workdir / "globals.sql")
-                    result.roles_created = restore_globals(database=database, globals_sql=globals_sql,
-                                                           secrets=secrets)
+                    result.roles_created = restore_roles(database=database, globals_sql=globals_sql,
+                                                         mode="always" if params.restore_globals == "always"
+                                                         else "auto")
+                    globals_sql.unlink()
                 elif params.restore_globals == "always":
                     raise Refused("restore_globals=always but there is no verified cluster backup of "
                                   f"{settings.cluster.name!r} before {manifest.backup_id}.")
-        with timeline.step("create scratch database"):
-            create_scratch_database(database=database, name=scratch, meta=meta, secrets=secrets)
-        try:
-            with timeline.step(f"pg_restore -j {params.jobs}"):
-                restore_database(database=database, target=scratch, dump_file=dump, jobs=params.jobs,
-                                 no_owner=params.no_owner, secrets=secrets)
-            with timeline.step("validate restored database"):
-                result.validation = validate_database(
-                    database=database, target=scratch, expected=manifest.row_counts,
-                    compare_live=live if (params.compare_live or params.mode == "replace") else None,
-                    secrets=secrets)
-            result.time_to_restore_seconds = time.monotonic() - restore_started
-            if not result.validation.passed:
-                raise Refused(f"the restored copy of {manifest.backup_id} does not match its manifest "
-                              f"({len(result.validation.mismatches)} tables differ).",
-                              hint="nothing was swapped; inspect the report and try an older backup.")
-            if params.mode == "new":
-                with timeline.step("publish recovery database"):
-                    if state == RECOVERY_MARK:
-                        drop_restore_database(database=database, name=target, mark=RECOVERY_MARK, secrets=secrets)
-                    rename_databases_task(database=database, renames=[(scratch, target)], close=[],
-                                          comments={target: mark_text(RECOVERY_MARK, meta)}, secrets=secrets)
-                result.status = "succeeded"
-                result.next_steps.append(f"Inspect {target!r}; the live database {params.database!r} is untouched.")
-                return conclude()
-
-            # mode == "replace": preview -> approve -> act on exactly that plan.
-            with timeline.step("approval"):
-                approval = _approve(params, result)
-            result.approval = approval
-            if not approval.get("approve"):
-                result.status = "timed_out" if approval.get("timed_out") else "rejected"
-                result.error = ("no decision within the approval timeout" if approval.get("timed_out")
-                                else f"rejected by {approval.get('approver')}: {approval.get('reason')}")
-                result.next_steps.append("Nothing was changed; the scratch copy was dropped.")
-                return conclude()
-            if halt:
-                with timeline.step("halt trading"):
-                    before = read_trading_status(api=settings.trading_api)
-                    # Recorded first: a kill switch that took effect but whose answer was lost is still reported.
-                    result.trading.append(f"HALTED via kill switch (was {before.get('trading_mode')!r})")
-                    halt_trading(api=settings.trading_api, actor=ACTOR,
-                                 reason=f"restore of {params.database} from {manifest.backup_id}")
-            with timeline.step("swap databases"):
-                rename_databases_task(
-                    database=database, renames=[(live, keep_as), (scratch, live)],  # type: ignore[list-item]
-                    close=[live], properties_from=(live, scratch),
-                    comments={keep_as: f"runbooks pre-restore copy {json.dumps(meta)}",  # type: ignore[dict-item]
-                              live: f"restored by runbooks from backup {manifest.backup_id}"},
-                    secrets=secrets)
-            result.kept_live_as = keep_as  # the scratch copy is the live database now: never drop it
-            with timeline.step("validate live database"):
-                after = validate_database(database=database, target=live, expected=manifest.row_counts,
-                                          compare_live=None, secrets=secrets)
-            if not after.passed:
-                raise Refused("after the swap the live database does not match the manifest.",
-                              hint=f"trading stays halted; roll back by renaming {keep_as!r} back.")
-            if halt:
-                with timeline.step("resume trading"):
-                    if before.get("trading_mode") == "running":
-                        resume_trading(api=settings.trading_api, actor=ACTOR)
-                        result.trading.append("resumed with CONFIRM_RESUME")
-                    else:
-                        result.trading.append(f"left halted: it was {before.get('trading_mode')!r} before the restore")
+                figures["roles_created"] = len(result.roles_created)
+        with run.step("fetch and verify backup") as figures:
+            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / "dump.pgc")
+            figures["bytes"] = manifest.bytes
+        with run.step("create scratch database", destructive=True):
+            create_scratch_database(
+                database=database, records=records, protected=protected, properties=manifest.database,
+                record=DatabaseRecord(server=records.server, name=scratch, oid=None, kind="scratch",
+                                      source=params.database, backup_id=manifest.backup_id,
+                                      flow_run_id=run.flow_run_id))
+        with run.step(f"pg_restore -j {params.jobs}", destructive=True) as figures:
+            figures["seconds"] = round(restore_database(database=database, target=scratch, dump_file=dump,
+                                                        jobs=params.jobs, no_owner=params.no_owner), 2)
+        dump.unlink()
+        with run.step("validate restored copy") as figures:
+            result.validation = validate_database(
+                database=database, target=scratch, expected=manifest.row_counts, checks=database.checks,
+                compare_live=live if (params.compare_live or params.mode == "replace") else None)
+            figures.update(tables=len(result.validation.row_counts), mismatches=len(result.validation.mismatches))
+        result.time_to_restore_seconds = time.monotonic() - restore_started
+        if not result.validation.passed:
+            raise Refused(f"the restored copy of {manifest.backup_id} does not match its manifest "
+                          f"({len(result.validation.mismatches)} tables differ).",
+                          hint="nothing was swapped; inspect the report and try an older backup.")
+        if params.mode == "new":
+            with run.step("publish recovery database", destructive=True):
+                publish_recovery_database(database=database, records=records, scratch=scratch, target=target,
+                                          overwrite=params.overwrite_target and state == "recovery",
+                                          protected=protected)
             result.status = "succeeded"
-            result.next_steps.append(f"Once satisfied, drop {keep_as!r} by hand (kept on purpose).")
-            return conclude()
-        finally:
-            if result.kept_live_as is None and result.status != "succeeded":
-                try:
-                    drop_restore_database(database=database, name=scratch, mark=SCRATCH_MARK, secrets=secrets)
-                except RunbookError as exc:
-                    logger.warning("Could not drop scratch database %r: %s", scratch, exc)
+            result.next_steps.append(f"Inspect {target!r}; the live database {params.database!r} is untouched.")
+            return
+
+        # mode == "replace": preview -> approve -> act on exactly that plan. The copy is closed to PUBLIC, so
+        # what was validated is what is swapped in, whatever the live database's writers do meanwhile.
+        with run.step("approval") as figures:
+            if params.confirm is None:
+                result.timeline = list(run.steps.timeline)
+                publish_report(key=f"restore-plan-{params.database}", markdown=render_report(result),
+                               description="Restore plan awaiting approval")
+            result.approval = request_approval(
+                run, plan_hash=result.plan.plan_hash, confirm=params.confirm,
+                summary=f"Approve restore plan `{result.plan.plan_hash}` of {params.database} from "
+                        f"{result.plan.backup_id} (see the restore-plan artifact).",
+                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
+            figures.update(approved=result.approval.approved, approver=result.approval.approver)
+        if not result.approval.approved:
+            timed_out = result.approval.via == "timeout"
+            result.status = "timed_out" if timed_out else "rejected"
+            result.error = ("no decision within the approval timeout" if timed_out
+                            else f"rejected by {result.approval.approver}: {result.approval.reason}")
+            result.next_steps.append("Nothing was changed; the scratch copy was dropped.")
+            return
+        keep_as = keep_name(live, datetime.now(UTC))
+        if halt:
+            with run.step("halt trading", destructive=True):
+                guard.halt(reason=f"restore of {params.database} from {manifest.backup_id}")
+        with run.step("swap databases", destructive=True):
+            swap_databases(database=database, records=records, live=live, scratch=scratch, keep_as=keep_as)
+        result.kept_live_as = keep_as
+        if halt:
+            with run.step("resume trading"):
+                guard.resume_if_ours()
+        result.status = "succeeded"
+        result.next_steps.append(f"Once satisfied, drop {keep_as!r} by hand (kept on purpose).")
     finally:
+        if result.kept_live_as is None and result.status != "succeeded":
+            try:
+                drop_restore_database(database=database, records=records, name=scratch, kind="scratch",
+                                      protected=protected)
+            except RunbookError as exc:
+                run.logger.warning("Could not drop scratch database %r: %s", scratch, exc)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-TIMEOUT_APPROVER = "runbooks (approval timeout)"
-APPROVAL_GRACE_SECONDS = 3600
-
-
-def _resume_on_timeout(run_id: object) -> None:
-    from prefect.flow_runs import resume_flow_run
-
-    try:
-        resume_flow_run(run_id, run_input={"approve": False, "approver": TIMEOUT_APPROVER,  # type: ignore[arg-type]
-                                           "reason": "approval timed out"})
-    except Exception:  # a human decided at the same moment: theirs stands
-        pass
-
-
-def _approve(params: RestoreParameters, result: RestoreResult) -> dict[str, str | bool]:
-    """Wait for a human (Prefect pause-for-input) unless ``confirm`` matches the plan hash."""
-    logger = get_run_logger()
-    assert result.plan is not None
-    if params.confirm is not None:
-        if params.confirm != result.plan.plan_hash:
-            raise Refused(f"confirm {params.confirm!r} does not match this plan's hash {result.plan.plan_hash!r}.",
-                          hint="the plan changed since it was confirmed; run a dry run and confirm the new hash.")
-        logger.info("Plan %s confirmed by parameter: approved unattended", result.plan.plan_hash)
-        return {"approve": True, "approver": "confirm parameter (unattended)", "reason": "plan hash matched"}
-    publish_report(key=f"restore-plan-{params.database}", markdown=render_report(result),
-                   description="Restore plan awaiting approval", secrets=load_settings().secrets)
-    logger.warning("Waiting up to %d s for approval of plan %s (resume the paused run in the Prefect UI)",
-                   params.approval_timeout_seconds, result.plan.plan_hash)
-    # The approval deadline is ours: at it, a timer resumes the run with a "timed out" decision. (Letting
-    # Prefect's own pause timeout expire would fail the run server-side, before it could clean up and report.)
-    run_id = flow_run.id
-    timer = threading.Timer(params.approval_timeout_seconds, contextvars.copy_context().run,
-                            args=(_resume_on_timeout, run_id))
-    timer.daemon = True
-    timer.start()
-    try:
-        decision = pause_flow_run(
-            wait_for_input=RestoreApproval.with_initial_data(
-                description=f"Approve restore plan `{result.plan.plan_hash}` of {params.database} from "
-                            f"{result.plan.backup_id} (see the restore-plan artifact).",
-                approve=False, approver="", reason=""),
-            timeout=params.approval_timeout_seconds + APPROVAL_GRACE_SECONDS,
-            poll_interval=params.approval_poll_seconds, key=f"approve-{result.plan.plan_hash}")
-    except FlowPauseTimeout:  # the timer could not resume the run (API unreachable)
-        decision = RestoreApproval(approve=False, approver=TIMEOUT_APPROVER, reason="approval timed out")
-    finally:
-        timer.cancel()
-    if decision.approver == TIMEOUT_APPROVER:
-        logger.error("No approval within %d s: nothing changed", params.approval_timeout_seconds)
-        return {"approve": False, "timed_out": True, "approver": "-", "reason": "approval timed out"}
-    logger.info("Plan %s %s by %r: %s", result.plan.plan_hash, "approved" if decision.approve else "rejected",
-                decision.approver, decision.reason)
-    return {"approve": decision.approve, "approver": decision.approver, "reason": decision.reason}

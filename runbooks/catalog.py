@@ -9,6 +9,10 @@ Layout (relative to the repository root)::
 
 A directory without ``manifest.json`` is an unfinished backup: it is never listed, and once its writer is
 gone (dead process on this host, or older than ``stale_after``) the next run removes it.
+
+A run that depends on a backup (a restore waiting for approval) *holds* it:
+``holds/<kind>/<name>/<backup id>/<holder>.json`` with an expiry; retention never deletes a held backup, and a
+hold left by a killed run lapses at its expiry.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runbooks.errors import BackupNotFound
 from runbooks.manifest import BackupKind, BackupManifest, backup_id_for
@@ -29,6 +34,14 @@ from runbooks.repository import IncompleteUpload, Repository
 KIND_DIRS: dict[BackupKind, str] = {"database": "databases", "cluster": "clusters"}
 MANIFEST = "manifest.json"
 LOCK = "lock.json"
+HOLDS = "holds"
+
+
+class BackupHold(BaseModel):
+    backup_id: str
+    holder: str
+    reason: str
+    until: datetime
 
 
 def backup_prefix(kind: BackupKind, name: str, backup_id: str) -> str:
@@ -211,3 +224,36 @@ class BackupCatalog:
         self.repository.delete([f"{prefix}/{MANIFEST}"])
         self.repository.delete([o.key for o in manifest.objects])
         self.repository.delete([o.key for o in self.repository.list_objects(prefix + "/")])
+
+    # -- holds -------------------------------------------------------------------------------------------
+    def _hold_key(self, kind: BackupKind, name: str, backup_id: str, holder: str) -> str:
+        return f"{HOLDS}/{KIND_DIRS[kind]}/{name}/{backup_id}/{holder}.json"
+
+    def holds(self, kind: BackupKind, name: str, *, now: datetime | None = None) -> dict[str, list[BackupHold]]:
+        """Unexpired holds on the backups of one database (or cluster), by backup id."""
+        now = now or datetime.now(UTC)
+        found: dict[str, list[BackupHold]] = {}
+        for obj in self.repository.list_objects(f"{HOLDS}/{KIND_DIRS[kind]}/{name}/"):
+            try:
+                hold = BackupHold.model_validate_json(self.repository.get_bytes(obj.key))
+            except (ValidationError, BackupNotFound):
+                continue
+            if hold.until > now:
+                found.setdefault(hold.backup_id, []).append(hold)
+        return found
+
+    @contextmanager
+    def holding(self, manifest: BackupManifest, *, holder: str, reason: str, until: datetime) -> Iterator[None]:
+        """Hold ``manifest``'s backup for the block; it must still exist once held (retention may have raced)."""
+        key = self._hold_key(manifest.kind, manifest.name, manifest.backup_id, holder)
+        hold = BackupHold(backup_id=manifest.backup_id, holder=holder, reason=reason, until=until)
+        self.repository.put_bytes(key, hold.model_dump_json().encode())
+        try:
+            if not self.repository.exists(f"{backup_prefix(manifest.kind, manifest.name, manifest.backup_id)}/"
+                                          f"{MANIFEST}"):
+                raise BackupNotFound(f"backup {manifest.backup_id} of {manifest.name!r} was deleted while this run "
+                                     "was taking it.", hint="pick another with 'runbooks backups list'.")
+            yield
+        finally:
+            self.repository.delete([key])
+

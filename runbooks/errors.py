@@ -15,11 +15,18 @@
         ├── VerificationFailed        a checksum or archive check failed
         ├── ToolFailed                pg_dump / pg_restore / pg_dumpall exited non-zero
         ├── LockBusy                  another run holds the lock (e.g. a restore of the same database)
+        ├── LockLost                  a lock this run held is gone (session killed): stop before the next change
+        ├── InsufficientPrivilege     the role lacks a privilege the step needs (SQLSTATE 42501, CREATEDB, …)
+        ├── DatabaseInUse             other sessions use a database the step would drop or rename (55006)
+        ├── QueryFailed               any other SQL error, with its SQLSTATE
         ├── Refused                   the request would be unsafe (target exists, target is the source, …)
         └── TradingApiRefused         the trading API said no (4xx other than auth)
 
-Every message says what was refused and ends with a ``HINT:`` saying what to do next. Messages never
-contain secrets: callers pass redacted DSNs, and ``redact.scrub`` runs over anything a tool printed.
+Every message says what was refused and ends with a ``HINT:`` saying what to do next. Context is kept in
+attributes (``sqlstate``), not parsed back out of the text. Foreign errors are mapped where they enter, in one
+place each: psycopg by SQLSTATE and libpq tools by their C-locale messages (``runbooks.postgres``), S3 by error
+code (``runbooks.repository.s3``), HTTP by status (``runbooks.trading``). Messages never contain secrets: every
+secret value is registered in ``runbooks.redact`` and scrubbed from anything a tool or library printed.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from __future__ import annotations
 class RunbookError(Exception):
     """Base class; ``hint`` is appended to the message so an operator always gets a next step."""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, sqlstate: str | None = None) -> None:
         self.message = message
         self.hint = hint
+        self.sqlstate = sqlstate
         super().__init__(f"{message} HINT: {hint}" if hint else message)
 
 
@@ -83,6 +91,22 @@ class ToolFailed(PermanentError):
 
 
 class LockBusy(PermanentError):
+    pass
+
+
+class LockLost(PermanentError):
+    pass
+
+
+class InsufficientPrivilege(PermanentError):
+    pass
+
+
+class DatabaseInUse(PermanentError):
+    pass
+
+
+class QueryFailed(PermanentError):
     pass
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from runbooks.dbproperties import DatabaseProperties
+
 BackupKind = Literal["database", "cluster"]
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -57,6 +59,9 @@ class BackupManifest(BaseModel):
     snapshot: SnapshotInfo | None = None
     objects: list[StoredObject]
     row_counts: dict[str, int] = Field(default_factory=dict)
+    database: DatabaseProperties | None = Field(
+        default=None, description="owner, encoding, locale, settings, privileges of the database at backup time")
+    database_bytes: int | None = Field(default=None, description="pg_database_size at backup time")
     verification: Verification | None = Field(default=None, description="None only before publishing")
 
     @property

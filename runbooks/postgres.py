@@ -1,34 +1,40 @@
-"""PostgreSQL plumbing shared by the tasks: binaries, connections, error classification, snapshots."""
+"""PostgreSQL plumbing shared by the tasks: binaries, connections, the error boundary (SQLSTATE), snapshots, and
+the cluster administration a restore needs (safe drop, atomic renames, a lock that can be re-checked, checks)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from pydantic import BaseModel, Field
 
 from runbooks.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    DatabaseInUse,
     DatabaseNotFound,
     DatabaseUnavailable,
+    InsufficientPrivilege,
     LockBusy,
+    LockLost,
+    QueryFailed,
     RunbookError,
     ToolFailed,
 )
 from runbooks.redact import scrub
+from runbooks.settings import IntegrityCheck
 
 _ENV_NAMES = {
     "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
@@ -82,6 +88,8 @@ def libpq_env(params: Mapping[str, Any], *, dbname: str | None = None) -> dict[s
         env[_ENV_NAMES.get(key, "PG" + key.upper().replace("_", ""))] = str(value)
     if dbname is not None:
         env["PGDATABASE"] = dbname
+    env.pop("LC_ALL", None)
+    env["LC_MESSAGES"] = "C"  # the tools' messages are then the wording tool_error knows
     return env
 
 
@@ -91,41 +99,95 @@ def describe(params: Mapping[str, Any]) -> str:
            f"{params.get('dbname', '?')}"
 
 
-def classify(text: str, *, where: str, secrets: list[str]) -> RunbookError:
-    """Turn libpq/psql/pg_dump error text into a permanent or transient error with a next step."""
-    clean = scrub(text.strip(), secrets)
-    lines = [line.strip() for line in clean.splitlines() if line.strip()]
-    marked = [line for line in lines if any(m in line for m in ("error", "FATAL", "failed"))]
-    first = (marked or lines or ["no error text"])[0]
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "40")  # connection, resources, operator intervention, rollback
+_TRANSIENT_SQLSTATES = {"55P03"}  # lock_not_available (lock_timeout)
+_TRANSIENT_MARKS = ("connection refused", "could not connect", "timeout expired", "the database system is",
+                    "too many clients", "server closed the connection", "connection reset", "no route to host",
+                    "could not translate host name", "terminating connection", "no such file or directory")
+
+
+def _log_tool_output(where: str, text: str) -> None:
+    """The scrubbed, complete stderr of a failed tool goes to the run log (the error keeps one line of it)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        import logging
+
+        logger = logging.getLogger("runbooks")
+    logger.warning("%s failed; its output:\n%s", where, text)
+
+
+def _startup_error(text: str, where: str) -> RunbookError:
+    """Errors before a session exists carry no SQLSTATE in libpq: judged by libpq's C-locale wording."""
+    clean = scrub(text.strip())
+    first = next((ln.strip() for ln in clean.splitlines() if ln.strip()), "no error text")
     lowered = clean.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered \
-            or "authentication failed" in lowered or "pg_hba.conf" in lowered:
-        return AuthenticationFailed(
-            f"{where}: the server rejected the credentials ({first}).",
-            hint="fix the password (RUNBOOKS_DATABASES__<NAME>__PASSWORD or its Secret block) or pg_hba.conf.",
-        )
+    if any(m in lowered for m in ("password authentication failed", "no password supplied",
+                                  "authentication failed", "pg_hba.conf")):
+        return AuthenticationFailed(f"{where}: the server rejected the credentials ({first}).",
+                                    hint="fix the password (RUNBOOKS_DATABASES__<NAME>__PASSWORD or its Secret "
+                                    "block) or pg_hba.conf.", sqlstate="28P01")
     if re.search(r'database ".*" does not exist', lowered):
-        return DatabaseNotFound(
-            f"{where}: {first}.", hint="check the dbname in the DSN; 'psql -l' lists the server's databases."
-        )
+        return DatabaseNotFound(f"{where}: {first}.", hint="check the dbname in the DSN; 'psql -l' lists the "
+                                "server's databases.", sqlstate="3D000")
     if re.search(r'role ".*" does not exist', lowered):
-        return AuthenticationFailed(f"{where}: {first}.", hint="fix the user in the DSN.")
-    transient_marks = ("connection refused", "could not connect", "timeout expired", "the database system is",
-                       "too many clients", "server closed the connection", "connection reset",
-                       "no route to host", "could not translate host name", "terminating connection")
-    if any(mark in lowered for mark in transient_marks):
-        return DatabaseUnavailable(
-            f"{where}: the server is unreachable ({first}).",
-            hint="check that PostgreSQL is running and the host/port in the DSN; transient errors are retried.",
-        )
+        return AuthenticationFailed(f"{where}: {first}.", hint="fix the user in the DSN.", sqlstate="28000")
+    if any(mark in lowered for mark in _TRANSIENT_MARKS):
+        return DatabaseUnavailable(f"{where}: the server is unreachable ({first}).", hint="check that PostgreSQL "
+                                   "is running and the host/port in the DSN; transient errors are retried.")
     return ToolFailed(f"{where}: {first}", hint="see the task log for the tool's full error output.")
 
 
-def connect(params: Mapping[str, Any], *, secrets: list[str], where: str, **kwargs: Any) -> psycopg.Connection:
+def postgres_error(exc: psycopg.Error, *, where: str) -> RunbookError:
+    """Map a psycopg error by its SQLSTATE (connection-phase errors, which have none, by libpq's wording)."""
+    state = exc.sqlstate
+    text = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if state is None:
+        return _startup_error(str(exc), where)
+    if state.startswith("28"):
+        return AuthenticationFailed(f"{where}: {text}.", hint="fix the credentials or pg_hba.conf.", sqlstate=state)
+    if state == "3D000":
+        return DatabaseNotFound(f"{where}: {text}.", hint="check the database name.", sqlstate=state)
+    if state == "42501":
+        return InsufficientPrivilege(f"{where}: {text}.", hint="grant the role the privilege, or use a DSN of a "
+                                     "role that has it.", sqlstate=state)
+    if state == "55006":
+        return DatabaseInUse(f"{where}: {text}.", hint="other sessions are connected; nothing was changed.",
+                             sqlstate=state)
+    if state.startswith(_TRANSIENT_SQLSTATE_CLASSES) or state in _TRANSIENT_SQLSTATES:
+        return DatabaseUnavailable(f"{where}: {text}.", hint="transient; the task retries.", sqlstate=state)
+    return QueryFailed(f"{where}: {text} (SQLSTATE {state}).", hint="see the task log for the statement that "
+                       "failed.", sqlstate=state)
+
+
+def tool_error(stderr: str, *, where: str) -> RunbookError:
+    """A libpq tool (run with LC_MESSAGES=C) failed: log its whole scrubbed output, raise one mapped line."""
+    clean = scrub(stderr.strip())
+    _log_tool_output(where, clean)
+    lines = [ln.strip() for ln in clean.splitlines() if ln.strip()]
+    marked = [ln for ln in lines if any(m in ln for m in ("error", "ERROR", "FATAL", "failed"))]
+    first = (marked or lines or ["no error text"])[0]
+    mapped = _startup_error(clean, where)
+    if isinstance(mapped, ToolFailed):
+        return ToolFailed(f"{where}: {first}", hint="see the task log for the tool's full error output.")
+    return mapped
+
+
+@contextmanager
+def database_errors(where: str) -> Iterator[None]:
+    """The psycopg boundary: inside it, any psycopg error leaves as our mapped, scrubbed RunbookError."""
     try:
+        yield
+    except psycopg.Error as exc:
+        raise postgres_error(exc, where=where) from None
+
+
+def connect(params: Mapping[str, Any], *, where: str, **kwargs: Any) -> psycopg.Connection:
+    with database_errors(where):
         return psycopg.connect(**{"connect_timeout": 10, **params}, **kwargs)
-    except psycopg.OperationalError as exc:
-        raise classify(str(exc), where=where, secrets=secrets) from None
 
 
 @dataclass
@@ -142,10 +204,10 @@ class Snapshot:
 
 
 @contextmanager
-def exported_snapshot(params: Mapping[str, Any], *, secrets: list[str], where: str) -> Iterator[
+def exported_snapshot(params: Mapping[str, Any], *, where: str) -> Iterator[
         tuple[Snapshot, psycopg.Connection]]:
     """Hold a REPEATABLE READ transaction open and export its snapshot for ``pg_dump --snapshot``."""
-    conn = connect(params, secrets=secrets, where=where, autocommit=True)
+    conn = connect(params, where=where, autocommit=True)
     try:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = conn.execute(
@@ -195,9 +257,17 @@ def database_size(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+
+
 # -- cluster administration for restores ----------------------------------------------------------------------
-SCRATCH_MARK = "runbooks-scratch"  # a database a restore is filling; removable by the next restore
-RECOVERY_MARK = "runbooks-recovery"  # a finished restore into a new database; overwritable on request
+NAME_LIMIT = 63  # bytes: PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1)
+
+
+def fit_name(prefix: str, suffix: str) -> str:
+    """``prefix + suffix`` within 63 bytes, shortening the prefix (never splitting a UTF-8 character)."""
+    room = NAME_LIMIT - len(suffix.encode())
+    cut = prefix.encode()[:max(room, 0)].decode(errors="ignore")
+    return cut + suffix
 
 
 def admin_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,82 +275,70 @@ def admin_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {**params, "dbname": "postgres"}
 
 
+def database_oid(conn: psycopg.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s", [name]).fetchone()
+    return int(row[0]) if row else None
+
+
 def database_exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+    return database_oid(conn, name) is not None
 
 
-def database_mark(conn: psycopg.Connection, name: str) -> tuple[str, dict[str, Any]] | None:
-    """The runbooks mark in a database's comment, if any: (mark, metadata)."""
-    row = conn.execute(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [name]
-    ).fetchone()
-    if not row or not row[0]:
-        return None
-    mark, _, meta = str(row[0]).partition(" ")
-    if mark not in (SCRATCH_MARK, RECOVERY_MARK):
-        return None
+def server_identity(conn: psycopg.Connection, params: Mapping[str, Any]) -> str:
+    """Which cluster this is: its system identifier when the role may read it, else where it listens."""
     try:
-        return mark, dict(json.loads(meta or "{}"))
-    except ValueError:
-        return mark, {}
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+        if row:
+            return f"sysid-{row[0]}"
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    host = str(params.get("host") or params.get("hostaddr") or "local").replace("/", "_")
+    return f"{host}-{params.get('port') or 5432}"
 
 
-def mark_text(mark: str, meta: Mapping[str, Any]) -> str:
-    return f"{mark} {json.dumps(dict(meta), default=str)}"
+def other_sessions(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                       [name]).fetchone()
+    return int(row[0]) if row else 0
 
 
-def mark_database(conn: psycopg.Connection, name: str, mark: str, meta: Mapping[str, Any]) -> None:
-    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
-                                                               sql.Literal(mark_text(mark, meta))))
-
-
-def marked_databases(conn: psycopg.Connection, mark: str) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for (name,) in conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall():
-        marked = database_mark(conn, name)
-        if marked and marked[0] == mark:
-            found.append((name, marked[1]))
-    return found
-
-
-def create_database(conn: psycopg.Connection, name: str, *, mark: str, meta: Mapping[str, Any]) -> None:
-    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    mark_database(conn, name, mark, meta)
-
-
-def drop_marked_database(conn: psycopg.Connection, name: str, *, allowed: tuple[str, ...]) -> bool:
-    """Drop ``name`` only if it carries one of the ``allowed`` marks: a restore never drops anything it did
-    not create. Returns False if it was already gone."""
-    if not database_exists(conn, name):
-        return False
-    marked = database_mark(conn, name)
-    if marked is None or marked[0] not in allowed:
-        raise ToolFailed(f"refusing to drop database {name!r}: it was not created by a runbooks restore.",
-                         hint="drop it by hand if that is really intended.")
-    conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-    return True
+def drop_database(conn: psycopg.Connection, name: str, *, attempts: int = 20) -> None:
+    """``DROP DATABASE`` without FORCE: PostgreSQL itself refuses while anyone is connected. Backends of a tool
+    that just exited may linger for a moment, so "in use" is retried briefly before it is reported."""
+    for attempt in range(attempts):
+        try:
+            with database_errors(f"dropping database {name!r}"):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            return
+        except DatabaseInUse:
+            if attempt == attempts - 1:
+                raise DatabaseInUse(f"database {name!r} has {other_sessions(conn, name)} other sessions; it is not "
+                                    "dropped.", hint="find them in pg_stat_activity; a restore never terminates "
+                                    "sessions on a database it drops.", sqlstate="55006") from None
+            time.sleep(0.25)
 
 
 def rename_databases(conn: psycopg.Connection, renames: list[tuple[str, str]], *, close: list[str],
-                     comments: Mapping[str, str] | None = None, attempts: int = 10) -> None:
-    """Rename several databases and set their comments (marks) in one transaction, all or nothing.
+                     attempts: int = 10, before: Any = None) -> None:
+    """Rename several databases in one transaction, all or nothing.
 
     Sessions on ``close`` are terminated inside the same transaction, just before the renames; a client that
     reconnects in between makes the rename fail, and the whole transaction is simply tried again. No state
-    (such as ALLOW_CONNECTIONS false) is ever left behind by a run that dies here.
+    (such as ALLOW_CONNECTIONS false) is ever left behind by a run that dies here. ``before(conn)`` runs first
+    in the same transaction (e.g. giving the copy the live database's properties).
     """
     for attempt in range(attempts):
         try:
             with conn.transaction():
+                if before is not None:
+                    before(conn)
                 for name in close:
                     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
                                  " AND pid <> pg_backend_pid()", [name])
                 for old, new in renames:
                     conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old),
                                                                                  sql.Identifier(new)))
-                for name, comment in (comments or {}).items():
-                    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
-                                                                               sql.Literal(comment)))
             return
         except psycopg.errors.ObjectInUse:
             if attempt == attempts - 1:
@@ -288,64 +346,90 @@ def rename_databases(conn: psycopg.Connection, renames: list[tuple[str, str]], *
             time.sleep(0.2)
 
 
-def copy_database_properties(conn: psycopg.Connection, *, source: str, target: str) -> None:
-    """Give ``target`` the owner and per-database settings of ``source`` (what pg_restore without --create
-    does not carry), so a swapped-in copy behaves like the database it replaces."""
-    row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [source]).fetchone()
-    if row:
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(row[0])))
-    settings = conn.execute(
-        "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
-        " WHERE d.datname = %s AND s.setrole = 0", [source]).fetchall()
-    for (setting,) in settings:
-        name, _, value = str(setting).partition("=")
-        conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(sql.Identifier(target), sql.Identifier(name),
-                                                                     sql.Literal(value)))
+class AdvisoryLock:
+    """A session advisory lock on the server (any host, any process), held while the object lives.
+
+    The session can vanish under the lock (``idle_session_timeout``, a TCP reset, pg_terminate_backend) and the
+    lock with it, silently. So the session disables the idle timeout, keeps TCP alive, and ``ensure()`` proves
+    the lock is still held; a runbook calls it before each destructive step.
+    """
+
+    def __init__(self, params: Mapping[str, Any], key: str, *, holder: str) -> None:
+        self.key = key
+        self._params = {**admin_params(params), "keepalives": 1, "keepalives_idle": 30,
+                        "keepalives_interval": 10, "keepalives_count": 3, "application_name": holder[:63]}
+        self._conn: psycopg.Connection | None = None
+
+    def acquire(self, *, wait_seconds: float) -> None:
+        conn = connect(self._params, where=f"lock {self.key!r}", autocommit=True)
+        deadline = time.monotonic() + wait_seconds
+        try:
+            with database_errors(f"lock {self.key!r}"):
+                conn.execute("SET idle_session_timeout = 0")
+                conn.execute("SET idle_in_transaction_session_timeout = 0")
+                while True:
+                    row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [self.key]).fetchone()
+                    if row and row[0]:
+                        break
+                    if time.monotonic() >= deadline:
+                        raise LockBusy(f"another run holds {self.key!r}; runs never interleave.",
+                                       hint="wait for it to finish (Prefect UI: runs in progress) or pass a longer "
+                                       "lock wait.")
+                    time.sleep(0.5)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def ensure(self) -> None:
+        """Raise LockLost unless this session still holds the lock."""
+        held = False
+        if self._conn is not None:
+            try:
+                row = self._conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                         " AND pid = pg_backend_pid() AND granted").fetchone()
+                held = bool(row and row[0])
+            except psycopg.Error:
+                held = False
+        if not held:
+            raise LockLost(f"the lock {self.key!r} was lost (its session ended); another run may now act on the "
+                           "same resource, so this run stops before its next change.",
+                           hint="read this run's report for what was already done, then rerun.")
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # closing the session releases the lock
+            self._conn = None
 
 
-@contextmanager
-def advisory_lock(params: Mapping[str, Any], key: str, *, wait_seconds: float, secrets: list[str],
-                  holder: str) -> Iterator[None]:
-    """A session advisory lock on the server (any host, any process) held for the duration of the block."""
-    conn = connect(admin_params(params), secrets=secrets, where=f"lock {key!r}", autocommit=True)
-    deadline = time.monotonic() + wait_seconds
-    try:
-        conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(holder[:63])))
-        while True:
-            row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key]).fetchone()
-            if row and row[0]:
-                break
-            if time.monotonic() >= deadline:
-                raise LockBusy(
-                    f"another run holds {key!r}; runs never interleave.",
-                    hint="wait for it to finish (Prefect UI: runs in progress) or pass a longer lock wait.",
-                )
-            time.sleep(0.5)
-        yield
-    finally:
-        conn.close()  # closing the session releases the lock
+class CheckResult(BaseModel):
+    """One configured integrity check on a restored database."""
+
+    name: str
+    status: Literal["passed", "failed", "reported", "could_not_run"]
+    value: str | None = None
+    expect: str | None = None
+    rows: list[list[str]] = Field(default_factory=list, description="first rows, for report-only checks")
+    error: str | None = None
 
 
-INTEGRITY_CHECKS = {
-    # From the seeds' data-corruption runbook (002): each should count zero rows.
-    "positions with NULL entry_price or current_price": (
-        "positions", "SELECT count(*) FROM positions WHERE entry_price IS NULL OR current_price IS NULL"),
-    "trades with a status outside open/closed/cancelled": (
-        "trades", "SELECT count(*) FROM trades WHERE status NOT IN ('open', 'closed', 'cancelled')"),
-}
-POSITION_TOTALS = ("SELECT symbol, SUM(quantity)::text, SUM(quantity * entry_price)::text FROM positions"
-                   " WHERE status = 'open' GROUP BY symbol ORDER BY symbol")
-
-
-def integrity_report(conn: psycopg.Connection) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
-    """Run the seeds' integrity checks where their tables exist: anomalies per check, open position totals."""
-    anomalies: dict[str, int] = {}
-    for label, (table, query) in INTEGRITY_CHECKS.items():
-        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,):
+def run_checks(conn: psycopg.Connection, checks: Sequence[IntegrityCheck]) -> list[CheckResult]:
+    """Run each check in its own savepoint: one that cannot run (a column this schema lacks) is reported as such
+    and never stops the others."""
+    results = []
+    for check in checks:
+        try:
+            with conn.transaction():
+                rows = conn.execute(check.sql).fetchmany(20)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            results.append(CheckResult(name=check.name, status="could_not_run",
+                                       error=scrub(f"{exc.sqlstate}: {str(exc).strip().splitlines()[0]}")))
             continue
-        row = conn.execute(query).fetchone()
-        anomalies[label] = int(row[0]) if row else 0
-    totals: list[tuple[str, str, str]] = []
-    if conn.execute("SELECT to_regclass('positions')").fetchone() != (None,):
-        totals = [(str(a), str(b), str(c)) for a, b, c in conn.execute(POSITION_TOTALS).fetchall()]
-    return anomalies, totals
+        if check.expect is None:
+            results.append(CheckResult(name=check.name, status="reported",
+                                       rows=[[str(v) for v in r] for r in rows]))
+            continue
+        value = str(rows[0][0]) if rows and rows[0] else None
+        results.append(CheckResult(name=check.name, status="passed" if value == str(check.expect) else "failed",
+                                   value=value, expect=str(check.expect)))
+    return results

@@ -1,51 +1,22 @@
-"""Building blocks of run reports: a step timeline and small markdown helpers."""
+"""Building blocks of run reports: the step timeline and small markdown helpers."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
-
-class StepTiming(BaseModel):
-    step: str
-    started_at: datetime
-    seconds: float
-    outcome: str = "ok"
+if TYPE_CHECKING:
+    from runbooks.frame.steps import StepTiming
 
 
-class Timeline:
-    """Records each step's start and duration, including steps that fail."""
+def timeline_markdown(steps: Sequence[StepTiming]) -> str:
+    def figures(s: StepTiming) -> str:
+        return ", ".join(f"{k}={v}" for k, v in s.figures.items()) or ""
 
-    def __init__(self) -> None:
-        self.steps: list[StepTiming] = []
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        started_at = datetime.now(UTC)
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            yield
-        except BaseException as exc:
-            outcome = f"failed: {type(exc).__name__}"
-            raise
-        finally:
-            self.steps.append(StepTiming(step=name, started_at=started_at, seconds=time.monotonic() - started,
-                                         outcome=outcome))
-
-    def markdown(self) -> str:
-        return self.markdown_of(self.steps)
-
-    @staticmethod
-    def markdown_of(steps: Sequence[StepTiming]) -> str:
-        return table(
-            ["step", "started (UTC)", "duration", "outcome"],
-            [[s.step, f"{s.started_at:%H:%M:%S}", f"{s.seconds:.2f} s", s.outcome] for s in steps],
-        )
+    return table(
+        ["step", "started (UTC)", "duration", "outcome", "figures"],
+        [[s.step, f"{s.started_at:%H:%M:%S}", f"{s.seconds:.2f} s", s.outcome, figures(s)] for s in steps],
+    )
 
 
 def human_bytes(n: float | None) -> str:

@@ -26,11 +26,13 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def select_retention(candidates: list[Candidate], policy: RetentionPolicy) -> RetentionPlan:
+def select_retention(candidates: list[Candidate], policy: RetentionPolicy,
+                     held: dict[str, str] | None = None) -> RetentionPlan:
     """Keep the newest verified backup of each of the last N days / M ISO weeks / K months that have one.
 
     The newest verified backup is always kept, whatever the policy says (a policy of all zeros must not empty
     the repository). Backups that failed verification never fill a bucket, so they go once a good one exists.
+    ``held`` (backup id -> why) are kept whatever the policy says: a run depends on them.
     """
     plan = RetentionPlan()
     ordered = sorted(candidates, key=lambda c: (_utc(c.taken_at), c.backup_id), reverse=True)
@@ -56,5 +58,8 @@ def select_retention(candidates: list[Candidate], policy: RetentionPolicy) -> Re
         # Nothing verified: keep everything rather than guess which broken backup matters.
         for cand in ordered:
             plan.keep.setdefault(cand.backup_id, []).append("no verified backup exists")
+    for backup_id, why in (held or {}).items():
+        if any(c.backup_id == backup_id for c in ordered):
+            plan.keep.setdefault(backup_id, []).append(why)
     plan.remove = [c.backup_id for c in reversed(ordered) if c.backup_id not in plan.keep]
     return plan

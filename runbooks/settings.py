@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from runbooks.errors import ConfigurationError
-from runbooks.redact import redact_dsn
+from runbooks.redact import redact_dsn, register_secret
 
 DEFAULT_CONFIG = "runbooks.toml"
 SANDBOX_DIR = ".sandbox"
@@ -41,21 +41,35 @@ def config_path() -> Path:
 
 
 def resolve_secret(value: SecretStr | None, block: str | None) -> str | None:
-    """The secret's plain value, from the setting itself or from a Prefect Secret block."""
+    """The secret's plain value, from the setting itself or from a Prefect Secret block; registered for scrubbing
+    the moment it is read."""
     if value is not None:
+        register_secret(value.get_secret_value())
         return value.get_secret_value()
     if block:
         from prefect.blocks.system import Secret
 
         try:
             secret = cast(Secret, Secret.load(block))  # sync in a sync context
-            return str(secret.get())
+            plain = str(secret.get())
         except ValueError as exc:
             raise ConfigurationError(
                 f"Prefect Secret block {block!r} could not be loaded.",
                 hint=f"create it with 'prefect block create secret' or set the value in the environment ({exc}).",
             ) from None
+        register_secret(plain)
+        return plain
     return None
+
+
+class IntegrityCheck(BaseModel):
+    """A named SQL check run on a restored database. The schema is the user's: checks are configuration (the
+    sandbox writes the seeds' data-corruption checks, seed 002, as its defaults)."""
+
+    name: str = Field(min_length=1, description="what the check looks for, as the report shows it")
+    sql: str = Field(min_length=1, description="a read-only query; its first column of its first row is compared")
+    expect: int | str | None = Field(default=None, description="the value that means healthy (e.g. 0 rows); "
+                                     "unset: the check only reports its first rows")
 
 
 class DatabaseSettings(BaseModel):
@@ -64,6 +78,8 @@ class DatabaseSettings(BaseModel):
     dsn: SecretStr = Field(description="libpq URL or key=value connection string")
     password: SecretStr | None = Field(default=None, description="overrides any password in the DSN")
     password_block: str | None = Field(default=None, description="name of a Prefect Secret block")
+    checks: list[IntegrityCheck] = Field(default_factory=list, description="integrity checks after a restore "
+                                         "(reported; row counts against the manifest are the gate)")
 
     @field_validator("dsn")
     @classmethod
@@ -82,6 +98,7 @@ class DatabaseSettings(BaseModel):
         password = resolve_secret(self.password, self.password_block)
         if password is not None:
             params["password"] = password
+        register_secret(str(params.get("password") or ""))
         return params
 
     def safe_dsn(self) -> str:
@@ -152,6 +169,9 @@ class BackupSettings(BaseModel):
 class RestoreSettings(BaseModel):
     work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j; "
                                   "None: the system temp directory")
+    server_disk_reserve_percent: float = Field(
+        default=5.0, ge=0, le=100, description="free space (percent of the server's data disk) that must remain "
+        "after a restored copy is added; checked before any work when the server is local")
 
 
 class ApiSettings(BaseModel):
@@ -220,9 +240,8 @@ class Settings(BaseSettings):
                 hint=f"add [databases.{name}] to {config_path()} or pick a configured one.",
             ) from None
 
-    @cached_property
-    def secrets(self) -> list[str]:
-        """Every secret value this configuration knows, for scrubbing text that tools print."""
+    def plain_secrets(self) -> list[str]:
+        """The secret values held in the settings themselves (not in Secret blocks)."""
         found: list[str] = []
         for db in [*self.databases.values(), self.cluster.database()]:
             if db is None:
@@ -235,8 +254,15 @@ class Settings(BaseSettings):
         for api in (self.trading_api, self.inference_api):
             if api and api.token:
                 found.append(api.token.get_secret_value())
-        # Values kept in Prefect Secret blocks are scrubbed too; a block that cannot be read now is the
-        # concern of the step that needs it, not of the scrubbing.
+        return [s for s in found if s]
+
+    @cached_property
+    def secrets(self) -> list[str]:
+        """Every secret value this configuration knows, Secret blocks included, all registered for scrubbing.
+
+        A runbook run reads this once at its start, so a value from a block is scrubbed even from what a tool
+        prints before the step that uses it."""
+        found = self.plain_secrets()
         blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database()] if db]
         blocks += [self.repository.secret_access_key_block]
         blocks += [api.token_block for api in (self.trading_api, self.inference_api) if api]
@@ -245,6 +271,7 @@ class Settings(BaseSettings):
                 found.append(resolve_secret(None, block) or "")
             except Exception:  # noqa: BLE001 - unreadable now: nothing to scrub from it
                 continue
+        register_secret(*found)
         return [s for s in found if s]
 
 
@@ -259,7 +286,7 @@ def load_settings(**overrides: Any) -> Settings:
             hint="run 'runbooks sandbox up' to write one, or point RUNBOOKS_CONFIG at your inventory.",
         )
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
@@ -268,3 +295,5 @@ def load_settings(**overrides: Any) -> Settings:
             f"invalid runbooks settings in {str(path)!r}: {problems}.",
             hint="fix the value in the file or the RUNBOOKS_* environment variable named above.",
         ) from None
+    register_secret(*settings.plain_secrets())
+    return settings

@@ -47,6 +47,9 @@ class TradingApi:
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/operations/status")
 
+    def pause(self, *, reason: str, actor: str) -> dict[str, Any]:
+        return self._call("POST", "/api/v1/operations/pause", {"reason": reason, "paused_by": actor})
+
     def kill_switch(self, *, reason: str, actor: str) -> dict[str, Any]:
         return self._call("POST", "/api/v1/operations/kill-switch", {"reason": reason, "activated_by": actor})
 

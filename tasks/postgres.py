@@ -1,47 +1,61 @@
-"""Tasks that talk to PostgreSQL: probe a database, dump a database, dump the cluster's globals."""
+"""Tasks that talk to PostgreSQL: probe and dump databases and the cluster's globals (backup); check, create,
+fill, validate, publish, swap and drop databases (restore)."""
 
 from __future__ import annotations
 
-import re
+import shutil
 import socket
 import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
+import psycopg
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from psycopg import sql
 from pydantic import BaseModel, Field
 
 from runbooks import __version__
 from runbooks.catalog import BackupCatalog
-from runbooks.errors import ConfigurationError
+from runbooks.dbproperties import (
+    DatabaseProperties,
+    apply_database_properties,
+    create_database_like,
+    read_database_properties,
+)
+from runbooks.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused
 from runbooks.manifest import BackupManifest, SnapshotInfo, StoredObject
 from runbooks.pipeline import CompressingSink, stream_command, stream_into
 from runbooks.postgres import (
-    SCRATCH_MARK,
+    CheckResult,
     admin_params,
-    classify,
     connect,
-    copy_database_properties,
     count_rows,
-    create_database,
+    database_errors,
     database_exists,
-    database_mark,
+    database_oid,
     database_size,
     describe,
-    drop_marked_database,
+    drop_database,
     exported_snapshot,
-    integrity_report,
     libpq_env,
-    marked_databases,
     pg_tool,
+    postgres_error,
     rename_databases,
+    run_checks,
+    server_identity,
+    tool_error,
     tool_version,
 )
-from runbooks.settings import DatabaseSettings
+from runbooks.records import DatabaseRecord, RestoreRecords
+from runbooks.roles import RoleCreated, apply_role_plan, is_clean_cluster, plan_missing_roles
+from runbooks.settings import DatabaseSettings, IntegrityCheck
 from tasks.policies import TRANSIENT_RETRY
 
 MB = 1_000_000
@@ -54,15 +68,14 @@ class DatabaseProbe(BaseModel):
 
 
 @task(name="probe-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def probe_database(*, name: str, database: DatabaseSettings, secrets: list[str]) -> DatabaseProbe:
+def probe_database(*, name: str, database: DatabaseSettings) -> DatabaseProbe:
     """Connect and read the server version and database size (fails fast on bad credentials or dbname).
 
     Returns:
         What a dry run reports and the flow checks before writing anything.
     """
     params = database.conninfo()
-    secrets = [*secrets, str(params.get("password") or "")]  # a password from a Secret block is known only now
-    with connect(params, secrets=secrets, where=f"database {name!r} ({describe(params)})") as conn:
+    with connect(params, where=f"database {name!r} ({describe(params)})") as conn:
         version = conn.execute("SHOW server_version").fetchone()
         return DatabaseProbe(name=name, server_version=str(version[0] if version else "?"),
                              size_bytes=database_size(conn))
@@ -87,7 +100,6 @@ def dump_database(
     backup_id: str,
     level: int,
     threads: int,
-    secrets: list[str],
     flow_run_id: str | None = None,
 ) -> BackupManifest:
     """Stream ``pg_dump -Fc`` of one database into the repository from an exported snapshot.
@@ -100,15 +112,15 @@ def dump_database(
     """
     logger = get_run_logger()
     params = database.conninfo()
-    secrets = [*secrets, str(params.get("password") or "")]  # a password from a Secret block is known only now
     where = f"pg_dump of {name!r} ({describe(params)})"
     started_at = datetime.now(UTC)
     prefix = catalog.begin("database", name, backup_id, flow_run_id=flow_run_id)
     key = f"{prefix}/dump.pgc.zst"
     try:
-        with exported_snapshot(params, secrets=secrets, where=f"database {name!r} ({describe(params)})") as (
-            snap, conn
-        ):
+        with exported_snapshot(params, where=f"database {name!r} ({describe(params)})") as (snap, conn):
+            with database_errors(f"properties of {name!r}"):
+                properties = read_database_properties(conn, str(conn.info.dbname))
+                size = database_size(conn)
             pg_dump = pg_tool("pg_dump", snap.server_major)
             argv = [pg_dump, "--format=custom", "--compress=0", f"--snapshot={snap.snapshot_id}", "--no-password"]
             counts: dict[str, int] = {}
@@ -130,7 +142,7 @@ def dump_database(
                     key=key,
                     level=level,
                     threads=threads,
-                    classify_error=lambda text: classify(text, where=where, secrets=secrets),
+                    classify_error=lambda text: tool_error(text, where=where),
                     progress=_progress(name),
                     on_start=lambda _proc: counter.start(),
                 )
@@ -141,7 +153,9 @@ def dump_database(
                 raise
             counter.join()
             if errors:
-                raise classify(str(errors[0]), where=f"row counts of {name!r}", secrets=secrets)
+                if isinstance(errors[0], psycopg.Error):
+                    raise postgres_error(errors[0], where=f"row counts of {name!r}")
+                raise errors[0]
     except BaseException:
         catalog.discard("database", name, backup_id)
         raise
@@ -166,6 +180,8 @@ def dump_database(
                          stored_bytes=stats.stored_bytes, sha256=stats.sha256)
         ],
         row_counts=counts,
+        database=properties,
+        database_bytes=size,
     )
 
 
@@ -188,7 +204,6 @@ def dump_cluster(
     backup_id: str,
     level: int,
     threads: int,
-    secrets: list[str],
     flow_run_id: str | None = None,
 ) -> BackupManifest | None:
     """Back up what a clean cluster needs before any database: roles (``pg_dumpall --globals-only``) and the
@@ -215,9 +230,8 @@ def dump_cluster(
     try:
         if database is not None:
             params = database.conninfo()
-            secrets = [*secrets, str(params.get("password") or "")]
             where = f"pg_dumpall --globals-only ({describe(params)})"
-            with connect(params, secrets=secrets, where=where) as conn:
+            with connect(params, where=where) as conn:
                 row = conn.execute("SELECT current_setting('server_version'),"
                                    " current_setting('server_version_num')::int").fetchone()
             assert row is not None
@@ -228,7 +242,7 @@ def dump_cluster(
             stats = stream_command(
                 [pg_dumpall, "--globals-only", "--no-password"], env=libpq_env(params),
                 repository=catalog.repository, key=key, level=level, threads=threads,
-                classify_error=lambda text: classify(text, where=where, secrets=secrets),
+                classify_error=lambda text: tool_error(text, where=where),
             )
             objects.append(StoredObject(role="globals", key=key, format="sql", bytes=stats.raw_bytes,
                                         stored_bytes=stats.stored_bytes, sha256=stats.sha256))
@@ -252,14 +266,17 @@ def dump_cluster(
 
 
 # -- restore ------------------------------------------------------------------------------------------------------
+# Every database a restore creates is in its own record (runbooks.records), and it drops only what that record
+# says it made, still under the same name and OID, never one of the inventory, never one with other sessions.
+
+
 class ValidationReport(BaseModel):
     """What a restored database looks like next to its manifest (and, optionally, the live database)."""
 
     database: str
     row_counts: dict[str, int]
     mismatches: dict[str, list[int]] = Field(default_factory=dict, description="table -> [manifest, restored]")
-    anomalies: dict[str, int] = Field(default_factory=dict, description="seeds' integrity checks: rows found")
-    position_totals: list[list[str]] = Field(default_factory=list, description="symbol, quantity, value (open)")
+    checks: list[CheckResult] = Field(default_factory=list, description="configured integrity checks")
     live_deltas: dict[str, int] | None = Field(default=None, description="table -> restored minus live rows")
 
     @property
@@ -267,130 +284,228 @@ class ValidationReport(BaseModel):
         return not self.mismatches
 
 
-def _admin(database: DatabaseSettings, secrets: list[str]):  # type: ignore[no-untyped-def]
+class Prerequisites(BaseModel):
+    """What a restore checked before any expensive work."""
+
+    role: str
+    superuser: bool
+    server_free_bytes: int | None = Field(description="free space where the server keeps its data (None: unknown)")
+    needed_bytes: int
+    notes: list[str] = Field(default_factory=list)
+
+
+@contextmanager
+def _admin(database: DatabaseSettings, where: str) -> Iterator[tuple[dict[str, Any], psycopg.Connection]]:
+    """A connection to the maintenance database with the inventory database's credentials, errors mapped."""
     params = database.conninfo()
-    secrets = [*secrets, str(params.get("password") or "")]
-    return params, secrets, connect(admin_params(params), secrets=secrets, where=f"server of {describe(params)}",
-                                    autocommit=True)
+    with connect(admin_params(params), where=f"server of {describe(params)}", autocommit=True) as conn:
+        with database_errors(where):
+            yield params, conn
 
 
-@task(name="sweep-scratch-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def sweep_scratch_databases(*, database: DatabaseSettings, source: str, secrets: list[str],
-                            dry_run: bool = False) -> list[str]:
-    """Drop the scratch databases that interrupted restores of ``source`` left behind.
+def _server_major(conn: psycopg.Connection) -> int:
+    return int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
 
-    Called while holding the restore lock of ``source``, so none of them belongs to a live restore.
+
+@task(name="identify-server", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def identify_server(*, database: DatabaseSettings) -> str:
+    """Returns:
+    The cluster's identity under which the restore records of its databases are kept."""
+    with _admin(database, "identifying the server") as (params, conn):
+        return server_identity(conn, params)
+
+
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+
+
+@task(name="check-restore-prerequisites", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def check_restore_prerequisites(*, database: DatabaseSettings, live: str, replace: bool, needed_bytes: int,
+                                reserve_percent: float) -> Prerequisites:
+    """Refuse before any fetch or pg_restore: the role may create databases (and, to replace, rename the live one
+    and end its sessions), and the server's disk has room for a second copy plus the reserve.
 
     Returns:
-        The names dropped (dry-run: that would be dropped).
+        What was checked; a free-space check that cannot be made here (remote server) is a note, not a refusal.
     """
-    _params, secrets, conn = _admin(database, secrets)
-    dropped = []
-    with conn:
-        for name, meta in marked_databases(conn, SCRATCH_MARK):
-            if meta.get("source") == source:
-                if dry_run:
-                    get_run_logger().info("Would drop scratch database %r of an interrupted restore", name)
-                    dropped.append(name)
-                    continue
-                drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))
-                dropped.append(name)
-                get_run_logger().info("Dropped scratch database %r left by an interrupted restore (%s)", name,
-                                      meta.get("flow_run_id"))
-    return dropped
+    with _admin(database, "checking restore privileges") as (params, conn):
+        row = conn.execute(
+            "SELECT current_user, rolsuper, rolcreatedb, pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),"
+            " coalesce((SELECT pg_has_role(current_user, datdba, 'MEMBER') FROM pg_database WHERE datname = %s),"
+            " false) FROM pg_roles WHERE rolname = current_user", [live]).fetchone()
+        assert row is not None
+        role, superuser, createdb, signal, owns_live = row
+        if not (superuser or createdb):
+            raise InsufficientPrivilege(f"role {role!r} may not create databases, so nothing can be restored.",
+                                        hint="use a DSN of a role with CREATEDB (or a superuser); nothing was done.")
+        if replace and not (superuser or (owns_live and signal)):
+            raise InsufficientPrivilege(
+                f"role {role!r} cannot replace {live!r}: it needs to own it and be a member of pg_signal_backend "
+                "(or be a superuser) to rename it and end its sessions.",
+                hint="use a superuser DSN for the restore, or mode=new; nothing was done.")
+        data_directory = None
+        if superuser or conn.execute("SELECT pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')"
+                                     ).fetchone() == (True,):
+            data_directory = str(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
+    free: int | None = None
+    notes: list[str] = []
+    host = str(params.get("host") or "")
+    if data_directory and (host in _LOCAL_HOSTS or host.startswith("/")) and Path(data_directory).exists():
+        usage = shutil.disk_usage(data_directory)
+        free = usage.free
+        need = needed_bytes + int(usage.total * reserve_percent / 100)
+        if free < need:
+            raise Refused(f"the database server's disk has {free / MB:.0f} MB free; a second copy needs about "
+                          f"{needed_bytes / MB:.0f} MB plus the {reserve_percent:g}% reserve.",
+                          hint="free space on the server or lower restore.server_disk_reserve_percent; nothing "
+                          "was done.")
+    else:
+        notes.append("free space on the database server not checked (not a local server, or the role may not "
+                     f"read data_directory); about {needed_bytes / MB:.0f} MB are needed")
+    get_run_logger().info("Prerequisites of restoring into the server of %r met (role %r)", live, role)
+    return Prerequisites(role=role, superuser=superuser, server_free_bytes=free, needed_bytes=needed_bytes,
+                         notes=notes)
+
+
+class Sweep(BaseModel):
+    dropped: list[str] = Field(default_factory=list, description="dropped (dry-run: would drop)")
+    left: list[str] = Field(default_factory=list, description="recorded but not dropped, and why")
+
+
+def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str, *, kind: str,
+                   protected: set[str]) -> bool:
+    """Drop ``name`` only if our record says a restore made it (``kind``) and it is still that database.
+    Returns False if it was already gone (its record is then removed)."""
+    record = records.get(name)
+    oid = database_oid(conn, name)
+    if oid is None:  # already gone: success, and its record (if any) goes too
+        if record is not None:
+            records.delete(name)
+        return False
+    if name in protected:
+        raise Refused(f"refusing to drop {name!r}: it is a database of the inventory.",
+                      hint="a restore never drops a configured database; nothing was dropped.")
+    if record is None or record.kind != kind or record.oid is None:
+        raise Refused(f"refusing to drop {name!r}: the runbooks' records do not show a restore made it as a {kind}"
+                      " database.", hint="drop it by hand if that is really intended.")
+    if oid != record.oid:
+        raise Refused(f"refusing to drop {name!r}: it is not the database a restore made under that name (OID "
+                      f"{oid}, recorded {record.oid}).", hint="it was replaced by hand; drop it by hand if intended.")
+    drop_database(conn, name)
+    records.delete(name)
+    return True
+
+
+@task(name="sweep-restore-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def sweep_restore_databases(*, database: DatabaseSettings, records: RestoreRecords, source: str,
+                            protected: set[str], dry_run: bool = False) -> Sweep:
+    """Drop the scratch databases that interrupted restores of ``source`` left behind, as recorded.
+
+    Called while holding the restore lock of ``source``, so none of them belongs to a live restore.
+    """
+    logger = get_run_logger()
+    sweep = Sweep()
+    with _admin(database, "sweeping scratch databases") as (_params, conn):
+        for record in records.all():
+            if record.kind != "scratch" or record.source != source:
+                continue
+            if record.oid is None:
+                if database_exists(conn, record.name):
+                    sweep.left.append(f"{record.name}: its creation was interrupted before its OID was recorded, "
+                                      "so it is not dropped automatically; check it and drop it by hand")
+                else:
+                    records.delete(record.name)
+                continue
+            if dry_run:
+                logger.info("Would drop scratch database %r of an interrupted restore", record.name)
+                sweep.dropped.append(record.name)
+                continue
+            try:
+                if _drop_recorded(conn, records, record.name, kind="scratch", protected=protected):
+                    sweep.dropped.append(record.name)
+                    logger.info("Dropped scratch database %r left by interrupted run %s", record.name,
+                                record.flow_run_id)
+            except (Refused, DatabaseInUse) as exc:
+                sweep.left.append(f"{record.name}: {exc}")
+    for line in sweep.left:
+        logger.warning("Scratch database not dropped: %s", line)
+    return sweep
 
 
 @task(name="inspect-target", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def inspect_target(*, database: DatabaseSettings, names: list[str], secrets: list[str]) -> dict[str, str | None]:
+def inspect_target(*, database: DatabaseSettings, records: RestoreRecords,
+                   name: str) -> Literal["absent", "recovery", "foreign"]:
     """Returns:
-    For each name: None if no such database, else its runbooks mark ('runbooks-recovery', …) or 'unmarked'."""
-    _params, secrets, conn = _admin(database, secrets)
-    with conn:
-        found: dict[str, str | None] = {}
-        for name in names:
-            if not database_exists(conn, name):
-                found[name] = None
-            else:
-                mark = database_mark(conn, name)
-                found[name] = mark[0] if mark else "unmarked"
-        return found
+    ``absent``, ``recovery`` (a previous restore made it and it still is that database), or ``foreign``."""
+    with _admin(database, f"inspecting {name!r}") as (_params, conn):
+        oid = database_oid(conn, name)
+    if oid is None:
+        return "absent"
+    record = records.get(name)
+    return "recovery" if record and record.kind == "recovery" and record.oid == oid else "foreign"
 
 
 @task(name="create-scratch-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def create_scratch_database(*, database: DatabaseSettings, name: str, meta: dict[str, str],
-                            secrets: list[str]) -> None:
-    """Create the empty database a restore fills, marked so that it is recognisable and removable."""
-    _params, secrets, conn = _admin(database, secrets)
-    with conn:
-        if database_exists(conn, name):
-            drop_marked_database(conn, name, allowed=(SCRATCH_MARK,))  # a retry of this very task
-        create_database(conn, name, mark=SCRATCH_MARK, meta=meta)
-    get_run_logger().info("Created scratch database %r", name)
+def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecords, record: DatabaseRecord,
+                            properties: DatabaseProperties | None, protected: set[str]) -> None:
+    """Create the empty database a restore fills, with the source's encoding and locale, recorded as ours, and
+    closed to PUBLIC so nothing but the restore writes to it before it is validated and swapped in."""
+    with _admin(database, f"creating scratch database {record.name!r}") as (_params, conn):
+        if database_exists(conn, record.name):  # a retry of this very task: it must be ours
+            _drop_recorded(conn, records, record.name, kind="scratch", protected=protected)
+        records.put(record.model_copy(update={"oid": None}))
+        create_database_like(conn, record.name, properties)
+        conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+            sql.Identifier(record.name)))
+        records.put(record.model_copy(update={"oid": database_oid(conn, record.name)}))
+    get_run_logger().info("Created scratch database %r", record.name)
 
 
 @task(name="drop-restore-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def drop_restore_database(*, database: DatabaseSettings, name: str, mark: str, secrets: list[str]) -> bool:
-    """Drop a database a restore made — a scratch copy, or a previous recovery database the operator asked to
-    overwrite — and only if it carries that ``mark`` ("already gone" is success)."""
-    _params, secrets, conn = _admin(database, secrets)
-    with conn:
-        dropped = drop_marked_database(conn, name, allowed=(mark,))
+def drop_restore_database(*, database: DatabaseSettings, records: RestoreRecords, name: str,
+                          kind: Literal["scratch", "recovery"], protected: set[str]) -> bool:
+    """Drop a database a restore made (its scratch copy, or a previous recovery database the operator asked to
+    overwrite), as its record shows. "Already gone" is success."""
+    with _admin(database, f"dropping {name!r}") as (_params, conn):
+        dropped = _drop_recorded(conn, records, name, kind=kind, protected=protected)
     if dropped:
-        get_run_logger().info("Dropped %s database %r", mark.removeprefix("runbooks-"), name)
+        get_run_logger().info("Dropped %s database %r", kind, name)
     return dropped
 
 
-_ROLE_STATEMENT = re.compile(r'^(?:CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)[\s;]')
+@task(name="restore-roles", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def restore_roles(*, database: DatabaseSettings, globals_sql: Path,
+                  mode: Literal["auto", "always"]) -> list[RoleCreated]:
+    """Create the roles of the cluster backup that the target cluster lacks, in one transaction.
 
-
-def _role_name(token: str) -> str:
-    return token[1:-1].replace('""', '"') if token.startswith('"') else token
-
-
-@task(name="restore-globals", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def restore_globals(*, database: DatabaseSettings, globals_sql: Path, secrets: list[str]) -> list[str]:
-    """Create the roles of the cluster backup that the target cluster lacks (a clean cluster), so restored
-    objects keep their owners. Only the CREATE/ALTER ROLE statements of missing roles run: an existing role's
-    password or attributes are never reset to the backup's.
+    ``auto``: bare NOLOGIN roles (owners for restored objects), unless the cluster is clean (a DR drill's new
+    cluster): then as in the backup. ``always``: as in the backup, LOGIN and password included. Existing roles
+    are never altered (a password rotated since the backup stays).
 
     Returns:
-        The roles created.
+        Exactly what was created.
     """
-    params, secrets, conn = _admin(database, secrets)
-    with conn:
+    script = globals_sql.read_text()
+    with _admin(database, "creating roles from the cluster backup") as (_params, conn):
+        full = mode == "always" or is_clean_cluster(conn, script)
         present = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-        major = int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
-    wanted: list[str] = []
-    statements: list[str] = []
-    for line in globals_sql.read_text().splitlines():
-        match = _ROLE_STATEMENT.match(line)
-        if match and _role_name(match[1]) not in present:
-            statements.append(line)
-            if line.startswith("CREATE ROLE"):
-                wanted.append(_role_name(match[1]))
-    if not wanted:
-        return []
-    script = globals_sql.with_name("missing-roles.sql")
-    script.write_text("\n".join(statements) + "\n")
-    proc = subprocess.run([pg_tool("psql", major), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script)],
-                          env=libpq_env(admin_params(params)), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise classify(proc.stderr, where="creating roles from the cluster backup", secrets=secrets)
-    get_run_logger().info("Roles created from the cluster backup: %s", ", ".join(wanted))
-    return wanted
+        plan = plan_missing_roles(script, present=present, full=full)
+        created = apply_role_plan(conn, plan)
+    if created:
+        get_run_logger().info("Roles created from the cluster backup: %s",
+                              ", ".join(f"{r.name} ({r.attributes})" for r in created))
+    return created
 
 
 @task(name="restore-database", cache_policy=NO_CACHE)  # no retry: a retry would meet a half-filled database
-def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int, no_owner: bool,
-                     secrets: list[str]) -> float:
+def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int,
+                     no_owner: bool) -> float:
     """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
 
     Returns:
         Seconds pg_restore took.
     """
-    params, secrets, conn = _admin(database, secrets)
-    with conn:
-        major = int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
+    with _admin(database, "reading the server version") as (params, conn):
+        major = _server_major(conn)
     argv = [pg_tool("pg_restore", major), "--exit-on-error", f"--jobs={jobs}", "--no-password", "-d", target]
     if no_owner:
         argv += ["--no-owner", "--no-acl"]
@@ -399,58 +514,82 @@ def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path
                           text=True, check=False)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
-        raise classify(proc.stderr, where=f"pg_restore into {target!r}", secrets=secrets)
+        raise tool_error(proc.stderr, where=f"pg_restore into {target!r}")
     get_run_logger().info("pg_restore -j %d into %r took %.1f s", jobs, target, seconds)
     return seconds
 
 
 @task(name="validate-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def validate_database(*, database: DatabaseSettings, target: str, expected: dict[str, int],
-                      compare_live: str | None, secrets: list[str]) -> ValidationReport:
-    """Row counts against the manifest, the seeds' integrity checks, and optionally deltas to the live database.
+                      checks: list[IntegrityCheck], compare_live: str | None) -> ValidationReport:
+    """Row counts against the manifest (the gate), the configured integrity checks (reported), and optionally
+    deltas to the live database.
 
     Returns:
         The report; ``passed`` is False when any table's row count differs from the manifest.
     """
     params = database.conninfo()
-    secrets = [*secrets, str(params.get("password") or "")]
-    with connect({**params, "dbname": target}, secrets=secrets, where=f"restored database {target!r}") as conn:
+    with connect({**params, "dbname": target}, where=f"restored database {target!r}") as conn, \
+            database_errors(f"validating {target!r}"):
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         counts = count_rows(conn)
-        anomalies, totals = integrity_report(conn)
+        results = run_checks(conn, checks)
     mismatches = {t: [expected.get(t, -1), counts.get(t, -1)] for t in sorted(set(expected) | set(counts))
                   if expected.get(t) != counts.get(t)}
     deltas = None
     if compare_live:
-        where = f"live database {compare_live!r}"
-        with connect({**params, "dbname": compare_live}, secrets=secrets, where=where) as live:
+        with connect({**params, "dbname": compare_live}, where=f"live database {compare_live!r}") as live, \
+                database_errors(f"counting rows of {compare_live!r}"):
             live.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             live_counts = count_rows(live)
         deltas = {t: counts.get(t, 0) - live_counts.get(t, 0) for t in sorted(set(counts) | set(live_counts))}
-    report = ValidationReport(database=target, row_counts=counts, mismatches=mismatches, anomalies=anomalies,
-                              position_totals=[list(t) for t in totals], live_deltas=deltas)
+    report = ValidationReport(database=target, row_counts=counts, mismatches=mismatches, checks=results,
+                              live_deltas=deltas)
     logger = get_run_logger()
     if mismatches:
         logger.error("Restored %r differs from the manifest in %d tables: %s", target, len(mismatches), mismatches)
     else:
         logger.info("Restored %r: row counts of %d tables match the manifest", target, len(counts))
-    for label, n in anomalies.items():
-        if n:
-            logger.warning("Integrity check on %r: %d %s", target, n, label)
+    for result in results:
+        if result.status in ("failed", "could_not_run"):
+            logger.warning("Integrity check %r on %r: %s %s", result.name, target, result.status,
+                           result.error or f"(got {result.value}, healthy is {result.expect})")
     return report
 
 
-@task(name="rename-databases", cache_policy=NO_CACHE)
-def rename_databases_task(*, database: DatabaseSettings, renames: list[tuple[str, str]], close: list[str],
-                          comments: dict[str, str], secrets: list[str],
-                          properties_from: tuple[str, str] | None = None) -> None:
-    """Swap names and marks in one transaction (all or nothing). Not retried: an operator reads the report
-    before anything touches names again. ``properties_from`` = (live, copy): first give the copy the live
-    database's owner and settings."""
-    _params, secrets, conn = _admin(database, secrets)
-    with conn:
-        if properties_from is not None:
-            copy_database_properties(conn, source=properties_from[0], target=properties_from[1])
-        rename_databases(conn, renames, close=close, comments=comments)
-    for old, new in renames:
-        get_run_logger().info("Renamed database %r -> %r", old, new)
+@task(name="publish-recovery-database", cache_policy=NO_CACHE)
+def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRecords, scratch: str, target: str,
+                              overwrite: bool, protected: set[str]) -> None:
+    """Give the validated scratch copy its final name (dropping the previous recovery database first if asked);
+    the record follows the database (same OID, new name, kind recovery)."""
+    with _admin(database, f"publishing {target!r}") as (_params, conn):
+        if overwrite:
+            _drop_recorded(conn, records, target, kind="recovery", protected=protected)
+        record = records.get(scratch)
+        rename_databases(conn, [(scratch, target)], close=[])
+        if record is not None:
+            records.put(record.model_copy(update={"name": target, "kind": "recovery"}))
+            records.delete(scratch)
+    get_run_logger().info("Renamed database %r -> %r", scratch, target)
+
+
+@task(name="swap-databases", cache_policy=NO_CACHE)
+def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live: str, scratch: str,
+                   keep_as: str) -> None:
+    """In one transaction: give the copy the live database's properties (owner, settings, per-role settings,
+    privileges, connection limit), end the live database's sessions, rename live -> ``keep_as`` and copy -> live.
+    Not retried: an operator reads the report before anything touches names again."""
+    with _admin(database, f"swapping {scratch!r} in for {live!r}") as (_params, conn):
+        scratch_oid = database_oid(conn, scratch)
+        if database_exists(conn, keep_as):
+            raise Refused(f"database {keep_as!r} already exists, so the live database cannot be kept under that "
+                          "name.", hint="rerun the restore; nothing was swapped.")
+
+        def carry(tx: psycopg.Connection) -> None:
+            apply_database_properties(tx, scratch, read_database_properties(tx, live))
+
+        rename_databases(conn, [(live, keep_as), (scratch, live)], close=[live], before=carry)
+        if database_oid(conn, live) != scratch_oid:
+            raise Refused(f"after the swap {live!r} is not the restored copy.", hint="inspect the databases by hand.")
+    records.delete(scratch)  # the copy is the live database now: never a restore's to drop
+    get_run_logger().info("Swapped: %r kept as %r, restored copy is now %r", live, keep_as, live)

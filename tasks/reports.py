@@ -17,13 +17,13 @@ def artifact_key(text: str) -> str:
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(*, key: str, markdown: str, description: str, secrets: list[str]) -> str:
+def publish_report(*, key: str, markdown: str, description: str) -> str:
     """Publish the run report; secrets are scrubbed once more on the way out.
 
     Returns:
         The artifact id.
     """
     artifact_id = create_markdown_artifact(
-        key=artifact_key(key), markdown=scrub(markdown, secrets), description=description
+        key=artifact_key(key), markdown=scrub(markdown), description=description
     )
     return str(artifact_id)

@@ -122,12 +122,21 @@ def apply_retention(
     """
     logger = get_run_logger()
     manifests = {m.backup_id: m for m in catalog.list_backups(kind=kind, name=name)}
+
+    def held() -> dict[str, str]:
+        return {backup_id: f"held by run {hs[0].holder} ({hs[0].reason}) until {hs[0].until:%Y-%m-%d %H:%M}Z"
+                for backup_id, hs in catalog.holds(kind, name).items()}
+
     plan = select_retention(
-        [Candidate(m.backup_id, m.started_at, m.verified) for m in manifests.values()], policy
+        [Candidate(m.backup_id, m.started_at, m.verified) for m in manifests.values()], policy, held()
     )
-    for backup_id in plan.remove:
+    for backup_id in list(plan.remove):
         if dry_run:
             logger.info("Would delete %s %r backup %s (outside retention)", kind, name, backup_id)
+        elif backup_id in (now_held := held()):  # held since the plan was made: a restore is taking it
+            plan.remove.remove(backup_id)
+            plan.keep.setdefault(backup_id, []).append(now_held[backup_id])
+            logger.info("Kept %s %r backup %s: %s", kind, name, backup_id, now_held[backup_id])
         else:
             catalog.delete_backup(manifests[backup_id])
             logger.info("Deleted %s %r backup %s (outside retention)", kind, name, backup_id)

@@ -1,4 +1,5 @@
-"""Tasks on the trading platform's operations API: read the trading state, halt (kill switch), resume."""
+"""Tasks on the trading platform's operations API: read the trading state, halt (kill switch), pause, resume.
+Runbooks use them through ``runbooks.frame.TradingGuard``, which decides whether a resume is still theirs."""
 
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
     finally:
         client.close()
     get_run_logger().warning("Trading HALTED via kill switch: %s", reason)
+    return status
+
+
+@task(name="pause-trading", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
+    """Pause trading (soft: no new orders; idempotent).
+
+    Returns:
+        The operations status after the call.
+    """
+    client = TradingApi(api)
+    try:
+        status = client.pause(reason=reason, actor=actor)
+    finally:
+        client.close()
+    get_run_logger().warning("Trading PAUSED: %s", reason)
     return status
 
 

@@ -16,13 +16,32 @@ from pydantic import ValidationError
 from flows.backup import BackupParameters, backup_databases
 from flows.restore import RestoreParameters, restore_database_flow
 from runbooks.catalog import BackupCatalog
-from runbooks.postgres import RECOVERY_MARK, SCRATCH_MARK, create_database, database_mark
+from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
 from tests.processes import wait_for
+
+
+def records(sandbox: SandboxState) -> RestoreRecords:
+    """The restore records of the sandbox's server in this test's repository."""
+    from runbooks.postgres import server_identity
+
+    with psycopg.connect(admin_dsn(sandbox)) as conn:
+        server = server_identity(conn, psycopg.conninfo.conninfo_to_dict(admin_dsn(sandbox)))
+    return RestoreRecords(open_repository(load_settings().repository), server)
+
+
+def make_recorded_scratch(sandbox: SandboxState, name: str, source: str) -> None:
+    """What a restore killed during pg_restore leaves: a scratch database, recorded with its OID."""
+    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", [name]).fetchone()[0]  # type: ignore[index]
+    records(sandbox).put(DatabaseRecord(server=records(sandbox).server, name=name, oid=oid, kind="scratch",
+                                        source=source, backup_id="20260101T000000Z", flow_run_id="killed"))
+
 
 APPROVE = {"approve": True, "approver": "oncall-alice", "reason": "positions table corrupted at 01:40"}
 REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"}
@@ -87,9 +106,10 @@ def test_new_mode_restores_an_identical_copy_and_leaves_the_source(config: Sandb
     assert result.target == target and result.validation.passed and result.time_to_restore_seconds is not None
     assert schema_dump(config, target) == source_schema == schema_dump(config, source)
     assert content_checksums(config, target) == source_content == content_checksums(config, source)
-    with psycopg.connect(admin_dsn(config)) as conn:
-        assert database_mark(conn, target)[0] == RECOVERY_MARK  # type: ignore[index]
+    record = records(config).get(target)
+    assert record is not None and record.kind == "recovery" and record.source == source
     assert not [d for d in databases(config) if "_restore_" in d]  # no scratch left
+    assert not [r for r in records(config).all() if r.kind == "scratch"]
 
     # Again into the same target: refused unless overwrite_target, which then replaces it.
     state, result = restore(database=source, mode="new")
@@ -103,7 +123,7 @@ def test_refusals_change_nothing(config: SandboxState, source: str) -> None:
         conn.execute(f'CREATE DATABASE "{source}_keep"')
     before = databases(config)
     state, result = restore(database=source, mode="new", target_database=f"{source}_keep")
-    assert state.is_failed() and "was not made by a restore" in result.error
+    assert state.is_failed() and "was not made by a restore" in result.error and "HINT" in result.error
     state, result = restore(database=source, backup_id="20200101T000000Z")
     assert state.is_failed() and "no backup 20200101T000000Z" in result.error and "HINT" in result.error
     state, result = restore(database=source, before="2001-01-01T00:00:00Z")
@@ -142,7 +162,8 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     state, result = restore(database=source, mode="replace", approval_poll_seconds=1)
     approver.join(5)
     assert state.is_completed(), result
-    assert result.approval == APPROVE
+    assert (result.approval.approved, result.approval.approver, result.approval.reason, result.approval.via) == (
+        True, APPROVE["approver"], APPROVE["reason"], "operator")
     assert scalar(config, source, "SELECT count(*) FROM market.orders") == 500  # restored
     kept = result.kept_live_as
     assert kept and kept.startswith(f"{source}_pre_restore_")
@@ -150,8 +171,8 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     assert operations(simulator) == ["kill-switch", "resume"]  # halt before the swap, resume after
     assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"
     assert result.validation.live_deltas["market.orders"] == 400
+    assert records(config).get(source) is None  # the live database is never a droppable scratch
     with psycopg.connect(admin_dsn(config)) as conn:
-        assert database_mark(conn, source) is None  # the live database is never a droppable scratch
         owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [source])
         assert owner.fetchone() == ("trading_user",)
     assert scalar(config, source, "SHOW work_mem") == "7MB"
@@ -182,7 +203,7 @@ def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str
     assert operations(simulator) == []
     state, result = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
     assert state.is_completed(), result
-    assert result.approval["approver"] == "confirm parameter (unattended)"
+    assert result.approval.approver == "confirm parameter (unattended)" and result.approval.via == "confirm"
     assert operations(simulator) == ["kill-switch", "resume"]
 
 
@@ -191,8 +212,10 @@ def test_trading_already_halted_stays_halted(config: SandboxState, source: str, 
     state, dry = restore(database=source, mode="replace", dry_run=True)
     state, result = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
     assert state.is_completed(), result
-    assert operations(simulator) == ["kill-switch", "kill-switch"]  # no resume
-    assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "halted"
+    assert operations(simulator) == ["kill-switch"]  # the responder's only: not pressed again, not resumed
+    status = simulator.get("/api/v1/operations/status").json()
+    assert status["trading_mode"] == "halted" and status["paused_by"] == "oncall"  # who halted it is kept
+    assert any("already halted by 'oncall'" in t for t in result.trading)
 
 
 def test_concurrent_restores_of_one_database_never_interleave(config: SandboxState, source: str,
@@ -236,7 +259,7 @@ def test_concurrent_restores_of_one_database_never_interleave(config: SandboxSta
     second.join(180)
     assert first["result"].status == "rejected"
     assert waiter["state"].is_completed(), waiter["result"]
-    lock_step = next(s for s in waiter["result"].timeline if s.step == "take restore lock")
+    lock_step = next(s for s in waiter["result"].timeline if s.step == "take lock")
     acquired_at = lock_step.started_at + timedelta(seconds=lock_step.seconds)
     assert lock_step.started_at < released_at <= acquired_at  # it waited, and got the lock only after the first
 
@@ -244,8 +267,7 @@ def test_concurrent_restores_of_one_database_never_interleave(config: SandboxSta
 def test_a_killed_restore_leaves_a_scratch_the_next_run_removes(config: SandboxState, source: str) -> None:
     """What a restore killed during pg_restore leaves: a marked scratch database (the source untouched)."""
     scratch = f"{source}_restore_20260101000000"
-    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
-        create_database(conn, scratch, mark=SCRATCH_MARK, meta={"source": source, "flow_run_id": "killed"})
+    make_recorded_scratch(config, scratch, source)
     state, result = restore(database=source, mode="new", dry_run=True)
     assert state.is_completed() and result.scratch_swept == [scratch] and scratch in databases(config)
     state, result = restore(database=source, mode="new")
@@ -276,9 +298,10 @@ def test_restore_process_killed_midway(config: SandboxState, source: str, prefec
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    with psycopg.connect(admin_dsn(config)) as conn:
-        scratch = [d for d in databases(config) if d.startswith(f"{source}_restore_")]
-        assert len(scratch) == 1 and database_mark(conn, scratch[0])[0] == SCRATCH_MARK  # type: ignore[index]
+    scratch = [d for d in databases(config) if d.startswith(f"{source}_restore_")]
+    assert len(scratch) == 1
+    record = records(config).get(scratch[0])
+    assert record is not None and record.kind == "scratch" and record.oid is not None  # recorded before pg_restore
     assert content_checksums(config, source) == content
     state, result = restore(database=source, mode="new")
     assert state.is_completed(), result
@@ -306,7 +329,12 @@ def test_missing_roles_come_from_the_cluster_backup_and_existing_ones_are_untouc
             conn.execute("ALTER ROLE trading_user PASSWORD 'rotated-after-backup'")
         state, result = restore(database=name, mode="new")
         assert state.is_completed(), result
-        assert result.roles_created == ["desk_analyst"]
+        # Dropped on purpose: it comes back only as an owner, without LOGIN and without its old password hash.
+        assert [(r.name, r.login, r.with_password) for r in result.roles_created] == [("desk_analyst", False, False)]
+        with psycopg.connect(admin_dsn(config)) as conn:
+            assert conn.execute("SELECT rolcanlogin, rolpassword IS NULL FROM pg_authid WHERE rolname ="
+                                " 'desk_analyst'").fetchone() == (False, True)
+        assert "SCRAM" not in result.model_dump_json()
         owner = scalar(config, f"{name}_recovery",
                        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'market.docs'::regclass")
         assert owner == "desk_analyst"

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from runbooks.redact import redact_dsn
 from runbooks.sandbox.cluster import PostgresCluster, free_port
-from runbooks.sandbox.seed import create_database, seed
+from runbooks.sandbox.seed import SEED_CHECKS, create_database, seed
 
 DATABASE = "trading_db"
 BUCKET = "runbooks-backups"
@@ -88,6 +88,15 @@ def _wait_http(url: str, *, timeout: float, what: str, proc: subprocess.Popen[by
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def _checks_toml(database: str) -> list[str]:
+    lines = []
+    for check in SEED_CHECKS:
+        lines.append(f"[[databases.{database}.checks]]")
+        lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}" for k, v in check.items()]
+        lines.append("")
+    return lines
 
 
 def _toml_str(value: str) -> str:
@@ -198,6 +207,7 @@ class Sandbox:
             f"[databases.{DATABASE}]",
             f"dsn = {_toml_str(cluster.dsn(DATABASE))}",
             "",
+            *_checks_toml(DATABASE),
             "[cluster]",
             'name = "sandbox"',
             f"dsn = {_toml_str(cluster.dsn('postgres'))}",

@@ -77,6 +77,18 @@ INSERT INTO positions (symbol, quantity, entry_price, current_price, status) VAL
 _BYTES_PER_ROW = {"ohlcv": 150, "history": 190, "trades": 160}
 
 
+# The data-corruption checks of seed 002, written into the sandbox's config as trading_db's integrity checks.
+SEED_CHECKS: list[dict[str, str | int]] = [
+    {"name": "positions with NULL entry_price or current_price",
+     "sql": "SELECT count(*) FROM positions WHERE entry_price IS NULL OR current_price IS NULL", "expect": 0},
+    {"name": "trades with a status outside open/closed/cancelled",
+     "sql": "SELECT count(*) FROM trades WHERE status NOT IN ('open', 'closed', 'cancelled')", "expect": 0},
+    {"name": "open position totals per symbol",
+     "sql": "SELECT symbol, SUM(quantity)::text, SUM(quantity * entry_price)::text FROM positions"
+            " WHERE status = 'open' GROUP BY symbol ORDER BY symbol"},
+]
+
+
 def create_database(admin_dsn: str, *, dbname: str, app_password: str) -> None:
     """Create the application role and an empty database it owns (idempotent)."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
