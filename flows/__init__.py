@@ -1,6 +1,6 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
-Scheduled maintenance: ``backup``. On-demand recovery: ``restore`` (next).
+Scheduled maintenance: ``backup``. On-demand recovery: ``restore``.
 """
 
 from __future__ import annotations

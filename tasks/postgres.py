@@ -342,6 +342,13 @@ def check_restore_prerequisites(*, database: DatabaseSettings, live: str, replac
                 f"role {role!r} cannot replace {live!r}: it needs to own it and be a member of pg_signal_backend "
                 "(or be a superuser) to rename it and end its sessions.",
                 hint="use a superuser DSN for the restore, or mode=new; nothing was done.")
+        if replace and not superuser and conn.execute(
+                "SELECT NOT r.rolcreaterole AND EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d"
+                " ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole <> 0)"
+                " FROM pg_roles r WHERE r.rolname = current_user", [live]).fetchone() == (True,):
+            raise InsufficientPrivilege(
+                f"role {role!r} cannot carry the per-role settings of {live!r} (ALTER ROLE ... IN DATABASE needs "
+                "CREATEROLE).", hint="use a superuser DSN for the restore; nothing was done.")
         data_directory = None
         if superuser or conn.execute("SELECT pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')"
                                      ).fetchone() == (True,):

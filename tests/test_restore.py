@@ -303,6 +303,13 @@ def test_restore_process_killed_midway(config: SandboxState, source: str, prefec
     record = records(config).get(scratch[0])
     assert record is not None and record.kind == "scratch" and record.oid is not None  # recorded before pg_restore
     assert content_checksums(config, source) == content
+    # Its report was never published, but its timeline is on the server: each step as it happened.
+    from tests.events import runbook_events, steps_of
+
+    events = runbook_events(f"runbooks.restore.{source}",
+                            until=lambda ev: ("started", "pg_restore -j 2") in steps_of(ev))
+    assert steps_of(events)[-2:] == [("finished", "create scratch database"), ("started", "pg_restore -j 2")]
+    assert ("finished", "fetch and verify backup") in steps_of(events)
     state, result = restore(database=source, mode="new")
     assert state.is_completed(), result
     assert result.scratch_swept == scratch
