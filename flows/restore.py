@@ -46,7 +46,9 @@ from tasks.postgres import (
     drop_restore_database,
     identify_server,
     inspect_target,
+    locate_databases,
     publish_recovery_database,
+    rehearse_swap,
     restore_database,
     restore_roles,
     swap_databases,
@@ -392,6 +394,8 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
 
         # mode == "replace": preview -> approve -> act on exactly that plan. The copy is closed to PUBLIC, so
         # what was validated is what is swapped in, whatever the live database's writers do meanwhile.
+        with run.step("rehearse swap"):
+            rehearse_swap(database=database, live=live, scratch=scratch)
         with run.step("approval") as figures:
             if params.confirm is None:
                 result.timeline = list(run.steps.timeline)
@@ -415,7 +419,15 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
             with run.step("halt trading", destructive=True):
                 guard.halt(reason=f"restore of {params.database} from {manifest.backup_id}")
         with run.step("swap databases", destructive=True):
-            swap_databases(database=database, records=records, live=live, scratch=scratch, keep_as=keep_as)
+            try:
+                swap_databases(database=database, records=records, live=live, scratch=scratch, keep_as=keep_as)
+            except BaseException:
+                # What actually happened decides the report and trading: the swap is one transaction.
+                if locate_databases(database=database, names=[keep_as])[keep_as] is not None:
+                    result.kept_live_as = keep_as
+                else:
+                    guard.resume_if_ours()  # nothing changed: trading goes back as it was
+                raise
         result.kept_live_as = keep_as
         if halt:
             with run.step("resume trading"):

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -56,6 +57,18 @@ def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
     for secret in sorted(known, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+def scrub_data(value: Any, *, limit: int | None = None) -> Any:
+    """``scrub`` every string inside nested dicts/lists (keys included); strings cut to ``limit`` characters."""
+    if isinstance(value, str):
+        clean = scrub(value)
+        return clean if limit is None or len(clean) <= limit else clean[:limit] + "…"
+    if isinstance(value, dict):
+        return {scrub_data(k): scrub_data(v, limit=limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_data(v, limit=limit) for v in value]
+    return value
 
 
 class ScrubbingFilter(logging.Filter):

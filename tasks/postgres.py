@@ -29,7 +29,7 @@ from runbooks.dbproperties import (
     create_database_like,
     read_database_properties,
 )
-from runbooks.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused
+from runbooks.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused, RunbookError
 from runbooks.manifest import BackupManifest, SnapshotInfo, StoredObject
 from runbooks.pipeline import CompressingSink, stream_command, stream_into
 from runbooks.postgres import (
@@ -378,6 +378,12 @@ class Sweep(BaseModel):
     left: list[str] = Field(default_factory=list, description="recorded but not dropped, and why")
 
 
+def _owned_by_restore_role(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT pg_get_userbyid(datdba) = current_user FROM pg_database WHERE datname = %s",
+                       [name]).fetchone()
+    return bool(row and row[0])
+
+
 def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str, *, kind: str,
                    protected: set[str]) -> bool:
     """Drop ``name`` only if our record says a restore made it (``kind``) and it is still that database.
@@ -397,6 +403,9 @@ def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str,
     if oid != record.oid:
         raise Refused(f"refusing to drop {name!r}: it is not the database a restore made under that name (OID "
                       f"{oid}, recorded {record.oid}).", hint="it was replaced by hand; drop it by hand if intended.")
+    if not _owned_by_restore_role(conn, name):  # what a restore creates is owned by its role until swapped in
+        raise Refused(f"refusing to drop {name!r}: it is not owned by the restore's role, so a restore did not "
+                      "leave it as it is.", hint="drop it by hand if that is really intended.")
     drop_database(conn, name)
     records.delete(name)
     return True
@@ -458,12 +467,17 @@ def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecor
     closed to PUBLIC so nothing but the restore writes to it before it is validated and swapped in."""
     with _admin(database, f"creating scratch database {record.name!r}") as (_params, conn):
         if database_exists(conn, record.name):  # a retry of this very task: it must be ours
-            _drop_recorded(conn, records, record.name, kind="scratch", protected=protected)
+            earlier = records.get(record.name)
+            if (earlier is not None and earlier.oid is None and earlier.flow_run_id == record.flow_run_id
+                    and record.flow_run_id is not None and _owned_by_restore_role(conn, record.name)):
+                drop_database(conn, record.name)  # this run's attempt, interrupted before its OID was recorded
+            else:
+                _drop_recorded(conn, records, record.name, kind="scratch", protected=protected)
         records.put(record.model_copy(update={"oid": None}))
         create_database_like(conn, record.name, properties)
+        records.put(record.model_copy(update={"oid": database_oid(conn, record.name)}))
         conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
             sql.Identifier(record.name)))
-        records.put(record.model_copy(update={"oid": database_oid(conn, record.name)}))
     get_run_logger().info("Created scratch database %r", record.name)
 
 
@@ -598,5 +612,38 @@ def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live:
         rename_databases(conn, [(live, keep_as), (scratch, live)], close=[live], before=carry)
         if database_oid(conn, live) != scratch_oid:
             raise Refused(f"after the swap {live!r} is not the restored copy.", hint="inspect the databases by hand.")
-    records.delete(scratch)  # the copy is the live database now: never a restore's to drop
     get_run_logger().info("Swapped: %r kept as %r, restored copy is now %r", live, keep_as, live)
+    try:
+        records.delete(scratch)  # the copy is the live database now: never a restore's to drop
+    except RunbookError as exc:  # the next sweep finds no database under that name and removes the record
+        get_run_logger().warning("Could not remove the record of %r after the swap: %s", scratch, exc)
+
+
+@task(name="locate-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def locate_databases(*, database: DatabaseSettings, names: list[str]) -> dict[str, int | None]:
+    """Returns:
+    Each name's OID, or None if no database has it (e.g. to learn whether a failed swap changed anything)."""
+    with _admin(database, "looking up databases") as (_params, conn):
+        return {name: database_oid(conn, name) for name in names}
+
+
+@task(name="rehearse-swap", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def rehearse_swap(*, database: DatabaseSettings, live: str, scratch: str) -> None:
+    """Before approval (and before trading is halted): give the copy the live database's properties in a
+    transaction that is rolled back, and make sure the live database's sessions can be ended, so a swap never
+    fails for want of a privilege after trading was halted."""
+    with _admin(database, f"rehearsing the swap of {scratch!r} in for {live!r}") as (_params, conn):
+        try:
+            with conn.transaction(force_rollback=True):
+                apply_database_properties(conn, scratch, read_database_properties(conn, live))
+        except psycopg.Error as exc:
+            mapped = postgres_error(exc, where=f"giving the copy the properties of {live!r}")
+            raise type(mapped)(mapped.message, hint="restore with a superuser DSN; nothing was changed.",
+                               sqlstate=mapped.sqlstate) from None
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename WHERE a.datname = %s"
+            " AND r.rolsuper AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)", [live]).fetchone()
+        if row and row[0]:
+            raise InsufficientPrivilege(f"superuser sessions are connected to {live!r}, and the restore's role may "
+                                        "not end them.", hint="restore with a superuser DSN, or close those "
+                                        "sessions; nothing was changed.", sqlstate="42501")

@@ -56,17 +56,23 @@ def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[s
     return status
 
 
-@task(name="resume-trading", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def resume_trading(*, api: ApiSettings | None, actor: str) -> dict[str, Any]:
-    """Resume trading with the confirmation code the API requires.
+@task(name="resume-trading-if-ours", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: str | None) -> dict[str, Any]:
+    """Resume trading (with the confirmation code) only while the halt in force is ``actor``'s own, unchanged
+    since ``changed_at``. Each attempt, retries included, reads the status again: a responder who pressed the
+    kill switch between two attempts keeps trading halted.
 
     Returns:
-        The operations status after the call.
+        The status read before deciding, with ``resumed`` set to whether this call resumed trading.
     """
     client = TradingApi(api)
     try:
-        status = client.resume(actor=actor)
+        now = client.status()
+        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == actor
+                and now.get("changed_at", changed_at) == changed_at)
+        if ours:
+            client.resume(actor=actor)
+            get_run_logger().info("Trading resumed by %r", actor)
     finally:
         client.close()
-    get_run_logger().info("Trading resumed by %r", actor)
-    return status
+    return {**now, "resumed": ours}

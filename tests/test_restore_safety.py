@@ -319,3 +319,31 @@ def test_a_run_killed_while_paused_has_its_orphan_cancelled(config: SandboxState
     with get_client(sync_client=True) as client:
         after = client.read_flow_run(orphan).state
     assert after.type.value == "CANCELLED" and "orphaned approval" in (after.message or "")
+
+
+def test_a_swap_that_would_fail_is_refused_before_trading_is_halted(
+        config: SandboxState, fresh: str, monkeypatch: pytest.MonkeyPatch,
+        simulator: httpx.Client) -> None:  # noqa: F811
+    """The live database's owner (not a superuser) restores it; a superuser-only setting on the database cannot be
+    carried to the copy. That is found before approval and the kill switch, not after."""
+    owner = f"owner_{uuid.uuid4().hex[:6]}"
+    sql(config, f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw-123' CREATEDB CREATEROLE")
+    sql(config, f"GRANT pg_signal_backend, pg_read_all_data TO {owner}")
+    sql(config, f'ALTER DATABASE "{fresh}" OWNER TO {owner}')
+    sql(config, f'ALTER DATABASE "{fresh}" SET log_min_duration_statement = 1000')
+    try:
+        backup(fresh)
+        monkeypatch.setenv(f"RUNBOOKS_DATABASES__{fresh.upper()}__DSN", config.cluster().dsn(fresh, owner,
+                                                                                              "owner-pw-123"))
+        state, dry = restore(database=fresh, mode="replace", no_owner=True, dry_run=True)
+        assert state.is_completed(), dry
+        state, result = restore(database=fresh, mode="replace", no_owner=True, confirm=dry.plan.plan_hash)
+        assert state.is_failed() and "superuser" in result.error, result.error
+        assert [s.step for s in result.timeline][-1] == "rehearse swap" and operations(simulator) == []
+        assert result.kept_live_as is None and scalar(config, fresh, "SELECT count(*) FROM market.orders") == 500
+        assert not [d for d in databases(config) if d.startswith(f"{fresh}_")]
+    finally:
+        for db in databases(config):
+            if db.startswith(fresh):
+                drop_db(config, db)
+        sql(config, f"DROP OWNED BY {owner}; DROP ROLE {owner}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -38,10 +39,16 @@ class Approval(BaseModel):
     decided_at: datetime
 
 
-def _resume_on_timeout(run_id: object) -> None:
+def _resume_on_timeout(run_id: object, key: str) -> None:
+    """Answer "timed out" to this very pause (its key), never to a later one of the same run."""
+    from prefect.client.orchestration import get_client
     from prefect.flow_runs import resume_flow_run
 
     try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+        if state is None or not state.is_paused() or state.state_details.pause_key != key:
+            return
         resume_flow_run(run_id, run_input={"approve": False, "approver": TIMEOUT_APPROVER,  # type: ignore[arg-type]
                                            "reason": "approval timed out"})
     except Exception:  # noqa: BLE001 - a human decided at the same moment: theirs stands
@@ -67,14 +74,16 @@ def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, su
     run.steps.event("approval.requested", plan_hash=plan_hash, timeout_seconds=timeout_seconds)
     from prefect.runtime import flow_run
 
-    timer = threading.Timer(timeout_seconds, contextvars.copy_context().run, args=(_resume_on_timeout, flow_run.id))
+    key = f"approve-{plan_hash}-{uuid.uuid4().hex[:8]}"  # a key Prefect has not seen in this run: a real pause
+    timer = threading.Timer(timeout_seconds, contextvars.copy_context().run,
+                            args=(_resume_on_timeout, flow_run.id, key))
     timer.daemon = True
     timer.start()
     try:
         decision = pause_flow_run(
             wait_for_input=ApprovalInput.with_initial_data(description=summary, approve=False, approver="",
                                                            reason=""),
-            timeout=timeout_seconds + GRACE_SECONDS, poll_interval=poll_seconds, key=f"approve-{plan_hash}")
+            timeout=timeout_seconds + GRACE_SECONDS, poll_interval=poll_seconds, key=key)
     except FlowPauseTimeout:  # the timer could not resume the run (API unreachable)
         decision = ApprovalInput(approve=False, approver=TIMEOUT_APPROVER, reason="approval timed out")
     finally:

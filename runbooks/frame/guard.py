@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from runbooks.frame.run import RunbookRun
 from runbooks.settings import ApiSettings
-from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading
+from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
 
 class TradingGuard:
@@ -45,17 +45,14 @@ class TradingGuard:
         """Resume only if trading is still held by the halt this run made. Returns whether it resumed."""
         if self._ours is None:
             return False
-        now = read_trading_status(api=self.api)
-        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == self.run.actor
-                and now.get("changed_at", self._ours.get("changed_at")) == self._ours.get("changed_at"))
-        if not ours:
+        now = resume_trading_if_ours(api=self.api, actor=self.run.actor, changed_at=self._ours.get("changed_at"))
+        if not now["resumed"]:
             who = now.get("paused_by") or "someone (the platform does not say who)"
             self.actions.append(f"NOT resumed: trading is {now.get('trading_mode')!r}, held by {who!r} "
                                 f"({now.get('reason')}) since this run's halt")
             self.run.steps.event("trading.left-halted", mode=now.get("trading_mode"), paused_by=now.get("paused_by"))
             self.run.logger.warning("Trading not resumed: the halt in force is no longer this run's (%r)", who)
             return False
-        resume_trading(api=self.api, actor=self.run.actor)
         self.actions.append("resumed with CONFIRM_RESUME (the halt in force was still this run's)")
         self.run.steps.event("trading.resumed", actor=self.run.actor)
         self._ours = None

@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from runbooks.frame.steps import Steps, StepTiming
-from runbooks.redact import install_log_scrubbing, scrub
+from runbooks.redact import install_log_scrubbing, scrub_data
 from runbooks.settings import Settings, load_settings
 from tasks.reports import publish_report
 
@@ -55,7 +55,7 @@ class RunbookRun(Generic[R]):
         """Publish the report and return the flow's final state, carrying the (scrubbed) result."""
         result.seconds = time.monotonic() - self._started
         result.timeline = list(self.steps.timeline)
-        result = type(result).model_validate_json(scrub(result.model_dump_json()))
+        result = type(result).model_validate(scrub_data(result.model_dump(mode="json")))
         publish_report(key=report_key, markdown=render(result), description=description)
         self.steps.event("run.concluded", succeeded=result.succeeded, error=result.error,
                          seconds=round(result.seconds, 3))

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runbooks.redact import scrub
+from runbooks.redact import scrub, scrub_data
 
 Figure = int | float | str | bool | None
 
@@ -31,7 +31,7 @@ def _emit(event: str, resource: dict[str, str], related: list[dict[str, str]], p
     from prefect.events import emit_event
 
     emit_event(event=event, resource=resource, related=related,  # type: ignore[arg-type]
-               payload={k: scrub(v) if isinstance(v, str) else v for k, v in payload.items()})
+               payload=scrub_data(payload, limit=500))
 
 
 class Steps:
