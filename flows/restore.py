@@ -113,7 +113,7 @@ class RestorePlan(BaseModel):
     stored_bytes: int
     wal_lsn: str | None
     target: str
-    keep_live_as: str | None
+    keep_live_as: str | None = Field(description="where the live database is kept; the timestamp is the swap's")
     halt_trading: bool
     plan_hash: str = Field(description="pass as 'confirm' to approve this plan unattended")
 

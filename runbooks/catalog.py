@@ -242,9 +242,21 @@ class BackupCatalog:
                 found.setdefault(hold.backup_id, []).append(hold)
         return found
 
+    def _drop_lapsed_holds(self, kind: BackupKind, name: str) -> None:
+        """Holds left by killed runs lapse at their expiry; their objects go when the next hold is taken."""
+        now = datetime.now(UTC)
+        for obj in list(self.repository.list_objects(f"{HOLDS}/{KIND_DIRS[kind]}/{name}/")):
+            try:
+                lapsed = BackupHold.model_validate_json(self.repository.get_bytes(obj.key)).until <= now
+            except (ValidationError, BackupNotFound):
+                continue
+            if lapsed:
+                self.repository.delete([obj.key])
+
     @contextmanager
     def holding(self, manifest: BackupManifest, *, holder: str, reason: str, until: datetime) -> Iterator[None]:
         """Hold ``manifest``'s backup for the block; it must still exist once held (retention may have raced)."""
+        self._drop_lapsed_holds(manifest.kind, manifest.name)
         key = self._hold_key(manifest.kind, manifest.name, manifest.backup_id, holder)
         hold = BackupHold(backup_id=manifest.backup_id, holder=holder, reason=reason, until=until)
         self.repository.put_bytes(key, hold.model_dump_json().encode())

@@ -303,3 +303,30 @@ def test_identical_timestamps_are_resolved_deterministically() -> None:
     assert plan.keep == again.keep
     assert plan.remove == again.remove
     check_partition(plan, backups)
+
+
+def test_a_held_backup_is_kept_whatever_the_policy() -> None:
+    backups = [cand("2026-01-01"), cand("2026-01-02"), cand("2026-01-03")]
+    plan = select_retention(backups, RetentionPolicy(daily=0, weekly=0, monthly=0),
+                            held={backups[0].backup_id: "held by run r1 (restore)"})
+    assert plan.remove == [backups[1].backup_id]
+    assert plan.keep[backups[0].backup_id] == ["held by run r1 (restore)"]
+
+
+def test_holds_lapse_and_are_cleared_by_the_next_hold(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from runbooks.catalog import BackupCatalog, BackupHold
+    from runbooks.manifest import BackupManifest
+    from runbooks.repository.local import LocalRepository
+
+    catalog = BackupCatalog(LocalRepository(tmp_path))
+    now = datetime.now(UTC)
+    manifest = BackupManifest(backup_id="20260101T020000Z", kind="database", name="db", host="h", started_at=now,
+                              finished_at=now, objects=[])
+    catalog.repository.put_bytes("databases/db/20260101T020000Z/manifest.json", manifest.model_dump_json().encode())
+    lapsed = BackupHold(backup_id=manifest.backup_id, holder="killed", reason="r", until=now - timedelta(hours=1))
+    catalog.repository.put_bytes("holds/databases/db/20260101T020000Z/killed.json", lapsed.model_dump_json().encode())
+    assert catalog.holds("database", "db") == {}  # a lapsed hold holds nothing
+    with catalog.holding(manifest, holder="live-run", reason="restore", until=now + timedelta(hours=1)):
+        assert [h.holder for h in catalog.holds("database", "db")[manifest.backup_id]] == ["live-run"]
+        assert not catalog.repository.exists("holds/databases/db/20260101T020000Z/killed.json")
+    assert catalog.holds("database", "db") == {}  # released at the end of the block
