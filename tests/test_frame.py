@@ -139,6 +139,7 @@ def test_a_failed_tool_logs_its_whole_scrubbed_output(caplog: pytest.LogCaptureF
     assert "DETAIL: *** was here" in caplog.text and "tool-canary-secret" not in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.flow_runs.x' attempted to send logs:UserWarning")
 def test_every_log_handler_scrubs_registered_secrets() -> None:
     records: list[str] = []
 
