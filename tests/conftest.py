@@ -19,6 +19,7 @@ for _name in [k for k in os.environ if k.startswith("RUNBOOKS_")]:
     os.environ.pop(_name)
 
 import boto3  # noqa: E402
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from runbooks.sandbox import Sandbox, SandboxState  # noqa: E402
@@ -69,3 +70,13 @@ def s3_config(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Sandbox
 def s3_client(sandbox: SandboxState):  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=sandbox.s3_endpoint, region_name="us-east-1",
                         aws_access_key_id=S3_KEY_ID, aws_secret_access_key=sandbox.s3_secret)
+
+
+@pytest.fixture
+def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
+    """An HTTP client of the sandbox's trading platform simulator, reset to its defaults for this test."""
+    client = httpx.Client(base_url=sandbox.simulator_url or "",
+                          headers={"Authorization": f"Bearer {sandbox.simulator_token}"})
+    client.post("/_control/reset").raise_for_status()
+    yield client
+    client.close()

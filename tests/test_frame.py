@@ -20,15 +20,6 @@ from tests.events import runbook_events, steps_of
 from tests.pgfixtures import admin_dsn
 
 
-@pytest.fixture
-def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
-    client = httpx.Client(base_url=sandbox.simulator_url or "",
-                          headers={"Authorization": f"Bearer {sandbox.simulator_token}"})
-    client.post("/_control/reset").raise_for_status()
-    yield client
-    client.close()
-
-
 class Outcome(RunbookResult):
     note: str = ""
 

@@ -63,15 +63,6 @@ def scalar(sandbox: SandboxState, dbname: str, query: str):  # type: ignore[no-u
         return row[0] if row else None
 
 
-@pytest.fixture
-def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
-    client = httpx.Client(base_url=sandbox.simulator_url or "",
-                          headers={"Authorization": f"Bearer {sandbox.simulator_token}"})
-    client.post("/_control/reset").raise_for_status()
-    yield client
-    client.close()
-
-
 def operations(simulator: httpx.Client) -> list[str]:
     calls = simulator.get("/_control/state").json()["calls"]
     return [c["path"].rsplit("/", 1)[-1] for c in calls if c["method"] == "POST"]

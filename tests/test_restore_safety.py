@@ -21,7 +21,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, create_fidelity_db, drop_db, set_database_env
-from tests.test_restore import APPROVE, databases, operations, restore, scalar, simulator  # noqa: F401
+from tests.test_restore import APPROVE, databases, operations, restore, scalar
 
 
 def backup(*names: str, retention: bool = True) -> None:
@@ -93,7 +93,7 @@ def test_a_recovery_database_in_use_is_not_dropped(config: SandboxState, fresh: 
 
 
 def test_replace_carries_every_database_property(config: SandboxState, fresh: str,
-                                                 simulator: httpx.Client) -> None:  # noqa: F811
+                                                 simulator: httpx.Client) -> None:
     role = f"desk_{uuid.uuid4().hex[:6]}"
     sql(config, f"CREATE ROLE {role} NOLOGIN")
     sql(config, "CREATE SCHEMA \"Odd Schema\"", fresh)
@@ -171,7 +171,7 @@ def test_integrity_checks_are_configuration_and_never_fail_a_matching_restore(
 
 
 def test_live_writers_do_not_fail_a_good_replace(config: SandboxState, fresh: str,
-                                                 simulator: httpx.Client) -> None:  # noqa: F811
+                                                 simulator: httpx.Client) -> None:
     """Ingestion keeps writing to the live database through the kill switch and the swap."""
     backup(fresh)
     state, dry = restore(database=fresh, mode="replace", dry_run=True)
@@ -238,7 +238,7 @@ def test_prerequisites_are_checked_before_any_expensive_work(config: SandboxStat
 
 
 def test_a_lost_lock_stops_the_run_before_the_swap(config: SandboxState, fresh: str,
-                                                   simulator: httpx.Client) -> None:  # noqa: F811
+                                                   simulator: httpx.Client) -> None:
     backup(fresh)
     done: dict = {}  # type: ignore[type-arg]
 
@@ -323,7 +323,7 @@ def test_a_run_killed_while_paused_has_its_orphan_cancelled(config: SandboxState
 
 def test_a_swap_that_would_fail_is_refused_before_trading_is_halted(
         config: SandboxState, fresh: str, monkeypatch: pytest.MonkeyPatch,
-        simulator: httpx.Client) -> None:  # noqa: F811
+        simulator: httpx.Client) -> None:
     """The live database's owner (not a superuser) restores it; a superuser-only setting on the database cannot be
     carried to the copy. That is found before approval and the kill switch, not after."""
     owner = f"owner_{uuid.uuid4().hex[:6]}"
