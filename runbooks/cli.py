@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +65,12 @@ def sandbox_up(
     except ValueError as exc:
         raise _fail(exc, 2) from None
     sandbox = Sandbox(directory)
-    with err.status("starting sandbox…"):
-        state = sandbox.up(size_mb=size_mb, prefect=prefect, progress=lambda m: err.print(f"  {m}"))
+    try:
+        with err.status("starting sandbox…"):
+            state = sandbox.up(size_mb=size_mb, prefect=prefect, progress=lambda m: err.print(f"  {m}"))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        raise _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
+                                 "fix the cause named above and run it again."), 1) from None
     err.print(f"[green]sandbox up[/]: config written to {state.config_path}")
     _print_status(sandbox.status(), as_json=False)
 

@@ -1,0 +1,35 @@
+"""Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
+
+Scheduled maintenance: ``backup``. On-demand recovery: ``restore``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    module: str
+    flow: str
+    parameters: str
+    render: str
+    kind: str  # "scheduled maintenance" or "on-demand recovery"
+
+    def load(self) -> tuple[Any, type[BaseModel], Callable[[Any], str]]:
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.flow), getattr(mod, self.parameters), getattr(mod, self.render)
+
+
+RUNBOOKS: dict[str, Runbook] = {
+    "backup": Runbook("backup", "flows.backup", "backup_databases", "BackupParameters", "render_report",
+                      "scheduled maintenance"),
+    "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
+                       "on-demand recovery"),
+}

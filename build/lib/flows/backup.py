@@ -1,0 +1,240 @@
+"""Nightly backup of the platform's PostgreSQL databases into the backup repository.
+
+Trigger: the ``backup-nightly`` deployment (02:00 UTC), on demand from the Prefect UI, or
+``runbooks run backup``. Blast radius: read-only on the databases (one REPEATABLE READ snapshot per database);
+writes new objects to the repository; retention deletes backups outside the policy, never the newest verified
+one. Rollback: nothing to undo. A failed run lists no backup, and the next run sweeps what it left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import State
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.catalog import BackupCatalog
+from runbooks.errors import RunbookError
+from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.manifest import BackupKind, BackupManifest, Verification
+from runbooks.redact import scrub
+from runbooks.report import human_bytes, table, timeline_markdown
+from runbooks.repository import open_repository
+from tasks.postgres import dump_cluster, dump_database, probe_database
+from tasks.storage import (
+    LeftoverReport,
+    RetentionReport,
+    apply_retention,
+    check_repository_writable,
+    publish_backup,
+    sweep_leftovers,
+    verify_backup,
+)
+
+
+class BackupParameters(BaseModel):
+    """What to back up in this run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    databases: list[str] = Field(default_factory=list, description="Databases from the inventory; empty: all.")
+    include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
+    apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
+    dry_run: bool = Field(default=False, description="Change nothing: report what would be backed up and deleted.")
+
+
+class ItemResult(BaseModel):
+    kind: BackupKind
+    name: str
+    status: Literal["succeeded", "failed", "verification_failed", "dry_run"]
+    backup_id: str | None = None
+    bytes: int | None = None
+    stored_bytes: int | None = None
+    database_size: int | None = None
+    seconds: float = 0.0
+    throughput_mb_s: float | None = None
+    verification: Verification | None = None
+    retention: RetentionReport | None = None
+    error: str | None = None
+
+
+class BackupResult(RunbookResult):
+    repository: str
+    dry_run: bool
+    items: list[ItemResult] = Field(default_factory=list)
+    leftovers: list[LeftoverReport] = Field(default_factory=list)
+
+
+def _run_name() -> str:
+    params = (flow_run.parameters or {}).get("parameters") or {}
+    names = params.get("databases") if isinstance(params, dict) else getattr(params, "databases", None)
+    return f"backup-{'+'.join(names) if names else 'all'}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+
+
+def render_report(result: BackupResult) -> str:
+    lines = [
+        f"# Backup {'(dry run) ' if result.dry_run else ''}— {'succeeded' if result.succeeded else 'FAILED'}",
+        "",
+        f"Repository `{result.repository}`, started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"{result.seconds:.1f} s.",
+        "",
+        "## Backups",
+        table(
+            ["kind", "name", "status", "backup id", "size", "stored", "duration", "throughput", "verification"],
+            [
+                [i.kind, i.name, i.status, i.backup_id or "-", human_bytes(i.bytes or i.database_size),
+                 human_bytes(i.stored_bytes), f"{i.seconds:.1f} s",
+                 f"{i.throughput_mb_s:.1f} MB/s" if i.throughput_mb_s else "-",
+                 f"{i.verification.status} ({i.verification.seconds:.1f} s)" if i.verification else "-"]
+                for i in result.items
+            ],
+        ),
+    ]
+    errors = [f"- **{i.kind} {i.name}**: {i.error}" for i in result.items if i.error]
+    if result.error and not result.items:
+        errors.insert(0, f"- **run refused**: {result.error}")
+    if errors:
+        lines += ["## Errors", *errors, ""]
+    lines += ["## Retention"]
+    retention_rows = [
+        [i.kind, i.name, ", ".join(i.retention.removed) or "nothing",
+         "would delete" if i.retention.dry_run else "deleted", len(i.retention.kept)]
+        for i in result.items if i.retention
+    ]
+    lines += [table(["kind", "name", "backups", "action", "kept"], retention_rows)]
+    lines += ["## Leftovers of interrupted backups",
+              table(["backup", "reason", "objects", "incomplete uploads", "action"],
+                    [[lo.prefix, lo.reason, lo.objects, lo.incomplete_uploads,
+                      "removed" if lo.removed else "would remove"] for lo in result.leftovers])]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    return "\n".join(lines)
+
+
+@flow(name="backup", flow_run_name=_run_name, log_prints=False)
+def backup_databases(parameters: BackupParameters | None = None) -> State:
+    """Back up every configured database (or the named ones), the cluster globals and config files."""
+    params = parameters or BackupParameters()
+    run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases) or "all")
+    settings, logger = run.settings, run.logger
+    result = BackupResult(repository=settings.repository.url, dry_run=params.dry_run, started_at=run.started_at)
+
+    def conclude(error: str | None = None) -> State:
+        result.error = error
+        failed = [i for i in result.items if i.status not in ("succeeded", "dry_run") or i.error]
+        result.succeeded = error is None and not failed
+        if failed and not error:
+            result.error = "backup failed for: " + ", ".join(f"{i.kind} {i.name}" for i in failed)
+        if not result.succeeded:
+            result.next_steps += [
+                "Read the errors above; each ends with a HINT. Fix and rerun `runbooks run backup` (or the "
+                "deployment) for the failed databases only (`--param databases='[\"NAME\"]'`).",
+                "A backup marked `verification_failed` is kept for inspection but never used for restore."]
+        return run.conclude(result, render=render_report,
+                            report_key=f"backup-report-{'dry-run' if params.dry_run else 'run'}",
+                            description="Backup runbook report")
+
+    names = params.databases or sorted(settings.databases)
+    try:
+        with run.step("check inventory and repository"):
+            databases = {name: settings.database_or_raise(name) for name in names}
+            catalog = BackupCatalog(open_repository(settings.repository))
+            result.repository = catalog.repository.url
+            if not params.dry_run:
+                check_repository_writable(catalog=catalog)
+        with run.step("sweep leftovers", destructive=not params.dry_run) as figures:
+            result.leftovers = sweep_leftovers(
+                catalog=catalog, stale_after=timedelta(minutes=settings.backup.stale_after_minutes),
+                dry_run=params.dry_run)
+            figures["leftovers"] = len(result.leftovers)
+    except RunbookError as exc:
+        logger.error("Backup refused before any dump: %s", scrub(str(exc)))
+        return conclude(scrub(str(exc)))
+
+    backup_id = catalog.new_backup_id([("database", n) for n in names] + [("cluster", settings.cluster.name)])
+    cfg = settings.backup
+
+    def back_up(item: ItemResult, dump: Callable[[], BackupManifest | None]) -> None:
+        """Dump, verify, publish one item; its failure is reported and the run goes on with the next."""
+        t0 = time.monotonic()
+        try:
+            with run.step(f"dump {item.kind} {item.name}") as figures:
+                manifest = dump()
+                if manifest is not None:
+                    figures.update(bytes=manifest.bytes, stored_bytes=manifest.stored_bytes)
+            if manifest is None:
+                return
+            with run.step(f"verify {item.kind} {item.name}") as figures:
+                manifest.verification = verify_backup(catalog=catalog, manifest=manifest)
+                figures["verification"] = manifest.verification.status
+            with run.step(f"publish {item.kind} {item.name}"):
+                publish_backup(catalog=catalog, manifest=manifest)
+            item.backup_id, item.bytes, item.stored_bytes = manifest.backup_id, manifest.bytes, manifest.stored_bytes
+            item.verification = manifest.verification
+            dump_seconds = (manifest.finished_at - manifest.started_at).total_seconds()
+            item.throughput_mb_s = manifest.bytes / 1e6 / max(dump_seconds, 1e-6)
+            item.status = "succeeded" if manifest.verified else "verification_failed"
+            if not manifest.verified:
+                detail = manifest.verification.detail if manifest.verification else "?"
+                item.error = f"ALERT: verification failed: {detail}"
+                logger.error("ALERT: %s %r backup %s failed verification; it is kept, marked failed",
+                             item.kind, item.name, manifest.backup_id)
+        except RunbookError as exc:
+            item.status, item.error = "failed", scrub(str(exc))
+            logger.error("Backup of %s %r failed: %s", item.kind, item.name, item.error)
+        except Exception as exc:  # unexpected: still report it, then fail the run
+            item.status, item.error = "failed", scrub(f"{type(exc).__name__}: {exc}")
+            logger.exception("Backup of %s %r failed unexpectedly", item.kind, item.name)
+        finally:
+            item.seconds = time.monotonic() - t0
+            result.items.append(item)
+
+    for name, database in databases.items():
+        if params.dry_run:
+            with run.step(f"probe {name}"):
+                try:
+                    probe = probe_database(name=name, database=database)
+                    result.items.append(ItemResult(kind="database", name=name, status="dry_run",
+                                                   database_size=probe.size_bytes))
+                    logger.info("Would back up %r (%s, PostgreSQL %s)", name, human_bytes(probe.size_bytes),
+                                probe.server_version)
+                except RunbookError as exc:
+                    result.items.append(ItemResult(kind="database", name=name, status="failed",
+                                                   error=scrub(str(exc))))
+            continue
+        back_up(ItemResult(kind="database", name=name, status="failed"), functools.partial(
+            dump_database, catalog=catalog, name=name, database=database, backup_id=backup_id,
+            level=cfg.compression_level, threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
+
+    cluster = settings.cluster
+    if params.include_cluster and (cluster.dsn or cluster.config_files):
+        if params.dry_run:
+            result.items.append(ItemResult(kind="cluster", name=cluster.name, status="dry_run"))
+            logger.info("Would back up globals and %d config files of cluster %r", len(cluster.config_files),
+                        cluster.name)
+        else:
+            back_up(ItemResult(kind="cluster", name=cluster.name, status="failed"), lambda: dump_cluster(
+                catalog=catalog, cluster_name=cluster.name, database=cluster.database(),
+                config_files=cluster.config_files, backup_id=backup_id, level=cfg.compression_level,
+                threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
+
+    if params.apply_retention:
+        for item in result.items:
+            if item.status not in ("succeeded", "dry_run"):
+                continue  # retention only after a good backup of that name
+            with run.step(f"retention {item.kind} {item.name}", destructive=not params.dry_run) as figures:
+                try:
+                    item.retention = apply_retention(catalog=catalog, kind=item.kind, name=item.name,
+                                                     policy=cfg.retention, dry_run=params.dry_run)
+                    figures["removed"] = len(item.retention.removed)
+                except RunbookError as exc:
+                    item.error = f"retention failed: {scrub(str(exc))}"
+
+    return conclude()

@@ -1,0 +1,64 @@
+"""What every runbook run has: settings loaded once, every secret registered for scrubbing, a logger, durable
+steps, and one way to conclude: the result model returned, the markdown report published."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel, Field
+
+from runbooks.frame.steps import Steps, StepTiming
+from runbooks.redact import install_log_scrubbing, scrub_data
+from runbooks.settings import Settings, load_settings
+from tasks.reports import publish_report
+
+
+class RunbookResult(BaseModel):
+    """Fields every runbook's result has; each runbook's result model extends it."""
+
+    started_at: datetime
+    seconds: float = 0.0
+    timeline: list[StepTiming] = Field(default_factory=list)
+    succeeded: bool = False
+    error: str | None = Field(default=None, description="why the run failed or was refused")
+    next_steps: list[str] = Field(default_factory=list)
+
+
+R = TypeVar("R", bound=RunbookResult)
+
+
+class RunbookRun(Generic[R]):
+    """One run of a runbook. Create it first thing in the flow."""
+
+    def __init__(self, runbook: str, *, resource: str) -> None:
+        install_log_scrubbing()
+        self.runbook = runbook
+        self.resource = resource
+        self.logger = get_run_logger()
+        self.flow_run_id = str(flow_run.id) if flow_run.id else None
+        self.settings: Settings = load_settings()
+        _ = self.settings.secrets  # resolve Secret blocks once, so their values are scrubbed from the start
+        self.steps = Steps(runbook=runbook, resource=resource, flow_run_id=self.flow_run_id)
+        self.step = self.steps.step
+        self.started_at = datetime.now(UTC)
+        self._started = time.monotonic()
+        # Who this run is to the trading platform: halts carry it, and only a halt that still carries it is resumed.
+        self.actor = f"runbooks-{runbook}:{(self.flow_run_id or 'local')[:8]}"
+
+    def conclude(self, result: R, *, render: Callable[[R], str], report_key: str, description: str) -> State:
+        """Publish the report and return the flow's final state, carrying the (scrubbed) result."""
+        result.seconds = time.monotonic() - self._started
+        result.timeline = list(self.steps.timeline)
+        result = type(result).model_validate(scrub_data(result.model_dump(mode="json")))
+        publish_report(key=report_key, markdown=render(result), description=description)
+        self.steps.event("run.concluded", succeeded=result.succeeded, error=result.error,
+                         seconds=round(result.seconds, 3))
+        if result.succeeded:
+            return Completed(data=result, message=f"{self.runbook} succeeded")
+        return Failed(data=result, message=result.error or f"{self.runbook} failed")

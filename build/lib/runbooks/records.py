@@ -1,0 +1,68 @@
+"""The runbooks' own record of the databases a restore created, kept in the backup repository.
+
+A restore drops only what this record says it made, and only if the database still is that one: same server,
+same name, same OID. Nothing the application role can write (a database comment, a name) decides what is
+dropped. Layout: ``records/restore-databases/<server>/<quoted database name>.json``.
+
+A record is written *before* the database is created (``oid`` None: pending) and completed with its OID right
+after, so a run killed in between leaves a pending record: such a database is reported, never dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, ValidationError
+
+from runbooks.errors import BackupNotFound
+from runbooks.repository import Repository
+
+RECORDS = "records/restore-databases"
+
+
+class DatabaseRecord(BaseModel):
+    server: str = Field(description="system identifier (or host-port) of the cluster")
+    name: str
+    oid: int | None = Field(description="None while creation is pending")
+    kind: Literal["scratch", "recovery"]
+    source: str = Field(description="inventory name of the database whose backup it holds")
+    backup_id: str
+    flow_run_id: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class RestoreRecords:
+    """The records of one server's restore-made databases."""
+
+    def __init__(self, repository: Repository, server: str) -> None:
+        self.repository = repository
+        self.server = server
+
+    def _key(self, name: str) -> str:
+        return f"{RECORDS}/{quote(self.server, safe='')}/{quote(name, safe='')}.json"
+
+    def put(self, record: DatabaseRecord) -> None:
+        self.repository.put_bytes(self._key(record.name), record.model_dump_json(indent=2).encode())
+
+    def get(self, name: str) -> DatabaseRecord | None:
+        try:
+            record = DatabaseRecord.model_validate_json(self.repository.get_bytes(self._key(name)))
+        except (BackupNotFound, ValidationError):
+            return None
+        return record if record.server == self.server and record.name == name else None
+
+    def delete(self, name: str) -> None:
+        self.repository.delete([self._key(name)])
+
+    def all(self) -> list[DatabaseRecord]:
+        found = []
+        for obj in self.repository.list_objects(f"{RECORDS}/{quote(self.server, safe='')}/"):
+            try:
+                record = DatabaseRecord.model_validate_json(self.repository.get_bytes(obj.key))
+            except (BackupNotFound, ValidationError):
+                continue
+            if record.server == self.server:
+                found.append(record)
+        return sorted(found, key=lambda r: r.created_at)

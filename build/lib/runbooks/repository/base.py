@@ -1,0 +1,74 @@
+"""One interface over every place backups can live; flows never know which backend they use."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """An upload started but neither completed nor aborted (S3 multipart); it costs storage until aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+class ObjectWriter(Protocol):
+    """A streamed object: ``write`` in any chunk size, ``close`` makes it durable, ``abort`` discards it."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Repository(ABC):
+    """Keys are ``/``-separated paths relative to the repository root."""
+
+    url: str
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise RepositoryNotWritable (permanent) or RepositoryUnavailable (transient) if writes would fail."""
+
+    @abstractmethod
+    def open_writer(self, key: str) -> ObjectWriter: ...
+
+    @abstractmethod
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write a small object atomically: readers see all of it or nothing."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete keys; a key already gone is not an error."""
+
+    def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        return []
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:  # noqa: B027 - optional hook
+        """Backends without multipart uploads have nothing to abort."""

@@ -1,0 +1,113 @@
+"""A throwaway PostgreSQL cluster made with initdb/pg_ctl: the sandbox's database, the tests' database, and
+(later) the DR game-day's clean target cluster."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from runbooks.postgres import pg_bindir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PostgresCluster:
+    """A cluster under ``root`` listening on 127.0.0.1:``port`` with password (scram) auth over TCP.
+
+    Run as root, the server runs as the ``postgres`` OS user (PostgreSQL refuses to run as root).
+    """
+
+    root: Path
+    port: int
+    superuser_password: str
+    superuser: str = "postgres"
+    fast: bool = True  # fsync off: a sandbox is thrown away, never a production setting
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logfile(self) -> Path:
+        return self.root / "postgres.log"
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        user = user or self.superuser
+        password = self.superuser_password if password is None else password
+        return f"postgresql://{quote(user)}:{quote(password, safe='')}@127.0.0.1:{self.port}/{quote(dbname)}"
+
+    def _os_user(self) -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        user = self._os_user()
+        return subprocess.run(argv, check=True, capture_output=True, text=True, user=user,
+                              group="postgres" if user else None, cwd=self.root, **kwargs)
+
+    def init(self) -> None:
+        bindir = pg_bindir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.superuser_password + "\n")
+        pwfile.chmod(0o600)
+        if (user := self._os_user()) is not None:
+            entry = pwd.getpwnam(user)
+            for path in (self.root, self.socket_dir, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self.root.chmod(0o755)
+        try:
+            self._run([str(bindir / "initdb"), "-D", str(self.datadir), "-U", self.superuser, "-E", "UTF8",
+                       "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "max_connections": "50",
+            "shared_buffers": "128MB",
+            "max_wal_size": "2GB",
+            "logging_collector": "off",
+        }
+        if self.fast:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write("\n# runbooks sandbox\n")
+            for key, value in settings.items():
+                conf.write(f"{key} = {value}\n")
+
+    def start(self) -> None:
+        self._run([str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+                   "-t", "60", "start"])
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
+                           capture_output=True, user=self._os_user(), check=False, cwd=self.root)
+
+    def is_running(self) -> bool:
+        if not (self.datadir / "postmaster.pid").exists():
+            return False
+        return subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "status"],
+                              capture_output=True, user=self._os_user(), check=False,
+                              cwd=self.root).returncode == 0
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

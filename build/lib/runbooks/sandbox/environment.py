@@ -1,0 +1,326 @@
+"""The embedded default platform: PostgreSQL cluster + S3 server + simulator + Prefect server on loopback.
+
+``runbooks sandbox up`` starts it and writes a config pointing at it; ``down`` removes every process and file it
+made. The tests use the same class through session fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from runbooks.redact import redact_dsn
+from runbooks.sandbox.cluster import PostgresCluster, free_port
+from runbooks.sandbox.seed import SEED_CHECKS, create_database, seed
+
+DATABASE = "trading_db"
+BUCKET = "runbooks-backups"
+S3_KEY_ID = "sandbox"
+
+
+def parse_size(text: str) -> float:
+    """'5MB', '1.5GB', '200' (MB) -> megabytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[bB]?\s*", text)
+    if not match:
+        raise ValueError(f"size {text!r} is not like 5MB or 1GB")
+    factor = {"": 1, "k": 0.001, "m": 1, "g": 1000, "t": 1_000_000}[match[2].lower()]
+    return float(match[1]) * factor
+
+
+class SandboxState(BaseModel):
+    root: str
+    created_at: datetime
+    size_mb: float
+    postgres_port: int
+    superuser_password: str
+    app_password: str
+    s3_port: int | None = None
+    s3_secret: str | None = None
+    simulator_port: int | None = None
+    simulator_token: str | None = None
+    prefect_port: int | None = None
+    pids: dict[str, int] = {}
+    config_path: str
+    s3_config_path: str | None = None
+    seeded_rows: dict[str, int] = {}
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        return f"http://127.0.0.1:{self.s3_port}" if self.s3_port else None
+
+    @property
+    def simulator_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.simulator_port}" if self.simulator_port else None
+
+    @property
+    def prefect_api_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.prefect_port}/api" if self.prefect_port else None
+
+    def cluster(self) -> PostgresCluster:
+        return PostgresCluster(root=Path(self.root) / "postgres", port=self.postgres_port,
+                               superuser_password=self.superuser_password)
+
+
+def _wait_http(url: str, *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
+               log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def _checks_toml(database: str) -> list[str]:
+    lines = []
+    for check in SEED_CHECKS:
+        lines.append(f"[[databases.{database}.checks]]")
+        lines += [f"{k} = {_toml_str(v) if isinstance(v, str) else v}" for k, v in check.items()]
+        lines.append("")
+    return lines
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class Sandbox:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.state_file = self.root / "state.json"
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def load(self) -> SandboxState | None:
+        if not self.state_file.is_file():
+            return None
+        return SandboxState.model_validate_json(self.state_file.read_text())
+
+    def _save(self, state: SandboxState) -> None:
+        self.state_file.write_text(state.model_dump_json(indent=2))
+        self.state_file.chmod(0o600)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def up(self, *, size_mb: float = 5, s3: bool = True, simulator: bool = True, prefect: bool = True,
+           progress: Any = print) -> SandboxState:
+        """Start everything (idempotent: a running sandbox is returned as it is)."""
+        existing = self.load()
+        if existing is not None:
+            if existing.cluster().is_running():
+                return existing
+            self.down()
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = SandboxState(
+            root=str(self.root), created_at=datetime.now(UTC), size_mb=size_mb, postgres_port=free_port(),
+            superuser_password=secrets.token_urlsafe(18), app_password=secrets.token_urlsafe(18),
+            config_path=str(self.root / "runbooks.toml"),
+        )
+        self._save(state)
+        try:
+            cluster = state.cluster()
+            progress(f"PostgreSQL: initdb + start on 127.0.0.1:{state.postgres_port}")
+            cluster.init()
+            cluster.start()
+            create_database(cluster.dsn(), dbname=DATABASE, app_password=state.app_password)
+            progress(f"PostgreSQL: seeding {DATABASE!r} with ~{size_mb:g} MB")
+            state.seeded_rows = seed(cluster.dsn(DATABASE), size_mb=size_mb)
+            (self.root / "repository").mkdir(exist_ok=True)
+            if s3:
+                state.s3_port, state.s3_secret = free_port(), secrets.token_urlsafe(18)
+                progress(f"S3 (moto server): 127.0.0.1:{state.s3_port}")
+                self._spawn(state, "s3", [sys.executable, "-m", "runbooks.sandbox.s3server",
+                                          "--port", str(state.s3_port)])
+                _wait_http(f"{state.s3_endpoint}/", timeout=60, what="moto S3 server")
+                self._create_bucket(state)
+            if simulator:
+                state.simulator_port, state.simulator_token = free_port(), secrets.token_urlsafe(24)
+                progress(f"Trading platform simulator: {state.simulator_url}")
+                self._spawn(state, "simulator",
+                            [sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(state.simulator_port)],
+                            env={"SIMULATOR_TOKEN": state.simulator_token,
+                                 "SIMULATOR_DSN": cluster.dsn(DATABASE)})
+                _wait_http(f"{state.simulator_url}/api/v1/health", timeout=60, what="simulator")
+            if prefect:
+                state.prefect_port = free_port()
+                progress(f"Prefect server: http://127.0.0.1:{state.prefect_port} (UI and API)")
+                home = self.root / "prefect"
+                home.mkdir(exist_ok=True)
+                proc = self._spawn(state, "prefect", [
+                    sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                    "--port", str(state.prefect_port)],
+                    env={"PREFECT_HOME": str(home),
+                         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                         "PREFECT_UI_API_URL": f"{state.prefect_api_url}"})
+                _wait_http(f"{state.prefect_api_url}/health", timeout=120, what="Prefect server", proc=proc,
+                           log=self.root / "prefect.log")
+            self._write_configs(state)
+            self._save(state)
+        except BaseException:
+            self._save(state)
+            self.down()
+            raise
+        return state
+
+    def _spawn(self, state: SandboxState, name: str, argv: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env, start_new_session=True, cwd=self.root)
+        log.close()
+        state.pids[name] = proc.pid
+        self._save(state)
+        return proc
+
+    def _create_bucket(self, state: SandboxState) -> None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=state.s3_endpoint, region_name="us-east-1",
+                              aws_access_key_id=S3_KEY_ID, aws_secret_access_key=state.s3_secret)
+        client.create_bucket(Bucket=BUCKET)
+
+    def _write_configs(self, state: SandboxState) -> None:
+        cluster = state.cluster()
+        conf = cluster.datadir
+        common = [
+            "# Written by 'runbooks sandbox up': the embedded default platform. Secrets are throwaway.",
+            "",
+            f"[databases.{DATABASE}]",
+            f"dsn = {_toml_str(cluster.dsn(DATABASE))}",
+            "",
+            *_checks_toml(DATABASE),
+            "[cluster]",
+            'name = "sandbox"',
+            f"dsn = {_toml_str(cluster.dsn('postgres'))}",
+            f"config_files = [{_toml_str(str(conf / 'postgresql.conf'))}, {_toml_str(str(conf / 'pg_hba.conf'))}]",
+            "",
+            "[backup]",
+            "stale_after_minutes = 360",
+            "",
+            "[backup.retention]",
+            "daily = 7",
+            "weekly = 4",
+            "monthly = 6",
+            "",
+        ]
+        if state.simulator_url:
+            for section in ("trading_api", "inference_api"):
+                common += [f"[{section}]", f"base_url = {_toml_str(state.simulator_url)}",
+                           f"token = {_toml_str(state.simulator_token or '')}", ""]
+        if state.prefect_api_url:
+            common += ["[prefect]", f"api_url = {_toml_str(state.prefect_api_url)}", ""]
+        local = common + ["[repository]", f"url = {_toml_str((self.root / 'repository').as_uri())}", ""]
+        self._write(Path(state.config_path), local)
+        if state.s3_endpoint:
+            state.s3_config_path = str(self.root / "runbooks-s3.toml")
+            s3 = common + ["[repository]", f"url = {_toml_str(f's3://{BUCKET}/sandbox')}",
+                           f"endpoint_url = {_toml_str(state.s3_endpoint)}", 'region = "us-east-1"',
+                           f"access_key_id = {_toml_str(S3_KEY_ID)}",
+                           f"secret_access_key = {_toml_str(state.s3_secret or '')}", 'sse = "AES256"', ""]
+            self._write(Path(state.s3_config_path), s3)
+
+    @staticmethod
+    def _write(path: Path, lines: list[str]) -> None:
+        path.write_text("\n".join(lines))
+        path.chmod(0o600)
+
+    def down(self) -> list[str]:
+        """Stop every process the sandbox started and remove its directory. Safe to run twice."""
+        state = self.load()
+        done: list[str] = []
+        if state is not None:
+            for name, pid in state.pids.items():
+                if _terminate_group(pid):
+                    done.append(f"stopped {name} (pid {pid})")
+            cluster = state.cluster()
+            if cluster.is_running():
+                cluster.stop()
+                done.append("stopped PostgreSQL")
+        if self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+            done.append(f"removed {self.root}")
+        return done
+
+    def status(self) -> dict[str, Any]:
+        """Endpoints with secrets redacted, and whether each component answers."""
+        state = self.load()
+        if state is None:
+            return {"running": False, "root": str(self.root)}
+        cluster = state.cluster()
+
+        def alive(url: str | None) -> bool | None:
+            if url is None:
+                return None
+            try:
+                return httpx.get(url, timeout=2).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        return {
+            "running": cluster.is_running(),
+            "root": state.root,
+            "config": state.config_path,
+            "config_s3": state.s3_config_path,
+            "size_mb": state.size_mb,
+            "postgres": {"up": cluster.is_running(), "port": state.postgres_port,
+                         "dsns": {DATABASE: redact_dsn(cluster.dsn(DATABASE)),
+                                  "postgres": redact_dsn(cluster.dsn("postgres")),
+                                  "app_role": redact_dsn(cluster.dsn(DATABASE, "trading_user", state.app_password))},
+                         "data": str(cluster.datadir)},
+            "repository": {"local": (self.root / "repository").as_uri(),
+                           "s3": {"endpoint_url": state.s3_endpoint, "bucket": BUCKET, "prefix": "sandbox",
+                                  "access_key_id": S3_KEY_ID, "up": alive(f"{state.s3_endpoint}/")}
+                           if state.s3_endpoint else None},
+            "simulator": {"url": state.simulator_url,
+                          "up": alive(f"{state.simulator_url}/api/v1/health" if state.simulator_url else None)},
+            "prefect": {"api_url": state.prefect_api_url,
+                        "ui": state.prefect_api_url.removesuffix("/api") if state.prefect_api_url else None,
+                        "up": alive(f"{state.prefect_api_url}/health" if state.prefect_api_url else None)},
+        }
+
+
+def _terminate_group(pid: int, timeout: float = 10) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True

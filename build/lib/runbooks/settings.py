@@ -1,0 +1,299 @@
+"""The platform inventory: one typed settings object, loaded once per process.
+
+Sources, highest priority first: keyword arguments, environment variables (``RUNBOOKS_`` prefix, ``__`` between
+levels, e.g. ``RUNBOOKS_DATABASES__TRADING_DB__PASSWORD``), then the TOML file named by ``RUNBOOKS_CONFIG``
+(default ``./runbooks.toml``). Secrets are ``SecretStr`` and may instead name a Prefect Secret block
+(``*_block`` fields); they are resolved only when a connection is made.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlparse
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from runbooks.errors import ConfigurationError
+from runbooks.redact import redact_dsn, register_secret
+
+DEFAULT_CONFIG = "runbooks.toml"
+SANDBOX_DIR = ".sandbox"
+
+
+def config_path() -> Path:
+    """The TOML file every command reads: ``$RUNBOOKS_CONFIG``, else ``./runbooks.toml``, else the config of a
+    sandbox started in this directory (``./.sandbox/runbooks.toml``, the embedded default)."""
+    if "RUNBOOKS_CONFIG" in os.environ:
+        return Path(os.environ["RUNBOOKS_CONFIG"]).expanduser()
+    local = Path(DEFAULT_CONFIG)
+    sandbox = Path(SANDBOX_DIR) / DEFAULT_CONFIG
+    return sandbox if not local.is_file() and sandbox.is_file() else local
+
+
+def resolve_secret(value: SecretStr | None, block: str | None) -> str | None:
+    """The secret's plain value, from the setting itself or from a Prefect Secret block; registered for scrubbing
+    the moment it is read."""
+    if value is not None:
+        register_secret(value.get_secret_value())
+        return value.get_secret_value()
+    if block:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = cast(Secret, Secret.load(block))  # sync in a sync context
+            plain = str(secret.get())
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Prefect Secret block {block!r} could not be loaded.",
+                hint=f"create it with 'prefect block create secret' or set the value in the environment ({exc}).",
+            ) from None
+        register_secret(plain)
+        return plain
+    return None
+
+
+class IntegrityCheck(BaseModel):
+    """A named SQL check run on a restored database. The schema is the user's: checks are configuration (the
+    sandbox writes the seeds' data-corruption checks, seed 002, as its defaults)."""
+
+    name: str = Field(min_length=1, description="what the check looks for, as the report shows it")
+    sql: str = Field(min_length=1, description="a read-only query; its first column of its first row is compared")
+    expect: int | str | None = Field(default=None, description="the value that means healthy (e.g. 0 rows); "
+                                     "unset: the check only reports its first rows")
+
+
+class DatabaseSettings(BaseModel):
+    """One database of the platform. The DSN may carry the password; ``password`` wins if both are set."""
+
+    dsn: SecretStr = Field(description="libpq URL or key=value connection string")
+    password: SecretStr | None = Field(default=None, description="overrides any password in the DSN")
+    password_block: str | None = Field(default=None, description="name of a Prefect Secret block")
+    checks: list[IntegrityCheck] = Field(default_factory=list, description="integrity checks after a restore "
+                                         "(reported; row counts against the manifest are the gate)")
+
+    @field_validator("dsn")
+    @classmethod
+    def _parseable(cls, value: SecretStr) -> SecretStr:
+        try:
+            conninfo_to_dict(value.get_secret_value())
+        except Exception:
+            raise ValueError(
+                f"not a valid PostgreSQL connection string: {redact_dsn(value.get_secret_value())}"
+            ) from None
+        return value
+
+    def conninfo(self) -> dict[str, Any]:
+        """Connection parameters with the password resolved (plain values: never log this)."""
+        params = conninfo_to_dict(self.dsn.get_secret_value())
+        password = resolve_secret(self.password, self.password_block)
+        if password is not None:
+            params["password"] = password
+        register_secret(str(params.get("password") or ""))
+        return params
+
+    def safe_dsn(self) -> str:
+        return redact_dsn(self.dsn.get_secret_value())
+
+
+class RepositorySettings(BaseModel):
+    """Where backups live: ``file:///abs/path`` or ``s3://bucket/prefix``."""
+
+    url: str = Field(default="file:///var/backups/runbooks", description="file:///path or s3://bucket/prefix")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint for MinIO/Ceph; None for AWS")
+    region: str | None = Field(default=None)
+    sse: Literal["AES256", "aws:kms"] | None = Field(default=None, description="server-side encryption")
+    sse_kms_key_id: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_block: str | None = None
+    part_size_mb: int = Field(default=16, ge=5, le=512, description="S3 multipart part size (grows for huge dumps)")
+    max_concurrency: int = Field(default=2, ge=1, le=16, description="parallel part uploads")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+                raise ValueError(f"repository URL {url!r} must be file:///absolute/path")
+        elif parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise ValueError(f"repository URL {url!r} has no bucket: use s3://bucket/prefix")
+        else:
+            raise ValueError(f"repository URL {url!r} must start with file:/// or s3://")
+        return url
+
+
+class RetentionPolicy(BaseModel):
+    """Grandfather-father-son: the newest backup of each of the last N days, M ISO weeks, K months."""
+
+    daily: int = Field(default=7, ge=0, le=3660)
+    weekly: int = Field(default=4, ge=0, le=520)
+    monthly: int = Field(default=6, ge=0, le=240)
+
+
+class ClusterSettings(BaseModel):
+    """Cluster-wide objects backed up beside the databases: roles (globals) and configuration files."""
+
+    name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
+    dsn: SecretStr | None = Field(default=None, description="superuser DSN for pg_dumpall --globals-only")
+    password: SecretStr | None = None
+    password_block: str | None = None
+    config_files: list[Path] = Field(default_factory=list, description="files archived (tar + zstd)")
+
+    def database(self) -> DatabaseSettings | None:
+        if self.dsn is None:
+            return None
+        return DatabaseSettings(dsn=self.dsn, password=self.password, password_block=self.password_block)
+
+
+class BackupSettings(BaseModel):
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    compression_level: int = Field(default=3, ge=1, le=19)
+    compression_threads: int = Field(default=2, ge=0, le=64, description="zstd worker threads (0: inline)")
+    stale_after_minutes: int = Field(
+        default=360, ge=1, description="an unfinished backup older than this, from any host, is a leftover"
+    )
+
+
+class RestoreSettings(BaseModel):
+    work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j; "
+                                  "None: the system temp directory")
+    server_disk_reserve_percent: float = Field(
+        default=5.0, ge=0, le=100, description="free space (percent of the server's data disk) that must remain "
+        "after a restored copy is added; checked before any work when the server is local")
+
+
+class ApiSettings(BaseModel):
+    base_url: str = Field(description="e.g. http://trading-api:8000")
+    token: SecretStr | None = Field(default=None, description="bearer token")
+    token_block: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    def bearer(self) -> str | None:
+        return resolve_secret(self.token, self.token_block)
+
+
+class PrefectSettings(BaseModel):
+    api_url: str | None = Field(
+        default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything a runbook needs to know about the platform it operates."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RUNBOOKS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    repository: RepositorySettings = Field(default_factory=RepositorySettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    restore: RestoreSettings = Field(default_factory=RestoreSettings)
+    trading_api: ApiSettings | None = None
+    inference_api: ApiSettings | None = None
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _names(self) -> Settings:
+        for name in self.databases:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"database name {name!r} cannot be used as a repository path")
+        return self
+
+    def database_or_raise(self, name: str) -> DatabaseSettings:
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "none"
+            raise ConfigurationError(
+                f"database {name!r} is not in the inventory (configured: {known}).",
+                hint=f"add [databases.{name}] to {config_path()} or pick a configured one.",
+            ) from None
+
+    def plain_secrets(self) -> list[str]:
+        """The secret values held in the settings themselves (not in Secret blocks)."""
+        found: list[str] = []
+        for db in [*self.databases.values(), self.cluster.database()]:
+            if db is None:
+                continue
+            found.append(str(conninfo_to_dict(db.dsn.get_secret_value()).get("password") or ""))
+            if db.password:
+                found.append(db.password.get_secret_value())
+        if self.repository.secret_access_key:
+            found.append(self.repository.secret_access_key.get_secret_value())
+        for api in (self.trading_api, self.inference_api):
+            if api and api.token:
+                found.append(api.token.get_secret_value())
+        return [s for s in found if s]
+
+    @cached_property
+    def secrets(self) -> list[str]:
+        """Every secret value this configuration knows, Secret blocks included, all registered for scrubbing.
+
+        A runbook run reads this once at its start, so a value from a block is scrubbed even from what a tool
+        prints before the step that uses it."""
+        found = self.plain_secrets()
+        blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database()] if db]
+        blocks += [self.repository.secret_access_key_block]
+        blocks += [api.token_block for api in (self.trading_api, self.inference_api) if api]
+        for block in filter(None, blocks):
+            try:
+                found.append(resolve_secret(None, block) or "")
+            except Exception:  # noqa: BLE001 - unreadable now: nothing to scrub from it
+                continue
+        register_secret(*found)
+        return [s for s in found if s]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings once; turns validation errors into one readable ConfigurationError."""
+    from pydantic import ValidationError
+
+    path = config_path()
+    if "RUNBOOKS_CONFIG" in os.environ and not path.is_file():
+        raise ConfigurationError(
+            f"config file {str(path)!r} named by RUNBOOKS_CONFIG does not exist.",
+            hint="run 'runbooks sandbox up' to write one, or point RUNBOOKS_CONFIG at your inventory.",
+        )
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(
+            f"invalid runbooks settings in {str(path)!r}: {problems}.",
+            hint="fix the value in the file or the RUNBOOKS_* environment variable named above.",
+        ) from None
+    register_secret(*settings.plain_secrets())
+    return settings

@@ -1,0 +1,208 @@
+"""Tasks on the backup repository: writability, leftover sweep, verification, publishing, retention."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from runbooks.catalog import BackupCatalog
+from runbooks.errors import BackupNotFound, VerificationFailed
+from runbooks.manifest import BackupKind, BackupManifest, Verification
+from runbooks.pipeline import check_object, fetch_object
+from runbooks.postgres import pg_tool
+from runbooks.retention import Candidate, select_retention
+from runbooks.settings import RetentionPolicy
+from tasks.policies import TRANSIENT_RETRY
+
+
+class LeftoverReport(BaseModel):
+    prefix: str
+    reason: str
+    objects: int
+    incomplete_uploads: int
+    stored_bytes: int
+    removed: bool
+
+
+class RetentionReport(BaseModel):
+    kind: BackupKind
+    name: str
+    kept: dict[str, list[str]] = Field(description="backup id -> why it is kept")
+    removed: list[str] = Field(description="deleted (or, in dry-run, would be deleted)")
+    dry_run: bool
+
+
+@task(name="check-repository-writable", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def check_repository_writable(*, catalog: BackupCatalog) -> None:
+    """Fail before dumping anything if the repository would refuse the upload."""
+    catalog.repository.check_writable()
+
+
+@task(name="sweep-leftovers", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def sweep_leftovers(*, catalog: BackupCatalog, stale_after: timedelta, dry_run: bool) -> list[LeftoverReport]:
+    """Remove what interrupted backups left behind (objects and incomplete multipart uploads).
+
+    Returns:
+        One report per unfinished backup found; ``removed`` is False in dry-run.
+    """
+    logger = get_run_logger()
+    reports = []
+    for leftover in catalog.stale_leftovers(stale_after=stale_after):
+        removed = False
+        if dry_run:
+            logger.info("Would remove unfinished backup %r (%s)", leftover.prefix, leftover.reason)
+        else:
+            removed = catalog.remove_leftover(leftover)
+            if removed:
+                logger.info("Removed unfinished backup %r (%s): %d objects, %d incomplete uploads",
+                            leftover.prefix, leftover.reason, len(leftover.keys), len(leftover.uploads))
+        reports.append(LeftoverReport(prefix=leftover.prefix, reason=leftover.reason, objects=len(leftover.keys),
+                                      incomplete_uploads=len(leftover.uploads),
+                                      stored_bytes=leftover.stored_bytes, removed=removed))
+    return reports
+
+
+@task(name="verify-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verification:
+    """Re-read every stored object: size and SHA-256 must match what was written, and the dump must open
+    with ``pg_restore --list``. A mismatch is reported in the result, not raised, so the backup is
+    published marked as failed instead of disappearing silently.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    toc_entries = None
+    try:
+        for obj in manifest.objects:
+            list_argv = None
+            if obj.role == "dump":
+                major = int(manifest.server_version.split(".")[0]) if manifest.server_version else None
+                list_argv = [pg_tool("pg_restore", major), "--list"]
+            check = check_object(catalog.repository, obj.key, list_argv=list_argv, decompress_all=list_argv is None)
+            if check.stored_bytes != obj.stored_bytes or check.sha256 != obj.sha256:
+                raise VerificationFailed(
+                    f"object {obj.key!r} re-read as {check.stored_bytes} bytes sha256 {check.sha256[:12]}…, "
+                    f"written as {obj.stored_bytes} bytes sha256 {obj.sha256[:12]}…."
+                )
+            if check.error:
+                raise VerificationFailed(f"{check.error}.")
+            if check.listing is not None:
+                toc_entries = sum(1 for line in check.listing.splitlines() if line and not line.startswith(";"))
+    except VerificationFailed as exc:
+        logger.error("Verification of %s %r backup %s FAILED: %s", manifest.kind, manifest.name,
+                     manifest.backup_id, exc)
+        return Verification(status="failed", checked_at=datetime.now(UTC), seconds=time.monotonic() - started,
+                            detail=str(exc))
+    seconds = time.monotonic() - started
+    logger.info("Verified %s %r backup %s in %.1f s", manifest.kind, manifest.name, manifest.backup_id, seconds)
+    return Verification(status="passed", checked_at=datetime.now(UTC), seconds=seconds,
+                        detail="checksums match; pg_restore --list reads the archive" if toc_entries is not None
+                        else "checksums match", toc_entries=toc_entries)
+
+
+@task(name="publish-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def publish_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> None:
+    """Write the manifest last: from this moment the backup is listed and restorable."""
+    catalog.publish(manifest)
+    get_run_logger().info("Published %s %r backup %s", manifest.kind, manifest.name, manifest.backup_id)
+
+
+@task(name="apply-retention", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def apply_retention(
+    *, catalog: BackupCatalog, kind: BackupKind, name: str, policy: RetentionPolicy, dry_run: bool
+) -> RetentionReport:
+    """Delete backups outside the grandfather-father-son policy, oldest first (dry-run: only report).
+
+    Returns:
+        What was kept and why, and what went.
+    """
+    logger = get_run_logger()
+    manifests = {m.backup_id: m for m in catalog.list_backups(kind=kind, name=name)}
+
+    def held() -> dict[str, str]:
+        return {backup_id: f"held by run {hs[0].holder} ({hs[0].reason}) until {hs[0].until:%Y-%m-%d %H:%M}Z"
+                for backup_id, hs in catalog.holds(kind, name).items()}
+
+    plan = select_retention(
+        [Candidate(m.backup_id, m.started_at, m.verified) for m in manifests.values()], policy, held()
+    )
+    for backup_id in list(plan.remove):
+        if dry_run:
+            logger.info("Would delete %s %r backup %s (outside retention)", kind, name, backup_id)
+        elif backup_id in (now_held := held()):  # held since the plan was made: a restore is taking it
+            plan.remove.remove(backup_id)
+            plan.keep.setdefault(backup_id, []).append(now_held[backup_id])
+            logger.info("Kept %s %r backup %s: %s", kind, name, backup_id, now_held[backup_id])
+        else:
+            catalog.delete_backup(manifests[backup_id])
+            logger.info("Deleted %s %r backup %s (outside retention)", kind, name, backup_id)
+    return RetentionReport(kind=kind, name=name, kept=plan.keep, removed=plan.remove, dry_run=dry_run)
+
+
+@task(name="resolve-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id: str,
+                            before: datetime | None) -> BackupManifest:
+    """Turn ``latest`` / an id / ``latest`` + ``before`` into one published, verified backup of ``database``.
+
+    Returns:
+        Its manifest. Refuses (BackupNotFound / VerificationFailed) rather than guessing.
+    """
+    if backup_id != "latest":
+        [manifest] = catalog.find_or_raise(backup_id, name=database)
+        if manifest.kind != "database":
+            raise BackupNotFound(f"backup {backup_id} of {database!r} is a cluster backup, not a database dump.")
+    else:
+        candidates = catalog.list_backups(kind="database", name=database)
+        if not candidates:
+            raise BackupNotFound(f"there is no backup of {database!r} in {catalog.repository.url}.",
+                                 hint="run the backup runbook first, or check repository.url.")
+        if before is not None:
+            cutoff = before if before.tzinfo else before.replace(tzinfo=UTC)
+            earlier = [m for m in candidates if m.started_at < cutoff]
+            if not earlier:
+                raise BackupNotFound(
+                    f"no backup of {database!r} was taken before {cutoff:%Y-%m-%d %H:%M:%S}Z; the first one is "
+                    f"{candidates[0].backup_id} ({candidates[0].started_at:%Y-%m-%d %H:%M:%S}Z).",
+                    hint="pick a later 'before' or a backup id from 'runbooks backups list'.",
+                )
+            candidates = earlier
+        verified = [m for m in candidates if m.verified]
+        if not verified:
+            raise VerificationFailed(f"no verified backup of {database!r} matches.",
+                                     hint="'runbooks backups list' shows each backup's verification state.")
+        manifest = verified[-1]
+    if not manifest.verified:
+        raise VerificationFailed(
+            f"backup {manifest.backup_id} of {database!r} failed verification when it was taken; it is never "
+            "restored.", hint="pick another with 'runbooks backups list'.")
+    get_run_logger().info("Using backup %s of %r (taken %s, %s stored)", manifest.backup_id, database,
+                          f"{manifest.started_at:%Y-%m-%d %H:%M:%S}Z", manifest.stored_bytes)
+    return manifest
+
+
+@task(name="find-cluster-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, backup_id: str) -> BackupManifest | None:
+    """Returns:
+    The verified cluster (globals) backup of the same run as the database backup, else the newest earlier one.
+    (Ids are UTC timestamps, so they order like the runs.)"""
+    found = [m for m in catalog.list_backups(kind="cluster", name=cluster)
+             if m.verified and m.backup_id <= backup_id and any(o.role == "globals" for o in m.objects)]
+    return found[-1] if found else None
+
+
+@task(name="fetch-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str, dest: Path) -> Path:
+    """Stream one object of a backup to a local file (decompressed), verifying it against the manifest.
+
+    Returns:
+        The local file: only ever present if its checksum matched.
+    """
+    obj = next(o for o in manifest.objects if o.role == role)
+    started = time.monotonic()
+    size = fetch_object(catalog.repository, obj.key, dest, sha256=obj.sha256, stored_bytes=obj.stored_bytes)
+    get_run_logger().info("Fetched and verified %r (%d bytes) in %.1f s", obj.key, size, time.monotonic() - started)
+    return dest
