@@ -37,10 +37,6 @@ class TradingGuard:
         self._ours = call(api=self.api, actor=self.run.actor, reason=reason)
         self.run.steps.event("trading.halted", how=how, actor=self.run.actor, reason=reason)
 
-    @property
-    def halted_by_us(self) -> bool:
-        return self._ours is not None
-
     def resume_if_ours(self) -> bool:
         """Resume only if trading is still held by the halt this run made. Returns whether it resumed."""
         if self._ours is None:
