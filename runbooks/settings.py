@@ -8,14 +8,18 @@ levels, e.g. ``RUNBOOKS_DATABASES__TRADING_DB__PASSWORD``), then the TOML file n
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
+import unicodedata
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlparse
 
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +32,72 @@ from runbooks.redact import redact_dsn, register_secret
 
 DEFAULT_CONFIG = "runbooks.toml"
 SANDBOX_DIR = ".sandbox"
+ENV_PREFIX = "RUNBOOKS_"
+ENV_DELIMITER = "__"
+
+
+def env_variable(*path: str) -> str:
+    """The environment variable that sets the setting at ``path``, e.g. ``env_variable("cluster", "password")``
+    is ``RUNBOOKS_CLUSTER__PASSWORD`` and ``env_variable("databases", "trading_db", "password")`` is
+    ``RUNBOOKS_DATABASES__TRADING_DB__PASSWORD`` (names are matched case-insensitively)."""
+    return ENV_PREFIX + ENV_DELIMITER.join(path).upper()
+
+
+def validate_name(name: str, *, what: str = "database") -> str:
+    """``name`` if it can be one segment of a repository path (a database or cluster name from the inventory or
+    the command line), else ConfigurationError: empty, ``/`` or ``\\``, a leading ``.`` (``..``, hidden
+    entries), or a control character would let a name reach outside its own directory or garble a terminal."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif name.startswith("."):
+        problem = "starts with '.'"
+    elif any(unicodedata.category(ch) == "Cc" for ch in name):
+        problem = "contains a control character"
+    if problem:
+        raise ConfigurationError(f"{what} name {name!r} {problem}: it cannot be used as a repository path.",
+                                 hint=f"use the {what}'s name as the inventory lists it, e.g. 'trading_db'.")
+    return name
+
+
+def _name_in_inventory(name: str, info: ValidationInfo) -> str:
+    try:
+        return validate_name(name, what="cluster" if info.field_name == "name" else "database")
+    except ConfigurationError as exc:
+        raise ValueError(exc.message) from None
+
+
+InventoryName = Annotated[str, AfterValidator(_name_in_inventory)]
+
+
+def _check_dsn(value: SecretStr | None) -> SecretStr | None:
+    """A DSN libpq can parse whose ports are numbers (libpq itself accepts ``port=abc`` until it connects)."""
+    if value is None:
+        return None
+    dsn = value.get_secret_value()
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        raise ValueError(f"not a valid PostgreSQL connection string: {redact_dsn(dsn)}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"port {port!r} in {redact_dsn(dsn)} is not a number from 1 to 65535")
+    return value
+
+
+def _check_http_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"URL {url!r} must look like http://host:port")
+    try:
+        parsed.port  # noqa: B018 - raises on a malformed or out-of-range port
+    except ValueError:
+        raise ValueError(f"URL {url!r} has a port that is not a number from 0 to 65535") from None
+    return url
 
 
 def config_path() -> Path:
@@ -81,16 +151,7 @@ class DatabaseSettings(BaseModel):
     checks: list[IntegrityCheck] = Field(default_factory=list, description="integrity checks after a restore "
                                          "(reported; row counts against the manifest are the gate)")
 
-    @field_validator("dsn")
-    @classmethod
-    def _parseable(cls, value: SecretStr) -> SecretStr:
-        try:
-            conninfo_to_dict(value.get_secret_value())
-        except Exception:
-            raise ValueError(
-                f"not a valid PostgreSQL connection string: {redact_dsn(value.get_secret_value())}"
-            ) from None
-        return value
+    _dsn = field_validator("dsn")(_check_dsn)
 
     def conninfo(self) -> dict[str, Any]:
         """Connection parameters with the password resolved (plain values: never log this)."""
@@ -119,6 +180,8 @@ class RepositorySettings(BaseModel):
     part_size_mb: int = Field(default=16, ge=5, le=512, description="S3 multipart part size (grows for huge dumps)")
     max_concurrency: int = Field(default=2, ge=1, le=16, description="parallel part uploads")
 
+    _endpoint = field_validator("endpoint_url")(_check_http_url)
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
@@ -145,11 +208,13 @@ class RetentionPolicy(BaseModel):
 class ClusterSettings(BaseModel):
     """Cluster-wide objects backed up beside the databases: roles (globals) and configuration files."""
 
-    name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: InventoryName = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
     dsn: SecretStr | None = Field(default=None, description="superuser DSN for pg_dumpall --globals-only")
     password: SecretStr | None = None
     password_block: str | None = None
     config_files: list[Path] = Field(default_factory=list, description="files archived (tar + zstd)")
+
+    _dsn = field_validator("dsn")(_check_dsn)
 
     def database(self) -> DatabaseSettings | None:
         if self.dsn is None:
@@ -180,6 +245,8 @@ class ApiSettings(BaseModel):
     token_block: str | None = None
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
+    _base_url = field_validator("base_url")(_check_http_url)
+
     def bearer(self) -> str | None:
         return resolve_secret(self.token, self.token_block)
 
@@ -189,17 +256,19 @@ class PrefectSettings(BaseModel):
         default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server"
     )
 
+    _api_url = field_validator("api_url")(_check_http_url)
+
 
 class Settings(BaseSettings):
     """Everything a runbook needs to know about the platform it operates."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RUNBOOKS_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
         extra="forbid",
     )
 
-    databases: dict[str, DatabaseSettings] = Field(default_factory=dict)
+    databases: dict[InventoryName, DatabaseSettings] = Field(default_factory=dict)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
@@ -222,13 +291,6 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
-
-    @model_validator(mode="after")
-    def _names(self) -> Settings:
-        for name in self.databases:
-            if not name or "/" in name or name.startswith("."):
-                raise ValueError(f"database name {name!r} cannot be used as a repository path")
-        return self
 
     def database_or_raise(self, name: str) -> DatabaseSettings:
         try:
@@ -276,7 +338,8 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Load settings once; turns validation errors into one readable ConfigurationError."""
+    """Load settings once; turns a malformed file and validation errors into one readable ConfigurationError that
+    names where each bad value came from: an environment variable, the config file, or the caller."""
     from pydantic import ValidationError
 
     path = config_path()
@@ -287,13 +350,72 @@ def load_settings(**overrides: Any) -> Settings:
         )
     try:
         settings = Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}.",
+                                 hint="fix the syntax at that line (https://toml.io).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}.",
+                                 hint="make it readable UTF-8 TOML or point RUNBOOKS_CONFIG elsewhere.") from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigurationError(
-            f"invalid runbooks settings in {str(path)!r}: {problems}.",
-            hint="fix the value in the file or the RUNBOOKS_* environment variable named above.",
-        ) from None
+        problems, fixes = [], set()
+        for error in exc.errors():
+            kind, where = _source_of(error, overrides, path)
+            fixes.add(kind)
+            problems.append(f"{_dotted(error['loc']) or 'settings'} ({where}): {_message(error)}")
+        fix = {"environment": "fix the environment variable named above", "file": f"fix the value in {path}",
+               "caller": "fix the value passed to load_settings()", "missing": "set the missing value"}
+        raise ConfigurationError(f"invalid runbooks settings: {'; '.join(problems)}.",
+                                 hint=" and ".join(fix[k] for k in sorted(fixes)) + ".") from None
     register_secret(*settings.plain_secrets())
     return settings
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    """``databases.trading_db.dsn``; a name that is not a plain word is quoted (``databases.'.x'``)."""
+    return ".".join(str(p) if str(p).isidentifier() else repr(str(p)) for p in loc if p != "[key]")
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """pydantic's message without its "Value error, " prefix (our validators' messages stand alone)."""
+    if error["type"] in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"]).rstrip(".")
+    if error["type"] == "extra_forbidden":
+        return "unknown setting (a typo?)"
+    return str(error["msg"])
+
+
+def _source_of(error: Mapping[str, Any], overrides: Mapping[str, Any], path: Path) -> tuple[str, str]:
+    """Where the value at the error's location came from, by the sources' priority: keyword arguments, the
+    environment (the variable itself, or a parent variable holding JSON that sets it), the config file."""
+    parts = [str(p) for p in error["loc"] if p != "[key]"]
+    exact = env_variable(*parts) if parts else ENV_PREFIX + "*"
+    if error["type"] == "missing":
+        return "missing", f"set it in {path} or as environment variable {exact}"
+    node: Any = overrides
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            break
+        node = node[part]
+    else:
+        if parts:
+            return "caller", "given to load_settings()"
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    if parts and (exact in environ or any(k.startswith(exact + ENV_DELIMITER) for k in environ)):
+        return "environment", f"environment variable {exact}"
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = env_variable(*parts[:depth])
+        if parent in environ and _json_has(environ[parent], parts[depth:]):
+            return "environment", f"environment variable {parent}"
+    return "file", f"in {path}"
+
+
+def _json_has(text: str, parts: Sequence[str]) -> bool:
+    try:
+        node: Any = json.loads(text)
+    except ValueError:
+        return False
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -360,3 +360,134 @@ def test_runbooks_config_beats_local_files(monkeypatch: pytest.MonkeyPatch, tmp_
     path = write_config(monkeypatch, tmp_path)
     assert config_path() == path
     assert load_settings().repository.url == "s3://backups/prod"
+
+
+# --- issue 7: bad configuration is one readable line that names its real source ---
+
+
+def test_invalid_toml_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path, '[repository\nurl = "s3://b/p"\n')
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert str(path) in message and "not valid TOML" in message and "line 1" in message
+    assert caught.value.hint and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("dsn", "port"),
+    [
+        ("postgresql://app:pw@db.internal:abc/trading_db", "abc"),
+        ("host=db.internal port=99999 dbname=trading_db", "99999"),
+        ("postgresql://app@h1:5432,h2:x/trading_db", "x"),
+        ("postgresql:///trading_db?port=0", "0"),
+    ],
+)
+def test_malformed_dsn_port_is_refused_at_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dsn: str,
+                                               port: str) -> None:
+    write_config(monkeypatch, tmp_path, f'[databases.trading_db]\ndsn = "{dsn}"\n')
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "databases.trading_db.dsn" in message and f"port {port!r}" in message
+    assert "pw" not in message.replace("password", "")
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://app@h1:5432,h2:5433/db", "host=h1,h2 port=5432,", "host=db"])
+def test_valid_dsn_ports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dsn: str) -> None:
+    write_config(monkeypatch, tmp_path, f'[databases.db]\ndsn = "{dsn}"\n')
+    assert load_settings().databases["db"].dsn.get_secret_value() == dsn
+
+
+def test_malformed_cluster_dsn_is_refused_at_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path, '[cluster]\ndsn = "postgresql://postgres:pw@db:54x2/postgres"\n')
+    with pytest.raises(ConfigurationError, match=r"cluster\.dsn \(in .*\): .*port '54x2'"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("section", "field"), [("trading_api", "base_url"), ("repository", "endpoint_url"),
+                                                ("prefect", "api_url")])
+def test_malformed_url_port_is_refused_at_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, section: str,
+                                               field: str) -> None:
+    write_config(monkeypatch, tmp_path, f'[{section}]\n{field} = "http://host:80a0"\n')
+    with pytest.raises(ConfigurationError, match=rf"{section}\.{field} \(in .*\): .*port"):
+        load_settings()
+
+
+def test_error_from_the_environment_names_the_variable_not_the_file(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION__WEEKLY", "-1")
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "environment variable RUNBOOKS_BACKUP__RETENTION__WEEKLY" in message
+    assert str(path) not in message
+    assert "environment" in (caught.value.hint or "")
+
+
+def test_error_from_the_file_names_the_file_not_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path, TOML + "\n[backup]\ncompression_level = 99\n")
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION__WEEKLY", "2")  # valid: not blamed
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert f"backup.compression_level (in {path})" in message
+    assert "environment variable" not in message
+
+
+def test_validation_messages_have_no_pydantic_prefixes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", "ftp://x")
+
+    message = str(pytest.raises(ConfigurationError, load_settings).value)
+
+    assert "Value error" not in message and ": :" not in message
+    assert "repository.url (environment variable RUNBOOKS_REPOSITORY__URL): repository URL 'ftp://x'" in message
+
+
+@pytest.mark.parametrize("name", ["../../etc", "..", ".hidden", "a/b", "a\\b", "", "bad\x1bname"])
+def test_validate_name_refuses_names_that_are_not_one_path_segment(name: str) -> None:
+    from runbooks.settings import validate_name
+
+    with pytest.raises(ConfigurationError) as caught:
+        validate_name(name)
+    assert caught.value.hint and "\x1b" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["trading_db", "Trading-DB.2", "main"])
+def test_validate_name_accepts_plain_names(name: str) -> None:
+    from runbooks.settings import validate_name
+
+    assert validate_name(name) == name
+
+
+def test_cluster_name_dot_dot_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path, '[cluster]\nname = ".."\n')
+    with pytest.raises(ConfigurationError, match=r"cluster\.name"):
+        load_settings()
+
+
+def test_env_variable_names_what_the_settings_accept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from runbooks.settings import env_variable
+
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv(env_variable("cluster", "password"), "cluster-from-env")
+    monkeypatch.setenv(env_variable("databases", "trading_db", "password"), "db-from-env")
+
+    settings = load_settings()
+
+    assert env_variable("cluster", "password") == "RUNBOOKS_CLUSTER__PASSWORD"
+    assert settings.cluster.password is not None
+    assert settings.cluster.password.get_secret_value() == "cluster-from-env"
+    db = settings.databases["trading_db"].password
+    assert db is not None and db.get_secret_value() == "db-from-env"
