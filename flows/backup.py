@@ -19,19 +19,21 @@ from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.catalog import BackupCatalog
+from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.manifest import BackupKind, BackupManifest, Verification
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
+from runbooks.settings import DatabaseSettings
 from tasks.postgres import dump_cluster, dump_database, probe_database
 from tasks.storage import (
     LeftoverReport,
     RetentionReport,
     apply_retention,
     check_repository_writable,
+    claim_backup_id,
     publish_backup,
     sweep_leftovers,
     verify_backup,
@@ -158,12 +160,55 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
         logger.error("Backup refused before any dump: %s", scrub(str(exc)))
         return conclude(scrub(str(exc)))
 
-    backup_id = catalog.new_backup_id([("database", n) for n in names] + [("cluster", settings.cluster.name)])
     cfg = settings.backup
+    cluster = settings.cluster
+    with_cluster = params.include_cluster and bool(cluster.dsn or cluster.config_files)
+    claim: BackupClaim | None = None
+    if not params.dry_run:
+        subjects: list[tuple[BackupKind, str]] = [("database", n) for n in names]
+        subjects += [("cluster", cluster.name)] if with_cluster else []
+        try:
+            with run.step("claim backup id") as figures:
+                claim = claim_backup_id(catalog=catalog, subjects=subjects, flow_run_id=run.flow_run_id,
+                                        heartbeat_seconds=heartbeat_seconds(cfg.stale_after_minutes))
+                figures["backup_id"] = claim.backup_id
+        except RunbookError as exc:
+            logger.error("Backup refused before any dump: %s", scrub(str(exc)))
+            return conclude(scrub(str(exc)))
+    try:
+        return _back_up_all(run, params, catalog, claim, databases, with_cluster, result, conclude)
+    finally:
+        if claim is not None:
+            claim.close()
+
+
+def heartbeat_seconds(stale_after_minutes: int) -> float:
+    """Beat often enough that a live writer never looks stale: five beats per ``stale_after``, at most 60 s."""
+    return max(1.0, min(60.0, stale_after_minutes * 60 / 5))
+
+
+def _back_up_all(run: RunbookRun[BackupResult], params: BackupParameters, catalog: BackupCatalog,
+                 claim: BackupClaim | None, databases: dict[str, DatabaseSettings], with_cluster: bool,
+                 result: BackupResult, conclude: Callable[..., State]) -> State:
+    """Dump, verify and publish each item under the run's claim, then apply retention."""
+    settings, logger = run.settings, run.logger
+    cfg = settings.backup
+    cluster = settings.cluster
+
+    def _abandon(item: ItemResult, manifest: BackupManifest | None) -> None:
+        """Give up this item's claim; what it wrote goes too, unless its manifest made it a backup."""
+        assert claim is not None
+        try:
+            if not (manifest and catalog.repository.exists(f"{claim.prefix(item.kind, item.name)}/manifest.json")):
+                catalog.discard(claim, item.kind, item.name, [o.key for o in manifest.objects] if manifest else [])
+        except RunbookError as exc:
+            logger.warning("Could not clean up %s %r (the next run sweeps it): %s", item.kind, item.name, exc)
 
     def back_up(item: ItemResult, dump: Callable[[], BackupManifest | None]) -> None:
         """Dump, verify, publish one item; its failure is reported and the run goes on with the next."""
         t0 = time.monotonic()
+        assert claim is not None
+        manifest: BackupManifest | None = None
         try:
             with run.step(f"dump {item.kind} {item.name}") as figures:
                 manifest = dump()
@@ -175,7 +220,7 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
                 manifest.verification = verify_backup(catalog=catalog, manifest=manifest)
                 figures["verification"] = manifest.verification.status
             with run.step(f"publish {item.kind} {item.name}"):
-                publish_backup(catalog=catalog, manifest=manifest)
+                publish_backup(catalog=catalog, claim=claim, manifest=manifest)
             item.backup_id, item.bytes, item.stored_bytes = manifest.backup_id, manifest.bytes, manifest.stored_bytes
             item.verification = manifest.verification
             dump_seconds = (manifest.finished_at - manifest.started_at).total_seconds()
@@ -189,9 +234,11 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
         except RunbookError as exc:
             item.status, item.error = "failed", scrub(str(exc))
             logger.error("Backup of %s %r failed: %s", item.kind, item.name, item.error)
+            _abandon(item, manifest)
         except Exception as exc:  # unexpected: still report it, then fail the run
             item.status, item.error = "failed", scrub(f"{type(exc).__name__}: {exc}")
             logger.exception("Backup of %s %r failed unexpectedly", item.kind, item.name)
+            _abandon(item, manifest)
         finally:
             item.seconds = time.monotonic() - t0
             result.items.append(item)
@@ -210,19 +257,20 @@ def backup_databases(parameters: BackupParameters | None = None) -> State:
                                                    error=scrub(str(exc))))
             continue
         back_up(ItemResult(kind="database", name=name, status="failed"), functools.partial(
-            dump_database, catalog=catalog, name=name, database=database, backup_id=backup_id,
+            dump_database, catalog=catalog, claim=claim, name=name, database=database,
             level=cfg.compression_level, threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
 
-    cluster = settings.cluster
-    if params.include_cluster and (cluster.dsn or cluster.config_files):
+    if with_cluster:
         if params.dry_run:
             result.items.append(ItemResult(kind="cluster", name=cluster.name, status="dry_run"))
             logger.info("Would back up globals and %d config files of cluster %r", len(cluster.config_files),
                         cluster.name)
         else:
+            assert claim is not None
+            cluster_claim = claim
             back_up(ItemResult(kind="cluster", name=cluster.name, status="failed"), lambda: dump_cluster(
-                catalog=catalog, cluster_name=cluster.name, database=cluster.database(),
-                config_files=cluster.config_files, backup_id=backup_id, level=cfg.compression_level,
+                catalog=catalog, claim=cluster_claim, cluster_name=cluster.name, database=cluster.database(),
+                config_files=cluster.config_files, level=cfg.compression_level,
                 threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
 
     if params.apply_retention:

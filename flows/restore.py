@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow
@@ -38,6 +35,7 @@ from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.roles import RoleCreated
 from runbooks.settings import DatabaseSettings, Settings
+from runbooks.workdirs import WorkDirs, default_state_dir
 from tasks.postgres import (
     Prerequisites,
     ValidationReport,
@@ -57,6 +55,7 @@ from tasks.postgres import (
 )
 from tasks.reports import publish_report
 from tasks.storage import fetch_backup, find_cluster_backup, resolve_backup_or_raise, verify_backup
+from tasks.workspace import WorkDirReport, sweep_work_directories
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"
 HOLD_MARGIN = timedelta(hours=24)  # a killed run's hold on its backup lapses this long after its approval deadline
@@ -133,6 +132,8 @@ class RestoreResult(RunbookResult):
     roles_created: list[RoleCreated] = Field(default_factory=list)
     scratch_swept: list[str] = Field(default_factory=list)
     scratch_left: list[str] = Field(default_factory=list, description="recorded scratch databases not dropped")
+    work_dirs_swept: list[WorkDirReport] = Field(default_factory=list,
+                                                 description="work directories of killed restores removed")
     trading: list[str] = Field(default_factory=list, description="trading actions taken, in order")
     kept_live_as: str | None = None
     time_to_restore_seconds: float | None = Field(default=None, description="fetch + restore + validate")
@@ -210,6 +211,10 @@ def render_report(result: RestoreResult) -> str:
         lines += [f"Scratch databases of interrupted restores {verb}: {', '.join(result.scratch_swept)}", ""]
     if result.scratch_left:
         lines += ["Scratch databases left in place:", *[f"- {s}" for s in result.scratch_left], ""]
+    if result.work_dirs_swept:
+        verb = "to remove (dry run)" if result.dry_run else "removed"
+        lines += [f"Work directories of killed runs {verb}:",
+                  *[f"- `{w.path}` ({human_bytes(w.bytes)}): {w.reason}" for w in result.work_dirs_swept], ""]
     lines += ["## Trading", "\n".join(f"- {t}" for t in result.trading) or "_untouched_", ""]
     if result.kept_live_as:
         lines += [f"The previous live database is kept as `{result.kept_live_as}`.", ""]
@@ -306,6 +311,10 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                                         protected=protected, dry_run=params.dry_run)
         result.scratch_swept, result.scratch_left = sweep.dropped, sweep.left
         figures["dropped"] = len(sweep.dropped)
+    workdirs = WorkDirs(settings.restore.work_dir or default_state_dir() / "work")
+    with run.step("sweep work directories", destructive=not params.dry_run) as figures:
+        result.work_dirs_swept = sweep_work_directories(workdirs=workdirs, dry_run=params.dry_run)
+        figures["removed_bytes"] = sum(w.bytes for w in result.work_dirs_swept)
     with run.step("check target"):
         state = inspect_target(database=database, records=records, name=target)
     if params.mode == "new" and state != "absent":
@@ -324,10 +333,9 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
         result.prerequisites = check_restore_prerequisites(
             database=database, live=live, replace=params.mode == "replace", needed_bytes=needed,
             reserve_percent=settings.restore.server_disk_reserve_percent)
-        work_root = settings.restore.work_dir or Path(tempfile.gettempdir())
-        free = shutil.disk_usage(work_root).free
+        free = workdirs.free_bytes()
         if free < manifest.bytes * 1.05:
-            raise Refused(f"the restore work directory {str(work_root)!r} has {human_bytes(free)} free; the dump "
+            raise Refused(f"the restore work directory {str(workdirs.root)!r} has {human_bytes(free)} free; the dump "
                           f"needs {human_bytes(manifest.bytes * 1.05)}.", hint="set restore.work_dir to a larger "
                           "volume; nothing was done.")
         if halt:
@@ -341,7 +349,7 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                                  + f". Plan hash: {result.plan.plan_hash}.")
         return
 
-    workdir = Path(tempfile.mkdtemp(prefix="runbooks-restore-", dir=settings.restore.work_dir))
+    workdir = workdirs.create("restore", flow_run_id=run.flow_run_id)
     scratch = fit_name(params.database, f"_restore_{datetime.now(UTC):%Y%m%d%H%M%S}")
     try:
         restore_started = time.monotonic()
@@ -441,4 +449,4 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                                       protected=protected)
             except RunbookError as exc:
                 run.logger.warning("Could not drop scratch database %r: %s", scratch, exc)
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)

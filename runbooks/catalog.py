@@ -1,14 +1,21 @@
-"""The repository's layout and lifecycle of backups in it: begin, publish, list, find leftovers, delete.
+"""The repository's layout and lifecycle of backups in it: claim, publish, list, find leftovers, delete.
 
 Layout (relative to the repository root)::
 
-    databases/<database>/<backup id>/lock.json        written first: who is writing this backup
+    databases/<database>/<backup id>/lock.json        claimed first, create-if-absent: who is writing here
     databases/<database>/<backup id>/dump.pgc.zst     pg_dump custom format, zstd
     databases/<database>/<backup id>/manifest.json    written last: the backup exists from here on
     clusters/<cluster>/<backup id>/{globals.sql.zst,config.tar.zst,manifest.json,lock.json}
 
-A directory without ``manifest.json`` is an unfinished backup: it is never listed, and once its writer is
-gone (dead process on this host, or older than ``stale_after``) the next run removes it.
+A run *claims* its backup id: it creates each ``lock.json`` only if absent (a conditional put on S3), so two
+runs starting in the same second never share a directory; the loser moves on to the next second. The lock
+carries a token and a heartbeat the writer refreshes while it works; a run deletes only objects it wrote, and
+only a lock that still carries its token.
+
+A directory without ``manifest.json`` is an unfinished backup: it is never listed, and once its writer is gone
+(dead process on this host, or no heartbeat for ``stale_after`` from any host) the next run removes it. A
+directory whose manifest cannot be read is a *damaged* backup: listed as damaged, never swept, never deleted
+by retention, and never silently skipped when a restore picks "latest".
 
 A run that depends on a backup (a restore waiting for approval) *holds* it:
 ``holds/<kind>/<name>/<backup id>/<holder>.json`` with an expiry; retention never deletes a held backup, and a
@@ -17,9 +24,9 @@ hold left by a killed run lapses at its expiry.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
+import logging
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,14 +34,17 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ValidationError
 
-from runbooks.errors import BackupNotFound
+from runbooks.errors import BackupDamaged, BackupNotFound, LockLost, RepositoryUnavailable, RunbookError
 from runbooks.manifest import BackupKind, BackupManifest, backup_id_for
-from runbooks.repository import IncompleteUpload, Repository
+from runbooks.processes import ProcessIdentity
+from runbooks.repository import IncompleteUpload, ObjectInfo, Repository
 
 KIND_DIRS: dict[BackupKind, str] = {"database": "databases", "cluster": "clusters"}
+KINDS_BY_DIR: dict[str, BackupKind] = {d: k for k, d in KIND_DIRS.items()}
 MANIFEST = "manifest.json"
 LOCK = "lock.json"
 HOLDS = "holds"
+_log = logging.getLogger(__name__)
 
 
 class BackupHold(BaseModel):
@@ -42,6 +52,16 @@ class BackupHold(BaseModel):
     holder: str
     reason: str
     until: datetime
+
+
+class BackupLock(BaseModel):
+    """What ``lock.json`` says: the writer, its claim token, and when it last showed it was alive."""
+
+    token: str
+    writer: ProcessIdentity
+    started_at: datetime
+    heartbeat_at: datetime
+    flow_run_id: str | None = None
 
 
 def backup_prefix(kind: BackupKind, name: str, backup_id: str) -> str:
@@ -55,16 +75,109 @@ class Leftover:
     keys: list[str] = field(default_factory=list)
     uploads: list[IncompleteUpload] = field(default_factory=list)
     stored_bytes: int = 0
+    lock_modified: datetime | None = None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@dataclass
+class DamagedBackup:
+    """A backup directory with a manifest that cannot be trusted: its objects are kept and shown, never hidden."""
+
+    kind: BackupKind
+    name: str
+    backup_id: str
+    reason: str
+    objects: list[ObjectInfo]
+
+    @property
+    def prefix(self) -> str:
+        return backup_prefix(self.kind, self.name, self.backup_id)
+
+    def recovery(self, repository_url: str) -> str:
+        dumps = [o.key for o in self.objects if o.key.endswith(".zst")]
+        where = f"{repository_url}/{dumps[0]}" if dumps else f"{repository_url}/{self.prefix}/"
+        return (f"its manifest is {self.reason}, so its checksums cannot be checked and no runbook restores it. "
+                f"Recover the manifest from a copy of the repository (bucket versioning, replica, filesystem "
+                f"snapshot), or restore by hand from {where} (zstd -dc … | pg_restore --list, then pg_restore). "
+                "Retention never deletes it; remove the directory by hand once it is dealt with")
+
+    def as_dict(self, repository_url: str) -> dict[str, object]:
+        return {"backup_id": self.backup_id, "kind": self.kind, "name": self.name, "status": "damaged",
+                "reason": self.reason, "objects": [{"key": o.key, "stored_bytes": o.size} for o in self.objects],
+                "recovery": self.recovery(repository_url)}
+
+
+@dataclass
+class CatalogScan:
+    manifests: list[BackupManifest]
+    damaged: list[DamagedBackup]
+
+
+class BackupClaim:
+    """One run's claim on its backup directories (one per subject, same backup id), kept alive by a heartbeat
+    thread until each is published or discarded."""
+
+    def __init__(self, catalog: BackupCatalog, backup_id: str, lock: BackupLock,
+                 subjects: list[tuple[BackupKind, str]], heartbeat_seconds: float) -> None:
+        self.catalog = catalog
+        self.backup_id = backup_id
+        self.lock = lock
+        self._held = set(subjects)
+        self._lost: set[tuple[BackupKind, str]] = set()
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True,
+                                        name=f"backup-heartbeat-{backup_id}")
+        self._thread.start()
+
+    @property
+    def token(self) -> str:
+        return self.lock.token
+
+    def prefix(self, kind: BackupKind, name: str) -> str:
+        return backup_prefix(kind, name, self.backup_id)
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._mutex:
+                for kind, name in sorted(self._held):
+                    try:
+                        if self.catalog.read_lock(self.prefix(kind, name)) != self.token:
+                            self._held.discard((kind, name))
+                            self._lost.add((kind, name))
+                            _log.error("Lost the claim on %s: another run removed or replaced its lock",
+                                       self.prefix(kind, name))
+                            continue
+                        self.lock.heartbeat_at = datetime.now(UTC)
+                        self.catalog.repository.put_bytes(f"{self.prefix(kind, name)}/{LOCK}",
+                                                          self.lock.model_dump_json().encode())
+                    except RunbookError as exc:  # transient: the next beat tries again
+                        _log.warning("Heartbeat of %s failed: %s", self.prefix(kind, name), exc)
+
+    def release(self, kind: BackupKind, name: str) -> None:
+        """Stop refreshing this subject's lock (it is being published or discarded)."""
+        with self._mutex:
+            self._held.discard((kind, name))
+
+    def ensure(self, kind: BackupKind, name: str) -> None:
+        """Raise LockLost unless this run still holds the subject's lock."""
+        if (kind, name) in self._lost or self.catalog.read_lock(self.prefix(kind, name)) != self.token:
+            raise LockLost(f"the claim on {self.prefix(kind, name)} was lost: another run swept or took it, so "
+                           "this backup is not published.", hint="check for a concurrent backup run, then rerun.")
+
+    def close(self) -> None:
+        """Stop the heartbeat; remove locks of subjects never written (a lock alone is all there is)."""
+        self._stop.set()
+        self._thread.join()
+        for kind, name in sorted(self._held):
+            prefix = self.prefix(kind, name)
+            try:
+                others = [o for o in self.catalog.repository.list_objects(prefix + "/")
+                          if o.key != f"{prefix}/{LOCK}"]
+                if not others:
+                    self.catalog.release_lock(prefix, self.token)
+            except RunbookError as exc:
+                _log.warning("Could not release %s (the next run sweeps it): %s", prefix, exc)
+        self._held.clear()
 
 
 class BackupCatalog:
@@ -72,59 +185,142 @@ class BackupCatalog:
         self.repository = repository
 
     # -- writing -----------------------------------------------------------------------------------------
-    def new_backup_id(self, subjects: list[tuple[BackupKind, str]], now: datetime | None = None) -> str:
-        """A UTC timestamp id shared by one run's backups; bumped by a second while any subject has it."""
+    def read_lock(self, prefix: str) -> str | None:
+        """The token of the lock at ``prefix``, or None if there is none (or it cannot be read)."""
+        try:
+            return BackupLock.model_validate_json(self.repository.get_bytes(f"{prefix}/{LOCK}")).token
+        except (BackupNotFound, ValidationError):
+            return None
+
+    def release_lock(self, prefix: str, token: str) -> None:
+        """Delete the lock only if it is still ours."""
+        if self.read_lock(prefix) == token:
+            self.repository.delete([f"{prefix}/{LOCK}"])
+
+    def claim(self, subjects: list[tuple[BackupKind, str]], *, flow_run_id: str | None,
+              heartbeat_seconds: float = 60.0, now: datetime | None = None, attempts: int = 120) -> BackupClaim:
+        """Claim one backup id for every subject: the first second from ``now`` where every lock could be created
+        (create-if-absent) in a directory holding nothing else."""
         moment = (now or datetime.now(UTC)).replace(microsecond=0)
-
-        def taken(backup_id: str) -> bool:
-            return any(any(True for _ in self.repository.list_objects(backup_prefix(kind, name, backup_id) + "/"))
-                       for kind, name in subjects)
-
-        while taken(backup_id_for(moment)):
+        started = datetime.now(UTC)
+        lock = BackupLock(token=uuid.uuid4().hex, writer=ProcessIdentity.current(), started_at=started,
+                          heartbeat_at=started, flow_run_id=flow_run_id)
+        body = lock.model_dump_json().encode()
+        for _ in range(attempts):
+            backup_id = backup_id_for(moment)
+            claimed: list[str] = []
+            won = True
+            try:
+                won = self._claim_all(subjects, backup_id, lock, body, claimed)
+            except BaseException:
+                for prefix in claimed:
+                    self.release_lock(prefix, lock.token)
+                raise
+            if won:
+                return BackupClaim(self, backup_id, lock, list(subjects), heartbeat_seconds)
+            for prefix in claimed:
+                self.release_lock(prefix, lock.token)
             moment += timedelta(seconds=1)
-        return backup_id_for(moment)
+        raise RepositoryUnavailable(f"could not claim a backup id in {self.repository.url} after {attempts} tries.",
+                                    hint="many backup runs at once? Rerun later.")
 
-    def begin(self, kind: BackupKind, name: str, backup_id: str, *, flow_run_id: str | None) -> str:
-        """Claim the backup directory with a lock naming this process, so a sweep never takes a live backup."""
-        prefix = backup_prefix(kind, name, backup_id)
-        lock = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": datetime.now(UTC).isoformat(),
-                "flow_run_id": flow_run_id}
-        self.repository.put_bytes(f"{prefix}/{LOCK}", json.dumps(lock).encode())
-        return prefix
+    def _claim_all(self, subjects: list[tuple[BackupKind, str]], backup_id: str, lock: BackupLock, body: bytes,
+                   claimed: list[str]) -> bool:
+        for kind, name in subjects:
+            prefix = backup_prefix(kind, name, backup_id)
+            if not self.repository.put_bytes_if_absent(f"{prefix}/{LOCK}", body):
+                return False
+            claimed.append(prefix)
+            # A finished backup at this id (its lock gone) or a server that ignored the condition.
+            others = any(o.key != f"{prefix}/{LOCK}" for o in self.repository.list_objects(prefix + "/"))
+            if others or self.read_lock(prefix) != lock.token:
+                return False
+        return True
 
-    def publish(self, manifest: BackupManifest) -> None:
-        """Write the manifest (the backup becomes visible), then drop the lock."""
-        prefix = backup_prefix(manifest.kind, manifest.name, manifest.backup_id)
-        self.repository.put_bytes(f"{prefix}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
-        self.repository.delete([f"{prefix}/{LOCK}"])
+    def publish(self, manifest: BackupManifest, claim: BackupClaim) -> None:
+        """Write the manifest if absent (the backup becomes visible), then drop our lock. Idempotent for a retry
+        of the same manifest; never overwrites another's."""
+        prefix = claim.prefix(manifest.kind, manifest.name)
+        body = manifest.model_dump_json(indent=2).encode()
+        key = f"{prefix}/{MANIFEST}"
+        if self.repository.exists(key):
+            if self.repository.get_bytes(key) != body:
+                raise LockLost(f"{prefix} already has another run's manifest; this backup is not published.",
+                               hint="check for a concurrent backup run, then rerun.")
+        else:
+            claim.ensure(manifest.kind, manifest.name)
+            claim.release(manifest.kind, manifest.name)
+            if not self.repository.put_bytes_if_absent(key, body) and self.repository.get_bytes(key) != body:
+                raise LockLost(f"{prefix} got another run's manifest while this one published.",
+                               hint="check for a concurrent backup run, then rerun.")
+        claim.release(manifest.kind, manifest.name)
+        self.release_lock(prefix, claim.token)
 
-    def discard(self, kind: BackupKind, name: str, backup_id: str) -> None:
-        """Remove an unfinished backup this process started (its objects, then its lock)."""
-        prefix = backup_prefix(kind, name, backup_id)
-        keys = [o.key for o in self.repository.list_objects(prefix + "/") if not o.key.endswith(f"/{LOCK}")]
+    def discard(self, claim: BackupClaim, kind: BackupKind, name: str, keys: list[str], *,
+                release: bool = True) -> None:
+        """Remove what this run wrote for an unfinished backup (``keys``, their uploads), then, with
+        ``release``, its own lock (a task that may be retried keeps the claim)."""
+        prefix = claim.prefix(kind, name)
+        if release:
+            claim.release(kind, name)
         for upload in self.repository.list_incomplete_uploads(prefix + "/"):
-            self.repository.abort_incomplete_upload(upload)
+            if upload.key in keys:
+                self.repository.abort_incomplete_upload(upload)
         self.repository.delete(keys)
-        self.repository.delete([f"{prefix}/{LOCK}"])
+        if release:
+            self.release_lock(prefix, claim.token)
 
     # -- reading -----------------------------------------------------------------------------------------
-    def list_backups(self, *, kind: BackupKind | None = None, name: str | None = None) -> list[BackupManifest]:
-        """Every published backup, oldest first. Unreadable manifests are skipped, not fatal."""
+    def scan(self, *, kind: BackupKind | None = None, name: str | None = None) -> CatalogScan:
+        """Every published backup (oldest first) and every damaged one: a manifest that does not parse, or that
+        names another backup than the directory it sits in."""
         kinds: Iterable[BackupKind] = [kind] if kind else list(KIND_DIRS)
         found: list[BackupManifest] = []
+        damaged: list[DamagedBackup] = []
         for k in kinds:
             prefix = f"{KIND_DIRS[k]}/{name}/" if name else f"{KIND_DIRS[k]}/"
+            by_dir: dict[str, list[ObjectInfo]] = {}
             for obj in self.repository.list_objects(prefix):
-                if obj.key.endswith("/" + MANIFEST) and obj.key.count("/") == 3:
-                    try:
-                        found.append(BackupManifest.model_validate_json(self.repository.get_bytes(obj.key)))
-                    except (ValidationError, BackupNotFound):
-                        continue
-        return sorted(found, key=lambda m: (m.started_at, m.backup_id, m.kind, m.name))
+                parts = obj.key.split("/")
+                if len(parts) == 4:
+                    by_dir.setdefault("/".join(parts[:3]), []).append(obj)
+            for directory, objects in by_dir.items():
+                if not any(o.key.endswith("/" + MANIFEST) for o in objects):
+                    continue  # unfinished: never listed
+                _, dir_name, dir_id = directory.split("/")
+                reason = None
+                try:
+                    manifest = BackupManifest.model_validate_json(
+                        self.repository.get_bytes(f"{directory}/{MANIFEST}"))
+                    if (manifest.kind, manifest.name, manifest.backup_id) != (k, dir_name, dir_id):
+                        reason = (f"naming another backup ({manifest.kind} {manifest.name!r} {manifest.backup_id})"
+                                  " than the directory it is in")
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    reason = f"unreadable ({first['type']}: {first['msg']})"
+                except BackupNotFound:
+                    continue  # deleted between listing and reading
+                if reason is None:
+                    found.append(manifest)
+                else:
+                    damaged.append(DamagedBackup(kind=k, name=dir_name, backup_id=dir_id, reason=reason,
+                                                 objects=[o for o in objects if not o.key.endswith("/" + MANIFEST)]))
+        return CatalogScan(sorted(found, key=lambda m: (m.started_at, m.backup_id, m.kind, m.name)),
+                           sorted(damaged, key=lambda d: (d.backup_id, d.kind, d.name)))
+
+    def list_backups(self, *, kind: BackupKind | None = None, name: str | None = None) -> list[BackupManifest]:
+        """Every published backup with a readable manifest, oldest first (``scan`` also gives the damaged)."""
+        return self.scan(kind=kind, name=name).manifests
 
     def find_or_raise(self, backup_id: str, *, name: str | None = None) -> list[BackupManifest]:
-        matches = [m for m in self.list_backups(name=name) if m.backup_id == backup_id]
+        scan = self.scan(name=name)
+        matches = [m for m in scan.manifests if m.backup_id == backup_id]
         if not matches:
+            damaged = [d for d in scan.damaged if d.backup_id == backup_id]
+            if damaged:
+                raise BackupDamaged(f"backup {backup_id} of {damaged[0].name!r} is DAMAGED: "
+                                    f"{damaged[0].recovery(self.repository.url)}.",
+                                    hint="pick another with 'runbooks backups list'.")
             unfinished = [lo for lo in self.unfinished() if lo.prefix.endswith("/" + backup_id)]
             if unfinished:
                 raise BackupNotFound(
@@ -155,6 +351,8 @@ class BackupCatalog:
                 entry = groups.setdefault(prefix, Leftover(prefix=prefix, reason=""))
                 entry.keys.append(obj.key)
                 entry.stored_bytes += obj.size
+                if parts[3] == LOCK:
+                    entry.lock_modified = obj.modified
             for upload in uploads:
                 prefix = "/".join(upload.key.split("/")[:3])
                 groups.setdefault(prefix, Leftover(prefix=prefix, reason="")).uploads.append(upload)
@@ -168,9 +366,9 @@ class BackupCatalog:
         return result
 
     def stale_leftovers(self, *, stale_after: timedelta, now: datetime | None = None) -> list[Leftover]:
-        """Unfinished backups whose writer is gone; a backup still being written elsewhere is left alone."""
+        """Unfinished backups whose writer is gone: a dead process on this host, or no heartbeat for
+        ``stale_after`` from anywhere. A backup still being written, here or elsewhere, is left alone."""
         now = now or datetime.now(UTC)
-        host = socket.gethostname()
         stale = []
         for entry in self.unfinished():
             if entry.reason == "orphaned upload":
@@ -185,18 +383,20 @@ class BackupCatalog:
                 stale.append(entry)
                 continue
             try:
-                lock = json.loads(self.repository.get_bytes(lock_key))
-                started = datetime.fromisoformat(lock["started_at"])
-            except (BackupNotFound, ValueError, KeyError, TypeError):
-                entry.reason = "unreadable lock"
-                stale.append(entry)
-                continue
-            same_host = lock.get("host") == host
-            alive = same_host and _pid_alive(int(lock.get("pid", 0)))
-            if same_host and not alive:
-                entry.reason = f"writer process {lock.get('pid')} on this host is gone"
-            elif not alive and now - started > stale_after:  # a live writer here is never swept, however slow
-                entry.reason = f"started {started:%Y-%m-%d %H:%M}Z, older than {stale_after}"
+                lock: BackupLock | None = BackupLock.model_validate_json(self.repository.get_bytes(lock_key))
+            except ValidationError:
+                lock = None  # a legacy or half-written lock: judged by the object's own time
+            except BackupNotFound:
+                continue  # published or removed since the listing
+            beats = [t for t in (entry.lock_modified, lock.heartbeat_at if lock else None) if t is not None]
+            last = max(beats) if beats else None
+            if lock is not None and lock.writer.on_this_host:
+                if lock.writer.alive():
+                    continue  # a live writer here is never swept, however slow
+                entry.reason = f"writer process {lock.writer.pid} on this host is gone"
+            elif last is None or now - last > stale_after:
+                seen = f"{last:%Y-%m-%d %H:%M}Z" if last else "never"
+                entry.reason = f"no heartbeat since {seen} (stale after {stale_after})"
             else:
                 continue
             stale.append(entry)

@@ -10,6 +10,8 @@
         ├── AuthenticationFailed      wrong password / access denied
         ├── DatabaseNotFound          the server has no such database
         ├── RepositoryNotWritable     the repository path or bucket refuses writes
+        │   └── RepositoryNotFound    the repository path or bucket does not exist
+        ├── BackupDamaged             a backup whose manifest cannot be read
         ├── BackupNotFound            no such backup id / no manifest
         ├── BackupIncomplete          an interrupted backup: objects without a manifest
         ├── VerificationFailed        a checksum or archive check failed
@@ -71,6 +73,14 @@ class DatabaseNotFound(PermanentError):
 
 
 class RepositoryNotWritable(PermanentError):
+    pass
+
+
+class RepositoryNotFound(RepositoryNotWritable):
+    pass
+
+
+class BackupDamaged(PermanentError):
     pass
 
 

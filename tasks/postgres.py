@@ -22,7 +22,7 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from runbooks import __version__
-from runbooks.catalog import BackupCatalog
+from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.dbproperties import (
     DatabaseProperties,
     apply_database_properties,
@@ -95,9 +95,9 @@ def _progress(name: str):  # type: ignore[no-untyped-def]
 def dump_database(
     *,
     catalog: BackupCatalog,
+    claim: BackupClaim,
     name: str,
     database: DatabaseSettings,
-    backup_id: str,
     level: int,
     threads: int,
     flow_run_id: str | None = None,
@@ -114,8 +114,8 @@ def dump_database(
     params = database.conninfo()
     where = f"pg_dump of {name!r} ({describe(params)})"
     started_at = datetime.now(UTC)
-    prefix = catalog.begin("database", name, backup_id, flow_run_id=flow_run_id)
-    key = f"{prefix}/dump.pgc.zst"
+    backup_id = claim.backup_id
+    key = f"{claim.prefix('database', name)}/dump.pgc.zst"
     try:
         with exported_snapshot(params, where=f"database {name!r} ({describe(params)})") as (snap, conn):
             with database_errors(f"properties of {name!r}"):
@@ -157,7 +157,7 @@ def dump_database(
                     raise postgres_error(errors[0], where=f"row counts of {name!r}")
                 raise errors[0]
     except BaseException:
-        catalog.discard("database", name, backup_id)
+        catalog.discard(claim, "database", name, [key], release=False)  # a retry keeps the claim
         raise
     finished_at = datetime.now(UTC)
     logger.info(
@@ -198,10 +198,10 @@ def _tar_files(files: list[Path]):  # type: ignore[no-untyped-def]
 def dump_cluster(
     *,
     catalog: BackupCatalog,
+    claim: BackupClaim,
     cluster_name: str,
     database: DatabaseSettings | None,
     config_files: list[Path],
-    backup_id: str,
     level: int,
     threads: int,
     flow_run_id: str | None = None,
@@ -223,7 +223,9 @@ def dump_cluster(
             hint="fix cluster.config_files in the settings (only regular files are archived).",
         )
     started_at = datetime.now(UTC)
-    prefix = catalog.begin("cluster", cluster_name, backup_id, flow_run_id=flow_run_id)
+    backup_id = claim.backup_id
+    prefix = claim.prefix("cluster", cluster_name)
+    written: list[str] = []
     objects: list[StoredObject] = []
     tools = {"runbooks": __version__, "compression": "zstd"}
     server_version = None
@@ -239,6 +241,7 @@ def dump_cluster(
             pg_dumpall = pg_tool("pg_dumpall", major)
             tools["pg_dumpall"] = tool_version(pg_dumpall)
             key = f"{prefix}/globals.sql.zst"
+            written.append(key)
             stats = stream_command(
                 [pg_dumpall, "--globals-only", "--no-password"], env=libpq_env(params),
                 repository=catalog.repository, key=key, level=level, threads=threads,
@@ -249,13 +252,14 @@ def dump_cluster(
             logger.info("Dumped cluster globals of %r: %d bytes", cluster_name, stats.raw_bytes)
         if config_files:
             key = f"{prefix}/config.tar.zst"
+            written.append(key)
             stats = stream_into(_tar_files(config_files), repository=catalog.repository, key=key, level=level,
                                 threads=threads)
             objects.append(StoredObject(role="config", key=key, format="tar", bytes=stats.raw_bytes,
                                         stored_bytes=stats.stored_bytes, sha256=stats.sha256))
             logger.info("Archived %d config files of %r", len(config_files), cluster_name)
     except BaseException:
-        catalog.discard("cluster", cluster_name, backup_id)
+        catalog.discard(claim, "cluster", cluster_name, written, release=False)
         raise
     return BackupManifest(
         backup_id=backup_id, kind="cluster", name=cluster_name, server_version=server_version, tools=tools,

@@ -10,9 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import BackupNotFound, VerificationFailed
-from runbooks.manifest import BackupKind, BackupManifest, Verification
+from runbooks.catalog import BackupCatalog, BackupClaim
+from runbooks.errors import BackupDamaged, BackupNotFound, VerificationFailed
+from runbooks.manifest import BackupKind, BackupManifest, Verification, backup_id_for
 from runbooks.pipeline import check_object, fetch_object
 from runbooks.postgres import pg_tool
 from runbooks.retention import Candidate, select_retention
@@ -34,6 +34,8 @@ class RetentionReport(BaseModel):
     name: str
     kept: dict[str, list[str]] = Field(description="backup id -> why it is kept")
     removed: list[str] = Field(description="deleted (or, in dry-run, would be deleted)")
+    damaged: list[str] = Field(default_factory=list, description="backups whose manifest cannot be read: "
+                               "never deleted by retention, shown so someone deals with them")
     dry_run: bool
 
 
@@ -41,6 +43,19 @@ class RetentionReport(BaseModel):
 def check_repository_writable(*, catalog: BackupCatalog) -> None:
     """Fail before dumping anything if the repository would refuse the upload."""
     catalog.repository.check_writable()
+
+
+@task(name="claim-backup-id", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def claim_backup_id(*, catalog: BackupCatalog, subjects: list[tuple[BackupKind, str]], flow_run_id: str | None,
+                    heartbeat_seconds: float) -> BackupClaim:
+    """Claim one backup id for every database (and the cluster) of this run, atomically in the repository.
+
+    Returns:
+        The claim; its heartbeat keeps the locks fresh until each backup is published or discarded.
+    """
+    claim = catalog.claim(subjects, flow_run_id=flow_run_id, heartbeat_seconds=heartbeat_seconds)
+    get_run_logger().info("Claimed backup id %s for %d backups", claim.backup_id, len(subjects))
+    return claim
 
 
 @task(name="sweep-leftovers", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
@@ -105,9 +120,9 @@ def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verifi
 
 
 @task(name="publish-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def publish_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> None:
+def publish_backup(*, catalog: BackupCatalog, claim: BackupClaim, manifest: BackupManifest) -> None:
     """Write the manifest last: from this moment the backup is listed and restorable."""
-    catalog.publish(manifest)
+    catalog.publish(manifest, claim)
     get_run_logger().info("Published %s %r backup %s", manifest.kind, manifest.name, manifest.backup_id)
 
 
@@ -121,7 +136,11 @@ def apply_retention(
         What was kept and why, and what went.
     """
     logger = get_run_logger()
-    manifests = {m.backup_id: m for m in catalog.list_backups(kind=kind, name=name)}
+    scan = catalog.scan(kind=kind, name=name)
+    manifests = {m.backup_id: m for m in scan.manifests}
+    for damaged in scan.damaged:
+        logger.warning("%s %r backup %s is DAMAGED and kept: %s", kind, name, damaged.backup_id,
+                       damaged.recovery(catalog.repository.url))
 
     def held() -> dict[str, str]:
         return {backup_id: f"held by run {hs[0].holder} ({hs[0].reason}) until {hs[0].until:%Y-%m-%d %H:%M}Z"
@@ -140,7 +159,12 @@ def apply_retention(
         else:
             catalog.delete_backup(manifests[backup_id])
             logger.info("Deleted %s %r backup %s (outside retention)", kind, name, backup_id)
-    return RetentionReport(kind=kind, name=name, kept=plan.keep, removed=plan.remove, dry_run=dry_run)
+    return RetentionReport(kind=kind, name=name, kept=plan.keep, removed=plan.remove,
+                           damaged=[d.backup_id for d in scan.damaged], dry_run=dry_run)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @task(name="resolve-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
@@ -149,19 +173,31 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
     """Turn ``latest`` / an id / ``latest`` + ``before`` into one published, verified backup of ``database``.
 
     Returns:
-        Its manifest. Refuses (BackupNotFound / VerificationFailed) rather than guessing.
+        Its manifest. Refuses (BackupNotFound / BackupDamaged / VerificationFailed) rather than guessing.
     """
+    catalog.repository.check_exists()  # a mistyped repository.url is not "no backup"
     if backup_id != "latest":
         [manifest] = catalog.find_or_raise(backup_id, name=database)
         if manifest.kind != "database":
             raise BackupNotFound(f"backup {backup_id} of {database!r} is a cluster backup, not a database dump.")
     else:
-        candidates = catalog.list_backups(kind="database", name=database)
+        scan = catalog.scan(kind="database", name=database)
+        candidates = scan.manifests
+        damaged = [d for d in scan.damaged
+                   if before is None or d.backup_id < backup_id_for(_aware(before))]
+        newest = candidates[-1].backup_id if candidates else ""
+        if damaged and damaged[-1].backup_id > newest:
+            # "latest" must not quietly mean "the newest one that happens to read": that loses data.
+            older = f"backup_id={newest} restores the newest readable one; " if newest else ""
+            raise BackupDamaged(
+                f"the newest backup of {database!r}, {damaged[-1].backup_id}, is DAMAGED: "
+                f"{damaged[-1].recovery(catalog.repository.url)}.",
+                hint=f"{older}'runbooks backups list' shows them all.")
         if not candidates:
             raise BackupNotFound(f"there is no backup of {database!r} in {catalog.repository.url}.",
                                  hint="run the backup runbook first, or check repository.url.")
         if before is not None:
-            cutoff = before if before.tzinfo else before.replace(tzinfo=UTC)
+            cutoff = _aware(before)
             earlier = [m for m in candidates if m.started_at < cutoff]
             if not earlier:
                 raise BackupNotFound(

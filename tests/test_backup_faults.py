@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -118,13 +119,16 @@ def test_killed_flow_process_is_swept_by_the_next_run(
 def test_a_live_backup_of_another_process_is_not_swept(config: SandboxState) -> None:
     """A lock held by a live process (here: this test process) is in progress, not a leftover."""
     cat = catalog()
-    cat.begin("database", "trading_db", "20260101T000000Z", flow_run_id=None)
-    cat.repository.put_bytes("databases/trading_db/20260101T000000Z/dump.pgc.zst", b"partial")
-    state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
-                             return_state=True)
-    assert state.is_completed()
-    assert state.result().leftovers == []
-    assert [u.prefix for u in cat.unfinished()] == ["databases/trading_db/20260101T000000Z"]
+    claim = cat.claim([("database", "trading_db")], flow_run_id=None, now=datetime(2026, 1, 1, tzinfo=UTC))
+    try:
+        cat.repository.put_bytes("databases/trading_db/20260101T000000Z/dump.pgc.zst", b"partial")
+        state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+                                 return_state=True)
+        assert state.is_completed()
+        assert state.result().leftovers == []
+        assert [u.prefix for u in cat.unfinished()] == ["databases/trading_db/20260101T000000Z"]
+    finally:
+        claim.close()
     # Dry-run listing of a stale one: report, do not delete.
     cat.repository.put_bytes("databases/trading_db/20250101T000000Z/dump.pgc.zst", b"orphan")
     dry = backup_databases(parameters=BackupParameters(dry_run=True), return_state=True).result()

@@ -55,7 +55,19 @@ class Repository(ABC):
         """Write a small object atomically: readers see all of it or nothing."""
 
     @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create a small object only if no object has that key: True if this call created it.
+
+        The one atomic claim the repository offers; two writers racing for a key never both win.
+        """
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def check_exists(self) -> None:
+        """Raise RepositoryNotFound if the repository itself (directory, bucket) is missing: a mistyped path
+        must not read as "no backups"."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...

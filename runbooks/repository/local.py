@@ -1,4 +1,8 @@
-"""A backup repository in a local (or mounted) directory: the embedded default."""
+"""A backup repository in a local (or mounted) directory: the embedded default.
+
+Everything it creates is private to the account running the runbooks: directories 0700, files 0600 (dumps hold
+the data, the globals script holds SCRAM hashes). A root directory someone else made keeps its mode.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runbooks.errors import BackupNotFound, RepositoryNotWritable
+from runbooks.errors import BackupNotFound, RepositoryNotFound, RepositoryNotWritable
 from runbooks.repository.base import ObjectInfo, Repository
 
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
 
 
@@ -23,13 +30,38 @@ def _not_writable(root: Path, exc: OSError) -> RepositoryNotWritable:
     )
 
 
+def make_private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every directory created is 0700 (``Path.mkdir(parents=True)`` gives the parents
+    the umask's default mode, usually 0755)."""
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        directory.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask; be exact
+
+
+def open_private(path: Path) -> int:
+    """A new (or truncated) file that only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
 class LocalWriter:
     def __init__(self, root: Path, path: Path) -> None:
         self._root = root
         self._path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "wb")  # noqa: SIM115 - closed in close()/abort()
+            make_private_dirs(path.parent)
+            self._file = os.fdopen(open_private(path), "wb")
         except OSError as exc:
             raise _not_writable(root, exc) from None
 
@@ -67,11 +99,18 @@ class LocalRepository(Repository):
     def check_writable(self) -> None:
         probe = self.root / f".write-probe-{uuid.uuid4().hex}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"ok")
+            make_private_dirs(self.root)
+            os.close(open_private(probe))
             probe.unlink()
         except OSError as exc:
             raise _not_writable(self.root, exc) from None
+
+    def check_exists(self) -> None:
+        if not self.root.is_dir():
+            raise RepositoryNotFound(
+                f"backup repository {str(self.root)!r} does not exist"
+                + (" (it is a file)." if self.root.exists() else "."),
+                hint="check repository.url (RUNBOOKS_REPOSITORY__URL); the first backup run creates it.")
 
     def open_writer(self, key: str) -> LocalWriter:
         return LocalWriter(self.root, self._path(key))
@@ -85,26 +124,73 @@ class LocalRepository(Repository):
             while chunk := handle.read(chunk_size):
                 yield chunk
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def _write_tmp(self, path: Path, data: bytes) -> Path:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        make_private_dirs(path.parent)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
+            with os.fdopen(open_private(tmp), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)  # atomic: a reader sees the old object, the new one, or none
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    @staticmethod
+    def _sync_dir(directory: Path) -> None:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_tmp(path, data)
+            try:
+                os.replace(tmp, path)  # atomic: a reader sees the old object, the new one, or none
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._sync_dir(path.parent)
+        except OSError as exc:
             if exc.errno in _NOT_WRITABLE:
                 raise _not_writable(self.root, exc) from None
             raise
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        try:
+            tmp = self._write_tmp(path, data)
+            try:
+                os.link(tmp, path)  # atomic create-if-absent, and the object is complete once it has its name
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                return self._create_exclusive(path, data)  # a filesystem without hard links
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._sync_dir(path.parent)
+            return True
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise _not_writable(self.root, exc) from None
+            raise
+
+    @staticmethod
+    def _create_exclusive(path: Path, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -22,6 +22,7 @@ from runbooks.errors import (
     AuthenticationFailed,
     BackupNotFound,
     ConfigurationError,
+    RepositoryNotFound,
     RepositoryNotWritable,
     RepositoryUnavailable,
     RunbookError,
@@ -48,7 +49,7 @@ def translate(exc: Exception, *, url: str, action: str) -> RunbookError:
                 hint="check repository.access_key_id / secret_access_key and the bucket policy.",
             )
         if code in {"NoSuchBucket"}:
-            return RepositoryNotWritable(
+            return RepositoryNotFound(
                 f"S3 bucket of {url} does not exist.", hint="create the bucket or fix repository.url."
             )
         if code in {"NoSuchKey", "404", "NotFound"}:
@@ -244,6 +245,34 @@ class S3Repository(Repository):
             self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, **self.sse_args)
         except Exception as exc:
             raise translate(exc, url=self.url, action=f"write {key!r}") from None
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (``If-None-Match: *``): AWS S3, MinIO and Ceph RGW refuse it with 412 when the key
+        exists. A server that ignores the header would let two writers win; the catalog reads the claim back."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, IfNoneMatch="*",
+                                   **self.sse_args)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in {409, 412}:
+                return False
+            raise translate(exc, url=self.url, action=f"create {key!r}") from None
+        except Exception as exc:
+            raise translate(exc, url=self.url, action=f"create {key!r}") from None
+        return True
+
+    def check_exists(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status == 404 or exc.response.get("Error", {}).get("Code") in {"404", "NoSuchBucket"}:
+                raise RepositoryNotFound(f"S3 bucket of {self.url} does not exist.",
+                                         hint="create the bucket or fix repository.url.") from None
+            raise translate(exc, url=self.url, action="open the bucket") from None
+        except Exception as exc:
+            raise translate(exc, url=self.url, action="open the bucket") from None
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -1,0 +1,115 @@
+"""Private work directories for runbook runs (a restore's fetched dump and role script), swept by the next run.
+
+Each run works in its own 0700 directory under one root, with an owner record (host, PID and the PID's start
+time) written the moment the directory exists. A run killed with SIGKILL cannot clean up; the next run removes
+every directory whose owner on this host is gone. Only directories carrying an owner record we wrote are ever
+touched, never anything else in the root; directories of other hosts (a shared volume) are left to them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from runbooks.errors import ConfigurationError
+from runbooks.processes import ProcessIdentity
+from runbooks.repository.local import DIR_MODE, make_private_dirs, open_private
+
+OWNER = ".runbooks-work.json"
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/runbooks``, else ``~/.local/state/runbooks`` (the XDG base directory default)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runbooks"
+
+
+class WorkOwner(BaseModel):
+    writer: ProcessIdentity
+    purpose: str
+    created_at: datetime
+    flow_run_id: str | None = None
+
+
+@dataclass
+class SweptWorkDir:
+    path: str
+    bytes: int
+    reason: str
+    removed: bool
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+class WorkDirs:
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser()
+
+    def _ensure_root(self) -> None:
+        try:
+            make_private_dirs(self.root)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot create the work directory root {str(self.root)!r}: {exc.strerror}.",
+                                     hint="set state_dir (or restore.work_dir) to a writable directory.") from None
+
+    def create(self, purpose: str, *, flow_run_id: str | None) -> Path:
+        """A new 0700 directory owned by this process, recorded before anything is written into it."""
+        self._ensure_root()
+        path = self.root / f"{purpose}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(mode=DIR_MODE)
+        path.chmod(DIR_MODE)
+        owner = WorkOwner(writer=ProcessIdentity.current(), purpose=purpose, created_at=datetime.now(UTC),
+                          flow_run_id=flow_run_id)
+        with os.fdopen(open_private(path / OWNER), "wb") as handle:
+            handle.write(owner.model_dump_json().encode())
+        return path
+
+    def free_bytes(self) -> int:
+        """Free space where the work directories go (the nearest existing ancestor if the root is not made yet)."""
+        probe = self.root
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        return shutil.disk_usage(probe).free
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a symlink out of the directory
+
+    def sweep(self, *, dry_run: bool) -> list[SweptWorkDir]:
+        """Remove (dry-run: report) the work directories of runs that are gone from this host."""
+        if not self.root.is_dir():
+            return []
+        swept = []
+        for entry in sorted(self.root.iterdir()):
+            try:
+                info = entry.lstat()
+                if not stat.S_ISDIR(info.st_mode):
+                    continue  # a symlink or a file: not ours to judge
+                owner = WorkOwner.model_validate_json((entry / OWNER).read_bytes())
+            except (OSError, ValidationError):
+                continue  # no owner record we can read: never ours to delete
+            if not owner.writer.on_this_host or owner.writer.alive():
+                continue
+            reason = (f"left by {owner.purpose} run {owner.flow_run_id or '-'} (process {owner.writer.pid}, "
+                      f"started {owner.created_at:%Y-%m-%d %H:%M}Z), which is gone")
+            size = _size(entry)
+            if not dry_run:
+                self.remove(entry)
+            swept.append(SweptWorkDir(path=str(entry), bytes=size, reason=reason, removed=not dry_run))
+        return swept
