@@ -7,6 +7,7 @@ database size. The compressed stream carries zstd's content checksum so a restor
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import threading
 import time
@@ -232,7 +233,8 @@ def fetch_object(repository: Repository, key: str, dest: Path, *, sha256: str, s
     written = 0
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     try:
-        with open(dest, "wb") as handle:
+        with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # the dump holds the data; the umask must not widen it
             for chunk in repository.iter_chunks(key):
                 sha.update(chunk)
                 size += len(chunk)

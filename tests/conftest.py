@@ -14,6 +14,7 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="runbooks-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="runbooks-state-")  # restore work dirs, not ~/.local
 os.environ.pop("PREFECT_API_URL", None)
 for _name in [k for k in os.environ if k.startswith("RUNBOOKS_")]:
     os.environ.pop(_name)

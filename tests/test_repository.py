@@ -1,0 +1,297 @@
+"""The backup repository under concurrency, staleness, damage and snooping (issue 7's defects), local and S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from flows.backup import BackupParameters, backup_databases
+from flows.restore import RestoreParameters, restore_database_flow
+from runbooks.catalog import BackupCatalog, BackupClaim
+from runbooks.errors import LockLost
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import load_settings
+from runbooks.workdirs import OWNER
+from tests.pgfixtures import admin_dsn, drop_db, set_database_env
+from tests.processes import children_named, freeze_when, wait_for
+
+SUBJECTS = [("database", "trading_db"), ("cluster", "main")]
+MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+
+
+def catalog() -> BackupCatalog:
+    return BackupCatalog(open_repository(load_settings().repository))
+
+
+@pytest.fixture(params=["local", "s3"])
+def repo_config(request: pytest.FixtureRequest) -> SandboxState:
+    return request.getfixturevalue("config" if request.param == "local" else "s3_config")  # type: ignore[no-any-return]
+
+
+def backup(*databases: str, cluster: bool = False, retention: bool = False):  # type: ignore[no-untyped-def]
+    state = backup_databases(parameters=BackupParameters(databases=list(databases), include_cluster=cluster,
+                                                         apply_retention=retention), return_state=True)
+    result = state.result()
+    assert state.is_completed() and result.succeeded, result
+    return result
+
+
+# -- 1. backup ids are claimed atomically; a run deletes only what it wrote ---------------------------------------
+def test_racing_claims_never_share_a_backup_id(repo_config: SandboxState) -> None:
+    """Six runs starting in the same second: six ids, each directory locked by exactly its own run."""
+    cat = catalog()
+    start = threading.Barrier(6)
+    claims: list[BackupClaim] = []
+    errors: list[BaseException] = []
+
+    def racer() -> None:
+        other = catalog()  # its own client, as another process would have
+        start.wait()
+        try:
+            claims.append(other.claim(SUBJECTS, flow_run_id=None, now=MOMENT))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert len({c.backup_id for c in claims}) == 6
+        for c in claims:
+            for kind, name in SUBJECTS:
+                assert cat.read_lock(c.prefix(kind, name)) == c.token
+    finally:
+        for c in claims:
+            c.close()
+    assert cat.unfinished() == []  # closing a claim that wrote nothing leaves nothing
+
+
+def test_a_claim_never_reuses_the_id_of_a_finished_backup(repo_config: SandboxState) -> None:
+    cat = catalog()
+    cat.repository.put_bytes("databases/trading_db/20260302T020000Z/manifest.json", b"{}")  # lock long gone
+    claim = cat.claim(SUBJECTS, flow_run_id=None, now=MOMENT)
+    try:
+        assert claim.backup_id == "20260302T020001Z"
+    finally:
+        claim.close()
+    assert cat.repository.exists("databases/trading_db/20260302T020000Z/manifest.json")
+
+
+def test_discard_deletes_only_what_the_run_wrote(repo_config: SandboxState) -> None:
+    cat = catalog()
+    claim = cat.claim([("database", "trading_db")], flow_run_id=None, now=MOMENT)
+    prefix = claim.prefix("database", "trading_db")
+    cat.repository.put_bytes(f"{prefix}/dump.pgc.zst", b"ours")
+    cat.repository.put_bytes(f"{prefix}/evidence.txt", b"someone else's")
+    cat.discard(claim, "database", "trading_db", [f"{prefix}/dump.pgc.zst"])
+    claim.close()
+    keys = sorted(o.key for o in cat.repository.list_objects(prefix + "/"))
+    assert keys == [f"{prefix}/evidence.txt"]
+
+
+def test_a_lost_claim_is_never_published(repo_config: SandboxState) -> None:
+    """If another run swept or replaced the lock, this run's manifest is not written over whatever is there."""
+    cat = catalog()
+    claim = cat.claim([("database", "trading_db")], flow_run_id=None, now=MOMENT, heartbeat_seconds=0.2)
+    prefix = claim.prefix("database", "trading_db")
+    try:
+        cat.repository.put_bytes(f"{prefix}/lock.json", b'{"token": "someone else"}')
+        time.sleep(0.6)  # the heartbeat notices and stops refreshing a lock it no longer holds
+        assert json.loads(cat.repository.get_bytes(f"{prefix}/lock.json")) == {"token": "someone else"}
+        with pytest.raises(LockLost):
+            claim.ensure("database", "trading_db")
+    finally:
+        claim.close()
+    assert cat.repository.exists(f"{prefix}/lock.json")  # not ours: not deleted either
+
+
+def test_parallel_backup_runs_each_publish_their_own_verified_backup(config: SandboxState, prefect_api: str) -> None:
+    """Three `runbooks run backup` processes at once, as the issue reproduced the collision."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    procs = [subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "backup", "--json", "--param",
+                               'databases=["trading_db"]', "--param", "apply_retention=false"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(3)]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], results
+    ids = {r["items"][0]["backup_id"] for r in results} | {r["items"][1]["backup_id"] for r in results}
+    cat = catalog()
+    manifests = cat.list_backups()
+    assert len(ids) == 3 and {m.backup_id for m in manifests} == ids
+    assert len(manifests) == 6 and all(m.verified for m in manifests)  # a database and a cluster backup each
+    assert cat.unfinished() == []
+
+
+# -- 2. stale means no heartbeat, not old -------------------------------------------------------------------------
+def _foreign_lock(cat: BackupCatalog, prefix: str, *, started: datetime, beat: datetime) -> None:
+    lock = {"token": uuid.uuid4().hex, "writer": {"host": "another-host", "pid": 1, "started": None},
+            "started_at": started.isoformat(), "heartbeat_at": beat.isoformat(), "flow_run_id": None}
+    cat.repository.put_bytes(f"{prefix}/lock.json", json.dumps(lock).encode())
+    cat.repository.put_bytes(f"{prefix}/dump.pgc.zst", b"a slow dump in progress")
+
+
+def test_a_long_backup_on_another_host_with_a_heartbeat_is_not_swept(repo_config: SandboxState) -> None:
+    cat = catalog()
+    now = datetime.now(UTC)
+    _foreign_lock(cat, "databases/trading_db/20260101T000000Z", started=now - timedelta(days=2), beat=now)
+    assert cat.stale_leftovers(stale_after=timedelta(minutes=10)) == []
+    # Once the heartbeat stops for longer than stale_after, it is a leftover.
+    [stale] = cat.stale_leftovers(stale_after=timedelta(minutes=10), now=now + timedelta(minutes=11))
+    assert stale.prefix == "databases/trading_db/20260101T000000Z" and "no heartbeat" in stale.reason
+
+
+def test_the_heartbeat_refreshes_a_running_claim(repo_config: SandboxState) -> None:
+    cat = catalog()
+    claim = cat.claim([("database", "trading_db")], flow_run_id=None, heartbeat_seconds=0.2)
+    try:
+        key = f"{claim.prefix('database', 'trading_db')}/lock.json"
+        first = json.loads(cat.repository.get_bytes(key))["heartbeat_at"]
+        wait_for(lambda: json.loads(cat.repository.get_bytes(key))["heartbeat_at"] > first, timeout=10)
+    finally:
+        claim.close()
+
+
+# -- 3. a damaged manifest is shown, never hidden -----------------------------------------------------------------
+def test_a_truncated_manifest_is_listed_as_damaged_and_latest_refuses_to_skip_it(
+    repo_config: SandboxState, prefect_api: str, request: pytest.FixtureRequest
+) -> None:
+    first = backup("trading_db").items[0].backup_id
+    second = backup("trading_db").items[0].backup_id
+    cat = catalog()
+    key = f"databases/trading_db/{second}/manifest.json"
+    cat.repository.put_bytes(key, cat.repository.get_bytes(key)[:100])
+
+    scan = cat.scan()
+    assert [m.backup_id for m in scan.manifests] == [first]
+    [damaged] = scan.damaged
+    assert (damaged.backup_id, damaged.name) == (second, "trading_db")
+    assert [o.key for o in damaged.objects] == [f"databases/trading_db/{second}/dump.pgc.zst"]
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    listing = subprocess.run([sys.executable, "-m", "runbooks.cli", "backups", "list"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 1, listing
+    assert second in listing.stdout and "DAMAGED" in listing.stdout
+    assert "damaged" in listing.stderr.lower() and "Traceback" not in listing.stderr
+    as_json = subprocess.run([sys.executable, "-m", "runbooks.cli", "backups", "list", "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 1
+    assert [b.get("status") for b in json.loads(as_json.stdout) if b["backup_id"] == second] == ["damaged"]
+
+    state = restore_database_flow(parameters=RestoreParameters(database="trading_db", mode="new",
+                                                               target_database="trading_db_dmg"),
+                                  return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and second in result.error and "DAMAGED" in result.error
+    assert f"backup_id={first}" in result.error  # says how to go on
+
+    # Neither the sweep nor retention removes it; the backup run reports it.
+    monkey = request.getfixturevalue("monkeypatch")
+    monkey.setenv("RUNBOOKS_BACKUP__RETENTION__DAILY", "0")
+    monkey.setenv("RUNBOOKS_BACKUP__RETENTION__WEEKLY", "0")
+    monkey.setenv("RUNBOOKS_BACKUP__RETENTION__MONTHLY", "0")
+    third = backup("trading_db", retention=True)
+    assert third.leftovers == []
+    assert third.items[0].retention.damaged == [second]
+    assert cat.repository.exists(f"databases/trading_db/{second}/dump.pgc.zst")
+    assert second in [d.backup_id for d in cat.scan().damaged]
+
+
+# -- 4. the local repository is private ---------------------------------------------------------------------------
+def test_local_repository_files_are_0600_and_directories_0700(config: SandboxState) -> None:
+    old = os.umask(0o022)
+    try:
+        backup("trading_db", cluster=True)
+    finally:
+        os.umask(old)
+    root = Path(load_settings().repository.url.removeprefix("file://"))
+    seen = 0
+    for dirpath, _dirs, filenames in os.walk(root):
+        assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700, dirpath
+        for name in filenames:
+            assert stat.S_IMODE(os.stat(os.path.join(dirpath, name)).st_mode) == 0o600, name
+            seen += 1
+    assert seen >= 4  # dump, manifests, globals.sql.zst
+
+
+# -- 5. a killed restore's work directory is swept by the next run ------------------------------------------------
+@pytest.fixture
+def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    name = f"bulk_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
+        conn.execute("CREATE TABLE blobs AS SELECT g AS id, md5(g::text) AS a FROM generate_series(1, 200000) g")
+    set_database_env(monkeypatch, sandbox, name)
+    yield name
+    for db in (name, f"{name}_recovery", f"{name}_again"):
+        drop_db(sandbox, db)
+
+
+def test_a_killed_restore_leaves_a_private_work_dir_that_the_next_run_removes(
+    config: SandboxState, bulk_db: str, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "state" / "work"
+    monkeypatch.setenv("RUNBOOKS_RESTORE__WORK_DIR", str(work))
+    backup(bulk_db)
+    proc = subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param",
+                             f"database={bulk_db}", "--param", "mode=new", "--param", "restore_globals=never"],
+                            env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        [pid] = wait_for(lambda: children_named(proc.pid, "pg_restore"), timeout=120)  # type: ignore[misc]
+        freeze_when(pid, lambda: True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    [left] = [p for p in work.iterdir() if (p / OWNER).exists()]
+    assert stat.S_IMODE(left.stat().st_mode) == 0o700
+    assert (left / "dump.pgc").stat().st_size > 1_000_000
+    assert stat.S_IMODE((left / "dump.pgc").stat().st_mode) == 0o600
+
+    bystander = work / "not-ours"
+    bystander.mkdir()
+    state = restore_database_flow(parameters=RestoreParameters(database=bulk_db, mode="new",
+                                                               target_database=f"{bulk_db}_again",
+                                                               restore_globals="never"), return_state=True)
+    result = state.result()
+    assert state.is_completed(), result.error
+    [swept] = result.work_dirs_swept
+    assert swept.path == str(left) and swept.removed and swept.bytes > 1_000_000
+    assert not left.exists()
+    assert bystander.is_dir()  # no owner record of ours: never touched
+    assert [p for p in work.iterdir() if p != bystander] == []  # the run's own work dir is gone too
+
+
+# -- 6. a mistyped repository is an error, not "no backups" -------------------------------------------------------
+@pytest.mark.parametrize("url", ["file:///nonexistent/runbooks-repo", "s3://no-such-bucket-runbooks/x"])
+def test_listing_a_repository_that_does_not_exist_is_an_error(
+    config: SandboxState, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if url.startswith("s3"):
+        assert config.s3_config_path
+        monkeypatch.setenv("RUNBOOKS_CONFIG", config.s3_config_path)
+    proc = subprocess.run([sys.executable, "-m", "runbooks.cli", "backups", "list"],
+                          env={**os.environ, "RUNBOOKS_REPOSITORY__URL": url}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
