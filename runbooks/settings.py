@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -299,7 +300,7 @@ class Settings(BaseSettings):
             known = ", ".join(sorted(self.databases)) or "none"
             raise ConfigurationError(
                 f"database {name!r} is not in the inventory (configured: {known}).",
-                hint=f"add [databases.{name}] to {config_path()} or pick a configured one.",
+                hint=f"add [databases.{_toml_key(name)}] to {config_path()} or pick a configured one.",
             ) from None
 
     def plain_secrets(self) -> list[str]:
@@ -361,7 +362,7 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors():
             kind, where = _source_of(error, overrides, path)
             fixes.add(kind)
-            problems.append(f"{_dotted(error['loc']) or 'settings'} ({where}): {_message(error)}")
+            problems.append(f"{_dotted(error['loc']) or 'settings'} ({where}): {validation_message(error)}")
         fix = {"environment": "fix the environment variable named above", "file": f"fix the value in {path}",
                "caller": "fix the value passed to load_settings()", "missing": "set the missing value"}
         raise ConfigurationError(f"invalid runbooks settings: {'; '.join(problems)}.",
@@ -370,17 +371,22 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+def _toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it can be, else a quoted string (control characters escaped)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 def _dotted(loc: Sequence[int | str]) -> str:
     """``databases.trading_db.dsn``; a name that is not a plain word is quoted (``databases.'.x'``)."""
     return ".".join(str(p) if str(p).isidentifier() else repr(str(p)) for p in loc if p != "[key]")
 
 
-def _message(error: Mapping[str, Any]) -> str:
+def validation_message(error: Mapping[str, Any]) -> str:
     """pydantic's message without its "Value error, " prefix (our validators' messages stand alone)."""
     if error["type"] in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"]).rstrip(".")
     if error["type"] == "extra_forbidden":
-        return "unknown setting (a typo?)"
+        return "unknown name (a typo?)"
     return str(error["msg"])
 
 

@@ -491,3 +491,13 @@ def test_env_variable_names_what_the_settings_accept(monkeypatch: pytest.MonkeyP
     assert settings.cluster.password.get_secret_value() == "cluster-from-env"
     db = settings.databases["trading_db"].password
     assert db is not None and db.get_secret_value() == "db-from-env"
+
+
+def test_unknown_database_hint_is_a_toml_key_without_raw_control_characters() -> None:
+    settings = load_settings()
+    with pytest.raises(ConfigurationError) as caught:
+        settings.database_or_raise("evil\x1b]0;x\x07 db")
+    assert "\x1b" not in str(caught.value)
+    assert '[databases."evil\\u001b]0;x\\u0007 db"]' in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"add \[databases\.trading_db\]"):
+        settings.database_or_raise("trading_db")
