@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from runbooks.errors import ConfigurationError
 from runbooks.postgres import pg_bindir
 
 
@@ -19,6 +20,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def server_os_user() -> str | None:
+    """The OS user the server runs as: ``postgres`` when we are root (PostgreSQL refuses root), else ourselves."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def closed_directory(path: Path, user: str) -> Path | None:
+    """The first directory on the way to ``path`` (itself included, if it exists) that ``user`` cannot enter,
+    asked of the system as that user (permission bits, ACLs, everything), or None."""
+    def can_enter(directory: Path) -> bool:
+        return subprocess.run(["test", "-x", str(directory)], user=user, check=False,
+                              capture_output=True).returncode == 0
+
+    path = path.absolute()
+    existing = path if path.exists() else next(p for p in path.parents if p.exists())
+    if can_enter(existing):
+        return None
+    for directory in [*reversed(existing.parents), existing]:
+        if not can_enter(directory):
+            return directory
+    return existing
+
+
+def refuse_closed_directory(path: Path, *, hint: str) -> None:
+    """ConfigurationError unless the server's OS user can reach ``path`` (only matters when we are root)."""
+    user = server_os_user()
+    closed = closed_directory(path, user) if user else None
+    if closed is not None:
+        mode = closed.stat().st_mode & 0o777
+        raise ConfigurationError(f"the {user} OS user cannot enter {closed} (mode {mode:04o}), and PostgreSQL "
+                                 f"runs as {user} when you are root.", hint=hint)
+
+
+def _failure(argv: list[str], exc: subprocess.CalledProcessError, log: Path | None = None) -> RuntimeError:
+    """One line naming the tool and its last words (not the whole argv); the server log's tail when it has one."""
+    output = "\n".join(str(part or "") for part in (exc.stderr, exc.stdout)).strip()
+    if log is not None and log.is_file():
+        output = log.read_text(errors="replace").strip() or output
+    last = output.splitlines()[-1].strip() if output else "no output"
+    return RuntimeError(f"{Path(argv[0]).name} exited with {exc.returncode}: {last}")
 
 
 @dataclass
@@ -52,15 +94,20 @@ class PostgresCluster:
         return f"postgresql://{quote(user)}:{quote(password, safe='')}@127.0.0.1:{self.port}/{quote(dbname)}"
 
     def _os_user(self) -> str | None:
-        return "postgres" if os.geteuid() == 0 else None
+        return server_os_user()
 
-    def _run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    def _run(self, argv: list[str], *, log: Path | None = None) -> subprocess.CompletedProcess[str]:
         user = self._os_user()
-        return subprocess.run(argv, check=True, capture_output=True, text=True, user=user,
-                              group="postgres" if user else None, cwd=self.root, **kwargs)
+        try:
+            return subprocess.run(argv, check=True, capture_output=True, text=True, user=user,
+                                  group="postgres" if user else None, cwd=self.root)
+        except subprocess.CalledProcessError as exc:
+            raise _failure(argv, exc, log) from None
 
     def init(self) -> None:
         bindir = pg_bindir()
+        refuse_closed_directory(self.root, hint="make every directory above it enterable by that user "
+                                "(chmod o+x) or put the cluster under one that is.")
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         pwfile = self.root / "pwfile"
@@ -94,7 +141,7 @@ class PostgresCluster:
 
     def start(self) -> None:
         self._run([str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
-                   "-t", "60", "start"])
+                   "-t", "60", "start"], log=self.logfile)
 
     def stop(self) -> None:
         if (self.datadir / "postmaster.pid").exists():

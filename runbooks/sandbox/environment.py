@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel
 
 from runbooks.redact import redact_dsn
-from runbooks.sandbox.cluster import PostgresCluster, free_port
+from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory
 from runbooks.sandbox.seed import SEED_CHECKS, create_database, seed
 
 DATABASE = "trading_db"
@@ -74,20 +74,38 @@ class SandboxState(BaseModel):
                                superuser_password=self.superuser_password)
 
 
-def _wait_http(url: str, *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-               log: Path | None = None) -> None:
+class ChildFailed(RuntimeError):
+    """A process the sandbox started died (``returncode``) or never answered (None) while starting; ``log_tail``
+    holds the end of its log, which ``down()`` removes with the rest."""
+
+    def __init__(self, message: str, *, what: str, returncode: int | None, log_tail: str) -> None:
+        super().__init__(message)
+        self.what = what
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    if not log.is_file():
+        return ""
+    return "\n".join(log.read_text(errors="replace")[-8000:].splitlines()[-lines:])
+
+
+def _wait_http(url: str, *, timeout: float, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``url`` answers; a child that exits meanwhile is reported at once (checked before every try)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        if proc.poll() is not None:
+            raise ChildFailed(f"{what} exited with {proc.returncode} while starting", what=what,
+                              returncode=proc.returncode, log_tail=_tail(log))
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=1).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
+    raise ChildFailed(f"{what} did not answer at {url} within {timeout:.0f} s", what=what, returncode=None,
+                      log_tail=_tail(log))
 
 
 def _checks_toml(database: str) -> list[str]:
@@ -127,6 +145,8 @@ class Sandbox:
             if existing.cluster().is_running():
                 return existing
             self.down()
+        closed_hint = "run from a directory it can enter, or pass --dir with one (e.g. under /srv or /var/tmp)."
+        refuse_closed_directory(self.root, hint=closed_hint)  # before anything is made
         self.root.mkdir(parents=True, exist_ok=True)
         state = SandboxState(
             root=str(self.root), created_at=datetime.now(UTC), size_mb=size_mb, postgres_port=free_port(),
@@ -135,6 +155,7 @@ class Sandbox:
         )
         self._save(state)
         try:
+            refuse_closed_directory(self.root, hint=closed_hint)  # as made (a umask of 077 closes it)
             cluster = state.cluster()
             progress(f"PostgreSQL: initdb + start on 127.0.0.1:{state.postgres_port}")
             cluster.init()
@@ -146,18 +167,20 @@ class Sandbox:
             if s3:
                 state.s3_port, state.s3_secret = free_port(), secrets.token_urlsafe(18)
                 progress(f"S3 (moto server): 127.0.0.1:{state.s3_port}")
-                self._spawn(state, "s3", [sys.executable, "-m", "runbooks.sandbox.s3server",
-                                          "--port", str(state.s3_port)])
-                _wait_http(f"{state.s3_endpoint}/", timeout=60, what="moto S3 server")
+                proc = self._spawn(state, "s3", [sys.executable, "-m", "runbooks.sandbox.s3server",
+                                                 "--port", str(state.s3_port)])
+                _wait_http(f"{state.s3_endpoint}/", timeout=60, what="moto S3 server", proc=proc,
+                           log=self._log("s3"))
                 self._create_bucket(state)
             if simulator:
                 state.simulator_port, state.simulator_token = free_port(), secrets.token_urlsafe(24)
                 progress(f"Trading platform simulator: {state.simulator_url}")
-                self._spawn(state, "simulator",
-                            [sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(state.simulator_port)],
-                            env={"SIMULATOR_TOKEN": state.simulator_token,
-                                 "SIMULATOR_DSN": cluster.dsn(DATABASE)})
-                _wait_http(f"{state.simulator_url}/api/v1/health", timeout=60, what="simulator")
+                proc = self._spawn(
+                    state, "simulator",
+                    [sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(state.simulator_port)],
+                    env={"SIMULATOR_TOKEN": state.simulator_token, "SIMULATOR_DSN": cluster.dsn(DATABASE)})
+                _wait_http(f"{state.simulator_url}/api/v1/health", timeout=60, what="simulator", proc=proc,
+                           log=self._log("simulator"))
             if prefect:
                 state.prefect_port = free_port()
                 progress(f"Prefect server: http://127.0.0.1:{state.prefect_port} (UI and API)")
@@ -171,7 +194,7 @@ class Sandbox:
                          "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                          "PREFECT_UI_API_URL": f"{state.prefect_api_url}"})
                 _wait_http(f"{state.prefect_api_url}/health", timeout=120, what="Prefect server", proc=proc,
-                           log=self.root / "prefect.log")
+                           log=self._log("prefect"))
             self._write_configs(state)
             self._save(state)
         except BaseException:
@@ -180,9 +203,12 @@ class Sandbox:
             raise
         return state
 
+    def _log(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
     def _spawn(self, state: SandboxState, name: str, argv: list[str], env: dict[str, str] | None = None
                ) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self._log(name), "ab")  # noqa: SIM115 - owned by the child
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=child_env, start_new_session=True, cwd=self.root)
