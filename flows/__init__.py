@@ -33,3 +33,8 @@ RUNBOOKS: dict[str, Runbook] = {
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
 }
+
+
+def describe_runbooks() -> str:
+    """The registry in one line for help texts: ``backup (scheduled maintenance), restore (on-demand recovery)``."""
+    return ", ".join(f"{name} ({runbook.kind})" for name, runbook in RUNBOOKS.items())

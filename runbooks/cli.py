@@ -3,33 +3,99 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from markdown_it import MarkdownIt
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
-from runbooks.errors import RunbookError
-from runbooks.settings import SANDBOX_DIR, Settings, config_path, load_settings
+from flows import describe_runbooks
+from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.settings import SANDBOX_DIR, Settings, config_path, load_settings, validation_message
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
 sandbox_app = typer.Typer(no_args_is_help=True, help="The embedded default platform on loopback.")
 backups_app = typer.Typer(no_args_is_help=True, help="Backups in the repository.")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(backups_app, name="backups")
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _fail(exc: Exception, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+def printable(text: str, *, keep: str = "") -> str:
+    """``text`` made safe for a terminal: control characters (C0, DEL, C1) and bidirectional overrides become
+    escapes like ``\\x1b``, so nothing a user or a config file wrote can retitle, recolour or rewrite the
+    operator's terminal. Characters in ``keep`` (e.g. newlines of a report) stay."""
+    def escaped(ch: str) -> str:
+        if ch in keep or (unicodedata.category(ch) != "Cc" and ch not in _BIDI):
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return "".join(map(escaped, text))
+
+
+class _Terminal(Console):
+    """A console whose plain strings never carry raw control characters. Text from users or the config is printed
+    as ``Text`` (never parsed as rich markup) after ``printable``; this catches any string that slips through."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:  # type: ignore[override]
+        return super().render_str(printable(text, keep="\n"), **kwargs)
+
+
+class _Report(Markdown):
+    """A runbook's markdown report with raw HTML off: ``RUNBOOKS_DATABASES__<NAME>__PASSWORD`` keeps its ``<NAME>``
+    (rich drops what CommonMark reads as an HTML tag)."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__(markup)
+        self.parsed = MarkdownIt("commonmark", {"html": False}).enable("strikethrough").enable("table").parse(markup)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Wraps a console log handler's formatter: a log line can carry a parameter or a name verbatim."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(self.inner.format(record), keep="\n\t")
+
+
+def _escape_log_output() -> None:
+    """Escape control characters in what the loggers (Prefect's console handler above all) write to a stream."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _PrintableFormatter):
+            handler.setFormatter(_PrintableFormatter(handler.formatter))
+
+
+out = _Terminal(width=None if sys.stdout.isatty() else 160)
+err = _Terminal(stderr=True)
+
+
+def _fail(exc: Exception, code: int | None = None) -> typer.Exit:
+    """Print ``exc`` as one line on stderr (escaped, never read as markup); return the exit to raise: ``code``, by
+    default 2 for bad input or configuration and 1 for anything else."""
+    if code is None:
+        code = 2 if isinstance(exc, ConfigurationError) else 1
+    err.print(Text.assemble(("error:", "bold red"), " ", printable(str(exc))), soft_wrap=True)
     return typer.Exit(code)
+
+
+def _say(text: str, *, console: Console | None = None) -> None:
+    """One line of text that may hold a user's or the config's words: escaped, never read as markup."""
+    (console or out).print(Text(printable(text)), soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -59,6 +125,7 @@ def sandbox_up(
 ) -> None:
     """Start PostgreSQL, S3 (moto), the simulator and a Prefect server, seed data, write a config."""
     from runbooks.sandbox import Sandbox, parse_size
+    from runbooks.sandbox.environment import ChildFailed
 
     try:
         size_mb = parse_size(size)
@@ -67,11 +134,19 @@ def sandbox_up(
     sandbox = Sandbox(directory)
     try:
         with err.status("starting sandbox…"):
-            state = sandbox.up(size_mb=size_mb, prefect=prefect, progress=lambda m: err.print(f"  {m}"))
+            state = sandbox.up(size_mb=size_mb, prefect=prefect, progress=lambda m: _say(f"  {m}", console=err))
+    except RunbookError as exc:  # refused before anything started (e.g. a directory postgres cannot enter)
+        raise _fail(exc) from None
+    except ChildFailed as exc:
+        _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
+                           f"the end of the {exc.what} log follows."), 1)
+        for line in exc.log_tail.splitlines():
+            _say(f"  | {line}", console=err)
+        raise typer.Exit(1) from None
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         raise _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
                                  "fix the cause named above and run it again."), 1) from None
-    err.print(f"[green]sandbox up[/]: config written to {state.config_path}")
+    err.print(Text.assemble(("sandbox up", "green"), ": config written to ", printable(state.config_path)))
     _print_status(sandbox.status(), as_json=False)
 
 
@@ -81,7 +156,7 @@ def sandbox_down(directory: SandboxDir = Path(SANDBOX_DIR)) -> None:
     from runbooks.sandbox import Sandbox
 
     for line in Sandbox(directory).down() or ["nothing to do"]:
-        out.print(line)
+        _say(line)
 
 
 @sandbox_app.command("status")
@@ -102,44 +177,52 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
         out.print_json(json.dumps(status))
         return
     if not status.get("running"):
-        out.print(f"sandbox not running (state dir {status['root']})")
+        _say(f"sandbox not running (state dir {status['root']})")
         return
+
+    def row(*cells: object) -> None:
+        table.add_row(*(Text(printable(str(cell))) for cell in cells))
     table = Table(title="runbooks sandbox", show_header=True)
     table.add_column("component")
     table.add_column("endpoint")
     table.add_column("up")
     pg = status["postgres"]
     for name, dsn in pg["dsns"].items():
-        table.add_row(f"postgres {name}", dsn, str(pg["up"]))
+        row(f"postgres {name}", dsn, pg["up"])
     s3 = status["repository"]["s3"]
-    table.add_row("repository (local)", status["repository"]["local"], "")
+    row("repository (local)", status["repository"]["local"], "")
     if s3:
-        table.add_row("S3 (moto)", f"{s3['endpoint_url']}  bucket {s3['bucket']}/{s3['prefix']}", str(s3["up"]))
-    table.add_row("simulator", str(status["simulator"]["url"]), str(status["simulator"]["up"]))
-    table.add_row("prefect UI", str(status["prefect"]["ui"]), str(status["prefect"]["up"]))
-    table.add_row("config", status["config"], "")
+        row("S3 (moto)", f"{s3['endpoint_url']}  bucket {s3['bucket']}/{s3['prefix']}", s3["up"])
+    row("simulator", status["simulator"]["url"], status["simulator"]["up"])
+    row("prefect UI", status["prefect"]["ui"], status["prefect"]["up"])
+    row("config", status["config"], "")
     if status.get("config_s3"):
-        table.add_row("config (S3 repository)", status["config_s3"], "")
+        row("config (S3 repository)", status["config_s3"], "")
     out.print(table)
 
 
 # -- run --------------------------------------------------------------------------------------------------------
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs (VALUE as JSON if it parses); a name given twice is refused, not silently replaced."""
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
+        name = name.strip()
         if not sep or not name:
-            raise typer.BadParameter(f"--param {pair!r} must be NAME=VALUE")
+            raise _fail(ValueError(f"--param {pair!r} must be NAME=VALUE. HINT: e.g. --param dry_run=true."), 2)
+        if name in params:
+            raise _fail(ValueError(f"--param {name!r} is given more than once. HINT: give each parameter once; "
+                                   "a list is one JSON value, e.g. --param 'databases=[\"a\", \"b\"]'."), 2)
         try:
-            params[name.strip()] = json.loads(value)
+            params[name] = json.loads(value)
         except json.JSONDecodeError:
-            params[name.strip()] = value
+            params[name] = value
     return params
 
 
 @app.command("run")
 def run(
-    runbook: Annotated[str, typer.Argument(help="backup (more to come: restore, data-freshness, …)")],
+    runbook: Annotated[str, typer.Argument(help=f"one of: {describe_runbooks()}")],
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (VALUE as JSON if it parses)")
     ] = None,
@@ -151,16 +234,19 @@ def run(
     from flows import RUNBOOKS
 
     if runbook not in RUNBOOKS:
-        raise _fail(ValueError(f"unknown runbook {runbook!r}; known: {', '.join(sorted(RUNBOOKS))}"), 2)
+        raise _fail(ValueError(f"unknown runbook {runbook!r}. HINT: pick one of {', '.join(RUNBOOKS)}."), 2)
     raw = _parse_params(param or [])
     settings = _settings()
     _prefect_env(settings)
     flow_fn, model, render = RUNBOOKS[runbook].load()
+    _escape_log_output()
     try:
         parameters = model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise _fail(ValueError(f"invalid parameters for {runbook!r}: {problems}"), 2) from None
+        problems = "; ".join(f"{'.'.join([runbook, *map(str, e['loc'])])}: {validation_message(e)}"
+                             for e in exc.errors())
+        raise _fail(ValueError(f"invalid parameters: {problems}. HINT: fix the --param named above; {runbook} "
+                               f"takes {', '.join(model.model_fields)}."), 2) from None
     state = flow_fn(parameters=parameters, return_state=True)
     try:
         result = state.result(raise_on_failure=False)
@@ -171,12 +257,12 @@ def run(
         if as_json:
             out.print_json(json.dumps({"succeeded": False, "state": state.type.value, "error": message}))
         else:
-            err.print(f"[bold red]{runbook} failed:[/] {message}", highlight=False)
+            err.print(Text.assemble((f"{runbook} failed:", "bold red"), " ", printable(str(message))), soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        out.print(Markdown(render(result)))
+        out.print(_Report(printable(render(result), keep="\n\t")))
     if not (state.is_completed() and getattr(result, "succeeded", True)):
         raise typer.Exit(1)
 

@@ -4,15 +4,55 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from flows import RUNBOOKS
 from runbooks.sandbox import SandboxState
 
+ROOT = Path(__file__).resolve().parent.parent
+EVIL = "\x1b]0;PWNED\x07\x1b[31m[bold]evil[/bold]"  # retitles and recolours a terminal; rich markup
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+
+def cli(env: dict[str, str], *args: str, cwd: Path | str | None = None,
+        timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=180)
+                          timeout=timeout, cwd=cwd)
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without RUNBOOKS_* and with the checkout importable from any directory."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNBOOKS_")}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The whole of stderr, which must be one line (no traceback, no wrapping) starting with 'error:'."""
+    text = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and "\n" not in text, proc.stderr
+    assert text.startswith("error: "), proc.stderr
+    return text
+
+
+def assert_no_raw_controls(text: str) -> None:
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text), repr(text)
+
+
+@pytest.fixture
+def traversable_dir() -> Iterator[Path]:
+    """A directory the postgres OS user can enter (pytest's own tmp dirs are 0700 under root)."""
+    path = Path(tempfile.mkdtemp(prefix="runbooks-cli-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_run_backup_then_list_and_show(config: SandboxState, prefect_api: str) -> None:
@@ -52,3 +92,134 @@ def test_sandbox_status_prints_endpoints_without_passwords(sandbox: SandboxState
     assert status["simulator"]["url"] == sandbox.simulator_url and status["simulator"]["up"] is True
     for secret in (sandbox.superuser_password, sandbox.app_password, sandbox.s3_secret, sandbox.simulator_token):
         assert secret and secret not in proc.stdout
+
+
+# --- issue 7: the command line ---
+
+
+def test_run_help_lists_the_runbooks_of_the_registry() -> None:
+    proc = cli(bare_env(), "run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "more to come" not in proc.stdout
+    for name in RUNBOOKS:
+        assert name in proc.stdout
+
+
+def test_repeated_param_is_refused(tmp_path: Path) -> None:
+    proc = cli(bare_env(), "run", "backup", "--param", "dry_run=true", "--param", "dry_run=false", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "'dry_run'" in line and "more than once" in line and "HINT:" in line
+
+
+def test_parameter_errors_name_runbook_and_field(tmp_path: Path) -> None:
+    field = cli(bare_env(), "run", "restore", "--param", "database=trading_db", "--param", "jobs=99", cwd=tmp_path)
+    assert field.returncode == 2
+    assert "restore.jobs: Input should be less than or equal to 32" in one_error_line(field)
+
+    model = cli(bare_env(), "run", "restore", "--param", "database=x", "--param", "target_database=x",
+                cwd=tmp_path)
+    assert model.returncode == 2
+    line = one_error_line(model)
+    assert "restore: target_database equals the source 'x'" in line
+    assert ": :" not in line and "Value error" not in line
+
+
+def test_invalid_toml_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "inventory.toml"
+    config.write_text('[repository\nurl = "file:///srv"\n')
+    for args in (("backups", "list"), ("run", "backup")):
+        proc = cli(bare_env(RUNBOOKS_CONFIG=str(config)), *args, cwd=tmp_path)
+        assert proc.returncode == 2
+        line = one_error_line(proc)
+        assert "not valid TOML" in line and str(config) in line and "HINT:" in line
+
+
+def test_malformed_dsn_port_is_refused_before_any_work(tmp_path: Path) -> None:
+    config = tmp_path / "inventory.toml"
+    config.write_text('[databases.trading_db]\ndsn = "postgresql://app:secret-pw@db:54x2/trading_db"\n')
+    proc = cli(bare_env(RUNBOOKS_CONFIG=str(config)), "run", "backup", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "databases.trading_db.dsn" in line and "port '54x2'" in line and "secret-pw" not in line
+
+
+def test_bad_value_from_the_environment_is_blamed_on_the_variable(tmp_path: Path) -> None:
+    config = tmp_path / "inventory.toml"
+    config.write_text('[repository]\nurl = "file:///srv/backups"\n')
+    proc = cli(bare_env(RUNBOOKS_CONFIG=str(config), RUNBOOKS_REPOSITORY__URL="ftp://x"), "backups", "list",
+               cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "environment variable RUNBOOKS_REPOSITORY__URL" in line and str(config) not in line
+
+
+def test_control_characters_and_markup_from_the_user_are_escaped(tmp_path: Path) -> None:
+    proc = cli(bare_env(), "run", EVIL, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert_no_raw_controls(proc.stderr)
+    assert "\\x1b]0;PWNED\\x07" in line and "[bold]evil[/bold]" in line
+
+    status = cli(bare_env(), "sandbox", "status", "--dir", str(tmp_path / EVIL), cwd=tmp_path)
+    assert status.returncode == 1
+    assert_no_raw_controls(status.stdout + status.stderr)
+    assert "[bold]evil[/bold]" in status.stdout
+
+
+def test_escape_sequences_in_a_parameter_never_reach_the_terminal(config: SandboxState, prefect_api: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = cli(env, "run", "restore", "--param", f"database={EVIL}", "--param", "mode=verify")
+    assert proc.returncode != 0
+    assert_no_raw_controls(proc.stdout + proc.stderr)
+    assert "\\x1b]0;PWNED" in proc.stdout + proc.stderr
+
+
+def test_password_hint_keeps_its_placeholder(config: SandboxState, prefect_api: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "RUNBOOKS_DATABASES__TRADING_DB__PASSWORD": "wrong-pw"}
+    proc = cli(env, "run", "backup", "--param", "include_cluster=false")
+    assert proc.returncode == 1
+    assert "rejected the credentials" in proc.stdout
+    assert "RUNBOOKS_DATABASES____PASSWORD" not in proc.stdout
+    assert re.search(r"RUNBOOKS_DATABASES__(<NAME>|TRADING_DB)__PASSWORD", proc.stdout), proc.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as the postgres OS user")
+def test_sandbox_up_where_postgres_cannot_enter_says_why() -> None:
+    cwd = Path(tempfile.mkdtemp(prefix="runbooks-0700-"))  # 0700, like mktemp -d
+    try:
+        proc = cli(bare_env(), "sandbox", "up", "--no-prefect", cwd=cwd)
+        assert proc.returncode == 2
+        line = one_error_line(proc)
+        assert f"the postgres OS user cannot enter {cwd}" in line and "--dir" in line
+        assert "Command '[" not in line
+        assert not (cwd / ".sandbox").exists()
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+BROKEN = {  # a module each child imports first, replaced by one that dies while starting
+    "moto S3 server": "moto",
+    "simulator": "uvicorn",
+    "Prefect server": "prefect",
+}
+
+
+@pytest.mark.parametrize("what", list(BROKEN))
+def test_sandbox_child_dying_while_starting_is_reported_at_once(what: str, traversable_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    fake = tmp_path / "fake" / BROKEN[what]
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import sys\nsys.stderr.write('broken on purpose by the test\\n')\n"
+                                      "sys.exit(7)\n")
+    env = bare_env(PYTHONPATH=f"{tmp_path / 'fake'}:{ROOT}")
+    started = time.monotonic()
+    proc = cli(env, "sandbox", "up", "--dir", str(traversable_dir / "sb"), cwd=traversable_dir, timeout=300)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr.split("broken on purpose")[0]
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: the sandbox did not start: {what} exited with 7 while starting"), proc.stderr
+    assert "broken on purpose by the test" in proc.stderr  # the tail of its log
+    assert elapsed < 50, f"noticed only after {elapsed:.0f} s"  # the wait for an answer is 60 s or more
+    assert not (traversable_dir / "sb").exists()
