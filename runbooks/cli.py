@@ -283,32 +283,71 @@ def _age(moment: datetime) -> str:
     return f"{seconds:.0f}s"
 
 
+def _cell(text: str) -> str:
+    """Repository content (names, reasons) as inert text: control characters shown as escapes, no markup."""
+    from rich.markup import escape as markup_escape
+
+    return markup_escape(printable(text))
+
+
+def _catalog_for(database: str | None):  # type: ignore[no-untyped-def]
+    """The catalog, after refusing (exit 2) a name that is not a database name and a repository that does not
+    exist: a mistyped path must not read as "no backups"."""
+    from runbooks.errors import ConfigurationError, RepositoryNotFound
+    from runbooks.settings import validate_name
+
+    try:
+        if database is not None:
+            validate_name(database)
+        catalog = _catalog()
+        catalog.repository.check_exists()
+    except (ConfigurationError, RepositoryNotFound) as exc:
+        raise _fail(exc, 2) from None
+    except RunbookError as exc:
+        raise _fail(exc) from None
+    return catalog
+
+
 @backups_app.command("list")
 def backups_list(
     database: Annotated[str | None, typer.Option(help="only this database (or cluster name)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Published backups, newest last. Unfinished (interrupted) backups are never listed."""
+    """Published backups, newest last, and damaged ones (exit 1 while any is damaged). Unfinished (interrupted)
+    backups are never listed."""
     from runbooks.report import human_bytes
 
+    catalog = _catalog_for(database)
     try:
-        catalog = _catalog()
-        manifests = catalog.list_backups(name=database)
+        scan = catalog.scan(name=database)
     except RunbookError as exc:
         raise _fail(exc) from None
+    url = catalog.repository.url
+    for damaged in scan.damaged:
+        err.print(_cell(f"warning: {damaged.kind} backup {damaged.backup_id} of {damaged.name!r} is DAMAGED: "
+                        f"{damaged.recovery(url)}."), highlight=False)
     if as_json:
-        sys.stdout.write(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2) + "\n")
-        return
-    table = Table(title=f"backups in {catalog.repository.url}")
-    for col in ("id", "kind", "name", "age", "size", "stored", "verification", "snapshot WAL"):
-        table.add_column(col)
-    for m in manifests:
-        table.add_row(m.backup_id, m.kind, m.name, _age(m.started_at), human_bytes(m.bytes),
-                      human_bytes(m.stored_bytes), m.verification.status if m.verification else "-",
-                      m.snapshot.wal_lsn if m.snapshot else "-")
-    out.print(table)
-    if not manifests:
-        out.print(f"no backups (config {config_path()})")
+        rows: list[dict[str, Any]] = [m.model_dump(mode="json") for m in scan.manifests]
+        rows += [d.as_dict(url) for d in scan.damaged]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table(title=f"backups in {url}")
+        for col in ("id", "kind", "name", "age", "size", "stored", "verification", "snapshot WAL"):
+            table.add_column(col)
+        entries: list[tuple[str, list[str]]] = [
+            (m.backup_id, [m.backup_id, m.kind, m.name, _age(m.started_at), human_bytes(m.bytes),
+                           human_bytes(m.stored_bytes), m.verification.status if m.verification else "-",
+                           m.snapshot.wal_lsn if m.snapshot else "-"]) for m in scan.manifests]
+        entries += [(d.backup_id, [d.backup_id, d.kind, d.name, "-", "-",
+                                   human_bytes(sum(o.size for o in d.objects)), "DAMAGED: manifest " + d.reason, "-"])
+                    for d in scan.damaged]
+        for _, row in sorted(entries, key=lambda e: e[0]):
+            table.add_row(*[_cell(cell) for cell in row])
+        out.print(table)
+        if not entries:
+            out.print(_cell(f"no backups (config {config_path()})"))
+    if scan.damaged:
+        raise typer.Exit(1)
 
 
 @backups_app.command("show")
@@ -316,13 +355,21 @@ def backups_show(
     backup_id: Annotated[str, typer.Argument(help="backup id, e.g. 20261121T020000Z")],
     database: Annotated[str | None, typer.Option(help="only this database (or cluster name)")] = None,
 ) -> None:
-    """Print the manifest(s) of one backup id."""
+    """Print the manifest(s) of one backup id (a damaged one: what is stored and how to recover it; exit 1)."""
+    catalog = _catalog_for(database)
     try:
-        manifests = _catalog().find_or_raise(backup_id, name=database)
+        scan = catalog.scan(name=database)
+        damaged = [d.as_dict(catalog.repository.url) for d in scan.damaged if d.backup_id == backup_id]
+        payload: list[dict[str, Any]] = [m.model_dump(mode="json") for m in scan.manifests
+                                         if m.backup_id == backup_id]
+        if not payload and not damaged:
+            catalog.find_or_raise(backup_id, name=database)  # says why there is nothing
     except RunbookError as exc:
         raise _fail(exc) from None
-    payload = [m.model_dump(mode="json") for m in manifests]
+    payload += damaged
     sys.stdout.write(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2) + "\n")
+    if damaged:
+        raise typer.Exit(1)
 
 
 def main() -> None:
