@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runbooks.errors import BackupNotFound, RepositoryNotFound, RepositoryNotWritable
 from runbooks.repository.base import ObjectInfo, Repository
+from runbooks.writeback import Writeback
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -64,10 +65,14 @@ class LocalWriter:
             self._file = os.fdopen(open_private(path), "wb")
         except OSError as exc:
             raise _not_writable(root, exc) from None
+        # Written back as it grows, so the fsync in close() waits for the last few MB, not the whole object.
+        self._writeback = Writeback(self._file.fileno())
 
     def write(self, data: bytes) -> int:
         try:
-            return self._file.write(data)
+            n = self._file.write(data)
+            self._writeback.wrote(n)
+            return n
         except OSError as exc:
             raise _not_writable(self._root, exc) from None
 
