@@ -183,8 +183,11 @@ def render_report(result: RestoreResult) -> str:
                   *[f"- {n}" for n in pre.notes], ""]
     if result.approval:
         a = result.approval
-        lines += ["## Approval", f"{'Approved' if a.approved else 'Not approved'} by **{a.approver}** ({a.via}, "
-                  f"{a.decided_at:%H:%M:%S}Z): {a.reason}", ""]
+        if a.via == "timeout":
+            lines += ["## Approval", f"Not approved: {a.reason} (timed out at {a.decided_at:%H:%M:%S}Z).", ""]
+        else:
+            lines += ["## Approval", f"{'Approved' if a.approved else 'Rejected'} by **{a.approver}** ({a.via}, "
+                      f"{a.decided_at:%H:%M:%S}Z): {a.reason}", ""]
     if result.verification:
         v = result.verification
         lines += ["## Verification", f"{v.status}: {v.detail} ({v.seconds:.1f} s)", ""]

@@ -128,8 +128,9 @@ def _startup_error(text: str, where: str) -> RunbookError:
     if any(m in lowered for m in ("password authentication failed", "no password supplied",
                                   "authentication failed", "pg_hba.conf")):
         return AuthenticationFailed(f"{where}: the server rejected the credentials ({first}).",
-                                    hint="fix the password (RUNBOOKS_DATABASES__<NAME>__PASSWORD or its Secret "
-                                    "block) or pg_hba.conf.", sqlstate="28P01")
+                                    hint="fix the password of this connection (RUNBOOKS_DATABASES__<NAME>__PASSWORD "
+                                    "for a database, RUNBOOKS_CLUSTER__PASSWORD for the cluster, or their Secret "
+                                    "blocks) or pg_hba.conf.", sqlstate="28P01")
     if re.search(r'database ".*" does not exist', lowered):
         return DatabaseNotFound(f"{where}: {first}.", hint="check the dbname in the DSN; 'psql -l' lists the "
                                 "server's databases.", sqlstate="3D000")

@@ -138,8 +138,9 @@ def test_cli_errors_are_clear_and_without_traceback(config: SandboxState, prefec
         return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], env=env, capture_output=True,
                               text=True, timeout=120)
 
+    Path(os.environ["RUNBOOKS_REPOSITORY__URL"].removeprefix("file://")).mkdir(parents=True)
     bad_url = cli("backups", "list")
-    assert bad_url.returncode == 0  # sanity: the config itself works
+    assert bad_url.returncode == 0, bad_url.stderr  # sanity: the config itself works
     env["RUNBOOKS_REPOSITORY__URL"] = "ftp://nope"
     proc = cli("run", "backup")
     assert proc.returncode == 2 and "repository.url" in proc.stderr and "Traceback" not in proc.stderr

@@ -122,14 +122,20 @@ def test_a_lost_claim_is_never_published(repo_config: SandboxState) -> None:
     assert cat.repository.exists(f"{prefix}/lock.json")  # not ours: not deleted either
 
 
-def test_parallel_backup_runs_each_publish_their_own_verified_backup(config: SandboxState, prefect_api: str) -> None:
+def test_parallel_backup_runs_each_publish_their_own_verified_backup(
+    config: SandboxState, prefect_api: str, tmp_path: Path
+) -> None:
     """Three `runbooks run backup` processes at once, as the issue reproduced the collision."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    logs = [tmp_path / f"run{i}.log" for i in range(3)]
     procs = [subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "backup", "--json", "--param",
                                'databases=["trading_db"]', "--param", "apply_retention=false"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(3)]
-    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], results
+                              env=env, stdout=subprocess.PIPE, stderr=log.open("w")) for log in logs]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    failed = [(o[-3000:], log.read_text()[-3000:]) for p, o, log in zip(procs, outputs, logs, strict=True)
+              if p.returncode != 0]
+    assert failed == []
+    results = [json.loads(o) for o in outputs]
     ids = {r["items"][0]["backup_id"] for r in results} | {r["items"][1]["backup_id"] for r in results}
     cat = catalog()
     manifests = cat.list_backups()

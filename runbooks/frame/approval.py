@@ -91,7 +91,8 @@ def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, su
     decided_at = datetime.now(UTC)
     if decision.approver == TIMEOUT_APPROVER:
         run.logger.error("No approval within %d s: nothing changed", timeout_seconds)
-        approval = Approval(approved=False, approver="-", reason="approval timed out", via="timeout",
+        approval = Approval(approved=False, approver="nobody", reason=f"no decision within {timeout_seconds} s",
+                            via="timeout",
                             plan_hash=plan_hash, decided_at=decided_at)
     else:
         run.logger.info("Plan %s %s by %r: %s", plan_hash, "approved" if decision.approve else "rejected",
