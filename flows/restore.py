@@ -35,7 +35,7 @@ from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.roles import RoleCreated
 from runbooks.settings import DatabaseSettings, Settings
-from runbooks.workdirs import WorkDirs, default_state_dir
+from runbooks.workdirs import WorkDirs
 from tasks.postgres import (
     Prerequisites,
     ValidationReport,
@@ -314,7 +314,7 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                                         protected=protected, dry_run=params.dry_run)
         result.scratch_swept, result.scratch_left = sweep.dropped, sweep.left
         figures["dropped"] = len(sweep.dropped)
-    workdirs = WorkDirs(settings.restore.work_dir or default_state_dir() / "work")
+    workdirs = WorkDirs(settings.work_root)
     with run.step("sweep work directories", destructive=not params.dry_run) as figures:
         result.work_dirs_swept = sweep_work_directories(workdirs=workdirs, dry_run=params.dry_run)
         figures["removed_bytes"] = sum(w.bytes for w in result.work_dirs_swept)

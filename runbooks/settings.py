@@ -228,13 +228,21 @@ class BackupSettings(BaseModel):
     compression_level: int = Field(default=3, ge=1, le=19)
     compression_threads: int = Field(default=2, ge=0, le=64, description="zstd worker threads (0: inline)")
     stale_after_minutes: int = Field(
-        default=360, ge=1, description="an unfinished backup older than this, from any host, is a leftover"
+        default=15, ge=1, le=10080, description="an unfinished backup whose writer sent no heartbeat for this long "
+        "(any host) is a leftover; the writer beats five times per period, at most every minute"
     )
 
 
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/runbooks``, else ``~/.local/state/runbooks`` (the XDG base directory default)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runbooks"
+
+
 class RestoreSettings(BaseModel):
-    work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j; "
-                                  "None: the system temp directory")
+    work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j, each run "
+                                  "in a 0700 directory of its own that the next run sweeps if the run was killed; "
+                                  "None: <state_dir>/work")
     server_disk_reserve_percent: float = Field(
         default=5.0, ge=0, le=100, description="free space (percent of the server's data disk) that must remain "
         "after a restored copy is added; checked before any work when the server is local")
@@ -277,6 +285,13 @@ class Settings(BaseSettings):
     trading_api: ApiSettings | None = None
     inference_api: ApiSettings | None = None
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
+                            "(restore work directories): created 0700")
+
+    @property
+    def work_root(self) -> Path:
+        """Where a restore's work directories go."""
+        return (self.restore.work_dir or self.state_dir / "work").expanduser()
 
     @classmethod
     def settings_customise_sources(

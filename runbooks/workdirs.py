@@ -25,12 +25,6 @@ from runbooks.repository.local import DIR_MODE, make_private_dirs, open_private
 OWNER = ".runbooks-work.json"
 
 
-def default_state_dir() -> Path:
-    """``$XDG_STATE_HOME/runbooks``, else ``~/.local/state/runbooks`` (the XDG base directory default)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "runbooks"
-
-
 class WorkOwner(BaseModel):
     writer: ProcessIdentity
     purpose: str

@@ -230,6 +230,8 @@ class Sandbox:
         common = [
             "# Written by 'runbooks sandbox up': the embedded default platform. Secrets are throwaway.",
             "",
+            f"state_dir = {_toml_str(str(self.root / 'state'))}",
+            "",
             f"[databases.{DATABASE}]",
             f"dsn = {_toml_str(cluster.dsn(DATABASE))}",
             "",
@@ -240,7 +242,7 @@ class Sandbox:
             f"config_files = [{_toml_str(str(conf / 'postgresql.conf'))}, {_toml_str(str(conf / 'pg_hba.conf'))}]",
             "",
             "[backup]",
-            "stale_after_minutes = 360",
+            "stale_after_minutes = 15",
             "",
             "[backup.retention]",
             "daily = 7",
