@@ -226,8 +226,12 @@ def exported_snapshot(params: Mapping[str, Any], *, where: str) -> Iterator[
         conn.close()
 
 
-def count_rows(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row count of every user table (partitions counted as their own leaves) in the open transaction."""
+def count_rows(conn: psycopg.Connection, *, beside_dump: bool = False) -> dict[str, int]:
+    """Exact row count of every user table (partitions counted as their own leaves) in the open transaction.
+
+    ``beside_dump``: one process, no parallel workers competing with pg_dump for the same cores; otherwise
+    (validating a restored copy, nothing else running) the server may scan with parallel workers.
+    """
     tables = conn.execute(
         """
         SELECT n.nspname, c.relname
@@ -241,8 +245,8 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     ).fetchall()
     if not tables:
         return {}
-    # Runs beside pg_dump on the same cores: one process, no parallel workers competing with the dump.
-    conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    if beside_dump:
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     parts = [
         sql.SQL("SELECT {label}, count(*) FROM ONLY {table}").format(
             label=sql.Literal(f"{schema}.{name}"), table=sql.Identifier(schema, name)

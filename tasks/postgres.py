@@ -128,7 +128,7 @@ def dump_database(
 
             def count() -> None:
                 try:
-                    counts.update(count_rows(conn))
+                    counts.update(count_rows(conn, beside_dump=True))
                 except BaseException as exc:  # surfaced after the dump
                     errors.append(exc)
 

@@ -163,7 +163,7 @@ class Sandbox:
             create_database(cluster.dsn(), dbname=DATABASE, app_password=state.app_password)
             progress(f"PostgreSQL: seeding {DATABASE!r} with ~{size_mb:g} MB")
             state.seeded_rows = seed(cluster.dsn(DATABASE), size_mb=size_mb)
-            (self.root / "repository").mkdir(exist_ok=True)
+            (self.root / "repository").mkdir(mode=0o700, exist_ok=True)  # backups are private
             if s3:
                 state.s3_port, state.s3_secret = free_port(), secrets.token_urlsafe(18)
                 progress(f"S3 (moto server): 127.0.0.1:{state.s3_port}")
