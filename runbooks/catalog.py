@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from runbooks.errors import BackupDamaged, BackupNotFound, LockLost, RepositoryUnavailable, RunbookError
 from runbooks.manifest import BackupKind, BackupManifest, backup_id_for
@@ -51,7 +51,7 @@ class BackupHold(BaseModel):
     backup_id: str
     holder: str
     reason: str
-    until: datetime
+    until: AwareDatetime
 
 
 class BackupLock(BaseModel):
@@ -59,13 +59,19 @@ class BackupLock(BaseModel):
 
     token: str
     writer: ProcessIdentity
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: AwareDatetime
+    heartbeat_at: AwareDatetime
     flow_run_id: str | None = None
 
 
 def backup_prefix(kind: BackupKind, name: str, backup_id: str) -> str:
     return f"{KIND_DIRS[kind]}/{name}/{backup_id}"
+
+
+def _inside(key: str, prefix: str) -> bool:
+    """Is ``key`` an object directly in the backup directory ``prefix`` (no ``..``, no subdirectory)?"""
+    rest = key.removeprefix(prefix + "/")
+    return key.startswith(prefix + "/") and rest not in ("", ".", "..") and "/" not in rest
 
 
 @dataclass
@@ -122,6 +128,7 @@ class BackupClaim:
         self.backup_id = backup_id
         self.lock = lock
         self._held = set(subjects)
+        self._bodies = {subject: lock.model_dump_json().encode() for subject in subjects}
         self._lost: set[tuple[BackupKind, str]] = set()
         self._mutex = threading.Lock()
         self._stop = threading.Event()
@@ -140,17 +147,19 @@ class BackupClaim:
         while not self._stop.wait(every):
             with self._mutex:
                 for kind, name in sorted(self._held):
+                    key = f"{self.prefix(kind, name)}/{LOCK}"
                     try:
-                        if self.catalog.read_lock(self.prefix(kind, name)) != self.token:
+                        beat = self.lock.model_copy(update={"heartbeat_at": datetime.now(UTC)})
+                        body = beat.model_dump_json().encode()
+                        # Compare-and-swap on what we last wrote: a swept or replaced lock is never recreated.
+                        if not self.catalog.repository.replace_bytes_if(key, body, expect=self._bodies[(kind, name)]):
                             self._held.discard((kind, name))
                             self._lost.add((kind, name))
                             _log.error("Lost the claim on %s: another run removed or replaced its lock",
                                        self.prefix(kind, name))
                             continue
-                        self.lock.heartbeat_at = datetime.now(UTC)
-                        self.catalog.repository.put_bytes(f"{self.prefix(kind, name)}/{LOCK}",
-                                                          self.lock.model_dump_json().encode())
-                    except RunbookError as exc:  # transient: the next beat tries again
+                        self._bodies[(kind, name)] = body
+                    except Exception as exc:  # transient (S3 5xx, NFS ESTALE…): the next beat tries again
                         _log.warning("Heartbeat of %s failed: %s", self.prefix(kind, name), exc)
 
     def release(self, kind: BackupKind, name: str) -> None:
@@ -249,6 +258,10 @@ class BackupCatalog:
                                hint="check for a concurrent backup run, then rerun.")
         else:
             claim.ensure(manifest.kind, manifest.name)
+            missing = [o.key for o in manifest.objects if not self.repository.exists(o.key)]
+            if missing:
+                raise LockLost(f"{prefix} lost objects before publishing ({', '.join(missing)}): another run swept "
+                               "them; this backup is not published.", hint="rerun the backup.")
             claim.release(manifest.kind, manifest.name)
             if not self.repository.put_bytes_if_absent(key, body) and self.repository.get_bytes(key) != body:
                 raise LockLost(f"{prefix} got another run's manifest while this one published.",
@@ -263,6 +276,9 @@ class BackupCatalog:
         prefix = claim.prefix(kind, name)
         if release:
             claim.release(kind, name)
+        if self.read_lock(prefix) != claim.token:
+            _log.warning("Not cleaning %s: its lock is no longer this run's, so neither may its objects be", prefix)
+            return
         for upload in self.repository.list_incomplete_uploads(prefix + "/"):
             if upload.key in keys:
                 self.repository.abort_incomplete_upload(upload)
@@ -295,6 +311,8 @@ class BackupCatalog:
                     if (manifest.kind, manifest.name, manifest.backup_id) != (k, dir_name, dir_id):
                         reason = (f"naming another backup ({manifest.kind} {manifest.name!r} {manifest.backup_id})"
                                   " than the directory it is in")
+                    elif foreign := [o.key for o in manifest.objects if not _inside(o.key, directory)]:
+                        reason = f"listing objects outside its directory ({', '.join(foreign[:3])})"
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     reason = f"unreadable ({first['type']}: {first['msg']})"
@@ -388,8 +406,8 @@ class BackupCatalog:
                 lock = None  # a legacy or half-written lock: judged by the object's own time
             except BackupNotFound:
                 continue  # published or removed since the listing
-            beats = [t for t in (entry.lock_modified, lock.heartbeat_at if lock else None) if t is not None]
-            last = max(beats) if beats else None
+            # The storage's own clock when it has one (a writer's clock may be skewed), else the lock's word.
+            last = entry.lock_modified or (lock.heartbeat_at if lock else None)
             if lock is not None and lock.writer.on_this_host:
                 if lock.writer.alive():
                     continue  # a live writer here is never swept, however slow
@@ -422,7 +440,7 @@ class BackupCatalog:
         then ordinary leftovers (no lock, no manifest) that the next sweep removes."""
         prefix = backup_prefix(manifest.kind, manifest.name, manifest.backup_id)
         self.repository.delete([f"{prefix}/{MANIFEST}"])
-        self.repository.delete([o.key for o in manifest.objects])
+        self.repository.delete([o.key for o in manifest.objects if _inside(o.key, prefix)])
         self.repository.delete([o.key for o in self.repository.list_objects(prefix + "/")])
 
     # -- holds -------------------------------------------------------------------------------------------

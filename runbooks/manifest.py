@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from runbooks.dbproperties import DatabaseProperties
 
@@ -33,13 +33,13 @@ class StoredObject(BaseModel):
 
 class SnapshotInfo(BaseModel):
     wal_lsn: str | None = None
-    taken_at: datetime
+    taken_at: AwareDatetime
     in_recovery: bool = False
 
 
 class Verification(BaseModel):
     status: Literal["passed", "failed"]
-    checked_at: datetime
+    checked_at: AwareDatetime
     seconds: float
     detail: str = ""
     toc_entries: int | None = None
@@ -54,8 +54,8 @@ class BackupManifest(BaseModel):
     tools: dict[str, str] = Field(default_factory=dict)
     host: str
     flow_run_id: str | None = None
-    started_at: datetime
-    finished_at: datetime
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
     snapshot: SnapshotInfo | None = None
     objects: list[StoredObject]
     row_counts: dict[str, int] = Field(default_factory=dict)

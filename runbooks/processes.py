@@ -1,5 +1,6 @@
-"""Is the process that wrote a lock or a work directory still running? Host, PID and the PID's start time,
-so a PID reused after a reboot or by another program does not look like the writer."""
+"""Is the process that wrote a lock or a work directory still running? Host, machine (boot id and PID
+namespace), PID and the PID's start time, so neither a PID reused after a reboot or by another program, nor a
+process of another machine or container with the same hostname, looks like the writer."""
 
 from __future__ import annotations
 
@@ -21,18 +22,32 @@ def _start_time(pid: int) -> str | None:
     return f"{boot}:{fields[19]}" if len(fields) > 19 else None
 
 
+def _machine() -> str | None:
+    """This kernel's boot and this PID namespace: two machines (or containers) may share a hostname, never both."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}:{namespace}"
+
+
 class ProcessIdentity(BaseModel):
     host: str
     pid: int
     started: str | None = None
+    machine: str | None = None
 
     @classmethod
     def current(cls) -> ProcessIdentity:
-        return cls(host=socket.gethostname(), pid=os.getpid(), started=_start_time(os.getpid()))
+        return cls(host=socket.gethostname(), pid=os.getpid(), started=_start_time(os.getpid()), machine=_machine())
 
     @property
     def on_this_host(self) -> bool:
-        return self.host == socket.gethostname()
+        """Only then can its PID be looked up here; a same-named host elsewhere is judged by its heartbeat."""
+        if self.host != socket.gethostname():
+            return False
+        return self.machine is None or self.machine == _machine()
 
     def alive(self) -> bool:
         """Only meaningful on this host (check ``on_this_host`` first); elsewhere it says True."""

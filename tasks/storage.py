@@ -183,16 +183,20 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
     else:
         scan = catalog.scan(kind="database", name=database)
         candidates = scan.manifests
-        damaged = [d for d in scan.damaged
-                   if before is None or d.backup_id < backup_id_for(_aware(before))]
+        damaged = scan.damaged
+        if before is not None:  # the same cutoff for both, so "latest before" never skips a damaged one
+            cutoff_id = backup_id_for(_aware(before))
+            candidates = [m for m in candidates if m.started_at < _aware(before)]
+            damaged = [d for d in damaged if d.backup_id < cutoff_id]
         newest = candidates[-1].backup_id if candidates else ""
         if damaged and damaged[-1].backup_id > newest:
             # "latest" must not quietly mean "the newest one that happens to read": that loses data.
             older = f"backup_id={newest} restores the newest readable one; " if newest else ""
             raise BackupDamaged(
-                f"the newest backup of {database!r}, {damaged[-1].backup_id}, is DAMAGED: "
-                f"{damaged[-1].recovery(catalog.repository.url)}.",
+                f"the newest backup of {database!r}{' before the cutoff' if before else ''}, "
+                f"{damaged[-1].backup_id}, is DAMAGED: {damaged[-1].recovery(catalog.repository.url)}.",
                 hint=f"{older}'runbooks backups list' shows them all.")
+        candidates = scan.manifests
         if not candidates:
             raise BackupNotFound(f"there is no backup of {database!r} in {catalog.repository.url}.",
                                  hint="run the backup runbook first, or check repository.url.")

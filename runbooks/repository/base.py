@@ -62,6 +62,13 @@ class Repository(ABC):
         """
 
     @abstractmethod
+    def replace_bytes_if(self, key: str, data: bytes, *, expect: bytes) -> bool:
+        """Overwrite a small object only if it still exists and holds ``expect``: True if this call replaced it.
+
+        A refresh (a lock's heartbeat) must never recreate an object someone else removed or replaced.
+        """
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod

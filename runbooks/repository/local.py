@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 
 from runbooks.errors import BackupNotFound, RepositoryNotFound, RepositoryNotWritable
 from runbooks.repository.base import ObjectInfo, Repository
@@ -34,19 +35,25 @@ def _not_writable(root: Path, exc: OSError) -> RepositoryNotWritable:
 def make_private_dirs(path: Path) -> None:
     """``mkdir -p`` where every directory created is 0700 (``Path.mkdir(parents=True)`` gives the parents
     the umask's default mode, usually 0755)."""
-    missing = []
-    current = path
-    while not current.is_dir():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for directory in reversed(missing):
+    for attempt in range(5):
+        missing = []
+        current = path
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
         try:
-            directory.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue
-        directory.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask; be exact
+            for directory in reversed(missing):
+                try:
+                    directory.mkdir(mode=DIR_MODE)
+                except FileExistsError:
+                    continue
+                directory.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask; be exact
+            return
+        except FileNotFoundError:  # a concurrent delete removed an empty parent meanwhile: again
+            if attempt == 4:
+                raise
 
 
 def open_private(path: Path) -> int:
@@ -92,13 +99,23 @@ class LocalWriter:
 
 class LocalRepository(Repository):
     def __init__(self, root: Path) -> None:
-        self.root = root
         self.url = root.as_uri()
+        self.root = root.resolve()  # a root reached through a symlink (/backups -> /mnt/nas) is the same place
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise ValueError(f"key {key!r} escapes the repository")
+        """The path of ``key``: plain segments only, and never through a symlink inside the repository (a link
+        someone planted there is not followed to read or delete what it points at)."""
+        parts = key.split("/")
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+            raise RepositoryNotWritable(f"object key {key!r} escapes or is malformed in {self.url}.",
+                                        hint="a manifest or record naming it is damaged; nothing was done.")
+        path = self.root.joinpath(*[p for p in parts if p])
+        current = self.root
+        for part in parts[:-1]:
+            current = current / part
+            if current.is_symlink():
+                raise RepositoryNotWritable(f"{str(current)!r} in the repository is a symlink; it is never followed.",
+                                            hint="remove it by hand; nothing was done.")
         return path
 
     def check_writable(self) -> None:
@@ -122,7 +139,7 @@ class LocalRepository(Repository):
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
-            handle = open(self._path(key), "rb")  # noqa: SIM115
+            handle = os.fdopen(os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW), "rb")
         except FileNotFoundError:
             raise BackupNotFound(f"object {key!r} is missing from {self.url}.") from None
         with handle:
@@ -185,6 +202,32 @@ class LocalRepository(Repository):
                 raise _not_writable(self.root, exc) from None
             raise
 
+    def replace_bytes_if(self, key: str, data: bytes, *, expect: bytes) -> bool:
+        """In place, never creating: if a sweeper unlinks the file meanwhile, this writes into the unlinked inode
+        and the object stays gone. The new content is padded with spaces to the old length (JSON ignores them),
+        so a reader never sees it truncated."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise _not_writable(self.root, exc) from None
+            raise
+        try:
+            current = os.pread(fd, max(len(expect), 1) + 4096, 0)
+            if current.rstrip(b" ") != expect.rstrip(b" "):
+                return False
+            body = data.ljust(len(current), b" ")
+            os.pwrite(fd, body, 0)
+            if len(body) > len(current):
+                os.ftruncate(fd, len(body))
+            os.fsync(fd)
+            return True
+        finally:
+            os.close(fd)
+
     @staticmethod
     def _create_exclusive(path: Path, data: bytes) -> bool:
         try:
@@ -199,24 +242,28 @@ class LocalRepository(Repository):
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with os.fdopen(os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+                return handle.read()
         except FileNotFoundError:
             raise BackupNotFound(f"object {key!r} is missing from {self.url}.") from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        return path.is_file() and not path.is_symlink()
 
     def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix) if prefix else self.root
-        if not base.is_dir():
+        if base.is_symlink() or not base.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(base):
+        for dirpath, _dirnames, filenames in os.walk(base):  # never descends into symlinked directories
             for name in filenames:
                 full = Path(dirpath) / name
                 try:
-                    stat = full.stat()
+                    stat = full.lstat()
                 except FileNotFoundError:
                     continue
+                if not S_ISREG(stat.st_mode):
+                    continue  # a symlink (or anything else) planted here is not an object of ours
                 yield ObjectInfo(
                     key=full.relative_to(self.root).as_posix(),
                     size=stat.st_size,
@@ -232,7 +279,7 @@ class LocalRepository(Repository):
         # Remove directories left empty, deepest first, never the root itself.
         for parent in sorted(parents, key=lambda p: len(p.parts), reverse=True):
             current = parent
-            while current != self.root.resolve() and current.is_relative_to(self.root.resolve()):
+            while current != self.root and current.is_relative_to(self.root):
                 try:
                     current.rmdir()
                 except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -218,12 +219,23 @@ class S3Repository(Repository):
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def check_writable(self) -> None:
-        key = self.full_key(".write-probe")
+        """A write, and a second conditional write of the same key that the server must refuse: backup ids are
+        claimed with ``If-None-Match: *``, and a server that ignores it would let two runs share one."""
+        key = f".write-probe-{uuid.uuid4().hex}"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok", **self.sse_args)
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=b"ok", **self.sse_args)
+            try:
+                honoured = not self.put_bytes_if_absent(key, b"again")
+            finally:
+                self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+        except RunbookError:
+            raise
         except Exception as exc:
             raise translate(exc, url=self.url, action="write") from None
+        if not honoured:
+            raise RepositoryNotWritable(
+                f"S3 at {self.url} ignores conditional writes (If-None-Match: *), so two backup runs could claim "
+                "the same backup id.", hint="use a server that supports them (AWS S3, MinIO, Ceph RGW 18+).")
 
     def open_writer(self, key: str) -> S3Writer:
         return S3Writer(self, key)
@@ -260,6 +272,25 @@ class S3Repository(Repository):
             raise translate(exc, url=self.url, action=f"create {key!r}") from None
         except Exception as exc:
             raise translate(exc, url=self.url, action=f"create {key!r}") from None
+        return True
+
+    def replace_bytes_if(self, key: str, data: bytes, *, expect: bytes) -> bool:
+        """A PUT conditional on the ETag just read (``If-Match``): a deleted or replaced object is not recreated."""
+        try:
+            current = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
+            if bytes(current["Body"].read()) != expect:
+                return False
+            self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, IfMatch=current["ETag"],
+                                   **self.sse_args)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in {"PreconditionFailed", "NoSuchKey", "404", "ConditionalRequestConflict"} or status in {
+                    404, 409, 412}:
+                return False
+            raise translate(exc, url=self.url, action=f"refresh {key!r}") from None
+        except Exception as exc:
+            raise translate(exc, url=self.url, action=f"refresh {key!r}") from None
         return True
 
     def check_exists(self) -> None:
