@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +55,18 @@ def freeze_when(pid: int, ready: Callable[[], bool], *, timeout: float = 60) -> 
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.01)
         os.kill(pid, signal.SIGSTOP)
+
+
+def kill_run_at(argv: list[str], env: dict[str, str], child: str, *, timeout: float = 120) -> None:
+    """Start ``argv`` (a ``runbooks`` command) in its own session, wait until it runs ``child`` (e.g. pg_restore),
+    then SIGKILL the whole group, as an OOM kill would: no cleanup runs."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        [pid] = wait_for(lambda: children_named(proc.pid, child), timeout=timeout)  # type: ignore[misc]
+        freeze_when(pid, lambda: True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from runbooks.workdirs import OWNER
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
-from tests.processes import children_named, freeze_when, wait_for
+from tests.processes import kill_run_at, wait_for
 
 SUBJECTS = [("database", "trading_db"), ("cluster", "main")]
 MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
@@ -256,18 +255,9 @@ def test_a_killed_restore_leaves_a_private_work_dir_that_the_next_run_removes(
     work = tmp_path / "state" / "work"
     monkeypatch.setenv("RUNBOOKS_RESTORE__WORK_DIR", str(work))
     backup(bulk_db)
-    proc = subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param",
-                             f"database={bulk_db}", "--param", "mode=new", "--param", "restore_globals=never"],
-                            env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        [pid] = wait_for(lambda: children_named(proc.pid, "pg_restore"), timeout=120)  # type: ignore[misc]
-        freeze_when(pid, lambda: True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_run_at([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param", f"database={bulk_db}",
+                 "--param", "mode=new", "--param", "restore_globals=never"],
+                {**os.environ, "PREFECT_API_URL": prefect_api}, "pg_restore")
     [left] = [p for p in work.iterdir() if (p / OWNER).exists()]
     assert stat.S_IMODE(left.stat().st_mode) == 0o700
     assert (left / "dump.pgc").stat().st_size > 1_000_000

@@ -271,24 +271,13 @@ def test_restore_process_killed_midway(config: SandboxState, source: str, prefec
     """SIGKILL `runbooks run restore` during pg_restore: the source is untouched, the scratch database is
     marked, and the next restore drops it."""
     import os
-    import signal
-    import subprocess
     import sys
 
-    from tests.processes import children_named, freeze_when, wait_for
+    from tests.processes import kill_run_at
 
     content = content_checksums(config, source)
-    proc = subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param", f"database={source}"],
-                            env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        [pid] = wait_for(lambda: children_named(proc.pid, "pg_restore"), timeout=120)  # type: ignore[misc]
-        freeze_when(pid, lambda: True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_run_at([sys.executable, "-m", "runbooks.cli", "run", "restore", "--param", f"database={source}"],
+                {**os.environ, "PREFECT_API_URL": prefect_api}, "pg_restore")
     scratch = [d for d in databases(config) if d.startswith(f"{source}_restore_")]
     assert len(scratch) == 1
     record = records(config).get(scratch[0])
