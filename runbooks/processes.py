@@ -11,10 +11,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
 def _start_time(pid: int) -> str | None:
     """Boot id and start tick of ``pid`` (Linux ``/proc``); None where that is unknown."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = _boot_id()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
@@ -25,7 +29,7 @@ def _start_time(pid: int) -> str | None:
 def _machine() -> str | None:
     """This kernel's boot and this PID namespace: two machines (or containers) may share a hostname, never both."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        boot = _boot_id()
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
