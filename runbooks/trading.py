@@ -57,5 +57,8 @@ class TradingApi:
         return self._call("POST", "/api/v1/operations/resume",
                           {"resumed_by": actor, "confirmation_code": CONFIRMATION_CODE})
 
+    def data_status(self) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/data/status")
+
     def close(self) -> None:
         self._client.close()

@@ -120,12 +120,12 @@ def seed(dsn: str, *, size_mb: float) -> dict[str, int]:
         conn.execute(
             """
             INSERT INTO ohlcv_usdcop_5m ("timestamp", open, high, low, close, volume)
-            SELECT ts, o, o + r * 3, o - r * 3, o + (r - 0.5) * 4, (1000 + r * 50000)::bigint
+            SELECT ts, o, greatest(o, c) + r * 3, least(o, c) - r * 3, c, (1000 + r * 50000)::bigint
             FROM (
                 SELECT date_trunc('hour', now()) + floor(extract(minute FROM now()) / 5) * interval '5 min'
                        - g * interval '5 min' AS ts,
-                       3900 + 100 * sin(g / 500.0) AS o, random() AS r
-                FROM generate_series(0, %(n)s - 1) AS g
+                       3900 + 100 * sin(g / 500.0) AS o, 3900 + 100 * sin(g / 500.0) + (r - 0.5) * 4 AS c, r
+                FROM (SELECT g, random() AS r FROM generate_series(0, %(n)s - 1) AS g) gr
             ) bars
             """,
             {"n": rows["ohlcv_usdcop_5m"]},

@@ -1,0 +1,227 @@
+"""Tasks that measure data freshness in the database and read the platform's own view of it.
+
+All the monitored tables of one database are measured in one network round trip: one statement per table (and per
+volume comparison), sent together in a psycopg pipeline. A statement that fails (a missing table, a missing column)
+fails alone: the statements after it are sent again in the next round trip. Names are quoted as identifiers; the
+session is read-only with a statement timeout, so an operator's ``filter`` cannot write or hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from psycopg import sql
+
+from runbooks.freshness import GroupAge, PlatformView, TableFreshness, VolumeCheck, judge_volume
+from runbooks.postgres import connect, database_errors
+from runbooks.redact import scrub
+from runbooks.settings import ApiSettings, DatabaseSettings, FreshnessSettings, MonitoredTable
+from tasks.policies import TRANSIENT_RETRY
+
+_ORIGIN = sql.SQL("'2000-01-01 00:00:00+00'::timestamptz")
+
+# SQLSTATE -> outcome of a freshness statement that failed alone.
+_OUTCOMES = {"42P01": "missing_table", "3F000": "missing_table", "42703": "missing_column",
+             "42501": "no_access", "42883": "not_a_timestamp", "42804": "not_a_timestamp"}
+
+
+def _loaded_at(table: MonitoredTable) -> sql.Composable:
+    if table.loaded_at_field is not None:
+        return sql.Identifier(table.loaded_at_field)
+    return sql.SQL("({})").format(sql.SQL(table.loaded_at_expression or ""))
+
+
+def _where(table: MonitoredTable, *conditions: sql.Composable) -> sql.Composable:
+    parts = list(conditions) + ([sql.SQL("({})").format(sql.SQL(table.filter))] if table.filter else [])
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
+
+
+def _as_of(as_of: datetime | None) -> sql.Composable:
+    return sql.Literal(as_of) if as_of is not None else sql.SQL("now()")
+
+
+def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, grouped: bool = True) -> sql.Composed:
+    """``(group, newest, age in seconds)`` per group, or one row for the whole table."""
+    ts, now = _loaded_at(table), _as_of(as_of)
+    source = sql.Identifier(table.schema_, table.table)
+    newest = sql.SQL("max({ts})::timestamptz, extract(epoch FROM ({now} - max({ts})))::float8").format(ts=ts, now=now)
+    if grouped and table.group_by:
+        window = sql.SQL("{ts} >= {now} - {w}::interval").format(ts=ts, now=now, w=sql.Literal(table.group_window))
+        return sql.SQL("SELECT {g}::text, {newest} FROM {t}{where} GROUP BY 1").format(
+            g=sql.Identifier(table.group_by), newest=newest, t=source, where=_where(table, window))
+    return sql.SQL("SELECT NULL::text, {newest} FROM {t}{where}").format(newest=newest, t=source,
+                                                                         where=_where(table))
+
+
+def volume_statement(table: MonitoredTable, *, days: int) -> sql.Composed:
+    """Rows in the latest complete interval (the one before the newest row's) and in the same interval 1..days
+    days back: ``(days back, interval start, rows)``. Each count is an index range scan on the timestamp."""
+    assert table.interval is not None
+    ts, iv = _loaded_at(table), sql.Literal(table.interval)
+    source = sql.Identifier(table.schema_, table.table)
+    bucket = sql.SQL("b.start - d * interval '1 day'")
+    window = [sql.SQL("{ts} >= {b}").format(ts=ts, b=bucket), sql.SQL("{ts} < {b} + {iv}").format(ts=ts, b=bucket,
+                                                                                                     iv=iv)]
+    return sql.SQL(
+        "SELECT d, b.start, (SELECT count(*) FROM {t}{where}) FROM "
+        "(SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} AS start FROM {t}{all}) b, "
+        "generate_series(0, {days}) AS d WHERE b.start IS NOT NULL"
+    ).format(t=source, where=_where(table, *window), iv=iv, ts=ts, origin=_ORIGIN, all=_where(table),
+             days=sql.Literal(days))
+
+
+def _pipelined(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> list[list[tuple[Any, ...]] | psycopg.Error]:
+    """Run every statement in as few round trips as possible: one, unless some fail. In a pipeline the first error
+    aborts the statements queued after it; those are sent again (they did not run), the failed one is not."""
+    results: list[list[tuple[Any, ...]] | psycopg.Error | None] = [None] * len(statements)
+    pending = list(range(len(statements)))
+    while pending:
+        cursors: list[tuple[int, psycopg.Cursor[Any]]] = []
+        error: psycopg.Error | None = None
+        try:
+            with conn.pipeline():
+                for i in pending:
+                    cursor = conn.cursor()
+                    try:
+                        cursor.execute(statements[i], prepare=False)
+                    except psycopg.Error as exc:  # an earlier statement's error, read early: the rest is aborted
+                        error = exc
+                        break
+                    cursors.append((i, cursor))
+        except psycopg.Error as exc:  # the first error, raised when the pipeline syncs on leaving
+            if conn.broken:
+                raise  # the connection, not a statement: the task's retry policy decides
+            error = error or exc
+        retry: list[int] = []
+        for i, cursor in cursors:
+            if cursor.pgresult is not None:
+                results[i] = cursor.fetchall()
+            elif error is not None:
+                results[i], error = error, None  # the first statement without a result is the one that failed
+            else:
+                retry.append(i)
+        queued = {i for i, _ in cursors}
+        retry += [i for i in pending if i not in queued]
+        if error is not None or retry == pending:  # an error we cannot place: give up rather than loop
+            for i in retry:
+                results[i] = error or psycopg.OperationalError("statement not run")
+            retry = []
+        pending = retry
+    return [r if r is not None else [] for r in results]
+
+
+def _params(database: DatabaseSettings, timeout_seconds: float) -> dict[str, Any]:
+    params = database.conninfo()
+    options = f"-c statement_timeout={int(timeout_seconds * 1000)} -c TimeZone=UTC -c default_transaction_read_only=on"
+    params["options"] = f"{params.get('options', '')} {options}".strip()
+    params.setdefault("application_name", "runbooks-data-freshness")
+    return params
+
+
+def _failed(exc: psycopg.Error) -> tuple[str, str]:
+    text = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return _OUTCOMES.get(exc.sqlstate or "", "failed"), text
+
+
+def _measured(table: MonitoredTable, rows: list[tuple[Any, ...]]) -> TableFreshness:
+    key = table.key
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return TableFreshness(key=key, database=table.database, outcome="empty")
+    ages = [GroupAge(group=str(r[0]), last_at=r[1], age_seconds=float(r[2])) for r in rows]
+    if table.group_by:
+        seen = {a.group for a in ages}
+        ages += [GroupAge(group=g) for g in table.expected_groups if g not in seen]
+    ages.sort(key=lambda a: -1 if a.age_seconds is None else -a.age_seconds)
+    stalest = ages[0]
+    known = [a for a in ages if a.age_seconds is not None]
+    worst_age = max(a.age_seconds for a in known if a.age_seconds is not None)
+    if stalest.age_seconds is None:  # an expected group never seen in the window: at least as old as the window
+        worst_age = max(worst_age, table.group_window.total_seconds())
+    newest_of_stalest = min((a.last_at for a in known if a.last_at is not None), default=None)
+    stale = [a for a in ages if a.age_seconds is None or a.age_seconds > table.error_after.total_seconds()]
+    return TableFreshness(key=key, database=table.database, outcome="measured", last_at=newest_of_stalest,
+                          age_seconds=worst_age, groups=len(ages) if table.group_by else 0,
+                          stale_groups=stale if table.group_by else [])
+
+
+@task(name="measure-freshness", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def measure_freshness(*, database_name: str, database: DatabaseSettings, tables: list[MonitoredTable],
+                      settings: FreshnessSettings, as_of: datetime | None = None
+                      ) -> tuple[list[TableFreshness], list[VolumeCheck]]:
+    """Freshness (and the volume comparison, where an interval is set) of every monitored table of one database.
+
+    Returns:
+        One ``TableFreshness`` per table, in order, and one ``VolumeCheck`` per table with an interval.
+    """
+    statements: list[sql.Composable] = [freshness_statement(t, as_of=as_of) for t in tables]
+    with_volume = [t for t in tables if t.interval is not None]
+    statements += [volume_statement(t, days=settings.volume_history_days) for t in with_volume]
+    where = f"measuring freshness in {database_name!r}"
+    with connect(_params(database, settings.statement_timeout_seconds), where=where, autocommit=True) as conn, \
+            database_errors(where):
+        results = _pipelined(conn, statements)
+        # A grouped table with no group in its window: is it empty, or is every group older than the window?
+        regroup = [i for i, t in enumerate(tables)
+                   if t.group_by and isinstance(results[i], list) and not results[i]]
+        if regroup:
+            again = _pipelined(conn, [freshness_statement(tables[i], as_of=as_of, grouped=False) for i in regroup])
+            for i, rows in zip(regroup, again, strict=True):
+                results[i] = rows
+    measured: list[TableFreshness] = []
+    for table, rows in zip(tables, results, strict=False):
+        if isinstance(rows, psycopg.Error):
+            outcome, text = _failed(rows)
+            measured.append(TableFreshness(key=table.key, database=table.database, outcome=outcome,  # type: ignore[arg-type]
+                                           detail=text))
+        else:
+            measured.append(_measured(table, rows))
+    volumes: list[VolumeCheck] = []
+    for table, rows in zip(with_volume, results[len(tables):], strict=True):
+        if isinstance(rows, psycopg.Error):
+            volumes.append(VolumeCheck(key=table.key, verdict=f"could not count: {_failed(rows)[1]}"))
+            continue
+        counts = {int(r[0]): int(r[2]) for r in rows}
+        start = rows[0][1] if rows else None
+        volumes.append(judge_volume(counts, key=table.key, bucket_start=start, settings=settings))
+    return measured, volumes
+
+
+@task(name="read-platform-data-status", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_platform_data_status(*, api: ApiSettings | None, database_age_seconds: float | None,
+                              tolerance: timedelta, error_after: timedelta) -> PlatformView:
+    """The platform's own view (``GET /api/v1/data/status``) beside the database's: they disagree when the ages
+    differ by more than ``tolerance`` or one calls the data fresh while the other calls it stale."""
+    from runbooks.trading import TradingApi
+
+    client = TradingApi(api)
+    try:
+        body = client.data_status()
+    finally:
+        client.close()
+    view = PlatformView(available=True, status=str(body.get("status")), last_bar_at=body.get("last_bar_at"),
+                        staleness_seconds=_float(body.get("staleness_seconds")),
+                        database_age_seconds=database_age_seconds)
+    if view.staleness_seconds is None or database_age_seconds is None:
+        view.detail = "nothing to compare"
+        return view
+    gap = abs(view.staleness_seconds - database_age_seconds)
+    ours_stale = database_age_seconds > error_after.total_seconds()
+    theirs_stale = view.status == "stale" if view.status in ("fresh", "stale") else ours_stale
+    view.disagrees = gap > tolerance.total_seconds() or ours_stale != theirs_stale
+    if view.disagrees:
+        view.detail = (f"the platform says {view.status} ({view.staleness_seconds:.0f} s), the database says "
+                       f"{database_age_seconds:.0f} s")
+    return view
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,185 @@
+"""Data-quality tasks: Great Expectations (GX Core 1.x) suites on the recent window of a monitored table, every
+metric computed in SQL by PostgreSQL (only a few sample rows come back), plus the database's configured integrity
+checks. GX is imported here, inside the task, and nowhere else: it costs seconds and hundreds of MB to import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from psycopg import sql
+
+from runbooks.freshness import ExpectationFailure, QualityResult
+from runbooks.postgres import connect, database_errors, run_checks
+from runbooks.redact import scrub
+from runbooks.settings import DatabaseSettings, IntegrityCheck, MonitoredTable
+from tasks.freshness import _as_of, _params, _where
+from tasks.policies import TRANSIENT_RETRY
+
+SAMPLES = 5
+
+
+def window_query(table: MonitoredTable, *, lookback: timedelta, as_of: datetime | None) -> sql.Composed:
+    """The rows of the last ``lookback`` (an index range scan on the timestamp): the only rows a suite reads."""
+    ts = sql.Identifier(table.loaded_at_field or "")
+    since = sql.SQL("{ts} >= {now} - {lb}::interval").format(ts=ts, now=_as_of(as_of), lb=sql.Literal(lookback))
+    return sql.SQL("SELECT * FROM {t}{where}").format(t=sql.Identifier(table.schema_, table.table),
+                                                     where=_where(table, since))
+
+
+def ohlcv_suite(table: MonitoredTable) -> list[Any]:
+    """Seed 004's bar invariants: prices present, low <= open, close <= high, volume > 0, one bar per (symbol,
+    timestamp), no gap longer than one interval per symbol."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    c, ts = table.columns, table.loaded_at_field or ""
+    suite: list[Any] = [E.ExpectColumnValuesToNotBeNull(column=col) for col in (c.open, c.high, c.low, c.close,
+                                                                                 c.volume)]
+    for a, b in ((c.high, c.low), (c.open, c.low), (c.high, c.open), (c.close, c.low), (c.high, c.close)):
+        suite.append(E.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True,
+                                                               description=f"{a} >= {b}"))
+    suite.append(E.ExpectColumnValuesToBeBetween(column=c.volume, min_value=0, strict_min=True,
+                                                 description=f"{c.volume} > 0"))
+    suite.append(E.ExpectCompoundColumnsToBeUnique(column_list=[c.symbol, ts],
+                                                   description=f"one bar per ({c.symbol}, {ts})"))
+    if table.interval is not None:
+        gaps = sql.SQL(
+            "SELECT {s}, {ts}, gap::text FROM (SELECT {s}, {ts}, {ts} - lag({ts}) OVER (PARTITION BY {s} ORDER BY {ts}) "
+            "AS gap FROM {{batch}}) bars WHERE gap > {iv}::interval ORDER BY {ts} DESC"
+        ).format(s=sql.Identifier(c.symbol), ts=sql.Identifier(ts), iv=sql.Literal(table.interval))
+        suite.append(E.UnexpectedRowsExpectation(unexpected_rows_query=gaps.as_string(None),
+                                                 description=f"no gap longer than {table.interval} per {c.symbol}"))
+    return suite
+
+
+def _name(result: Any) -> str:
+    config = result.expectation_config
+    if config.description:
+        return str(config.description)
+    column = config.kwargs.get("column")
+    return f"{config.type}({column})" if column else str(config.type)
+
+
+def _sample(row: Any) -> str:
+    if isinstance(row, dict):
+        return ", ".join(f"{k}={v}" for k, v in row.items())
+    if isinstance(row, list | tuple):
+        return ", ".join(str(v) for v in row)
+    return str(row)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - called outside a run (a benchmark)
+        return logging.getLogger("runbooks.quality")
+
+
+def _quiet_gx() -> None:
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@task(name="validate-recent-window", cache_policy=NO_CACHE)
+def validate_recent_window(*, table: MonitoredTable, database: DatabaseSettings, lookback: timedelta,
+                           timeout_seconds: float, as_of: datetime | None = None) -> QualityResult:
+    """Run the table's suite on its recent window, computed in PostgreSQL.
+
+    Returns:
+        A summary: each failed expectation with its unexpected count and a few sample keys; never GX's raw JSON.
+    """
+    started = time.monotonic()
+    result = QualityResult(key=table.key, status="passed")
+    params = _params(database, timeout_seconds)
+    if table.quality == "ohlcv":
+        try:
+            _validate_ohlcv(table, params, lookback, as_of, result)
+        except Exception as exc:  # noqa: BLE001 - a suite that cannot run is a finding, not a crash
+            result.status, result.detail = "could_not_run", scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            _logger().error("Quality suite of %s could not run: %s", table.key, result.detail)
+    if result.status == "passed" and (result.failures or result.checks_failed):
+        result.status = "failed"
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@task(name="run-integrity-checks", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def run_integrity_checks(*, name: str, database: DatabaseSettings, checks: list[IntegrityCheck],
+                         timeout_seconds: float) -> QualityResult:
+    """The database's configured integrity checks (positions, trades: seed 002's corruption checks by default),
+    each in its own savepoint; report-only checks (no ``expect``) are not judged here.
+
+    Returns:
+        ``failed`` with the checks that failed or could not run.
+    """
+    started = time.monotonic()
+    where = f"running the integrity checks of {name!r}"
+    judged = [c for c in checks if c.expect is not None]
+    with connect(_params(database, timeout_seconds), where=where, autocommit=True) as conn, database_errors(where):
+        outcome = run_checks(conn, judged)
+    failed = [f"{c.name} ({c.value}, expected {c.expect})" if c.status == "failed"
+              else f"{c.name}: could not run ({c.error})" for c in outcome if c.status in ("failed", "could_not_run")]
+    return QualityResult(key=f"{name} integrity checks", status="failed" if failed else "passed",
+                         expectations=len(judged), checks_failed=failed, seconds=time.monotonic() - started)
+
+
+def _validate_ohlcv(table: MonitoredTable, params: dict[str, Any], lookback: timedelta, as_of: datetime | None,
+                    result: QualityResult) -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    _quiet_gx()
+
+    c = table.columns
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # The password travels in connect_args, never in a connection string GX could echo.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a more specific PostgresDatasource may be more appropriate": it needs a
+        # URL with the password in it, which this avoids
+        source = context.data_sources.add_sql("runbooks", connection_string="postgresql+psycopg://",
+                                              kwargs={"connect_args": params, "pool_pre_ping": False})
+    query = window_query(table, lookback=lookback, as_of=as_of).as_string(None)
+    batch = source.add_query_asset("recent", query=query).add_batch_definition_whole_table("window")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"ohlcv-{table.key}", expectations=ohlcv_suite(table)))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="recent", data=batch, suite=suite))
+    keys = [c.symbol, table.loaded_at_field or ""]
+    outcome = definition.run(result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLES,
+                                            "unexpected_index_column_names": keys})
+    result.expectations = len(outcome.results)
+    unexpected_rows = []
+    for r in outcome.results:
+        counted = r.result.get("element_count")
+        if counted is not None:
+            result.window_rows = int(counted)
+        if r.success:
+            continue
+        if r.expectation_config.type == "unexpected_rows_expectation":
+            unexpected_rows.append(r.expectation_config)
+            result.failures.append(ExpectationFailure(expectation=_name(r), unexpected=r.result.get("observed_value")))
+            continue
+        rows = r.result.get("partial_unexpected_index_list") or r.result.get("partial_unexpected_list") or []
+        keyed = [{k: row[k] for k in keys if k in row} if isinstance(row, dict) else row for row in rows]
+        result.failures.append(ExpectationFailure(expectation=_name(r), unexpected=r.result.get("unexpected_count"),
+                                                  samples=[_sample(s) for s in keyed[:SAMPLES]]))
+    if unexpected_rows:
+        # Samples of rows a query found: SUMMARY carries only the count, COMPLETE carries at most GX's cap of rows.
+        again = context.suites.add(gx.ExpectationSuite(name=f"samples-{table.key}", expectations=[
+            gx.expectations.UnexpectedRowsExpectation(unexpected_rows_query=cfg.kwargs["unexpected_rows_query"],
+                                                      description=cfg.description) for cfg in unexpected_rows]))
+        samples = context.validation_definitions.add(gx.ValidationDefinition(name="samples", data=batch, suite=again))
+        by_name = {f.expectation: f for f in result.failures}
+        for r in samples.run(result_format={"result_format": "COMPLETE"}).results:
+            rows = (r.result.get("details") or {}).get("unexpected_rows") or []
+            if (failure := by_name.get(_name(r))) is not None:
+                failure.samples = [_sample(row) for row in rows[:SAMPLES]]
+    _logger().info("Quality of %s: %d expectations on %s rows, %d failed", table.key, result.expectations,
+                          result.window_rows, len(result.failures))
