@@ -1,6 +1,6 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
-Scheduled maintenance: ``backup``. On-demand recovery: ``restore``.
+Scheduled maintenance: ``backup``, ``data-freshness``. On-demand recovery: ``restore``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class Runbook:
 RUNBOOKS: dict[str, Runbook] = {
     "backup": Runbook("backup", "flows.backup", "backup_databases", "BackupParameters", "render_report",
                       "scheduled maintenance"),
+    "data-freshness": Runbook("data-freshness", "flows.data_freshness", "data_freshness_flow",
+                              "FreshnessParameters", "render_report", "scheduled maintenance"),
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
 }

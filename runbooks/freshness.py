@@ -121,12 +121,13 @@ def judge_staleness(table: MonitoredTable, measured: TableFreshness) -> Finding:
         names = ", ".join(g.group for g in measured.stale_groups[:5])
         more = f" and {len(measured.stale_groups) - 5} more" if len(measured.stale_groups) > 5 else ""
         who = f" ({table.group_by or 'group'} {names}{more})"
-    if table.kill_after is not None and age > table.kill_after.total_seconds():
+    kill, error = table.kill_after, table.error_after
+    if kill is not None and age > kill.total_seconds():
         return Finding(key=table.key, severity="kill", gates_trading=gates,
-                       reason=f"stale for {_minutes(age)}{who}, beyond kill_after {_minutes(table.kill_after.total_seconds())}")
-    if age > table.error_after.total_seconds():
+                       reason=f"stale for {_minutes(age)}{who}, beyond kill_after {_minutes(kill.total_seconds())}")
+    if age > error.total_seconds():
         return Finding(key=table.key, severity="error", gates_trading=gates,
-                       reason=f"stale for {_minutes(age)}{who}, beyond error_after {_minutes(table.error_after.total_seconds())}")
+                       reason=f"stale for {_minutes(age)}{who}, beyond error_after {_minutes(error.total_seconds())}")
     if table.warn_after is not None and age > table.warn_after.total_seconds():
         return Finding(key=table.key, severity="warn", gates_trading=gates,
                        reason=f"{_minutes(age)} old, beyond warn_after {_minutes(table.warn_after.total_seconds())}")

@@ -75,10 +75,13 @@ def volume_statement(table: MonitoredTable, *, days: int) -> sql.Composed:
              days=sql.Literal(days))
 
 
-def _pipelined(conn: psycopg.Connection, statements: Sequence[sql.Composable]) -> list[list[tuple[Any, ...]] | psycopg.Error]:
+Rows = list[tuple[Any, ...]]
+
+
+def _pipelined(conn: psycopg.Connection, statements: Sequence[sql.Composed]) -> list[Rows | psycopg.Error]:
     """Run every statement in as few round trips as possible: one, unless some fail. In a pipeline the first error
     aborts the statements queued after it; those are sent again (they did not run), the failed one is not."""
-    results: list[list[tuple[Any, ...]] | psycopg.Error | None] = [None] * len(statements)
+    results: list[Rows | psycopg.Error | None] = [None] * len(statements)
     pending = list(range(len(statements)))
     while pending:
         cursors: list[tuple[int, psycopg.Cursor[Any]]] = []
@@ -159,7 +162,7 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     Returns:
         One ``TableFreshness`` per table, in order, and one ``VolumeCheck`` per table with an interval.
     """
-    statements: list[sql.Composable] = [freshness_statement(t, as_of=as_of) for t in tables]
+    statements: list[sql.Composed] = [freshness_statement(t, as_of=as_of) for t in tables]
     with_volume = [t for t in tables if t.interval is not None]
     statements += [volume_statement(t, days=settings.volume_history_days) for t in with_volume]
     where = f"measuring freshness in {database_name!r}"

@@ -57,10 +57,11 @@ def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[s
 
 
 @task(name="resume-trading-if-ours", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: str | None) -> dict[str, Any]:
-    """Resume trading (with the confirmation code) only while the halt in force is ``actor``'s own, unchanged
-    since ``changed_at``. Each attempt, retries included, reads the status again: a responder who pressed the
-    kill switch between two attempts keeps trading halted.
+def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: str | None,
+                           held_by: str | None = None) -> dict[str, Any]:
+    """Resume trading (with the confirmation code) only while the halt in force is ``held_by``'s own (default:
+    ``actor``, this run), unchanged since ``changed_at``. Each attempt, retries included, reads the status again:
+    a responder who pressed the kill switch between two attempts keeps trading halted.
 
     Returns:
         The status read before deciding, with ``resumed`` set to whether this call resumed trading.
@@ -68,7 +69,7 @@ def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: s
     client = TradingApi(api)
     try:
         now = client.status()
-        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == actor
+        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == (held_by or actor)
                 and now.get("changed_at", changed_at) == changed_at)
         if ours:
             client.resume(actor=actor)

@@ -1,0 +1,336 @@
+"""Data freshness and quality: seed 004 section 3.3 ("Data Source Down") as a flow that decides and acts.
+
+Trigger: the ``data-freshness`` deployment every 5 minutes, on demand from the Prefect UI, or
+``runbooks run data-freshness``. Blast radius: read-only on the databases (read-only sessions with a statement
+timeout); on the trading platform it may pause trading, press the kill switch, or resume a pause it made itself.
+Rollback: a pause this runbook made is lifted by a later run once every gating table is fresh and passing again;
+a kill switch it pressed, and any hold a human made, are lifted only by a human (CONFIRM_RESUME).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.states import Failed, State
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.freshness import (
+    SEVERITY_ORDER,
+    Decision,
+    Finding,
+    HoldRecord,
+    PlatformView,
+    QualityResult,
+    Severity,
+    TableFreshness,
+    VolumeCheck,
+    decide,
+    judge_quality,
+    judge_staleness,
+    worst,
+)
+from runbooks.holds import HoldRecords
+from runbooks.redact import scrub
+from runbooks.report import table, timeline_markdown
+from runbooks.repository import open_repository
+from runbooks.settings import MonitoredTable
+from tasks.freshness import measure_freshness, read_platform_data_status
+from tasks.quality import run_integrity_checks, validate_recent_window
+from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
+
+RUNBOOK = "data-freshness"
+
+
+class FreshnessParameters(BaseModel):
+    """What to check in this run; the tables and thresholds themselves are in the settings (``[freshness]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    act: bool = Field(default=True, description="Pause, halt or resume trading as the ladder says; false: only "
+                      "report what it would do.")
+    tables: list[str] = Field(default_factory=list, description="Monitored tables (labels) to check; empty: all.")
+    quality: bool = Field(default=True, description="Run the data-quality suites and integrity checks.")
+
+
+class TradingState(BaseModel):
+    trading_mode: str | None = None
+    paused_by: str | None = None
+    reason: str | None = None
+    changed_at: str | None = None
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> TradingState:
+        return cls.model_validate({k: (str(v) if v is not None else None) for k, v in status.items()
+                                   if k in cls.model_fields})
+
+
+class FreshnessResult(RunbookResult):
+    act: bool
+    worst: Severity = "ok"
+    tables: list[TableFreshness] = Field(default_factory=list)
+    volumes: list[VolumeCheck] = Field(default_factory=list)
+    quality: list[QualityResult] = Field(default_factory=list)
+    platform: PlatformView | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    trading_before: TradingState | None = None
+    decision: Decision | None = None
+    action: str = Field(default="none", description="what was done to trading (or would be, with act=false)")
+    trading_after: TradingState | None = None
+    hold_record: HoldRecord | None = Field(default=None, description="this runbook's record of its own pause")
+
+
+def render_report(result: FreshnessResult) -> str:
+    verdict = {"ok": "data fresh", "warn": "WARNING", "error": "STALE OR FAILING", "kill": "STALE: KILL SWITCH",
+               "unknown": "UNKNOWN"}[result.worst]
+    lines = [f"# Data freshness {'(act=false) ' if not result.act else ''}— {verdict}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. "
+             f"**Action: {result.action}.**", ""]
+    if result.decision:
+        lines += [f"Decision: {result.decision.why}.", ""]
+    if result.error:
+        lines += [f"**Error:** {result.error}", ""]
+    lines += ["## Findings", table(["table", "severity", "gates trading", "reason"],
+                                   [[f.key, f.severity, "yes" if f.gates_trading else "no", f.reason]
+                                    for f in result.findings])]
+    lines += ["## Freshness (measured in the database)",
+              table(["table", "database", "outcome", "newest row", "age", "groups", "stale groups"],
+                    [[t.key, t.database, t.outcome, f"{t.last_at:%Y-%m-%d %H:%M:%S}" if t.last_at else "-",
+                      f"{t.age_seconds:.0f} s" if t.age_seconds is not None else "-", str(t.groups or "-"),
+                      ", ".join(g.group for g in t.stale_groups[:10]) or "-"] for t in result.tables])]
+    if result.platform:
+        p = result.platform
+        lines += ["## The platform's view (GET /api/v1/data/status)",
+                  (f"{p.status}, {p.staleness_seconds:.0f} s stale; the database says "
+                   f"{p.database_age_seconds:.0f} s. " if p.available and p.staleness_seconds is not None
+                   and p.database_age_seconds is not None else "")
+                  + ("**They disagree.** " if p.disagrees else "") + (p.detail or ""), ""]
+    if result.volumes:
+        lines += ["## Volume of the latest complete interval against the same interval on previous days",
+                  table(["table", "interval", "rows", "median", "spread", "verdict"],
+                        [[v.key, f"{v.bucket_start:%H:%M}" if v.bucket_start else "-", v.count if v.count is not None
+                          else "-", f"{v.median:g}" if v.median is not None else "-",
+                          f"{v.spread:.1f}" if v.spread is not None else "-", v.verdict] for v in result.volumes])]
+    if result.quality:
+        rows: list[list[object]] = []
+        for q in result.quality:
+            if not q.failures and not q.checks_failed:
+                rows.append([q.key, q.status, f"{q.expectations} passed" if q.status == "passed" else q.detail or "-",
+                             "-", "-"])
+            for f in q.failures:
+                rows.append([q.key, "failed", f.expectation, f.unexpected if f.unexpected is not None else "-",
+                             "; ".join(f.samples) or "-"])
+            for c in q.checks_failed:
+                rows.append([q.key, "failed", c, "-", "-"])
+        lines += ["## Data quality (recent window, computed in PostgreSQL)",
+                  table(["table", "status", "expectation", "unexpected", "samples"], rows)]
+    before, after = result.trading_before, result.trading_after
+    if before:
+        lines += ["## Trading",
+                  f"Before: {before.trading_mode} (by {before.paused_by or '-'}, since {before.changed_at}).  ",
+                  f"After: {after.trading_mode} (by {after.paused_by or '-'}, since {after.changed_at})." if after
+                  else "After: unchanged.", ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    return "\n".join(lines)
+
+
+def _selected(tables: list[MonitoredTable], names: list[str]) -> list[MonitoredTable]:
+    if not names:
+        return tables
+    known = {t.key: t for t in tables}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigurationError(f"monitored table(s) {unknown} are not in [freshness] tables (configured: "
+                                 f"{', '.join(known) or 'none'}).", hint="name tables by their label, or leave "
+                                 "'tables' empty to check all.")
+    return [known[n] for n in names]
+
+
+@flow(name=RUNBOOK, log_prints=False)
+def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
+    """Measure the freshness, volume and quality of the monitored tables; pause, halt or resume trading by seed
+    004's ladder."""
+    params = parameters or FreshnessParameters()
+    run: RunbookRun[FreshnessResult] = RunbookRun(RUNBOOK, resource="market-data")
+    settings, logger, cfg = run.settings, run.logger, run.settings.freshness
+    result = FreshnessResult(act=params.act, started_at=run.started_at)
+
+    def conclude(error: str | None = None) -> State:
+        result.error = error or result.error
+        result.worst = "unknown" if result.error else worst(result.findings)
+        result.succeeded = result.error is None and SEVERITY_ORDER[result.worst] <= SEVERITY_ORDER["warn"]
+        run.steps.event("data-freshness.verdict", worst=result.worst, action=result.action,
+                        findings=[f.model_dump() for f in result.findings if f.severity != "ok"])
+        state = run.conclude(result, render=render_report, report_key="data-freshness-report",
+                             description="Data-freshness runbook report")
+        if result.succeeded:
+            return state
+        summary = "; ".join(f"{f.key}: {f.reason}" for f in result.findings if f.severity not in ("ok", "warn"))
+        return Failed(data=state.data, message=f"{result.worst}: {result.error or summary} (action: {result.action})")
+
+    try:
+        with run.step("check settings") as figures:
+            tables = _selected(cfg.tables, params.tables)
+            by_database: dict[str, list[MonitoredTable]] = defaultdict(list)
+            for t in tables:
+                by_database[t.database].append(t)
+            databases = {name: settings.database_or_raise(name) for name in by_database}
+            figures.update(tables=len(tables), databases=len(databases))
+    except RunbookError as exc:
+        return conclude(scrub(str(exc)))
+
+    measured: dict[str, TableFreshness] = {}
+    with run.step("measure freshness") as figures:
+        for name, group in by_database.items():
+            try:
+                fresh, volumes = measure_freshness(database_name=name, database=databases[name], tables=group,
+                                                   settings=cfg)
+            except RunbookError as exc:
+                fresh = [TableFreshness(key=t.key, database=name, outcome="unreachable", detail=scrub(str(exc)))
+                         for t in group]
+                volumes = []
+            measured.update({m.key: m for m in fresh})
+            result.volumes += volumes
+        result.tables = [measured[t.key] for t in tables]
+        result.findings = [judge_staleness(t, measured[t.key]) for t in tables]
+        figures.update(stale=sum(f.severity in ("error", "kill") for f in result.findings),
+                       oldest_seconds=max((m.age_seconds or 0 for m in measured.values()), default=0))
+    for volume in result.volumes:
+        if volume.flagged:
+            result.findings.append(Finding(key=volume.key, severity="warn", gates_trading=False,
+                                           reason=f"sudden volume drop: {volume.verdict}"))
+
+    if params.quality:
+        with run.step("check quality") as figures:
+            for t in tables:
+                if t.quality is None or measured[t.key].outcome != "measured":
+                    continue
+                try:
+                    quality = validate_recent_window(table=t, database=databases[t.database], lookback=cfg.lookback,
+                                                     timeout_seconds=cfg.statement_timeout_seconds)
+                except RunbookError as exc:
+                    quality = QualityResult(key=t.key, status="could_not_run", detail=scrub(str(exc)))
+                result.quality.append(quality)
+                if (finding := judge_quality(t, quality)) is not None:
+                    result.findings.append(finding)
+            for name, database in databases.items():
+                if not database.checks:
+                    continue
+                gating = any(t.gates_trading for t in by_database[name])
+                try:
+                    checks = run_integrity_checks(name=name, database=database, checks=database.checks,
+                                                  timeout_seconds=cfg.statement_timeout_seconds)
+                except RunbookError as exc:
+                    checks = QualityResult(key=f"{name} integrity checks", status="could_not_run",
+                                           detail=scrub(str(exc)))
+                result.quality.append(checks)
+                if checks.status != "passed":
+                    severity: Severity = "error" if checks.status == "failed" else "unknown"
+                    result.findings.append(Finding(key=checks.key, severity=severity, gates_trading=gating,
+                                                   reason="; ".join(checks.checks_failed) or checks.detail or "?"))
+            figures["failed"] = sum(q.status != "passed" for q in result.quality)
+
+    platform_table = measured.get(cfg.platform_table or "")
+    if settings.trading_api is not None and platform_table is not None:
+        with run.step("read the platform's view") as figures:
+            try:
+                source = next(t for t in tables if t.key == platform_table.key)
+                result.platform = read_platform_data_status(
+                    api=settings.trading_api, database_age_seconds=platform_table.age_seconds,
+                    tolerance=cfg.disagreement_tolerance, error_after=source.error_after)
+            except RunbookError as exc:
+                result.platform = PlatformView(available=False, detail=f"unavailable: {scrub(str(exc))}")
+            figures["disagrees"] = result.platform.disagrees
+        if result.platform.disagrees:
+            result.findings.append(Finding(key=platform_table.key, severity="warn", gates_trading=False,
+                                           reason=f"the platform and the database disagree: {result.platform.detail}"))
+
+    for finding in result.findings:
+        if finding.severity != "ok":
+            logger.warning("%s: %s (%s)", finding.key, finding.reason, finding.severity)
+
+    try:
+        _decide_and_act(run, params, result)
+    except RunbookError as exc:
+        logger.error("Trading state unknown: %s", scrub(str(exc)))
+        result.next_steps.append("The trading API did not answer: check whether trading is paused by hand "
+                                 "(GET /api/v1/operations/status); nothing was assumed.")
+        return conclude(f"trading API: {scrub(str(exc))}")
+    return conclude()
+
+
+def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameters, result: FreshnessResult) -> None:
+    """Read trading's state and this runbook's hold record, decide by the ladder, act (or say what it would do)."""
+    settings, logger = run.settings, run.logger
+    if settings.trading_api is None:
+        result.action = "none (no trading API configured)"
+        return
+    holds = HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
+    with run.step("read trading status"):
+        status = read_trading_status(api=settings.trading_api)
+        result.trading_before = TradingState.of(status)
+        record = holds.get(RUNBOOK)
+        result.hold_record = record
+    decision = decide(result.findings, status, record)
+    result.decision = decision
+    if not params.act:
+        result.action = "none" if decision.action == "none" else f"would {decision.action} (act=false)"
+        return
+    reason = "; ".join(f"{f.key}: {f.reason}" for f in result.findings
+                       if f.gates_trading and f.severity in ("error", "kill"))[:500]
+    destructive = decision.action in ("pause", "kill-switch", "resume")
+    with run.step(f"trading: {decision.action}", destructive=destructive) as figures:
+        if decision.action in ("pause", "kill-switch"):
+            call = pause_trading if decision.action == "pause" else halt_trading
+            after = call(api=settings.trading_api, actor=run.actor, reason=f"stale market data: {reason}")
+            result.trading_after = TradingState.of(after)
+            result.action = "paused trading" if decision.action == "pause" else "KILL SWITCH activated"
+            event = "trading.paused" if decision.action == "pause" else "trading.halted"
+            run.steps.event(event, how=decision.action, actor=run.actor, reason=reason)
+            if decision.action == "kill-switch":
+                run.steps.event("escalation", severity="P1", reason=f"data stale beyond kill_after: {reason}")
+                result.next_steps.append("ESCALATE (P1): market data stale beyond kill_after; the kill switch is on. "
+                                         "Follow seed 004 section 3.3, then resume by hand with CONFIRM_RESUME.")
+            if after.get("paused_by") == run.actor:
+                mode: Literal["paused", "halted"] = "halted" if decision.action == "kill-switch" else "paused"
+                record = HoldRecord(actor=run.actor, mode=mode, changed_at=after.get("changed_at"), reason=reason,
+                                    flow_run_id=run.flow_run_id, at=datetime.now(UTC))
+                try:
+                    holds.put(RUNBOOK, record)
+                    result.hold_record = record
+                except RunbookError as exc:
+                    logger.error("Trading %s, but its record could not be written (%s): a human resumes it",
+                                 mode, scrub(str(exc)))
+                    result.next_steps.append("The hold record could not be written: this runbook will not "
+                                             "resume trading itself; resume by hand once the data is fresh.")
+            else:
+                result.action += f" (requested; the platform says it is held by {after.get('paused_by')!r})"
+        elif decision.action == "resume":
+            assert result.hold_record is not None
+            now = resume_trading_if_ours(api=settings.trading_api, actor=run.actor,
+                                         held_by=result.hold_record.actor, changed_at=result.hold_record.changed_at)
+            if now["resumed"]:
+                result.action = "resumed trading (the pause was this runbook's own)"
+                run.steps.event("trading.resumed", actor=run.actor, paused_by=result.hold_record.actor)
+                holds.forget(RUNBOOK)
+                result.trading_after = TradingState.of(read_trading_status(api=settings.trading_api))
+            else:
+                result.action = (f"not resumed: trading is now held by {now.get('paused_by')!r} "
+                                 f"since {now.get('changed_at')}")
+                holds.forget(RUNBOOK)
+        elif decision.action == "forget-record":
+            holds.forget(RUNBOOK)
+            result.action = "none (an obsolete hold record was forgotten)"
+        else:
+            result.action = "none"
+        figures["action"] = result.action
+    if decision.target in ("pause", "kill") and result.trading_before and result.trading_before.trading_mode != \
+            "running" and decision.action == "none":
+        result.next_steps.append(f"Trading is held by {result.trading_before.paused_by!r}; this runbook leaves it "
+                                 "as it is and will not resume it.")
