@@ -197,8 +197,9 @@ class Decision(BaseModel):
 
 def decide(findings: list[Finding], status: dict[str, object], record: HoldRecord | None) -> Decision:
     """The ladder on the gating findings, against the platform's state and our own record of what we did."""
-    gating = [f for f in findings if f.gates_trading]
-    level = worst(gating)
+    levels = {f.severity for f in findings if f.gates_trading}
+    # Evidence of stale data acts even while another table's freshness is unknown; unknown alone never acts.
+    level = next((lv for lv in ("kill", "error", "unknown") if lv in levels), "ok")
     mode = status.get("trading_mode")
     holder = status.get("paused_by")
     ours = (record is not None and mode == record.mode and holder == record.actor

@@ -140,11 +140,10 @@ def _measured(table: MonitoredTable, rows: list[tuple[Any, ...]]) -> TableFreshn
     if table.group_by:
         seen = {a.group for a in ages}
         ages += [GroupAge(group=g) for g in table.expected_groups if g not in seen]
-    ages.sort(key=lambda a: -1 if a.age_seconds is None else -a.age_seconds)
-    stalest = ages[0]
+    ages.sort(key=lambda a: (a.age_seconds is not None, -(a.age_seconds or 0.0)))  # never seen first, then stalest
     known = [a for a in ages if a.age_seconds is not None]
-    worst_age = max(a.age_seconds for a in known if a.age_seconds is not None)
-    if stalest.age_seconds is None:  # an expected group never seen in the window: at least as old as the window
+    worst_age = max(a.age_seconds or 0.0 for a in known)
+    if len(known) < len(ages):  # an expected group never seen in the window: at least as old as the window
         worst_age = max(worst_age, table.group_window.total_seconds())
     newest_of_stalest = min((a.last_at for a in known if a.last_at is not None), default=None)
     stale = [a for a in ages if a.age_seconds is None or a.age_seconds > table.error_after.total_seconds()]

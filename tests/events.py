@@ -6,16 +6,18 @@ import time
 from typing import Any
 
 
-def runbook_events(resource_id: str, *, until: Any = None, timeout: float = 30) -> list[Any]:
+def runbook_events(resource_id: str, *, until: Any = None, timeout: float = 30,
+                   names: list[str] | None = None) -> list[Any]:
     """Events of ``resource_id`` (e.g. ``runbooks.restore.trading_db``), oldest first; waits up to ``timeout``
     for ``until(events)`` to hold, since events reach the server asynchronously."""
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventOrder, EventResourceFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOrder, EventResourceFilter
 
     deadline = time.monotonic() + timeout
     while True:
         with get_client(sync_client=True) as client:
             page = client.read_events(filter=EventFilter(resource=EventResourceFilter(id=[resource_id]),
+                                                         event=EventNameFilter(name=names) if names else None,
                                                          order=EventOrder.ASC), limit=50)
         events = list(page.events)
         if until is None or until(events) or time.monotonic() > deadline:

@@ -1,0 +1,368 @@
+"""The data-freshness runbook against a real PostgreSQL database and the simulator over HTTP: seed 004's ladder
+(report, pause, kill switch, resume), humans' holds never lifted, per-symbol staleness, GX quality failures, volume
+drops, missing and hostile names, and the trading API down."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import ValidationError
+
+from flows.data_freshness import FreshnessParameters, FreshnessResult, data_freshness_flow
+from runbooks.freshness import Finding, HoldRecord, decide, judge_volume
+from runbooks.holds import HoldRecords
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import FreshnessSettings, MonitoredTable, load_settings
+from tests.events import runbook_events
+from tests.pgfixtures import admin_dsn, drop_db, set_database_env
+
+SYMBOLS = ("USD/COP", "EUR/COP")
+BARS = """CREATE TABLE bars (symbol text NOT NULL, "timestamp" timestamptz NOT NULL, open numeric NOT NULL,
+          high numeric NOT NULL, low numeric NOT NULL, close numeric NOT NULL, volume bigint NOT NULL);
+          CREATE INDEX bars_ts ON bars ("timestamp")"""
+
+
+def bucket(minutes_ago: float = 0) -> datetime:
+    """The start of the 5-minute bar ``minutes_ago`` minutes back."""
+    moment = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return moment.replace(minute=moment.minute - moment.minute % 5, second=0, microsecond=0)
+
+
+class Market:
+    """A database of its own with a bars table, monitored through the environment as an operator would."""
+
+    def __init__(self, sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sandbox, self.monkeypatch = sandbox, monkeypatch
+        self.name = f"fresh_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        with self.connect() as conn:
+            conn.execute(BARS)
+        set_database_env(monkeypatch, sandbox, self.name)
+        self.configure()
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(admin_dsn(self.sandbox, self.name), autocommit=True)
+
+    def configure(self, *tables: dict[str, Any], **settings: Any) -> None:
+        default = {"table": "bars", "group_by": "symbol", "interval": "5m", "quality": "ohlcv",
+                   "expected_groups": list(SYMBOLS)}
+        listed = [{"database": self.name, **t} for t in (tables or (default,))]
+        self.monkeypatch.setenv("RUNBOOKS_FRESHNESS", json.dumps({"tables": listed, "platform_table": "bars",
+                                                                  **settings}))
+
+    def bars(self, *, end: datetime, days: float = 1, symbols: tuple[str, ...] = SYMBOLS, table: str = "bars",
+             start: datetime | None = None) -> None:
+        """Valid 5-minute bars of ``symbols`` from ``start`` (default ``end - days``) up to ``end``."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL(
+                "INSERT INTO {} SELECT s, ts, 100, 101, 99, 100.5, 1000 FROM unnest(%s::text[]) s, "
+                "generate_series(%s::timestamptz, %s::timestamptz, interval '5 min') ts").format(
+                    sql.Identifier(table)), [list(symbols), start or end - timedelta(days=days), end])
+
+    def execute(self, query: str, params: Any = None) -> None:
+        with self.connect() as conn:
+            conn.execute(query, params)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def market(config: SandboxState, monkeypatch: pytest.MonkeyPatch, simulator: httpx.Client) -> Iterator[Market]:
+    box = Market(config, monkeypatch)
+    try:
+        yield box
+    finally:
+        drop_db(config, box.name)
+
+
+def check(**params: Any) -> tuple[Any, FreshnessResult]:
+    state = data_freshness_flow(parameters=FreshnessParameters(**params), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def operations(simulator: httpx.Client) -> dict[str, Any]:
+    return simulator.get("/api/v1/operations/status").json()
+
+
+def posts(simulator: httpx.Client) -> list[str]:
+    calls = simulator.get("/_control/state").json()["calls"]
+    return [c["path"] for c in calls if c["method"] == "POST"]
+
+
+def platform_says(simulator: httpx.Client, last_bar_at: datetime) -> None:
+    simulator.post("/_control/data", json={"last_bar_at": last_bar_at.isoformat()}).raise_for_status()
+
+
+def test_fresh_data_takes_no_action(market: Market, simulator: httpx.Client) -> None:
+    market.bars(end=bucket())
+    platform_says(simulator, bucket())
+    state, result = check()
+    assert state.is_completed(), result.error
+    assert result.worst in ("ok", "warn") and result.action == "none"
+    assert result.tables[0].outcome == "measured" and result.tables[0].groups == 2
+    assert [q.status for q in result.quality] == ["passed"] and result.quality[0].expectations >= 12
+    assert result.platform is not None and not result.platform.disagrees
+    assert posts(simulator) == [] and operations(simulator)["trading_mode"] == "running"
+
+
+def test_stale_data_pauses_then_recovery_resumes_the_runbooks_own_pause(market: Market,
+                                                                       simulator: httpx.Client) -> None:
+    market.bars(end=bucket(15))
+    platform_says(simulator, bucket(15))
+    state, result = check()
+    assert state.is_failed() and result.worst == "error"
+    assert result.action == "paused trading"
+    status = operations(simulator)
+    assert status["trading_mode"] == "paused" and status["paused_by"].startswith("runbooks-data-freshness:")
+    record = HoldRecords(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
+                         ).get("data-freshness")
+    assert record is not None and record.changed_at == status["changed_at"]
+
+    # Still stale five minutes later: the pause stands, nothing is pressed again.
+    _, again = check()
+    assert again.action == "none" and posts(simulator) == ["/api/v1/operations/pause"]
+
+    market.bars(start=bucket(10), end=bucket())
+    platform_says(simulator, bucket())
+    state, result = check()
+    assert state.is_completed(), result.error
+    assert result.action.startswith("resumed trading")
+    assert operations(simulator)["trading_mode"] == "running"
+    resume = [c for c in simulator.get("/_control/state").json()["calls"] if c["path"].endswith("/resume")]
+    assert json.loads(resume[0]["body"])["confirmation_code"] == "CONFIRM_RESUME"
+    assert HoldRecords(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
+                       ).get("data-freshness") is None
+    wanted = ["runbooks.trading.paused", "runbooks.trading.resumed", "runbooks.data-freshness.verdict"]
+    events = runbook_events("runbooks.data-freshness.market-data", names=wanted,
+                            until=lambda evs: any(e.event == "runbooks.trading.resumed" for e in evs))
+    assert {e.event for e in events} == set(wanted)
+
+
+def test_two_hours_stale_presses_the_kill_switch_and_never_lifts_it(market: Market, simulator: httpx.Client) -> None:
+    market.bars(end=bucket(120))
+    platform_says(simulator, bucket(120))
+    state, result = check()
+    assert state.is_failed() and result.worst == "kill"
+    assert result.action == "KILL SWITCH activated"
+    assert operations(simulator)["trading_mode"] == "halted"
+    assert any("ESCALATE" in step for step in result.next_steps)
+
+    market.bars(start=bucket(115), end=bucket())
+    platform_says(simulator, bucket())
+    state, result = check()
+    assert state.is_completed()
+    assert result.action == "none" and "human resumes" in (result.decision.why if result.decision else "")
+    assert operations(simulator)["trading_mode"] == "halted"
+
+
+def test_a_human_pause_is_never_resumed(market: Market, simulator: httpx.Client) -> None:
+    simulator.post("/api/v1/operations/pause", json={"paused_by": "oncall-alice", "reason": "FOMC"})
+    market.bars(end=bucket(15))
+    _, result = check()
+    assert result.action == "none" and "oncall-alice" in (result.decision.why if result.decision else "")
+    market.bars(start=bucket(10), end=bucket())
+    platform_says(simulator, bucket())
+    state, result = check()
+    assert state.is_completed() and result.action == "none"
+    status = operations(simulator)
+    assert status["trading_mode"] == "paused" and status["paused_by"] == "oncall-alice"
+
+
+def test_a_pause_renewed_by_a_human_or_forged_in_our_name_is_not_resumed(market: Market,
+                                                                         simulator: httpx.Client) -> None:
+    market.bars(end=bucket(15))
+    _, result = check()
+    assert result.action == "paused trading"
+    ours = operations(simulator)["paused_by"]
+    # The on-call engineer confirms the pause by hand (seed 004: "manual pause confirmation"): it is now theirs.
+    simulator.post("/api/v1/operations/pause", json={"paused_by": "oncall-bob", "reason": "confirming"})
+    market.bars(start=bucket(10), end=bucket())
+    platform_says(simulator, bucket())
+    _, result = check()
+    assert result.action.startswith("none") and operations(simulator)["trading_mode"] == "paused"
+
+    # Someone pauses with the runbook's own name but there is no record of it: not ours either.
+    simulator.post("/_control/reset")
+    simulator.post("/api/v1/operations/pause", json={"paused_by": ours, "reason": "forged"})
+    _, result = check()
+    assert result.action == "none" and operations(simulator)["trading_mode"] == "paused"
+
+
+def test_one_symbol_stale_while_the_other_ticks(market: Market, simulator: httpx.Client) -> None:
+    market.bars(end=bucket(), symbols=("USD/COP",))
+    market.bars(end=bucket(25), symbols=("EUR/COP",))
+    _, result = check(act=False)
+    table = result.tables[0]
+    assert [g.group for g in table.stale_groups] == ["EUR/COP"]
+    assert result.worst == "error" and "EUR/COP" in result.findings[0].reason
+    assert result.action == "would pause (act=false)"
+    assert posts(simulator) == [] and operations(simulator)["trading_mode"] == "running"
+
+
+def test_an_expected_symbol_that_never_arrives_is_stale(market: Market) -> None:
+    market.bars(end=bucket(), symbols=("USD/COP",))
+    _, result = check(act=False, quality=False)
+    assert [g.group for g in result.tables[0].stale_groups] == ["EUR/COP"], result.tables
+    assert result.worst == "kill", result.findings
+
+
+def test_quality_failures_are_detected_and_named(market: Market) -> None:
+    market.bars(end=bucket())
+    bad = bucket(30)
+    market.execute("UPDATE bars SET high = 90 WHERE symbol = 'USD/COP' AND \"timestamp\" = %s", [bad])  # high < low
+    market.execute("INSERT INTO bars SELECT * FROM bars WHERE symbol = 'EUR/COP' AND \"timestamp\" = %s",
+                   [bucket(60)])  # a duplicate bar
+    market.execute("DELETE FROM bars WHERE symbol = 'EUR/COP' AND \"timestamp\" = %s", [bucket(90)])  # a gap
+    market.execute("UPDATE bars SET volume = 0 WHERE symbol = 'USD/COP' AND \"timestamp\" = %s", [bucket(120)])
+    _, result = check(act=False)
+    quality = result.quality[0]
+    assert quality.status == "failed"
+    failed = {f.expectation: f for f in quality.failures}
+    assert failed["high >= low"].unexpected == 1
+    assert any("USD/COP" in s and bad.strftime("%H:%M") in s for s in failed["high >= low"].samples)
+    assert failed["one bar per (symbol, timestamp)"].unexpected == 2
+    gap = next(f for name, f in failed.items() if name.startswith("no gap"))
+    assert gap.unexpected == 1 and "EUR/COP" in gap.samples[0]
+    assert failed["volume > 0"].unexpected == 1
+    assert result.worst == "error" and result.action == "would pause (act=false)"
+    assert any(f.reason.startswith("data quality failed") for f in result.findings)
+
+
+def test_a_bad_bar_outside_the_recent_window_is_not_read(market: Market) -> None:
+    market.bars(end=bucket(), days=2)
+    market.execute("UPDATE bars SET high = 90 WHERE \"timestamp\" = %s", [bucket(60 * 30)])
+    _, result = check(act=False)
+    assert result.quality[0].status == "passed"
+    assert result.quality[0].window_rows is not None and result.quality[0].window_rows <= 2 * (6 * 12 + 1)
+
+
+def test_a_sudden_volume_drop_is_flagged(market: Market) -> None:
+    symbols = tuple(f"S{i:02d}" for i in range(10))
+    market.configure({"table": "bars", "group_by": "symbol", "interval": "5m", "error_after": "30m",
+                      "kill_after": "2h"})
+    market.bars(end=bucket(10), days=8, symbols=symbols)
+    market.bars(start=bucket(5), end=bucket(), symbols=symbols[:2])  # 8 of 10 symbols lost two bars ago
+    state, result = check(act=False, quality=False)
+    volume = result.volumes[0]
+    assert volume.count == 2 and volume.median == 10 and volume.flagged, volume.verdict
+    assert any("sudden volume drop" in f.reason for f in result.findings)
+    assert state.is_completed() and result.worst == "warn"
+
+
+def test_the_platform_disagreeing_with_the_database_is_reported(market: Market, simulator: httpx.Client) -> None:
+    market.bars(end=bucket(20))
+    platform_says(simulator, datetime.now(UTC))
+    _, result = check(act=False, quality=False)
+    assert result.platform is not None and result.platform.disagrees
+    assert any("disagree" in f.reason for f in result.findings)
+
+
+def test_missing_table_missing_column_empty_table_and_hostile_names(market: Market, simulator: httpx.Client) -> None:
+    hostile = 'bars"; DROP TABLE bars; --'
+    market.execute(sql.SQL("CREATE TABLE {} (\"timestamp\" timestamptz)").format(  # type: ignore[arg-type]
+        sql.Identifier(hostile)).as_string(None))
+    market.execute(sql.SQL("INSERT INTO {} VALUES (now())").format(sql.Identifier(hostile)).as_string(None))
+    market.execute("CREATE TABLE empty_bars (\"timestamp\" timestamptz)")
+    market.bars(end=bucket())
+    market.configure({"table": "no_such_table"}, {"table": "bars", "label": "no column", "loaded_at_field": "ts"},
+                     {"table": "empty_bars"}, {"table": hostile, "label": "hostile"},
+                     {"table": "bars'); DROP TABLE bars; --", "label": "hostile missing"}, {"table": "bars"})
+    state, result = check()
+    outcomes = {t.key: t.outcome for t in result.tables}
+    assert outcomes == {"no_such_table": "missing_table", "no column": "missing_column", "empty_bars": "empty",
+                        "hostile": "measured", "hostile missing": "missing_table", "bars": "measured"}
+    assert state.is_failed() and result.worst == "unknown"
+    # The empty gating table is evidence enough to pause, whatever the unknown ones say.
+    assert result.action == "paused trading" and posts(simulator) == ["/api/v1/operations/pause"]
+    with market.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM bars").fetchone()[0] > 0  # type: ignore[index]
+
+
+def test_the_trading_api_down_fails_the_run_loudly_and_assumes_nothing(market: Market,
+                                                                       simulator: httpx.Client) -> None:
+    market.bars(end=bucket(15))
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 50})
+    state, result = check(quality=False)
+    assert state.is_failed()
+    assert result.error is not None and "trading API" in result.error and result.worst == "unknown"
+    assert result.action == "none" and result.trading_before is None
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 0})
+    assert operations(simulator)["trading_mode"] == "running"
+
+
+def test_an_unknown_table_name_is_refused_before_any_query(market: Market, simulator: httpx.Client) -> None:
+    state, result = check(tables=["nope"])
+    assert state.is_failed() and "not in [freshness] tables" in (result.error or "")
+    assert result.tables == [] and posts(simulator) == []
+
+
+# -- pure parts --------------------------------------------------------------------------------------------
+
+
+def test_durations_and_names_in_settings() -> None:
+    table = MonitoredTable(table="t", error_after={"count": 3, "period": "hour"}, kill_after="4h", warn_after="90s")
+    assert table.error_after == timedelta(hours=3) and table.warn_after == timedelta(seconds=90)
+    assert table.loaded_at_field == "timestamp"
+    assert MonitoredTable(table="t", loaded_at_expression="created_at::timestamptz").loaded_at_field is None
+    for bad in ({"table": "x" * 64}, {"table": "a\x00b"}, {"table": "t", "error_after": "-5m"},
+                {"table": "t", "error_after": "2h", "kill_after": "1h"},
+                {"table": "t", "loaded_at_field": "a", "loaded_at_expression": "b"}):
+        with pytest.raises(ValidationError):
+            MonitoredTable(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="listed twice"):
+        FreshnessSettings(tables=[MonitoredTable(table="t"), MonitoredTable(table="t")])
+
+
+def _finding(severity: str) -> Finding:
+    return Finding(key="bars", severity=severity, gates_trading=True, reason="r")  # type: ignore[arg-type]
+
+
+def test_the_ladder() -> None:
+    running = {"trading_mode": "running", "paused_by": None, "changed_at": "t0"}
+    paused_by_us = {"trading_mode": "paused", "paused_by": "rb:1", "changed_at": "t1"}
+    record = HoldRecord(actor="rb:1", mode="paused", changed_at="t1", reason="r", at=datetime.now(UTC))
+    assert decide([_finding("ok")], running, None).action == "none"
+    assert decide([_finding("warn")], running, None).action == "none"
+    assert decide([_finding("error")], running, None).action == "pause"
+    assert decide([_finding("kill")], running, None).action == "kill-switch"
+    assert decide([_finding("kill")], paused_by_us, record).action == "kill-switch"
+    assert decide([_finding("error")], paused_by_us, record).action == "none"
+    assert decide([_finding("ok")], paused_by_us, record).action == "resume"
+    assert decide([_finding("ok")], paused_by_us, None).action == "none"
+    assert decide([_finding("ok")], {**paused_by_us, "changed_at": "t2"}, record).action == "forget-record"
+    assert decide([_finding("ok"), _finding("unknown")], paused_by_us, record).action == "none"
+    assert decide([_finding("unknown")], running, None).action == "none"  # nothing is paused on a guess
+    assert decide([_finding("unknown"), _finding("error")], running, None).action == "pause"
+    halted = HoldRecord(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
+    assert decide([_finding("ok")], {**paused_by_us, "trading_mode": "halted"}, halted).action == "none"
+    non_gating = Finding(key="x", severity="kill", gates_trading=False, reason="r")
+    assert decide([non_gating], running, None).action == "none"
+
+
+def test_volume_judgement() -> None:
+    settings = FreshnessSettings()
+    start = datetime.now(UTC)
+    assert not judge_volume({0: 10, 1: 10, 2: 11, 3: 9}, key="k", bucket_start=start, settings=settings).flagged
+    assert judge_volume({0: 2, 1: 10, 2: 11, 3: 9}, key="k", bucket_start=start, settings=settings).flagged
+    few = judge_volume({0: 2, 1: 10, 2: 0, 3: 0}, key="k", bucket_start=start, settings=settings)
+    assert not few.flagged and "not enough history" in few.verdict
+    # Noisy history: a drop within the noise is not a sudden drop.
+    assert not judge_volume({0: 40, 1: 100, 2: 30, 3: 160, 4: 60}, key="k", bucket_start=start,
+                            settings=settings).flagged
+
+
+def test_great_expectations_is_not_imported_by_the_cli_or_the_flow() -> None:
+    code = ("import sys, runbooks.cli, flows.data_freshness, tasks.quality; "
+            "print(any(m.startswith('great_expectations') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
