@@ -6,7 +6,7 @@
 Freshness, over N small monitored tables (``fq_0`` .. ``fq_{N-1}``, ~50 rows each) in a scratch database of the
 sandbox cluster, for each N:
 
-- whole process (what an operator waits for), each a fresh process with its peak RSS: ``runbooks run
+- whole process (what an operator waits for), each a fresh process with its peak RSS (GNU time): ``runbooks run
   data-freshness --param quality=false`` with a config listing the N tables, against ``psql`` running one
   ``UNION ALL`` query over the same tables, and ``dbt source freshness`` on a throwaway project declaring them;
 - flow-internal, in this process: ``measure_freshness.fn`` (connects, one pipeline of N statements) against the
@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.measure import flow_env, run_runbook
+from bench.measure import flow_env
 from runbooks.postgres import libpq_env, pg_tool
 from runbooks.sandbox import Sandbox, parse_size
 from runbooks.settings import DatabaseSettings, FreshnessSettings, MonitoredTable
@@ -57,6 +57,7 @@ LOOKBACK = timedelta(hours=6)
 # passes; what is timed is the measurement, not a verdict.
 WARN, ERROR, KILL = "1d", "2d", "3d"
 MAX_ARG = 120_000  # Linux refuses one argv string over 128 KiB: a longer query goes to psql as a file
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # apt-get install time
 
 
 @dataclass
@@ -92,19 +93,28 @@ class GxRun:
 
 
 def run_process(argv: list[str], env: dict[str, str]) -> Proc:
-    """A fresh process: wall seconds, its peak RSS (``wait4``: this child's own), its stdout; fails loudly."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """A fresh process: wall seconds, its peak RSS, its stdout; fails loudly.
+
+    The RSS comes from GNU time, a small parent: ``wait4`` from this process would report at least this process's
+    own RSS (~90 MB with Prefect imported), because a child's ``ru_maxrss`` keeps the high-water mark of the memory
+    it was forked with; ``psql`` would read 90 MB instead of 8.
+    """
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:
+        measured = Path(scratch) / "rss"
+        wrapped = [GNU_TIME, "-f", "%M", "-o", str(measured), *argv] if GNU_TIME else argv
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(wrapped, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        rss_kb = int(measured.read_text().split()[-1]) if GNU_TIME else usage.ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"{Path(argv[0]).name} exited with {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}")
-    return Proc(wall, usage.ru_maxrss / 1024, stdout)
+    return Proc(wall, rss_kb / 1024, stdout)
 
 
 def mid(values: list[float]) -> float:
@@ -143,8 +153,16 @@ def monitored(count: int) -> list[MonitoredTable]:
 
 
 def write_config(base: Path, path: Path, dsn: str, count: int) -> None:
-    """The sandbox's config plus the scratch database and its N monitored tables."""
-    lines = [base.read_text(), "", f"[databases.{SCRATCH}]", f"dsn = {json.dumps(dsn)}", "", "[freshness]",
+    """The sandbox's config, its own ``[freshness]`` sections left out, plus the scratch database and its N
+    monitored tables (only these are measured)."""
+    kept, skipping = [], False
+    for line in base.read_text().splitlines():
+        header = line.strip()
+        if header.startswith("["):
+            skipping = header.lstrip("[").startswith("freshness")
+        if not skipping:
+            kept.append(line)
+    lines = ["\n".join(kept), "", f"[databases.{SCRATCH}]", f"dsn = {json.dumps(dsn)}", "", "[freshness]",
              'lookback = "6h"', ""]
     for i in range(count):
         lines += ["[[freshness.tables]]", f'database = "{SCRATCH}"', f'table = "fq_{i}"',
@@ -396,9 +414,12 @@ def measure_freshness_sizes(args: argparse.Namespace, counts: list[int], dsn: st
             s.psql.append(proc)
 
         def run_flow(s: Sized = s, env: dict[str, str] = env) -> None:
-            wall, rss, result = run_runbook("data-freshness", ["quality=false"], env)
+            # bench.measure.run_runbook's argv, under GNU time for a true peak RSS (see run_process)
+            proc = run_process([sys.executable, "-m", "runbooks.cli", "run", "data-freshness", "--json",
+                                "--param", "quality=false"], env)
+            result = json.loads(proc.stdout)
             assert [t["outcome"] for t in result["tables"]] == ["measured"] * s.tables, result.get("error")
-            s.flow.append(Proc(wall, rss, ""))
+            s.flow.append(proc)
             s.flow_step.append(next(t["seconds"] for t in result["timeline"] if t["step"] == "measure freshness"))
 
         def run_dbt(s: Sized = s, project: Path = project) -> None:
@@ -484,7 +505,7 @@ def render(args: argparse.Namespace, sized: list[Sized], gx_runs: list[GxRun],
              f"{3 * args.repeat} runs). Each table has {args.rows_per_table} rows. `process` is a fresh process, "
              "what an operator waits for: `runbooks run data-freshness --param quality=false` (with the sandbox's "
              "Prefect server, config listing the N tables), `psql` running one `UNION ALL` query, `dbt source "
-             "freshness`; peak RSS is the process's own (`wait4`).", "",
+             "freshness`; peak RSS is the process's own (GNU time's `%M`).", "",
              "| tables | `psql` UNION ALL | `runbooks run data-freshness` | vs psql | `dbt source freshness` | vs psql "
              "| flow vs dbt | peak RSS psql / flow / dbt |",
              "|---|---|---|---|---|---|---|---|"]

@@ -63,6 +63,7 @@ def build_deployments(config: Path = PREFECT_YAML) -> list[RunnerDeployment]:
                 description=entry.get("description"),
                 tags=entry.get("tags"),
                 enforce_parameter_schema=entry.get("enforce_parameter_schema", True),
+                concurrency_limit=entry.get("concurrency_limit"),
                 # Import path, not file path: the entrypoint does not depend on the directory serve starts in.
                 entrypoint_type=EntrypointType.MODULE_PATH,
             ))

@@ -177,5 +177,7 @@ def test_serve_builds_the_same_deployments_without_serving(monkeypatch: pytest.M
         assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in runner.schedules] == [
             (s["cron"], s.get("timezone"), s.get("active", True)) for s in deployment.get("schedules") or []
         ]
+        limit = runner.concurrency_limit
+        assert (getattr(limit, "limit", limit)) == deployment.get("concurrency_limit")
     # Anything left is a runbook that prefect.yaml does not deploy: served on demand only.
     assert all(not d.schedules for d in served.values()), sorted(served)

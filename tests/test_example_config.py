@@ -18,3 +18,5 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(settings.databases) == {"trading_db"}
     assert settings.backup.retention.daily == 7
     assert settings.trading_api and settings.trading_api.base_url.startswith("http")
+    bars = settings.freshness.tables[0]
+    assert (bars.table, bars.error_after.total_seconds(), bars.quality) == ("ohlcv_usdcop_5m", 600, "ohlcv")

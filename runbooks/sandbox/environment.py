@@ -249,6 +249,23 @@ class Sandbox:
             "weekly = 4",
             "monthly = 6",
             "",
+            "# Seed 004 section 3.3: 5-minute USD/COP bars; pause after 10 minutes, kill switch after 60.",
+            "[freshness]",
+            'lookback = "6h"',
+            'platform_table = "ohlcv_usdcop_5m"',
+            "",
+            "[[freshness.tables]]",
+            f"database = {_toml_str(DATABASE)}",
+            'table = "ohlcv_usdcop_5m"',
+            'loaded_at_field = "timestamp"',
+            'group_by = "symbol"',
+            'interval = "5m"',
+            'warn_after = "5m"',
+            'error_after = "10m"',
+            'kill_after = "60m"',
+            "gates_trading = true",
+            'quality = "ohlcv"',
+            "",
         ]
         if state.simulator_url:
             for section in ("trading_api", "inference_api"):
