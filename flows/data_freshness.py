@@ -18,7 +18,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.freshness import (
     SEVERITY_ORDER,
     Decision,
@@ -82,6 +82,7 @@ class FreshnessResult(RunbookResult):
     action: str = Field(default="none", description="what was done to trading (or would be, with act=false)")
     trading_after: TradingState | None = None
     hold_record: HoldRecord | None = Field(default=None, description="this runbook's record of its own pause")
+    notification: str | None = Field(default=None, description="who was told about the action, and how")
 
 
 def render_report(result: FreshnessResult) -> str:
@@ -89,7 +90,8 @@ def render_report(result: FreshnessResult) -> str:
                "unknown": "UNKNOWN"}[result.worst]
     lines = [f"# Data freshness {'(act=false) ' if not result.act else ''}— {verdict}", "",
              f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. "
-             f"**Action: {result.action}.**", ""]
+             f"**Action: {result.action}.**" + (f" Notification: {result.notification}." if result.notification
+                                                 else ""), ""]
     if result.decision:
         lines += [f"Decision: {result.decision.why}.", ""]
     if result.error:
@@ -330,6 +332,11 @@ def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameter
         else:
             result.action = "none"
         figures["action"] = result.action
+    if decision.action in ("pause", "kill-switch", "resume"):
+        severity: Literal["P1", "P2", "info"] = {"kill-switch": "P1", "pause": "P2"}.get(decision.action, "info")  # type: ignore[assignment]
+        findings = "\n".join(f"- {f.key}: {f.reason}" for f in result.findings if f.severity != "ok")
+        result.notification = notify(run, severity=severity, subject=f"data-freshness: {result.action}",
+                                     body=f"{decision.why}.\n{findings}\nFlow run: {run.flow_run_id}")
     if decision.target in ("pause", "kill") and result.trading_before and result.trading_before.trading_mode != \
             "running" and decision.action == "none":
         result.next_steps.append(f"Trading is held by {result.trading_before.paused_by!r}; this runbook leaves it "

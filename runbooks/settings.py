@@ -409,6 +409,13 @@ class FreshnessSettings(BaseModel):
         return tables
 
 
+class NotificationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    block: str | None = Field(default=None, description="Prefect notification block as 'type-slug/name', e.g. "
+                              "'slack-webhook/oncall' or 'custom-webhook/oncall'; None: events only")
+
+
 class PrefectSettings(BaseModel):
     api_url: str | None = Field(
         default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server"
@@ -435,6 +442,7 @@ class Settings(BaseSettings):
     inference_api: ApiSettings | None = None
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 

@@ -366,3 +366,70 @@ def test_great_expectations_is_not_imported_by_the_cli_or_the_flow() -> None:
             "print(any(m.startswith('great_expectations') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """A real HTTP receiver behind Prefect's CustomWebhookNotificationBlock, named in the settings."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Thread(target=server.serve_forever, daemon=True).start()
+    name, canary = f"oncall-{uuid.uuid4().hex[:8]}", f"hook-canary-{uuid.uuid4().hex}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook/{canary}"
+    CustomWebhookNotificationBlock(name="oncall", url=url, json_data={"text": "{{subject}}\n{{body}}"},
+                                   allow_private_urls=True).save(name)
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BLOCK", f"custom-webhook/{name}")
+    try:
+        yield received, canary
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market, simulator: httpx.Client,
+                                                                  webhook: tuple[list[dict[str, Any]], str]) -> None:
+    received, canary = webhook
+    market.bars(end=bucket(15))
+    _, result = check(quality=False)
+    assert result.action == "paused trading" and result.notification and result.notification.startswith("notified")
+    assert len(received) == 1 and received[0]["text"].startswith("[P2] data-freshness: paused trading")
+    assert "stale for" in received[0]["text"]
+    _, again = check(quality=False)  # still stale, nothing new: no second message
+    assert again.notification is None and len(received) == 1
+
+    market.bars(start=bucket(10), end=bucket())
+    _, result = check(quality=False)
+    assert result.action.startswith("resumed") and received[-1]["text"].startswith("[info] data-freshness: resumed")
+    assert canary not in result.model_dump_json()
+
+
+def test_a_failed_notification_never_undoes_or_hides_the_pause(market: Market, simulator: httpx.Client,
+                                                               webhook: tuple[list[dict[str, Any]], str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    _received, canary = webhook
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    CustomWebhookNotificationBlock(name="dead", url=f"http://127.0.0.1:9/{canary}", json_data={"text": "{{body}}"},
+                                   allow_private_urls=True).save(name)
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BLOCK", f"custom-webhook/{name}")
+    market.bars(end=bucket(15))
+    _, result = check(quality=False)
+    assert result.action == "paused trading" and operations(simulator)["trading_mode"] == "paused"
+    assert result.notification is not None and "FAILED" in result.notification
+    assert canary not in result.model_dump_json()
