@@ -15,10 +15,17 @@ from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    RunbookError,
+    TradingApiRefused,
+    TradingApiUnavailable,
+)
+from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
 from runbooks.freshness import (
     SEVERITY_ORDER,
     Decision,
@@ -38,12 +45,13 @@ from runbooks.holds import HoldRecords
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
 from runbooks.repository import open_repository
-from runbooks.settings import MonitoredTable
+from runbooks.settings import DatabaseSettings, MonitoredTable
 from tasks.freshness import measure_freshness, read_platform_data_status
 from tasks.quality import run_integrity_checks, validate_recent_window
 from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
 RUNBOOK = "data-freshness"
+LOCK_WAIT = 60.0  # seconds a run waits for another run's decision (a run acts in well under a second)
 
 
 class FreshnessParameters(BaseModel):
@@ -165,7 +173,9 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
 
     def conclude(error: str | None = None) -> State:
         result.error = error or result.error
-        result.worst = "unknown" if result.error else worst(result.findings)
+        # The findings' verdict stands; an error (trading state unknown, refused input) makes it at least unknown.
+        result.worst = worst(result.findings + ([Finding(key="run", severity="unknown", gates_trading=False,
+                                                         reason=result.error)] if result.error else []))
         result.succeeded = result.error is None and SEVERITY_ORDER[result.worst] <= SEVERITY_ORDER["warn"]
         run.steps.event("data-freshness.verdict", worst=result.worst, action=result.action,
                         findings=[f.model_dump() for f in result.findings if f.severity != "ok"])
@@ -174,7 +184,8 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
         if result.succeeded:
             return state
         summary = "; ".join(f"{f.key}: {f.reason}" for f in result.findings if f.severity not in ("ok", "warn"))
-        return Failed(data=state.data, message=f"{result.worst}: {result.error or summary} (action: {result.action})")
+        parts = [p for p in (result.error, summary) if p]
+        return Failed(data=state.data, message=f"{result.worst}: {' / '.join(parts)} (action: {result.action})")
 
     try:
         with run.step("check settings") as figures:
@@ -182,17 +193,22 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
             by_database: dict[str, list[MonitoredTable]] = defaultdict(list)
             for t in tables:
                 by_database[t.database].append(t)
-            databases = {name: settings.database_or_raise(name) for name in by_database}
-            figures.update(tables=len(tables), databases=len(databases))
+            # A table whose database is not in the inventory is one unknown finding, not a reason to skip the rest.
+            missing = sorted(name for name in by_database if name not in settings.databases)
+            databases = {name: settings.databases[name] for name in by_database if name not in missing}
+            figures.update(tables=len(tables), databases=len(databases), not_in_inventory=len(missing))
     except RunbookError as exc:
         return conclude(scrub(str(exc)))
 
-    measured: dict[str, TableFreshness] = {}
+    measured: dict[str, TableFreshness] = {
+        t.key: TableFreshness(key=t.key, database=name, outcome="not_in_inventory", detail=f"database {name!r}")
+        for name in missing for t in by_database.pop(name)}
     with run.step("measure freshness") as figures:
         for name, group in by_database.items():
             try:
-                fresh, volumes = measure_freshness(database_name=name, database=databases[name], tables=group,
-                                                   settings=cfg)
+                # quote(): Prefect would walk a thousand table models looking for futures (~0.7 s); none is there.
+                fresh, volumes = measure_freshness(database_name=name, database=databases[name],
+                                                   tables=quote(group), settings=quote(cfg))  # type: ignore[call-overload]
             except RunbookError as exc:
                 fresh = [TableFreshness(key=t.key, database=name, outcome="unreachable", detail=scrub(str(exc)))
                          for t in group]
@@ -203,6 +219,11 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
         result.findings = [judge_staleness(t, measured[t.key]) for t in tables]
         figures.update(stale=sum(f.severity in ("error", "kill") for f in result.findings),
                        oldest_seconds=max((m.age_seconds or 0 for m in measured.values()), default=0))
+    for t in tables:
+        if measured[t.key].future_rows:
+            result.findings.append(Finding(key=t.key, severity="warn", gates_trading=False, reason=(
+                f"{measured[t.key].future_rows} rows dated more than a minute in the future (ignored): a wrong "
+                "clock or time zone in the feed")))
     for volume in result.volumes:
         if volume.flagged:
             result.findings.append(Finding(key=volume.key, severity="warn", gates_trading=False,
@@ -257,29 +278,86 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
         if finding.severity != "ok":
             logger.warning("%s: %s (%s)", finding.key, finding.reason, finding.severity)
 
+    # Only a run that looked at everything a pause may have been for can lift it.
+    gating_tables = [t for t in cfg.tables if t.gates_trading]
+    quality_gates = any(t.quality for t in gating_tables) or any(
+        settings.databases[t.database].checks for t in gating_tables if t.database in settings.databases)
+    complete = {t.key for t in gating_tables} <= {t.key for t in tables} and (params.quality or not quality_gates)
+    lock_on = next((databases[t.database] for t in tables if t.gates_trading and t.database in databases
+                    and measured[t.key].outcome in ("measured", "empty")), None)
     try:
-        _decide_and_act(run, params, result)
+        _decide_and_act(run, params, result, complete=complete, lock_on=lock_on)
     except RunbookError as exc:
-        logger.error("Trading state unknown: %s", scrub(str(exc)))
-        result.next_steps.append("The trading API did not answer: check whether trading is paused by hand "
-                                 "(GET /api/v1/operations/status); nothing was assumed.")
-        return conclude(f"trading API: {scrub(str(exc))}")
+        logger.error("Trading not acted on: %s", scrub(str(exc)))
+        stale = [f for f in result.findings if f.gates_trading and f.severity in ("error", "kill")]
+        if isinstance(exc, TradingApiUnavailable | TradingApiRefused | AuthenticationFailed):
+            result.next_steps.append("The trading API did not answer after its retries: check by hand whether "
+                                     "trading is paused (GET /api/v1/operations/status); nothing was assumed.")
+        if stale:
+            how = "press the kill switch" if any(f.severity == "kill" for f in stale) else "pause trading"
+            result.next_steps.append(f"The data is stale or failing ({'; '.join(f.key for f in stale)}): {how} "
+                                     "by hand now (seed 004 section 3.3).")
+            if any(f.severity == "kill" for f in stale):
+                run.steps.event("escalation", severity="P1", reason="data stale beyond kill_after and this runbook "
+                                "could not act on trading")
+        return conclude(scrub(str(exc)))
     return conclude()
 
 
-def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameters, result: FreshnessResult) -> None:
-    """Read trading's state and this runbook's hold record, decide by the ladder, act (or say what it would do)."""
-    settings, logger = run.settings, run.logger
+def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameters, result: FreshnessResult, *,
+                    complete: bool, lock_on: DatabaseSettings | None) -> None:
+    """Read trading's state and this runbook's hold record, decide by the ladder, act (or say what it would do).
+    Acting runs hold an advisory lock: two runs at once would each pause, and the second call's new changed_at
+    would orphan the first one's record."""
+    settings = run.settings
     if settings.trading_api is None:
         result.action = "none (no trading API configured)"
         return
-    holds = HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
+    if params.act and lock_on is not None:
+        with resource_lock(run, server=lock_on.conninfo(), key=f"runbooks-{RUNBOOK}", wait_seconds=LOCK_WAIT):
+            _read_decide_act(run, params, result, complete=complete)
+    else:
+        _read_decide_act(run, params, result, complete=complete)
+
+
+def _forget(holds: HoldRecords | None, run: RunbookRun[FreshnessResult]) -> None:
+    try:
+        if holds is not None:
+            holds.forget(RUNBOOK)
+    except (RunbookError, OSError) as exc:
+        run.logger.warning("Could not forget the hold record (%s); the next run decides again", scrub(str(exc)))
+
+
+def _read_hold(holds: HoldRecords | None, run: RunbookRun[FreshnessResult]) -> tuple[HoldRecord | None, str | None]:
+    """The record, or why it could not be read. Reading it never stands between stale data and a pause."""
+    if holds is None:
+        return None, "the backup repository is not available"
+    try:
+        return holds.get(RUNBOOK), None
+    except (RunbookError, OSError) as exc:
+        note = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        run.logger.warning("Hold record unreadable (%s): no resume is decided from it", note)
+        return None, note
+
+
+def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParameters, result: FreshnessResult, *,
+                     complete: bool) -> None:
+    settings, logger = run.settings, run.logger
+    assert settings.trading_api is not None
+    try:
+        holds: HoldRecords | None = HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
+    except (RunbookError, OSError) as exc:
+        holds, _ = None, logger.warning("Backup repository unavailable for hold records: %s", scrub(str(exc)))
     with run.step("read trading status"):
         status = read_trading_status(api=settings.trading_api)
         result.trading_before = TradingState.of(status)
-        record = holds.get(RUNBOOK)
+        record, unreadable = _read_hold(holds, run)
         result.hold_record = record
-    decision = decide(result.findings, status, record)
+    decision = decide(result.findings, status, record, may_resume=complete)
+    if unreadable and decision.target == "run" and status.get("trading_mode") != "running":
+        decision.why += f" (this runbook's hold record could not be read: {unreadable}; nothing is resumed)"
+    if decision.action == "forget-record" and holds is None:
+        decision = Decision(action="none", target=decision.target, why=decision.why)
     result.decision = decision
     if not params.act:
         result.action = "none" if decision.action == "none" else f"would {decision.action} (act=false)"
@@ -290,7 +368,7 @@ def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameter
     with run.step(f"trading: {decision.action}", destructive=destructive) as figures:
         if decision.action in ("pause", "kill-switch"):
             call = pause_trading if decision.action == "pause" else halt_trading
-            after = call(api=settings.trading_api, actor=run.actor, reason=f"stale market data: {reason}")
+            after = call(api=settings.trading_api, actor=run.actor, reason=f"market data check: {reason}")
             result.trading_after = TradingState.of(after)
             result.action = "paused trading" if decision.action == "pause" else "KILL SWITCH activated"
             event = "trading.paused" if decision.action == "pause" else "trading.halted"
@@ -304,9 +382,14 @@ def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameter
                 record = HoldRecord(actor=run.actor, mode=mode, changed_at=after.get("changed_at"), reason=reason,
                                     flow_run_id=run.flow_run_id, at=datetime.now(UTC))
                 try:
+                    if holds is None:
+                        raise RunbookError("the backup repository is not available")
+                    if record.changed_at is None:
+                        logger.warning("The platform gave no changed_at: this pause cannot be proven ours later, "
+                                       "so a human resumes it")
                     holds.put(RUNBOOK, record)
                     result.hold_record = record
-                except RunbookError as exc:
+                except (RunbookError, OSError) as exc:
                     logger.error("Trading %s, but its record could not be written (%s): a human resumes it",
                                  mode, scrub(str(exc)))
                     result.next_steps.append("The hold record could not be written: this runbook will not "
@@ -320,14 +403,14 @@ def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameter
             if now["resumed"]:
                 result.action = "resumed trading (the pause was this runbook's own)"
                 run.steps.event("trading.resumed", actor=run.actor, paused_by=result.hold_record.actor)
-                holds.forget(RUNBOOK)
+                _forget(holds, run)
                 result.trading_after = TradingState.of(read_trading_status(api=settings.trading_api))
             else:
                 result.action = (f"not resumed: trading is now held by {now.get('paused_by')!r} "
                                  f"since {now.get('changed_at')}")
-                holds.forget(RUNBOOK)
+                _forget(holds, run)
         elif decision.action == "forget-record":
-            holds.forget(RUNBOOK)
+            _forget(holds, run)
             result.action = "none (an obsolete hold record was forgotten)"
         else:
             result.action = "none"

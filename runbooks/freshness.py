@@ -14,7 +14,7 @@ from runbooks.settings import FreshnessSettings, MonitoredTable
 Severity = Literal["ok", "warn", "error", "kill", "unknown"]
 SEVERITY_ORDER: dict[Severity, int] = {"ok": 0, "warn": 1, "error": 2, "kill": 3, "unknown": 4}
 Outcome = Literal["measured", "empty", "missing_table", "missing_column", "not_a_timestamp", "no_access",
-                  "failed", "unreachable"]
+                  "failed", "unreachable", "not_in_inventory"]
 
 # What each outcome that is not a measurement means, for the report.
 OUTCOME_TEXT: dict[str, str] = {
@@ -25,6 +25,7 @@ OUTCOME_TEXT: dict[str, str] = {
     "no_access": "the runbook's role may not read it",
     "failed": "the freshness query failed",
     "unreachable": "the database is unreachable",
+    "not_in_inventory": "its database is not in the inventory ([databases])",
 }
 
 
@@ -43,6 +44,8 @@ class TableFreshness(BaseModel):
     last_at: datetime | None = None
     age_seconds: float | None = Field(default=None, description="now - newest row (the stalest group's)")
     groups: int = 0
+    future_rows: int = Field(default=0, description="rows dated more than a minute ahead of now: ignored, so one "
+                             "wrong clock cannot make stale data look fresh")
     stale_groups: list[GroupAge] = Field(default_factory=list, description="groups older than error_after, "
                                          "stalest first")
     detail: str | None = None
@@ -195,15 +198,19 @@ class Decision(BaseModel):
                                                             "must pause, must halt, or no verdict (unknown)")
 
 
-def decide(findings: list[Finding], status: dict[str, object], record: HoldRecord | None) -> Decision:
-    """The ladder on the gating findings, against the platform's state and our own record of what we did."""
+def decide(findings: list[Finding], status: dict[str, object], record: HoldRecord | None, *,
+           may_resume: bool = True) -> Decision:
+    """The ladder on the gating findings, against the platform's state and our own record of what we did.
+
+    ``may_resume`` is False when this run did not look at everything the pause may have been for (some gating
+    tables, or their quality, were left out): such a run never lifts a pause."""
     levels = {f.severity for f in findings if f.gates_trading}
     # Evidence of stale data acts even while another table's freshness is unknown; unknown alone never acts.
     level = next((lv for lv in ("kill", "error", "unknown") if lv in levels), "ok")
     mode = status.get("trading_mode")
     holder = status.get("paused_by")
     ours = (record is not None and mode == record.mode and holder == record.actor
-            and status.get("changed_at") == record.changed_at)
+            and record.changed_at is not None and status.get("changed_at") == record.changed_at)
     if level == "kill":
         if mode == "halted":
             return Decision(action="none", target="kill", why=f"data stale beyond kill_after; trading already halted "
@@ -227,6 +234,10 @@ def decide(findings: list[Finding], status: dict[str, object], record: HoldRecor
     if record is None:
         return Decision(action="none", target="run", why=f"data fresh, but trading is {mode} by {holder!r}, not by "
                         "this runbook: left for whoever holds it")
+    if record.changed_at is None:
+        return Decision(action="none", target="run", why="data fresh again, but the platform gave no changed_at "
+                        "when this runbook paused, so it cannot prove the pause in force is still its own: a human "
+                        "resumes (CONFIRM_RESUME)")
     if not ours:
         return Decision(action="forget-record", target="run", why=f"trading is {mode} by {holder!r} since "
                         f"{status.get('changed_at')}: no longer this runbook's {record.mode} of {record.changed_at}; "
@@ -234,5 +245,8 @@ def decide(findings: list[Finding], status: dict[str, object], record: HoldRecor
     if record.mode == "halted":
         return Decision(action="none", target="run", why="data fresh again, but the kill switch this runbook "
                         "pressed stays on: a human resumes after review (CONFIRM_RESUME)")
+    if not may_resume:
+        return Decision(action="none", target="run", why="the pause in force is this runbook's own, but this run "
+                        "checked only some gating tables or skipped their quality checks: only a full run lifts it")
     return Decision(action="resume", target="run", why="every gating table fresh and passing, and the pause in "
                     "force is this runbook's own: resume with CONFIRM_RESUME")

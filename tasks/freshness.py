@@ -27,7 +27,8 @@ _ORIGIN = sql.SQL("'2000-01-01 00:00:00+00'::timestamptz")
 
 # SQLSTATE -> outcome of a freshness statement that failed alone.
 _OUTCOMES = {"42P01": "missing_table", "3F000": "missing_table", "42703": "missing_column",
-             "42501": "no_access", "42883": "not_a_timestamp", "42804": "not_a_timestamp"}
+             "42501": "no_access", "42883": "not_a_timestamp", "42804": "not_a_timestamp",
+             "42846": "not_a_timestamp"}
 
 
 def _loaded_at(table: MonitoredTable) -> sql.Composable:
@@ -45,20 +46,33 @@ def _as_of(as_of: datetime | None) -> sql.Composable:
     return sql.Literal(as_of) if as_of is not None else sql.SQL("now()")
 
 
+FUTURE_SKEW = timedelta(minutes=1)  # clock skew tolerated before a row counts as dated in the future
+
+
 def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, grouped: bool = True) -> sql.Composed:
-    """``(group, newest, age in seconds)`` per group, or one row for the whole table."""
+    """``(group, newest, age in seconds, rows dated in the future)`` per group, or one row for the whole table.
+    Rows dated more than ``FUTURE_SKEW`` ahead are counted apart and never taken as the newest: a single row with
+    a wrong clock would otherwise make a dead feed look fresh."""
     ts, now = _loaded_at(table), _as_of(as_of)
     source = sql.Identifier(table.schema_, table.table)
-    newest = sql.SQL("max({ts})::timestamptz, extract(epoch FROM ({now} - max({ts})))::float8").format(ts=ts, now=now)
+    horizon = sql.SQL("{now} + {skew}::interval").format(now=now, skew=sql.Literal(FUTURE_SKEW))
     if grouped and table.group_by:
         window = sql.SQL("{ts} >= {now} - {w}::interval").format(ts=ts, now=now, w=sql.Literal(table.group_window))
-        return sql.SQL("SELECT {g}::text, {newest} FROM {t}{where} GROUP BY 1").format(
-            g=sql.Identifier(table.group_by), newest=newest, t=source, where=_where(table, window))
-    return sql.SQL("SELECT NULL::text, {newest} FROM {t}{where}").format(newest=newest, t=source,
-                                                                         where=_where(table))
+        newest = sql.SQL("max({ts}) FILTER (WHERE {ts} <= {h})").format(ts=ts, h=horizon)
+        return sql.SQL(
+            "SELECT {g}::text, {newest}::timestamptz, extract(epoch FROM ({now} - {newest}))::float8, "
+            "count(*) FILTER (WHERE {ts} > {h}) FROM {t}{where} GROUP BY 1"
+        ).format(g=sql.Identifier(table.group_by), newest=newest, now=now, ts=ts, h=horizon, t=source,
+                 where=_where(table, window))
+    past = sql.SQL("{ts} <= {h}").format(ts=ts, h=horizon)
+    future = sql.SQL("{ts} > {h}").format(ts=ts, h=horizon)
+    return sql.SQL(
+        "SELECT NULL::text, m, extract(epoch FROM ({now} - m))::float8, f FROM "
+        "(SELECT (SELECT max({ts})::timestamptz FROM {t}{past}) AS m, (SELECT count(*) FROM {t}{future}) AS f) s"
+    ).format(now=now, ts=ts, t=source, past=_where(table, past), future=_where(table, future))
 
 
-def volume_statement(table: MonitoredTable, *, days: int) -> sql.Composed:
+def volume_statement(table: MonitoredTable, *, days: int, as_of: datetime | None = None) -> sql.Composed:
     """Rows in the latest complete interval (the one before the newest row's) and in the same interval 1..days
     days back: ``(days back, interval start, rows)``. Each count is an index range scan on the timestamp."""
     assert table.interval is not None
@@ -69,10 +83,11 @@ def volume_statement(table: MonitoredTable, *, days: int) -> sql.Composed:
                                                                                                      iv=iv)]
     return sql.SQL(
         "SELECT d, b.start, (SELECT count(*) FROM {t}{where}) FROM "
-        "(SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} AS start FROM {t}{all}) b, "
+        "(SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} AS start FROM {t}{past}) b, "
         "generate_series(0, {days}) AS d WHERE b.start IS NOT NULL"
-    ).format(t=source, where=_where(table, *window), iv=iv, ts=ts, origin=_ORIGIN, all=_where(table),
-             days=sql.Literal(days))
+    ).format(t=source, where=_where(table, *window), iv=iv, ts=ts, origin=_ORIGIN, days=sql.Literal(days),
+             past=_where(table, sql.SQL("{ts} <= {now} + {skew}::interval").format(
+                 ts=ts, now=_as_of(as_of), skew=sql.Literal(FUTURE_SKEW))))
 
 
 Rows = list[tuple[Any, ...]]
@@ -133,9 +148,10 @@ def _failed(exc: psycopg.Error) -> tuple[str, str]:
 
 def _measured(table: MonitoredTable, rows: list[tuple[Any, ...]]) -> TableFreshness:
     key = table.key
+    future = sum(int(r[3] or 0) for r in rows)
     rows = [r for r in rows if r[1] is not None]
     if not rows:
-        return TableFreshness(key=key, database=table.database, outcome="empty")
+        return TableFreshness(key=key, database=table.database, outcome="empty", future_rows=future)
     ages = [GroupAge(group=str(r[0]), last_at=r[1], age_seconds=float(r[2])) for r in rows]
     if table.group_by:
         seen = {a.group for a in ages}
@@ -148,7 +164,7 @@ def _measured(table: MonitoredTable, rows: list[tuple[Any, ...]]) -> TableFreshn
     newest_of_stalest = min((a.last_at for a in known if a.last_at is not None), default=None)
     stale = [a for a in ages if a.age_seconds is None or a.age_seconds > table.error_after.total_seconds()]
     return TableFreshness(key=key, database=table.database, outcome="measured", last_at=newest_of_stalest,
-                          age_seconds=worst_age, groups=len(ages) if table.group_by else 0,
+                          age_seconds=worst_age, groups=len(ages) if table.group_by else 0, future_rows=future,
                           stale_groups=stale if table.group_by else [])
 
 
@@ -163,14 +179,14 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     """
     statements: list[sql.Composed] = [freshness_statement(t, as_of=as_of) for t in tables]
     with_volume = [t for t in tables if t.interval is not None]
-    statements += [volume_statement(t, days=settings.volume_history_days) for t in with_volume]
+    statements += [volume_statement(t, days=settings.volume_history_days, as_of=as_of) for t in with_volume]
     where = f"measuring freshness in {database_name!r}"
     with connect(_params(database, settings.statement_timeout_seconds), where=where, autocommit=True) as conn, \
             database_errors(where):
         results = _pipelined(conn, statements)
         # A grouped table with no group in its window: is it empty, or is every group older than the window?
-        regroup = [i for i, t in enumerate(tables)
-                   if t.group_by and isinstance(results[i], list) and not results[i]]
+        regroup = [i for i, t in enumerate(tables) if t.group_by and isinstance(results[i], list)
+                   and not any(row[1] is not None for row in results[i])]  # type: ignore[union-attr]
         if regroup:
             again = _pipelined(conn, [freshness_statement(tables[i], as_of=as_of, grouped=False) for i in regroup])
             for i, rows in zip(regroup, again, strict=True):

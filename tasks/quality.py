@@ -8,6 +8,8 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,6 +68,18 @@ def _name(result: Any) -> str:
         return str(config.description)
     column = config.kwargs.get("column")
     return f"{config.type}({column})" if column else str(config.type)
+
+
+def _raised(info: Any) -> str | None:
+    """The first line of the exception GX caught while computing a result (a missing column, a statement
+    timeout), or None. ``exception_info`` is flat, or keyed by metric."""
+    if not isinstance(info, dict):
+        return None
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for candidate in candidates:
+        if candidate.get("raised_exception"):
+            return str(candidate.get("exception_message") or "error").strip().splitlines()[0][:200]
+    return None
 
 
 def _sample(row: Any) -> str:
@@ -132,6 +146,28 @@ def run_integrity_checks(*, name: str, database: DatabaseSettings, checks: list[
                          expectations=len(judged), checks_failed=failed, seconds=time.monotonic() - started)
 
 
+@contextmanager
+def _reflect_columns_without_rows(query: str) -> Iterator[None]:
+    """GX learns a query asset's columns by running the query itself and reading the cursor's description; psycopg
+    would fetch the whole window into Python for that. Only that exact statement is rewritten, to ``LIMIT 0``:
+    every metric query wraps the asset's query as a subquery, so none of them matches. (GX copies the datasource,
+    so the listener is on the Engine class, for the duration of the validation only.)"""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def rewrite(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
+                ) -> tuple[str, Any]:
+        if statement.strip() == query.strip():
+            return f"SELECT * FROM ({query}) AS columns_only LIMIT 0", parameters
+        return statement, parameters
+
+    event.listen(Engine, "before_cursor_execute", rewrite, retval=True)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", rewrite)
+
+
 def _validate_ohlcv(table: MonitoredTable, params: dict[str, Any], lookback: timedelta, as_of: datetime | None,
                     result: QualityResult) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -154,15 +190,20 @@ def _validate_ohlcv(table: MonitoredTable, params: dict[str, Any], lookback: tim
     suite = context.suites.add(gx.ExpectationSuite(name=f"ohlcv-{table.key}", expectations=ohlcv_suite(table)))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="recent", data=batch, suite=suite))
     keys = [c.symbol, table.loaded_at_field or ""]
-    outcome = definition.run(result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLES,
-                                            "unexpected_index_column_names": keys})
+    with _reflect_columns_without_rows(query):
+        outcome = definition.run(result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLES,
+                                                "unexpected_index_column_names": keys})
     result.expectations = len(outcome.results)
     unexpected_rows = []
+    errors: list[str] = []
     for r in outcome.results:
         counted = r.result.get("element_count")
         if counted is not None:
             result.window_rows = int(counted)
         if r.success:
+            continue
+        if (error := _raised(r.exception_info)) is not None:
+            errors.append(f"{_name(r)}: {error}")  # a query that failed says nothing about the data
             continue
         config = r.expectation_config
         if config is not None and config.type == "unexpected_rows_expectation":
@@ -173,6 +214,10 @@ def _validate_ohlcv(table: MonitoredTable, params: dict[str, Any], lookback: tim
         keyed = [{k: row[k] for k in keys if k in row} if isinstance(row, dict) else row for row in rows]
         result.failures.append(ExpectationFailure(expectation=_name(r), unexpected=r.result.get("unexpected_count"),
                                                   samples=[_sample(s) for s in keyed[:SAMPLES]]))
+    if errors:  # failures found by the other expectations still stand as evidence
+        result.detail = "could not run: " + scrub("; ".join(errors))[:500]
+        if not result.failures:
+            result.status = "could_not_run"
     if unexpected_rows:
         # Samples of rows a query found: SUMMARY carries only the count, COMPLETE carries at most GX's cap of rows.
         again = context.suites.add(gx.ExpectationSuite(name=f"samples-{table.key}", expectations=[
@@ -180,7 +225,9 @@ def _validate_ohlcv(table: MonitoredTable, params: dict[str, Any], lookback: tim
                                                       description=cfg.description) for cfg in unexpected_rows]))
         samples = context.validation_definitions.add(gx.ValidationDefinition(name="samples", data=batch, suite=again))
         by_name = {f.expectation: f for f in result.failures}
-        for r in samples.run(result_format={"result_format": "COMPLETE"}).results:
+        with _reflect_columns_without_rows(query):
+            rerun = samples.run(result_format={"result_format": "COMPLETE"}).results
+        for r in rerun:
             rows = (r.result.get("details") or {}).get("unexpected_rows") or []
             if (failure := by_name.get(_name(r))) is not None:
                 failure.samples = [_sample(row) for row in rows[:SAMPLES]]

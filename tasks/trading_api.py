@@ -70,7 +70,7 @@ def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: s
     try:
         now = client.status()
         ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == (held_by or actor)
-                and now.get("changed_at", changed_at) == changed_at)
+                and changed_at is not None and now.get("changed_at") == changed_at)
         if ours:
             client.resume(actor=actor)
             get_run_logger().info("Trading resumed by %r", actor)

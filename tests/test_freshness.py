@@ -5,11 +5,13 @@ drops, missing and hostile names, and the trading API down."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -413,7 +415,7 @@ def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market,
     assert again.notification is None and len(received) == 1
 
     market.bars(start=bucket(10), end=bucket())
-    _, result = check(quality=False)
+    _, result = check()
     assert result.action.startswith("resumed") and received[-1]["text"].startswith("[info] data-freshness: resumed")
     assert canary not in result.model_dump_json()
 
@@ -433,3 +435,105 @@ def test_a_failed_notification_never_undoes_or_hides_the_pause(market: Market, s
     assert result.action == "paused trading" and operations(simulator)["trading_mode"] == "paused"
     assert result.notification is not None and "FAILED" in result.notification
     assert canary not in result.model_dump_json()
+
+
+# -- regressions of the hostile review -------------------------------------------------------------------------
+
+
+def test_an_unreadable_hold_record_never_stands_between_stale_data_and_a_pause(market: Market,
+                                                                               simulator: httpx.Client) -> None:
+    repository = load_settings().repository.url.removeprefix("file://")
+    elsewhere = Path(repository).parent / "elsewhere"
+    elsewhere.mkdir(parents=True, exist_ok=True)
+    Path(repository).mkdir(parents=True, exist_ok=True)
+    (Path(repository) / "records").symlink_to(elsewhere)  # the local repository never follows a symlink
+    market.bars(end=bucket(25))
+    _, result = check(quality=False)
+    assert result.action == "paused trading" and operations(simulator)["trading_mode"] == "paused"
+    assert any("hold record could not be written" in step for step in result.next_steps)
+    market.bars(start=bucket(20), end=bucket())
+    _, result = check(quality=False)  # fresh again, but no record of its own pause: it stays paused
+    assert result.action == "none" and operations(simulator)["trading_mode"] == "paused"
+
+
+def test_a_partial_run_never_lifts_the_pause(market: Market, simulator: httpx.Client) -> None:
+    market.execute("CREATE TABLE feed2 (ts timestamptz)")
+    market.execute("INSERT INTO feed2 VALUES (now() - interval '30 minutes')")
+    market.configure({"table": "bars", "group_by": "symbol"}, {"table": "feed2", "loaded_at_field": "ts"})
+    market.bars(end=bucket())
+    _, result = check(quality=False)
+    assert result.action == "paused trading"  # for feed2
+    _, result = check(quality=False, tables=["bars"])  # bars is fresh, but feed2 was not looked at
+    assert result.action == "none" and "only a full run" in (result.decision.why if result.decision else "")
+    assert operations(simulator)["trading_mode"] == "paused"
+
+    market.configure()  # quality gates the default table: a run without it cannot lift a pause either
+    market.execute("DELETE FROM bars")
+    market.bars(end=bucket())
+    market.execute("UPDATE bars SET high = 1 WHERE \"timestamp\" = %s", [bucket(30)])
+    simulator.post("/_control/reset")
+    _, result = check()
+    assert result.action == "paused trading"
+    _, result = check(quality=False)
+    assert result.action == "none" and operations(simulator)["trading_mode"] == "paused"
+
+
+def test_a_row_dated_in_the_future_does_not_hide_staleness(market: Market) -> None:
+    market.bars(end=bucket(25))
+    market.execute("INSERT INTO bars SELECT symbol, \"timestamp\" + interval '30 days', open, high, low, close, "
+                   "volume FROM bars WHERE \"timestamp\" = %s", [bucket(25)])
+    _, result = check(act=False, quality=False)
+    assert result.tables[0].future_rows == 2 and result.worst == "error"
+    assert any("in the future" in f.reason for f in result.findings)
+
+
+def test_a_table_in_a_database_outside_the_inventory_does_not_silence_the_rest(market: Market,
+                                                                                simulator: httpx.Client) -> None:
+    market.configure({"table": "bars", "group_by": "symbol"}, {"database": "typo_db", "table": "x"})
+    market.bars(end=bucket(25))
+    state, result = check(quality=False)
+    assert {t.key: t.outcome for t in result.tables} == {"bars": "measured", "x": "not_in_inventory"}
+    assert result.action == "paused trading" and state.is_failed()
+
+
+def test_a_suite_that_cannot_run_is_not_bad_data(market: Market, simulator: httpx.Client) -> None:
+    market.configure({"table": "bars", "group_by": "symbol", "interval": "5m", "quality": "ohlcv",
+                      "columns": {"open": "opn"}})
+    market.bars(end=bucket())
+    _, result = check()
+    assert result.quality[0].status == "could_not_run" and "opn" in (result.quality[0].detail or "")
+    assert result.worst == "unknown" and result.action == "none" and posts(simulator) == []
+
+
+def test_two_runs_at_once_pause_once_and_the_pause_is_lifted_later(market: Market, simulator: httpx.Client,
+                                                                  prefect_api: str) -> None:
+    market.bars(end=bucket(25))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    procs = [subprocess.Popen([sys.executable, "-m", "runbooks.cli", "run", "data-freshness", "--json", "--param",
+                               "quality=false"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+             for _ in range(2)]
+    actions = sorted(json.loads(p.communicate(timeout=300)[0])["action"] for p in procs)
+    assert actions == ["none", "paused trading"]
+    assert posts(simulator) == ["/api/v1/operations/pause"]
+    market.bars(start=bucket(20), end=bucket())
+    _, result = check()
+    assert result.action.startswith("resumed") and operations(simulator)["trading_mode"] == "running"
+
+
+def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_remain(
+        market: Market, simulator: httpx.Client) -> None:
+    market.bars(end=bucket(90))
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 50})
+    state, result = check(quality=False)
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 0})
+    assert state.is_failed() and result.worst == "unknown"
+    assert any(f.severity == "kill" for f in result.findings)
+    assert any("press the kill switch by hand" in step for step in result.next_steps)
+    assert "stale for" in (state.message or "")
+
+
+def test_no_changed_at_from_the_platform_means_no_automatic_resume() -> None:
+    record = HoldRecord(actor="rb:1", mode="paused", changed_at=None, reason="r", at=datetime.now(UTC))
+    status = {"trading_mode": "paused", "paused_by": "rb:1"}
+    decision = decide([_finding("ok")], status, record)
+    assert decision.action == "none" and "changed_at" in decision.why

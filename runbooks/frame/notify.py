@@ -21,7 +21,7 @@ Severity = Literal["P1", "P2", "P3", "info"]
 def _register_block_secrets(block: object) -> None:
     """Secret fields (``SecretStr``, ``SecretDict``) and any URL: a webhook URL often is the credential."""
     for name in getattr(type(block), "model_fields", {}):
-        value = getattr(block, name, None)
+        value: Any = getattr(block, name, None)
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         elif not (isinstance(value, str) and "url" in name):
