@@ -45,7 +45,7 @@ from runbooks.holds import HoldRecords
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
 from runbooks.repository import open_repository
-from runbooks.settings import DatabaseSettings, MonitoredTable
+from runbooks.settings import DatabaseSettings, MonitoredTable, Settings
 from tasks.freshness import measure_freshness, read_platform_data_status
 from tasks.quality import run_integrity_checks, validate_recent_window
 from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
@@ -63,6 +63,10 @@ class FreshnessParameters(BaseModel):
                       "report what it would do.")
     tables: list[str] = Field(default_factory=list, description="Monitored tables (labels) to check; empty: all.")
     quality: bool = Field(default=True, description="Run the data-quality suites and integrity checks.")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) tables the settings do not list; the CLI calls it before any run."""
+        _selected(settings.freshness.tables, self.tables)
 
 
 class TradingState(BaseModel):

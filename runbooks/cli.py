@@ -269,6 +269,15 @@ def run(
                              for e in exc.errors())
         raise _fail(ValueError(f"invalid parameters: {problems}. HINT: fix the --param named above; {runbook} "
                                f"takes {', '.join(model.model_fields)}."), 2) from None
+    # Parameters that name things in the settings (tables, databases) are refused here, before any flow run.
+    check_against = getattr(parameters, "check_against", None)
+    if callable(check_against):
+        from runbooks.errors import ConfigurationError
+
+        try:
+            check_against(settings)
+        except ConfigurationError as exc:
+            raise _fail(exc, 2) from None
     state = flow_fn(parameters=parameters, return_state=True)
     try:
         result = state.result(raise_on_failure=False)

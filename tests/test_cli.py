@@ -125,6 +125,14 @@ def test_parameter_errors_name_runbook_and_field(tmp_path: Path) -> None:
     assert ": :" not in line and "Value error" not in line
 
 
+def test_a_parameter_naming_what_the_settings_lack_is_refused_before_any_run(tmp_path: Path) -> None:
+    proc = cli(bare_env(), "run", "data-freshness", "--param", 'tables=["nope"]', cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "'nope'" in line and "not in [freshness] tables" in line and "HINT:" in line
+    assert "Beginning flow run" not in proc.stdout + proc.stderr
+
+
 def test_invalid_toml_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "inventory.toml"
     config.write_text('[repository\nurl = "file:///srv"\n')
