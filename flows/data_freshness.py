@@ -225,9 +225,10 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
                        oldest_seconds=max((m.age_seconds or 0 for m in measured.values()), default=0))
     for t in tables:
         if measured[t.key].future_rows:
+            how_many = str(measured[t.key].future_rows) if t.group_by else "at least one"
             result.findings.append(Finding(key=t.key, severity="warn", gates_trading=False, reason=(
-                f"{measured[t.key].future_rows} rows dated more than a minute in the future (ignored): a wrong "
-                "clock or time zone in the feed")))
+                f"rows dated more than a minute in the future ({how_many}, ignored): a wrong clock or time zone "
+                "in the feed")))
     for volume in result.volumes:
         if volume.flagged:
             result.findings.append(Finding(key=volume.key, severity="warn", gates_trading=False,

@@ -44,8 +44,9 @@ class TableFreshness(BaseModel):
     last_at: datetime | None = None
     age_seconds: float | None = Field(default=None, description="now - newest row (the stalest group's)")
     groups: int = 0
-    future_rows: int = Field(default=0, description="rows dated more than a minute ahead of now: ignored, so one "
-                             "wrong clock cannot make stale data look fresh")
+    future_rows: int = Field(default=0, description="rows dated more than a minute ahead of now (per group "
+                             "in the group window; 1 = some, for an ungrouped table): ignored, so one wrong clock "
+                             "cannot make stale data look fresh")
     stale_groups: list[GroupAge] = Field(default_factory=list, description="groups older than error_after, "
                                          "stalest first")
     detail: str | None = None
