@@ -537,3 +537,17 @@ def test_no_changed_at_from_the_platform_means_no_automatic_resume() -> None:
     status = {"trading_mode": "paused", "paused_by": "rb:1"}
     decision = decide([_finding("ok")], status, record)
     assert decision.action == "none" and "changed_at" in decision.why
+
+
+def test_statements_composed_from_a_shape_equal_statements_composed_one_by_one(market: Market) -> None:
+    from tasks.freshness import _Composer, freshness_statement
+
+    tables = [MonitoredTable(table="bars"), MonitoredTable(table='we"ird; --', schema="a b", group_by="symbol"),
+              MonitoredTable(table="runbooks_table_9c1f", filter="symbol <> 'runbooks_table_9c1f'"),
+              MonitoredTable(table="t", loaded_at_expression="created_at + interval '1 hour'", filter="x > 1")]
+    with market.connect() as conn:
+        compose = _Composer(conn, None)
+        for table in tables * 2:
+            composed = compose.freshness(table)
+            direct = freshness_statement(table, as_of=None).as_bytes(conn)
+            assert (composed if isinstance(composed, bytes) else composed.as_bytes(conn)) == direct
