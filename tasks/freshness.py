@@ -37,12 +37,12 @@ def _loaded_at(table: MonitoredTable) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(table.loaded_at_expression or ""))
 
 
-def _where(table: MonitoredTable, *conditions: sql.Composable) -> sql.Composable:
+def where_clause(table: MonitoredTable, *conditions: sql.Composable) -> sql.Composable:
     parts = list(conditions) + ([sql.SQL("({})").format(sql.SQL(table.filter))] if table.filter else [])
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts) if parts else sql.SQL("")
 
 
-def _as_of(as_of: datetime | None) -> sql.Composable:
+def as_of_sql(as_of: datetime | None) -> sql.Composable:
     return sql.Literal(as_of) if as_of is not None else sql.SQL("now()")
 
 
@@ -53,7 +53,7 @@ def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, groupe
     """``(group, newest, age in seconds, rows dated in the future)`` per group, or one row for the whole table.
     Rows dated more than ``FUTURE_SKEW`` ahead are counted apart and never taken as the newest: a single row with
     a wrong clock would otherwise make a dead feed look fresh."""
-    ts, now = _loaded_at(table), _as_of(as_of)
+    ts, now = _loaded_at(table), as_of_sql(as_of)
     source = sql.Identifier(table.schema_, table.table)
     horizon = sql.SQL("{now} + {skew}::interval").format(now=now, skew=sql.Literal(FUTURE_SKEW))
     if grouped and table.group_by:
@@ -63,7 +63,7 @@ def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, groupe
             "SELECT {g}::text, {newest}::timestamptz, extract(epoch FROM ({now} - {newest}))::float8, "
             "count(*) FILTER (WHERE {ts} > {h}) FROM {t}{where} GROUP BY 1"
         ).format(g=sql.Identifier(table.group_by), newest=newest, now=now, ts=ts, h=horizon, t=source,
-                 where=_where(table, window))
+                 where=where_clause(table, window))
     # max() under the horizon is an index lookup; whether any row lies beyond it is one more (EXISTS, not a count:
     # a count would scan every future row of a table whose clock is wrong).
     past = sql.SQL("{ts} <= {h}").format(ts=ts, h=horizon)
@@ -71,7 +71,7 @@ def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, groupe
     return sql.SQL(
         "SELECT NULL::text, max({ts})::timestamptz, extract(epoch FROM ({now} - max({ts})))::float8, "
         "EXISTS (SELECT FROM {t}{future})::int FROM {t}{past}"
-    ).format(now=now, ts=ts, t=source, past=_where(table, past), future=_where(table, future))
+    ).format(now=now, ts=ts, t=source, past=where_clause(table, past), future=where_clause(table, future))
 
 
 def volume_statement(table: MonitoredTable, *, days: int, as_of: datetime | None = None) -> sql.Composed:
@@ -87,9 +87,9 @@ def volume_statement(table: MonitoredTable, *, days: int, as_of: datetime | None
         "SELECT d, b.start, (SELECT count(*) FROM {t}{where}) FROM "
         "(SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} AS start FROM {t}{past}) b, "
         "generate_series(0, {days}) AS d WHERE b.start IS NOT NULL"
-    ).format(t=source, where=_where(table, *window), iv=iv, ts=ts, origin=_ORIGIN, days=sql.Literal(days),
-             past=_where(table, sql.SQL("{ts} <= {now} + {skew}::interval").format(
-                 ts=ts, now=_as_of(as_of), skew=sql.Literal(FUTURE_SKEW))))
+    ).format(t=source, where=where_clause(table, *window), iv=iv, ts=ts, origin=_ORIGIN, days=sql.Literal(days),
+             past=where_clause(table, sql.SQL("{ts} <= {now} + {skew}::interval").format(
+                 ts=ts, now=as_of_sql(as_of), skew=sql.Literal(FUTURE_SKEW))))
 
 
 Rows = list[tuple[Any, ...]]
@@ -159,7 +159,8 @@ class _Composer:
         return template.replace(self._marker, sql.Identifier(table.schema_, table.table).as_bytes(self.conn))
 
 
-def _params(database: DatabaseSettings, timeout_seconds: float) -> dict[str, Any]:
+def read_only_params(database: DatabaseSettings, timeout_seconds: float) -> dict[str, Any]:
+    """Connection parameters for a read-only UTC session with a statement timeout (plain writes are refused)."""
     params = database.conninfo()
     options = f"-c statement_timeout={int(timeout_seconds * 1000)} -c TimeZone=UTC -c default_transaction_read_only=on"
     params["options"] = f"{params.get('options', '')} {options}".strip()
@@ -205,8 +206,8 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     """
     with_volume = [t for t in tables if t.interval is not None]
     where = f"measuring freshness in {database_name!r}"
-    with connect(_params(database, settings.statement_timeout_seconds), where=where, autocommit=True) as conn, \
-            database_errors(where):
+    params = read_only_params(database, settings.statement_timeout_seconds)
+    with connect(params, where=where, autocommit=True) as conn, database_errors(where):
         compose = _Composer(conn, as_of)
         statements = [compose.freshness(t) for t in tables]
         statements += [volume_statement(t, days=settings.volume_history_days, as_of=as_of) for t in with_volume]

@@ -21,7 +21,7 @@ from runbooks.freshness import ExpectationFailure, QualityResult
 from runbooks.postgres import connect, database_errors, run_checks
 from runbooks.redact import scrub
 from runbooks.settings import DatabaseSettings, IntegrityCheck, MonitoredTable
-from tasks.freshness import _as_of, _params, _where
+from tasks.freshness import as_of_sql, read_only_params, where_clause
 from tasks.policies import TRANSIENT_RETRY
 
 SAMPLES = 5
@@ -30,9 +30,9 @@ SAMPLES = 5
 def window_query(table: MonitoredTable, *, lookback: timedelta, as_of: datetime | None) -> sql.Composed:
     """The rows of the last ``lookback`` (an index range scan on the timestamp): the only rows a suite reads."""
     ts = sql.Identifier(table.loaded_at_field or "")
-    since = sql.SQL("{ts} >= {now} - {lb}::interval").format(ts=ts, now=_as_of(as_of), lb=sql.Literal(lookback))
+    since = sql.SQL("{ts} >= {now} - {lb}::interval").format(ts=ts, now=as_of_sql(as_of), lb=sql.Literal(lookback))
     return sql.SQL("SELECT * FROM {t}{where}").format(t=sql.Identifier(table.schema_, table.table),
-                                                     where=_where(table, since))
+                                                     where=where_clause(table, since))
 
 
 def ohlcv_suite(table: MonitoredTable) -> list[Any]:
@@ -113,7 +113,7 @@ def validate_recent_window(*, table: MonitoredTable, database: DatabaseSettings,
     """
     started = time.monotonic()
     result = QualityResult(key=table.key, status="passed")
-    params = _params(database, timeout_seconds)
+    params = read_only_params(database, timeout_seconds)
     if table.quality == "ohlcv":
         try:
             _validate_ohlcv(table, params, lookback, as_of, result)
@@ -138,7 +138,8 @@ def run_integrity_checks(*, name: str, database: DatabaseSettings, checks: list[
     started = time.monotonic()
     where = f"running the integrity checks of {name!r}"
     judged = [c for c in checks if c.expect is not None]
-    with connect(_params(database, timeout_seconds), where=where, autocommit=True) as conn, database_errors(where):
+    params = read_only_params(database, timeout_seconds)
+    with connect(params, where=where, autocommit=True) as conn, database_errors(where):
         outcome = run_checks(conn, judged)
     failed = [f"{c.name} ({c.value}, expected {c.expect})" if c.status == "failed"
               else f"{c.name}: could not run ({c.error})" for c in outcome if c.status in ("failed", "could_not_run")]
