@@ -409,6 +409,34 @@ class FreshnessSettings(BaseModel):
         return tables
 
 
+class HealthSettings(BaseModel):
+    """Seed 001's performance baseline (normal range / alert threshold) and what its health-check script looks at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disk_paths: list[Path] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
+                                   description="filesystems whose usage is checked (the script's df filter)")
+    disk_warn_percent: float = Field(default=85, gt=0, le=100)
+    disk_alert_percent: float = Field(default=90, gt=0, le=100)
+    memory_warn_percent: float = Field(default=85, gt=0, le=100)
+    memory_alert_percent: float = Field(default=90, gt=0, le=100)
+    cpu_warn_percent: float = Field(default=70, gt=0, le=100)
+    cpu_alert_percent: float = Field(default=85, gt=0, le=100)
+    api_warn_seconds: float = Field(default=0.5, gt=0, description="response time (seed: p95 < 500 ms)")
+    api_alert_seconds: float = Field(default=2.0, gt=0)
+    connections_warn_percent: float = Field(default=80, gt=0, le=100, description="of max_connections")
+    connections_alert_percent: float = Field(default=90, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HealthSettings:
+        for name in ("disk", "memory", "cpu", "connections"):
+            if getattr(self, f"{name}_warn_percent") > getattr(self, f"{name}_alert_percent"):
+                raise ValueError(f"{name}_warn_percent must not exceed {name}_alert_percent")
+        if self.api_warn_seconds > self.api_alert_seconds:
+            raise ValueError("api_warn_seconds must not exceed api_alert_seconds")
+        return self
+
+
 class NotificationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -443,6 +471,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 

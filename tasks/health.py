@@ -1,0 +1,93 @@
+"""Seed 001's health-check script as tasks: API health, the database, disk, memory and CPU against the seed's
+performance baseline. The DR drill runs them on the restored platform and the daily health check on the live one;
+components the settings do not name (Redis, PM2, Docker Compose) are reported "not configured", never skipped."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from runbooks.health import HealthCheck, cpu_usage_percent, disk_usage_percent, grade, memory_usage_percent
+from runbooks.postgres import connect
+from runbooks.redact import scrub
+from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings
+
+NOT_CONFIGURED = ("redis", "pm2 processes", "docker compose services")
+
+
+@task(name="check-api-health", cache_policy=NO_CACHE)
+def check_api_health(*, name: str, api: ApiSettings | None, baseline: HealthSettings) -> HealthCheck:
+    """``GET /api/v1/health``: it must answer 2xx with ``status: healthy``; its response time is graded."""
+    if api is None:
+        return HealthCheck(name=name, status="not_configured", detail="no base_url in the settings")
+    token = api.bearer()
+    started = time.monotonic()
+    try:
+        with httpx.Client(base_url=api.base_url.rstrip("/"), timeout=api.timeout_seconds,
+                          headers={"Authorization": f"Bearer {token}"} if token else {}) as client:
+            response = client.get("/api/v1/health")
+        seconds = time.monotonic() - started
+        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    except (httpx.HTTPError, ValueError) as exc:
+        return HealthCheck(name=name, status="failed", detail=scrub(f"{type(exc).__name__}: {exc}")[:200],
+                           seconds=time.monotonic() - started)
+    if response.status_code >= 300 or body.get("status") != "healthy":
+        return HealthCheck(name=name, status="failed", seconds=seconds,
+                           detail=f"HTTP {response.status_code}, status {body.get('status')!r}")
+    return HealthCheck(name=name, status=grade(seconds, warn=baseline.api_warn_seconds,
+                                                alert=baseline.api_alert_seconds),
+                       value=round(seconds, 3), unit="s", seconds=seconds, detail="healthy")
+
+
+@task(name="check-database-health", cache_policy=NO_CACHE)
+def check_database_health(*, name: str, database: DatabaseSettings, baseline: HealthSettings) -> HealthCheck:
+    """``SELECT 1``, then connections in use against ``max_connections`` (the seed's 80 % / 90 %)."""
+    started = time.monotonic()
+    try:
+        with connect(database.conninfo(), where=f"health of {name!r}", autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            row = conn.execute("SELECT count(*), current_setting('max_connections')::int FROM pg_stat_activity"
+                               ).fetchone()
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding: the database did not answer
+        return HealthCheck(name=f"database {name}", status="failed", detail=scrub(str(exc).splitlines()[0])[:200],
+                           seconds=time.monotonic() - started)
+    assert row is not None
+    percent = 100.0 * row[0] / max(row[1], 1)
+    return HealthCheck(name=f"database {name}", value=round(percent, 1), unit="% of max_connections",
+                       status=grade(percent, warn=baseline.connections_warn_percent,
+                                    alert=baseline.connections_alert_percent),
+                       detail=f"SELECT 1 answered; {row[0]} of {row[1]} connections",
+                       seconds=time.monotonic() - started)
+
+
+@task(name="check-host-health", cache_policy=NO_CACHE)
+def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
+    """Disk of each configured path (one line per filesystem), memory and CPU of this host; then the components
+    the settings do not configure."""
+    checks: list[HealthCheck] = []
+    seen: set[int] = set()
+    for path in baseline.disk_paths:
+        try:
+            device = path.stat().st_dev
+        except OSError as exc:
+            checks.append(HealthCheck(name=f"disk {path}", status="failed", detail=f"{type(exc).__name__}"))
+            continue
+        if device in seen:
+            continue
+        seen.add(device)
+        percent = disk_usage_percent(path)
+        checks.append(HealthCheck(name=f"disk {path}", value=round(percent, 1), unit="% used",
+                                  status=grade(percent, warn=baseline.disk_warn_percent,
+                                               alert=baseline.disk_alert_percent)))
+    memory = memory_usage_percent()
+    checks.append(HealthCheck(name="memory", value=round(memory, 1), unit="% used",
+                              status=grade(memory, warn=baseline.memory_warn_percent,
+                                           alert=baseline.memory_alert_percent)))
+    cpu = cpu_usage_percent()
+    checks.append(HealthCheck(name="cpu", value=round(cpu, 1), unit="% busy",
+                              status=grade(cpu, warn=baseline.cpu_warn_percent, alert=baseline.cpu_alert_percent)))
+    checks += [HealthCheck(name=n, status="not_configured", detail="not in the settings") for n in NOT_CONFIGURED]
+    return checks

@@ -1,0 +1,67 @@
+"""Seed 001's health-check script as tasks, against the sandbox's database, the simulator over HTTP and this
+host's /proc: each reading graded against the seed's baseline, failures reported, unconfigured parts named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from runbooks.health import cpu_usage_percent, grade, memory_usage_percent, worst
+from runbooks.sandbox import SandboxState
+from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings, load_settings
+from tasks.health import check_api_health, check_database_health, check_host_health
+
+
+def test_grading_follows_the_seed_baseline() -> None:
+    baseline = HealthSettings()
+    assert [grade(v, warn=baseline.disk_warn_percent, alert=baseline.disk_alert_percent)
+            for v in (50, 85, 90, 90.1)] == ["ok", "warn", "warn", "alert"]
+    with pytest.raises(ValidationError, match="memory_warn_percent"):
+        HealthSettings(memory_warn_percent=95)
+
+
+def test_host_readings_are_real_percentages(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n")
+    assert memory_usage_percent(meminfo) == pytest.approx(75.0)
+    assert 0 <= memory_usage_percent() <= 100 and 0 <= cpu_usage_percent(interval=0.1) <= 100
+    checks = check_host_health.fn(baseline=HealthSettings(disk_paths=[tmp_path, tmp_path / "x", Path("/")]))
+    by_name = {c.name: c for c in checks}
+    assert by_name[f"disk {tmp_path / 'x'}"].status == "failed"  # a configured path that does not exist
+    assert {"memory", "cpu", "redis", "pm2 processes", "docker compose services"} <= set(by_name)
+    assert by_name["redis"].status == "not_configured"
+    # A full disk by the baseline: warn at 0 % means every filesystem is at or above it.
+    tight = check_host_health.fn(baseline=HealthSettings(disk_paths=[tmp_path], disk_warn_percent=0.001,
+                                                         disk_alert_percent=0.002))
+    assert tight[0].status == "alert"
+
+
+def test_api_health_against_the_simulator(config: SandboxState, simulator: httpx.Client) -> None:
+    api = load_settings().trading_api
+    assert api is not None
+    ok = check_api_health.fn(name="trading API", api=api, baseline=HealthSettings())
+    assert ok.status in ("ok", "warn") and ok.detail == "healthy" and ok.value is not None
+    simulator.post("/_control/latency", json={"path_prefix": "/api/v1/health", "seconds": 0.6}).raise_for_status()
+    slow = check_api_health.fn(name="trading API", api=api, baseline=HealthSettings())
+    assert slow.status in ("warn", "alert")  # at least 0.6 s: beyond the seed's 500 ms
+    simulator.post("/_control/latency", json={"path_prefix": "/api/v1/health", "seconds": 0})
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/health", "status": 503, "count": 1})
+    down = check_api_health.fn(name="trading API", api=api, baseline=HealthSettings())
+    assert down.status == "failed" and "503" in down.detail
+    gone = check_api_health.fn(name="x", api=ApiSettings(base_url="http://127.0.0.1:9", timeout_seconds=2),
+                               baseline=HealthSettings())
+    assert gone.status == "failed"
+    assert check_api_health.fn(name="x", api=None, baseline=HealthSettings()).status == "not_configured"
+
+
+def test_database_health_against_the_sandbox(config: SandboxState) -> None:
+    database = load_settings().databases["trading_db"]
+    check = check_database_health.fn(name="trading_db", database=database, baseline=HealthSettings())
+    assert check.status == "ok" and "SELECT 1 answered" in check.detail and check.value is not None
+    wrong = DatabaseSettings(dsn=database.dsn, password="not-the-password")  # type: ignore[arg-type]
+    failed = check_database_health.fn(name="trading_db", database=wrong, baseline=HealthSettings())
+    assert failed.status == "failed" and "not-the-password" not in failed.detail
+    assert worst([check, failed]) == "failed"
