@@ -352,7 +352,8 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
     try:
         holds: HoldRecords | None = HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
     except (RunbookError, OSError) as exc:
-        holds, _ = None, logger.warning("Backup repository unavailable for hold records: %s", scrub(str(exc)))
+        logger.warning("Backup repository unavailable for hold records: %s", scrub(str(exc)))
+        holds = None
     with run.step("read trading status"):
         status = read_trading_status(api=settings.trading_api)
         result.trading_before = TradingState.of(status)

@@ -30,8 +30,8 @@ class HoldRecords:
         return f"{HOLDS}/{quote(self.api_url, safe='')}/{quote(runbook, safe='')}.json"
 
     def get(self, runbook: str) -> HoldRecord | None:
-        """The record, or None if there is none. An unreadable record is None too: no resume is ever decided
-        from it (trading stays as it is)."""
+        """The record, or None if there is none or it does not parse (no resume is decided from it). Errors of
+        the repository itself are raised: the caller reports them and resumes nothing."""
         try:
             return HoldRecord.model_validate_json(self.repository.get_bytes(self._key(runbook)))
         except (BackupNotFound, ValidationError):
