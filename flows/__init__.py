@@ -1,6 +1,7 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
-Scheduled maintenance: ``backup``, ``data-freshness``. On-demand recovery: ``restore``.
+Scheduled maintenance: ``backup``, ``data-freshness``, ``dr-game-day`` (quarterly). On-demand recovery:
+``restore``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ RUNBOOKS: dict[str, Runbook] = {
                       "scheduled maintenance"),
     "data-freshness": Runbook("data-freshness", "flows.data_freshness", "data_freshness_flow",
                               "FreshnessParameters", "render_report", "scheduled maintenance"),
+    "dr-game-day": Runbook("dr-game-day", "flows.dr_game_day", "dr_game_day_flow", "DrillParameters",
+                           "render_report", "scheduled maintenance"),
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
 }

@@ -31,6 +31,15 @@ class StoredObject(BaseModel):
     sha256: str = Field(description="SHA-256 of the stored (compressed) object")
 
 
+class ArchivedFile(BaseModel):
+    """One configuration file in a cluster backup's tar, hashed as it was archived: what a restore compares with."""
+
+    path: str = Field(description="absolute path on the host it was backed up from")
+    bytes: int
+    sha256: str
+    mode: int = Field(description="permission bits")
+
+
 class SnapshotInfo(BaseModel):
     wal_lsn: str | None = None
     taken_at: AwareDatetime
@@ -62,6 +71,8 @@ class BackupManifest(BaseModel):
     database: DatabaseProperties | None = Field(
         default=None, description="owner, encoding, locale, settings, privileges of the database at backup time")
     database_bytes: int | None = Field(default=None, description="pg_database_size at backup time")
+    files: list[ArchivedFile] = Field(default_factory=list, description="the configuration files in the tar "
+                                      "(cluster backups; empty in those taken before checksums were recorded)")
     verification: Verification | None = Field(default=None, description="None only before publishing")
 
     @property

@@ -295,7 +295,14 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative, e.g. '0m' or '10m'")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
+Objective = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_not_negative)]  # an RPO may be 0
 
 
 def _identifier(name: str | None) -> str | None:
@@ -437,6 +444,80 @@ class HealthSettings(BaseModel):
         return self
 
 
+class DrillComponent(BaseModel):
+    """One row of seed 002's RTO/RPO table and what backs it up. The schema is the user's: the seed's table names
+    are only the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    rto: Objective = Field(description="recovery time objective: drill start to this component validated")
+    rpo: Objective = Field(description="recovery point objective: data a disaster may lose")
+    databases: list[InventoryName] = Field(default_factory=list, description="whole databases backing it")
+    tables: list[str] = Field(default_factory=list, description="'database.table' or 'database.schema.table'")
+    config_files: bool = Field(default=False, description="the cluster's configuration files back it")
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, tables: list[str]) -> list[str]:
+        for name in tables:
+            if not 2 <= len(name.split(".")) <= 3 or not all(name.split(".")):
+                raise ValueError(f"table {name!r} must be 'database.table' or 'database.schema.table'")
+        return tables
+
+    @property
+    def covered(self) -> bool:
+        return bool(self.databases or self.tables or self.config_files)
+
+
+def _seed_components() -> list[DrillComponent]:
+    """Seed 002, "System Components RTO/RPO", backed by the sandbox schema (the seeds' tables in trading_db).
+    The memory/learning system (Redis) and monitoring/logs have no backup here: reported "not covered"."""
+    m = timedelta(minutes=1)
+    return [
+        DrillComponent(name="Trading Engine", rto=5 * m, rpo=0 * m,
+                       tables=["trading_db.public.trades", "trading_db.public.risk_state"]),
+        DrillComponent(name="Position Database", rto=10 * m, rpo=1 * m, tables=["trading_db.public.positions"]),
+        DrillComponent(name="Configuration", rto=15 * m, rpo=5 * m, config_files=True,
+                       tables=["trading_db.public.system_config"]),
+        DrillComponent(name="Historical Data", rto=60 * m, rpo=60 * m,
+                       tables=["trading_db.public.ohlcv_usdcop_5m", "trading_db.public.trades_history"]),
+        DrillComponent(name="Memory/Learning System", rto=30 * m, rpo=15 * m),
+        DrillComponent(name="Monitoring/Logs", rto=120 * m, rpo=60 * m),
+    ]
+
+
+class DrillSettings(BaseModel):
+    """The DR game-day (seed 001 quarterly exercise): where the clean cluster comes from and what it is scored
+    against (seed 002's table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_dsn: SecretStr | None = Field(default=None, description="superuser DSN of an existing EMPTY server to "
+                                         "restore into; None: a throwaway initdb cluster on a free loopback port")
+    target_password: SecretStr | None = None
+    target_password_block: str | None = None
+    work_dir: Path | None = Field(default=None, description="where the throwaway cluster and fetched dumps go, "
+                                  "each drill in a directory of its own that the next drill removes if the drill "
+                                  "was killed; None: <state_dir>/drills. Run as root, the postgres OS user must be "
+                                  "able to enter it")
+    backup_interval: Duration = Field(default=timedelta(hours=24), description="how often the backup deployment "
+                                      "runs: the data a disaster just before the next backup loses (nightly: 24h)")
+    trading_api: ApiSettings | None = Field(default=None, description="the platform started on the restored "
+                                            "cluster, whose GET /api/v1/health the drill checks; None: not "
+                                            "configured")
+    components: list[DrillComponent] = Field(default_factory=_seed_components)
+    history: int = Field(default=8, ge=1, le=100, description="previous drills shown in the trend")
+
+    _dsn = field_validator("target_dsn")(_check_dsn)
+
+    def target(self) -> DatabaseSettings | None:
+        if self.target_dsn is None:
+            return None
+        return DatabaseSettings(dsn=self.target_dsn, password=self.target_password,
+                                password_block=self.target_password_block)
+
+
 class NotificationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -472,6 +553,7 @@ class Settings(BaseSettings):
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    drill: DrillSettings = Field(default_factory=DrillSettings)
     state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 
@@ -479,6 +561,11 @@ class Settings(BaseSettings):
     def work_root(self) -> Path:
         """Where a restore's work directories go."""
         return (self.restore.work_dir or self.state_dir / "work").expanduser()
+
+    @property
+    def drill_root(self) -> Path:
+        """Where a DR drill's clean cluster and fetched dumps go."""
+        return (self.drill.work_dir or self.state_dir / "drills").expanduser()
 
     @classmethod
     def settings_customise_sources(
@@ -508,7 +595,7 @@ class Settings(BaseSettings):
     def plain_secrets(self) -> list[str]:
         """The secret values held in the settings themselves (not in Secret blocks)."""
         found: list[str] = []
-        for db in [*self.databases.values(), self.cluster.database()]:
+        for db in [*self.databases.values(), self.cluster.database(), self.drill.target()]:
             if db is None:
                 continue
             found.append(str(conninfo_to_dict(db.dsn.get_secret_value()).get("password") or ""))
@@ -516,7 +603,7 @@ class Settings(BaseSettings):
                 found.append(db.password.get_secret_value())
         if self.repository.secret_access_key:
             found.append(self.repository.secret_access_key.get_secret_value())
-        for api in (self.trading_api, self.inference_api):
+        for api in (self.trading_api, self.inference_api, self.drill.trading_api):
             if api and api.token:
                 found.append(api.token.get_secret_value())
         return [s for s in found if s]
@@ -528,9 +615,10 @@ class Settings(BaseSettings):
         A runbook run reads this once at its start, so a value from a block is scrubbed even from what a tool
         prints before the step that uses it."""
         found = self.plain_secrets()
-        blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database()] if db]
+        blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database(),
+                                               self.drill.target()] if db]
         blocks += [self.repository.secret_access_key_block]
-        blocks += [api.token_block for api in (self.trading_api, self.inference_api) if api]
+        blocks += [api.token_block for api in (self.trading_api, self.inference_api, self.drill.trading_api) if api]
         for block in filter(None, blocks):
             try:
                 found.append(resolve_secret(None, block) or "")

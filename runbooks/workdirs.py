@@ -9,9 +9,11 @@ touched, never anything else in the root; directories of other hosts (a shared v
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,12 +54,18 @@ def _size(path: Path) -> int:
 
 
 class WorkDirs:
-    def __init__(self, root: Path) -> None:
+    """``shared_with``: an OS user (the PostgreSQL server's, when we are root) that may enter the root (0711, not
+    list it) and owns each directory made in it (still 0700): a DR drill's throwaway cluster lives there."""
+
+    def __init__(self, root: Path, *, shared_with: str | None = None) -> None:
         self.root = root.expanduser()
+        self.shared_with = shared_with
 
     def _ensure_root(self) -> None:
         try:
             make_private_dirs(self.root)
+            if self.shared_with is not None:
+                self.root.chmod(0o711)
         except OSError as exc:
             raise ConfigurationError(f"cannot create the work directory root {str(self.root)!r}: {exc.strerror}.",
                                      hint="set state_dir (or restore.work_dir) to a writable directory.") from None
@@ -72,6 +80,9 @@ class WorkDirs:
                           flow_run_id=flow_run_id)
         with os.fdopen(open_private(path / OWNER), "wb") as handle:
             handle.write(owner.model_dump_json().encode())
+        if self.shared_with is not None:
+            entry = pwd.getpwnam(self.shared_with)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
         return path
 
     def free_bytes(self) -> int:
@@ -85,8 +96,10 @@ class WorkDirs:
     def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a symlink out of the directory
 
-    def sweep(self, *, dry_run: bool) -> list[SweptWorkDir]:
-        """Remove (dry-run: report) the work directories of runs that are gone from this host."""
+    def sweep(self, *, dry_run: bool, purpose: str | None = None,
+              before_remove: Callable[[Path], None] | None = None) -> list[SweptWorkDir]:
+        """Remove (dry-run: report) the work directories of runs that are gone from this host (of ``purpose``
+        only, if given); ``before_remove`` stops what such a run may have left running in its directory."""
         if not self.root.is_dir():
             return []
         swept = []
@@ -100,10 +113,14 @@ class WorkDirs:
                 continue  # no owner record we can read: never ours to delete
             if not owner.writer.on_this_host or owner.writer.alive():
                 continue
+            if purpose is not None and owner.purpose != purpose:
+                continue
             reason = (f"left by {owner.purpose} run {owner.flow_run_id or '-'} (process {owner.writer.pid}, "
                       f"started {owner.created_at:%Y-%m-%d %H:%M}Z), which is gone")
             size = _size(entry)
             if not dry_run:
+                if before_remove is not None:
+                    before_remove(entry)
                 self.remove(entry)
             swept.append(SweptWorkDir(path=str(entry), bytes=size, reason=reason, removed=not dry_run))
         return swept

@@ -3,6 +3,7 @@ fill, validate, publish, swap and drop databases (restore)."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import psycopg
 from prefect import get_run_logger, task
@@ -30,7 +31,7 @@ from runbooks.dbproperties import (
     read_database_properties,
 )
 from runbooks.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused, RunbookError
-from runbooks.manifest import BackupManifest, SnapshotInfo, StoredObject
+from runbooks.manifest import ArchivedFile, BackupManifest, SnapshotInfo, StoredObject
 from runbooks.pipeline import CompressingSink, stream_command, stream_into
 from runbooks.postgres import (
     CheckResult,
@@ -185,11 +186,28 @@ def dump_database(
     )
 
 
-def _tar_files(files: list[Path]):  # type: ignore[no-untyped-def]
+class _HashingReader:
+    """What tarfile reads from a file, hashed on the way: the checksum is of exactly the bytes archived."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _tar_files(files: list[Path], archived: list[ArchivedFile]):  # type: ignore[no-untyped-def]
     def produce(sink: CompressingSink) -> None:
         with tarfile.open(fileobj=sink, mode="w|") as archive:  # type: ignore[call-overload]
             for path in files:
-                archive.add(str(path), arcname=str(path).lstrip("/"), recursive=False)
+                with open(path, "rb") as handle:
+                    info = archive.gettarinfo(fileobj=handle, arcname=str(path).lstrip("/"))
+                    reader = _HashingReader(handle)
+                    archive.addfile(info, reader)
+                archived.append(ArchivedFile(path=str(path.absolute()), bytes=info.size,
+                                             sha256=reader.digest.hexdigest(), mode=info.mode & 0o7777))
 
     return produce
 
@@ -229,6 +247,7 @@ def dump_cluster(
     objects: list[StoredObject] = []
     tools = {"runbooks": __version__, "compression": "zstd"}
     server_version = None
+    archived: list[ArchivedFile] = []
     try:
         if database is not None:
             params = database.conninfo()
@@ -253,7 +272,7 @@ def dump_cluster(
         if config_files:
             key = f"{prefix}/config.tar.zst"
             written.append(key)
-            stats = stream_into(_tar_files(config_files), repository=catalog.repository, key=key, level=level,
+            stats = stream_into(_tar_files(config_files, archived), repository=catalog.repository, key=key, level=level,
                                 threads=threads)
             objects.append(StoredObject(role="config", key=key, format="tar", bytes=stats.raw_bytes,
                                         stored_bytes=stats.stored_bytes, sha256=stats.sha256))
@@ -264,7 +283,7 @@ def dump_cluster(
     return BackupManifest(
         backup_id=backup_id, kind="cluster", name=cluster_name, server_version=server_version, tools=tools,
         host=socket.gethostname(), flow_run_id=flow_run_id, started_at=started_at, finished_at=datetime.now(UTC),
-        objects=objects,
+        objects=objects, files=archived,
     )
 
 

@@ -1,10 +1,14 @@
-"""Tasks on the backup repository: writability, leftover sweep, verification, publishing, retention."""
+"""Tasks on the backup repository: writability, leftover sweep, verification, publishing, retention, and
+fetching what a restore needs (dumps, configuration files)."""
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -246,3 +250,60 @@ def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str,
     size = fetch_object(catalog.repository, obj.key, dest, sha256=obj.sha256, stored_bytes=obj.stored_bytes)
     get_run_logger().info("Fetched and verified %r (%d bytes) in %.1f s", obj.key, size, time.monotonic() - started)
     return dest
+
+
+class RestoredFile(BaseModel):
+    """A configuration file restored into a scratch directory, checked against what was archived."""
+
+    path: str = Field(description="where it lived when it was backed up")
+    restored_to: str | None = None
+    status: Literal["intact", "differs", "missing"] = Field(description="against the checksum taken when archived "
+                                                            "(or, for older backups, against the file on this host)")
+    against_original: Literal["unchanged", "changed", "absent"] = Field(
+        description="the file on this host now: changed since the backup is drift, not damage")
+    bytes: int = 0
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+@task(name="restore-config-files", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, dest: Path) -> list[RestoredFile]:
+    """Unpack a cluster backup's configuration files into ``dest`` (never over the originals) and check each.
+
+    Returns:
+        One entry per archived file; ``intact`` only when its bytes match the checksum taken as it was archived.
+    """
+    tar = fetch_backup.fn(catalog=catalog, manifest=manifest, role="config", dest=dest.parent / "config.tar")
+    dest.mkdir(mode=0o700, exist_ok=True)
+    try:
+        with tarfile.open(tar) as archive:
+            members = {m.name: m for m in archive.getmembers()}
+            archive.extractall(dest, filter="data")  # no absolute paths, no links out of dest, no devices
+    finally:
+        tar.unlink(missing_ok=True)
+    recorded = {f.path.lstrip("/"): f for f in manifest.files}
+    restored = []
+    for name in sorted(set(members) | set(recorded)):
+        target = dest / name
+        digest = _sha256(target) if name in members else None
+        original = _sha256(Path("/" + name))
+        expected = recorded[name].sha256 if name in recorded else original
+        status: Literal["intact", "differs", "missing"] = (
+            "missing" if digest is None else "intact" if digest == expected else "differs")
+        restored.append(RestoredFile(
+            path="/" + name, restored_to=str(target) if digest else None, status=status,
+            against_original="absent" if original is None else "unchanged" if original == digest else "changed",
+            bytes=target.stat().st_size if digest else 0))
+    bad = [f.path for f in restored if f.status != "intact"]
+    logger = get_run_logger()
+    if bad:
+        logger.error("Configuration files not restored intact: %s", ", ".join(bad))
+    else:
+        logger.info("Restored %d configuration files intact into %s", len(restored), dest)
+    return restored

@@ -266,8 +266,15 @@ class Sandbox:
             "gates_trading = true",
             'quality = "ohlcv"',
             "",
+            "# The DR game-day: a throwaway cluster under the sandbox; seed 002's components are the defaults.",
+            "[drill]",
+            f"work_dir = {_toml_str(str(self.root / 'drills'))}",
+            'backup_interval = "24h"',
+            "",
         ]
         if state.simulator_url:
+            common += ["[drill.trading_api]", f"base_url = {_toml_str(state.simulator_url)}",
+                       f"token = {_toml_str(state.simulator_token or '')}", ""]
             for section in ("trading_api", "inference_api"):
                 common += [f"[{section}]", f"base_url = {_toml_str(state.simulator_url)}",
                            f"token = {_toml_str(state.simulator_token or '')}", ""]

@@ -1,0 +1,532 @@
+"""The quarterly DR game-day (seed 001): a clean cluster built from last night's backups, the platform proven on
+it, and each component of seed 002's RTO/RPO table scored.
+
+Trigger: the ``dr-game-day-quarterly`` deployment (first Tuesday of January, April, July and October), the
+``dr-game-day`` on-demand deployment, ``runbooks run dr-game-day``, or ``make demo`` on the sandbox. Blast radius:
+never production. It restores into a throwaway initdb cluster on a free loopback port (or into an existing
+EMPTY server named by ``drill.target_dsn``, refused if it is an inventory server or holds anything a drill did
+not record making), fetches into its own work directory, and reads the repository; it writes only its own
+records there (the drill record, holds on the backups it restores). Rollback: nothing to undo. The cluster is
+torn down at the end unless ``keep_cluster``; a drill killed before that is cleaned up by the next drill.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.catalog import BackupCatalog
+from runbooks.drill import (
+    BackupSet,
+    ComponentScore,
+    DrillRecord,
+    DrillRecords,
+    Proof,
+    human_duration,
+    pick_backup_set,
+    score_component,
+)
+from runbooks.errors import Refused, RunbookError
+from runbooks.frame import RunbookResult, RunbookRun, resource_lock
+from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
+from runbooks.health import HealthCheck
+from runbooks.manifest import BackupManifest, backup_id_for
+from runbooks.postgres import fit_name
+from runbooks.records import DatabaseRecord, RestoreRecords
+from runbooks.redact import scrub
+from runbooks.report import human_bytes, table, timeline_markdown
+from runbooks.repository import open_repository
+from runbooks.repository.local import LocalRepository
+from runbooks.roles import RoleCreated
+from runbooks.settings import Settings
+from runbooks.workdirs import WorkDirs
+from tasks.drill import (
+    CleanCluster,
+    check_cluster_root,
+    check_target_server,
+    drill_workdirs,
+    drop_drill_databases,
+    drop_drill_roles,
+    provision_throwaway_cluster,
+    refuse_non_empty_target,
+    sweep_killed_drills,
+    tear_down_throwaway_cluster,
+)
+from tasks.freshness import measure_freshness
+from tasks.health import check_api_health, check_database_health, check_host_health
+from tasks.postgres import (
+    ValidationReport,
+    create_scratch_database,
+    publish_recovery_database,
+    restore_database,
+    restore_roles,
+    validate_database,
+)
+from tasks.quality import validate_recent_window
+from tasks.storage import RestoredFile, fetch_backup, find_cluster_backup, restore_config_files
+from tasks.workspace import WorkDirReport
+
+RUNBOOK = "dr-game-day"
+RECOVERY_TARGET = timedelta(minutes=30)  # seed 001: "document time to recovery (30-minute target)"
+HOLD_FOR = timedelta(hours=12)  # the backups being restored are held from retention this long at most
+
+
+class DrillParameters(BaseModel):
+    """Which backups the drill restores and what it leaves behind; the clean cluster and the scored components
+    are in the settings (``[drill]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backup_id: str = Field(default="latest", pattern=r"^(latest|\d{8}T\d{6}Z)$",
+                           description="'latest' (the newest backup run with a verified dump of every database) "
+                           "or a backup id such as 20261121T020000Z.")
+    keep_cluster: bool = Field(default=False, description="Leave the restored cluster running for inspection (the "
+                               "next drill removes it).")
+    jobs: int = Field(default=2, ge=1, le=32, description="Parallel pg_restore jobs.")
+    quality: bool = Field(default=True, description="Run the data-quality suites (GX) on the restored data.")
+
+
+class DatabaseDrill(BaseModel):
+    """One database of the set, restored and proven (or where it stopped)."""
+
+    name: str
+    restored_as: str
+    backup_id: str
+    taken_at: datetime
+    bytes: int
+    proven: bool = False
+    stopped_at: str | None = Field(default=None, description="the step that failed")
+    detail: str | None = None
+    pg_restore_seconds: float | None = None
+    validation: ValidationReport | None = None
+    freshness: list[TableFreshness] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list, description="freshness (at backup time) and quality")
+    quality: list[QualityResult] = Field(default_factory=list)
+    health: HealthCheck | None = None
+
+
+class DrillResult(RunbookResult):
+    keep_cluster: bool = False
+    cluster: str | None = Field(default=None, description="the clean cluster (no password)")
+    cluster_kind: Literal["throwaway", "server"] | None = None
+    kept: list[str] = Field(default_factory=list, description="what was left for inspection, and how to remove it")
+    backup_id: str | None = None
+    backup_taken_at: datetime | None = None
+    backup_age_seconds: float | None = Field(default=None, description="the RPO achieved at drill time")
+    skipped_sets: list[str] = Field(default_factory=list)
+    roles_created: list[RoleCreated] = Field(default_factory=list)
+    config_files: list[RestoredFile] = Field(default_factory=list)
+    databases: list[DatabaseDrill] = Field(default_factory=list)
+    health: list[HealthCheck] = Field(default_factory=list)
+    operational: bool = False
+    recovery_seconds: float | None = Field(default=None, description="drill start to the platform proven")
+    recovery_target_seconds: float = RECOVERY_TARGET.total_seconds()
+    scorecard: list[ComponentScore] = Field(default_factory=list)
+    issues: list[str] = Field(default_factory=list, description="issues found, for the game-day record")
+    trend: list[DrillRecord] = Field(default_factory=list, description="previous drills and this one")
+    swept: list[WorkDirReport] = Field(default_factory=list, description="what killed or kept drills left")
+    swept_databases: list[str] = Field(default_factory=list)
+    torn_down: bool = False
+
+    @property
+    def met(self) -> int:
+        return sum(s.status == "met" for s in self.scorecard)
+
+    @property
+    def scored(self) -> int:
+        return sum(s.status != "not_covered" for s in self.scorecard)
+
+    @property
+    def summary(self) -> str:
+        covered = sum(s.status == "not_covered" for s in self.scorecard)
+        text = f"{self.met} of {len(self.scorecard)} targets met"
+        return text + (f" ({covered} not covered)" if covered else "")
+
+
+def _run_name() -> str:
+    p = (flow_run.parameters or {}).get("parameters") or {}
+    backup = p.get("backup_id", "latest") if isinstance(p, dict) else getattr(p, "backup_id", "latest")
+    return f"dr-game-day-from-{backup}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+
+
+def render_report(result: DrillResult) -> str:
+    verdict = "platform OPERATIONAL on the restored data" if result.operational else "platform NOT proven operational"
+    lines = [f"# DR game-day — {verdict}; {result.summary}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all."]
+    if result.recovery_seconds is not None:
+        met = "within" if result.recovery_seconds <= result.recovery_target_seconds else "OVER"
+        lines.append(f"**Time to recovery: {human_duration(result.recovery_seconds)}** ({met} seed 001's "
+                     f"{human_duration(result.recovery_target_seconds)} target).")
+    if result.backup_id:
+        lines.append(f"Backup set **{result.backup_id}**, taken {result.backup_taken_at:%Y-%m-%d %H:%M:%S}Z: "
+                     f"**{human_duration(result.backup_age_seconds)} old at drill time** (the RPO achieved).")
+    if result.cluster:
+        lines.append(f"Clean cluster: {result.cluster_kind} `{result.cluster}`.")
+    if result.error:
+        lines += ["", f"**Error:** {result.error}"]
+    lines += ["", "## RTO/RPO scorecard (seed 002)", table(
+        ["component", "backed by", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",
+         "RPO worst case", "why"],
+        [[s.name, ", ".join(s.backed_by) or "-", s.status.replace("_", " ").upper() if s.status != "met" else "met",
+          human_duration(s.rto_target_seconds), human_duration(s.rto_seconds), human_duration(s.rpo_target_seconds),
+          human_duration(s.rpo_seconds), human_duration(s.worst_rpo_seconds), "; ".join(s.reasons) or "-"]
+         for s in result.scorecard])]
+    if result.issues:
+        lines += ["## Issues found", *[f"- {i}" for i in result.issues], ""]
+    if result.databases:
+        lines += ["## Databases", table(
+            ["database", "backup", "size", "pg_restore", "row counts", "integrity checks", "freshness at backup",
+             "quality", "SELECT 1", "proven"],
+            [[d.name + (f" (as {d.restored_as})" if d.restored_as != d.name else ""), d.backup_id,
+              human_bytes(d.bytes), f"{d.pg_restore_seconds:.1f} s" if d.pg_restore_seconds else "-",
+              ("match" if d.validation.passed else f"{len(d.validation.mismatches)} differ") if d.validation else "-",
+              _checks(d), ", ".join(f"{f.key}: {f.severity}" for f in d.findings if "quality" not in f.reason) or "-",
+              ", ".join(f"{q.key}: {q.status}" for q in d.quality) or "-",
+              d.health.status if d.health else "-",
+              "yes" if d.proven else f"NO ({d.stopped_at}: {d.detail})"] for d in result.databases])]
+    if result.config_files:
+        lines += ["## Configuration files", table(
+            ["file", "restored", "against the backup's checksum", "the file on this host now"],
+            [[f.path, human_bytes(f.bytes), f.status, f.against_original] for f in result.config_files])]
+    if result.roles_created:
+        lines += ["Roles created from the cluster backup: " + ", ".join(
+            f"`{r.name}` ({r.attributes})" for r in result.roles_created), ""]
+    if result.health:
+        lines += ["## Health check (seed 001)", table(
+            ["check", "status", "reading", "detail"],
+            [[h.name, h.status, f"{h.value} {h.unit}" if h.value is not None else "-", h.detail or "-"]
+             for h in result.health])]
+    if result.trend:
+        lines += ["## Trend across drills", table(
+            ["drill", "backup", "backup age", "operational", "time to recovery", "targets met", "issues"],
+            [[f"{r.started_at:%Y-%m-%d %H:%M}Z", r.backup_id or "-", human_duration(r.backup_age_seconds),
+              "yes" if r.operational else "NO", human_duration(r.recovery_seconds),
+              f"{r.met} of {len(r.scorecard)}", r.issues] for r in result.trend])]
+    if result.swept or result.swept_databases:
+        lines += ["## Left by earlier drills, removed",
+                  *[f"- `{w.path}` ({human_bytes(w.bytes)}): {w.reason}" for w in result.swept],
+                  *[f"- database `{name}` on the drill target" for name in result.swept_databases], ""]
+    lines += ["## Teardown", "The clean cluster was torn down." if result.torn_down else
+              "\n".join(f"- {k}" for k in result.kept) or "_nothing was provisioned_", ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
+    return "\n".join(lines)
+
+
+def _checks(d: DatabaseDrill) -> str:
+    if d.validation is None or not d.validation.checks:
+        return "-"
+    failed = [c.name for c in d.validation.checks if c.status in ("failed", "could_not_run")]
+    return f"{len(failed)} of {len(d.validation.checks)} failed" if failed else f"{len(d.validation.checks)} passed"
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
+def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
+    """Restore the newest backup set into a clean cluster, prove the platform works on it, score RTO/RPO."""
+    params = parameters or DrillParameters()
+    run: RunbookRun[DrillResult] = RunbookRun(RUNBOOK, resource="platform")
+    settings = run.settings
+    result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster)
+    catalog: BackupCatalog | None = None
+
+    def conclude() -> State:
+        result.succeeded = result.operational and result.error is None
+        run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
+                        met=result.met, scored=result.scored, backup_id=result.backup_id,
+                        backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
+                        components=[{"name": s.name, "status": s.status, "rto_seconds": s.rto_seconds,
+                                     "rpo_seconds": s.worst_rpo_seconds} for s in result.scorecard])
+        if catalog is not None:
+            _record(run, settings, catalog, result)
+        state = run.conclude(result, render=render_report, report_key="dr-game-day-report",
+                             description="DR game-day report")
+        if result.succeeded:
+            return Completed(data=state.data, message=f"platform operational on restored data; {result.summary}")
+        return Failed(data=state.data, message=f"platform NOT proven operational: {result.error or '?'}; "
+                      f"{result.summary}")
+
+    try:
+        with run.step("check settings"):
+            if not settings.databases:
+                raise Refused("the inventory has no databases: there is nothing to restore.",
+                              hint="add [databases.NAME] to the settings.")
+            catalog = BackupCatalog(open_repository(settings.repository))
+            catalog.repository.check_exists()
+            target = settings.drill.target()
+            if target is None:
+                check_cluster_root(settings.drill_root)
+        with run.step("sweep killed drills", destructive=True) as figures:
+            result.swept = sweep_killed_drills(root=settings.drill_root)
+            figures["removed"] = len(result.swept)
+        with run.step("pick backup set") as figures:
+            scan = catalog.scan(kind="database")
+            backup_set = pick_backup_set(scan.manifests, scan.damaged, inventory=sorted(settings.databases),
+                                         backup_id=params.backup_id)
+            backup_set.cluster = find_cluster_backup(catalog=catalog, cluster=settings.cluster.name,
+                                                     backup_id=backup_set.backup_id)
+            result.backup_id, result.skipped_sets = backup_set.backup_id, backup_set.skipped
+            result.backup_taken_at = backup_set.taken_at()
+            result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
+            figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
+        result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
+        with ExitStack() as held:
+            until = datetime.now(UTC) + HOLD_FOR
+            for manifest in [*backup_set.databases.values(), *([backup_set.cluster] if backup_set.cluster else [])]:
+                held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
+                                                   reason="DR game-day", until=until))
+            if target is not None:
+                held.enter_context(resource_lock(run, server=target.conninfo(), key="runbooks-dr-game-day",
+                                                 wait_seconds=0))
+            _drill(run, params, settings, catalog, backup_set, result)
+    except RunbookError as exc:
+        result.error = scrub(str(exc))
+        run.logger.error("DR game-day failed: %s", result.error)
+    except Exception as exc:  # still leave a report and a record behind
+        result.error = scrub(f"{type(exc).__name__}: {exc}")
+        run.logger.exception("DR game-day failed unexpectedly")
+    if not result.operational and result.error is None:
+        result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
+            "the platform could not be proven operational (see the issues)"
+    result.scorecard = result.scorecard or [
+        score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval)
+        for c in settings.drill.components]
+    return conclude()
+
+
+def _elapsed(run: RunbookRun[DrillResult]) -> float:
+    """Seconds from the drill's start to the end of the step that just finished (its timeline entry)."""
+    last = run.steps.timeline[-1]
+    return (last.started_at - run.started_at).total_seconds() + last.seconds
+
+
+def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings, catalog: BackupCatalog,
+           backup_set: BackupSet, result: DrillResult) -> None:
+    """Provision, restore, prove, score; the cluster is torn down whatever happened (unless kept)."""
+    workdirs = drill_workdirs(settings.drill_root)
+    workdir = workdirs.create(RUNBOOK, flow_run_id=run.flow_run_id)
+    cluster: CleanCluster | None = None
+    records: RestoreRecords | None = None
+    try:
+        with run.step("provision clean cluster", destructive=True) as figures:
+            target = settings.drill.target()
+            if target is None:
+                cluster = provision_throwaway_cluster(workdir=workdir)
+                records = RestoreRecords(LocalRepository(workdir / "records"), cluster.server)
+            else:
+                cluster = check_target_server(target=target, inventory=settings.databases)
+                records = RestoreRecords(catalog.repository, f"drill-{cluster.server}")
+                result.swept_databases = drop_drill_databases(cluster=cluster, records=records)
+                refuse_non_empty_target(cluster=cluster)
+            result.cluster, result.cluster_kind = cluster.describe(), cluster.kind
+            figures["kind"] = cluster.kind
+        proofs: dict[str, Proof] = {}
+        no_owner = _restore_cluster_objects(run, catalog, backup_set, cluster, workdir, result, proofs)
+        for name, manifest in backup_set.databases.items():
+            drill = DatabaseDrill(
+                name=name, restored_as=str(settings.databases[name].conninfo().get("dbname") or name),
+                backup_id=manifest.backup_id, taken_at=backup_set.taken_at(name), bytes=manifest.bytes)
+            result.databases.append(drill)
+            _restore_and_prove(run, params, settings, catalog, manifest, cluster, records, workdir, drill,
+                               no_owner=no_owner)
+            proofs[f"database {name}"] = Proof(
+                item=f"database {name}", ok=drill.proven, taken_at=drill.taken_at, detail=drill.detail or "",
+                validated_after_seconds=_elapsed(run) if drill.proven else None,
+                tables=sorted(drill.validation.row_counts) if drill.validation else [])
+            if not drill.proven:
+                result.issues.append(f"database {name}: {drill.stopped_at} failed: {drill.detail or 'not proven'}")
+        with run.step("health check") as figures:
+            api = check_api_health(name="trading API of the restored platform", api=settings.drill.trading_api,
+                                   baseline=settings.health)
+            result.health = [*[d.health for d in result.databases if d.health], api,
+                             *check_host_health(baseline=settings.health)]
+            figures["worst"] = max((h.status for h in result.health), key=["not_configured", "ok", "warn", "alert",
+                                                                           "failed"].index, default="ok")
+        if api.status == "failed":
+            result.issues.append(f"the restored platform's API is not healthy: {api.detail}")
+        for h in result.health:
+            if h.status in ("warn", "alert") and not h.name.startswith("database "):
+                result.issues.append(f"health {h.name}: {h.status} ({h.value} {h.unit})")
+        config_ok = all(f.status == "intact" for f in result.config_files)
+        result.operational = (bool(result.databases) and all(d.proven for d in result.databases) and config_ok
+                              and api.status != "failed")
+        if result.operational:
+            result.recovery_seconds = _elapsed(run)
+        with run.step("score") as figures:
+            result.scorecard = [score_component(c, proofs, started_at=run.started_at,
+                                                backup_interval=settings.drill.backup_interval)
+                                for c in settings.drill.components]
+            figures.update(met=result.met, components=len(result.scorecard))
+        result.issues += [f"{s.name}: not covered by any backup" for s in result.scorecard
+                          if s.status == "not_covered"]
+    finally:
+        _tear_down(run, params, workdirs, workdir, cluster, records, result)
+
+
+def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalog, backup_set: BackupSet,
+                             cluster: CleanCluster, workdir: Path, result: DrillResult,
+                             proofs: dict[str, Proof]) -> bool:
+    """Roles before any database, then the configuration files into the work directory. Returns whether the
+    databases must be restored without owners (no roles to own them)."""
+    manifest = backup_set.cluster
+    globals_object = manifest is not None and any(o.role == "globals" for o in manifest.objects)
+    with run.step("restore roles", destructive=True) as figures:
+        if manifest is not None and globals_object:
+            globals_sql = fetch_backup(catalog=catalog, manifest=manifest, role="globals",
+                                       dest=workdir / "globals.sql")
+            result.roles_created = restore_roles(database=cluster.admin, globals_sql=globals_sql, mode="auto")
+            globals_sql.unlink()
+        figures["roles_created"] = len(result.roles_created)
+    if not globals_object:
+        result.issues.append("no cluster backup with roles (globals) at or before this set: databases restored "
+                             "without owners and privileges")
+    if manifest is not None and any(o.role == "config" for o in manifest.objects):
+        with run.step("restore configuration files") as figures:
+            result.config_files = restore_config_files(catalog=catalog, manifest=manifest, dest=workdir / "config")
+            bad = [f.path for f in result.config_files if f.status != "intact"]
+            figures.update(files=len(result.config_files), not_intact=len(bad))
+        proofs["configuration files"] = Proof(
+            item="configuration files", ok=not bad, taken_at=manifest.started_at,
+            validated_after_seconds=_elapsed(run), detail=f"not restored intact: {', '.join(bad)}" if bad else "")
+        if bad:
+            result.issues.append(f"configuration files not restored intact: {', '.join(bad)}")
+        drift = [f.path for f in result.config_files if f.against_original == "changed"]
+        if drift:
+            result.issues.append(f"configuration changed since the backup (not in it): {', '.join(drift)}")
+        if not manifest.files:
+            result.issues.append("the cluster backup predates per-file checksums: files compared with this host's")
+    else:
+        result.issues.append("no configuration files in the backup set (cluster.config_files)")
+    return not globals_object
+
+
+def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings,
+                       catalog: BackupCatalog, manifest: BackupManifest, cluster: CleanCluster,
+                       records: RestoreRecords | None, workdir: Path, drill: DatabaseDrill, *, no_owner: bool) -> None:
+    """One database: fetch (checksums), restore through the restore runbook's tasks, prove. A failure is this
+    database's, recorded in ``drill``; the drill goes on with the next."""
+    assert records is not None
+    name, live = drill.name, drill.restored_as
+    step = "fetch and verify"
+    try:
+        with run.step(f"fetch and verify {name}") as figures:
+            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / f"{name}.pgc")
+            figures["bytes"] = manifest.bytes
+        step = "restore"
+        with run.step(f"restore {name}", destructive=True) as figures:
+            scratch = fit_name(live, f"_restore_{datetime.now(UTC):%Y%m%d%H%M%S}")
+            create_scratch_database(database=cluster.admin, records=records, protected=set(),
+                                    properties=manifest.database, record=DatabaseRecord(
+                                        server=records.server, name=scratch, oid=None, kind="scratch", source=name,
+                                        backup_id=manifest.backup_id, flow_run_id=run.flow_run_id))
+            drill.pg_restore_seconds = restore_database(database=cluster.admin, target=scratch, dump_file=dump,
+                                                        jobs=params.jobs, no_owner=no_owner)
+            dump.unlink()
+            publish_recovery_database(database=cluster.admin, records=records, scratch=scratch, target=live,
+                                      overwrite=False, protected=set())
+            figures["pg_restore_seconds"] = round(drill.pg_restore_seconds, 2)
+        step = "prove"
+        with run.step(f"prove {name}") as figures:
+            _prove(params, settings, cluster, drill, expected=manifest.row_counts)
+            figures.update(proven=drill.proven, findings=len([f for f in drill.findings if f.severity != "ok"]))
+    except RunbookError as exc:
+        drill.stopped_at, drill.detail = step, scrub(str(exc))
+        run.logger.error("Database %r: %s failed: %s", name, step, drill.detail)
+    if not drill.proven:
+        drill.stopped_at = drill.stopped_at or step
+
+
+def _prove(params: DrillParameters, settings: Settings, cluster: CleanCluster, drill: DatabaseDrill, *,
+           expected: dict[str, int]) -> None:
+    """Row counts against the manifest, the integrity checks, freshness as of the backup, quality, SELECT 1."""
+    inventory = settings.databases[drill.name]
+    restored = cluster.database(drill.restored_as, inventory.checks)
+    cfg = settings.freshness
+    problems: list[str] = []
+    drill.validation = validate_database(database=restored, target=drill.restored_as, expected=expected,
+                                         checks=inventory.checks, compare_live=None)
+    tables = [t for t in cfg.tables if t.database == drill.name]
+    if tables:
+        fresh, _volumes = measure_freshness(database_name=drill.name, database=restored, tables=quote(tables),
+                                            settings=quote(cfg), as_of=drill.taken_at)  # type: ignore[call-overload]
+        drill.freshness = fresh
+        by_key = {m.key: m for m in fresh}
+        drill.findings = [judge_staleness(t, by_key[t.key]) for t in tables if t.key in by_key]
+        if params.quality:
+            for t in tables:
+                if t.quality is None or by_key.get(t.key) is None or by_key[t.key].outcome != "measured":
+                    continue
+                quality = validate_recent_window(table=t, database=restored, lookback=cfg.lookback,
+                                                 timeout_seconds=cfg.statement_timeout_seconds, as_of=drill.taken_at)
+                drill.quality.append(quality)
+                if (finding := judge_quality(t, quality)) is not None:
+                    drill.findings.append(finding)
+    drill.health = check_database_health(name=drill.restored_as, database=restored, baseline=settings.health)
+    if drill.validation.mismatches:
+        problems.append(f"row counts differ from the manifest in {len(drill.validation.mismatches)} tables")
+    problems += [f"integrity check {c.name!r} {c.status}" for c in drill.validation.checks
+                 if c.status in ("failed", "could_not_run")]
+    problems += [f"{f.key} at backup time: {f.reason}" for f in drill.findings
+                 if f.severity in ("error", "kill", "unknown")]
+    if drill.health.status == "failed":
+        problems.append(f"SELECT 1 failed: {drill.health.detail}")
+    drill.proven = not problems
+    drill.detail = "; ".join(problems) or None
+    if problems:
+        drill.stopped_at = "prove"
+
+
+def _tear_down(run: RunbookRun[DrillResult], params: DrillParameters, workdirs: WorkDirs, workdir: Path,
+               cluster: CleanCluster | None, records: RestoreRecords | None, result: DrillResult) -> None:
+    """Remove the clean cluster (or the drill's databases and roles on an existing server), unless kept."""
+    if params.keep_cluster and cluster is not None:
+        if cluster.kind == "throwaway":
+            result.kept = [f"throwaway cluster `{cluster.describe()}`, data in `{cluster.root}`; the superuser DSN "
+                           f"is in `{workdir / 'connection.dsn'}` (0600)",
+                           f"the next drill stops and removes it; now by hand: `pg_ctl -D {cluster.root}/data stop` "
+                           f"then `rm -rf {workdir}`"]
+        else:
+            result.kept = [f"the restored databases on `{cluster.describe()}`: "
+                           + ", ".join(d.restored_as for d in result.databases),
+                           "the next drill drops them (as its records say), and this drill's roles stay: "
+                           + (", ".join(r.name for r in result.roles_created) or "none")]
+        return
+    try:
+        with run.step("tear down", destructive=False) as figures:
+            if cluster is not None and cluster.kind == "server" and records is not None:
+                figures["databases"] = len(drop_drill_databases(cluster=cluster, records=records))
+                figures["roles"] = len(drop_drill_roles(cluster=cluster, roles=result.roles_created))
+                workdirs.remove(workdir)
+            else:
+                tear_down_throwaway_cluster(workdirs=workdirs, workdir=workdir)
+        result.torn_down = True
+    except Exception as exc:  # noqa: BLE001 - the next drill sweeps it; the report says so
+        result.issues.append(f"teardown failed (the next drill removes what is left): {scrub(str(exc))}")
+        run.logger.error("Teardown failed: %s", scrub(str(exc)))
+
+
+def _record(run: RunbookRun[DrillResult], settings: Settings, catalog: BackupCatalog, result: DrillResult) -> None:
+    """The game-day record in the backup repository, and the trend read from the earlier ones."""
+    records = DrillRecords(catalog.repository, settings.cluster.name)
+    record = DrillRecord(
+        drill_id=f"{backup_id_for(run.started_at)}-{(run.flow_run_id or 'local')[:8]}", started_at=run.started_at,
+        flow_run_id=run.flow_run_id, host=socket.gethostname(), backup_id=result.backup_id,
+        backup_age_seconds=result.backup_age_seconds, operational=result.operational,
+        recovery_seconds=result.recovery_seconds, seconds=(datetime.now(UTC) - run.started_at).total_seconds(),
+        met=result.met, scored=result.scored, not_covered=len(result.scorecard) - result.scored,
+        issues=len(result.issues), scorecard=result.scorecard)
+    try:
+        result.trend = [*records.recent(settings.drill.history - 1), record]
+        records.put(record)
+    except RunbookError as exc:
+        result.issues.append(f"the drill record could not be written to the repository: {scrub(str(exc))}")
+        result.trend = [record]

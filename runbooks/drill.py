@@ -1,0 +1,220 @@
+"""The DR game-day as data: which backup set a drill restores, how each component of seed 002's RTO/RPO table is
+scored, and the record of every drill kept in the backup repository (the trend survives the Prefect database).
+Pure functions and models; the flow gathers, this decides."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, ValidationError
+
+from runbooks.catalog import DamagedBackup
+from runbooks.errors import BackupNotFound, Refused
+from runbooks.manifest import BackupManifest
+from runbooks.repository import Repository
+from runbooks.settings import DrillComponent
+
+DRILLS = "records/drills"
+
+
+class BackupSet(BaseModel):
+    """The backups of one backup run: every database of the inventory, and the cluster's roles and files."""
+
+    backup_id: str
+    databases: dict[str, BackupManifest] = Field(description="inventory name -> its dump's manifest")
+    cluster: BackupManifest | None = Field(default=None, description="roles and configuration files: the same "
+                                           "run's, else the newest earlier one")
+    skipped: list[str] = Field(default_factory=list, description="newer backup runs not used, and why")
+
+    def taken_at(self, name: str | None = None) -> datetime:
+        """When the data was read: a database's snapshot, or (no name) the oldest snapshot of the set."""
+        if name is None:
+            return min(_snapshot_time(m) for m in self.databases.values())
+        if name == "config" and self.cluster is not None:
+            return self.cluster.started_at
+        return _snapshot_time(self.databases[name])
+
+
+def _snapshot_time(manifest: BackupManifest) -> datetime:
+    return manifest.snapshot.taken_at if manifest.snapshot else manifest.started_at
+
+
+def pick_backup_set(manifests: list[BackupManifest], damaged: list[DamagedBackup], *, inventory: list[str],
+                    backup_id: str) -> BackupSet:
+    """The newest backup run that holds a verified dump of every inventory database (or the run ``backup_id``).
+
+    Newer runs that miss a database, hold a damaged manifest or a dump that failed verification are listed in
+    ``skipped``: a drill shows what it passed over, it never quietly restores an older set. Refuses when no run
+    qualifies (there is nothing a clean cluster could be built from).
+    """
+    runs: dict[str, dict[str, BackupManifest]] = defaultdict(dict)
+    for m in manifests:
+        if m.kind == "database" and m.name in inventory:
+            runs[m.backup_id][m.name] = m
+    broken: dict[str, list[str]] = defaultdict(list)
+    for d in damaged:
+        if d.kind == "database" and d.name in inventory:
+            broken[d.backup_id].append(f"{d.name}: manifest {d.reason}")
+    ids = sorted(set(runs) | set(broken), reverse=True)
+    if backup_id != "latest":
+        ids = [i for i in ids if i == backup_id]
+        if not ids:
+            raise BackupNotFound(f"there is no backup run {backup_id} of the inventory's databases.",
+                                 hint="'runbooks backups list' shows them; or run the drill with backup_id=latest.")
+    skipped: list[str] = []
+    for candidate in ids:
+        found = runs.get(candidate, {})
+        problems = list(broken.get(candidate, []))
+        problems += [f"{name}: no backup in this run" for name in inventory
+                     if name not in found and not any(p.startswith(f"{name}:") for p in problems)]
+        problems += [f"{name}: failed verification when taken" for name, m in found.items() if not m.verified]
+        if not problems:
+            return BackupSet(backup_id=candidate, databases=found, skipped=skipped)
+        skipped.append(f"{candidate}: " + "; ".join(problems))
+    if not ids:
+        raise BackupNotFound("there is no backup of the inventory's databases in the repository.",
+                             hint="run the backup runbook first ('runbooks run backup'), then the drill.")
+    raise Refused("no backup run holds a verified dump of every inventory database: " + " | ".join(skipped),
+                  hint="fix the backups (run 'runbooks run backup'), or name a run with backup_id.")
+
+
+# -- scoring -------------------------------------------------------------------------------------------------------
+ScoreStatus = Literal["met", "missed", "failed", "not_covered"]
+
+
+class Proof(BaseModel):
+    """What the drill proved about one item that can back a component: a database or the configuration files."""
+
+    item: str = Field(description="'database <name>' or 'configuration files'")
+    ok: bool
+    validated_after_seconds: float | None = Field(default=None, description="drill start to this item's proof")
+    taken_at: datetime | None = Field(default=None, description="when the backup read it")
+    tables: list[str] = Field(default_factory=list, description="'schema.table' restored with matching row counts")
+    detail: str = ""
+
+
+class ComponentScore(BaseModel):
+    name: str
+    backed_by: list[str] = Field(default_factory=list)
+    status: ScoreStatus
+    rto_target_seconds: float
+    rto_seconds: float | None = Field(default=None, description="drill start to the component validated")
+    rto_met: bool | None = None
+    rpo_target_seconds: float
+    rpo_seconds: float | None = Field(default=None, description="age of its backup at drill time")
+    worst_rpo_seconds: float | None = Field(default=None, description="what a disaster just before the next "
+                                            "backup would lose: the larger of that age and the backup interval")
+    rpo_met: bool | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def score_component(component: DrillComponent, proofs: dict[str, Proof], *, started_at: datetime,
+                    backup_interval: timedelta) -> ComponentScore:
+    """Seed 002's row for one component: RTO from the drill's start to its last item proven, RPO from the age of
+    its oldest backup, and the backup interval: a nightly logical backup cannot meet a one-minute RPO whatever
+    its age today, and says so."""
+    score = ComponentScore(name=component.name, status="not_covered",
+                           rto_target_seconds=component.rto.total_seconds(),
+                           rpo_target_seconds=component.rpo.total_seconds())
+    if not component.covered:
+        score.reasons.append("nothing in the settings backs it up ([[drill.components]] databases, tables, "
+                             "config_files)")
+        return score
+    needed: list[tuple[str, str | None]] = [(f"database {d}", None) for d in component.databases]
+    for name in component.tables:
+        database, *rest = name.split(".")
+        qualified = ".".join(rest) if len(rest) == 2 else f"public.{rest[0]}"
+        needed.append((f"database {database}", qualified))
+    if component.config_files:
+        needed.append(("configuration files", None))
+    score.backed_by = [item if table is None else f"{item.removeprefix('database ')}.{table}"
+                       for item, table in needed]
+    used: list[Proof] = []
+    for item, table in needed:
+        proof = proofs.get(item)
+        if proof is None:
+            score.reasons.append(f"{item}: not in the backup set")
+        elif not proof.ok:
+            score.reasons.append(f"{item}: {proof.detail or 'not proven'}")
+        elif table is not None and table not in proof.tables:
+            score.reasons.append(f"table {table} is not in the backup of {item}")
+        else:
+            used.append(proof)
+    if score.reasons:
+        score.status = "failed"
+        return score
+    score.rto_seconds = max(p.validated_after_seconds or 0.0 for p in used)
+    oldest = min(p.taken_at for p in used if p.taken_at is not None) if any(p.taken_at for p in used) else None
+    score.rpo_seconds = (started_at - oldest).total_seconds() if oldest else None
+    score.worst_rpo_seconds = max(score.rpo_seconds or 0.0, backup_interval.total_seconds())
+    score.rto_met = score.rto_seconds <= score.rto_target_seconds
+    score.rpo_met = score.worst_rpo_seconds <= score.rpo_target_seconds
+    if not score.rto_met:
+        score.reasons.append(f"recovered in {human_duration(score.rto_seconds)}, target "
+                             f"{human_duration(score.rto_target_seconds)}")
+    if not score.rpo_met:
+        if (score.rpo_seconds or 0.0) > score.rpo_target_seconds:
+            score.reasons.append(f"the newest backup was {human_duration(score.rpo_seconds)} old at drill time, "
+                                 f"target {human_duration(score.rpo_target_seconds)}")
+        if backup_interval.total_seconds() > score.rpo_target_seconds:
+            score.reasons.append(
+                f"backups run every {human_duration(backup_interval.total_seconds())} (drill.backup_interval), so "
+                f"up to that much is lost; an RPO of {human_duration(score.rpo_target_seconds)} needs continuous WAL "
+                "archiving (point-in-time recovery) or replication, not a logical backup")
+    score.status = "met" if score.rto_met and score.rpo_met else "missed"
+    return score
+
+
+# -- the record of each drill ----------------------------------------------------------------------------------
+class DrillRecord(BaseModel):
+    """One drill, as the trend shows it."""
+
+    drill_id: str
+    started_at: datetime
+    flow_run_id: str | None = None
+    host: str
+    backup_id: str | None = None
+    backup_age_seconds: float | None = None
+    operational: bool
+    recovery_seconds: float | None = Field(default=None, description="drill start to the platform proven")
+    seconds: float = 0.0
+    met: int = 0
+    scored: int = 0
+    not_covered: int = 0
+    issues: int = 0
+    scorecard: list[ComponentScore] = Field(default_factory=list)
+
+
+class DrillRecords:
+    """``records/drills/<cluster>/<drill id>.json`` in the backup repository."""
+
+    def __init__(self, repository: Repository, cluster: str) -> None:
+        self.repository = repository
+        self.prefix = f"{DRILLS}/{quote(cluster, safe='')}/"
+
+    def put(self, record: DrillRecord) -> None:
+        self.repository.put_bytes(f"{self.prefix}{record.drill_id}.json", record.model_dump_json(indent=2).encode())
+
+    def recent(self, count: int) -> list[DrillRecord]:
+        """The newest ``count`` records, oldest first; one that does not parse is skipped (it is not ours)."""
+        keys = sorted(o.key for o in self.repository.list_objects(self.prefix) if o.key.endswith(".json"))
+        found = []
+        for key in keys[-count:]:
+            try:
+                found.append(DrillRecord.model_validate_json(self.repository.get_bytes(key)))
+            except (BackupNotFound, ValidationError):
+                continue
+        return found
