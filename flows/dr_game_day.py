@@ -489,6 +489,7 @@ def _tear_down(run: RunbookRun[DrillResult], params: DrillParameters, workdirs: 
                cluster: CleanCluster | None, records: RestoreRecords | None, result: DrillResult) -> None:
     """Remove the clean cluster (or the drill's databases and roles on an existing server), unless kept."""
     if params.keep_cluster and cluster is not None:
+        workdirs.release(workdir)
         if cluster.kind == "throwaway":
             result.kept = [f"throwaway cluster `{cluster.describe()}`, data in `{cluster.root}`; the superuser DSN "
                            f"is in `{workdir / 'connection.dsn'}` (0600)",

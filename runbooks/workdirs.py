@@ -32,6 +32,7 @@ class WorkOwner(BaseModel):
     purpose: str
     created_at: datetime
     flow_run_id: str | None = None
+    released: bool = False  # its run finished and left it on purpose (a kept drill cluster): the next sweep's
 
 
 @dataclass
@@ -92,6 +93,12 @@ class WorkDirs:
             probe = probe.parent
         return shutil.disk_usage(probe).free
 
+    def release(self, path: Path) -> None:
+        """The run is done with ``path`` but leaves it (for inspection): the next sweep removes it even while the
+        process that made it still runs (a worker, a test)."""
+        owner = WorkOwner.model_validate_json((path / OWNER).read_bytes())
+        (path / OWNER).write_bytes(owner.model_copy(update={"released": True}).model_dump_json().encode())
+
     @staticmethod
     def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a symlink out of the directory
@@ -111,12 +118,13 @@ class WorkDirs:
                 owner = WorkOwner.model_validate_json((entry / OWNER).read_bytes())
             except (OSError, ValidationError):
                 continue  # no owner record we can read: never ours to delete
-            if not owner.writer.on_this_host or owner.writer.alive():
+            if not owner.released and (not owner.writer.on_this_host or owner.writer.alive()):
                 continue
             if purpose is not None and owner.purpose != purpose:
                 continue
             reason = (f"left by {owner.purpose} run {owner.flow_run_id or '-'} (process {owner.writer.pid}, "
-                      f"started {owner.created_at:%Y-%m-%d %H:%M}Z), which is gone")
+                      f"started {owner.created_at:%Y-%m-%d %H:%M}Z), "
+                      + ("which kept it for inspection" if owner.released else "which is gone"))
             size = _size(entry)
             if not dry_run:
                 if before_remove is not None:
