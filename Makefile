@@ -10,11 +10,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: demo test down
-# Main job on the embedded default: sandbox up, seed, nightly backup, list backups.
+# Main job on the embedded default: sandbox up + seed, the nightly backup, then the DR game-day drill from it
+# (clean cluster, restore, proof, seed 002 scorecard printed). The sandbox stays up: `make down` removes it.
 demo: $(VENV)/.installed
 	$(VENV)/bin/runbooks sandbox up --size $(SIZE)
 	$(VENV)/bin/runbooks run backup
-	$(VENV)/bin/runbooks backups list
+	$(VENV)/bin/runbooks run dr-game-day
 
 # Lint, types, and the whole suite (it starts and removes its own PostgreSQL, S3 server and simulator).
 test: $(VENV)/.installed

@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import inspect
 import typing
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -150,6 +151,38 @@ def test_schedules_parse(deployment: dict[str, Any]) -> None:
         assert len(asyncio.run(schedule.get_dates(n=2))) == 2
 
 
+def first_tuesdays_of_quarters(after: datetime, count: int) -> list[datetime]:
+    """Computed with the calendar, not with cron: what seed 001's "every quarter, first Tuesday" means."""
+    found: list[datetime] = []
+    year = after.year
+    while len(found) < count:
+        for month in (1, 4, 7, 10):
+            day = next(d for d in range(1, 8) if date(year, month, d).weekday() == 1)  # Monday is 0
+            moment = datetime(year, month, day, 10, tzinfo=UTC)
+            if moment > after and len(found) < count:
+                found.append(moment)
+        year += 1
+    return found
+
+
+def test_the_game_day_runs_on_the_first_tuesday_of_each_quarter() -> None:
+    [entry] = [d for d in DEPLOYMENTS if d["name"] == "dr-game-day-quarterly"]
+    [item] = entry["schedules"]
+    schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"], day_or=item.get("day_or", True))
+    start = datetime(2026, 11, 23, tzinfo=UTC)
+    fires = [d.astimezone(UTC) for d in asyncio.run(schedule.get_dates(n=8, start=start))]
+    assert fires == first_tuesdays_of_quarters(start, 8)
+    assert fires[0] == datetime(2027, 1, 5, 10, tzinfo=UTC) and fires[-1] == datetime(2028, 10, 3, 10, tzinfo=UTC)
+    # The served deployment (deployments/serve.py) keeps day_or; without it cron fires on every Tuesday too.
+    served = schedule_of_served(item)
+    assert asyncio.run(CronSchedule(cron=served.cron, timezone=served.timezone, day_or=served.day_or)
+                       .get_dates(n=8, start=start)) == asyncio.run(schedule.get_dates(n=8, start=start))
+
+
+def schedule_of_served(item: dict[str, Any]) -> Any:
+    return load_serve_module().schedule_of(item)
+
+
 def test_every_runbook_has_a_deployment() -> None:
     deployed = {runbook_of(d["entrypoint"]).name for d in DEPLOYMENTS}
     assert set(RUNBOOKS) <= deployed, f"runbooks without a deployment in prefect.yaml: {set(RUNBOOKS) - deployed}"
@@ -174,8 +207,9 @@ def test_serve_builds_the_same_deployments_without_serving(monkeypatch: pytest.M
         assert runner.work_pool_name is None, "served deployments run in the serving process, not a work pool"
         assert runner.parameters == (deployment.get("parameters") or {})
         check_parameters(flow, model, runner.parameters, f"served {runner.name}")
-        assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in runner.schedules] == [
-            (s["cron"], s.get("timezone"), s.get("active", True)) for s in deployment.get("schedules") or []
+        assert [(s.schedule.cron, s.schedule.timezone, s.schedule.day_or, s.active) for s in runner.schedules] == [
+            (s["cron"], s.get("timezone"), s.get("day_or", True), s.get("active", True))
+            for s in deployment.get("schedules") or []
         ]
         limit = runner.concurrency_limit
         assert (getattr(limit, "limit", limit)) == deployment.get("concurrency_limit")
