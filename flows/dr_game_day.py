@@ -71,7 +71,7 @@ from tasks.postgres import (
     restore_roles,
     validate_database,
 )
-from tasks.quality import validate_recent_window
+from tasks.quality import preload_gx, validate_recent_window
 from tasks.storage import RestoredFile, fetch_backup, find_cluster_backup, restore_config_files
 from tasks.workspace import WorkDirReport
 
@@ -279,6 +279,8 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
             result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
             figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
         result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
+        if params.quality and any(t.quality for t in settings.freshness.tables):
+            preload_gx()  # its import overlaps the restore
         with ExitStack() as held:
             until = datetime.now(UTC) + HOLD_FOR
             for manifest in [*backup_set.databases.values(), *([backup_set.cluster] if backup_set.cluster else [])]:

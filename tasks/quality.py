@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -101,6 +102,27 @@ def _quiet_gx() -> None:
     """GX logs its internals at INFO (temporary docs directories...); the report says what matters."""
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")]:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_preloading: threading.Thread | None = None
+
+
+def preload_gx() -> None:
+    """Import GX on a background thread, for a run that will validate only after minutes of other work (a DR
+    drill's restore): the seconds of the import are spent while pg_restore runs, not after it. The task's own
+    import then finds the module (or waits for this import to finish)."""
+    global _preloading
+    if _preloading is None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        _preloading = threading.Thread(target=_import_gx, name="preload-gx", daemon=True)
+        _preloading.start()
+
+
+def _import_gx() -> None:
+    try:
+        import great_expectations  # noqa: F401
+    except Exception:  # noqa: BLE001 - the task imports it again and reports what fails
+        pass
 
 
 @task(name="validate-recent-window", cache_policy=NO_CACHE)
