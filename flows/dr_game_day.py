@@ -33,9 +33,10 @@ from runbooks.drill import (
     Proof,
     human_duration,
     pick_backup_set,
+    pick_cluster_backups,
     score_component,
 )
-from runbooks.errors import Refused, RunbookError
+from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, resource_lock
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
 from runbooks.health import HealthCheck
@@ -50,6 +51,7 @@ from runbooks.roles import RoleCreated
 from runbooks.settings import Settings
 from runbooks.workdirs import WorkDirs
 from tasks.drill import (
+    SYSTEM_DATABASES,
     CleanCluster,
     check_cluster_root,
     check_target_server,
@@ -72,7 +74,7 @@ from tasks.postgres import (
     validate_database,
 )
 from tasks.quality import preload_gx, validate_recent_window
-from tasks.storage import RestoredFile, fetch_backup, find_cluster_backup, restore_config_files
+from tasks.storage import RestoredFile, fetch_backup, restore_config_files
 from tasks.workspace import WorkDirReport
 
 RUNBOOK = "dr-game-day"
@@ -93,6 +95,39 @@ class DrillParameters(BaseModel):
                                "next drill removes it).")
     jobs: int = Field(default=2, ge=1, le=32, description="Parallel pg_restore jobs.")
     quality: bool = Field(default=True, description="Run the data-quality suites (GX) on the restored data.")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a drill the settings make impossible; the CLI calls it before any run."""
+        check_drill_settings(settings)
+
+
+def check_drill_settings(settings: Settings) -> None:
+    """The inventory names every database a component names, each restored name is unique and not a system
+    database, and the server's OS user can reach the work directory."""
+    inventory = settings.databases
+    if not inventory:
+        raise ConfigurationError("the inventory has no databases: there is nothing to restore.",
+                                 hint="add [databases.NAME] to the settings.")
+    for component in settings.drill.components:
+        named = set(component.databases) | {t.split(".")[0] for t in component.tables}
+        if unknown := sorted(named - set(inventory)):
+            raise ConfigurationError(
+                f"drill component {component.name!r} names database(s) {', '.join(unknown)}, which the inventory "
+                f"does not have (it has {', '.join(sorted(inventory))}).",
+                hint="fix [[drill.components]] (the defaults are the seeds' trading_db) to name inventory databases.")
+    restored: dict[str, str] = {}
+    for name, database in inventory.items():
+        live = str(database.conninfo().get("dbname") or name)
+        if live in SYSTEM_DATABASES:
+            raise ConfigurationError(f"inventory database {name!r} is {live!r} on its server, a system database "
+                                     "a clean cluster already has.", hint="keep application data out of it.")
+        if live in restored:
+            raise ConfigurationError(f"inventory databases {restored[live]!r} and {name!r} are both named {live!r} "
+                                     "on their servers; one clean cluster cannot hold both.",
+                                     hint="drill them with separate inventories (RUNBOOKS_CONFIG).")
+        restored[live] = name
+    if settings.drill.target_dsn is None:
+        check_cluster_root(settings.drill_root)
 
 
 class DatabaseDrill(BaseModel):
@@ -238,6 +273,7 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
     settings = run.settings
     result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster)
     catalog: BackupCatalog | None = None
+    attempted = False  # past the settings check: a drill, recorded in the trend
 
     def conclude() -> State:
         result.succeeded = result.operational and result.error is None
@@ -246,7 +282,7 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
                         backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
                         components=[{"name": s.name, "status": s.status, "rto_seconds": s.rto_seconds,
                                      "rpo_seconds": s.worst_rpo_seconds} for s in result.scorecard])
-        if catalog is not None:
+        if catalog is not None and attempted:
             _record(run, settings, catalog, result)
         state = run.conclude(result, render=render_report, report_key="dr-game-day-report",
                              description="DR game-day report")
@@ -257,14 +293,11 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
 
     try:
         with run.step("check settings"):
-            if not settings.databases:
-                raise Refused("the inventory has no databases: there is nothing to restore.",
-                              hint="add [databases.NAME] to the settings.")
+            check_drill_settings(settings)
             catalog = BackupCatalog(open_repository(settings.repository))
             catalog.repository.check_exists()
             target = settings.drill.target()
-            if target is None:
-                check_cluster_root(settings.drill_root)
+        attempted = True
         with run.step("sweep killed drills", destructive=True) as figures:
             result.swept = sweep_killed_drills(root=settings.drill_root)
             figures["removed"] = len(result.swept)
@@ -272,18 +305,21 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
             scan = catalog.scan(kind="database")
             backup_set = pick_backup_set(scan.manifests, scan.damaged, inventory=sorted(settings.databases),
                                          backup_id=params.backup_id)
-            backup_set.cluster = find_cluster_backup(catalog=catalog, cluster=settings.cluster.name,
-                                                     backup_id=backup_set.backup_id)
+            clusters = catalog.scan(kind="cluster", name=settings.cluster.name)
+            cluster_issues = pick_cluster_backups(backup_set, clusters.manifests, clusters.damaged)
             result.backup_id, result.skipped_sets = backup_set.backup_id, backup_set.skipped
             result.backup_taken_at = backup_set.taken_at()
             result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
             figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
         result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
+        if settings.cluster.dsn is not None or settings.cluster.config_files or clusters.manifests:
+            result.issues += cluster_issues
         if params.quality and any(t.quality for t in settings.freshness.tables):
             preload_gx()  # its import overlaps the restore
         with ExitStack() as held:
             until = datetime.now(UTC) + HOLD_FOR
-            for manifest in [*backup_set.databases.values(), *([backup_set.cluster] if backup_set.cluster else [])]:
+            cluster_manifests = {m.backup_id: m for m in (backup_set.roles, backup_set.config) if m is not None}
+            for manifest in [*backup_set.databases.values(), *cluster_manifests.values()]:
                 held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
                                                    reason="DR game-day", until=until))
             if target is not None:
@@ -300,7 +336,8 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
             "the platform could not be proven operational (see the issues)"
     result.scorecard = result.scorecard or [
-        score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval)
+        score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
+                        unproven=f"not restored: the drill stopped ({result.error})")
         for c in settings.drill.components]
     return conclude()
 
@@ -330,6 +367,7 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
                 result.swept_databases = drop_drill_databases(cluster=cluster, records=records)
                 refuse_non_empty_target(cluster=cluster)
             result.cluster, result.cluster_kind = cluster.describe(), cluster.kind
+            result.issues += cluster.notes
             figures["kind"] = cluster.kind
         proofs: dict[str, Proof] = {}
         no_owner = _restore_cluster_objects(run, catalog, backup_set, cluster, workdir, result, proofs)
@@ -358,7 +396,7 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
         for h in result.health:
             if h.status in ("warn", "alert") and not h.name.startswith("database "):
                 result.issues.append(f"health {h.name}: {h.status} ({h.value} {h.unit})")
-        config_ok = all(f.status == "intact" for f in result.config_files)
+        config_ok = proofs.get("configuration files", Proof(item="", ok=True)).ok
         result.operational = (bool(result.databases) and all(d.proven for d in result.databases) and config_ok
                               and api.status != "failed")
         if result.operational:
@@ -379,36 +417,42 @@ def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalo
                              proofs: dict[str, Proof]) -> bool:
     """Roles before any database, then the configuration files into the work directory. Returns whether the
     databases must be restored without owners (no roles to own them)."""
-    manifest = backup_set.cluster
-    globals_object = manifest is not None and any(o.role == "globals" for o in manifest.objects)
-    with run.step("restore roles", destructive=True) as figures:
-        if manifest is not None and globals_object:
-            globals_sql = fetch_backup(catalog=catalog, manifest=manifest, role="globals",
-                                       dest=workdir / "globals.sql")
+    roles = backup_set.roles
+    if roles is not None:
+        with run.step("restore roles", destructive=True) as figures:
+            globals_sql = fetch_backup(catalog=catalog, manifest=roles, role="globals", dest=workdir / "globals.sql")
             result.roles_created = restore_roles(database=cluster.admin, globals_sql=globals_sql, mode="auto")
             globals_sql.unlink()
-        figures["roles_created"] = len(result.roles_created)
-    if not globals_object:
-        result.issues.append("no cluster backup with roles (globals) at or before this set: databases restored "
-                             "without owners and privileges")
-    if manifest is not None and any(o.role == "config" for o in manifest.objects):
-        with run.step("restore configuration files") as figures:
-            result.config_files = restore_config_files(catalog=catalog, manifest=manifest, dest=workdir / "config")
-            bad = [f.path for f in result.config_files if f.status != "intact"]
-            figures.update(files=len(result.config_files), not_intact=len(bad))
-        proofs["configuration files"] = Proof(
-            item="configuration files", ok=not bad, taken_at=manifest.started_at,
-            validated_after_seconds=_elapsed(run), detail=f"not restored intact: {', '.join(bad)}" if bad else "")
-        if bad:
-            result.issues.append(f"configuration files not restored intact: {', '.join(bad)}")
-        drift = [f.path for f in result.config_files if f.against_original == "changed"]
-        if drift:
-            result.issues.append(f"configuration changed since the backup (not in it): {', '.join(drift)}")
-        if not manifest.files:
-            result.issues.append("the cluster backup predates per-file checksums: files compared with this host's")
+            figures["roles_created"] = len(result.roles_created)
     else:
-        result.issues.append("no configuration files in the backup set (cluster.config_files)")
-    return not globals_object
+        result.issues.append("databases restored without owners and privileges (no roles in the backup set)")
+    config = backup_set.config
+    if config is None:
+        return roles is None
+    problem = ""
+    try:
+        with run.step("restore configuration files") as figures:
+            result.config_files = restore_config_files(catalog=catalog, manifest=config, dest=workdir / "config")
+            figures.update(files=len(result.config_files),
+                           not_intact=sum(f.status in ("differs", "missing") for f in result.config_files))
+    except Exception as exc:  # noqa: BLE001 - the configuration is one component; the databases still get drilled
+        problem = scrub(str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}")
+    bad = [f.path for f in result.config_files if f.status in ("differs", "missing")]
+    if bad:
+        problem = f"not restored intact: {', '.join(bad)}"
+    proofs["configuration files"] = Proof(item="configuration files", ok=not problem, taken_at=config.started_at,
+                                          validated_after_seconds=None if problem else _elapsed(run), detail=problem)
+    if problem:
+        result.issues.append(f"configuration files {problem}")
+    if drift := [f.path for f in result.config_files if f.status == "intact" and f.against_original == "changed"]:
+        result.issues.append(f"configuration changed on this host since the backup: {', '.join(drift)}")
+    if unchecked := [f.path for f in result.config_files if f.status == "unchecked"]:
+        changed = [f.path for f in result.config_files if f.status == "unchecked" and f.against_original != "unchanged"]
+        result.issues.append(f"the cluster backup {config.backup_id} predates per-file checksums: "
+                             f"{len(unchecked)} files restored unchecked"
+                             + (f"; differ from this host's (a change or damage, cannot tell): {', '.join(changed)}"
+                                if changed else ", all equal to this host's"))
+    return roles is None
 
 
 def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings,
@@ -440,8 +484,9 @@ def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, se
         with run.step(f"prove {name}") as figures:
             _prove(params, settings, cluster, drill, expected=manifest.row_counts)
             figures.update(proven=drill.proven, findings=len([f for f in drill.findings if f.severity != "ok"]))
-    except RunbookError as exc:
-        drill.stopped_at, drill.detail = step, scrub(str(exc))
+    except Exception as exc:  # noqa: BLE001 - this database's failure (a full disk too); the drill goes on
+        drill.stopped_at = step
+        drill.detail = scrub(str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}")
         run.logger.error("Database %r: %s failed: %s", name, step, drill.detail)
     if not drill.proven:
         drill.stopped_at = drill.stopped_at or step

@@ -316,7 +316,8 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
         figures["dropped"] = len(sweep.dropped)
     workdirs = WorkDirs(settings.work_root)
     with run.step("sweep work directories", destructive=not params.dry_run) as figures:
-        result.work_dirs_swept = sweep_work_directories(workdirs=workdirs, dry_run=params.dry_run)
+        result.work_dirs_swept = sweep_work_directories(workdirs=workdirs, dry_run=params.dry_run,
+                                                         purpose="restore")
         figures["removed_bytes"] = sum(w.bytes for w in result.work_dirs_swept)
     with run.step("check target"):
         state = inspect_target(database=database, records=records, name=target)

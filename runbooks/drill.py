@@ -25,16 +25,18 @@ class BackupSet(BaseModel):
 
     backup_id: str
     databases: dict[str, BackupManifest] = Field(description="inventory name -> its dump's manifest")
-    cluster: BackupManifest | None = Field(default=None, description="roles and configuration files: the same "
-                                           "run's, else the newest earlier one")
+    roles: BackupManifest | None = Field(default=None, description="the cluster backup with the roles (globals): "
+                                         "the same run's, else the newest earlier verified one")
+    config: BackupManifest | None = Field(default=None, description="the cluster backup with the configuration "
+                                          "files: the same run's, else the newest earlier verified one")
     skipped: list[str] = Field(default_factory=list, description="newer backup runs not used, and why")
 
     def taken_at(self, name: str | None = None) -> datetime:
         """When the data was read: a database's snapshot, or (no name) the oldest snapshot of the set."""
         if name is None:
             return min(_snapshot_time(m) for m in self.databases.values())
-        if name == "config" and self.cluster is not None:
-            return self.cluster.started_at
+        if name == "config" and self.config is not None:
+            return self.config.started_at
         return _snapshot_time(self.databases[name])
 
 
@@ -81,6 +83,32 @@ def pick_backup_set(manifests: list[BackupManifest], damaged: list[DamagedBackup
                   hint="fix the backups (run 'runbooks run backup'), or name a run with backup_id.")
 
 
+def pick_cluster_backups(backup_set: BackupSet, manifests: list[BackupManifest],
+                         damaged: list[DamagedBackup]) -> list[str]:
+    """Set the roles and configuration files of ``backup_set``: each from the newest verified cluster backup at
+    or before the set's run that holds it. Returns the issues: the set's own cluster backup damaged, unverified
+    or missing, so an older one was used (or none)."""
+    issues: list[str] = []
+    run = backup_set.backup_id
+    same = [m for m in manifests if m.backup_id == run]
+    for d in damaged:
+        if d.backup_id == run:
+            issues.append(f"the cluster backup of run {run} ({d.name}) is DAMAGED (manifest {d.reason}): not used")
+    for m in same:
+        if not m.verified:
+            issues.append(f"the cluster backup of run {run} ({m.name}) failed verification when taken: not used")
+    usable = [m for m in manifests if m.verified and m.backup_id <= run]
+    for role, attr, what in (("globals", "roles", "roles"), ("config", "config", "configuration files")):
+        found = [m for m in usable if any(o.role == role for o in m.objects)]
+        chosen = found[-1] if found else None
+        setattr(backup_set, attr, chosen)
+        if chosen is None:
+            issues.append(f"no verified cluster backup with the {what} at or before run {run}")
+        elif chosen.backup_id != run:
+            issues.append(f"the {what} come from the older cluster backup {chosen.backup_id}, not run {run}")
+    return issues
+
+
 # -- scoring -------------------------------------------------------------------------------------------------------
 ScoreStatus = Literal["met", "missed", "failed", "not_covered"]
 
@@ -122,7 +150,7 @@ def human_duration(seconds: float | None) -> str:
 
 
 def score_component(component: DrillComponent, proofs: dict[str, Proof], *, started_at: datetime,
-                    backup_interval: timedelta) -> ComponentScore:
+                    backup_interval: timedelta, unproven: str = "not in the backup set") -> ComponentScore:
     """Seed 002's row for one component: RTO from the drill's start to its last item proven, RPO from the age of
     its oldest backup, and the backup interval: a nightly logical backup cannot meet a one-minute RPO whatever
     its age today, and says so."""
@@ -146,7 +174,7 @@ def score_component(component: DrillComponent, proofs: dict[str, Proof], *, star
     for item, table in needed:
         proof = proofs.get(item)
         if proof is None:
-            score.reasons.append(f"{item}: not in the backup set")
+            score.reasons.append(f"{item}: {unproven}")
         elif not proof.ok:
             score.reasons.append(f"{item}: {proof.detail or 'not proven'}")
         elif table is not None and table not in proof.tables:
@@ -210,6 +238,8 @@ class DrillRecords:
 
     def recent(self, count: int) -> list[DrillRecord]:
         """The newest ``count`` records, oldest first; one that does not parse is skipped (it is not ours)."""
+        if count <= 0:
+            return []
         keys = sorted(o.key for o in self.repository.list_objects(self.prefix) if o.key.endswith(".json"))
         found = []
         for key in keys[-count:]:

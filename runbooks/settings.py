@@ -224,9 +224,19 @@ class ClusterSettings(BaseModel):
     dsn: SecretStr | None = Field(default=None, description="superuser DSN for pg_dumpall --globals-only")
     password: SecretStr | None = None
     password_block: str | None = None
-    config_files: list[Path] = Field(default_factory=list, description="files archived (tar + zstd)")
+    config_files: list[Path] = Field(default_factory=list, description="files archived (tar + zstd), by "
+                                     "absolute path: a restore compares each with the file at that path")
 
     _dsn = field_validator("dsn")(_check_dsn)
+
+    @field_validator("config_files")
+    @classmethod
+    def _absolute(cls, files: list[Path]) -> list[Path]:
+        for path in files:
+            if not path.expanduser().is_absolute():
+                raise ValueError(f"config file {str(path)!r} must be an absolute path (a worker's working "
+                                 "directory is not the config's)")
+        return [p.expanduser() for p in files]
 
     def database(self) -> DatabaseSettings | None:
         if self.dsn is None:
@@ -279,6 +289,8 @@ _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h"
 def _duration(value: Any) -> Any:
     """``"10m"``, ``"90s"``, ``"2h"``, ``"1d"``, or dbt's ``{count = 10, period = "minute"}``; anything else is left
     to pydantic (seconds as a number, ISO 8601 ``PT10M``)."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError("must not be negative, e.g. '0m' or '10m'")
     if isinstance(value, str) and (match := _DURATION.match(value)):
         return timedelta(seconds=float(match[1]) * _PERIODS[match[2]])
     if isinstance(value, Mapping) and set(value) == {"count", "period"}:
@@ -510,6 +522,13 @@ class DrillSettings(BaseModel):
     history: int = Field(default=8, ge=1, le=100, description="previous drills shown in the trend")
 
     _dsn = field_validator("target_dsn")(_check_dsn)
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.expanduser().is_absolute():
+            raise ValueError(f"work_dir {str(path)!r} must be an absolute path")
+        return path
 
     def target(self) -> DatabaseSettings | None:
         if self.target_dsn is None:

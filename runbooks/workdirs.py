@@ -9,7 +9,6 @@ touched, never anything else in the root; directories of other hosts (a shared v
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import uuid
@@ -55,17 +54,21 @@ def _size(path: Path) -> int:
 
 
 class WorkDirs:
-    """``shared_with``: an OS user (the PostgreSQL server's, when we are root) that may enter the root (0711, not
-    list it) and owns each directory made in it (still 0700): a DR drill's throwaway cluster lives there."""
+    """``traversable``: another OS user (the PostgreSQL server's, when we are root) must pass through to a
+    directory of its own inside a work directory (a DR drill's throwaway cluster): the root we create and each
+    work directory are 0711 (enter, not list) instead of 0700, and stay ours, so that user can neither read nor
+    plant anything beside what we give it. An existing root's mode is never changed."""
 
-    def __init__(self, root: Path, *, shared_with: str | None = None) -> None:
+    def __init__(self, root: Path, *, traversable: bool = False) -> None:
         self.root = root.expanduser()
-        self.shared_with = shared_with
+        self.traversable = traversable
+        self.mode = 0o711 if traversable else DIR_MODE
 
     def _ensure_root(self) -> None:
         try:
+            existed = self.root.is_dir()
             make_private_dirs(self.root)
-            if self.shared_with is not None:
+            if self.traversable and not existed:
                 self.root.chmod(0o711)
         except OSError as exc:
             raise ConfigurationError(f"cannot create the work directory root {str(self.root)!r}: {exc.strerror}.",
@@ -76,14 +79,11 @@ class WorkDirs:
         self._ensure_root()
         path = self.root / f"{purpose}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
         path.mkdir(mode=DIR_MODE)
-        path.chmod(DIR_MODE)
+        path.chmod(self.mode)
         owner = WorkOwner(writer=ProcessIdentity.current(), purpose=purpose, created_at=datetime.now(UTC),
                           flow_run_id=flow_run_id)
         with os.fdopen(open_private(path / OWNER), "wb") as handle:
             handle.write(owner.model_dump_json().encode())
-        if self.shared_with is not None:
-            entry = pwd.getpwnam(self.shared_with)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
         return path
 
     def free_bytes(self) -> int:
@@ -103,10 +103,11 @@ class WorkDirs:
     def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a symlink out of the directory
 
-    def sweep(self, *, dry_run: bool, purpose: str | None = None,
-              before_remove: Callable[[Path], None] | None = None) -> list[SweptWorkDir]:
-        """Remove (dry-run: report) the work directories of runs that are gone from this host (of ``purpose``
-        only, if given); ``before_remove`` stops what such a run may have left running in its directory."""
+    def sweep(self, *, dry_run: bool, purpose: str,
+              before_remove: Callable[[Path], bool] | None = None) -> list[SweptWorkDir]:
+        """Remove (dry-run: report) the work directories of ``purpose`` runs that are gone from this host (or
+        released by their run on this host). ``before_remove`` stops what such a run may have left running in
+        its directory and says whether it may go; a directory it keeps is left for the next sweep."""
         if not self.root.is_dir():
             return []
         swept = []
@@ -118,17 +119,17 @@ class WorkDirs:
                 owner = WorkOwner.model_validate_json((entry / OWNER).read_bytes())
             except (OSError, ValidationError):
                 continue  # no owner record we can read: never ours to delete
-            if not owner.released and (not owner.writer.on_this_host or owner.writer.alive()):
-                continue
-            if purpose is not None and owner.purpose != purpose:
+            if owner.purpose != purpose or not owner.writer.on_this_host:
+                continue  # another runbook's, or another host's (a shared volume): not ours to judge
+            if not owner.released and owner.writer.alive():
                 continue
             reason = (f"left by {owner.purpose} run {owner.flow_run_id or '-'} (process {owner.writer.pid}, "
                       f"started {owner.created_at:%Y-%m-%d %H:%M}Z), "
                       + ("which kept it for inspection" if owner.released else "which is gone"))
             size = _size(entry)
             if not dry_run:
-                if before_remove is not None:
-                    before_remove(entry)
+                if before_remove is not None and not before_remove(entry):
+                    continue
                 self.remove(entry)
             swept.append(SweptWorkDir(path=str(entry), bytes=size, reason=reason, removed=not dry_run))
         return swept

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ class CleanCluster:
     server: str = ""  # system identifier: the restore records of its databases are kept under it
     root: Path | None = None  # a throwaway cluster's directory
     port: int | None = None
+    notes: list[str] = field(default_factory=list)  # what could not be checked, for the report
 
     def database(self, name: str, checks: list[IntegrityCheck] | None = None) -> DatabaseSettings:
         """The same superuser, on a restored database (with the inventory database's integrity checks)."""
@@ -49,11 +50,32 @@ class CleanCluster:
 
 
 def drill_workdirs(root: Path) -> WorkDirs:
-    return WorkDirs(root, shared_with=server_os_user())
+    """The postgres OS user (when we are root) only passes through to ``cluster/``, which is all it owns."""
+    return WorkDirs(root, traversable=server_os_user() is not None)
 
 
 def _cluster_in(workdir: Path, *, password: str = "") -> PostgresCluster:
     return PostgresCluster(root=workdir / "cluster", port=0, superuser_password=password)
+
+
+def running_postmaster(datadir: Path) -> int | None:
+    """The PID of the postmaster serving ``datadir``, or None. ``postmaster.pid`` alone is a mark anyone who
+    outlived a reboot could match (a reused PID): the process must also be running in that very directory (a
+    postmaster's working directory is its data directory)."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        return pid if Path(f"/proc/{pid}/cwd").resolve() == datadir.resolve() else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop_cluster(workdir: Path) -> bool:
+    """Stop the drill cluster in ``workdir`` if one is running there. Returns whether none runs any more."""
+    cluster = _cluster_in(workdir)
+    if running_postmaster(cluster.datadir) is None:
+        return True
+    cluster.stop()
+    return running_postmaster(cluster.datadir) is None
 
 
 @task(name="sweep-killed-drills", cache_policy=NO_CACHE)
@@ -62,11 +84,11 @@ def sweep_killed_drills(*, root: Path) -> list[WorkDirReport]:
     directories: only directories with our owner record, only of processes gone from this host."""
     logger = get_run_logger()
 
-    def stop(workdir: Path) -> None:
-        cluster = _cluster_in(workdir)
-        if (cluster.datadir / "postmaster.pid").exists():
-            cluster.stop()
-            logger.info("Stopped the throwaway cluster left in %s", workdir)
+    def stop(workdir: Path) -> bool:
+        if stop_cluster(workdir):
+            return True
+        logger.warning("The cluster left in %s does not stop; its directory is kept for the next drill", workdir)
+        return False
 
     swept = drill_workdirs(root).sweep(dry_run=False, purpose="dr-game-day", before_remove=stop)
     for s in swept:
@@ -121,6 +143,7 @@ def check_target_server(*, target: DatabaseSettings, inventory: dict[str, Databa
             database_errors("checking the drill target"):
         server = server_identity(conn, params)
         superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    unchecked: list[str] = []
     for name, database in inventory.items():
         try:
             with connect(admin_params(database.conninfo()), where=f"server of {name!r}", autocommit=True) as conn:
@@ -132,12 +155,15 @@ def check_target_server(*, target: DatabaseSettings, inventory: dict[str, Databa
         except Refused:
             raise
         except RunbookError:
-            continue  # production unreachable (the disaster being rehearsed): the emptiness check still holds
+            unchecked.append(name)  # unreachable (the disaster being rehearsed): the emptiness check still holds
+            continue
     if not (superuser and superuser[0]):
         raise Refused(f"the drill target {describe(params)} role is not a superuser; restoring roles needs one.",
                       hint="use a superuser DSN in drill.target_dsn.")
+    notes = [f"could not tell whether the drill target is the server of {', '.join(unchecked)} (unreachable with "
+             "the inventory's credentials); it was used because it is empty"] if unchecked else []
     return CleanCluster(kind="server", admin=DatabaseSettings(dsn=SecretStr(make_conninfo(**admin_params(params)))),
-                        server=server)
+                        server=server, notes=notes)
 
 
 @task(name="refuse-non-empty-target", cache_policy=NO_CACHE)
@@ -191,6 +217,12 @@ def drop_drill_roles(*, cluster: CleanCluster, roles: list[RoleCreated]) -> list
 
 @task(name="tear-down-throwaway-cluster", cache_policy=NO_CACHE)
 def tear_down_throwaway_cluster(*, workdirs: WorkDirs, workdir: Path) -> None:
-    _cluster_in(workdir).stop()
+    """Stop the cluster and remove the drill's directory; a cluster that does not stop keeps its directory
+    (released to the next drill's sweep, which tries again) and the drill reports it."""
+    if not stop_cluster(workdir):
+        workdirs.release(workdir)
+        raise Refused(f"the throwaway cluster in {workdir} did not stop.",
+                      hint=f"stop it by hand (pg_ctl -D {workdir}/cluster/data stop -m immediate); the next drill "
+                      "tries again.")
     workdirs.remove(workdir)
     get_run_logger().info("Throwaway cluster stopped and %s removed", workdir)

@@ -4,10 +4,12 @@ fetching what a restore needs (dumps, configuration files)."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tarfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from prefect import get_run_logger, task
@@ -257,11 +259,13 @@ class RestoredFile(BaseModel):
 
     path: str = Field(description="where it lived when it was backed up")
     restored_to: str | None = None
-    status: Literal["intact", "differs", "missing"] = Field(description="against the checksum taken when archived "
-                                                            "(or, for older backups, against the file on this host)")
+    status: Literal["intact", "differs", "missing", "unchecked"] = Field(
+        description="against the checksum taken as it was archived; 'unchecked': the backup predates per-file "
+        "checksums, so damage cannot be told from a change since")
     against_original: Literal["unchanged", "changed", "absent"] = Field(
         description="the file on this host now: changed since the backup is drift, not damage")
     bytes: int = 0
+    detail: str = ""
 
 
 def _sha256(path: Path) -> str | None:
@@ -272,38 +276,78 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def _member_path(name: str) -> PurePosixPath | None:
+    """A tar member name as a path below the destination, or None if it could point anywhere else."""
+    path = PurePosixPath(name.lstrip("/"))
+    if not path.parts or any(part in ("", ".", "..") for part in path.parts):
+        return None
+    return path
+
+
+def _write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, relative: PurePosixPath) -> str:
+    """Copy one regular file out of the archive below ``dest`` (0700 directories, a new 0600 file that is never
+    a followed link), hashing the bytes written."""
+    target = dest
+    for part in relative.parts[:-1]:
+        target = target / part
+        if not target.is_dir() or target.is_symlink():
+            target.mkdir(mode=0o700)
+    source = archive.extractfile(member)
+    assert source is not None
+    digest = hashlib.sha256()
+    fd = os.open(target / relative.parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
 @task(name="restore-config-files", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, dest: Path) -> list[RestoredFile]:
     """Unpack a cluster backup's configuration files into ``dest`` (never over the originals) and check each.
+
+    Only regular files are written, each under its own name below ``dest``; links, devices and names that
+    climb out are refused, never extracted (the archive is data from the repository, not trusted paths).
 
     Returns:
         One entry per archived file; ``intact`` only when its bytes match the checksum taken as it was archived.
     """
     tar = fetch_backup.fn(catalog=catalog, manifest=manifest, role="config", dest=dest.parent / "config.tar")
-    dest.mkdir(mode=0o700, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)  # a retry of this task starts clean
+    dest.mkdir(mode=0o700)
+    recorded = {f.path.lstrip("/"): f for f in manifest.files}
+    restored: dict[str, RestoredFile] = {}
     try:
         with tarfile.open(tar) as archive:
-            members = {m.name: m for m in archive.getmembers()}
-            archive.extractall(dest, filter="data")  # no absolute paths, no links out of dest, no devices
+            for member in archive:
+                name = member.name.lstrip("/")
+                relative = _member_path(member.name)
+                if relative is None or not member.isreg() or name in restored or \
+                        (recorded and name not in recorded):
+                    restored[name] = RestoredFile(path="/" + name, status="differs", against_original="absent",
+                                                  detail="refused: not a regular file listed in the manifest "
+                                                  "under a plain name")
+                    continue
+                digest = _write_member(archive, member, dest, relative)
+                original = _sha256(Path("/" + name))
+                expected = recorded[name].sha256 if name in recorded else None
+                restored[name] = RestoredFile(
+                    path="/" + name, restored_to=str(dest / relative), bytes=member.size,
+                    status="unchecked" if expected is None else "intact" if digest == expected else "differs",
+                    against_original="absent" if original is None else "unchanged" if original == digest
+                    else "changed")
     finally:
         tar.unlink(missing_ok=True)
-    recorded = {f.path.lstrip("/"): f for f in manifest.files}
-    restored = []
-    for name in sorted(set(members) | set(recorded)):
-        target = dest / name
-        digest = _sha256(target) if name in members else None
-        original = _sha256(Path("/" + name))
-        expected = recorded[name].sha256 if name in recorded else original
-        status: Literal["intact", "differs", "missing"] = (
-            "missing" if digest is None else "intact" if digest == expected else "differs")
-        restored.append(RestoredFile(
-            path="/" + name, restored_to=str(target) if digest else None, status=status,
-            against_original="absent" if original is None else "unchanged" if original == digest else "changed",
-            bytes=target.stat().st_size if digest else 0))
-    bad = [f.path for f in restored if f.status != "intact"]
+    for name in recorded.keys() - restored.keys():
+        restored[name] = RestoredFile(path="/" + name, status="missing", against_original="absent"
+                                      if _sha256(Path("/" + name)) is None else "changed",
+                                      detail="listed in the manifest, not in the archive")
+    found = [restored[n] for n in sorted(restored)]
+    bad = [f.path for f in found if f.status in ("differs", "missing")]
     logger = get_run_logger()
     if bad:
         logger.error("Configuration files not restored intact: %s", ", ".join(bad))
     else:
-        logger.info("Restored %d configuration files intact into %s", len(restored), dest)
-    return restored
+        logger.info("Restored %d configuration files into %s", len(found), dest)
+    return found

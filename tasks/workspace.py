@@ -18,7 +18,7 @@ class WorkDirReport(BaseModel):
 
 
 @task(name="sweep-work-directories", cache_policy=NO_CACHE)
-def sweep_work_directories(*, workdirs: WorkDirs, dry_run: bool) -> list[WorkDirReport]:
+def sweep_work_directories(*, workdirs: WorkDirs, dry_run: bool, purpose: str) -> list[WorkDirReport]:
     """Give back the space killed runs left behind (a fetched dump can be as large as the database) before
     the free-space check counts it as used.
 
@@ -27,7 +27,7 @@ def sweep_work_directories(*, workdirs: WorkDirs, dry_run: bool) -> list[WorkDir
     """
     logger = get_run_logger()
     reports = []
-    for swept in workdirs.sweep(dry_run=dry_run):
+    for swept in workdirs.sweep(dry_run=dry_run, purpose=purpose):
         logger.info("%s work directory %s (%s): %s", "Would remove" if dry_run else "Removed", swept.path,
                     human_bytes(swept.bytes), swept.reason)
         reports.append(WorkDirReport(path=swept.path, bytes=swept.bytes, reason=swept.reason, removed=swept.removed))

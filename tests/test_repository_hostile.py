@@ -415,7 +415,7 @@ def test_the_work_dir_sweep_follows_no_symlink_and_spares_live_owners(tmp_path: 
     foreign = owned("foreign", host="another-host")
     (root / "no-record").mkdir()
 
-    swept = {Path(s.path).name for s in WorkDirs(root).sweep(dry_run=False)}
+    swept = {Path(s.path).name for s in WorkDirs(root).sweep(dry_run=False, purpose="restore")}
 
     assert swept == {"dead", "reused"}
     assert not dead.exists() and not reused.exists()
@@ -430,5 +430,5 @@ def test_an_empty_or_partial_owner_record_is_never_swept(tmp_path: Path) -> None
     for name, body in (("empty", b""), ("partial", b'{"writer": {"host": "')):
         (root / name).mkdir(parents=True)
         (root / name / OWNER).write_bytes(body)
-    assert WorkDirs(root).sweep(dry_run=False) == []
+    assert WorkDirs(root).sweep(dry_run=False, purpose="restore") == []
     assert sorted(p.name for p in root.iterdir()) == ["empty", "partial"]

@@ -307,6 +307,11 @@ class Sandbox:
             if cluster.is_running():
                 cluster.stop()
                 done.append("stopped PostgreSQL")
+        for kept in sorted((self.root / "drills").glob("*/cluster")):  # drill clusters kept for inspection
+            drill = PostgresCluster(root=kept, port=0, superuser_password="")
+            if drill.is_running():
+                drill.stop()
+                done.append(f"stopped the drill cluster in {kept.parent}")
         if self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
             done.append(f"removed {self.root}")

@@ -1,0 +1,214 @@
+"""Regression tests for the hostile review of the DR game-day: one per defect found, each failing on the code it
+was found in. What a drill extracts, stops, sweeps and records is only ever its own."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from runbooks.drill import DrillRecords
+from runbooks.processes import ProcessIdentity
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import load_settings
+from runbooks.workdirs import OWNER, WorkDirs, WorkOwner
+from tasks.drill import stop_cluster
+from tests.test_drill import back_up, drill, leftovers, repo_dir
+
+
+def escaping_tar(dest_len: int, escape_up: int, payload_path: str) -> bytes:
+    """CVE-2025-4517's shape: symlink chains longer than PATH_MAX let tarfile's "data" filter (CPython < 3.11.13)
+    resolve a link inside the destination that points outside it."""
+    steps = "abcdefghijklmnop"
+    component = "d" * ((os.pathconf("/", "PC_PATH_MAX") - dest_len - 1) // (len(steps) + 1))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", content: bytes = b"") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, linkname
+            info.mode = 0o777 if kind == tarfile.DIRTYPE else 0o644
+            info.size = len(content) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(content) if kind == tarfile.REGTYPE else None)
+        path = ""
+        for step in steps:
+            add(os.path.join(path, component), tarfile.DIRTYPE)
+            add(os.path.join(path, step), tarfile.SYMTYPE, component)
+            path = os.path.join(path, component)
+        linkpath = os.path.join(*steps, "l" * 254)
+        add(linkpath, tarfile.SYMTYPE, os.path.join(*[".."] * len(steps)))
+        add("escape", tarfile.SYMTYPE, os.path.join(linkpath, *[".."] * escape_up))
+        add("escape/" + payload_path.lstrip("/"), content=b"written by a crafted config tar\n")
+    return buf.getvalue()
+
+
+def replace_object(repository: Path, backup_id: str, role: str, raw: bytes) -> None:
+    """What someone who can write the repository can do: a new object, its manifest's checksums updated."""
+    directory = repository / "clusters" / "sandbox" / backup_id
+    stored = zstandard.ZstdCompressor().compress(raw)
+    name = {"config": "config.tar.zst", "globals": "globals.sql.zst"}[role]
+    (directory / name).write_bytes(stored)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for obj in manifest["objects"]:
+        if obj["role"] == role:
+            obj.update(sha256=hashlib.sha256(stored).hexdigest(), bytes=len(raw), stored_bytes=len(stored))
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_crafted_config_tar_writes_nothing_outside_the_drill(config: SandboxState, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    payload = outside / "pwned"
+    backup_id = back_up()
+    dest = load_settings().drill_root.resolve() / "dr-game-day-20261123T232000Z-abcdef12" / "config"
+    replace_object(repo_dir(tmp_path), backup_id, "config", escaping_tar(len(str(dest)), len(dest.parts), str(payload)))
+    state, result = drill(quality=False)
+    assert not payload.exists()
+    assert leftovers(config) == []
+    # Refused members are shown, the databases are still drilled, and the configuration is not proven.
+    assert result.databases and result.databases[0].proven
+    assert {s.name: s.status for s in result.scorecard}["Configuration"] == "failed"
+    assert any("not restored intact" in i for i in result.issues) and state.is_failed()
+
+
+def test_a_corrupt_config_tar_fails_the_configuration_only(config: SandboxState, tmp_path: Path) -> None:
+    backup_id = back_up()
+    stored = repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "config.tar.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    state, result = drill(quality=False)
+    assert state.is_failed() and [d.proven for d in result.databases] == [True]
+    scores = {s.name: s for s in result.scorecard}
+    assert scores["Configuration"].status == "failed" and scores["Historical Data"].status != "failed"
+    assert any(i.startswith("configuration files ") and "damaged" in i for i in result.issues), result.issues
+
+
+def test_a_damaged_cluster_backup_of_the_chosen_run_is_shown(config: SandboxState, tmp_path: Path) -> None:
+    older = back_up()
+    newer = back_up()
+    (repo_dir(tmp_path) / "clusters" / "sandbox" / newer / "manifest.json").write_text("{not json")
+    state, result = drill(quality=False)
+    assert state.is_completed() and result.backup_id == newer
+    assert any(f"run {newer}" in i and "DAMAGED" in i for i in result.issues), result.issues
+    assert any(f"older cluster backup {older}" in i for i in result.issues), result.issues
+
+
+def test_a_backup_without_per_file_checksums_is_unchecked_not_damaged(config: SandboxState, tmp_path: Path) -> None:
+    backup_id = back_up()
+    manifest_path = repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.pop("files")  # as written before the checksums were recorded
+    manifest_path.write_text(json.dumps(manifest))
+    state, result = drill(quality=False)
+    assert state.is_completed(), result.error
+    assert {f.status for f in result.config_files} == {"unchecked"}
+    assert any("predates per-file checksums" in i for i in result.issues)
+
+
+def test_a_config_only_cluster_backup_is_used(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cluster DSN (no roles backed up), config files configured: the files are still restored and checked."""
+    settings = load_settings()
+    files = json.dumps([str(p) for p in settings.cluster.config_files])
+    toml = Path(config.config_path).read_text().replace(f'dsn = "{settings.cluster.dsn.get_secret_value()}"\n'
+                                                         if settings.cluster.dsn else "", "", 1)
+    patched = Path(config.root) / "config-only.toml"
+    patched.write_text(toml)
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(patched))
+    assert load_settings().cluster.dsn is None and json.dumps(
+        [str(p) for p in load_settings().cluster.config_files]) == files
+    back_up()
+    state, result = drill(quality=False)
+    assert [f.status for f in result.config_files] == ["intact", "intact"]
+    assert {s.name: s.status for s in result.scorecard}["Configuration"] != "failed"
+    assert any("without owners" in i for i in result.issues)
+
+
+def test_an_existing_work_dir_keeps_its_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "var-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    WorkDirs(shared, traversable=True).create("dr-game-day", flow_run_id=None)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+
+
+def owned_dir(root: Path, name: str, *, purpose: str = "dr-game-day", host: str | None = None,
+              pid: int | None = None, released: bool = False) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    writer = ProcessIdentity(host=host or socket.gethostname(), pid=pid or 2 ** 22 + 17, started=None)
+    (path / OWNER).write_text(WorkOwner(writer=writer, purpose=purpose, created_at=datetime.now(UTC),
+                                        released=released).model_dump_json())
+    return path
+
+
+def test_the_sweep_never_signals_a_process_a_stale_pid_file_names(tmp_path: Path) -> None:
+    """After a reboot a killed drill's postmaster.pid names a PID some other process now has."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        left = owned_dir(tmp_path, "killed")
+        (left / "cluster" / "data").mkdir(parents=True)
+        (left / "cluster" / "data" / "postmaster.pid").write_text(f"{other.pid}\n{left}/cluster/data\n")
+        assert stop_cluster(left)  # nothing of ours runs there
+        swept = WorkDirs(tmp_path).sweep(dry_run=False, purpose="dr-game-day", before_remove=stop_cluster)
+        assert [Path(s.path).name for s in swept] == ["killed"]
+        assert other.poll() is None  # never signalled
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+
+
+def test_the_sweep_leaves_other_hosts_and_other_runbooks(tmp_path: Path) -> None:
+    elsewhere = owned_dir(tmp_path, "elsewhere", host="another-host", released=True)
+    restore = owned_dir(tmp_path, "restore", purpose="restore")
+    drill_dir = owned_dir(tmp_path, "drill", pid=os.getpid(), released=True)
+    swept = WorkDirs(tmp_path).sweep(dry_run=False, purpose="dr-game-day")
+    assert [Path(s.path) for s in swept] == [drill_dir]
+    assert elsewhere.is_dir() and restore.is_dir()
+    assert [Path(s.path) for s in WorkDirs(tmp_path).sweep(dry_run=False, purpose="restore")] == [restore]
+
+
+def test_history_of_one_shows_only_this_drill(tmp_path: Path) -> None:
+    from runbooks.repository.local import LocalRepository
+
+    assert DrillRecords(LocalRepository(tmp_path), "main").recent(0) == []
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "dr-game-day", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("override", [
+    {"RUNBOOKS_DRILL__COMPONENTS": json.dumps([{"name": "Typo", "rto": "5m", "rpo": "1h",
+                                                 "tables": ["trading_dbx.positions"]}])},
+    {"RUNBOOKS_DATABASES__TRADING_COPY__DSN": "{dsn}"},
+    {"RUNBOOKS_DRILL__WORK_DIR": "relative/dir"},
+    {"RUNBOOKS_DRILL__WORK_DIR": "{closed}/drills"},
+], ids=["component-not-in-inventory", "two-databases-one-name", "relative-work-dir", "closed-work-dir"])
+def test_impossible_drill_settings_are_one_line_and_exit_2(config: SandboxState, tmp_path: Path,
+                                                            prefect_api: str, override: dict[str, str]) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    dsn = load_settings().databases["trading_db"].dsn.get_secret_value()
+    env = {**os.environ, "PREFECT_API_URL": prefect_api,
+           **{k: v.replace("{dsn}", dsn).replace("{closed}", str(closed)) for k, v in override.items()}}
+    if override.get("RUNBOOKS_DRILL__WORK_DIR", "").startswith("{closed}") and os.geteuid() != 0:
+        pytest.skip("a directory closed to the server's OS user only exists when we are root")
+    proc = cli(env=env)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "HINT" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    # Refused before any drill: nothing recorded in the trend.
+    assert DrillRecords(open_repository(load_settings().repository), "sandbox").recent(10) == []
