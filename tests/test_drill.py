@@ -24,12 +24,15 @@ from runbooks.manifest import BackupManifest, StoredObject, Verification
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port
+from runbooks.sandbox.seed import catch_up_bars
 from runbooks.settings import DrillComponent, load_settings
 from tests.events import runbook_events
 from tests.pgfixtures import admin_dsn
 
 
 def back_up() -> str:
+    """The nightly backup, of data as fresh as a live feed keeps it (the session's sandbox was seeded earlier)."""
+    catch_up_bars(load_settings().databases["trading_db"].dsn.get_secret_value())
     state = backup_databases(parameters=BackupParameters(apply_retention=False), return_state=True)
     assert state.is_completed(), state.message
     return str(state.result().items[0].backup_id)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from runbooks.redact import redact_dsn
 from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory
-from runbooks.sandbox.seed import SEED_CHECKS, create_database, seed
+from runbooks.sandbox.seed import SEED_CHECKS, catch_up_bars, create_database, seed
 
 DATABASE = "trading_db"
 BUCKET = "runbooks-backups"
@@ -143,6 +143,9 @@ class Sandbox:
         existing = self.load()
         if existing is not None:
             if existing.cluster().is_running():
+                added = catch_up_bars(existing.cluster().dsn(DATABASE))
+                if added:
+                    progress(f"PostgreSQL: already running; {added} market-data bars added up to now")
                 return existing
             self.down()
         closed_hint = "run from a directory it can enter, or pass --dir with one (e.g. under /srv or /var/tmp)."

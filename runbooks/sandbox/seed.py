@@ -158,3 +158,23 @@ def seed(dsn: str, *, size_mb: float) -> dict[str, int]:
         conn.execute("ANALYZE")
     rows.update({"positions": 3, "system_config": 2, "risk_state": 1})
     return rows
+
+
+def catch_up_bars(dsn: str) -> int:
+    """The market-data feed ticking: append the 5-minute bars since the newest one, up to the last full bar before
+    now, for every symbol (flat bars at the last close, so the quality suite still holds). A sandbox seeded an
+    hour ago is fresh again for the freshness runbook and the DR drill. Returns the bars added."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE)))
+        cur = conn.execute(
+            """
+            INSERT INTO ohlcv_usdcop_5m (symbol, "timestamp", open, high, low, close, volume)
+            SELECT last.symbol, ts, last.close, last.close, last.close, last.close, greatest(last.volume, 1)
+            FROM (SELECT DISTINCT ON (symbol) symbol, "timestamp", close, volume FROM ohlcv_usdcop_5m
+                  ORDER BY symbol, "timestamp" DESC) last,
+                 generate_series(last."timestamp" + interval '5 min',
+                                 date_trunc('hour', now()) + floor(extract(minute FROM now()) / 5) * interval '5 min',
+                                 interval '5 min') AS ts
+            ON CONFLICT DO NOTHING
+            """)
+        return cur.rowcount
