@@ -563,6 +563,22 @@ def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path
     return seconds
 
 
+@task(name="analyze-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def analyze_database(*, database: DatabaseSettings, target: str) -> float:
+    """``ANALYZE`` a freshly restored database: pg_restore leaves it without statistics, and until they exist the
+    planner reads every time-range query as a scan of the whole table (what a DR runbook does after a restore).
+
+    Returns:
+        Seconds it took.
+    """
+    params = database.conninfo()
+    started = time.monotonic()
+    with connect({**params, "dbname": target}, where=f"restored database {target!r}", autocommit=True) as conn, \
+            database_errors(f"analyzing {target!r}"):
+        conn.execute("ANALYZE")
+    return time.monotonic() - started
+
+
 @task(name="validate-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def validate_database(*, database: DatabaseSettings, target: str, expected: dict[str, int],
                       checks: list[IntegrityCheck], compare_live: str | None) -> ValidationReport:

@@ -18,6 +18,8 @@ CREATE TABLE ohlcv_usdcop_5m (
     volume      bigint      NOT NULL,
     PRIMARY KEY (symbol, "timestamp")
 );
+-- The platform keeps its bars in a TimescaleDB hypertable (seed 001), which always has this time index.
+CREATE INDEX ohlcv_usdcop_5m_timestamp ON ohlcv_usdcop_5m ("timestamp" DESC);
 CREATE TABLE trades (
     trade_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     symbol      text        NOT NULL,
