@@ -12,16 +12,13 @@ torn down at the end unless ``keep_cluster``; a drill killed before that is clea
 
 from __future__ import annotations
 
-import functools
 import socket
-from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -359,18 +356,6 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
     workdir = workdirs.create(RUNBOOK, flow_run_id=run.flow_run_id)
     cluster: CleanCluster | None = None
     records: RestoreRecords | None = None
-    items = list(backup_set.databases.items())
-    # The next dump is fetched (and its checksum verified) while the cluster starts or the previous database is
-    # restored: at most two dumps on local disk at a time.
-    fetches: dict[int, PrefectFuture[Path]] = {}
-
-    def prefetch(index: int) -> None:
-        if index < len(items) and index not in fetches:
-            name, manifest = items[index]
-            fetches[index] = fetch_backup.submit(catalog=catalog, manifest=manifest, role="dump",
-                                                 dest=workdir / f"{name}.pgc")
-
-    prefetch(0)
     try:
         with run.step("provision clean cluster", destructive=True) as figures:
             target = settings.drill.target()
@@ -387,14 +372,15 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
             figures["kind"] = cluster.kind
         proofs: dict[str, Proof] = {}
         no_owner = _restore_cluster_objects(run, catalog, backup_set, cluster, workdir, result, proofs)
-        for index, (name, manifest) in enumerate(items):
+        for name, manifest in backup_set.databases.items():
             drill = DatabaseDrill(
                 name=name, restored_as=str(settings.databases[name].conninfo().get("dbname") or name),
                 backup_id=manifest.backup_id, taken_at=backup_set.taken_at(name), bytes=manifest.bytes)
             result.databases.append(drill)
-            prefetch(index)
-            _restore_and_prove(run, params, settings, manifest, cluster, records, drill, fetched=fetches[index],
-                               fetch_next=functools.partial(prefetch, index + 1), no_owner=no_owner)
+            # One dump on local disk at a time. (Fetching the next one beside initdb or the previous pg_restore
+            # was measured slower on 2 cores: docs/benchmarks.md, issue 9.)
+            _restore_and_prove(run, params, settings, catalog, manifest, cluster, records, workdir, drill,
+                               no_owner=no_owner)
             proofs[f"database {name}"] = Proof(
                 item=f"database {name}", ok=drill.proven, taken_at=drill.taken_at, detail=drill.detail or "",
                 validated_after_seconds=_elapsed(run) if drill.proven else None,
@@ -426,8 +412,6 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
         result.issues += [f"{s.name}: not covered by any backup" for s in result.scorecard
                           if s.status == "not_covered"]
     finally:
-        for future in fetches.values():
-            future.wait()  # nothing still writes into the work directory when it goes
         _tear_down(run, params, workdirs, workdir, cluster, records, result)
 
 
@@ -475,20 +459,16 @@ def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalo
 
 
 def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings,
-                       manifest: BackupManifest, cluster: CleanCluster, records: RestoreRecords | None,
-                       drill: DatabaseDrill, *, fetched: PrefectFuture[Path], fetch_next: Callable[[], None],
-                       no_owner: bool) -> None:
-    """One database: its dump (fetched beforehand, checksum verified), restored through the restore runbook's
-    tasks, proven. A failure is this database's, recorded in ``drill``; the drill goes on with the next."""
+                       catalog: BackupCatalog, manifest: BackupManifest, cluster: CleanCluster,
+                       records: RestoreRecords | None, workdir: Path, drill: DatabaseDrill, *, no_owner: bool) -> None:
+    """One database: fetch (checksums), restore through the restore runbook's tasks, prove. A failure is this
+    database's, recorded in ``drill``; the drill goes on with the next."""
     assert records is not None
     name, live = drill.name, drill.restored_as
     step = "fetch and verify"
     try:
         with run.step(f"fetch and verify {name}") as figures:
-            try:
-                dump = fetched.result()  # the wait left, if the fetch is still running
-            finally:
-                fetch_next()
+            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / f"{name}.pgc")
             figures["bytes"] = manifest.bytes
         step = "restore"
         with run.step(f"restore {name}", destructive=True) as figures:
