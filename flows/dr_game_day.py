@@ -468,7 +468,8 @@ def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, se
     step = "fetch and verify"
     try:
         with run.step(f"fetch and verify {name}") as figures:
-            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / f"{name}.pgc")
+            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / f"{name}.pgc",
+                                settle=False)
             figures["bytes"] = manifest.bytes
         step = "restore"
         with run.step(f"restore {name}", destructive=True) as figures:

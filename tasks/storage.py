@@ -241,7 +241,8 @@ def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, backup_id: str)
 
 
 @task(name="fetch-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str, dest: Path) -> Path:
+def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str, dest: Path,
+                 settle: bool = True) -> Path:
     """Stream one object of a backup to a local file (decompressed), verifying it against the manifest.
 
     Returns:
@@ -249,7 +250,8 @@ def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str,
     """
     obj = next(o for o in manifest.objects if o.role == role)
     started = time.monotonic()
-    size = fetch_object(catalog.repository, obj.key, dest, sha256=obj.sha256, stored_bytes=obj.stored_bytes)
+    size = fetch_object(catalog.repository, obj.key, dest, sha256=obj.sha256, stored_bytes=obj.stored_bytes,
+                        settle=settle)
     get_run_logger().info("Fetched and verified %r (%d bytes) in %.1f s", obj.key, size, time.monotonic() - started)
     return dest
 
