@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write", type=Path)
     parser.add_argument("--dir", type=Path, help="reuse the sandbox running in this directory (kept)")
+    parser.add_argument("--no-quality", action="store_true", help="drill with quality=false (no GX suite)")
     args = parser.parse_args()
     root = args.dir.resolve() if args.dir else Path(tempfile.mkdtemp(prefix="runbooks-bench-"))
     root.chmod(0o755)
@@ -116,7 +117,8 @@ def main() -> None:
         for round_ in range(args.repeat):  # interleaved: drift on a noisy machine hits both alike
             print(f"  round {round_ + 1}/{args.repeat}: raw tools, then the drill", flush=True)
             raws.append(raw_round(root, dump_zst, args.jobs, checks))
-            wall, rss, result = run_runbook("dr-game-day", [f"jobs={args.jobs}"], env)
+            wall, rss, result = run_runbook("dr-game-day", [f"jobs={args.jobs}", *(["quality=false"] if args.no_quality
+                                                                                   else [])], env)
             if not result.get("operational"):
                 raise SystemExit(f"the drill did not prove the platform: {result.get('error')}")
             drills.append((wall, rss, result))
@@ -141,7 +143,8 @@ def main() -> None:
     recovery = result["recovery_seconds"]
     steps = {s["step"]: s["seconds"] for s in result["timeline"]}
     report = "\n".join([
-        f"### DR game-day benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
+        f"### DR game-day benchmark{' (quality=false)' if args.no_quality else ''}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
         f"{platform.node()} ({os.cpu_count()} CPUs): {args.size} sandbox ({manifest.bytes / 1e9:.2f} GB dump, "
         f"{manifest.stored_bytes / 1e9:.2f} GB stored), `-j {args.jobs}`, medians of {args.repeat} interleaved "
         f"rounds (raw sums: {', '.join(f'{v:.1f}' for v in sums)} s; "
