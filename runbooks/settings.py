@@ -537,6 +537,39 @@ class DrillSettings(BaseModel):
                                 password_block=self.target_password_block)
 
 
+class ModelPolicy(BaseModel):
+    """Seed 004 section 3.2's decision table and symptoms, as the model-rollback runbook's default policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sharpe_monitor_below: float = Field(default=0.8, description="Sharpe 0.5-0.8: minor, monitor closely")
+    sharpe_shadow_below: float = Field(default=0.5, description="Sharpe 0.3-0.5: significant, shadow comparison")
+    sharpe_rollback_below: float = Field(default=0.3, description="Sharpe < 0.3: severe, roll back")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1, description="prediction error rate above: roll back")
+    psi_warn: float = Field(default=0.2, ge=0, description="feature drift (PSI) above: monitor")
+    psi_act: float = Field(default=0.3, ge=0, description="feature drift (PSI) above: roll back")
+    max_latency_seconds: float = Field(default=5.0, gt=0, description="prediction latency above: roll back")
+    max_consecutive_losses: int = Field(default=5, ge=0, description="a longer loss streak: monitor")
+    min_win_rate: float = Field(default=0.40, ge=0, le=1, description="a lower win rate: monitor")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ModelPolicy:
+        if not self.sharpe_rollback_below <= self.sharpe_shadow_below <= self.sharpe_monitor_below:
+            raise ValueError("Sharpe lines must be ordered: rollback <= shadow <= monitor")
+        if self.psi_warn > self.psi_act:
+            raise ValueError("psi_warn must not exceed psi_act")
+        return self
+
+
+class ModelSettings(BaseModel):
+    """The model-rollback runbook: which model it watches by default, and the policy it judges by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(default="ppo_primary", min_length=1, max_length=200)
+    policy: ModelPolicy = Field(default_factory=ModelPolicy)
+
+
 class NotificationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -573,6 +606,7 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     drill: DrillSettings = Field(default_factory=DrillSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
     state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 
