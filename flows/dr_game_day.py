@@ -371,7 +371,7 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
             result.issues += cluster.notes
             figures["kind"] = cluster.kind
         proofs: dict[str, Proof] = {}
-        no_owner = _restore_cluster_objects(run, catalog, backup_set, cluster, workdir, result, proofs)
+        no_owner = _restore_cluster_objects(run, settings, catalog, backup_set, cluster, workdir, result, proofs)
         for name, manifest in backup_set.databases.items():
             drill = DatabaseDrill(
                 name=name, restored_as=str(settings.databases[name].conninfo().get("dbname") or name),
@@ -415,8 +415,8 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
         _tear_down(run, params, workdirs, workdir, cluster, records, result)
 
 
-def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalog, backup_set: BackupSet,
-                             cluster: CleanCluster, workdir: Path, result: DrillResult,
+def _restore_cluster_objects(run: RunbookRun[DrillResult], settings: Settings, catalog: BackupCatalog,
+                             backup_set: BackupSet, cluster: CleanCluster, workdir: Path, result: DrillResult,
                              proofs: dict[str, Proof]) -> bool:
     """Roles before any database, then the configuration files into the work directory. Returns whether the
     databases must be restored without owners (no roles to own them)."""
@@ -435,7 +435,8 @@ def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalo
     problem = ""
     try:
         with run.step("restore configuration files") as figures:
-            result.config_files = restore_config_files(catalog=catalog, manifest=config, dest=workdir / "config")
+            result.config_files = restore_config_files(catalog=catalog, manifest=config, dest=workdir / "config",
+                                                       originals=settings.cluster.config_files)
             figures.update(files=len(result.config_files),
                            not_intact=sum(f.status in ("differs", "missing") for f in result.config_files))
     except Exception as exc:  # noqa: BLE001 - the configuration is one component; the databases still get drilled
@@ -450,7 +451,8 @@ def _restore_cluster_objects(run: RunbookRun[DrillResult], catalog: BackupCatalo
     if drift := [f.path for f in result.config_files if f.status == "intact" and f.against_original == "changed"]:
         result.issues.append(f"configuration changed on this host since the backup: {', '.join(drift)}")
     if unchecked := [f.path for f in result.config_files if f.status == "unchecked"]:
-        changed = [f.path for f in result.config_files if f.status == "unchecked" and f.against_original != "unchanged"]
+        changed = [f.path for f in result.config_files
+                   if f.status == "unchecked" and f.against_original in ("changed", "absent")]
         result.issues.append(f"the cluster backup {config.backup_id} predates per-file checksums: "
                              f"{len(unchecked)} files restored unchecked"
                              + (f"; differ from this host's (a change or damage, cannot tell): {', '.join(changed)}"

@@ -66,10 +66,7 @@ class WorkDirs:
 
     def _ensure_root(self) -> None:
         try:
-            existed = self.root.is_dir()
-            make_private_dirs(self.root)
-            if self.traversable and not existed:
-                self.root.chmod(0o711)
+            make_private_dirs(self.root, self.mode)  # what it creates, parents included; never an existing one
         except OSError as exc:
             raise ConfigurationError(f"cannot create the work directory root {str(self.root)!r}: {exc.strerror}.",
                                      hint="set state_dir (or restore.work_dir) to a writable directory.") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
-from runbooks.errors import Refused, RunbookError
+from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.postgres import admin_params, connect, database_errors, describe, drop_database, server_identity
 from runbooks.records import RestoreRecords
 from runbooks.redact import register_secret
@@ -63,7 +64,12 @@ def running_postmaster(datadir: Path) -> int | None:
     outlived a reboot could match (a reused PID): the process must also be running in that very directory (a
     postmaster's working directory is its data directory)."""
     try:
-        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        if datadir.is_symlink() or datadir.parent.is_symlink():
+            return None  # a link planted where our cluster was: whatever it points at is not ours to stop
+        pid_file = datadir / "postmaster.pid"
+        if not stat.S_ISREG(pid_file.lstat().st_mode):
+            return None  # a FIFO would block the sweep
+        pid = int(pid_file.read_text().split()[0])
         return pid if Path(f"/proc/{pid}/cwd").resolve() == datadir.resolve() else None
     except (OSError, ValueError, IndexError):
         return None
@@ -129,9 +135,14 @@ def provision_throwaway_cluster(*, workdir: Path) -> CleanCluster:
 
 
 def check_cluster_root(root: Path) -> None:
-    """Before any work: refuse a work directory the server's OS user could not enter (root runs it as postgres)."""
-    refuse_closed_directory(root, hint="set drill.work_dir to a directory the postgres OS user can enter (every "
-                            "directory above it o+x); nothing was done.")
+    """Before any work: refuse a work directory the server's OS user could not enter (root runs it as postgres).
+    Directories the drill will create are made enterable (0711), so only existing ones can close the way."""
+    try:
+        refuse_closed_directory(root, hint="set drill.work_dir to a directory the postgres OS user can enter "
+                                "(every directory above it o+x); nothing was done.")
+    except KeyError:
+        raise ConfigurationError(f"there is no {server_os_user()!r} OS user to run the drill's PostgreSQL as.",
+                                 hint="install the PostgreSQL server (apt-get install postgresql).") from None
 
 
 @task(name="check-target-server", cache_policy=NO_CACHE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -264,18 +265,23 @@ class RestoredFile(BaseModel):
     status: Literal["intact", "differs", "missing", "unchecked"] = Field(
         description="against the checksum taken as it was archived; 'unchecked': the backup predates per-file "
         "checksums, so damage cannot be told from a change since")
-    against_original: Literal["unchanged", "changed", "absent"] = Field(
-        description="the file on this host now: changed since the backup is drift, not damage")
+    against_original: Literal["unchanged", "changed", "absent", "not_configured"] = Field(
+        description="the file on this host now: changed since the backup is drift, not damage; only files of "
+        "cluster.config_files are read ('not_configured': not compared)")
     bytes: int = 0
     detail: str = ""
 
 
 def _sha256(path: Path) -> str | None:
+    """The checksum of a regular file (never a device or a FIFO, which could be read forever), or None."""
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _member_path(name: str) -> PurePosixPath | None:
@@ -306,7 +312,8 @@ def _write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
 
 
 @task(name="restore-config-files", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, dest: Path) -> list[RestoredFile]:
+def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, dest: Path,
+                         originals: list[Path]) -> list[RestoredFile]:
     """Unpack a cluster backup's configuration files into ``dest`` (never over the originals) and check each.
 
     Only regular files are written, each under its own name below ``dest``; links, devices and names that
@@ -319,6 +326,14 @@ def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, de
     shutil.rmtree(dest, ignore_errors=True)  # a retry of this task starts clean
     dest.mkdir(mode=0o700)
     recorded = {f.path.lstrip("/"): f for f in manifest.files}
+    configured = {str(p.absolute()).lstrip("/") for p in originals}  # only these host files are ever read
+
+    def against(name: str, digest: str | None) -> Literal["unchanged", "changed", "absent", "not_configured"]:
+        if name not in configured:
+            return "not_configured"
+        original = _sha256(Path("/" + name))
+        return "absent" if original is None else "unchanged" if original == digest else "changed"
+
     restored: dict[str, RestoredFile] = {}
     try:
         with tarfile.open(tar) as archive:
@@ -332,18 +347,15 @@ def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, de
                                                   "under a plain name")
                     continue
                 digest = _write_member(archive, member, dest, relative)
-                original = _sha256(Path("/" + name))
                 expected = recorded[name].sha256 if name in recorded else None
                 restored[name] = RestoredFile(
                     path="/" + name, restored_to=str(dest / relative), bytes=member.size,
                     status="unchecked" if expected is None else "intact" if digest == expected else "differs",
-                    against_original="absent" if original is None else "unchanged" if original == digest
-                    else "changed")
+                    against_original=against(name, digest))
     finally:
         tar.unlink(missing_ok=True)
     for name in recorded.keys() - restored.keys():
-        restored[name] = RestoredFile(path="/" + name, status="missing", against_original="absent"
-                                      if _sha256(Path("/" + name)) is None else "changed",
+        restored[name] = RestoredFile(path="/" + name, status="missing", against_original=against(name, None),
                                       detail="listed in the manifest, not in the archive")
     found = [restored[n] for n in sorted(restored)]
     bad = [f.path for f in found if f.status in ("differs", "missing")]

@@ -212,3 +212,76 @@ def test_impossible_drill_settings_are_one_line_and_exit_2(config: SandboxState,
     assert len(lines) == 1 and "HINT" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     # Refused before any drill: nothing recorded in the trend.
     assert DrillRecords(open_repository(load_settings().repository), "sandbox").recent(10) == []
+
+
+# -- second review ----------------------------------------------------------------------------------------------
+def test_a_fresh_work_dir_is_reachable_by_the_servers_os_user(tmp_path: Path) -> None:
+    """The parents a drill creates are 0711 like its root: a fresh host's state_dir does not close the way."""
+    import shutil
+    import tempfile
+
+    from runbooks.sandbox.cluster import closed_directory, server_os_user
+
+    base = Path(tempfile.mkdtemp(prefix="runbooks-open-"))  # not pytest's 0700 tmp: an enterable base
+    base.chmod(0o755)
+    try:
+        root = base / "fresh" / "a" / "drills"
+        workdir = WorkDirs(root, traversable=True).create("dr-game-day", flow_run_id=None)
+        assert [(base / p).stat().st_mode & 0o777 for p in ("fresh", "fresh/a", "fresh/a/drills")] == [0o711] * 3
+        user = server_os_user()
+        if user is not None:  # as root (CI): asked of the system as the postgres user
+            assert closed_directory(workdir / "cluster", user) is None
+    finally:
+        shutil.rmtree(base)
+
+
+def test_host_files_outside_cluster_config_files_are_never_read(config: SandboxState, tmp_path: Path) -> None:
+    """A manifest naming /dev/zero (no object changed) must not make the drill read it forever."""
+    import threading
+
+    from prefect import flow
+
+    from runbooks.catalog import BackupCatalog
+    from tasks.storage import restore_config_files
+
+    backup_id = back_up()
+    path = repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"].append({"path": "/dev/zero", "bytes": 1, "sha256": "0" * 64, "mode": 0o644})
+    path.write_text(json.dumps(manifest))
+    settings = load_settings()
+    catalog = BackupCatalog(open_repository(settings.repository))
+    [cluster_manifest] = [m for m in catalog.list_backups(kind="cluster") if m.backup_id == backup_id]
+    found: list[object] = []
+
+    @flow
+    def restore_files() -> None:
+        found.extend(restore_config_files(catalog=catalog, manifest=cluster_manifest, dest=tmp_path / "w" / "config",
+                                          originals=settings.cluster.config_files))
+
+    (tmp_path / "w").mkdir()
+    worker = threading.Thread(target=restore_files, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "restoring the config files still reads a device"
+    statuses = {f.path: (f.status, f.against_original) for f in found}  # type: ignore[attr-defined]
+    assert statuses["/dev/zero"] == ("missing", "not_configured")
+
+
+def test_the_sweep_never_stops_what_a_planted_data_link_points_at(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "someone-elses-data"
+    elsewhere.mkdir()
+    other = subprocess.Popen(["sleep", "60"], cwd=elsewhere)  # "running in that data directory"
+    try:
+        (elsewhere / "postmaster.pid").write_text(f"{other.pid}\n{elsewhere}\n")
+        left = owned_dir(tmp_path, "killed")
+        (left / "cluster").mkdir()
+        (left / "cluster" / "data").symlink_to(elsewhere)
+        from tasks.drill import running_postmaster
+
+        assert running_postmaster(left / "cluster" / "data") is None
+        assert stop_cluster(left)
+        assert other.poll() is None
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()

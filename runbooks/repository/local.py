@@ -32,7 +32,7 @@ def _not_writable(root: Path, exc: OSError) -> RepositoryNotWritable:
     )
 
 
-def make_private_dirs(path: Path) -> None:
+def make_private_dirs(path: Path, mode: int = DIR_MODE) -> None:
     """``mkdir -p`` where every directory created is 0700 (``Path.mkdir(parents=True)`` gives the parents
     the umask's default mode, usually 0755)."""
     for attempt in range(5):
@@ -46,10 +46,10 @@ def make_private_dirs(path: Path) -> None:
         try:
             for directory in reversed(missing):
                 try:
-                    directory.mkdir(mode=DIR_MODE)
+                    directory.mkdir(mode=mode)
                 except FileExistsError:
                     continue
-                directory.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask; be exact
+                directory.chmod(mode)  # mkdir's mode is filtered by the umask; be exact
             return
         except FileNotFoundError:  # a concurrent delete removed an empty parent meanwhile: again
             if attempt == 4:

@@ -111,8 +111,9 @@ class PostgresCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         pwfile = self.root / "pwfile"
-        pwfile.write_text(self.superuser_password + "\n")
-        pwfile.chmod(0o600)
+        pwfile.unlink(missing_ok=True)
+        with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(self.superuser_password + "\n")  # 0600 from its first byte
         if (user := self._os_user()) is not None:
             entry = pwd.getpwnam(user)
             for path in (self.root, self.socket_dir, pwfile):
