@@ -38,7 +38,6 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import Sandbox, parse_size
 from runbooks.sandbox.cluster import PostgresCluster, free_port
 from runbooks.sandbox.environment import DATABASE
-from runbooks.sandbox.seed import catch_up_bars
 from runbooks.settings import RepositorySettings, load_settings
 
 
@@ -104,7 +103,6 @@ def main() -> None:
         state = box.up(size_mb=parse_size(args.size), s3=False, simulator=True, prefect=True,
                        progress=lambda m: print("  " + m, flush=True))
         env = flow_env(state.config_path, state.prefect_api_url)
-        catch_up_bars(state.cluster().dsn(DATABASE))  # a reused sandbox's feed catches up to now
         print("  taking a backup with the flow", flush=True)
         run_runbook("backup", ["apply_retention=false"], env)
         catalog = BackupCatalog(open_repository(RepositorySettings(url=(root / "repository").as_uri())))
