@@ -35,8 +35,6 @@ class BackupSet(BaseModel):
         """When the data was read: a database's snapshot, or (no name) the oldest snapshot of the set."""
         if name is None:
             return min(_snapshot_time(m) for m in self.databases.values())
-        if name == "config" and self.config is not None:
-            return self.config.started_at
         return _snapshot_time(self.databases[name])
 
 

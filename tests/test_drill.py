@@ -58,6 +58,13 @@ def repo_dir(tmp_path: Path) -> Path:
     return tmp_path / "repository"
 
 
+def damage(path: Path) -> None:
+    """One flipped byte in the middle of a stored object: what bit rot or a bad copy leaves."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_drill_on_the_sandbox_end_to_end(config: SandboxState, tmp_path: Path) -> None:
     """Backup, then the drill: a clean cluster, roles, the database and the config files restored, the platform
     proven, seed 002 scored honestly, the cluster torn down, and the game-day record kept in the repository."""
@@ -108,10 +115,7 @@ def test_drill_on_the_sandbox_end_to_end(config: SandboxState, tmp_path: Path) -
 
 def test_corrupted_backup_fails_at_verification_and_still_tears_down(config: SandboxState, tmp_path: Path) -> None:
     backup_id = back_up()
-    dump = repo_dir(tmp_path) / "databases" / "trading_db" / backup_id / "dump.pgc.zst"
-    data = bytearray(dump.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    dump.write_bytes(bytes(data))
+    damage(repo_dir(tmp_path) / "databases" / "trading_db" / backup_id / "dump.pgc.zst")
     state, result = drill(quality=False)
     assert state.is_failed()
     assert not result.operational and result.torn_down

@@ -25,7 +25,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from runbooks.workdirs import OWNER, WorkDirs, WorkOwner
 from tasks.drill import stop_cluster
-from tests.test_drill import back_up, drill, leftovers, repo_dir
+from tests.test_drill import back_up, damage, drill, leftovers, repo_dir
 
 
 def escaping_tar(dest_len: int, escape_up: int, payload_path: str) -> bytes:
@@ -84,10 +84,7 @@ def test_a_crafted_config_tar_writes_nothing_outside_the_drill(config: SandboxSt
 
 def test_a_corrupt_config_tar_fails_the_configuration_only(config: SandboxState, tmp_path: Path) -> None:
     backup_id = back_up()
-    stored = repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "config.tar.zst"
-    data = bytearray(stored.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    damage(repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "config.tar.zst")
     state, result = drill(quality=False)
     assert state.is_failed() and [d.proven for d in result.databases] == [True]
     scores = {s.name: s for s in result.scorecard}
