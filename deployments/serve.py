@@ -48,6 +48,15 @@ def schedule_of(item: dict[str, Any]) -> Schedule:
     return Schedule(**fields)
 
 
+def triggers_of(entry: dict[str, Any]) -> list[Any]:
+    """A ``prefect.yaml`` entry's triggers, validated as ``prefect deploy`` validates them."""
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    return [adapter.validate_python(spec) for spec in entry.get("triggers") or []]
+
+
 def build_deployments(config: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     """One served deployment per ``prefect.yaml`` entry of each runbook, or an on-demand one if it has none."""
     entries = yaml.safe_load(config.read_text()).get("deployments") or []
@@ -59,6 +68,7 @@ def build_deployments(config: Path = PREFECT_YAML) -> list[RunnerDeployment]:
             deployments.append(flow.to_deployment(
                 name=entry["name"],
                 schedules=[schedule_of(s) for s in entry.get("schedules") or []],
+                triggers=triggers_of(entry),
                 parameters=entry.get("parameters") or {},
                 description=entry.get("description"),
                 tags=entry.get("tags"),

@@ -1,7 +1,7 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
 Scheduled maintenance: ``backup``, ``data-freshness``, ``dr-game-day`` (quarterly). On-demand recovery:
-``restore``.
+``restore``, ``model-rollback`` (also on a degradation event).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ RUNBOOKS: dict[str, Runbook] = {
                            "render_report", "scheduled maintenance"),
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
+    "model-rollback": Runbook("model-rollback", "flows.model_rollback", "model_rollback_flow", "RollbackParameters",
+                              "render_report", "on-demand recovery"),
 }
 
 

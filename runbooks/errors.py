@@ -4,7 +4,8 @@
     ├── TransientError            retry with backoff: the same call may succeed later
     │   ├── DatabaseUnavailable       connection refused, server starting up, too many clients
     │   ├── RepositoryUnavailable     S3 5xx / throttling / connection reset
-    │   └── TradingApiUnavailable     trading API unreachable, 5xx or 429
+    │   ├── TradingApiUnavailable     trading API unreachable, 5xx or 429
+    │   └── InferenceApiUnavailable   inference API unreachable, timed out, 5xx or 429
     └── PermanentError            fail at once: a retry only delays the page
         ├── ConfigurationError        malformed settings (repository URL, DSN, unknown database name)
         ├── AuthenticationFailed      wrong password / access denied
@@ -22,12 +23,13 @@
         ├── DatabaseInUse             other sessions use a database the step would drop or rename (55006)
         ├── QueryFailed               any other SQL error, with its SQLSTATE
         ├── Refused                   the request would be unsafe (target exists, target is the source, …)
-        └── TradingApiRefused         the trading API said no (4xx other than auth)
+        ├── TradingApiRefused         the trading API said no (4xx other than auth)
+        └── InferenceApiRefused       the inference API said no (4xx other than auth; ``status`` kept)
 
 Every message says what was refused and ends with a ``HINT:`` saying what to do next. Context is kept in
 attributes (``sqlstate``), not parsed back out of the text. Foreign errors are mapped where they enter, in one
 place each: psycopg by SQLSTATE and libpq tools by their C-locale messages (``runbooks.postgres``), S3 by error
-code (``runbooks.repository.s3``), HTTP by status (``runbooks.trading``). Messages never contain secrets: every
+code (``runbooks.repository.s3``), HTTP by status (``runbooks.api``). Messages never contain secrets: every
 secret value is registered in ``runbooks.redact`` and scrubbed from anything a tool or library printed.
 """
 
@@ -130,3 +132,13 @@ class TradingApiUnavailable(TransientError):
 
 class TradingApiRefused(PermanentError):
     pass
+
+
+class InferenceApiUnavailable(TransientError):
+    pass
+
+
+class InferenceApiRefused(PermanentError):
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status

@@ -561,13 +561,28 @@ class ModelPolicy(BaseModel):
         return self
 
 
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+
+
 class ModelSettings(BaseModel):
     """The model-rollback runbook: which model it watches by default, and the policy it judges by."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model_id: str = Field(default="ppo_primary", min_length=1, max_length=200)
+    model_id: str = Field(default="ppo_primary", pattern=MODEL_ID_PATTERN, description="the model it watches")
     policy: ModelPolicy = Field(default_factory=ModelPolicy)
+    registry: Literal["inference-api"] = Field(
+        default="inference-api", description="where versions live and are swapped: the inference API ([inference_api])")
+    metrics_window: str = Field(default="1d", pattern=r"^[0-9]{1,4}[mhdw]$",
+                                description="the window of the metrics the verdict is taken on (seed 004: 1d, 7d)")
+    verify_timeout: Duration = Field(default=timedelta(minutes=2),
+                                     description="how long the router has to serve the target after the rollback")
+    incident_window: Duration = Field(
+        default=timedelta(hours=24), description="a rollback this runbook made this recently to the version now "
+        "serving is the same incident: a later run only verifies it, and escalates instead of rolling back again")
+    kill_switch_on_escalation: bool = Field(
+        default=False, description="press the kill switch ([trading_api]) when a rollback fails or the rolled-back "
+        "model degrades too; default: notify on-call only")
 
 
 class NotificationSettings(BaseModel):

@@ -4,45 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
-from runbooks.errors import AuthenticationFailed, ConfigurationError, TradingApiRefused, TradingApiUnavailable
-from runbooks.settings import ApiSettings
+from runbooks.api import JsonApi
+from runbooks.errors import TradingApiRefused, TradingApiUnavailable
 
 CONFIRMATION_CODE = "CONFIRM_RESUME"
 
 
-class TradingApi:
-    def __init__(self, settings: ApiSettings | None, client: httpx.Client | None = None) -> None:
-        if settings is None:
-            raise ConfigurationError(
-                "no trading API is configured, so trading cannot be halted or resumed.",
-                hint="add [trading_api] base_url (and token) to the settings, or run with halt_trading=false.",
-            )
-        self.base_url = settings.base_url.rstrip("/")
-        token = settings.bearer()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.Client(base_url=self.base_url, headers=headers,
-                                              timeout=settings.timeout_seconds)
+class TradingApi(JsonApi):
+    label = "trading API"
+    section = "trading_api"
+    unavailable = TradingApiUnavailable
+    refused = TradingApiRefused
+    missing_hint = "add [trading_api] base_url (and token) to the settings, or run with halt_trading=false."
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            response = self._client.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            raise TradingApiUnavailable(
-                f"trading API {self.base_url} unreachable on {method} {path} ({type(exc).__name__}).",
-                hint="check the trading API is up; transient errors are retried.",
-            ) from None
-        if response.status_code in (401, 403):
-            raise AuthenticationFailed(f"trading API refused {method} {path}: {response.status_code}.",
-                                       hint="check trading_api.token (or its Secret block).")
-        if response.status_code >= 500 or response.status_code == 429:
-            raise TradingApiUnavailable(f"trading API {method} {path} answered {response.status_code}.",
-                                        hint="transient; the task retries.")
-        if response.status_code >= 400:
-            raise TradingApiRefused(f"trading API refused {method} {path}: {response.status_code} "
-                                    f"{response.text[:200]}.")
-        return dict(response.json())
+        return self.call(method, path, body)
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/operations/status")
@@ -59,6 +35,3 @@ class TradingApi:
 
     def data_status(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/data/status")
-
-    def close(self) -> None:
-        self._client.close()

@@ -3,11 +3,13 @@ test harness, started once and removed at the end."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Before Prefect is imported anywhere: no telemetry, no ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="runbooks-prefect-")
@@ -81,3 +83,36 @@ def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
     client.post("/_control/reset").raise_for_status()
     yield client
     client.close()
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    """A real HTTP receiver behind Prefect's CustomWebhookNotificationBlock, named in the settings."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    received: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Thread(target=server.serve_forever, daemon=True).start()
+    name, canary = f"oncall-{uuid.uuid4().hex[:8]}", f"hook-canary-{uuid.uuid4().hex}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook/{canary}"
+    CustomWebhookNotificationBlock(name="oncall", url=url, json_data={"text": "{{subject}}\n{{body}}"},
+                                   allow_private_urls=True).save(name)
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BLOCK", f"custom-webhook/{name}")
+    try:
+        yield received, canary
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -370,39 +370,6 @@ def test_great_expectations_is_not_imported_by_the_cli_or_the_flow() -> None:
     assert out.stdout.strip() == "False"
 
 
-@pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[dict[str, Any]], str]]:
-    """A real HTTP receiver behind Prefect's CustomWebhookNotificationBlock, named in the settings."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
-    received: list[dict[str, Any]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    Thread(target=server.serve_forever, daemon=True).start()
-    name, canary = f"oncall-{uuid.uuid4().hex[:8]}", f"hook-canary-{uuid.uuid4().hex}"
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook/{canary}"
-    CustomWebhookNotificationBlock(name="oncall", url=url, json_data={"text": "{{subject}}\n{{body}}"},
-                                   allow_private_urls=True).save(name)
-    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BLOCK", f"custom-webhook/{name}")
-    try:
-        yield received, canary
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market, simulator: httpx.Client,
                                                                   webhook: tuple[list[dict[str, Any]], str]) -> None:
     received, canary = webhook

@@ -36,15 +36,16 @@ R = TypeVar("R", bound=RunbookResult)
 class RunbookRun(Generic[R]):
     """One run of a runbook. Create it first thing in the flow."""
 
-    def __init__(self, runbook: str, *, resource: str) -> None:
+    def __init__(self, runbook: str, *, resource: str | Callable[[Settings], str]) -> None:
+        """``resource`` names what the run acts on in its events; a callable takes it from the settings."""
         install_log_scrubbing()
         self.runbook = runbook
-        self.resource = resource
         self.logger = get_run_logger()
         self.flow_run_id = str(flow_run.id) if flow_run.id else None
         self.settings: Settings = load_settings()
         _ = self.settings.secrets  # resolve Secret blocks once, so their values are scrubbed from the start
-        self.steps = Steps(runbook=runbook, resource=resource, flow_run_id=self.flow_run_id)
+        self.resource = resource(self.settings) if callable(resource) else resource
+        self.steps = Steps(runbook=runbook, resource=self.resource, flow_run_id=self.flow_run_id)
         self.step = self.steps.step
         self.started_at = datetime.now(UTC)
         self._started = time.monotonic()

@@ -66,10 +66,14 @@ class SimulatorState:
         self.changed_at = _now()
         self.models = _default_models()
         self.router_stuck = False
+        self.predictions_stalled = False
+        self.on_activation: dict[str, dict[str, float]] = {}  # version -> live metrics once it serves again
         self.drift: dict[str, float] = {"returns_5m": 0.04, "volatility_1h": 0.06, "spread": 0.03}
         self.last_bar_at: datetime | None = None  # None: read from the database when a DSN is set
         self.latency: dict[str, float] = {}  # path prefix -> seconds
+        self.latency_left: dict[str, int] = {}  # path prefix -> how many more requests are slowed (absent: all)
         self.failures: dict[str, list[int]] = {}  # path prefix -> [status, remaining count]
+        self.methods: dict[str, str] = {}  # "latency:<prefix>" / "failure:<prefix>" -> the only method affected
         self.calls: list[dict[str, Any]] = []
         self.operations: list[dict[str, Any]] = []
 
@@ -105,15 +109,25 @@ class MetricsControl(BaseModel):
     healthy: bool | None = None
 
 
+class ActivationControl(BaseModel):
+    """Metrics a version shows once it is made active again: a rolled-back model that degrades in turn."""
+
+    version: str
+    metrics: dict[str, float]
+
+
 class FailureControl(BaseModel):
     path_prefix: str
+    method: str | None = None  # None: every method
     status: int = 503
     count: int = 1
 
 
 class LatencyControl(BaseModel):
     path_prefix: str = "/api/v1"
+    method: str | None = None  # None: every method
     seconds: float = Field(default=0.0, ge=0, le=60)
+    count: int | None = Field(default=None, ge=0, description="slow only the next N requests; None: all")
 
 
 class DataControl(BaseModel):
@@ -138,11 +152,17 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
             body = (await request.body()).decode(errors="replace")
             entry: dict[str, Any] = {"at": _now().isoformat(), "method": request.method, "path": path, "body": body}
             state.calls.append(entry)
-            for prefix, seconds in state.latency.items():
-                if path.startswith(prefix) and seconds > 0:
+            def applies(kind: str, prefix: str) -> bool:
+                return path.startswith(prefix) and state.methods.get(f"{kind}:{prefix}", request.method) == \
+                    request.method
+
+            for prefix, seconds in list(state.latency.items()):
+                if applies("latency", prefix) and seconds > 0 and state.latency_left.get(prefix, 1) > 0:
+                    if prefix in state.latency_left:
+                        state.latency_left[prefix] -= 1
                     await asyncio.sleep(seconds)
             for prefix, failure in list(state.failures.items()):
-                if path.startswith(prefix) and failure[1] > 0:
+                if applies("failure", prefix) and failure[1] > 0:
                     failure[1] -= 1
                     entry["status"] = failure[0]
                     return JSONResponse({"detail": "injected failure"}, status_code=failure[0])
@@ -244,6 +264,9 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         target = max(candidates, key=lambda m: m.deployed_at)
         if not state.router_stuck:
             active.status, target.status = "standby", "active"
+            if target.version in state.on_activation:
+                target.metrics.update(state.on_activation.pop(target.version))
+                target.metrics_history.append({"at": _now().isoformat(), **target.metrics})
         state.operations.append({"action": "rollback", "by": req.initiated_by, "reason": req.reason,
                                  "from": active.version, "to": target.version, "at": _now().isoformat()})
         return {"status": "accepted", "from_version": active.version, "to_version": target.version}
@@ -262,6 +285,25 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         model = chosen[0]
         return {"model_id": model_id, "version": model.version, "window": window, **model.metrics,
                 "history": model.metrics_history[-100:]}
+
+    @app.get("/api/v1/health/consistency/{model_id}", dependencies=auth)
+    def consistency(model_id: str) -> dict[str, Any]:
+        """Seed 004's feature-consistency check of the serving model: are predictions flowing, on sane features."""
+        active = state.active()
+        if model_id != active.model_id:
+            raise HTTPException(status_code=404, detail=f"unknown model {model_id!r}")
+        flowing = not state.predictions_stalled and active.healthy
+        return {"model_id": model_id, "version": active.version,
+                "status": "consistent" if flowing else "inconsistent",
+                "predictions_last_5m": 60 if flowing else 0,
+                "last_prediction_at": (_now() - timedelta(minutes=0 if flowing else 10)).isoformat(),
+                "feature_checks": {"missing_features": 0, "nan_ratio": 0.0}}
+
+    def _only(key: str, method: str | None) -> None:
+        if method:
+            state.methods[key] = method.upper()
+        else:
+            state.methods.pop(key, None)
 
     # -- test control ------------------------------------------------------------------------------------
     @app.get("/_control/state", dependencies=auth)
@@ -296,14 +338,29 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         state.router_stuck = stuck
         return {"router_stuck": stuck}
 
+    @app.post("/_control/predictions", dependencies=auth)
+    def control_predictions(stalled: bool) -> dict[str, bool]:
+        state.predictions_stalled = stalled
+        return {"predictions_stalled": stalled}
+
+    @app.post("/_control/on-activation", dependencies=auth)
+    def control_on_activation(req: ActivationControl) -> dict[str, Any]:
+        state.on_activation[req.version] = req.metrics
+        return {"on_activation": state.on_activation}
+
     @app.post("/_control/latency", dependencies=auth)
     def control_latency(req: LatencyControl) -> dict[str, float]:
         state.latency[req.path_prefix] = req.seconds
+        _only(f"latency:{req.path_prefix}", req.method)
+        state.latency_left.pop(req.path_prefix, None)
+        if req.count is not None:
+            state.latency_left[req.path_prefix] = req.count
         return state.latency
 
     @app.post("/_control/failures", dependencies=auth)
     def control_failures(req: FailureControl) -> dict[str, Any]:
         state.failures[req.path_prefix] = [req.status, req.count]
+        _only(f"failure:{req.path_prefix}", req.method)
         return {"failures": state.failures}
 
     @app.post("/_control/data", dependencies=auth)

@@ -1,0 +1,403 @@
+"""Model rollback: seed 004 section 3.2 ("Model Performance Degradation") and seed 000's "ML Model Performance
+Degraded", as a flow that decides from evidence, rolls back to the last good version, proves it took, and watches.
+
+Trigger: ``runbooks run model-rollback``, the ``model-rollback-on-demand`` deployment from the Prefect UI, or the
+``model-rollback-on-degradation`` deployment when a ``runbooks.model.degraded`` event arrives. Blast radius: the
+model registry (the inference API) swaps the serving version; nothing else, unless ``[models]
+kill_switch_on_escalation`` lets an escalation press the kill switch. ``dry_run`` makes only reads. Rollback:
+roll forward by hand (or with ``target_version``) once the newer version is fixed; the runbook never rolls back
+twice for one incident.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.states import State
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.errors import ConfigurationError, Refused, RunbookError
+from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify
+from runbooks.models import Judgement, ModelEvidence, Verdict, judge
+from runbooks.redact import scrub
+from runbooks.registry import MetricPoint, Predictions, RegistryRef, Serving
+from runbooks.report import table, timeline_markdown
+from runbooks.repository import open_repository
+from runbooks.rollback import Plan, RollbackRecord, RollbackRecords, TargetView, grade_targets, pick_target, plan
+from runbooks.settings import MODEL_ID_PATTERN, Settings
+from tasks.models import read_evidence, read_predictions, read_rollback_targets, read_serving, request_rollback
+
+RUNBOOK = "model-rollback"
+
+
+class RollbackParameters(BaseModel):
+    """One incident: which model, why and who asks. The decision table itself is in the settings
+    (``[models.policy]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str | None = Field(default=None, pattern=MODEL_ID_PATTERN,
+                                 description="The model to judge and roll back; empty: [models] model_id.")
+    reason: str = Field(default="", max_length=500, description="Why (sent to the registry, kept in the report and "
+                        "the record); empty: the evidence's own words.")
+    initiated_by: str = Field(default="", max_length=200, description="Who asks (an engineer, or the automation); "
+                              "empty: this run.")
+    target_version: str | None = Field(default=None, min_length=1, max_length=200, description="Roll back to this "
+                                       "version; empty: the newest one that was healthy while it served.")
+    force: bool = Field(default=False, description="Roll back even though the evidence does not call for it.")
+    dry_run: bool = Field(default=False, description="Decide and pick the target, but change nothing.")
+    monitor_minutes: float = Field(default=30, ge=0, le=1440, description="Watch the rolled-back model this long "
+                                   "(seed 004: 30 minutes); 0: do not watch.")
+    poll_seconds: float = Field(default=60, ge=0.1, le=3600, description="How often to read the metrics while "
+                                "watching (and the router while verifying, at most every 5 s).")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a run whose registry is not configured; the CLI calls it before any run."""
+        if settings.models.registry == "inference-api" and settings.inference_api is None:
+            raise ConfigurationError("model-rollback needs the inference API, and [inference_api] is not "
+                                     "configured.", hint="add [inference_api] base_url (and token) to the settings.")
+
+
+class Sample(BaseModel):
+    """One reading while watching the rolled-back model."""
+
+    at: datetime
+    version: str | None = None
+    sharpe: float | None = None
+    win_rate: float | None = None
+    error_rate: float | None = None
+    max_psi: float | None = None
+    latency_seconds: float | None = None
+    verdict: Verdict
+
+    @classmethod
+    def of(cls, evidence: ModelEvidence, verdict: Verdict) -> Sample:
+        return cls(at=datetime.now(UTC), version=evidence.version, sharpe=evidence.sharpe, win_rate=evidence.win_rate,
+                   error_rate=evidence.error_rate, max_psi=evidence.max_psi,
+                   latency_seconds=evidence.latency_seconds, verdict=verdict)
+
+
+class RollbackResult(RunbookResult):
+    model_id: str
+    dry_run: bool
+    force: bool
+    reason: str = ""
+    initiated_by: str = ""
+    serving_before: Serving | None = None
+    evidence: ModelEvidence | None = None
+    judgement: Judgement | None = None
+    predictions_before: Predictions | None = None
+    previous_rollback: RollbackRecord | None = Field(default=None, description="this runbook's record of its last "
+                                                     "rollback of the model, as read at the start")
+    plan: Plan | None = None
+    targets: list[TargetView] = Field(default_factory=list)
+    target_version: str | None = None
+    action: str = Field(default="none", description="what was done (or, in a dry run, would be)")
+    serving_after: Serving | None = None
+    predictions_after: Predictions | None = None
+    verified: bool | None = Field(default=None, description="the router serves the target and predictions flow")
+    series_before: list[MetricPoint] = Field(default_factory=list, description="the registry's recent metrics")
+    series_after: list[Sample] = Field(default_factory=list, description="read while watching")
+    escalation: str | None = None
+    notification: str | None = None
+    trading: list[str] = Field(default_factory=list, description="what an escalation did to trading")
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render_report(result: RollbackResult) -> str:
+    verdict = result.judgement.verdict if result.judgement else "unknown"
+    title = "ESCALATED" if result.escalation else ("dry run" if result.dry_run else result.action)
+    lines = [f"# Model rollback of {result.model_id} — {title}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Verdict: **{verdict}**. "
+             f"**Action: {result.action}.**" + (f" Notification: {result.notification}." if result.notification
+                                                 else ""), ""]
+    if result.reason or result.initiated_by:
+        lines += [f"Requested by {result.initiated_by or '-'}: {result.reason or '-'}"
+                  + (" (force)" if result.force else ""), ""]
+    if result.plan:
+        lines += [f"Decision: {result.plan.why}.", ""]
+    if result.escalation:
+        lines += [f"**Escalation (P1):** {result.escalation}", ""]
+    if result.error:
+        lines += [f"**Error:** {result.error}", ""]
+    if result.evidence:
+        e = result.evidence
+        s = result.serving_before
+        lines += ["## Evidence (the serving version)",
+                  f"Router: serving {s.version if s else '-'} (healthy: {s.healthy if s else '-'}, routing "
+                  f"{s.routing if s else '-'}).", "",
+                  table(["version", "Sharpe", "win rate", "error rate", "loss streak", "drift PSI", "latency"],
+                        [[e.version or "-", _num(e.sharpe), _num(e.win_rate, ".0%"), _num(e.error_rate, ".1%"),
+                          e.consecutive_losses if e.consecutive_losses is not None else "-", _num(e.max_psi),
+                          f"{_num(e.latency_seconds)} s"]])]
+        if result.judgement and result.judgement.reasons:
+            lines += ["Lines crossed:", *[f"- {r}" for r in result.judgement.reasons], ""]
+        if result.judgement and result.judgement.missing:
+            lines += [f"Not given by the registry: {', '.join(result.judgement.missing)}.", ""]
+        if result.predictions_before:
+            lines += [f"Predictions: {'flowing' if result.predictions_before.flowing else 'NOT flowing'} "
+                      f"({result.predictions_before.detail}).", ""]
+    if result.targets:
+        lines += ["## Rollback targets (recorded metrics, newest first)",
+                  table(["version", "deployed", "verdict", "eligible", "why not"],
+                        [[t.version, f"{t.deployed_at:%Y-%m-%d %H:%M}" if t.deployed_at else "-", t.verdict,
+                          "yes" if t.eligible else "no", t.why_not or "-"] for t in result.targets])]
+    if result.target_version:
+        after, flow = result.serving_after, result.predictions_after
+        flowing = "-" if flow is None else (f"flowing ({flow.detail})" if flow.flowing else f"NOT flowing "
+                                            f"({flow.detail})")
+        verified = {True: "yes", False: "no", None: "-"}[result.verified]
+        lines += ["## Proof", f"Target {result.target_version}: the router serves {after.version if after else '-'}; "
+                  f"predictions {flowing}. Verified: {verified}.", ""]
+    if result.series_before:
+        lines += ["## Metrics before (the registry's recent series)",
+                  table(["at", "Sharpe", "win rate", "error rate", "latency"],
+                        [[f"{p.at:%H:%M:%S}" if p.at else "-", _num(p.sharpe), _num(p.win_rate, ".0%"),
+                          _num(p.error_rate, ".1%"), f"{_num(p.latency_seconds)} s"]
+                         for p in result.series_before[-20:]])]
+    if result.series_after:
+        lines += ["## Metrics after (watched)",
+                  table(["at", "version", "Sharpe", "win rate", "error rate", "drift PSI", "latency", "verdict"],
+                        [[f"{p.at:%H:%M:%S}", p.version or "-", _num(p.sharpe), _num(p.win_rate, ".0%"),
+                          _num(p.error_rate, ".1%"), _num(p.max_psi), f"{_num(p.latency_seconds)} s", p.verdict]
+                         for p in result.series_after])]
+    if result.trading:
+        lines += ["## Trading", *[f"- {a}" for a in result.trading], ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    return "\n".join(lines)
+
+
+class _Escalated(Exception):
+    """Stops the run after an escalation; the report says why."""
+
+
+@flow(name=RUNBOOK, log_prints=False)
+def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
+    """Judge the serving model by seed 004's decision table; roll back to the last version that was healthy while
+    it served, prove the router serves it and predictions flow, and watch it; escalate instead of flapping."""
+    params = parameters or RollbackParameters()
+    run: RunbookRun[RollbackResult] = RunbookRun(RUNBOOK, resource=lambda s: params.model_id or s.models.model_id)
+    settings = run.settings
+    cfg = settings.models
+    model_id = run.resource
+    result = RollbackResult(model_id=model_id, dry_run=params.dry_run, force=params.force, reason=params.reason,
+                            initiated_by=params.initiated_by or run.actor, started_at=run.started_at)
+    registry = RegistryRef(kind=cfg.registry, api=settings.inference_api, model_id=model_id)
+
+    def conclude(error: str | None = None) -> State:
+        result.error = error or result.error
+        result.succeeded = result.error is None and result.escalation is None
+        run.steps.event("model-rollback.outcome", model_id=model_id, action=result.action,
+                        verdict=result.judgement.verdict if result.judgement else None,
+                        target_version=result.target_version, verified=result.verified,
+                        escalated=result.escalation is not None)
+        return run.conclude(result, render=render_report, report_key="model-rollback-report",
+                            description="Model-rollback runbook report")
+
+    def escalate(why: str) -> _Escalated:
+        result.escalation = why
+        if params.dry_run:  # a dry run changes nothing and pages nobody: it says what would happen
+            result.escalation = f"(dry run: would escalate) {why}"
+            result.next_steps.append(f"A real run would escalate (P1): {why}.")
+            return _Escalated(why)
+        run.logger.error("ESCALATE: %s", why)
+        run.steps.event("escalation", severity="P1", reason=why, model_id=model_id)
+        if cfg.kill_switch_on_escalation:
+            guard = TradingGuard(run, settings.trading_api)
+            try:
+                guard.halt(reason=f"model-rollback escalation: {why}"[:500], how="kill-switch")
+            except RunbookError as exc:
+                guard.actions.append(f"kill switch NOT pressed: {scrub(str(exc))}")
+                result.next_steps.append("Press the kill switch by hand: the escalation could not.")
+            result.trading += guard.actions
+        result.notification = notify(run, severity="P1", subject=f"model-rollback: ESCALATE {model_id}",
+                                     body=f"{why}\nFlow run: {run.flow_run_id}")
+        result.next_steps.append(f"ESCALATE (P1): {why}. Follow seed 004 section 3.2 by hand; this runbook will "
+                                 "not roll back again for this incident.")
+        return _Escalated(why)
+
+    try:
+        with run.step("check settings"):
+            params.check_against(settings)
+        with run.step("gather evidence", model_id=model_id) as figures:
+            serving = read_serving(registry)
+            if serving.model_id != model_id:
+                raise Refused(f"the router serves model {serving.model_id!r}, not {model_id!r}.",
+                              hint="set model_id (or [models] model_id) to the model the router serves.")
+            result.serving_before = serving
+            reading = read_evidence(registry, window=cfg.metrics_window)
+            result.evidence, result.series_before = reading.evidence, reading.history
+            result.judgement = judge(reading.evidence, cfg.policy)
+            result.predictions_before = read_predictions(registry)
+            figures.update(serving=serving.version, verdict=result.judgement.verdict,
+                           sharpe=reading.evidence.sharpe)
+        records = _records(run, result)
+        with run.step("decide") as figures:
+            previous = result.previous_rollback = _read_record(run, records, model_id)
+            decision = result.plan = plan(result.judgement, serving=serving.version, force=params.force,
+                                          requested=params.target_version, record=previous,
+                                          incident_window=cfg.incident_window)
+            figures.update(action=decision.action)
+            run.logger.info("Decision: %s: %s", decision.action, decision.why)
+        if decision.action == "verify":
+            result.action = "none (verified only)"
+            result.target_version = serving.version
+            _verify(run, result, registry, target=serving.version, timeout=0.0, poll=params.poll_seconds)
+            if not result.verified:
+                raise escalate(f"{serving.version} serves but its predictions are not flowing "
+                               f"({result.predictions_after.detail if result.predictions_after else '?'})")
+            if result.judgement.verdict == "rollback" and not params.dry_run:
+                raise escalate(f"the rolled-back version {serving.version} is degraded too "
+                               f"({'; '.join(result.judgement.reasons)}); not rolling back again")
+            return conclude()
+        if decision.action == "none":
+            if result.judgement.verdict == "shadow":
+                result.next_steps.append("Activate shadow-mode comparison (seed 004 section 3.2) and compare: "
+                                         "GET /api/v1/models/shadow/comparison.")
+                if not params.dry_run:
+                    result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} "
+                                                 "significantly degraded", body=f"{decision.why}.")
+            elif result.judgement.verdict == "monitor":
+                result.next_steps.append("Monitor closely (seed 004 section 3.2); rerun, or force a rollback.")
+            return conclude()
+
+        with run.step("choose target") as figures:
+            avoid = {previous.from_version} if previous and previous.to_version == serving.version else set()
+            result.targets = grade_targets(read_rollback_targets(registry), serving=serving.version, avoid=avoid,
+                                           policy=cfg.policy)
+            try:
+                target = pick_target(result.targets, params.target_version)
+            except Refused as exc:
+                if params.target_version is not None:
+                    raise
+                raise escalate(scrub(str(exc))) from None
+            result.target_version = target.version
+            figures.update(candidates=len(result.targets), target=target.version)
+        reason = params.reason or f"runbooks model-rollback: {decision.why}"
+        result.reason = reason[:500]
+        if params.dry_run:
+            result.action = f"would roll back {serving.version} -> {target.version} (dry run)"
+            return conclude()
+
+        with run.step("roll back", destructive=True, target=target.version) as figures:
+            record = RollbackRecord(model_id=model_id, from_version=serving.version, to_version=target.version,
+                                    reason=result.reason, initiated_by=result.initiated_by, actor=run.actor,
+                                    flow_run_id=run.flow_run_id)
+            _write_record(run, result, records, record)  # first: a run killed after the request is still known
+            answer = request_rollback(registry, target_version=target.version, reason=result.reason,
+                                      initiated_by=result.initiated_by)
+            result.action = (f"rolled back {serving.version} -> {target.version}" if not answer["already_serving"]
+                             else f"{target.version} was already serving")
+            figures["already_serving"] = bool(answer["already_serving"])
+            run.steps.event("model.rolled-back", model_id=model_id, from_version=serving.version,
+                            to_version=target.version, reason=result.reason, initiated_by=result.initiated_by)
+        _verify(run, result, registry, target=target.version, timeout=cfg.verify_timeout.total_seconds(),
+                poll=params.poll_seconds)
+        if not result.verified:
+            after = result.serving_after
+            if after is None or after.version != target.version:
+                raise escalate(f"the rollback to {target.version} did not take: the router still serves "
+                               f"{after.version if after else 'an unknown version'} after "
+                               f"{cfg.verify_timeout.total_seconds():.0f} s")
+            raise escalate(f"{target.version} serves but predictions are not flowing "
+                           f"({result.predictions_after.detail if result.predictions_after else '?'})")
+        result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} rolled back to "
+                                     f"{target.version}", body=f"{result.action}: {decision.why}.\n"
+                                     f"Flow run: {run.flow_run_id}")
+        _watch(run, result, registry, params, target=target.version, escalate=escalate)
+    except _Escalated:
+        return conclude(f"escalated: {result.escalation}")
+    except RunbookError as exc:
+        run.logger.error("%s", scrub(str(exc)))
+        return conclude(scrub(str(exc)))
+    return conclude()
+
+
+def _records(run: RunbookRun[RollbackResult], result: RollbackResult) -> RollbackRecords | None:
+    api = run.settings.inference_api
+    try:
+        return RollbackRecords(open_repository(run.settings.repository), api.base_url if api else "registry")
+    except (RunbookError, OSError) as exc:
+        run.logger.warning("Backup repository unavailable for rollback records: %s", scrub(str(exc)))
+        result.next_steps.append("The rollback records could not be reached: a rerun cannot tell this incident "
+                                 "from a new one.")
+        return None
+
+
+def _read_record(run: RunbookRun[RollbackResult], records: RollbackRecords | None,
+                 model_id: str) -> RollbackRecord | None:
+    if records is None:
+        return None
+    try:
+        return records.get(model_id)
+    except (RunbookError, OSError) as exc:
+        run.logger.warning("Rollback record unreadable (%s): deciding from the evidence alone", scrub(str(exc)))
+        return None
+
+
+def _write_record(run: RunbookRun[RollbackResult], result: RollbackResult, records: RollbackRecords | None,
+                  record: RollbackRecord) -> None:
+    """Best effort: a degraded model is rolled back even when the repository is down; the report says a rerun
+    cannot then recognise the incident."""
+    try:
+        if records is None:
+            raise RunbookError("the backup repository is not available")
+        records.put(record)
+    except (RunbookError, OSError) as exc:
+        run.logger.error("Rollback record not written (%s): a rerun will not know this incident", scrub(str(exc)))
+        result.next_steps.append("The rollback record could not be written: do not rerun this runbook for this "
+                                 "incident; a rerun could roll back again.")
+
+
+def _verify(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef, *, target: str,
+            timeout: float, poll: float) -> None:
+    """The router must serve ``target`` and predictions must flow, within ``timeout`` seconds."""
+    with run.step("verify", target=target) as figures:
+        deadline = time.monotonic() + timeout
+        interval = min(poll, 5.0)
+        while True:
+            result.serving_after = read_serving(registry)
+            if result.serving_after.version == target:
+                result.predictions_after = read_predictions(registry)
+                if result.predictions_after.flowing:
+                    break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+        result.verified = (result.serving_after.version == target and result.predictions_after is not None
+                           and result.predictions_after.flowing)
+        figures.update(serving=result.serving_after.version, verified=result.verified)
+
+
+def _watch(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef,
+           params: RollbackParameters, *, target: str, escalate: Callable[[str], Exception]) -> None:
+    """Seed 004: monitor for 30 minutes after a rollback. If the rolled-back model breaches the rollback line
+    too, stop and escalate: a second rollback would be a flap."""
+    if params.monitor_minutes <= 0:
+        return
+    policy = run.settings.models.policy
+    with run.step("watch", minutes=params.monitor_minutes) as figures:
+        deadline = time.monotonic() + params.monitor_minutes * 60
+        while True:
+            reading = read_evidence(registry, window=run.settings.models.metrics_window)
+            grade = judge(reading.evidence, policy)
+            result.series_after.append(Sample.of(reading.evidence, grade.verdict))
+            figures.update(samples=len(result.series_after), last_verdict=grade.verdict)
+            if reading.evidence.version not in (None, target):
+                result.next_steps.append(f"The serving version changed to {reading.evidence.version} while it was "
+                                         "watched (someone else rolled): watching stopped.")
+                break
+            if grade.verdict == "rollback":
+                raise escalate(f"the rolled-back version {target} degraded too ({'; '.join(grade.reasons)}); "
+                               "not rolling back again")
+            if time.monotonic() + params.poll_seconds > deadline:
+                break
+            time.sleep(params.poll_seconds)
