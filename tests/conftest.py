@@ -116,3 +116,12 @@ def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[dict[str, An
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def real_prefect_server() -> Iterator[str]:
+    """A real `prefect server start` with its services (automations, deployment triggers); started on first use."""
+    from tests.prefect_server import prefect_server
+
+    with prefect_server() as url:
+        yield url

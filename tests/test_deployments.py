@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import os
 import typing
 from datetime import UTC, date, datetime
 from functools import cache
@@ -213,5 +214,39 @@ def test_serve_builds_the_same_deployments_without_serving(monkeypatch: pytest.M
         ]
         limit = runner.concurrency_limit
         assert (getattr(limit, "limit", limit)) == deployment.get("concurrency_limit")
+        assert len(runner.triggers) == len(deployment.get("triggers") or [])
     # Anything left is a runbook that prefect.yaml does not deploy: served on demand only.
     assert all(not d.schedules for d in served.values()), sorted(served)
+
+
+def test_event_triggers_survive_prefect_deploy_and_fill_the_runbook_parameters() -> None:
+    """`prefect deploy` first resolves {{ name }} placeholders from the environment over the whole file, then
+    validates each trigger; the parameter templates must come through intact, and render (with the server's
+    renderer) into parameters the runbook accepts."""
+    import asyncio
+
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.events.schemas.events import ReceivedEvent
+    from prefect.server.utilities.user_templates import render_user_template
+    from prefect.utilities.templating import apply_values
+
+    triggered = [d for d in DEPLOYMENTS if d.get("triggers")]
+    assert [d["name"] for d in triggered] == ["model-rollback-on-degradation"]
+    for deployment in triggered:
+        templated: Any = apply_values(deployment, dict(os.environ), remove_notset=False)  # as `prefect deploy` does
+        assert templated["triggers"] == deployment["triggers"], "prefect deploy would rewrite the trigger"
+        (trigger,) = _initialize_deployment_triggers(deployment["name"], templated["triggers"])
+        assert isinstance(trigger, DeploymentEventTrigger)
+        assert trigger.expect == {"runbooks.model.degraded"} and trigger.for_each == {"runbooks.model"}
+        event = ReceivedEvent.model_validate({
+            "event": "runbooks.model.degraded", "received": datetime.now(UTC).isoformat(),
+            "payload": {"reason": "Sharpe 0.21 < 0.3"},
+            "resource": {"prefect.resource.id": "runbooks.model.ppo_primary", "runbooks.model": "ppo_primary"}})
+        assert trigger.parameters is not None
+        rendered = {name: asyncio.run(render_user_template(value, {"event": event}))
+                    for name, value in trigger.parameters["parameters"].items()}
+        runbook = runbook_of(deployment["entrypoint"])
+        flow, model, _render = runbook.load()
+        check_parameters(flow, model, {"parameters": rendered}, deployment["name"])
+        assert rendered["model_id"] == "ppo_primary" and "Sharpe 0.21 < 0.3" in rendered["reason"]

@@ -335,3 +335,47 @@ def _report_of(result: RollbackResult) -> str:
     from flows.model_rollback import render_report
 
     return render_report(result)
+
+
+def test_a_degradation_event_starts_a_rollback_run_through_the_deployment_trigger(real_prefect_server: str) -> None:
+    """The deployment and its trigger as `deployments/serve.py` builds them from prefect.yaml, applied to a real
+    Prefect server whose trigger service renders the event into the run's parameters."""
+    import importlib.util
+    import uuid
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    spec = importlib.util.spec_from_file_location(
+        "deployments_serve", Path(__file__).resolve().parents[1] / "deployments" / "serve.py")
+    assert spec and spec.loader
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    (deployment,) = [d for d in serve.build_deployments() if d.name == "model-rollback-on-degradation"]
+    with temporary_settings({PREFECT_API_URL: real_prefect_server}):
+        deployment_id = deployment.apply()
+
+    def runs() -> list[dict[str, Any]]:
+        answer = httpx.post(f"{real_prefect_server}/flow_runs/filter",
+                            json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=10)
+        answer.raise_for_status()
+        return list(answer.json())
+
+    def emit(name: str, model: str) -> None:
+        event = {"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(), "event": name,
+                 "resource": {"prefect.resource.id": f"runbooks.model.{model}", "runbooks.model": model},
+                 "payload": {"reason": "Sharpe 0.21 < 0.3"}}
+        httpx.post(f"{real_prefect_server}/events", json=[event], timeout=10).raise_for_status()
+
+    emit("runbooks.model.recovered", "ppo_primary")  # another event of the same model: no run
+    emit("runbooks.model.degraded", "ppo_primary")
+    deadline = time.monotonic() + 60
+    while not (found := runs()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(found) == 1, "the degradation event did not start a run"
+    parameters = found[0]["parameters"]["parameters"]
+    assert parameters["model_id"] == "ppo_primary" and "Sharpe 0.21 < 0.3" in parameters["reason"]
+    assert parameters["initiated_by"].startswith("automation (runbooks.model.degraded ")
+    RollbackParameters.model_validate(parameters)
+    time.sleep(2)
+    assert len(runs()) == 1

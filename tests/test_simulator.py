@@ -32,6 +32,8 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/api/v1/models/rollback", {"reason": "r", "initiated_by": "i"}),
     ("GET", "/api/v1/models/router/drift", None),
     ("GET", "/api/v1/models/ppo_primary/metrics", None),
+    ("GET", "/api/v1/health/consistency/ppo_primary", None),
+    ("POST", "/_control/on-activation", {"version": "v3", "metrics": {"sharpe_ratio": 0.1}}),
     ("GET", "/_control/state", None),
     ("POST", "/_control/reset", None),
     ("POST", "/_control/metrics", {"metrics": {"sharpe_ratio": -5.0}}),
@@ -382,3 +384,28 @@ def test_latency_control_is_accepted_and_requests_still_succeed(api: httpx.Clien
     finally:
         assert _ok(api.post("/_control/latency", json={"path_prefix": STATUS, "seconds": 0}))[STATUS] == 0
     assert _ok(api.get(STATUS))["trading_mode"] == "running"
+
+
+def test_injected_failures_can_be_limited_to_one_method(api: httpx.Client) -> None:
+    rollback = "/api/v1/models/rollback"
+    _ok(api.post("/_control/failures", json={"path_prefix": rollback, "method": "post", "status": 422, "count": 1}))
+    _ok(api.get("/api/v1/models/rollback-targets"))  # same prefix, another method: unaffected
+    assert api.post(rollback, json={"reason": "r", "initiated_by": "i"}).status_code == 422
+    assert _ok(api.post(rollback, json={"reason": "r", "initiated_by": "i"}))["to_version"] == "v3"
+
+
+def test_consistency_says_whether_predictions_flow(api: httpx.Client) -> None:
+    body = _ok(api.get("/api/v1/health/consistency/ppo_primary"))
+    assert (body["version"], body["status"]) == ("v4", "consistent") and body["predictions_last_5m"] > 0
+    _ok(api.post("/_control/predictions", params={"stalled": True}))
+    body = _ok(api.get("/api/v1/health/consistency/ppo_primary"))
+    assert (body["status"], body["predictions_last_5m"]) == ("inconsistent", 0)
+    assert api.get("/api/v1/health/consistency/other_model").status_code == 404
+
+
+def test_a_version_can_be_set_to_degrade_once_it_serves_again(api: httpx.Client) -> None:
+    _ok(api.post("/_control/on-activation", json={"version": "v3", "metrics": {"sharpe_ratio": 0.1}}))
+    targets = _ok(api.get("/api/v1/models/rollback-targets"))["targets"]
+    assert next(t for t in targets if t["version"] == "v3")["metrics"]["sharpe_ratio"] == 1.12  # as it served
+    _ok(api.post("/api/v1/models/rollback", json={"reason": "r", "initiated_by": "i"}))
+    assert _ok(api.get("/api/v1/models/ppo_primary/metrics"))["sharpe_ratio"] == 0.1
