@@ -210,6 +210,8 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             return _Escalated(why)
         run.logger.error("ESCALATE: %s", why)
         run.steps.event("escalation", severity="P1", reason=why, model_id=model_id)
+        result.notification = notify(run, severity="P1", subject=f"model-rollback: ESCALATE {model_id}",
+                                     body=f"{why}\nFlow run: {run.flow_run_id}")  # first: the kill switch may retry
         if cfg.kill_switch_on_escalation:
             guard = TradingGuard(run, settings.trading_api)
             try:
@@ -218,8 +220,6 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                 guard.actions.append(f"kill switch NOT pressed: {scrub(str(exc))}")
                 result.next_steps.append("Press the kill switch by hand: the escalation could not.")
             result.trading += guard.actions
-        result.notification = notify(run, severity="P1", subject=f"model-rollback: ESCALATE {model_id}",
-                                     body=f"{why}\nFlow run: {run.flow_run_id}")
         result.next_steps.append(f"ESCALATE (P1): {why}. Follow seed 004 section 3.2 by hand; this runbook will "
                                  "not roll back again for this incident.")
         return _Escalated(why)
@@ -239,22 +239,41 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             result.predictions_before = read_predictions(registry)
             figures.update(serving=serving.version, verdict=result.judgement.verdict,
                            sharpe=reading.evidence.sharpe)
-        records = _records(run, result)
+        records, unreadable = _records(run)
         with run.step("decide") as figures:
-            previous = result.previous_rollback = _read_record(run, records, model_id)
+            previous = result.previous_rollback = None
+            if records is not None:
+                try:
+                    previous = result.previous_rollback = records.get(model_id)
+                except (RunbookError, OSError) as exc:
+                    unreadable = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            avoid = {previous.from_version} if previous and previous.to_version == serving.version else set()
+            if params.target_version is not None:  # an operator's target is checked first, whatever comes next
+                result.targets = grade_targets(read_rollback_targets(registry), serving=serving.version,
+                                               avoid=avoid, policy=cfg.policy)
+                pick_target(result.targets, params.target_version)
             decision = result.plan = plan(result.judgement, serving=serving.version, force=params.force,
                                           requested=params.target_version, record=previous,
                                           incident_window=cfg.incident_window)
             figures.update(action=decision.action)
             run.logger.info("Decision: %s: %s", decision.action, decision.why)
+        if {"sharpe", "error_rate"} <= set(result.judgement.missing) and not params.force:
+            why = (f"the registry gave neither a Sharpe ratio nor an error rate for {serving.version}: the model "
+                   "cannot be judged")
+            result.next_steps.append("Check the inference API's metrics endpoint by hand (seed 004 section 3.2).")
+            if not params.dry_run:
+                result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} cannot be "
+                                             "judged", body=why)
+            return conclude(why)
         if decision.action == "verify":
             result.action = "none (verified only)"
             result.target_version = serving.version
-            _verify(run, result, registry, target=serving.version, timeout=0.0, poll=params.poll_seconds)
+            _verify(run, result, registry, target=serving.version, timeout=cfg.verify_timeout.total_seconds(),
+                    poll=params.poll_seconds)
             if not result.verified:
                 raise escalate(f"{serving.version} serves but its predictions are not flowing "
                                f"({result.predictions_after.detail if result.predictions_after else '?'})")
-            if result.judgement.verdict == "rollback" and not params.dry_run:
+            if result.judgement.verdict == "rollback":
                 raise escalate(f"the rolled-back version {serving.version} is degraded too "
                                f"({'; '.join(result.judgement.reasons)}); not rolling back again")
             return conclude()
@@ -268,16 +287,20 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             elif result.judgement.verdict == "monitor":
                 result.next_steps.append("Monitor closely (seed 004 section 3.2); rerun, or force a rollback.")
             return conclude()
+        if unreadable is not None and not params.force:
+            raise escalate(f"the model is degraded, but this runbook's rollback record cannot be read ({unreadable}),"
+                           " so it cannot tell this incident from one it already rolled back: it does not roll "
+                           "back on its own (rerun with force=true to roll back anyway)")
 
         with run.step("choose target") as figures:
-            avoid = {previous.from_version} if previous and previous.to_version == serving.version else set()
-            result.targets = grade_targets(read_rollback_targets(registry), serving=serving.version, avoid=avoid,
-                                           policy=cfg.policy)
+            if not result.targets:
+                result.targets = grade_targets(read_rollback_targets(registry), serving=serving.version,
+                                               avoid=avoid, policy=cfg.policy)
             try:
                 target = pick_target(result.targets, params.target_version)
             except Refused as exc:
-                if params.target_version is not None:
-                    raise
+                if result.judgement.verdict != "rollback":
+                    raise  # forced on a model that is not degraded: a refusal, not an incident
                 raise escalate(scrub(str(exc))) from None
             result.target_version = target.version
             figures.update(candidates=len(result.targets), target=target.version)
@@ -286,33 +309,19 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
         if params.dry_run:
             result.action = f"would roll back {serving.version} -> {target.version} (dry run)"
             return conclude()
-
-        with run.step("roll back", destructive=True, target=target.version) as figures:
-            record = RollbackRecord(model_id=model_id, from_version=serving.version, to_version=target.version,
-                                    reason=result.reason, initiated_by=result.initiated_by, actor=run.actor,
-                                    flow_run_id=run.flow_run_id)
-            _write_record(run, result, records, record)  # first: a run killed after the request is still known
-            answer = request_rollback(registry, target_version=target.version, reason=result.reason,
-                                      initiated_by=result.initiated_by)
-            result.action = (f"rolled back {serving.version} -> {target.version}" if not answer["already_serving"]
-                             else f"{target.version} was already serving")
-            figures["already_serving"] = bool(answer["already_serving"])
-            run.steps.event("model.rolled-back", model_id=model_id, from_version=serving.version,
-                            to_version=target.version, reason=result.reason, initiated_by=result.initiated_by)
-        _verify(run, result, registry, target=target.version, timeout=cfg.verify_timeout.total_seconds(),
-                poll=params.poll_seconds)
-        if not result.verified:
-            after = result.serving_after
-            if after is None or after.version != target.version:
-                raise escalate(f"the rollback to {target.version} did not take: the router still serves "
-                               f"{after.version if after else 'an unknown version'} after "
-                               f"{cfg.verify_timeout.total_seconds():.0f} s")
-            raise escalate(f"{target.version} serves but predictions are not flowing "
-                           f"({result.predictions_after.detail if result.predictions_after else '?'})")
-        result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} rolled back to "
-                                     f"{target.version}", body=f"{result.action}: {decision.why}.\n"
-                                     f"Flow run: {run.flow_run_id}")
-        _watch(run, result, registry, params, target=target.version, escalate=escalate)
+        try:
+            _roll_back(run, result, registry, records, serving=serving.version, target=target.version,
+                       why=decision.why, poll=params.poll_seconds)
+            _watch(run, result, registry, params, target=target.version, escalate=escalate)
+        except _Escalated:
+            raise
+        except RunbookError as exc:
+            raise escalate(f"the rollback of {serving.version} to {target.version} did not complete: "
+                           f"{scrub(str(exc))}") from None
+        except Exception as exc:  # noqa: BLE001 - once a rollback has started, anything unexpected pages a human
+            text = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            raise escalate(f"the rollback of {serving.version} to {target.version} stopped on an unexpected "
+                           f"error ({text})") from None
     except _Escalated:
         return conclude(f"escalated: {result.escalation}")
     except RunbookError as exc:
@@ -321,40 +330,53 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
     return conclude()
 
 
-def _records(run: RunbookRun[RollbackResult], result: RollbackResult) -> RollbackRecords | None:
+def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef,
+               records: RollbackRecords | None, *, serving: str, target: str, why: str, poll: float) -> None:
+    """Record, request, prove; a RunbookError here makes the caller escalate."""
+    cfg = run.settings.models
+    with run.step("roll back", destructive=True, target=target) as figures:
+        if records is None:
+            raise RunbookError("the backup repository that keeps the rollback records is not available, and a "
+                               "rollback no later run can recognise could flap", hint="restore access to the "
+                               "repository, or roll back by hand")
+        # First: a run killed after the request is still known to the next one, which then only verifies.
+        records.put(RollbackRecord(model_id=result.model_id, from_version=serving, to_version=target,
+                                   reason=result.reason, initiated_by=result.initiated_by, actor=run.actor,
+                                   flow_run_id=run.flow_run_id))
+        answer = request_rollback(registry, from_version=serving, target_version=target, reason=result.reason,
+                                  initiated_by=result.initiated_by)
+        already = bool(answer["already_serving"])
+        result.action = f"rolled back {serving} -> {target}" if not already else f"{target} was already serving"
+        figures["already_serving"] = already
+        if not already:
+            run.steps.event("model.rolled-back", model_id=result.model_id, from_version=serving, to_version=target,
+                            reason=result.reason, initiated_by=result.initiated_by)
+    _verify(run, result, registry, target=target, timeout=cfg.verify_timeout.total_seconds(), poll=poll)
+    if not result.verified:
+        after = result.serving_after
+        if after is None or after.version != target:
+            raise RunbookError(f"the router still serves {after.version if after else 'an unknown version'} after "
+                               f"{cfg.verify_timeout.total_seconds():.0f} s (the rollback did not take)")
+        raise RunbookError(f"{target} serves but predictions are not flowing "
+                           f"({result.predictions_after.detail if result.predictions_after else '?'})")
+    result.notification = notify(run, severity="P2", subject=f"model-rollback: {result.model_id} rolled back to "
+                                 f"{target}", body=f"{result.action}: {why}.\nFlow run: {run.flow_run_id}")
+
+
+def _records(run: RunbookRun[RollbackResult]) -> tuple[RollbackRecords | None, str | None]:
+    """The runbook's own records, or why they cannot be reached (then it does not roll back on its own)."""
     api = run.settings.inference_api
     try:
-        return RollbackRecords(open_repository(run.settings.repository), api.base_url if api else "registry")
+        where = api.base_url.rstrip("/") if api else run.settings.models.registry
+        return RollbackRecords(open_repository(run.settings.repository), where), None
     except (RunbookError, OSError) as exc:
         run.logger.warning("Backup repository unavailable for rollback records: %s", scrub(str(exc)))
-        result.next_steps.append("The rollback records could not be reached: a rerun cannot tell this incident "
-                                 "from a new one.")
-        return None
+        return None, scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
 
 
-def _read_record(run: RunbookRun[RollbackResult], records: RollbackRecords | None,
-                 model_id: str) -> RollbackRecord | None:
-    if records is None:
-        return None
-    try:
-        return records.get(model_id)
-    except (RunbookError, OSError) as exc:
-        run.logger.warning("Rollback record unreadable (%s): deciding from the evidence alone", scrub(str(exc)))
-        return None
-
-
-def _write_record(run: RunbookRun[RollbackResult], result: RollbackResult, records: RollbackRecords | None,
-                  record: RollbackRecord) -> None:
-    """Best effort: a degraded model is rolled back even when the repository is down; the report says a rerun
-    cannot then recognise the incident."""
-    try:
-        if records is None:
-            raise RunbookError("the backup repository is not available")
-        records.put(record)
-    except (RunbookError, OSError) as exc:
-        run.logger.error("Rollback record not written (%s): a rerun will not know this incident", scrub(str(exc)))
-        result.next_steps.append("The rollback record could not be written: do not rerun this runbook for this "
-                                 "incident; a rerun could roll back again.")
+def _flowing_for(predictions: Predictions, target: str) -> bool:
+    """Predictions flow, and from the target (a registry that names the version must name this one)."""
+    return predictions.flowing and predictions.version in (None, target)
 
 
 def _verify(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef, *, target: str,
@@ -367,13 +389,13 @@ def _verify(run: RunbookRun[RollbackResult], result: RollbackResult, registry: R
             result.serving_after = read_serving(registry)
             if result.serving_after.version == target:
                 result.predictions_after = read_predictions(registry)
-                if result.predictions_after.flowing:
+                if _flowing_for(result.predictions_after, target):
                     break
             if time.monotonic() >= deadline:
                 break
             time.sleep(interval)
         result.verified = (result.serving_after.version == target and result.predictions_after is not None
-                           and result.predictions_after.flowing)
+                           and _flowing_for(result.predictions_after, target))
         figures.update(serving=result.serving_after.version, verified=result.verified)
 
 
@@ -387,7 +409,7 @@ def _watch(run: RunbookRun[RollbackResult], result: RollbackResult, registry: Re
     with run.step("watch", minutes=params.monitor_minutes) as figures:
         deadline = time.monotonic() + params.monitor_minutes * 60
         while True:
-            reading = read_evidence(registry, window=run.settings.models.metrics_window)
+            reading = read_evidence(registry, window=run.settings.models.watch_window)
             grade = judge(reading.evidence, policy)
             result.series_after.append(Sample.of(reading.evidence, grade.verdict))
             figures.update(samples=len(result.series_after), last_verdict=grade.verdict)

@@ -5,6 +5,7 @@ ours (transient: retried; a 4xx: not)."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
@@ -78,9 +79,23 @@ def _number(data: dict[str, Any], *names: str) -> float | None:
     """The first of ``names`` that is a number; a reading the API does not give stays None, never 0."""
     for name in names:
         value = data.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     return None
+
+
+def _when(value: Any) -> datetime | None:
+    """A timestamp the API gave, or None when it gave none or something that is not one."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) and str(value) else None
 
 
 def _latency_seconds(data: dict[str, Any]) -> float | None:
@@ -115,35 +130,37 @@ class InferenceApiRegistry(JsonApi):
 
     def serving(self, model_id: str) -> Serving:
         data = self.call("GET", "/api/v1/models/router/status")
-        version = data.get("active_version")
-        if not isinstance(version, str) or not version:
+        version = _text(data.get("active_version"))
+        if version is None:
             raise InferenceApiRefused("inference API router status names no active_version.", status=200)
         healthy = data.get("healthy")
-        return Serving(model_id=str(data.get("active_model_id") or model_id), version=version,
-                       healthy=healthy if isinstance(healthy, bool) else None,
-                       routing=str(data["routing"]) if data.get("routing") is not None else None)
+        return Serving(model_id=_text(data.get("active_model_id")) or model_id, version=version,
+                       healthy=healthy if isinstance(healthy, bool) else None, routing=_text(data.get("routing")))
 
     def read(self, model_id: str, window: str) -> Reading:
         metrics = self.call("GET", f"/api/v1/models/{quote(model_id, safe='')}/metrics", params={"window": window})
         drift = self.call("GET", "/api/v1/models/router/drift")
-        evidence = _evidence(model_id, metrics.get("version"), metrics, _number(drift, "max_psi"))
-        history = [MetricPoint(at=point.get("at"), sharpe=_number(point, "sharpe_ratio", "sharpe"),
+        evidence = _evidence(model_id, _text(metrics.get("version")), metrics, _number(drift, "max_psi"))
+        points = metrics.get("history")
+        history = [MetricPoint(at=_when(point.get("at")), sharpe=_number(point, "sharpe_ratio", "sharpe"),
                                win_rate=_number(point, "win_rate"), error_rate=_number(point, "error_rate"),
                                latency_seconds=_latency_seconds(point))
-                   for point in metrics.get("history") or [] if isinstance(point, dict)]
+                   for point in (points if isinstance(points, list) else []) if isinstance(point, dict)]
         return Reading(evidence=evidence, history=history)
 
     def rollback_targets(self, model_id: str) -> list[Candidate]:
         data = self.call("GET", "/api/v1/models/rollback-targets")
         candidates = []
-        for item in data.get("targets") or []:
-            if not isinstance(item, dict) or item.get("model_id", model_id) != model_id or not item.get("version"):
+        targets = data.get("targets")
+        for item in targets if isinstance(targets, list) else []:
+            version = _text(item.get("version")) if isinstance(item, dict) else None
+            if not isinstance(item, dict) or item.get("model_id", model_id) != model_id or version is None:
                 continue
             metrics = item.get("metrics")
             metrics = metrics if isinstance(metrics, dict) else {}
-            candidates.append(Candidate(version=str(item["version"]), deployed_at=item.get("deployed_at"),
-                                        status=item.get("status"),
-                                        recorded=_evidence(model_id, str(item["version"]), metrics, None)))
+            candidates.append(Candidate(version=version, deployed_at=_when(item.get("deployed_at")),
+                                        status=_text(item.get("status")),
+                                        recorded=_evidence(model_id, version, metrics, None)))
         return candidates
 
     def roll_back(self, model_id: str, *, target_version: str, reason: str, initiated_by: str) -> dict[str, Any]:
@@ -156,7 +173,7 @@ class InferenceApiRegistry(JsonApi):
         flowing = data.get("status") in ("consistent", "ok", "healthy") and (recent is None or recent > 0)
         detail = f"status {data.get('status')!r}" + (f", {recent:.0f} predictions in 5 min" if recent is not None
                                                      else "") + f", last at {data.get('last_prediction_at')}"
-        return Predictions(version=data.get("version"), flowing=flowing, detail=detail)
+        return Predictions(version=_text(data.get("version")), flowing=flowing, detail=detail)
 
 
 RegistryKind = Literal["inference-api"]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field, ValidationError
 
-from runbooks.errors import BackupNotFound, Refused
+from runbooks.errors import BackupDamaged, BackupNotFound, Refused
 from runbooks.models import Judgement, Verdict, judge, served_healthy
 from runbooks.registry import Candidate
 from runbooks.repository import Repository
@@ -45,12 +45,20 @@ class RollbackRecords:
         return f"{RECORDS}/{quote(self.api_url, safe='')}/{quote(model_id, safe='')}.json"
 
     def get(self, model_id: str) -> RollbackRecord | None:
-        """The last rollback this runbook made of ``model_id``, or None (none, or unreadable: then no run is
-        taken for the same incident, and the verdict decides as if there were no record)."""
+        """The last rollback this runbook made of ``model_id``, or None if it never made one. A record that is
+        there but does not parse raises: the caller cannot tell this incident from a new one, so it must not
+        roll back on its own (fail closed)."""
+        key = self._key(model_id)
         try:
-            return RollbackRecord.model_validate_json(self.repository.get_bytes(self._key(model_id)))
-        except (BackupNotFound, ValidationError):
+            data = self.repository.get_bytes(key)
+        except BackupNotFound:
             return None
+        try:
+            return RollbackRecord.model_validate_json(data)
+        except ValidationError:
+            raise BackupDamaged(f"the rollback record {key} does not parse.",
+                                hint="inspect it; once the incident is understood, delete it or rerun with "
+                                "force=true.") from None
 
     def put(self, record: RollbackRecord) -> None:
         self.repository.put_bytes(self._key(record.model_id), record.model_dump_json(indent=2).encode())
@@ -66,14 +74,14 @@ def plan(judgement: Judgement, *, serving: str, force: bool, requested: str | No
     """Seed 004's table: roll back below the rollback line (or when forced); monitor and shadow-mode comparison
     are for humans. A rollback this runbook made to the version now serving, within the incident window, is the
     same incident: verify it, never roll back again (a second rollback would be a flap, and the escalation says
-    so instead)."""
+    so instead), unless a human forces another named version."""
     now = now or datetime.now(UTC)
-    if record is not None and record.to_version == serving and now - record.at <= incident_window:
+    deliberate = force and requested is not None and requested != serving  # a human names another version
+    if record is not None and record.to_version == serving and now - record.at <= incident_window \
+            and not deliberate:
         return Plan(action="verify", why=f"this runbook rolled {record.model_id} back from {record.from_version} to "
                     f"{record.to_version} at {record.at:%Y-%m-%d %H:%M:%S} UTC (run {record.flow_run_id or '-'}): "
                     "the same incident, so it verifies and does not roll back again")
-    if requested is not None and requested == serving:
-        return Plan(action="verify", why=f"the requested target {requested} is already serving")
     reasons = "; ".join(judgement.reasons)
     if judgement.verdict == "rollback":
         return Plan(action="roll back", why=f"severe degradation: {reasons}")

@@ -575,6 +575,8 @@ class ModelSettings(BaseModel):
         default="inference-api", description="where versions live and are swapped: the inference API ([inference_api])")
     metrics_window: str = Field(default="1d", pattern=r"^[0-9]{1,4}[mhdw]$",
                                 description="the window of the metrics the verdict is taken on (seed 004: 1d, 7d)")
+    watch_window: str = Field(default="30m", pattern=r"^[0-9]{1,4}[mhdw]$",
+                              description="the window of the metrics read while watching a rolled-back model")
     verify_timeout: Duration = Field(default=timedelta(minutes=2),
                                      description="how long the router has to serve the target after the rollback")
     incident_window: Duration = Field(

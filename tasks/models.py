@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.errors import InferenceApiRefused
+from runbooks.errors import InferenceApiRefused, Refused
 from runbooks.registry import Candidate, Predictions, Reading, RegistryRef, Serving
 from tasks.policies import TRANSIENT_RETRY
 
@@ -52,10 +52,11 @@ def read_predictions(ref: RegistryRef) -> Predictions:
 
 
 @task(name="request-rollback", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
-def request_rollback(ref: RegistryRef, *, target_version: str,
+def request_rollback(ref: RegistryRef, *, from_version: str, target_version: str,
                      reason: str, initiated_by: str) -> dict[str, Any]:
-    """Ask the registry to serve ``target_version``. Each attempt first reads what serves: a retry after a
-    request that took effect but whose answer was lost finds the target serving and asks nothing more. The
+    """Ask the registry to serve ``target_version`` instead of ``from_version``. Each attempt first reads what
+    serves: a retry after a request that took effect but whose answer was lost finds the target serving and asks
+    nothing more, and a router someone else moved since the decision is refused, never rolled back further. The
     target is always named, so the registry can never pick another.
 
     Returns:
@@ -63,8 +64,12 @@ def request_rollback(ref: RegistryRef, *, target_version: str,
     """
     registry = ref.open()
     try:
-        if registry.serving(ref.model_id).version == target_version:
+        now = registry.serving(ref.model_id).version
+        if now == target_version:
             return {"already_serving": True, "to_version": target_version}
+        if now != from_version:
+            raise Refused(f"the router now serves {now}, not {from_version} as when the rollback was decided.",
+                          hint="someone else changed the serving version: look before rolling back further.")
         try:
             answer = registry.roll_back(ref.model_id, target_version=target_version, reason=reason,
                                         initiated_by=initiated_by)

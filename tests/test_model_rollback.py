@@ -17,11 +17,11 @@ import pytest
 from flows.model_rollback import RollbackParameters, RollbackResult, model_rollback_flow
 from runbooks.errors import Refused
 from runbooks.models import Judgement
-from runbooks.registry import Candidate, ModelEvidence
+from runbooks.registry import Candidate, InferenceApiRegistry, ModelEvidence, RegistryRef
 from runbooks.repository import open_repository
 from runbooks.rollback import RollbackRecord, RollbackRecords, grade_targets, pick_target, plan
 from runbooks.sandbox import SandboxState
-from runbooks.settings import ModelPolicy, load_settings
+from runbooks.settings import ApiSettings, ModelPolicy, load_settings
 from tasks.models import read_evidence, read_serving, request_rollback
 from tests.events import runbook_events
 
@@ -61,6 +61,12 @@ def calls(simulator: httpx.Client, method: str | None = None) -> list[dict[str, 
     return [c for c in simulator.get("/_control/state").json()["calls"] if method is None or c["method"] == method]
 
 
+def records() -> RollbackRecords:
+    settings = load_settings()
+    assert settings.inference_api
+    return RollbackRecords(open_repository(settings.repository), settings.inference_api.base_url.rstrip("/"))
+
+
 def serving(simulator: httpx.Client) -> str:
     return str(simulator.get("/api/v1/models/router/status").json()["active_version"])
 
@@ -85,8 +91,7 @@ def test_a_degraded_model_is_rolled_back_to_the_last_healthy_version_and_proven(
     assert "oncall_engineer" in posts[0]["body"] and "Sharpe dropped to 0.22" in posts[0]["body"]
     # The decision, the numbers behind it and the proof are in the report; the record is the runbook's own.
     assert [t.version for t in result.targets] == ["v3", "v2"] and all(t.eligible for t in result.targets)
-    record = RollbackRecords(open_repository(load_settings().repository),
-                             load_settings().inference_api.base_url).get("ppo_primary")  # type: ignore[union-attr]
+    record = records().get("ppo_primary")
     assert record and (record.from_version, record.to_version) == ("v4", "v3")
     events = runbook_events("runbooks.model-rollback.ppo_primary",
                             until=lambda es: any(e.event == "runbooks.model.rolled-back" for e in es))
@@ -130,6 +135,7 @@ def test_minor_and_significant_degradation_change_nothing(platform: httpx.Client
     ("v9", "not a rollback target the registry offers"),
     ("v1", "not a rollback target the registry offers"),  # retired: not offered
     ("v2", "its recorded metrics breach the policy"),
+    ("v4", "not a rollback target the registry offers"),  # the serving, degraded one
 ])
 def test_an_invalid_target_is_refused_before_any_change(platform: httpx.Client, target: str, why: str) -> None:
     degrade(platform)
@@ -138,6 +144,63 @@ def test_an_invalid_target_is_refused_before_any_change(platform: httpx.Client, 
     assert state.is_failed() and result.error and why in result.error and "HINT:" in result.error
     assert calls(platform, "POST") == [] and serving(platform) == "v4"
     assert result.escalation is None  # an operator's mistake, not an incident to page about
+
+
+def test_a_forced_rollback_with_no_valid_target_is_refused_not_escalated(platform: httpx.Client,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_MODELS__KILL_SWITCH_ON_ESCALATION", "true")
+    for version in ("v2", "v3"):
+        degrade(platform, version, sharpe_ratio=0.1)
+    state, result = rollback(force=True)
+    assert state.is_failed() and result.error and "no rollback target was healthy" in result.error
+    assert result.escalation is None and trading_mode(platform) == "running" and calls(platform, "POST") == []
+
+
+def test_an_unreadable_record_means_no_rollback_on_its_own(platform: httpx.Client) -> None:
+    degrade(platform)
+    box = records()
+    box.repository.put_bytes(box._key("ppo_primary"), b"{not json")
+    state, result = rollback()
+    assert state.is_failed() and result.escalation and "rollback record cannot be read" in result.escalation
+    assert calls(platform, "POST") == [] and serving(platform) == "v4"
+    state, result = rollback(force=True, reason="understood: roll back anyway")
+    assert state.is_completed(), result.error
+    assert serving(platform) == "v3"
+
+
+def test_the_rollback_request_refuses_a_router_someone_else_moved(platform: httpx.Client) -> None:
+    settings = load_settings()
+    ref = RegistryRef(kind="inference-api", api=settings.inference_api, model_id="ppo_primary")
+    with pytest.raises(Refused, match="now serves v4, not v3"):
+        request_rollback.fn(ref, from_version="v3", target_version="v2", reason="r", initiated_by="i")
+    assert calls(platform, "POST") == []
+    assert request_rollback.fn(ref, from_version="v4", target_version="v4", reason="r",
+                               initiated_by="i")["already_serving"]
+
+
+def test_the_registry_backend_survives_odd_json() -> None:
+    """The inference API's payloads as a misbehaving server could send them (NaN, wrong types)."""
+    payloads: dict[str, Any] = {
+        "/api/v1/models/ppo_primary/metrics": {"version": 4, "sharpe_ratio": float("nan"), "error_rate": "high",
+                                               "consecutive_losses": float("inf"), "history": 5},
+        "/api/v1/models/router/drift": {"max_psi": None},
+        "/api/v1/models/rollback-targets": {"targets": [{"version": "v3", "deployed_at": "n/a",
+                                                         "metrics": {"sharpe_ratio": float("nan")}}, "junk", {}]},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        import json
+
+        return httpx.Response(200, content=json.dumps(payloads[request.url.path]).encode())
+
+    client = httpx.Client(base_url="http://inference", transport=httpx.MockTransport(answer))
+    backend = InferenceApiRegistry(ApiSettings(base_url="http://inference"), client=client)
+    reading = backend.read("ppo_primary", "1d")
+    assert reading.evidence.version == "4" and reading.history == []
+    assert (reading.evidence.sharpe, reading.evidence.error_rate, reading.evidence.consecutive_losses) == (
+        None, None, None)
+    (candidate,) = backend.rollback_targets("ppo_primary")
+    assert candidate.deployed_at is None and candidate.recorded.sharpe is None  # NaN is no record: not eligible
 
 
 def test_a_valid_explicit_target_is_used(platform: httpx.Client) -> None:
@@ -155,7 +218,7 @@ def test_a_stuck_router_escalates_fails_and_may_press_the_kill_switch(
     platform.post("/_control/router", params={"stuck": True}).raise_for_status()
     state, result = rollback()
     assert state.is_failed()
-    assert result.escalation and "did not take: the router still serves v4" in result.escalation
+    assert result.escalation and "the router still serves v4 after" in result.escalation
     assert result.verified is False and serving(platform) == "v4"
     assert trading_mode(platform) == "halted" and any("HALTED via kill-switch" in a for a in result.trading)
     assert received and received[-1]["text"].startswith("[P1] model-rollback: ESCALATE ppo_primary")
@@ -241,6 +304,7 @@ def test_a_permanent_4xx_is_not_retried(platform: httpx.Client, fast_retries: No
                                               "status": 422, "count": 5}).raise_for_status()
     state, result = rollback()
     assert state.is_failed() and result.error and "422" in result.error
+    assert result.escalation and result.escalation.startswith("the rollback of v4 to v3 did not complete")
     assert len(calls(platform, "POST")) == 1 and serving(platform) == "v4"
 
 
@@ -257,7 +321,7 @@ def test_a_dry_run_changes_nothing(platform: httpx.Client, monkeypatch: pytest.M
     assert state.is_failed() and result.escalation and result.escalation.startswith("(dry run: would escalate)")
     assert {c["method"] for c in calls(platform)} == {"GET"} and serving(platform) == "v4"
     assert trading_mode(platform) == "running"
-    assert RollbackRecords(open_repository(load_settings().repository), "x").get("ppo_primary") is None
+    assert records().get("ppo_primary") is None
 
 
 def test_no_healthy_target_escalates(platform: httpx.Client) -> None:
@@ -307,8 +371,9 @@ def test_the_plan_follows_the_table_and_never_flaps() -> None:
     old = record.model_copy(update={"at": now - timedelta(days=3)})
     assert plan(_judged("rollback"), serving="v3", force=False, requested=None, record=old,
                 incident_window=window).action == "roll back"
-    assert plan(_judged("healthy"), serving="v3", force=False, requested="v3", record=None,
-                incident_window=window).action == "verify"
+    # A human forcing another named version is not a flap.
+    assert plan(_judged("rollback"), serving="v3", force=True, requested="v2", record=record,
+                incident_window=window).action == "roll back"
 
 
 def test_targets_are_graded_newest_first_and_the_degraded_one_never_chosen() -> None:
