@@ -5,7 +5,8 @@
     │   ├── DatabaseUnavailable       connection refused, server starting up, too many clients
     │   ├── RepositoryUnavailable     S3 5xx / throttling / connection reset
     │   ├── TradingApiUnavailable     trading API unreachable, 5xx or 429
-    │   └── InferenceApiUnavailable   inference API unreachable, timed out, 5xx or 429
+    │   ├── InferenceApiUnavailable   inference API unreachable, timed out, 5xx or 429
+    │   └── DockerUnavailable         the Docker engine's socket is absent, refuses, or answers 5xx
     └── PermanentError            fail at once: a retry only delays the page
         ├── ConfigurationError        malformed settings (repository URL, DSN, unknown database name)
         ├── AuthenticationFailed      wrong password / access denied
@@ -142,3 +143,7 @@ class InferenceApiRefused(PermanentError):
     def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+
+
+class DockerUnavailable(TransientError):
+    pass

@@ -25,6 +25,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -587,6 +588,175 @@ class ModelSettings(BaseModel):
         "model degrades too; default: notify on-call only")
 
 
+def _absolute_path(path: Path) -> Path:
+    """An absolute, normalised path with no ``..``: a root is compared with the allowlist as written."""
+    text = str(path)
+    if "\x00" in text:
+        raise ValueError("path contains a NUL byte")
+    if not path.is_absolute():
+        raise ValueError(f"{text!r} is not an absolute path (a worker's working directory is not the config's)")
+    if ".." in path.parts:
+        raise ValueError(f"{text!r} contains '..': name the directory itself")
+    return Path(os.path.normpath(text))
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute_path)]
+RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def _file_patterns(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        if not pattern or "/" in pattern or "\x00" in pattern:
+            raise ValueError(f"pattern {pattern!r} must be a non-empty file-name glob without '/' (e.g. '*.log')")
+    return patterns
+
+
+class FileRule(BaseModel):
+    """Files under ``roots`` whose name matches ``patterns`` and that were not modified for ``older_than``: deleted,
+    or gzip-compressed in place (rotated logs). Like tmpfiles.d's age lines, with tmpreaper's safety."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["files"] = "files"
+    name: str = Field(pattern=RULE_NAME_PATTERN, description="how the report and the rules parameter name it")
+    action: Literal["delete", "compress"] = "delete"
+    roots: list[AbsolutePath] = Field(min_length=1, description="directories walked, each inside allowed_roots; "
+                                      "never followed through a symbolic link nor onto another filesystem")
+    patterns: Annotated[list[str], AfterValidator(_file_patterns)] = Field(
+        default_factory=lambda: ["*"], min_length=1, description="file-name globs (fnmatch)")
+    older_than: Objective = Field(default=timedelta(days=7), description="age by modification time, e.g. '7d'")
+    remove_empty_dirs: bool = Field(default=False, description="also remove directories this rule emptied that "
+                                    "are themselves older than older_than (tmp and cache trees); never a root")
+
+
+class DockerRule(BaseModel):
+    """Docker leftovers through the engine's API (``docker system prune``, but selective): stopped containers,
+    dangling images, build cache, and unused volumes only when enabled; never an object carrying
+    ``protect_label``, never one younger than ``older_than``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["docker"] = "docker"
+    name: str = Field(default="docker", pattern=RULE_NAME_PATTERN)
+    base_url: str | None = Field(default=None, description="engine address, e.g. unix:///var/run/docker.sock; "
+                                 "None: DOCKER_HOST or the default socket")
+    older_than: Objective = Field(default=timedelta(hours=24), description="created at least this long ago")
+    containers: bool = Field(default=True, description="stopped containers (exited, created, dead)")
+    images: bool = Field(default=True, description="dangling images (no tag, no container uses them)")
+    build_cache: bool = Field(default=True, description="build cache not in use")
+    volumes: bool = Field(default=False, description="volumes no container uses: data may live there, so off by "
+                          "default")
+    protect_label: str = Field(default="runbooks.protect", min_length=1, max_length=200,
+                               description="an object carrying this label (any value) is never removed")
+    only_label: str | None = Field(default=None, min_length=1, max_length=400, description="only objects carrying "
+                                   "this label ('key' or 'key=value'): a shared engine's cleanup scoped to yours")
+
+
+class BackupsRule(BaseModel):
+    """Local backups outside ``[backup.retention]`` (a ``file://`` repository only); the newest verified backup
+    of each database and every backup a run holds are always kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["backups"] = "backups"
+    name: str = Field(default="backups", pattern=RULE_NAME_PATTERN)
+
+
+class DatabaseRule(BaseModel):
+    """Seed 000 "check database size": sizes, largest tables and dead tuples of the inventory's databases;
+    ``VACUUM (ANALYZE)`` of bloated tables when enabled; the ``_pre_restore_`` databases restores kept, reported
+    (dropped only with approval, and only those the runbooks' own record shows a restore kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["databases"] = "databases"
+    name: str = Field(default="databases", pattern=RULE_NAME_PATTERN)
+    databases: list[InventoryName] = Field(default_factory=list, description="inventory names; empty: all")
+    largest: int = Field(default=10, ge=1, le=1000, description="largest tables reported per database")
+    vacuum: bool = Field(default=False, description="run VACUUM (ANALYZE) on tables over the dead-tuple lines")
+    dead_tuples_min: int = Field(default=10_000, ge=0, description="a table is bloated above this many dead rows")
+    dead_ratio_min: float = Field(default=0.2, ge=0, description="... and this ratio of dead to live rows")
+    pre_restore_older_than: Objective = Field(default=timedelta(days=7), description="databases a replace restore "
+                                              "kept for longer than this are reported as reclaimable")
+
+
+CleanupRule = Annotated[FileRule | DockerRule | BackupsRule | DatabaseRule, Field(discriminator="kind")]
+_PROTECTED = ["*.pid", "*.lock", "*.sock", "postmaster.*", "pg_wal", "pg_xlog", "archive_status",
+              "[0-9A-F]" * 24, "[0-9A-F]" * 24 + ".partial", "[0-9A-F]" * 8 + ".history"]
+
+
+def _seed_cleanup_rules() -> list[CleanupRule]:
+    """Seed 000 "Disk 90% Full", lowest risk first: compress rotated logs (nothing is lost), old temporary files,
+    logs older than 7 days (``find /var/log -name "*.log" -mtime +7 -delete``), Docker leftovers
+    (``docker system prune -f``), backups beyond retention, then the databases' own size."""
+    return [
+        FileRule(name="rotated-logs", action="compress", roots=[Path("/var/log")],
+                 patterns=["*.log.[0-9]", "*.log.[0-9][0-9]", "*.log.????-??-??"], older_than=timedelta(days=1)),
+        FileRule(name="tmp", roots=[Path("/tmp"), Path("/var/tmp")], older_than=timedelta(days=10),
+                 remove_empty_dirs=True),
+        FileRule(name="old-logs", roots=[Path("/var/log")], patterns=["*.log", "*.log.*"],
+                 older_than=timedelta(days=7)),
+        DockerRule(), BackupsRule(), DatabaseRule(),
+    ]
+
+
+class CleanupSettings(BaseModel):
+    """The disk-cleanup runbook (seed 000 "Disk 90% Full", seed 001's disk baseline < 85 %, alert > 90 %):
+    watermarks like the kubelet's image GC, ordered rules, and tmpreaper's safety limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watch: list[AbsolutePath] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
+                                      description="filesystems whose usage starts a cleanup (seed 001's df filter)")
+    high_watermark: float = Field(default=85, gt=0, le=100, description="percent used at or above which it cleans")
+    low_watermark: float = Field(default=80, ge=0, lt=100, description="percent used below which it stops")
+    allowed_roots: list[AbsolutePath] = Field(
+        default_factory=lambda: [Path("/var/log"), Path("/var/tmp"), Path("/tmp"), Path("/opt/ats")],
+        description="every file rule's roots must lie inside one of these; '/' is refused")
+    protected: list[str] = Field(default_factory=lambda: list(_PROTECTED), description="file or directory name "
+                                 "globs never touched (a matching directory is not entered): pid files, "
+                                 "postmaster.*, WAL segments and directories")
+    max_files: int = Field(default=1_000_000, ge=1, description="files a run removes or compresses at most")
+    max_bytes: ByteSize = Field(default=ByteSize(500 * 1024**3), gt=0,
+                                description="bytes a run removes at most, e.g. '50GB'")
+    survey: list[AbsolutePath] = Field(default_factory=lambda: [Path("/opt/ats"), Path("/var/log")],
+                                       description="directories whose largest children are reported (du "
+                                       "--max-depth=1); a missing one is skipped")
+    top: int = Field(default=10, ge=1, le=1000, description="largest children reported per surveyed directory")
+    rules: list[CleanupRule] = Field(default_factory=_seed_cleanup_rules, description="run in this order: "
+                                     "lowest risk first")
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _not_slash(cls, roots: list[Path]) -> list[Path]:
+        for root in roots:
+            if root == Path("/"):
+                raise ValueError("'/' cannot be an allowed root: name the directories cleanup may touch")
+        return roots
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CleanupSettings:
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError(f"low_watermark ({self.low_watermark:g}) must be below high_watermark "
+                             f"({self.high_watermark:g})")
+        names = [rule.name for rule in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+        for rule in self.rules:
+            if not isinstance(rule, FileRule):
+                continue
+            for root in rule.roots:
+                if root == Path("/"):
+                    raise ValueError(f"rule {rule.name!r}: root '/' is refused")
+                if not any(root == allowed or allowed in root.parents for allowed in self.allowed_roots):
+                    raise ValueError(f"rule {rule.name!r}: root {str(root)!r} is outside allowed_roots "
+                                     f"({', '.join(map(str, self.allowed_roots))})")
+        return self
+
+    def rule(self, name: str) -> CleanupRule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
 class NotificationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -624,6 +794,7 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
     drill: DrillSettings = Field(default_factory=DrillSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 

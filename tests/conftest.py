@@ -27,6 +27,7 @@ import pytest  # noqa: E402
 
 from runbooks.sandbox import Sandbox, SandboxState  # noqa: E402
 from runbooks.sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
+from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)
