@@ -432,7 +432,8 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                 guard.halt(reason=f"restore of {params.database} from {manifest.backup_id}")
         with run.step("swap databases", destructive=True):
             try:
-                swap_databases(database=database, records=records, live=live, scratch=scratch, keep_as=keep_as)
+                swap_databases(database=database, records=records, live=live, scratch=scratch, keep_as=keep_as,
+                               source=params.database, backup_id=manifest.backup_id, flow_run_id=run.flow_run_id)
             except BaseException:
                 # What actually happened decides the report and trading: the swap is one transaction.
                 if locate_databases(database=database, names=[keep_as])[keep_as] is not None:

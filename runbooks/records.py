@@ -4,6 +4,9 @@ A restore drops only what this record says it made, and only if the database sti
 same name, same OID. Nothing the application role can write (a database comment, a name) decides what is
 dropped. Layout: ``records/restore-databases/<server>/<quoted database name>.json``.
 
+A replace restore also records the live database it kept (``pre-restore``, with its OID) right after the swap:
+the disk-cleanup runbook reports those and drops one only with approval and only while it still is that database.
+
 A record is written *before* the database is created (``oid`` None: pending) and completed with its OID right
 after, so a run killed in between leaves a pending record: such a database is reported, never dropped.
 """
@@ -26,7 +29,9 @@ class DatabaseRecord(BaseModel):
     server: str = Field(description="system identifier (or host-port) of the cluster")
     name: str
     oid: int | None = Field(description="None while creation is pending")
-    kind: Literal["scratch", "recovery"]
+    kind: Literal["scratch", "recovery", "pre-restore"] = Field(description="scratch: a restore's copy being "
+                                                              "filled; recovery: a mode=new target; pre-restore: "
+                                                              "the live database a replace kept")
     source: str = Field(description="inventory name of the database whose backup it holds")
     backup_id: str
     flow_run_id: str | None = None

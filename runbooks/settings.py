@@ -741,7 +741,8 @@ class CleanupSettings(BaseModel):
                              f"({self.high_watermark:g})")
         names = [rule.name for rule in self.rules]
         if len(set(names)) != len(names):
-            raise ValueError(f"rule names must be unique: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+            twice = sorted(n for n in set(names) if names.count(n) > 1)
+            raise ValueError(f"rule names must be unique: {', '.join(twice)}")
         for rule in self.rules:
             if not isinstance(rule, FileRule):
                 continue

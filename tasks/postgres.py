@@ -635,12 +635,13 @@ def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRec
 
 @task(name="swap-databases", cache_policy=NO_CACHE)
 def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live: str, scratch: str,
-                   keep_as: str) -> None:
+                   keep_as: str, source: str = "", backup_id: str = "", flow_run_id: str | None = None) -> None:
     """In one transaction: give the copy the live database's properties (owner, settings, per-role settings,
     privileges, connection limit), end the live database's sessions, rename live -> ``keep_as`` and copy -> live.
     Not retried: an operator reads the report before anything touches names again."""
     with _admin(database, f"swapping {scratch!r} in for {live!r}") as (_params, conn):
         scratch_oid = database_oid(conn, scratch)
+        live_oid = database_oid(conn, live)
         if database_exists(conn, keep_as):
             raise Refused(f"database {keep_as!r} already exists, so the live database cannot be kept under that "
                           "name.", hint="rerun the restore; nothing was swapped.")
@@ -656,6 +657,11 @@ def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live:
         records.delete(scratch)  # the copy is the live database now: never a restore's to drop
     except RunbookError as exc:  # the next sweep finds no database under that name and removes the record
         get_run_logger().warning("Could not remove the record of %r after the swap: %s", scratch, exc)
+    try:  # what disk cleanup may later offer to drop (with approval): only this database, by its OID
+        records.put(DatabaseRecord(server=records.server, name=keep_as, oid=live_oid, kind="pre-restore",
+                                   source=source or live, backup_id=backup_id, flow_run_id=flow_run_id))
+    except RunbookError as exc:  # without a record it is only reported, never dropped
+        get_run_logger().warning("Could not record the kept database %r: %s", keep_as, exc)
 
 
 @task(name="locate-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)

@@ -18,7 +18,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="runbooks-state-")  # restore work dirs, not ~/.local
 os.environ.pop("PREFECT_API_URL", None)
-for _name in [k for k in os.environ if k.startswith("RUNBOOKS_")]:
+for _name in [k for k in os.environ if k.startswith("RUNBOOKS_") and k != "RUNBOOKS_REQUIRE_DOCKER"]:
     os.environ.pop(_name)
 
 import boto3  # noqa: E402

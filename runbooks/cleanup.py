@@ -1,0 +1,634 @@
+"""The disk-cleanup engine: watermarks, a budget, and one streaming walk that both plans (dry run) and acts.
+
+Safety is tmpreaper's and systemd-tmpfiles': a walk starts only at a root inside the allowlist, opens every
+directory relative to its parent with ``O_NOFOLLOW`` (a directory swapped for a symbolic link mid-walk is never
+entered), stays on the root's filesystem, touches regular files only, never a name matching a protected pattern
+nor a file some process holds open, and stops at the run's budget. A dry run goes through the very same code and
+only skips the ``unlink``: its plan is what the real run does, as long as nothing else writes meanwhile.
+
+Memory is bounded by the tree's depth (one open directory and its subdirectory names per level), not its size;
+the manifest of what went is streamed to a file, and only its first lines are kept for the report.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import gzip
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from pydantic import BaseModel, Field
+
+from runbooks.errors import ConfigurationError, Refused
+from runbooks.settings import CleanupSettings, FileRule
+
+COMPRESS_ESTIMATE = 0.9  # a dry run's guess of what gzip frees of a text log (measured logs: 85-95 %)
+SAMPLES = 20  # paths (and errors) per rule kept in the result (the manifest file has them all)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Usage(BaseModel):
+    """One filesystem as ``df`` shows it: percent = used / (used + available), reserved blocks excluded."""
+
+    path: str
+    device: int
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+
+    @property
+    def percent(self) -> float:
+        size = self.used_bytes + self.available_bytes
+        return 100.0 * self.used_bytes / size if size else 0.0
+
+    def bytes_to(self, percent: float) -> int:
+        """Bytes to free so usage is strictly below ``percent``."""
+        size = self.used_bytes + self.available_bytes
+        return max(0, self.used_bytes - int(size * percent / 100) + 1)
+
+
+def measure(path: Path) -> Usage:
+    st = os.statvfs(path)
+    return Usage(path=str(path), device=os.stat(path).st_dev, total_bytes=st.f_blocks * st.f_frsize,
+                 used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize, available_bytes=st.f_bavail * st.f_frsize)
+
+
+class Ledger:
+    """How much each filesystem still needs to lose to get below the low watermark, shared by every rule of a run.
+
+    Only filesystems at or above the high watermark need anything; ``force`` makes every filesystem want
+    everything the rules select. Dry and real runs account the same way (blocks of files whose last link goes),
+    so the plan stops where the real run stops."""
+
+    def __init__(self, usages: Iterable[Usage], *, high: float, low: float, force: bool) -> None:
+        self.force = force
+        self.need: dict[int, int] = {}
+        self.freed: Counter[int] = Counter()
+        for usage in usages:
+            if usage.percent >= high and usage.device not in self.need:
+                self.need[usage.device] = usage.bytes_to(low)
+
+    @property
+    def triggered(self) -> bool:
+        return self.force or bool(self.need)
+
+    def wants(self, device: int) -> bool:
+        return self.force or (device in self.need and self.freed[device] < self.need[device])
+
+    def remaining(self, device: int) -> int | None:
+        """Bytes still to free on ``device``; None: no limit (force)."""
+        if self.force:
+            return None
+        return max(0, self.need.get(device, 0) - self.freed[device])
+
+    def add(self, device: int, freed: int) -> None:
+        self.freed[device] += freed
+
+    def healthy(self) -> bool:
+        """Every filesystem that needed cleaning is below the low watermark (never, under force)."""
+        return not self.force and all(self.freed[d] >= n for d, n in self.need.items())
+
+
+@dataclass
+class Budget:
+    """The per-run limit on what the file rules may remove or compress."""
+
+    max_files: int
+    max_bytes: int
+    files: int = 0
+    bytes: int = 0
+
+    def allows(self, size: int) -> bool:
+        return self.files < self.max_files and self.bytes + size <= self.max_bytes
+
+    def spend(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+
+
+class Matcher:
+    """Name globs compiled into one regular expression (fnmatch per name would dominate a million-file walk)."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = list(patterns)
+        self.everything = "*" in patterns
+        regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+        self.match: Callable[[str], object] = (lambda name: True) if self.everything else regex.match
+
+    def __call__(self, name: str) -> bool:
+        return self.match(name) is not None
+
+
+def open_files() -> set[tuple[int, int]]:
+    """(device, inode) of every file a process on this host holds open, from ``/proc/*/fd`` (what ``lsof`` reads).
+
+    Processes of other users are visible only to root; a cleanup of shared directories should run as root."""
+    held: set[tuple[int, int]] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return held
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                held.add((st.st_dev, st.st_ino))
+    return held
+
+
+Action = Literal["deleted", "compressed", "removed-dir", "would-delete", "would-compress", "would-remove-dir"]
+_WOULD: dict[str, Action] = {"deleted": "would-delete", "compressed": "would-compress",
+                             "removed-dir": "would-remove-dir"}
+_DID: dict[str, Action] = {"deleted": "deleted", "compressed": "compressed", "removed-dir": "removed-dir"}
+
+
+class ManifestLine(BaseModel):
+    rule: str
+    action: Action
+    path: str
+    bytes: int = Field(description="what it freed (or would): blocks of a file whose last link went")
+    mtime: float
+
+
+class Manifest:
+    """Every path a run deleted or compressed (or would), one JSON line each, streamed to a private file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.count = 0
+        self._out: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._out = gzip.open(os.fdopen(fd, "wb"), "wt", compresslevel=1)
+
+    def write(self, rule: str, action: Action, path: str, freed: int, mtime: float) -> None:
+        """One line, as ``ManifestLine`` reads it back (written by hand: a model per file costs a tenth of a
+        dry run)."""
+        self.count += 1
+        if self._out is not None:
+            self._out.write(f'{{"rule":{json.dumps(rule)},"action":"{action}","path":{json.dumps(path)},'
+                            f'"bytes":{freed},"mtime":{mtime}}}\n')
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+class TreeOutcome(BaseModel):
+    """One rule on one root: what it selected and did (or would do), and what it refused to touch."""
+
+    rule: str
+    action: Literal["delete", "compress"]
+    root: str
+    state: Literal["done", "skipped", "stopped", "failed"] = "done"
+    why: str = ""
+    files: int = Field(default=0, description="files deleted or compressed (dry run: that would be)")
+    bytes: int = Field(default=0, description="bytes freed (dry run: that would be; compression estimated)")
+    dirs_removed: int = 0
+    examined: int = Field(default=0, description="regular files looked at")
+    skipped: dict[str, int] = Field(default_factory=dict, description="entries not touched, by why")
+    errors: list[str] = Field(default_factory=list, description="the first failures (the run goes on)")
+    samples: list[str] = Field(default_factory=list, description="the first paths acted on")
+    seconds: float = 0.0
+
+
+@dataclass
+class Walk:
+    """Everything one rule's walk shares with the rest of the run."""
+
+    ledger: Ledger
+    budget: Budget
+    manifest: Manifest
+    protected_patterns: list[str]
+    held: set[tuple[int, int]]
+    dry_run: bool
+    now: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.protected = Matcher(self.protected_patterns)
+
+
+def check_root(root: Path, settings: CleanupSettings) -> None:
+    """Refuse (ConfigurationError) a root that is missing, not a directory, reached through a symbolic link, or
+    outside the allowlist: checked for every root before anything is touched."""
+    if not any(root == allowed or allowed in root.parents for allowed in settings.allowed_roots):
+        raise ConfigurationError(f"cleanup root {str(root)!r} is outside allowed_roots.",
+                                 hint="add its parent to [cleanup] allowed_roots or fix the rule's roots.")
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        raise ConfigurationError(f"cleanup root {str(root)!r} does not exist.",
+                                 hint="create it, or remove it from the rule's roots in [cleanup].") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cleanup root {str(root)!r} cannot be read: {exc.strerror}.",
+                                 hint="run the cleanup as a user that can read it.") from None
+    if stat.S_ISLNK(st.st_mode) or os.path.realpath(root) != str(root):
+        raise ConfigurationError(f"cleanup root {str(root)!r} is reached through a symbolic link "
+                                 f"({os.path.realpath(root)!r}).", hint="name the directory itself in the rule.")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"cleanup root {str(root)!r} is not a directory.",
+                                 hint="name a directory in the rule's roots.")
+
+
+def root_device(root: Path) -> int:
+    return os.lstat(root).st_dev
+
+
+class _Dirs:
+    """Directory fds along one path below the root, each opened relative to its parent with ``O_NOFOLLOW`` and
+    checked to be on the root's filesystem: a component swapped for a symbolic link after find listed it is
+    never followed. Consecutive files of one directory reuse its fd."""
+
+    def __init__(self, root_fd: int, device: int) -> None:
+        self.root_fd = root_fd
+        self.device = device
+        self.stack: list[tuple[bytes, int]] = []
+
+    def open(self, relative_dir: bytes) -> int:
+        parts = relative_dir.split(b"/") if relative_dir else []
+        common = 0
+        while common < len(self.stack) and common < len(parts) and self.stack[common][0] == parts[common]:
+            common += 1
+        for _, fd in self.stack[common:]:
+            os.close(fd)
+        del self.stack[common:]
+        parent = self.stack[-1][1] if self.stack else self.root_fd
+        for part in parts[common:]:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
+            if os.fstat(fd).st_dev != self.device:
+                os.close(fd)
+                raise OSError(errno.EXDEV, "on another filesystem")
+            self.stack.append((part, fd))
+            parent = fd
+        return parent
+
+    def close(self) -> None:
+        for _, fd in self.stack:
+            os.close(fd)
+        self.stack.clear()
+
+
+def _names(patterns: Iterable[str]) -> list[str]:
+    """``-name a -o -name b`` (find's -name and fnmatch read the same shell globs; Python re-checks anyway)."""
+    out: list[str] = []
+    for pattern in patterns:
+        out += (["-o"] if out else []) + ["-name", pattern]
+    return out
+
+
+def find_command(rule: FileRule, protected: list[str], cutoff: float) -> list[str]:
+    """The find(1) that lists a rule's candidates under the current directory, NUL-separated: never following a
+    symbolic link (-P), never leaving the filesystem (-xdev), not entering protected directories. With
+    ``remove_empty_dirs`` it lists every file and directory, so which directories end up empty is known
+    exactly, in a dry run too."""
+    command = ["find", "-P", ".", "-xdev", "-mindepth", "1"]
+    matching = [] if "*" in rule.patterns else ["(", *_names(rule.patterns), ")"]
+    if rule.remove_empty_dirs:  # every file: which directories keep something must be known
+        files = [*matching, "-printf", r"f %i %n %s %b %T@ %P\0", "-o", "-printf", r"k %P\0"]
+    else:
+        files = [*matching, "!", "-newermt", f"@{cutoff:.6f}", "-printf", r"f %i %n %s %b %T@ %P\0", "-o", "-true"]
+    # Regular files first: most entries are, and each one stops at its own branch.
+    command += ["(", "-type", "f", "(", *files, ")", ")"]
+    if protected:
+        command += ["-o", "(", "-type", "d", "(", *_names(protected), ")", "-prune", "-printf", r"p %P\0", ")"]
+    if rule.remove_empty_dirs:
+        command += ["-o", "(", "-type", "d", "-printf", r"d %T@ %P\0", ")"]
+    command += ["-o", "(", "-type", "l", "-printf", r"l %P\0", ")", "-o", "(", "!", "-type", "d", "-printf",
+                r"o %P\0", ")"]
+    return command
+
+
+def _records(stream: IO[bytes]) -> Iterator[bytes]:
+    """NUL-terminated records as they arrive (os.read returns what the pipe holds: decisions overlap the walk)."""
+    tail = b""
+    fd = stream.fileno()
+    while chunk := os.read(fd, 1 << 16):
+        parts = (tail + chunk).split(b"\0")
+        tail = parts.pop()
+        yield from parts
+    if tail:
+        yield tail
+
+
+def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
+    """Delete (or compress) what ``rule`` selects under ``root`` until the filesystem is below the low
+    watermark, the budget is spent, or nothing is left; a dry run decides identically and touches nothing.
+
+    GNU find walks (it is the fastest walker here, and runs on its own core while this process decides and
+    unlinks); every decision is made here: protected names, files held open, age, budget, watermark. Each
+    file is removed relative to its directory's fd after checking it is still the regular file find saw."""
+    started = time.monotonic()
+    out = TreeOutcome(rule=rule.name, action=rule.action, root=str(root))
+    skipped: Counter[str] = Counter()
+    cutoff = walk.now - rule.older_than.total_seconds()
+    select = Matcher(rule.patterns).match
+    protect = walk.protected.match
+    compress = rule.action == "compress"
+    action = _verb(walk.dry_run, "compressed" if compress else "deleted")
+    prefix = f"{root}/"
+    held, ledger, budget, dry_run = walk.held, walk.ledger, walk.budget, walk.dry_run
+    try:
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        out.state, out.why = "failed", f"cannot open {root}: {exc.strerror}"
+        return out
+    device = os.fstat(root_fd).st_dev
+    if not ledger.wants(device):
+        os.close(root_fd)
+        out.state, out.why = "skipped", "its filesystem is not above the high watermark (or is below the low one)"
+        return out
+    dirs = _Dirs(root_fd, device)
+    old_dirs: list[tuple[bytes, float]] = []
+    kept: set[bytes] = set()
+    stop: str | None = None
+    files = freed_total = 0
+
+    def keep(relative: bytes) -> None:
+        while True:
+            relative = relative.rpartition(b"/")[0]
+            if not relative or relative in kept:
+                return
+            kept.add(relative)
+
+    def error(text: str) -> None:
+        skipped["error"] += 1
+        if len(out.errors) < SAMPLES:
+            out.errors.append(text)
+
+    # find runs with the root's open fd as its working directory: a root swapped for a link after the checks
+    # is not where it starts.
+    process = subprocess.Popen(find_command(rule, walk.protected_patterns, cutoff), cwd=f"/proc/self/fd/{root_fd}",
+                               pass_fds=(root_fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "LC_ALL": "C", "TZ": "UTC"})
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        for record in _records(process.stdout):
+            kind = record[:1]
+            if kind == b"f":
+                _, ino_, nlink_, size_, blocks_, mtime_, relative = record.split(b" ", 6)
+                mtime = float(mtime_)
+                directory, _, name = relative.rpartition(b"/")
+                text = os.fsdecode(name)
+                if not select(text) or mtime > cutoff:
+                    keep(relative)
+                    continue
+                if protect(text):
+                    keep(relative)
+                    skipped["protected"] += 1
+                    continue
+                inode = int(ino_)
+                if (device, inode) in held:
+                    keep(relative)
+                    skipped["open by a process"] += 1
+                    continue
+                if compress and text.endswith(".gz"):
+                    continue
+                size = int(size_)
+                freed = int(blocks_) * 512 if nlink_ == b"1" else 0
+                if compress:
+                    freed = int(freed * COMPRESS_ESTIMATE)
+                if not budget.allows(size):
+                    stop = "the run's budget (max_files / max_bytes) is spent"
+                    break
+                if not ledger.wants(device):
+                    stop = "the filesystem is below the low watermark"
+                    break
+                if not dry_run:
+                    try:
+                        fd = dirs.open(directory)
+                        now = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if not stat.S_ISREG(now.st_mode) or now.st_ino != inode or now.st_mtime > cutoff:
+                            keep(relative)
+                            skipped["changed during the walk"] += 1
+                            continue
+                        if compress:
+                            freed = _compress(fd, text, now)
+                        else:
+                            os.unlink(name, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+                    except Refused as exc:
+                        keep(relative)
+                        skipped[exc.message] += 1
+                        continue
+                    except OSError as exc:
+                        keep(relative)
+                        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                            skipped["changed during the walk"] += 1
+                        else:
+                            error(f"{root}/{os.fsdecode(relative)}: {exc.strerror}")
+                        continue
+                if compress:
+                    keep(relative)
+                budget.spend(size)
+                ledger.add(device, freed)
+                files += 1
+                freed_total += freed
+                path = prefix + os.fsdecode(relative)
+                if len(out.samples) < SAMPLES:
+                    out.samples.append(path)
+                walk.manifest.write(rule.name, action, path, freed, mtime)
+            elif kind == b"k":
+                keep(record[2:])
+            elif kind == b"d":
+                _, mtime_, relative = record.split(b" ", 2)
+                if float(mtime_) <= cutoff:
+                    old_dirs.append((relative, float(mtime_)))
+            elif kind == b"p":
+                skipped["protected"] += 1
+                keep(record[2:])
+            elif kind == b"l":
+                skipped["symbolic link"] += 1
+                keep(record[2:])
+            elif kind == b"o":
+                skipped["not a regular file"] += 1
+                keep(record[2:])
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdout.close()
+        problems = process.stderr.read().decode(errors="replace").splitlines()
+        process.wait()
+        for line in problems[:SAMPLES]:
+            error(line.removeprefix("find: "))
+    try:
+        if rule.remove_empty_dirs and not stop and not compress:
+            out.dirs_removed = _remove_empty(root, old_dirs, kept, dirs, walk, rule)
+    finally:
+        dirs.close()
+        os.close(root_fd)
+    if stop:
+        out.state, out.why = "stopped", stop
+    out.files, out.bytes = files, freed_total
+    out.skipped = dict(skipped)
+    out.seconds = time.monotonic() - started
+    return out
+
+
+def _remove_empty(root: Path, old_dirs: list[tuple[bytes, float]], kept: set[bytes], dirs: _Dirs, walk: Walk,
+                  rule: FileRule) -> int:
+    """Directories older than the rule's age that hold nothing that stays, deepest first; never the root."""
+    removed = 0
+    for relative, mtime in sorted(old_dirs, key=lambda d: d[0].count(b"/"), reverse=True):
+        if relative in kept:
+            continue
+        parent, _, name = relative.rpartition(b"/")
+        if not walk.dry_run:
+            try:
+                os.rmdir(name, dir_fd=dirs.open(parent))
+            except OSError:  # something appeared in it meanwhile, or it changed
+                kept.add(parent)
+                continue
+        removed += 1
+        walk.manifest.write(rule.name, _verb(walk.dry_run, "removed-dir"), f"{root}/{os.fsdecode(relative)}", 0,
+                            mtime)
+    return removed
+
+
+def _verb(dry_run: bool, done: str) -> Action:
+    return (_WOULD if dry_run else _DID)[done]
+
+
+def _compress(dir_fd: int, name: str, before: os.stat_result) -> int:
+    """gzip ``name`` beside itself (same mode, owner and mtime), then remove the original; returns the blocks
+    freed. The compressed copy is written under a temporary name and renamed, so a killed run never leaves a
+    half-written ``.gz`` in the log's place."""
+    target = name + ".gz"
+    try:
+        os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+        raise Refused("a compressed copy already exists")
+    except FileNotFoundError:
+        pass
+    partial = f".{name}.gz.runbooks-partial"
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != before.st_ino:
+            raise Refused("changed during the walk")
+        dst = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      stat.S_IMODE(st.st_mode) & 0o666, dir_fd=dir_fd)
+        try:
+            with os.fdopen(src, "rb", closefd=False) as reader, os.fdopen(dst, "wb", closefd=False) as raw, \
+                    gzip.GzipFile(filename=name, mode="wb", fileobj=raw, mtime=int(st.st_mtime)) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+            if os.geteuid() == 0:
+                os.fchown(dst, st.st_uid, st.st_gid)
+            os.fsync(dst)
+            after = os.fstat(dst)
+        finally:
+            os.close(dst)
+        os.utime(partial, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        os.rename(partial, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(partial, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(src)
+    freed = st.st_blocks * 512 if st.st_nlink == 1 else 0
+    return max(0, freed - after.st_blocks * 512)
+
+
+class Consumer(BaseModel):
+    path: str
+    bytes: int
+
+
+def survey(path: Path, *, top: int) -> list[Consumer]:
+    """``du --max-depth=1 PATH | sort -rh | head``: the largest children of ``path`` by blocks, one filesystem,
+    symbolic links not followed, hard-linked files counted once. Streams: memory is the tree's depth."""
+    root_fd = os.open(path, _DIR_FLAGS)
+    device = os.fstat(root_fd).st_dev
+    totals: Counter[str] = Counter()
+    seen: set[int] = set()
+
+    def blocks(st: os.stat_result) -> int:
+        if st.st_nlink > 1:
+            if st.st_ino in seen:
+                return 0
+            seen.add(st.st_ino)
+        return st.st_blocks * 512
+
+    def walk(fd: int) -> Iterator[int]:
+        stack = [fd]
+        try:
+            while stack:
+                current = stack.pop()
+                try:
+                    with os.scandir(current) as entries:
+                        for entry in entries:
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            if st.st_dev != device:
+                                continue
+                            yield blocks(st)
+                            if entry.is_dir(follow_symlinks=False):
+                                try:
+                                    stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=current))
+                                except OSError:
+                                    continue
+                finally:
+                    if current != fd:
+                        os.close(current)
+        finally:
+            for left in stack:
+                if left != fd:
+                    os.close(left)
+
+    try:
+        with os.scandir(root_fd) as entries:
+            children = list(entries)
+        for entry in children:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != device:
+                continue
+            size = blocks(st)
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=root_fd)
+                except OSError:
+                    continue
+                try:
+                    size += sum(walk(child))
+                finally:
+                    os.close(child)
+            totals[entry.name] += size
+    finally:
+        os.close(root_fd)
+    return [Consumer(path=f"{path}/{name}", bytes=size) for name, size in totals.most_common(top)]
+
+
+def manifest_lines(path: Path) -> Iterator[ManifestLine]:
+    """Read a manifest back (tests, and an operator with ``zcat``)."""
+    with gzip.open(path, "rt") as lines:
+        for line in lines:
+            yield ManifestLine.model_validate(json.loads(line))
