@@ -1,6 +1,7 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
-Scheduled maintenance: ``backup``, ``data-freshness``, ``dr-game-day`` (quarterly). On-demand recovery:
+Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, and on the disk alert),
+``dr-game-day`` (quarterly). On-demand recovery:
 ``restore``, ``model-rollback`` (also on a degradation event).
 """
 
@@ -37,6 +38,8 @@ RUNBOOKS: dict[str, Runbook] = {
                            "render_report", "scheduled maintenance"),
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
+    "disk-cleanup": Runbook("disk-cleanup", "flows.disk_cleanup", "disk_cleanup_flow", "CleanupParameters",
+                            "render_report", "scheduled maintenance"),
     "model-rollback": Runbook("model-rollback", "flows.model_rollback", "model_rollback_flow", "RollbackParameters",
                               "render_report", "on-demand recovery"),
 }

@@ -48,6 +48,7 @@ class KeptDatabase(BaseModel):
     """A database named like a replace restore's kept copy, and what the runbooks' own record says about it."""
 
     name: str
+    server: str = Field(description="the cluster it is on (as the records name it)")
     oid: int
     bytes: int
     recorded: bool = Field(description="the runbooks' record shows a replace restore kept this very database (OID)")
@@ -118,7 +119,7 @@ def find_kept_databases(*, database: DatabaseSettings, records: RestoreRecords, 
                             "WHERE strpos(datname, %s) > 0 ORDER BY datname", [PRE_RESTORE_MARK]).fetchall()
     for name, oid, size in rows:
         record = records.get(name)
-        kept = KeptDatabase(name=name, oid=int(oid), bytes=int(size), recorded=False)
+        kept = KeptDatabase(name=name, server=records.server, oid=int(oid), bytes=int(size), recorded=False)
         if name in protected:
             kept.why = "a database of the inventory"
         elif record is None or record.kind != "pre-restore":
