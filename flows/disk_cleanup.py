@@ -296,39 +296,40 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
             result.triggered = bool(ledger.need)
             figures.update(usage=", ".join(f"{u.path} {u.percent:.1f}%" for u in result.usage_before),
                            triggered=result.triggered)
-        acting = ledger.triggered or bool(params.drop_pre_restore or params.vacuum_full)
-        if acting or params.dry_run:
+        if ledger.triggered or params.dry_run:
             with run.step("survey largest consumers"):
                 result.consumers = survey_disk(paths=cfg.survey, top=cfg.top)
-        if acting:
+        walk: Walk | None = None
+        if ledger.triggered:
             manifest_path = settings.state_dir.expanduser() / "cleanup" / \
                 f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{(run.flow_run_id or 'local')[:8]}.jsonl.gz"
             manifest = Manifest(manifest_path)
             result.manifest = str(manifest_path)
             walk = Walk(ledger=ledger, budget=Budget(cfg.max_files, int(cfg.max_bytes)), manifest=manifest,
                         protected_patterns=cfg.protected, held=open_files(), dry_run=params.dry_run)
-            for rule in rules:
-                if ledger.healthy() and not isinstance(rule, DatabaseRule):
-                    result.stopped = result.stopped or "every watched filesystem is below the low watermark"
-                    continue
-                if isinstance(rule, FileRule):
-                    for root in rule.roots:
-                        with run.step(f"{rule.name} {root}", destructive=not params.dry_run) as figures:
-                            outcome = clean_files(rule=rule, root=root, walk=walk)
-                            result.files.append(outcome)
-                            figures.update(files=outcome.files, bytes=outcome.bytes, state=outcome.state)
-                elif isinstance(rule, DockerRule):
-                    with run.step(rule.name, destructive=not params.dry_run) as figures:
-                        result.docker.append(_docker(rule, ledger, params.dry_run))
-                        figures.update(removed=len(result.docker[-1].planned))
-                elif isinstance(rule, BackupsRule):
-                    with run.step(rule.name, destructive=not params.dry_run) as figures:
-                        result.backups.append(_backups(rule, settings, ledger, params.dry_run))
-                        figures.update(bytes=result.backups[-1].bytes)
-                elif isinstance(rule, DatabaseRule):
-                    result.databases.append(_databases(run, rule, params, result))
-            manifest.close()
-            result.manifest_entries = manifest.count
+        for rule in rules:
+            if isinstance(rule, DatabaseRule):  # read-only unless enabled or approved: reported on every run
+                _databases(run, rule, params, result)
+                continue
+            if walk is None:
+                continue
+            if ledger.healthy():
+                result.stopped = result.stopped or "every watched filesystem is below the low watermark"
+                continue
+            if isinstance(rule, FileRule):
+                for root in rule.roots:
+                    with run.step(f"{rule.name} {root}", destructive=not params.dry_run) as figures:
+                        outcome = clean_files(rule=rule, root=root, walk=walk)
+                        result.files.append(outcome)
+                        figures.update(files=outcome.files, bytes=outcome.bytes, state=outcome.state)
+            elif isinstance(rule, DockerRule):
+                with run.step(rule.name, destructive=not params.dry_run) as figures:
+                    result.docker.append(_docker(rule, ledger, params.dry_run))
+                    figures.update(removed=len(result.docker[-1].planned))
+            elif isinstance(rule, BackupsRule):
+                with run.step(rule.name, destructive=not params.dry_run) as figures:
+                    result.backups.append(_backups(rule, settings, ledger, params.dry_run))
+                    figures.update(bytes=result.backups[-1].bytes)
         result.freed_bytes = (sum(o.bytes for o in result.files) + sum(b.bytes for b in result.backups)
                               + sum(d.outcome.reclaimed_bytes if d.outcome else sum(o.bytes for o in d.planned)
                                     for d in result.docker))
@@ -439,6 +440,7 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
                result: CleanupResult) -> DatabaseReport:
     settings = run.settings
     report = DatabaseReport(rule=rule.name)
+    result.databases.append(report)  # what was read stays in the report if a later step refuses
     names = rule.databases or list(settings.databases)
     with run.step("database sizes") as figures:
         for name in names:

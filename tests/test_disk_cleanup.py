@@ -1,0 +1,467 @@
+"""The disk-cleanup runbook on real trees, a real small filesystem (tmpfs), the sandbox's PostgreSQL and
+repository: selection, safety limits, watermarks, dry run equal to the real run, bad input, kept databases."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from flows.disk_cleanup import CleanupParameters, CleanupResult, disk_cleanup_flow, plan_hash
+from runbooks.cleanup import Budget, Ledger, Manifest, Usage, Walk, clean_tree, manifest_lines, measure, survey
+from runbooks.postgres import server_identity
+from runbooks.records import DatabaseRecord, RestoreRecords
+from runbooks.repository import open_repository
+from runbooks.sandbox import SandboxState
+from runbooks.settings import FileRule, load_settings
+from tests.approvals import decide_when_paused
+
+DAY = 86400
+OLD = time.time() - 30 * DAY
+
+
+def write(path: Path, size: int = 1000, *, age_days: float = 0, content: bytes | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if content is not None else os.urandom(size))
+    if age_days:
+        moment = time.time() - age_days * DAY
+        os.utime(path, (moment, moment))
+    return path
+
+
+def walk_of(*, dry_run: bool = False, force: bool = True, ledger: Ledger | None = None, max_files: int = 10**9,
+            max_bytes: int = 10**15, manifest: Path | None = None, held: set[tuple[int, int]] | None = None,
+            protected: list[str] | None = None) -> Walk:
+    return Walk(ledger=ledger or Ledger([], high=85, low=80, force=force), budget=Budget(max_files, max_bytes),
+                manifest=Manifest(manifest), protected_patterns=protected if protected is not None else
+                ["*.pid", "postmaster.*", "pg_wal", "[0-9A-F]" * 24], held=held or set(), dry_run=dry_run)
+
+
+def rule(root: Path, **kw: Any) -> FileRule:
+    return FileRule(name=kw.pop("name", "logs"), roots=[root], **{"older_than": timedelta(days=7), **kw})
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Old and new logs, protected names, and links and files outside the root that must survive."""
+    root = tmp_path / "logs"
+    outside = write(tmp_path / "outside" / "precious.log", age_days=30)
+    write(root / "app" / "old.log", age_days=30)
+    write(root / "app" / "old.log.1", age_days=30)
+    write(root / "app" / "new.log", age_days=1)
+    write(root / "app" / "deep" / "er" / "old.log", age_days=10)
+    write(root / "run" / "app.pid", age_days=30)
+    write(root / "db" / "postmaster.pid", age_days=30)
+    write(root / "db" / "pg_wal" / "000000010000000000000001", age_days=30)
+    write(root / "db" / "000000010000000000000002", age_days=30)
+    write(root / "notes.txt", age_days=30)
+    (root / "link-to-outside.log").symlink_to(outside)
+    (root / "dir-link").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(root / "fifo.log")
+    return root
+
+
+def test_deletes_only_old_regular_files_under_the_root(tree: Path, tmp_path: Path) -> None:
+    outcome = clean_tree(rule(tree, patterns=["*.log", "*.log.*", "*"]), tree, walk_of())
+    left = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    assert "app/new.log" in left and "link-to-outside.log" in left and "dir-link" in left and "fifo.log" in left
+    assert not (tree / "app" / "old.log").exists() and not (tree / "app" / "deep" / "er" / "old.log").exists()
+    assert not (tree / "notes.txt").exists()
+    for protected in ("run/app.pid", "db/postmaster.pid", "db/pg_wal/000000010000000000000001",
+                      "db/000000010000000000000002"):
+        assert (tree / protected).exists(), protected
+    assert (tmp_path / "outside" / "precious.log").exists()
+    assert outcome.files == 4 and outcome.bytes >= 4000
+    assert outcome.skipped["symbolic link"] == 2 and outcome.skipped["not a regular file"] == 1
+    assert outcome.skipped["protected"] == 4  # two pid files, the WAL segment, the pg_wal directory
+
+
+def test_patterns_select_by_name(tree: Path) -> None:
+    outcome = clean_tree(rule(tree, patterns=["*.log"]), tree, walk_of())
+    assert outcome.files == 2
+    assert (tree / "app" / "old.log.1").exists() and (tree / "notes.txt").exists()
+
+
+def test_dry_run_plans_exactly_what_the_real_run_does(tree: Path, tmp_path: Path) -> None:
+    r = rule(tree, patterns=["*"])
+    dry = clean_tree(r, tree, walk_of(dry_run=True, manifest=tmp_path / "dry.gz"))
+    before = sorted(str(p) for p in tree.rglob("*"))
+    assert sorted(str(p) for p in tree.rglob("*")) == before  # nothing touched
+    real = clean_tree(r, tree, walk_of(manifest=tmp_path / "real.gz"))
+    planned = [(m.path, m.bytes) for m in manifest_lines(tmp_path / "dry.gz")]
+    done = [(m.path, m.bytes) for m in manifest_lines(tmp_path / "real.gz")]
+    assert planned == done and len(done) == dry.files == real.files == 4
+    assert {m.action for m in manifest_lines(tmp_path / "dry.gz")} == {"would-delete"}
+    assert {m.action for m in manifest_lines(tmp_path / "real.gz")} == {"deleted"}
+    assert all(not Path(path).exists() for path, _ in done)
+
+
+def test_budget_stops_early(tree: Path) -> None:
+    outcome = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_files=2))
+    assert outcome.files == 2 and outcome.state == "stopped" and "budget" in outcome.why
+    assert sum(1 for p in tree.rglob("*") if p.is_file() and not p.is_symlink()) == 9 - 2
+    by_bytes = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_bytes=1500))
+    assert by_bytes.files == 1 and by_bytes.state == "stopped"
+
+
+def test_open_files_are_left(tree: Path) -> None:
+    from runbooks.cleanup import open_files
+
+    with open(tree / "app" / "old.log", "rb"):
+        outcome = clean_tree(rule(tree, patterns=["*.log"]), tree, walk_of(held=open_files()))
+    assert (tree / "app" / "old.log").exists()
+    assert outcome.skipped["open by a process"] == 1 and outcome.files == 1
+
+
+def test_hard_links_free_nothing_until_the_last_goes(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    kept = write(tmp_path / "elsewhere.log", 100_000, age_days=30)
+    root.mkdir()
+    os.link(kept, root / "linked.log")
+    outcome = clean_tree(rule(root), root, walk_of())
+    assert outcome.files == 1 and outcome.bytes == 0 and kept.exists()
+
+
+def test_compresses_rotated_logs_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    text = b"2026-11-01 INFO order filled\n" * 20_000
+    write(root / "app.log.1", content=text, age_days=3)
+    write(root / "app.log", content=text, age_days=3)
+    write(root / "app.log.2.gz", content=gzip.compress(text), age_days=3)
+    mtime = (root / "app.log.1").stat().st_mtime
+    outcome = clean_tree(rule(root, action="compress", patterns=["*.log.[0-9]"], older_than=timedelta(days=1)),
+                         root, walk_of())
+    assert outcome.files == 1 and outcome.bytes > 0
+    assert not (root / "app.log.1").exists() and (root / "app.log").exists()
+    assert gzip.decompress((root / "app.log.1.gz").read_bytes()) == text
+    assert (root / "app.log.1.gz").stat().st_mtime == pytest.approx(mtime, abs=1)
+    assert oct((root / "app.log.1.gz").stat().st_mode & 0o777) == oct((root / "app.log").stat().st_mode & 0o777)
+    assert not list(root.glob(".*partial"))
+
+
+def test_removes_emptied_old_directories_but_never_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "tmp"
+    write(root / "a" / "b" / "old", age_days=30)
+    write(root / "c" / "old", age_days=30)
+    write(root / "c" / "new", age_days=0)
+    for d in (root / "a" / "b", root / "a", root / "c"):
+        os.utime(d, (OLD, OLD))
+    r = rule(root, name="tmp", remove_empty_dirs=True)
+    dry = clean_tree(r, root, walk_of(dry_run=True))
+    real = clean_tree(r, root, walk_of())
+    assert dry.dirs_removed == real.dirs_removed == 2 and dry.files == real.files == 2
+    assert root.is_dir() and not (root / "a").exists() and (root / "c" / "new").exists()
+
+
+def test_never_enters_another_filesystem(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs inside the tree needs root (CI runs as root)")
+    root = tmp_path / "r"
+    mount = root / "mnt"
+    mount.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        write(mount / "old.log", age_days=30)
+        write(root / "old.log", age_days=30)
+        outcome = clean_tree(rule(root), root, walk_of())
+        assert (mount / "old.log").exists() and not (root / "old.log").exists()
+        assert outcome.files == 1
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_directory_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
+    """find lists root/a/old.log; before it is removed, root/a becomes a link to a victim directory."""
+    root, victim = tmp_path / "root", tmp_path / "victim"
+    write(root / "a" / "old.log", age_days=30)
+    write(victim / "old.log", age_days=30)
+    from runbooks import cleanup
+
+    real = cleanup._Dirs.open
+
+    def swapping(self: Any, relative: bytes) -> int:
+        if relative == b"a" and (root / "a").is_dir() and not (root / "a").is_symlink():
+            (root / "a" / "old.log").unlink()
+            (root / "a").rmdir()
+            (root / "a").symlink_to(victim, target_is_directory=True)
+        return real(self, relative)
+
+    cleanup._Dirs.open = swapping  # type: ignore[method-assign]
+    try:
+        outcome = clean_tree(rule(root), root, walk_of())
+    finally:
+        cleanup._Dirs.open = real  # type: ignore[method-assign]
+    assert (victim / "old.log").exists()
+    assert outcome.files == 0 and outcome.skipped.get("changed during the walk") == 1
+
+
+def test_ledger_stops_at_the_low_watermark(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    for i in range(10):
+        write(root / f"f{i}.log", 40_960, age_days=30)
+    device = os.stat(root).st_dev
+    usage = Usage(path=str(root), device=device, total_bytes=1_000_000, used_bytes=900_000, available_bytes=100_000)
+    ledger = Ledger([usage], high=85, low=80, force=False)
+    outcome = clean_tree(rule(root), root, walk_of(ledger=ledger))
+    need = usage.bytes_to(80)
+    assert outcome.state == "stopped" and "low watermark" in outcome.why
+    assert outcome.bytes >= need and outcome.bytes - 40_960 < need
+    healthy = Ledger([usage.model_copy(update={"used_bytes": 500_000})], high=85, low=80, force=False)
+    untouched = clean_tree(rule(root), root, walk_of(ledger=healthy))
+    assert untouched.state == "skipped" and untouched.files == 0
+
+
+def test_survey_lists_the_largest_children(tmp_path: Path) -> None:
+    write(tmp_path / "s" / "big" / "x" / "a", 300_000)
+    write(tmp_path / "s" / "small" / "b", 10_000)
+    write(tmp_path / "s" / "file", 50_000)
+    top = survey(tmp_path / "s", top=2)
+    assert [c.path.rsplit("/", 1)[1] for c in top] == ["big", "file"]
+    assert top[0].bytes >= 300_000
+
+
+# -- the flow ----------------------------------------------------------------------------------------------------
+def cleanup_settings(monkeypatch: pytest.MonkeyPatch, **section: Any) -> None:
+    monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps(section, default=str))
+
+
+def run_cleanup(**params: Any) -> tuple[Any, CleanupResult]:
+    state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs: real watermarks on a real filesystem."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path, *, old: int, new: int, size: int = 512 * 1024) -> None:
+    for i in range(old):
+        write(disk / "logs" / f"app-{i:03d}.log", size, age_days=10 + i)
+    for i in range(new):
+        write(disk / "logs" / f"fresh-{i:03d}.log", size)
+
+
+def disk_rules(disk: Path) -> dict[str, Any]:
+    return {"watch": [str(disk)], "allowed_roots": [str(disk)], "survey": [str(disk)], "high_watermark": 85,
+            "low_watermark": 80, "rules": [{"kind": "files", "name": "old-logs", "roots": [str(disk / "logs")],
+                                            "patterns": ["*.log"], "older_than": "7d"}]}
+
+
+def test_cleans_a_full_disk_down_to_the_low_watermark_and_no_further(config: SandboxState, small_disk: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(small_disk, old=20, new=8)  # 28 x 512 KiB of 16 MiB: 87.5 %
+    assert measure(small_disk).percent >= 85
+    cleanup_settings(monkeypatch, **disk_rules(small_disk))
+    _, plan = run_cleanup()  # dry run by default
+    assert plan.succeeded and plan.triggered and plan.dry_run and plan.healthy is None
+    assert len(list((small_disk / "logs").iterdir())) == 28
+    state, done = run_cleanup(dry_run=False)
+    assert state.is_completed() and done.succeeded and done.healthy
+    after = measure(small_disk)
+    assert after.percent < 80
+    assert done.files[0].files == plan.files[0].files == 3  # 87.5 % - 2 x 3.125 % is still 81.25 %
+    left = sorted(p.name for p in (small_disk / "logs").iterdir())
+    assert len(left) == 28 - done.files[0].files and all(f"fresh-{i:03d}.log" in left for i in range(8))
+    planned = [m.path for m in manifest_lines(Path(plan.manifest or ""))]
+    deleted = [m.path for m in manifest_lines(Path(done.manifest or ""))]
+    assert planned == deleted and all(not Path(p).exists() for p in deleted)
+    assert oct(Path(done.manifest or "").stat().st_mode & 0o777) == "0o600"
+    assert any(c.path.endswith("/logs") for c in done.consumers[str(small_disk)])
+    _, again = run_cleanup(dry_run=False)  # healthy now: nothing to do
+    assert again.succeeded and not again.triggered and not again.files
+
+
+def test_reports_a_disk_it_cannot_bring_below_the_high_watermark(config: SandboxState, small_disk: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(small_disk, old=1, new=28)  # 90.6 %: one file gone leaves 87.5 %
+    cleanup_settings(monkeypatch, **disk_rules(small_disk))
+    state, result = run_cleanup(dry_run=False)
+    assert state.is_failed() and result.healthy is False and result.files[0].files == 1
+    assert any("grow the disk" in step for step in result.next_steps)
+
+
+def test_force_runs_every_rule_whatever_the_watermark(config: SandboxState, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "logs"
+    write(root / "old.log", age_days=30)
+    write(root / "new.log")
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "files", "name": "old-logs", "roots": [str(root)]}])
+    _, idle = run_cleanup(dry_run=False)
+    assert not idle.triggered and idle.succeeded and (root / "old.log").exists()
+    _, forced = run_cleanup(dry_run=False, force=True)
+    assert forced.succeeded and not (root / "old.log").exists() and (root / "new.log").exists()
+    assert "Disk cleanup (forced)" in render(forced)
+
+
+def render(result: CleanupResult) -> str:
+    from flows.disk_cleanup import render_report
+
+    return render_report(result)
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["/"]}], "allowed_roots": ["/tmp"]}, "root '/' is refused"),
+    ({"allowed_roots": ["/"]}, "'/' cannot be an allowed root"),
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["relative/logs"]}]}, "is not an absolute path"),
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["/etc"]}]}, "outside allowed_roots"),
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["/tmp"], "older_than": "-7d"}]}, "must not be negative"),
+    ({"low_watermark": 90, "high_watermark": 85}, "must be below high_watermark"),
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["/tmp/../etc"]}]}, "contains '..'"),
+])
+def test_bad_settings_are_refused_in_one_line_before_anything_is_deleted(
+        config: SandboxState, tmp_path: Path, section: dict[str, Any], expected: str) -> None:
+    victim = write(tmp_path / "old.log", age_days=30)
+    env = {**os.environ, "RUNBOOKS_CLEANUP": json.dumps(section)}
+    done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=false",
+                           "-p", "force=true"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert victim.exists()
+
+
+@pytest.mark.parametrize(("problem", "expected"), [("missing", "does not exist"), ("link", "symbolic link"),
+                                                   ("file", "is not a directory")])
+def test_unusable_roots_are_refused_before_anything_is_deleted(config: SandboxState, tmp_path: Path, problem: str,
+                                                               expected: str) -> None:
+    first = tmp_path / "first"
+    victim = write(first / "old.log", age_days=30)
+    second = tmp_path / "second"
+    if problem == "link":
+        second.symlink_to(first, target_is_directory=True)
+    elif problem == "file":
+        write(second)
+    section = {"allowed_roots": [str(tmp_path)], "watch": [str(tmp_path)],
+               "rules": [{"kind": "files", "name": "x", "roots": [str(first), str(second)]}]}
+    env = {**os.environ, "RUNBOOKS_CLEANUP": json.dumps(section)}
+    done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=false",
+                           "-p", "force=true"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and expected in done.stderr and "HINT:" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert victim.exists()
+
+
+def test_unknown_rule_and_bad_parameters_are_refused(config: SandboxState, tmp_path: Path) -> None:
+    env = {**os.environ, "RUNBOOKS_CLEANUP": json.dumps({"rules": []})}
+    for args, expected in [(["-p", 'rules=["nope"]'], "has no rule 'nope'"),
+                           (["-p", "confirm=xyz"], "confirm"),
+                           (["-p", 'vacuum_full=["trading_db.trades"]'], "database.schema.table")]:
+        done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# -- databases -----------------------------------------------------------------------------------------------------
+def admin(config: SandboxState) -> psycopg.Connection:
+    return psycopg.connect(config.cluster().dsn("postgres"), autocommit=True)
+
+
+def test_kept_databases_are_reported_and_dropped_only_recorded_and_approved(config: SandboxState, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    ours, theirs, young = "trading_db_pre_restore_20261001T020000", "trading_db_pre_restore_20261002T020000", \
+        "trading_db_pre_restore_20261120T020000"
+    with admin(config) as conn:
+        for name in (ours, theirs, young):
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        oids = {name: conn.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s", [name]).fetchone()[0]
+                for name in (ours, young)}
+        server = server_identity(conn, {"host": "x"})
+    records = RestoreRecords(open_repository(settings.repository), server)
+    records.put(DatabaseRecord(server=server, name=ours, oid=oids[ours], kind="pre-restore", source="trading_db",
+                               backup_id="b", created_at=datetime.now(UTC) - timedelta(days=30)))
+    records.put(DatabaseRecord(server=server, name=young, oid=oids[young], kind="pre-restore", source="trading_db",
+                               backup_id="b"))
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "databases", "largest": 3}])
+    try:
+        _, report = run_cleanup(dry_run=True)
+        kept = {k.name: k for k in report.databases[0].kept}
+        assert kept[ours].droppable and kept[ours].recorded
+        assert not kept[theirs].recorded and not kept[theirs].droppable and "no record" in kept[theirs].why
+        assert kept[young].recorded and not kept[young].droppable
+        assert report.databases[0].sizes[0].name == "trading_db" and report.databases[0].sizes[0].bytes > 0
+        assert len(report.databases[0].sizes[0].largest) == 3
+        # Someone else's database with the same mark: refused before anything happens.
+        state, refused = run_cleanup(dry_run=False, drop_pre_restore=[theirs], confirm="0" * 12)
+        assert state.is_failed() and "cannot be dropped" in (refused.error or "")
+        # Ours: the dry run prints the plan hash; a wrong confirm is refused, the right one drops it.
+        _, planned = run_cleanup(dry_run=True, drop_pre_restore=[ours])
+        assert planned.plan and planned.plan.plan_hash
+        state, wrong = run_cleanup(dry_run=False, drop_pre_restore=[ours], confirm="f" * 12)
+        assert state.is_failed() and "does not match" in (wrong.error or "") and not wrong.databases[0].dropped
+        _, done = run_cleanup(dry_run=False, drop_pre_restore=[ours], confirm=planned.plan.plan_hash)
+        assert done.succeeded and done.databases[0].dropped == [ours]
+        with admin(config) as conn:
+            names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        assert ours not in names and theirs in names and young in names
+        assert records.get(ours) is None
+    finally:
+        with admin(config) as conn:
+            for name in (ours, theirs, young):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_vacuum_analyze_runs_on_bloated_tables_when_enabled(config: SandboxState, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    with psycopg.connect(config.cluster().dsn("trading_db"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bloat; CREATE TABLE bloat (id int); "
+                     "ALTER TABLE bloat SET (autovacuum_enabled = false)")
+        conn.execute("INSERT INTO bloat SELECT generate_series(1, 3000)")
+        conn.execute("DELETE FROM bloat WHERE id > 1000")
+        conn.execute("SELECT pg_stat_force_next_flush()")
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "databases", "vacuum": True, "dead_tuples_min": 1000, "dead_ratio_min": 0.5}])
+    try:
+        _, dry = run_cleanup(dry_run=True, force=True)
+        assert [t.table for t in dry.databases[0].sizes[0].bloated] == ["bloat"]
+        assert not dry.databases[0].sizes[0].vacuumed
+        _, done = run_cleanup(dry_run=False, force=True)
+        assert done.databases[0].sizes[0].vacuumed == ["public.bloat"]
+        with psycopg.connect(config.cluster().dsn("trading_db")) as conn:
+            assert conn.execute("SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables "
+                                "WHERE relname = 'bloat'").fetchone()[0]
+        # VACUUM FULL only after an operator's approval (a paused run resumed with approver and reason).
+        rejecting = decide_when_paused({"approve": False, "approver": "oncall", "reason": "market open"})
+        _, rejected = run_cleanup(dry_run=False, vacuum_full=["trading_db.public.bloat"], approval_poll_seconds=1)
+        rejecting.join(timeout=30)
+        assert rejected.approval and not rejected.approval.approved and rejected.approval.approver == "oncall"
+        assert not rejected.databases[0].vacuumed_full
+        approving = decide_when_paused({"approve": True, "approver": "oncall", "reason": "after close"})
+        _, approved = run_cleanup(dry_run=False, vacuum_full=["trading_db.public.bloat"], approval_poll_seconds=1)
+        approving.join(timeout=30)
+        assert approved.approval and approved.approval.approved and approved.approval.via == "operator"
+        assert approved.databases[0].vacuumed_full == ["public.bloat"] and approved.succeeded
+        assert "VACUUM (FULL, ANALYZE): public.bloat" in render(approved)
+    finally:
+        with psycopg.connect(config.cluster().dsn("trading_db"), autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS bloat")
+
+
+def test_plan_hash_is_stable_over_order() -> None:
+    from flows.disk_cleanup import CleanupPlan
+
+    assert plan_hash(CleanupPlan(drop=["a", "b"])) == plan_hash(CleanupPlan(drop=["b", "a"]))
+    assert plan_hash(CleanupPlan(drop=["a"])) != plan_hash(CleanupPlan(vacuum_full=["a"]))
