@@ -465,3 +465,50 @@ def test_plan_hash_is_stable_over_order() -> None:
 
     assert plan_hash(CleanupPlan(drop=["a", "b"])) == plan_hash(CleanupPlan(drop=["b", "a"]))
     assert plan_hash(CleanupPlan(drop=["a"])) != plan_hash(CleanupPlan(vacuum_full=["a"]))
+
+
+# -- Docker and backups through the flow -------------------------------------------------------------------------
+def test_the_flow_prunes_exactly_the_docker_leftovers_it_selects(config: SandboxState, tmp_path: Path,
+                                                                  docker_engine: Any, docker_label: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.dockerd import dangling_image, exited_container, running_container
+
+    gone = [exited_container(docker_engine, docker_label).id, dangling_image(docker_engine, docker_label)]
+    stays = [exited_container(docker_engine, docker_label, protect=True).id,
+             running_container(docker_engine, docker_label).id]
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "docker", "older_than": "0s", "only_label": docker_label}])
+    _, dry = run_cleanup(force=True)
+    planned = [o.id for o in dry.docker[0].planned]
+    assert sorted(planned) == sorted(gone) and dry.freed_bytes > 0
+    assert all(docker_engine.api.inspect_container(i) for i in stays)
+    _, done = run_cleanup(force=True, dry_run=False)
+    assert done.succeeded and done.docker[0].outcome is not None
+    assert [o.id for o in done.docker[0].outcome.removed] == planned
+    assert done.freed_bytes == done.docker[0].outcome.reclaimed_bytes > 0
+    left = {c.id for c in docker_engine.containers.list(all=True, filters={"label": docker_label})}
+    assert set(stays) <= left and gone[0] not in left
+    assert gone[1] not in {i.id for i in docker_engine.images.list(all=True, filters={"label": docker_label})}
+
+
+def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config: SandboxState, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.backup import BackupParameters, backup_databases
+
+    for _ in range(3):
+        assert backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False,
+                                                            apply_retention=False), return_state=True).is_completed()
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION", json.dumps({"daily": 1, "weekly": 0, "monthly": 0}))
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "backups"}])
+    from runbooks.catalog import BackupCatalog
+
+    catalog = BackupCatalog(open_repository(load_settings().repository))
+    ids = [m.backup_id for m in catalog.scan(name="trading_db").manifests]
+    assert len(ids) == 3
+    _, dry = run_cleanup(force=True)
+    assert dry.backups[0].removed == {"database trading_db": ids[:2]} and dry.backups[0].bytes > 0
+    assert len(catalog.scan(name="trading_db").manifests) == 3
+    _, done = run_cleanup(force=True, dry_run=False)
+    assert done.succeeded and done.backups[0].removed == {"database trading_db": ids[:2]}
+    assert [m.backup_id for m in catalog.scan(name="trading_db").manifests] == ids[2:]

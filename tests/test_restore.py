@@ -163,7 +163,11 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"
     assert result.validation.live_deltas["market.orders"] == 400
     assert records(config).get(source) is None  # the live database is never a droppable scratch
+    kept_record = records(config).get(kept)  # the disk cleanup's only evidence that it may offer to drop it
+    assert kept_record and kept_record.kind == "pre-restore" and kept_record.source == source
     with psycopg.connect(admin_dsn(config)) as conn:
+        assert kept_record.oid == conn.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s",
+                                               [kept]).fetchone()[0]
         owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [source])
         assert owner.fetchone() == ("trading_user",)
     assert scalar(config, source, "SHOW work_mem") == "7MB"
