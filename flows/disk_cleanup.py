@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -280,7 +281,7 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
     """Measure the watched filesystems; when one is at the high watermark (or ``force``), run the rules in order,
     lowest risk first, until every one is below the low watermark; report what went and where space is."""
     params = parameters or CleanupParameters()
-    run: RunbookRun[CleanupResult] = RunbookRun(RUNBOOK, resource=lambda s: "host")
+    run: RunbookRun[CleanupResult] = RunbookRun(RUNBOOK, resource=socket.gethostname())
     settings = run.settings
     cfg = settings.cleanup
     result = CleanupResult(started_at=run.started_at, dry_run=params.dry_run, force=params.force,
@@ -323,13 +324,20 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
                         result.files.append(outcome)
                         figures.update(files=outcome.files, bytes=outcome.bytes, state=outcome.state)
             elif isinstance(rule, DockerRule):
-                with run.step(rule.name, destructive=not params.dry_run) as figures:
-                    result.docker.append(_docker(rule, ledger, params.dry_run))
-                    figures.update(removed=len(result.docker[-1].planned))
+                # An engine that is down fails this rule, not the rules after it (the disk still needs them).
+                try:
+                    with run.step(rule.name, destructive=not params.dry_run) as figures:
+                        result.docker.append(_docker(rule, ledger, params.dry_run))
+                        figures.update(removed=len(result.docker[-1].planned))
+                except RunbookError as exc:
+                    result.docker.append(DockerReport(rule=rule.name, state="failed", why=scrub(str(exc))))
             elif isinstance(rule, BackupsRule):
-                with run.step(rule.name, destructive=not params.dry_run) as figures:
-                    result.backups.append(_backups(rule, settings, ledger, params.dry_run))
-                    figures.update(bytes=result.backups[-1].bytes)
+                try:
+                    with run.step(rule.name, destructive=not params.dry_run) as figures:
+                        result.backups.append(_backups(rule, settings, ledger, params.dry_run))
+                        figures.update(bytes=result.backups[-1].bytes)
+                except RunbookError as exc:
+                    result.backups.append(BackupsReport(rule=rule.name, state="failed", why=scrub(str(exc))))
         result.freed_bytes = (sum(o.bytes for o in result.files) + sum(b.bytes for b in result.backups)
                               + sum(d.outcome.reclaimed_bytes if d.outcome else sum(o.bytes for o in d.planned)
                                     for d in result.docker))
@@ -355,6 +363,10 @@ def _failures(result: CleanupResult) -> bool:
 
 
 def _next_steps(result: CleanupResult, params: CleanupParameters) -> None:
+    failed = [(d.rule, d.why) for d in result.docker if d.state == "failed"]
+    failed += [(b.rule, b.why) for b in result.backups if b.state == "failed"]
+    for name, why in failed:
+        result.next_steps.append(f"Rule {name} failed ({why}); the rules after it still ran.")
     if result.dry_run and result.triggered:
         result.next_steps.append("Nothing was changed. Run again with dry_run=false to do what this plan shows.")
     if result.healthy is False:

@@ -512,3 +512,17 @@ def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config
     _, done = run_cleanup(force=True, dry_run=False)
     assert done.succeeded and done.backups[0].removed == {"database trading_db": ids[:2]}
     assert [m.backup_id for m in catalog.scan(name="trading_db").manifests] == ids[2:]
+
+
+def test_an_unreachable_docker_engine_fails_its_rule_not_the_rules_after_it(config: SandboxState, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "logs"
+    write(root / "old.log", age_days=30)
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+                     rules=[{"kind": "docker", "base_url": f"unix://{tmp_path}/no-engine.sock"},
+                            {"kind": "files", "name": "old-logs", "roots": [str(root)]}])
+    state, result = run_cleanup(force=True, dry_run=False)
+    assert state.is_failed() and not result.succeeded
+    assert result.docker[0].state == "failed" and "HINT:" in result.docker[0].why
+    assert result.files[0].files == 1 and not (root / "old.log").exists()
+    assert any("Rule docker failed" in step for step in result.next_steps)
