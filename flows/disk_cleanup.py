@@ -61,6 +61,7 @@ from tasks.reports import publish_report
 from tasks.storage import apply_retention
 
 RUNBOOK = "disk-cleanup"
+DEFAULT_SOCKET = "/var/run/docker.sock"
 TABLE_PATTERN = r"^[^.\s]{1,63}\.[^.\s]{1,63}\.[^.\s]{1,63}$"
 
 
@@ -109,7 +110,7 @@ class CleanupParameters(BaseModel):
                                      "selected.", hint="add a rule of kind 'databases' or select it in rules.")
 
     def selected(self, settings: Settings) -> list[FileRule | DockerRule | BackupsRule | DatabaseRule]:
-        return [r for r in settings.cleanup.rules if self.rules is None or r.name in self.rules]
+        return [r for r in settings.cleanup.rules if not self.rules or r.name in self.rules]
 
 
 _TABLE = re.compile(TABLE_PATTERN)
@@ -143,6 +144,7 @@ class DatabaseReport(BaseModel):
 
 class CleanupPlan(BaseModel):
     drop: list[str] = Field(default_factory=list)
+    drop_oids: list[int] = Field(default_factory=list)
     vacuum_full: list[str] = Field(default_factory=list)
     plan_hash: str = ""
 
@@ -259,7 +261,9 @@ def render_report(result: CleanupResult) -> str:
 
 
 def plan_hash(plan: CleanupPlan) -> str:
-    payload = json.dumps([sorted(plan.drop), sorted(plan.vacuum_full)])
+    """Over the exact databases (name and OID) and tables: a database recreated under the same name since the
+    dry run is another plan."""
+    payload = json.dumps([sorted(plan.drop), sorted(plan.drop_oids), sorted(plan.vacuum_full)])
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -293,6 +297,9 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
             rules = params.selected(settings)
         with run.step("measure disks") as figures:
             result.usage_before = measure_disks(paths=cfg.watch)
+            if cfg.watch and not result.usage_before:
+                raise ConfigurationError(f"none of the watched filesystems ({', '.join(map(str, cfg.watch))}) "
+                                         "can be measured on this host.", hint="fix [cleanup] watch.")
             ledger = Ledger(result.usage_before, high=cfg.high_watermark, low=cfg.low_watermark, force=params.force)
             result.triggered = bool(ledger.need)
             figures.update(usage=", ".join(f"{u.path} {u.percent:.1f}%" for u in result.usage_before),
@@ -393,6 +400,9 @@ def _docker(rule: DockerRule, ledger: Ledger, dry_run: bool) -> DockerReport:
     from runbooks.dockerclean import connect, data_root
 
     report = DockerReport(rule=rule.name)
+    if rule.base_url is None and not os.environ.get("DOCKER_HOST") and not os.path.exists(DEFAULT_SOCKET):
+        report.state, report.why = "skipped", f"no Docker engine on this host ({DEFAULT_SOCKET} is absent)"
+        return report
     client = connect(rule)
     try:
         root = data_root(client)
@@ -479,10 +489,11 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
                        droppable=", ".join(k.name for k in report.kept if k.droppable))
     if not (params.drop_pre_restore or params.vacuum_full):
         return report
-    plan = CleanupPlan(drop=sorted(params.drop_pre_restore), vacuum_full=sorted(params.vacuum_full))
+    kept = {k.name: k for k in report.kept}
+    plan = CleanupPlan(drop=sorted(params.drop_pre_restore), vacuum_full=sorted(params.vacuum_full),
+                       drop_oids=sorted(kept[n].oid for n in params.drop_pre_restore if n in kept))
     plan.plan_hash = plan_hash(plan)
     result.plan = plan
-    kept = {k.name: k for k in report.kept}
     for name in plan.drop:
         if name not in kept or not kept[name].droppable:
             why = kept[name].why if name in kept else "no such database named like a kept one"

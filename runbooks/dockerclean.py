@@ -299,7 +299,7 @@ def _remove_one(client: Any, obj: DockerObject) -> None:
     if obj.kind == "container":
         client.api.remove_container(obj.id, v=False, force=False)  # force=False: the engine refuses a running one
     elif obj.kind == "image":
-        client.api.remove_image(obj.id, force=False, noprune=False)  # refused (409) while a container uses it
+        client.api.remove_image(obj.id, force=False, noprune=True)  # 409 while used; untagged parents stay
     elif obj.kind == "volume":
         client.api.remove_volume(obj.id, force=False)  # refused (409) while a container uses it
 

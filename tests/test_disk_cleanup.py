@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,17 @@ def walk_of(*, dry_run: bool = False, force: bool = True, ledger: Ledger | None 
 
 def rule(root: Path, **kw: Any) -> FileRule:
     return FileRule(name=kw.pop("name", "logs"), roots=[root], **{"older_than": timedelta(days=7), **kw})
+
+
+request_cleanup: list[Path] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_flood_dirs() -> Iterator[None]:
+    yield
+    for path in request_cleanup:
+        subprocess.run(["chmod", "-R", "u+rwx", str(path)], check=False)
+        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 @pytest.fixture
@@ -110,7 +122,7 @@ def test_budget_stops_early(tree: Path) -> None:
     outcome = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_files=2))
     assert outcome.files == 2 and outcome.state == "stopped" and "budget" in outcome.why
     assert sum(1 for p in tree.rglob("*") if p.is_file() and not p.is_symlink()) == 9 - 2
-    by_bytes = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_bytes=1500))
+    by_bytes = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_bytes=5000))  # on-disk blocks: 4 KiB a file
     assert by_bytes.files == 1 and by_bytes.state == "stopped"
 
 
@@ -203,6 +215,151 @@ def test_a_directory_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
         cleanup._Dirs.open = real  # type: ignore[method-assign]
     assert (victim / "old.log").exists()
     assert outcome.files == 0 and outcome.skipped.get("changed during the walk") == 1
+
+
+def test_names_that_are_not_utf8_are_deleted_and_reported_escaped(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    root.mkdir()
+    odd = os.path.join(os.fsencode(root), b"caf\xe9\nline.log")
+    with open(odd, "wb") as f:
+        f.write(b"x")
+    os.utime(odd, (OLD, OLD))
+    outcome = clean_tree(rule(root), root, walk_of(manifest=tmp_path / "m.gz"))
+    assert outcome.files == 1 and not os.path.exists(odd)
+    assert outcome.samples == [f"{root}/caf\\xe9\nline.log"]
+    outcome.model_dump_json()  # the result (and so the report) serialises
+    assert [m.path for m in manifest_lines(tmp_path / "m.gz")] == outcome.samples
+
+
+def test_a_root_reached_through_a_swapped_parent_is_refused(tmp_path: Path) -> None:
+    """The allowed root's child is checked, then swapped for a link to a directory outside the allowlist."""
+    outside = tmp_path / "etc"
+    precious = write(outside / "logs" / "precious.log", age_days=30)
+    user = tmp_path / "tmp" / "user"
+    write(user / "logs" / "old.log", age_days=30)
+    root = user / "logs"
+    (user / "logs" / "old.log").unlink()
+    (user / "logs").rmdir()
+    user.rmdir()
+    user.symlink_to(outside, target_is_directory=True)
+    outcome = clean_tree(rule(root), root, walk_of())
+    assert outcome.state == "failed" and "without following a link" in outcome.why
+    assert precious.exists()
+
+
+def test_compression_never_writes_through_a_planted_file(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    write(root / "app.log.1", content=b"line\n" * 1000, age_days=3)
+    victim = write(tmp_path / "victim", content=b"keep me")
+    for guess in (".app.log.1.gz.runbooks-partial", "app.log.1.gz.partial"):
+        os.link(victim, root / guess)
+    clean_tree(rule(root, action="compress", patterns=["*.log.[0-9]"], older_than=timedelta(days=1)), root,
+               walk_of())
+    assert victim.read_bytes() == b"keep me"
+    assert gzip.decompress((root / "app.log.1.gz").read_bytes()) == b"line\n" * 1000
+
+
+def test_compression_keeps_a_log_written_to_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbooks import cleanup
+
+    root = tmp_path / "logs"
+    log = write(root / "app.log.1", content=b"line\n" * 1000, age_days=3)
+    real = cleanup.shutil.copyfileobj
+
+    def appending(src: Any, dst: Any, length: int = 0) -> None:
+        real(src, dst, length)
+        with open(log, "ab") as late:  # a writer that opens, appends and closes while the copy is made
+            late.write(b"late line\n")
+
+    monkeypatch.setattr(cleanup.shutil, "copyfileobj", appending)
+    outcome = clean_tree(rule(root, action="compress", patterns=["*.log.[0-9]"], older_than=timedelta(days=0)),
+                         root, walk_of())
+    assert log.read_bytes().endswith(b"late line\n") and not (root / "app.log.1.gz").exists()
+    assert outcome.files == 0 and outcome.skipped == {"written to while being compressed": 1}
+    assert not list(root.glob(".*partial"))
+
+
+def test_hard_links_inside_the_tree_count_once_when_the_last_goes(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    for i in range(3):
+        first = write(root / f"a{i}.log", 100_000, age_days=30)
+        os.link(first, root / f"b{i}.log")
+    outcome = clean_tree(rule(root), root, walk_of())
+    assert outcome.files == 6 and outcome.bytes >= 3 * 100_000
+
+
+def test_the_dry_run_sees_a_compressed_log_as_its_gz(tmp_path: Path) -> None:
+    """rotated-logs compresses app.log.1 (it keeps its old mtime); old-logs then deletes app.log.1.gz."""
+    text = b"2026-11-01 INFO order filled\n" * 20_000
+    trees = []
+    for name in ("dry", "real"):
+        root = tmp_path / name
+        write(root / "app.log.1", content=text, age_days=30)
+        trees.append(root)
+    outcomes = []
+    for root, dry in zip(trees, (True, False), strict=True):
+        walk = walk_of(dry_run=dry, manifest=tmp_path / f"{root.name}.gz")
+        outcomes.append([clean_tree(rule(root, name="rotated-logs", action="compress", patterns=["*.log.[0-9]"],
+                                         older_than=timedelta(days=1)), root, walk),
+                         clean_tree(rule(root, name="old-logs", patterns=["*.log", "*.log.*"]), root, walk)])
+        walk.manifest.close()
+    (dry_compress, dry_delete), (real_compress, real_delete) = outcomes
+    assert dry_delete.samples == [str(trees[0] / "app.log.1.gz")]
+    assert real_delete.samples == [str(trees[1] / "app.log.1.gz")] and not list(trees[1].iterdir())
+    assert dry_compress.files == real_compress.files == dry_delete.files == real_delete.files == 1
+    dry_total, real_total = dry_compress.bytes + dry_delete.bytes, real_compress.bytes + real_delete.bytes
+    assert dry_total == real_total  # both free the whole log in the end; only the split is estimated
+
+
+def test_a_young_directory_keeps_its_old_parent(tmp_path: Path) -> None:
+    root = tmp_path / "tmp"
+    (root / "old" / "young").mkdir(parents=True)
+    os.utime(root / "old", (OLD, OLD))
+    r = rule(root, name="tmp", remove_empty_dirs=True)
+    dry = clean_tree(r, root, walk_of(dry_run=True))
+    real = clean_tree(r, root, walk_of())
+    assert dry.dirs_removed == real.dirs_removed == 0 and (root / "old" / "young").is_dir()
+
+
+def test_never_enters_a_bind_mount_of_the_same_filesystem(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root (CI runs as root)")
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    precious = write(outside / "precious.log", age_days=30)
+    (root / "bound").mkdir(parents=True)
+    write(root / "old.log", age_days=30)
+    subprocess.run(["mount", "--bind", str(outside), str(root / "bound")], check=True)
+    try:
+        outcome = clean_tree(rule(root), root, walk_of())
+        assert precious.exists() and not (root / "old.log").exists()
+        assert outcome.skipped.get("mount point") == 1
+    finally:
+        subprocess.run(["umount", str(root / "bound")], check=True)
+
+
+def test_a_flood_of_find_errors_does_not_stall_the_walk() -> None:
+    """Thousands of unreadable directories (as a user without CAP_DAC_READ_SEARCH) fill find's stderr."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="runbooks-flood-"))  # not under pytest's 0700 directories
+    request_cleanup.append(tmp_path)
+    root = tmp_path / "r"
+    for i in range(1500):
+        (root / f"locked-{i:04d}-{'x' * 40}").mkdir(parents=True, mode=0o000)
+    write(root / "old.log", age_days=30)
+    script = ("import sys; from pathlib import Path; from runbooks.cleanup import *; "
+              "from runbooks.settings import FileRule; r = Path(sys.argv[1]); "
+              "w = Walk(ledger=Ledger([], high=85, low=80, force=True), budget=Budget(10**6, 10**12), "
+              "manifest=Manifest(None), protected_patterns=[], held=set(), dry_run=False); "
+              "o = clean_tree(FileRule(name='x', roots=[r]), r, w); print(o.files, o.skipped.get('error', 0))")
+    command = [sys.executable, "-c", script, str(root)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+        os.chmod(tmp_path, 0o777)
+        os.chmod(root, 0o777)
+        os.chmod(root / "old.log", 0o666)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files, errors = map(int, done.stdout.split())
+    assert files == 1 and errors >= 20
 
 
 def test_ledger_stops_at_the_low_watermark(tmp_path: Path) -> None:
