@@ -387,52 +387,63 @@ def _records(stream: IO[bytes]) -> Iterator[bytes]:
 
 
 class _Unlinker:
-    """Removes files in a thread of its own, in the order decided: an unlink costs ~100 us of kernel time (ext4,
-    2 cores here) and releases the GIL, so find's walk, the decisions and the unlinks run side by side. Each file
-    is re-checked right before it goes (still the regular file find listed, still old); what could not be removed
-    comes back as a correction. The manifest lists only what was removed."""
+    """Removes files in threads of their own, in the order decided, each directory always by the same thread: an
+    unlink costs ~100 us of kernel time here (ext4) and releases the GIL, so find's walk, the decisions and the
+    unlinks of two directories at a time run side by side (two threads on separate directories unlink a tree
+    faster than ``find -delete``; two in one directory would only contend for its lock). Each file is re-checked
+    right before it goes (still the regular file find listed, still old); what could not be removed comes back
+    as a correction. The manifest lists only what was removed."""
+
+    THREADS = 2
 
     def __init__(self, root_fd: int, device: int, cutoff: float, walk: Walk, rule: str, prefix: str) -> None:
-        self.dirs = _Dirs(root_fd, device)
-        self.cutoff = cutoff
-        self.walk = walk
-        self.rule = rule
-        self.prefix = prefix
-        self.queue: queue.Queue[tuple[bytes, bytes, int, int, int, float] | None] = queue.Queue(maxsize=1 << 16)
+        self.root_fd, self.device, self.cutoff = root_fd, device, cutoff
+        self.walk, self.rule, self.prefix = walk, rule, prefix
+        self.lock = threading.Lock()  # the manifest's gzip stream is not thread-safe
         self.corrections: collections.deque[tuple[bytes, int, int, str]] = collections.deque()
-        self.thread = threading.Thread(target=self._run, name="cleanup-unlinker", daemon=True)
-        self.thread.start()
+        self.queues: list[queue.Queue[tuple[bytes, bytes, int, int, int, float] | None]] = [
+            queue.Queue(maxsize=1 << 15) for _ in range(self.THREADS)]
+        self.threads = [threading.Thread(target=self._run, args=(q,), name=f"cleanup-unlinker-{i}", daemon=True)
+                        for i, q in enumerate(self.queues)]
+        for thread in self.threads:
+            thread.start()
 
     def put(self, relative: bytes, inode: int, freed: int, size: int, mtime: float) -> None:
         directory, _, name = relative.rpartition(b"/")
-        self.queue.put((directory, name, inode, freed, size, mtime))
+        self.queues[hash(directory) % self.THREADS].put((directory, name, inode, freed, size, mtime))
 
-    def _run(self) -> None:
+    def _run(self, work: queue.Queue[tuple[bytes, bytes, int, int, int, float] | None]) -> None:
+        dirs = _Dirs(self.root_fd, self.device)
         manifest, cutoff = self.walk.manifest, self.cutoff
-        while (item := self.queue.get()) is not None:
-            directory, name, inode, freed, size, mtime = item
-            relative = directory + b"/" + name if directory else name
-            try:
-                fd = self.dirs.open(directory)
-                now = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISREG(now.st_mode) or now.st_ino != inode or now.st_mtime > cutoff:
-                    self.corrections.append((relative, freed, size, "changed during the walk"))
+        try:
+            while (item := work.get()) is not None:
+                directory, name, inode, freed, size, mtime = item
+                relative = directory + b"/" + name if directory else name
+                try:
+                    fd = dirs.open(directory)
+                    now = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISREG(now.st_mode) or now.st_ino != inode or now.st_mtime > cutoff:
+                        self.corrections.append((relative, freed, size, "changed during the walk"))
+                        continue
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    self.corrections.append((relative, freed, size, ""))
                     continue
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                self.corrections.append((relative, freed, size, ""))
-                continue
-            except OSError as exc:
-                why = "changed during the walk" if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV) \
-                    else f"error: {exc.strerror}"
-                self.corrections.append((relative, freed, size, why))
-                continue
-            manifest.write(self.rule, "deleted", self.prefix + shown(relative), freed, mtime)
+                except OSError as exc:
+                    why = "changed during the walk" if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV) \
+                        else f"error: {exc.strerror}"
+                    self.corrections.append((relative, freed, size, why))
+                    continue
+                with self.lock:
+                    manifest.write(self.rule, "deleted", self.prefix + shown(relative), freed, mtime)
+        finally:
+            dirs.close()
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        self.dirs.close()
+        for work in self.queues:
+            work.put(None)
+        for thread in self.threads:
+            thread.join()
 
 
 def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
