@@ -5,6 +5,7 @@ platform's APIs and databases are in ``tasks/health.py``."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -66,3 +67,21 @@ def cpu_usage_percent(stat: Path = Path("/proc/stat"), interval: float = 0.5) ->
 def worst(checks: list[HealthCheck]) -> Status:
     order: list[Status] = ["not_configured", "ok", "warn", "alert", "failed"]
     return max((c.status for c in checks), key=order.index, default="ok")
+
+
+def count_matching_tail(path: Path, pattern: str, *, lines: int, block: int = 1 << 16) -> tuple[int, str]:
+    """Lines matching ``pattern`` (case-insensitive) among the last ``lines`` lines of ``path``, and the last one
+    that matched: read backwards from the end in blocks, so a log of many GB costs only its tail."""
+    regex = re.compile(pattern.encode(), re.IGNORECASE)
+    with path.open("rb") as log:
+        end = log.seek(0, os.SEEK_END)
+        data = b""
+        position = end
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(block, position)
+            position -= step
+            log.seek(position)
+            data = log.read(step) + data
+    tail = data.splitlines()[-lines:] if data else []
+    matches = [line for line in tail if regex.search(line)]
+    return len(matches), matches[-1].decode("utf-8", "backslashreplace") if matches else ""

@@ -429,6 +429,19 @@ class FreshnessSettings(BaseModel):
         return tables
 
 
+def _absolute_path(path: Path) -> Path:
+    """An absolute, normalised path with no ``..``: a root is compared with the allowlist as written."""
+    text = str(path)
+    if "\x00" in text:
+        raise ValueError("path contains a NUL byte")
+    if not path.is_absolute():
+        raise ValueError(f"{text!r} is not an absolute path (a worker's working directory is not the config's)")
+    if ".." in path.parts:
+        raise ValueError(f"{text!r} contains '..': name the directory itself")
+    return Path(os.path.normpath(text))
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute_path)]
 class HealthSettings(BaseModel):
     """Seed 001's performance baseline (normal range / alert threshold) and what its health-check script looks at."""
 
@@ -446,6 +459,22 @@ class HealthSettings(BaseModel):
     api_alert_seconds: float = Field(default=2.0, gt=0)
     connections_warn_percent: float = Field(default=80, gt=0, le=100, description="of max_connections")
     connections_alert_percent: float = Field(default=90, gt=0, le=100)
+    error_logs: list[AbsolutePath] = Field(default_factory=list, description="application logs whose recent "
+                                           "lines are searched for errors (seed 001: logs/combined.log)")
+    error_pattern: str = Field(default=r"(error|unauthorized|failed)", min_length=1, max_length=500,
+                               description="seed 001's grep -E, matched case-insensitively")
+    error_tail_lines: int = Field(default=10_000, ge=1, le=10_000_000, description="recent = the last N lines")
+    errors_warn: int = Field(default=10, ge=0, description="matching recent lines at which a log warns")
+    errors_alert: int = Field(default=100, ge=0, description="... and alerts")
+
+    @field_validator("error_pattern")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"error_pattern {pattern!r} is not a regular expression: {exc}") from None
+        return pattern
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthSettings:
@@ -454,6 +483,8 @@ class HealthSettings(BaseModel):
                 raise ValueError(f"{name}_warn_percent must not exceed {name}_alert_percent")
         if self.api_warn_seconds > self.api_alert_seconds:
             raise ValueError("api_warn_seconds must not exceed api_alert_seconds")
+        if self.errors_warn > self.errors_alert:
+            raise ValueError("errors_warn must not exceed errors_alert")
         return self
 
 
@@ -588,19 +619,6 @@ class ModelSettings(BaseModel):
         "model degrades too; default: notify on-call only")
 
 
-def _absolute_path(path: Path) -> Path:
-    """An absolute, normalised path with no ``..``: a root is compared with the allowlist as written."""
-    text = str(path)
-    if "\x00" in text:
-        raise ValueError("path contains a NUL byte")
-    if not path.is_absolute():
-        raise ValueError(f"{text!r} is not an absolute path (a worker's working directory is not the config's)")
-    if ".." in path.parts:
-        raise ValueError(f"{text!r} contains '..': name the directory itself")
-    return Path(os.path.normpath(text))
-
-
-AbsolutePath = Annotated[Path, AfterValidator(_absolute_path)]
 RULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 

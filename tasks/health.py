@@ -10,7 +10,14 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.health import HealthCheck, cpu_usage_percent, disk_usage_percent, grade, memory_usage_percent
+from runbooks.health import (
+    HealthCheck,
+    count_matching_tail,
+    cpu_usage_percent,
+    disk_usage_percent,
+    grade,
+    memory_usage_percent,
+)
 from runbooks.postgres import connect
 from runbooks.redact import scrub
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings
@@ -90,4 +97,23 @@ def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     checks.append(HealthCheck(name="cpu", value=round(cpu, 1), unit="% busy",
                               status=grade(cpu, warn=baseline.cpu_warn_percent, alert=baseline.cpu_alert_percent)))
     checks += [HealthCheck(name=n, status="not_configured", detail="not in the settings") for n in NOT_CONFIGURED]
+    return checks
+
+
+@task(name="count-recent-errors", cache_policy=NO_CACHE)
+def count_recent_errors(*, baseline: HealthSettings) -> list[HealthCheck]:
+    """Seed 001's ``grep -E "(error|unauthorized|failed)" logs/combined.log | tail -100``: matching lines among
+    the last ``error_tail_lines`` of each configured log, graded against ``errors_warn`` / ``errors_alert``."""
+    checks = []
+    for path in baseline.error_logs:
+        started = time.monotonic()
+        try:
+            count, sample = count_matching_tail(path, baseline.error_pattern, lines=baseline.error_tail_lines)
+        except OSError as exc:
+            checks.append(HealthCheck(name=f"errors in {path}", status="failed",
+                                      detail=f"cannot read it: {exc.strerror}"))
+            continue
+        checks.append(HealthCheck(name=f"errors in {path}", value=count, unit="recent matching lines",
+                                  status=grade(count, warn=baseline.errors_warn, alert=baseline.errors_alert),
+                                  detail=scrub(sample)[:300], seconds=time.monotonic() - started))
     return checks

@@ -1,0 +1,103 @@
+"""The daily health check: seed 001's ``health-check.sh`` (API health, database, Redis, PM2, Docker services, disk,
+memory) and its performance baseline, plus seed 001's error grep, as a flow run every morning (seed 003's daily
+maintenance), sharing its tasks with the DR drill, which runs them on the restored platform.
+
+Trigger: ``runbooks run health-check`` or the ``health-check-daily`` deployment (07:00 UTC). Blast radius: none;
+it only reads. A run fails when any check is past its alert threshold or did not answer, and notifies on-call
+(P2) through ``[notifications] block``; warnings are reported only. Rollback: nothing to roll back.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import State
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.errors import RunbookError
+from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.health import HealthCheck, Status, worst
+from runbooks.redact import scrub
+from runbooks.report import table, timeline_markdown
+from tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
+
+RUNBOOK = "health-check"
+
+
+class HealthCheckParameters(BaseModel):
+    """What to look at; the thresholds are seed 001's baseline in the settings (``[health]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: bool = Field(default=True, description="Check this host's disk, memory and CPU (the worker's host).")
+    notify_on: Status = Field(default="alert", description="Notify on-call at this status or worse "
+                              "(warn, alert or failed).")
+
+
+class HealthCheckResult(RunbookResult):
+    checks: list[HealthCheck] = Field(default_factory=list)
+    status: Status = "ok"
+    notification: str | None = None
+
+
+_ORDER: list[Status] = ["not_configured", "ok", "warn", "alert", "failed"]
+
+
+def render_report(result: HealthCheckResult) -> str:
+    lines = [f"# Daily health check — {result.status.upper()}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s."
+             + (f" Notification: {result.notification}." if result.notification else ""), ""]
+    if result.error:
+        lines += [f"**Error:** {result.error}", ""]
+    lines += [table(["check", "status", "reading", "detail"],
+                    [[c.name, c.status, "-" if c.value is None else f"{c.value:g} {c.unit}", c.detail or "-"]
+                     for c in result.checks]),
+              "## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    return "\n".join(lines)
+
+
+@flow(name=RUNBOOK, log_prints=False)
+def health_check_flow(parameters: HealthCheckParameters | None = None) -> State:
+    """Every check of seed 001's script, graded against its baseline; one report, one verdict."""
+    params = parameters or HealthCheckParameters()
+    run: RunbookRun[HealthCheckResult] = RunbookRun(RUNBOOK, resource="platform")
+    settings = run.settings
+    baseline = settings.health
+    result = HealthCheckResult(started_at=run.started_at)
+    try:
+        with run.step("trading API") as figures:
+            result.checks.append(check_api_health(name="trading API", api=settings.trading_api, baseline=baseline))
+            figures.update(status=result.checks[-1].status)
+        with run.step("inference API") as figures:
+            result.checks.append(check_api_health(name="inference API", api=settings.inference_api,
+                                                  baseline=baseline))
+            figures.update(status=result.checks[-1].status)
+        with run.step("databases") as figures:
+            for name, database in settings.databases.items():
+                result.checks.append(check_database_health(name=name, database=database, baseline=baseline))
+            figures.update(status=worst(result.checks[2:]))
+        if params.host:
+            with run.step("host") as figures:
+                result.checks += check_host_health(baseline=baseline)
+                figures.update(status=worst(result.checks))
+        if baseline.error_logs:
+            with run.step("recent errors") as figures:
+                found = count_recent_errors(baseline=baseline)
+                result.checks += found
+                figures.update(status=worst(found))
+    except RunbookError as exc:
+        result.error = scrub(str(exc))
+    result.status = "failed" if result.error else worst(result.checks)
+    bad = [c for c in result.checks if _ORDER.index(c.status) >= _ORDER.index("alert")]
+    for check in bad:
+        result.next_steps.append(f"{check.name}: {check.status} ({check.detail or check.value}): see seed 001's "
+                                 "troubleshooting for it.")
+    if _ORDER.index(result.status) >= _ORDER.index(params.notify_on):
+        result.notification = notify(run, severity="P2", subject=f"Health check: {result.status}",
+                                     body="\n".join(f"{c.name}: {c.status} {c.detail}" for c in result.checks
+                                                    if _ORDER.index(c.status) >= _ORDER.index("warn")))
+    run.steps.event("health-check.status", status=result.status, alerts=len(bad))
+    result.succeeded = result.error is None and not bad
+    return run.conclude(result, render=render_report, report_key="health-check-report",
+                        description="Daily health check (seed 001)")

@@ -1,0 +1,86 @@
+"""The daily health check against the sandbox: the simulator's API over real HTTP, its PostgreSQL, a real log
+file, this host's /proc, and a real webhook receiving the on-call notification."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.health_check import HealthCheckParameters, HealthCheckResult, health_check_flow, render_report
+from runbooks.health import count_matching_tail
+from runbooks.sandbox import SandboxState
+
+
+def run_check(**params: Any) -> tuple[Any, HealthCheckResult]:
+    state = health_check_flow(parameters=HealthCheckParameters(**params), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.fixture
+def relaxed_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared CI host's own disk, memory and CPU are not what these tests are about."""
+    for name in ("disk", "memory", "cpu"):
+        monkeypatch.setenv(f"RUNBOOKS_HEALTH__{name.upper()}_WARN_PERCENT", "99.9")
+        monkeypatch.setenv(f"RUNBOOKS_HEALTH__{name.upper()}_ALERT_PERCENT", "100")
+
+
+def test_a_healthy_platform_passes_and_reports_every_check(config: SandboxState, simulator: httpx.Client,
+                                                           relaxed_host: None, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "combined.log"
+    log.write_text("".join(f"2026-11-24 06:{i:02d} INFO order {i} filled\n" for i in range(50))
+                   + "2026-11-24 06:59 ERROR broker timeout\n")
+    monkeypatch.setenv("RUNBOOKS_HEALTH__ERROR_LOGS", json.dumps([str(log)]))
+    state, result = run_check()
+    assert state.is_completed() and result.succeeded and result.status in ("ok", "warn")
+    names = [c.name for c in result.checks]
+    assert names[:3] == ["trading API", "inference API", "database trading_db"]
+    assert {"memory", "cpu", "redis", f"errors in {log}"} <= set(names)
+    errors = next(c for c in result.checks if c.name == f"errors in {log}")
+    assert errors.value == 1 and errors.status == "ok" and "broker timeout" in errors.detail
+    assert "# Daily health check" in render_report(result)
+
+
+def test_an_api_down_and_an_error_storm_fail_the_run_and_notify(config: SandboxState, simulator: httpx.Client,
+                                                                relaxed_host: None, tmp_path: Path, webhook: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    received, canary = webhook  # the fixture names the block in the settings; its URL carries a canary
+    log = tmp_path / "combined.log"
+    log.write_text("unauthorized access from 10.0.0.9\n" * 150)
+    monkeypatch.setenv("RUNBOOKS_HEALTH__ERROR_LOGS", json.dumps([str(log)]))
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/health", "status": 503, "count": 100})
+    state, result = run_check()
+    assert state.is_failed() and not result.succeeded
+    by_name = {c.name: c for c in result.checks}
+    assert by_name["trading API"].status == "failed" and by_name[f"errors in {log}"].status == "alert"
+    assert by_name["database trading_db"].status == "ok"
+    assert received and "Health check: failed" in json.dumps(received[-1])
+    assert canary not in json.dumps(result.model_dump(mode="json"))  # the webhook URL is a secret
+    assert any("trading API" in step for step in result.next_steps)
+
+
+def test_a_database_that_does_not_answer_fails_the_run(config: SandboxState, simulator: httpx.Client,
+                                                       relaxed_host: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__DSN", "postgresql://nobody@127.0.0.1:1/trading_db")
+    state, result = run_check(host=False)
+    check = next(c for c in result.checks if c.name == "database trading_db")
+    assert state.is_failed() and check.status == "failed" and check.detail
+
+
+def test_only_the_tail_of_a_log_is_read(tmp_path: Path) -> None:
+    log = tmp_path / "big.log"
+    with log.open("w") as out:
+        out.write("ERROR old\n" * 100_000)
+        out.write("INFO fine\n" * 20_000)
+        out.write("Failed login\n" * 3)
+    assert count_matching_tail(log, r"(error|unauthorized|failed)", lines=10_000) == (3, "Failed login")
+    assert count_matching_tail(log, r"(error|unauthorized|failed)", lines=20_004)[0] == 4
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert count_matching_tail(empty, "error", lines=10) == (0, "")
+    assert os.path.getsize(log) > 1_000_000
