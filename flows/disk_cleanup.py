@@ -476,13 +476,13 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
                                                   tables=[(t.schema_, t.table) for t in size.bloated], full=False)
     servers: dict[str, tuple[str, RestoreRecords]] = {}
     repository = open_repository(settings.repository)
+    protected = {str(db.conninfo().get("dbname") or n) for n, db in settings.databases.items()}  # never dropped
     with run.step("databases restores kept") as figures:
         for name in names:
             database = settings.database_or_raise(name)
             server = identify_server(database=database)
             servers.setdefault(server, (name, RestoreRecords(repository, server)))
         for name, records in servers.values():
-            protected = {str(settings.databases[n].conninfo().get("dbname") or n) for n in names}
             report.kept += find_kept_databases(database=settings.database_or_raise(name), records=records,
                                                older_than=rule.pre_restore_older_than, protected=protected)
         figures.update(kept=", ".join(k.name for k in report.kept),
@@ -516,7 +516,6 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
         return report
     for name in plan.drop:
         source, records = servers[kept[name].server]
-        protected = {str(settings.databases[n].conninfo().get("dbname") or n) for n in names}
         with run.step(f"drop {name}", destructive=True):
             if drop_kept_database(database=settings.database_or_raise(source), records=records, name=name,
                                   protected=protected) == "dropped":

@@ -211,7 +211,6 @@ class TreeOutcome(BaseModel):
     files: int = Field(default=0, description="files deleted or compressed (dry run: that would be)")
     bytes: int = Field(default=0, description="bytes freed (dry run: that would be; compression estimated)")
     dirs_removed: int = 0
-    examined: int = Field(default=0, description="regular files looked at")
     skipped: dict[str, int] = Field(default_factory=dict, description="entries not touched, by why")
     errors: list[str] = Field(default_factory=list, description="the first failures (the run goes on)")
     samples: list[str] = Field(default_factory=list, description="the first paths acted on")
