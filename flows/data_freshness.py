@@ -42,6 +42,7 @@ from runbooks.freshness import (
     worst,
 )
 from runbooks.holds import HoldRecords
+from runbooks.incidents import Notice
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
 from runbooks.repository import open_repository
@@ -422,10 +423,24 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
             result.action = "none"
         figures["action"] = result.action
     if decision.action in ("pause", "kill-switch", "resume"):
-        severity: Literal["P1", "P2", "info"] = {"kill-switch": "P1", "pause": "P2"}.get(decision.action, "info")  # type: ignore[assignment]
-        findings = "\n".join(f"- {f.key}: {f.reason}" for f in result.findings if f.severity != "ok")
-        result.notification = notify(run, severity=severity, subject=f"data-freshness: {result.action}",
-                                     body=f"{decision.why}.\n{findings}\nFlow run: {run.flow_run_id}")
+        findings = [f"{f.key}: {f.reason}" for f in result.findings if f.severity != "ok"]
+        if decision.action == "resume":
+            held = result.hold_record
+            notice = Notice(kind="resolved", severity="P1" if held and held.mode == "halted" else "P2",
+                            title=f"data-freshness: {result.action}",
+                            impact=f"trading was {held.mode if held else 'held'} by this runbook",
+                            root_cause="market data went stale or failed its quality checks",
+                            resolution=f"{decision.why}; trading resumed by {run.actor}",
+                            started_at=held.at if held else None,
+                            actions=["Find why the feed stalled (seed 004 section 3.3) before the next one"])
+        else:
+            notice = Notice(kind="start", severity="P1" if decision.action == "kill-switch" else "P2",
+                            title=f"data-freshness: {result.action}", status="Mitigating",
+                            impact=f"trading {'halted (kill switch)' if decision.action == 'kill-switch' else 'paused'}"
+                            " until the data is fresh", details=[f"{decision.why}", *findings],
+                            actions=[f"{result.action} ({run.actor}); resumed by this runbook once the data is "
+                                     "fresh", "Check the data source (seed 004 section 3.3)"])
+        result.notification = notify(run, notice)
     if decision.target in ("pause", "kill") and result.trading_before and result.trading_before.trading_mode != \
             "running" and decision.action == "none":
         result.next_steps.append(f"Trading is held by {result.trading_before.paused_by!r}; this runbook leaves it "

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.health import HealthCheck, Status, worst
+from runbooks.incidents import Notice
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
 from tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
@@ -94,9 +95,12 @@ def health_check_flow(parameters: HealthCheckParameters | None = None) -> State:
         result.next_steps.append(f"{check.name}: {check.status} ({check.detail or check.value}): see seed 001's "
                                  "troubleshooting for it.")
     if _ORDER.index(result.status) >= _ORDER.index(params.notify_on):
-        result.notification = notify(run, severity="P2", subject=f"Health check: {result.status}",
-                                     body="\n".join(f"{c.name}: {c.status} {c.detail}" for c in result.checks
-                                                    if _ORDER.index(c.status) >= _ORDER.index("warn")))
+        result.notification = notify(run, Notice(
+            kind="start", severity="P2", title=f"Health check: {result.status}",
+            impact="the daily health check found the platform outside seed 001's baseline",
+            details=[f"{c.name}: {c.status} {c.detail}".strip() for c in result.checks
+                     if _ORDER.index(c.status) >= _ORDER.index("warn")] + ([result.error] if result.error else []),
+            actions=result.next_steps or ["Rerun the health check once fixed"]))
     run.steps.event("health-check.status", status=result.status, alerts=len(bad))
     result.succeeded = result.error is None and not bad
     return run.conclude(result, render=render_report, report_key="health-check-report",

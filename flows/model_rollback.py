@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify
+from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
 from runbooks.redact import scrub
 from runbooks.registry import MetricPoint, Predictions, RegistryRef, Serving
@@ -200,7 +201,7 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                         target_version=result.target_version, verified=result.verified,
                         escalated=result.escalation is not None)
         return run.conclude(result, render=render_report, report_key="model-rollback-report",
-                            description="Model-rollback runbook report")
+                            description="Model-rollback runbook report", post_incident=_post_incident)
 
     def escalate(why: str) -> _Escalated:
         result.escalation = why
@@ -210,8 +211,11 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             return _Escalated(why)
         run.logger.error("ESCALATE: %s", why)
         run.steps.event("escalation", severity="P1", reason=why, model_id=model_id)
-        result.notification = notify(run, severity="P1", subject=f"model-rollback: ESCALATE {model_id}",
-                                     body=f"{why}\nFlow run: {run.flow_run_id}")  # first: the kill switch may retry
+        result.notification = notify(run, Notice(  # first: the kill switch may retry
+            kind="start", severity="P1", title=f"model-rollback: ESCALATE {model_id}", status="Investigating",
+            impact=f"model {model_id} is degraded and this runbook will not fix it on its own", details=[why],
+            actions=["Kill switch pressed (kill_switch_on_escalation)" if cfg.kill_switch_on_escalation else
+                     "Trading left as it is", "On-call: follow seed 004 section 3.2 by hand"]))
         if cfg.kill_switch_on_escalation:
             guard = TradingGuard(run, settings.trading_api)
             try:
@@ -262,8 +266,9 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                    "cannot be judged")
             result.next_steps.append("Check the inference API's metrics endpoint by hand (seed 004 section 3.2).")
             if not params.dry_run:
-                result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} cannot be "
-                                             "judged", body=why)
+                result.notification = notify(run, Notice(
+                    kind="start", severity="P2", title=f"model-rollback: {model_id} cannot be judged",
+                    impact="the serving model's health is unknown", details=[why], actions=result.next_steps))
             return conclude(why)
         if decision.action == "verify":
             result.action = "none (verified only)"
@@ -282,8 +287,10 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                 result.next_steps.append("Activate shadow-mode comparison (seed 004 section 3.2) and compare: "
                                          "GET /api/v1/models/shadow/comparison.")
                 if not params.dry_run:
-                    result.notification = notify(run, severity="P2", subject=f"model-rollback: {model_id} "
-                                                 "significantly degraded", body=f"{decision.why}.")
+                    result.notification = notify(run, Notice(
+                        kind="start", severity="P2", title=f"model-rollback: {model_id} significantly degraded",
+                        impact="the serving model trades below its baseline", details=[decision.why],
+                        actions=result.next_steps))
             elif result.judgement.verdict == "monitor":
                 result.next_steps.append("Monitor closely (seed 004 section 3.2); rerun, or force a rollback.")
             return conclude()
@@ -359,8 +366,28 @@ def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry
                                f"{cfg.verify_timeout.total_seconds():.0f} s (the rollback did not take)")
         raise RunbookError(f"{target} serves but predictions are not flowing "
                            f"({result.predictions_after.detail if result.predictions_after else '?'})")
-    result.notification = notify(run, severity="P2", subject=f"model-rollback: {result.model_id} rolled back to "
-                                 f"{target}", body=f"{result.action}: {why}.\nFlow run: {run.flow_run_id}")
+    result.notification = notify(run, Notice(
+        kind="resolved", severity="P1", title=f"model-rollback: {result.model_id} rolled back to {target}",
+        impact=f"{result.model_id} served a degraded version until the rollback", root_cause=why,
+        resolution=f"{result.action}; the router serves {target} and predictions flow",
+        actions=["Find why the model degraded before promoting a new version", "Post-mortem (seed 002 template: "
+                 "the model-rollback-post-incident artifact)"]))
+
+
+def _post_incident(result: RollbackResult) -> PostIncident | None:
+    """Only a rollback that happened, or an escalation, is an incident to review."""
+    if result.dry_run or not (result.action.startswith("rolled back") or result.escalation):
+        return None
+    judged = "; ".join(result.judgement.reasons) if result.judgement else "not judged"
+    before = result.serving_before.version if result.serving_before else "?"
+    return PostIncident(
+        title=f"model {result.model_id} degraded", severity="P1", lead=result.initiated_by,
+        what_happened=f"{result.model_id} served {before}, judged {judged}. Requested: {result.reason or '-'}.",
+        impact=[f"predictions of {before} were degraded until "
+                + ("a human acts" if result.escalation else "the rollback")],
+        resolution=(f"Escalated to on-call: {result.escalation}" if result.escalation else
+                    f"{result.action}; verified: {result.verified}"),
+        action_items=["Find why the model degraded", "Decide whether to retrain or retire " + before])
 
 
 def _records(run: RunbookRun[RollbackResult]) -> tuple[RollbackRecords | None, str | None]:

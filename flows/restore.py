@@ -26,7 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import Refused, RunbookError
-from runbooks.frame import Approval, RunbookResult, RunbookRun, TradingGuard, request_approval, resource_lock
+from runbooks.frame import (
+    Approval,
+    RunbookResult,
+    RunbookRun,
+    TradingGuard,
+    notify,
+    request_approval,
+    resource_lock,
+)
+from runbooks.incidents import Notice, PostIncident
 from runbooks.manifest import BackupManifest, Verification
 from runbooks.postgres import fit_name
 from runbooks.records import DatabaseRecord, RestoreRecords
@@ -136,6 +145,7 @@ class RestoreResult(RunbookResult):
                                                  description="work directories of killed restores removed")
     trading: list[str] = Field(default_factory=list, description="trading actions taken, in order")
     kept_live_as: str | None = None
+    notification: str | None = None
     time_to_restore_seconds: float | None = Field(default=None, description="fetch + restore + validate")
 
 
@@ -219,12 +229,48 @@ def render_report(result: RestoreResult) -> str:
         lines += [f"Work directories of killed runs {verb}:",
                   *[f"- `{w.path}` ({human_bytes(w.bytes)}): {w.reason}" for w in result.work_dirs_swept], ""]
     lines += ["## Trading", "\n".join(f"- {t}" for t in result.trading) or "_untouched_", ""]
+    if result.notification:
+        lines += [f"**Notification**: {result.notification}", ""]
     if result.kept_live_as:
         lines += [f"The previous live database is kept as `{result.kept_live_as}`.", ""]
     lines += ["## Timeline", timeline_markdown(result.timeline)]
     if result.next_steps:
         lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
     return "\n".join(lines)
+
+
+def _notice(result: RestoreResult) -> Notice:
+    """Resolved when the restored copy is live; otherwise an update: the incident that called for it goes on."""
+    trading = "; ".join(result.trading) or "trading not touched"
+    if result.succeeded:
+        return Notice(kind="resolved", severity="P1", title=f"restore: {result.database} replaced from "
+                      f"{result.backup_id}", impact=trading, root_cause=None,
+                      resolution=f"{result.database} restored from {result.backup_id}, validated and swapped in; "
+                      f"the previous one is kept as {result.kept_live_as}",
+                      actions=[f"Drop {result.kept_live_as} once satisfied", "Post-mortem (seed 002 template: the "
+                               "restore-post-incident artifact)"])
+    return Notice(kind="update", severity="P1", title=f"restore: replacing {result.database} FAILED",
+                  status="Investigating", impact=trading, details=[result.error or "failed"],
+                  actions=result.next_steps)
+
+
+def _post_incident(result: RestoreResult) -> PostIncident | None:
+    """A replace that swapped the live database is an incident to review; a verify or a new copy is not."""
+    if result.mode != "replace" or result.kept_live_as is None:
+        return None
+    approval = result.approval
+    return PostIncident(
+        title=f"{result.database} replaced from backup", severity="P1",
+        lead=f"{approval.approver} (approved: {approval.reason})" if approval else "unknown",
+        what_happened=f"{result.database} was replaced by the restore of backup {result.backup_id}"
+        + (f" (taken {result.plan.backup_taken_at:%Y-%m-%d %H:%M} UTC, {result.plan.backup_age_hours:.1f} h old: "
+           "data written after it is not in the restored database)" if result.plan else "") + ".",
+        impact=[f"trading: {'; '.join(result.trading) or 'not touched'}",
+                f"time to restore (fetch, restore, validate): {result.time_to_restore_seconds or 0:.0f} s"],
+        resolution=f"restore {result.status}; previous database kept as {result.kept_live_as}"
+        + (f"; error: {result.error}" if result.error else ""),
+        action_items=[f"Recover from {result.kept_live_as} any rows written after the backup",
+                      f"Drop {result.kept_live_as} once satisfied"])
 
 
 @flow(name="restore", flow_run_name=_run_name, log_prints=False)
@@ -241,8 +287,10 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
     def conclude() -> State:
         result.trading = guard.actions
         result.succeeded = result.status in ("succeeded", "dry_run")
+        if params.mode == "replace" and (result.kept_live_as or guard.actions):  # the live database was touched
+            result.notification = notify(run, _notice(result))
         return run.conclude(result, render=render_report, report_key=f"restore-report-{params.database}",
-                            description=f"Restore runbook report ({params.mode})")
+                            description=f"Restore runbook report ({params.mode})", post_incident=_post_incident)
 
     try:
         database = settings.database_or_raise(params.database)

@@ -221,7 +221,7 @@ def test_a_stuck_router_escalates_fails_and_may_press_the_kill_switch(
     assert result.escalation and "the router still serves v4 after" in result.escalation
     assert result.verified is False and serving(platform) == "v4"
     assert trading_mode(platform) == "halted" and any("HALTED via kill-switch" in a for a in result.trading)
-    assert received and received[-1]["text"].startswith("[P1] model-rollback: ESCALATE ppo_primary")
+    assert received and received[-1]["text"].startswith("[P1] INCIDENT: model-rollback: ESCALATE ppo_primary")
     assert canary not in result.model_dump_json()
     assert any(s.startswith("ESCALATE (P1)") for s in result.next_steps)
 

@@ -7,10 +7,12 @@ import contextvars
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from prefect.artifacts import Artifact
 from pydantic import ValidationError
 
 from flows.backup import BackupParameters, backup_databases
@@ -22,6 +24,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
+from tasks.reports import artifact_key
 from tests.processes import wait_for
 
 
@@ -189,7 +192,9 @@ def test_replace_rejected_or_timed_out_changes_nothing(config: SandboxState, sou
         assert "oncall-bob" in result.error
 
 
-def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str, simulator: httpx.Client) -> None:
+def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str, simulator: httpx.Client,
+                                              webhook: tuple[list[dict[str, Any]], str]) -> None:
+    received, _canary = webhook
     state, dry = restore(database=source, mode="replace", dry_run=True)
     assert state.is_completed() and dry.status == "dry_run"
     assert databases(config) >= {source} and operations(simulator) == []
@@ -200,6 +205,16 @@ def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str
     assert state.is_completed(), result
     assert result.approval.approver == "confirm parameter (unattended)" and result.approval.via == "confirm"
     assert operations(simulator) == ["kill-switch", "resume"]
+    # On-call hears it is resolved (seed 004 template); seed 002's post-incident report is drafted from the run.
+    assert [m["text"].splitlines()[0] for m in received] == [f"[P1] RESOLVED: restore: {source} replaced from "
+                                                             f"{result.backup_id}"]
+    assert f"Drop {result.kept_live_as} once satisfied" in received[0]["text"]
+    report = Artifact.get(artifact_key(f"restore-post-incident-{source}"))
+    assert report is not None and report.flow_run_id is not None
+    text = str(report.data)
+    assert text.startswith(f"# Post-incident report: {source} replaced from backup")
+    assert "**Lead**: confirm parameter (unattended)" in text and result.backup_id in text
+    assert "swap databases: ok" in text and "## Action Items" in text and f"Drop {result.kept_live_as}" in text
 
 
 def test_trading_already_halted_stays_halted(config: SandboxState, source: str, simulator: httpx.Client) -> None:

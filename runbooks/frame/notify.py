@@ -1,21 +1,21 @@
-"""Notify on-call through a Prefect notification block (``SlackWebhook``, ``PagerDutyWebHook``,
-``CustomWebhookNotificationBlock``, …) named in the settings, rather than hand-written webhook code.
+"""Notify on-call through Prefect notification blocks (``SlackWebhook``, ``PagerDutyWebHook``,
+``CustomWebhookNotificationBlock``, …) routed by severity in the settings, rather than hand-written webhook code.
+Messages follow seed 004's templates (:mod:`runbooks.incidents`).
 
 A notification is best effort: a runbook that paused trading has done its job even if Slack is down, so a failed
-notification is logged and reported, never raised. Every secret field of the block (webhook URLs, keys) is
+notification is logged and reported, never raised. Every secret field of a block (webhook URLs, keys) is
 registered for scrubbing before it is used, so an error that quotes it is scrubbed too.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from runbooks.incidents import Notice, render
 from runbooks.redact import register_secret, scrub
 
 if TYPE_CHECKING:
     from runbooks.frame.run import RunbookRun
-
-Severity = Literal["P1", "P2", "P3", "info"]
 
 
 def _register_block_secrets(block: object) -> None:
@@ -32,20 +32,38 @@ def _register_block_secrets(block: object) -> None:
             register_secret(value)
 
 
-def notify(run: RunbookRun, *, severity: Severity, subject: str, body: str) -> str:
-    """Send ``[severity] subject`` through the configured block. Returns what happened, for the report."""
-    name = run.settings.notifications.block
-    run.steps.event("notification", severity=severity, subject=subject, block=name)
-    if not name:
-        return "no notification block configured ([notifications] block)"
+def _send(name: str, subject: str, body: str) -> None:
     from prefect.blocks.core import Block
 
-    try:
-        block: Any = Block.load(name, _sync=True)  # type: ignore[call-arg]
-        _register_block_secrets(block)
-        block.notify(body=scrub(body), subject=scrub(f"[{severity}] {subject}"), _sync=True)
-    except Exception as exc:  # noqa: BLE001 - best effort: never undo or hide the action it reports
-        text = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
-        run.logger.warning("Notification via %r failed: %s", name, text)
-        return f"notification via {name!r} FAILED: {text}"
-    return f"notified via {name!r}"
+    block: Any = Block.load(name, _sync=True)  # type: ignore[call-arg]
+    _register_block_secrets(block)
+    block.notify(body=scrub(body), subject=scrub(subject), _sync=True)
+
+
+def notify(run: RunbookRun[Any], notice: Notice) -> str:
+    """Send ``notice`` to every block of its severity. Returns what happened, for the report."""
+    from prefect.runtime import flow_run
+
+    settings = run.settings.notifications
+    if notice.flow_run_url is None:
+        notice = notice.model_copy(update={"flow_run_url": flow_run.ui_url or
+                                           (f"flow run {run.flow_run_id}" if run.flow_run_id else None)})
+    if notice.started_at is None:
+        notice = notice.model_copy(update={"started_at": run.started_at})
+    subject, body = render(notice, settings)
+    names = settings.blocks_for(notice.severity)
+    run.steps.event("notification", severity=notice.severity, kind=notice.kind, subject=subject,
+                    blocks=", ".join(names))
+    if not names:
+        return f"no notification block configured for {notice.severity} ([notifications] block)"
+    outcomes = []
+    for name in names:
+        try:
+            _send(name, subject, body)
+        except Exception as exc:  # noqa: BLE001 - best effort: never undo or hide the action it reports
+            text = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+            run.logger.warning("Notification via %r failed: %s", name, text)
+            outcomes.append(f"notification via {name!r} FAILED: {text}")
+        else:
+            outcomes.append(f"notified via {name!r}")
+    return "; ".join(outcomes) + f" ({notice.severity} {notice.kind})"

@@ -14,6 +14,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from runbooks.frame.steps import Steps, StepTiming
+from runbooks.incidents import PostIncident, post_incident_markdown
 from runbooks.redact import install_log_scrubbing, scrub_data
 from runbooks.settings import Settings, load_settings
 from tasks.reports import publish_report
@@ -52,12 +53,22 @@ class RunbookRun(Generic[R]):
         # Who this run is to the trading platform: halts carry it, and only a halt that still carries it is resumed.
         self.actor = f"runbooks-{runbook}:{(self.flow_run_id or 'local')[:8]}"
 
-    def conclude(self, result: R, *, render: Callable[[R], str], report_key: str, description: str) -> State:
-        """Publish the report and return the flow's final state, carrying the (scrubbed) result."""
+    def conclude(self, result: R, *, render: Callable[[R], str], report_key: str, description: str,
+                 post_incident: Callable[[R], PostIncident | None] | None = None) -> State:
+        """Publish the report (and, for a recovery that acted, seed 002's post-incident report) and return the
+        flow's final state, carrying the (scrubbed) result."""
         result.seconds = time.monotonic() - self._started
         result.timeline = list(self.steps.timeline)
         result = type(result).model_validate(scrub_data(result.model_dump(mode="json")))
         publish_report(key=report_key, markdown=render(result), description=description)
+        incident = post_incident(result) if post_incident else None
+        if incident is not None:
+            timeline = [(t.started_at, f"{t.step}: {t.outcome} ({t.seconds:.1f} s)") for t in result.timeline]
+            publish_report(key=f"{self.runbook}-post-incident-{self.resource}",
+                           markdown=post_incident_markdown(incident, started_at=self.started_at,
+                                                           seconds=result.seconds, timeline=timeline,
+                                                           flow_run_id=self.flow_run_id),
+                           description=f"Post-incident report (seed 002 template): {incident.title}")
         self.steps.event("run.concluded", succeeded=result.succeeded, error=result.error,
                          seconds=round(result.seconds, 3))
         if result.succeeded:
