@@ -1,7 +1,7 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
 Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, and on the disk alert),
-``health-check`` (daily), ``dr-game-day`` (quarterly). On-demand recovery:
+``health-check`` (daily), ``backup-verification`` (weekly), ``dr-game-day`` (quarterly). On-demand recovery:
 ``restore``, ``model-rollback`` (also on a degradation event).
 """
 
@@ -38,6 +38,8 @@ RUNBOOKS: dict[str, Runbook] = {
                             "render_report", "scheduled maintenance"),
     "dr-game-day": Runbook("dr-game-day", "flows.dr_game_day", "dr_game_day_flow", "DrillParameters",
                            "render_report", "scheduled maintenance"),
+    "backup-verification": Runbook("backup-verification", "flows.backup_verification", "verify_backups_flow",
+                                   "VerificationParameters", "render_report", "scheduled maintenance"),
     "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
     "disk-cleanup": Runbook("disk-cleanup", "flows.disk_cleanup", "disk_cleanup_flow", "CleanupParameters",

@@ -56,8 +56,10 @@ def _bullets(items: list[str], empty: str) -> list[str]:
     return [f"- {item}" for item in items] or [f"- {empty}"]
 
 
-def render(notice: Notice, settings: NotificationSettings, *, now: datetime | None = None) -> tuple[str, str]:
-    """(subject, markdown body) of the seed template for ``notice.kind``."""
+def render(notice: Notice, settings: NotificationSettings, *, now: datetime | None = None,
+           started: str | None = None) -> tuple[str, str]:
+    """(subject, markdown body) of the seed template for ``notice.kind``. ``started`` replaces the start time
+    (an automation's message template fills it in on the server)."""
     now = now or datetime.now(UTC)
     level = settings.severities[notice.severity]
     subject = f"[{notice.severity}] {_HEAD[notice.kind].split(' ', 1)[1]}: {notice.title}"
@@ -67,7 +69,7 @@ def render(notice: Notice, settings: NotificationSettings, *, now: datetime | No
         lines += [f"Severity: {notice.severity} ({level.name}; respond: {level.response}; resolve within "
                   f"{_minutes(level.resolution_minutes)})",
                   f"Status: {notice.status}", f"Impact: {notice.impact}",
-                  f"Started: {_when(notice.started_at or now, settings.timezone)}",
+                  f"Started: {started or _when(notice.started_at or now, settings.timezone)}",
                   f"On-Call: {settings.contacts[oncall] if oncall else '-'}",
                   f"Escalation: {escalation_line(settings, notice.severity)}", "",
                   "Initial Symptoms:", *_bullets(notice.details, "(none recorded)"), "",

@@ -844,8 +844,12 @@ class NotificationSettings(BaseModel):
                                      "PagerDuty schedule), as the escalation lines name them")
     timezone: str = Field(default="America/Bogota", description="time zone of the times in messages (the seeds "
                           "use COT)")
-    backup_stale_hours: int = Field(default=26, ge=1, le=24 * 14, description="raise a P1 when a database of the "
-                                    "inventory has had no successful backup for this long (automation)")
+    backup_stale_after: timedelta = Field(default=timedelta(hours=26), ge=timedelta(seconds=10),
+                                          description="automation: raise a P1 when a database of the inventory "
+                                          "has had no successful backup for this long (seed: 26 h)")
+    repeat_after: timedelta = Field(default=timedelta(minutes=30), ge=timedelta(0),
+                                    description="automation: at most one stale-data notification per table in "
+                                    "this window (seed 002: updates every 30 min)")
 
     @model_validator(mode="before")
     @classmethod

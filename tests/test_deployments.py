@@ -180,6 +180,41 @@ def test_the_game_day_runs_on_the_first_tuesday_of_each_quarter() -> None:
                        .get_dates(n=8, start=start)) == asyncio.run(schedule.get_dates(n=8, start=start))
 
 
+# The next fire times after a fixed moment, from the seeds: nightly backup 02:00, disk cleanup after it, the health
+# check before the market opens, freshness every 5 minutes, backups verified weekly. Every scheduled deployment must
+# be listed here, so a new or changed schedule is a deliberate change of this table.
+NEXT_FIRES = {
+    "backup-nightly": ["2026-11-24T02:00", "2026-11-25T02:00", "2026-11-26T02:00"],
+    "data-freshness": ["2026-11-23T12:05", "2026-11-23T12:10", "2026-11-23T12:15"],
+    "disk-cleanup-daily": ["2026-11-24T03:30", "2026-11-25T03:30", "2026-11-26T03:30"],
+    "health-check-daily": ["2026-11-24T07:00", "2026-11-25T07:00", "2026-11-26T07:00"],
+    "backup-verification-weekly": ["2026-11-29T04:00", "2026-12-06T04:00", "2026-12-13T04:00"],  # Sundays
+    "dr-game-day-quarterly": ["2027-01-05T10:00", "2027-04-06T10:00", "2027-07-06T10:00"],
+}
+
+
+def test_every_schedule_fires_when_the_seeds_say() -> None:
+    start = datetime(2026, 11, 23, 12, 0, 1, tzinfo=UTC)  # a Monday
+    scheduled = {d["name"]: d["schedules"] for d in DEPLOYMENTS if d.get("schedules")}
+    assert set(scheduled) == set(NEXT_FIRES), "add the new schedule's expected fire times to NEXT_FIRES"
+    for name, items in scheduled.items():
+        [item] = items
+        assert item.get("active", True), f"{name}: schedule inactive"
+        schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"], day_or=item.get("day_or", True))
+        fires = [f"{d.astimezone(UTC):%Y-%m-%dT%H:%M}" for d in asyncio.run(schedule.get_dates(n=3, start=start))]
+        assert fires == NEXT_FIRES[name], name
+
+
+def test_recovery_and_maintenance_runs_never_overlap() -> None:
+    """Seed 002: one recovery at a time. Only the on-demand backup may run beside the nightly one's schedule."""
+    for deployment in DEPLOYMENTS:
+        tags = set(deployment["tags"])
+        if tags & {"on-demand-recovery", "scheduled-maintenance", "automation"}:
+            assert deployment.get("concurrency_limit") == 1, f"{deployment['name']}: concurrency_limit 1"
+        if tags & {"on-demand", "on-demand-recovery", "automation"}:
+            assert not deployment.get("schedules"), f"{deployment['name']}: on demand, yet scheduled"
+
+
 def schedule_of_served(item: dict[str, Any]) -> Any:
     return load_serve_module().schedule_of(item)
 

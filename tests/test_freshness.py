@@ -383,7 +383,8 @@ def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market,
 
     market.bars(start=bucket(10), end=bucket())
     _, result = check()
-    assert result.action.startswith("resumed") and received[-1]["text"].startswith("[P2] RESOLVED: data-freshness: resumed")
+    assert result.action.startswith("resumed")
+    assert received[-1]["text"].startswith("[P2] RESOLVED: data-freshness: resumed")
     assert canary not in result.model_dump_json()
 
 

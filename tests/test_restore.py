@@ -22,9 +22,9 @@ from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from tasks.reports import artifact_key
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
-from tasks.reports import artifact_key
 from tests.processes import wait_for
 
 

@@ -1,0 +1,178 @@
+"""Automations as code: what on-call hears from the Prefect server when no runbook is there to say it.
+
+- a runbook run that **failed** (deployments tagged ``notify-on-failure``) or **crashed** (any ``runbooks`` run);
+- a **stale or failing table** (``runbooks.data.finding``, at most once per table per ``repeat_after``; the
+  data-freshness runbook pauses trading itself);
+- **no successful backup** of an inventory database for ``backup_stale_after`` (26 h): a proactive P1, raised by
+  the absence of ``runbooks.backup.succeeded``, not by a failed run (a backup that never ran fails no run).
+
+The degradation → model-rollback automation is a deployment trigger in ``prefect.yaml``. Messages are seed 004's
+incident-start template, sent through the notification blocks of each severity (``[notifications]``); the server
+fills in the run's details. Apply with ``python deployments/automations.py apply`` (``--dry-run`` prints them):
+automations are matched by name and created or updated; ones this configuration no longer makes are listed, never
+deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.events.actions import ActionTypes
+
+from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.incidents import Notice, render
+from runbooks.settings import Settings, Severity, load_settings
+
+PREFIX = "runbooks: "
+RUN_URL = "{{ flow_run|ui_url }}"
+BlockIds = Callable[[Severity], list[UUID]]
+
+
+def _actions(settings: Settings, blocks: BlockIds, notice: Notice, *, started: str) -> list[ActionTypes]:
+    subject, body = render(notice, settings.notifications, started=started)
+    return [SendNotification(block_document_id=block, subject=subject, body=body) for block in blocks(notice.severity)]
+
+
+def _run_trigger(states: list[str], tag: str) -> EventTrigger:
+    return EventTrigger(expect={f"prefect.flow-run.{s}" for s in states},
+                        match={"prefect.resource.id": "prefect.flow-run.*"},
+                        match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"},
+                        posture=Posture.Reactive, threshold=1, within=timedelta(0))
+
+
+def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
+    """Every automation this configuration makes, in a stable order."""
+    cfg = settings.notifications
+    run_notice = Notice(kind="start", severity="P2", title="{{ flow.name }}: run {{ flow_run.name }} "
+                        "{{ flow_run.state.name }}", impact="the runbook did not finish its work",
+                        details=["{{ flow_run.state.message }}"],
+                        actions=["Read the run's report artifact and logs, fix, rerun from the deployment"],
+                        flow_run_url=RUN_URL)
+    automations = [
+        AutomationCore(name=f"{PREFIX}runbook run failed", description="A scheduled or on-demand runbook run "
+                       "ended Failed (deployments tagged notify-on-failure); P2, seed 004 'scheduled jobs failing'.",
+                       trigger=_run_trigger(["Failed", "TimedOut"], "notify-on-failure"),
+                       actions=_actions(settings, blocks, run_notice, started="{{ flow_run.start_time }}")),
+        AutomationCore(name=f"{PREFIX}runbook run crashed", description="Any runbook run crashed (its process "
+                       "died): nothing in it could report.",
+                       trigger=_run_trigger(["Crashed"], "runbooks"),
+                       actions=_actions(settings, blocks, run_notice.model_copy(update={
+                           "impact": "the runbook's process died: what it did is in its events and report, if any"}),
+                           started="{{ flow_run.start_time }}")),
+        AutomationCore(name=f"{PREFIX}stale data", description="A monitored table is stale, fails its quality "
+                       f"checks or cannot be measured; once per table per {cfg.repeat_after}.",
+                       trigger=EventTrigger(expect={"runbooks.data.finding"}, match={"prefect.resource.id":
+                                                                                    "runbooks.table.*"},
+                                            for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
+                                            within=cfg.repeat_after),
+                       actions=_actions(settings, blocks, Notice(
+                           kind="start", severity="P2",
+                           title="stale data: {{ event.resource['prefect.resource.name'] }}",
+                           impact="{{ 'trading gated on it' if event.payload.gates_trading else 'report only' }}; "
+                           "runbook action: {{ event.payload.action }}",
+                           details=["{{ event.payload.severity }}: {{ event.payload.reason }}"],
+                           actions=["The data-freshness runbook pauses and resumes trading itself (seed 004 "
+                                    "section 3.3): check the data source"], flow_run_url=RUN_URL),
+                           started="{{ event.occurred }}")),
+    ]
+    seconds = cfg.backup_stale_after.total_seconds()
+    span = (f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60
+            else f"{seconds:g} s")
+    for name in sorted(settings.databases):
+        automations.append(AutomationCore(
+            name=f"{PREFIX}no backup of {name}", description=f"No successful backup of {name} for {span}.",
+            trigger=EventTrigger(expect={"runbooks.backup.succeeded"},
+                                 match={"prefect.resource.id": f"runbooks.database.{name}"},
+                                 posture=Posture.Proactive, threshold=1, within=cfg.backup_stale_after),
+            actions=_actions(settings, blocks, Notice(
+                kind="start", severity="P1", title=f"no successful backup of {name} for {span}",
+                impact=f"a restore of {name} would lose everything written since its last backup",
+                details=[f"no runbooks.backup.succeeded event for database {name} in {span}"],
+                actions=[f"Run backup-on-demand with databases=['{name}'] and read its report",
+                         "Check the backup-nightly runs and the worker"]), started="(absence of an event)")))
+    return automations
+
+
+def _block_ids(settings: Settings) -> BlockIds:
+    """Each severity's notification blocks as the server knows them; a missing one is refused before any change."""
+    from prefect.blocks.core import Block
+
+    found: dict[str, UUID] = {}
+    for name in {n for s in settings.notifications.severities for n in settings.notifications.blocks_for(s)}:
+        try:
+            block: Any = Block.load(name, _sync=True)  # type: ignore[call-arg]
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigurationError(f"notification block {name!r} named in [notifications] cannot be loaded "
+                                     f"({str(exc).splitlines()[0][:200]}).",
+                                     hint="create it on this Prefect server (README 'Where secrets go'), or fix "
+                                     "the name; no automation was changed.") from None
+        found[name] = block._block_document_id
+    return lambda severity: [found[n] for n in settings.notifications.blocks_for(severity)]
+
+
+def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
+    """Create or update every automation by name; one line per automation."""
+    from prefect.client.orchestration import get_client
+
+    wanted = desired(settings, _block_ids(settings))
+    lines = []
+    with get_client(sync_client=True) as client:
+        existing = {a.name: a for a in client.read_automations() if a.name.startswith(PREFIX)}
+        for automation in wanted:
+            if not automation.actions:
+                lines.append(f"skipped  {automation.name}: no notification block for its severity "
+                             "([notifications] block)")
+                continue
+            current = existing.pop(automation.name, None)
+            if current is None:
+                verb = "would create" if dry_run else "created"
+                if not dry_run:
+                    client.create_automation(automation)
+            elif AutomationCore.model_validate(current.model_dump(exclude={"id"})) == automation:
+                verb = "unchanged"
+            else:
+                verb = "would update" if dry_run else "updated"
+                if not dry_run:
+                    client.update_automation(current.id, automation)
+            lines.append(f"{verb:<9} {automation.name}")
+        lines += [f"left     {name}: not made by this configuration (delete it in the UI if obsolete)"
+                  for name in sorted(existing)]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python deployments/automations.py", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["apply"])
+    parser.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    args = parser.parse_args(argv)
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        api = PREFECT_API_URL.value()
+        if not api:
+            raise ConfigurationError("PREFECT_API_URL is not set, so the automations would go to a temporary "
+                                     "server and vanish with it.", hint="export PREFECT_API_URL=http://<server>:4200/api"
+                                     " (or use a Prefect profile) and rerun.")
+        try:
+            for line in apply(load_settings(), dry_run=args.dry_run):
+                print(line)
+        except (httpx.HTTPError, OSError) as exc:
+            raise ConfigurationError(f"the Prefect API at {api} refused or could not be reached "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).",
+                                     hint="check PREFECT_API_URL and that the server is up; the automations "
+                                     "listed above (if any) were applied.") from None
+    except RunbookError as exc:
+        print(f"runbooks: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Automations as code (deployments/automations.py), applied to a real `prefect server` whose trigger and action
+services fire them, and heard by real HTTP receivers behind Prefect notification blocks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from prefect import flow, tags
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from runbooks.sandbox import SandboxState
+from tests.pgfixtures import set_database_env
+
+
+def _load_automations() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "deployments_automations", Path(__file__).resolve().parents[1] / "deployments" / "automations.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+automations = _load_automations()
+
+
+class Inbox:
+    """One receiver on loopback; every message it got, as text."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        texts = self.texts
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                texts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [t for t in self.texts if predicate(t)]
+            if found:
+                return found[0]
+            time.sleep(0.5)
+        raise AssertionError(f"no such notification within {timeout} s; got: {self.texts}")
+
+
+@pytest.fixture
+def on_server(real_prefect_server: str, config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
+    """The real server as this test's Prefect API, a block on it named as the default notification block, and
+    every automation of ours removed afterwards."""
+    inbox = Inbox()
+    with temporary_settings({PREFECT_API_URL: real_prefect_server}):
+        name = f"oncall-{uuid.uuid4().hex[:8]}"
+        CustomWebhookNotificationBlock(name="oncall", url=inbox.url, json_data={"text": "{{subject}}\n{{body}}"},
+                                       allow_private_urls=True).save(name)
+        monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BLOCK", f"custom-webhook/{name}")
+        try:
+            yield inbox
+        finally:
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                for automation in client.read_automations():
+                    if automation.name.startswith(automations.PREFIX):
+                        client.delete_automation(automation.id)
+            inbox.server.shutdown()
+            inbox.server.server_close()
+
+
+def _emit(api: str, event: str, resource: str, **payload: Any) -> None:
+    body = {"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(), "event": event,
+            "resource": {"prefect.resource.id": resource, "prefect.resource.name": resource.removeprefix("runbooks.")},
+            "payload": payload}
+    httpx.post(f"{api}/events", json=[body], timeout=10).raise_for_status()
+
+
+def test_apply_is_idempotent_and_leaves_what_it_did_not_make(on_server: Inbox, real_prefect_server: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.automations import AutomationCore, EventTrigger
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:  # made by hand, with our prefix: never ours to delete
+        client.create_automation(AutomationCore(name=f"{automations.PREFIX}someone else's",
+                                                trigger=EventTrigger(expect={"x.y"}), actions=[]))
+    assert automations.main(["apply", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert planned[0].startswith("would create runbooks: runbook run failed")
+    assert automations.main(["apply"]) == 0
+    first = capsys.readouterr().out.splitlines()
+    made = sorted(line.split(None, 1)[1] for line in first if line.startswith("created"))
+    assert made == sorted(["runbooks: runbook run failed", "runbooks: runbook run crashed", "runbooks: stale data",
+                           *[f"runbooks: no backup of {name}" for name in _inventory()]])
+    assert any(line.startswith("left") and "someone else's" in line for line in first)
+    assert automations.main(["apply"]) == 0
+    assert all(line.startswith(("unchanged", "left")) for line in capsys.readouterr().out.splitlines())
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__REPEAT_AFTER", "PT10M")
+    assert automations.main(["apply"]) == 0
+    assert "updated   runbooks: stale data" in capsys.readouterr().out.splitlines()
+    with get_client(sync_client=True) as client:  # the hand-made one is still there
+        assert client.read_automations_by_name(f"{automations.PREFIX}someone else's")
+
+
+def _inventory() -> list[str]:
+    from runbooks.settings import load_settings
+
+    return sorted(load_settings().databases)
+
+
+def test_a_missing_block_or_no_server_is_one_line_and_changes_nothing(on_server: Inbox,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS", json.dumps({"severities": {"P1": {"blocks": ["slack-webhook/nope"]}}}))
+    assert automations.main(["apply"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'slack-webhook/nope'" in err and "HINT:" in err and "Traceback" not in err
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert not [a for a in client.read_automations() if a.name.startswith(automations.PREFIX)]
+    monkeypatch.delenv("RUNBOOKS_NOTIFICATIONS")
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert automations.main(["apply"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be reached" in err and "Traceback" not in err
+
+
+def test_stale_data_notifies_once_per_table_and_a_failed_runbook_run_notifies(on_server: Inbox,
+                                                                               real_prefect_server: str,
+                                                                               capsys: pytest.CaptureFixture[str]
+                                                                               ) -> None:
+    assert automations.main(["apply"]) == 0
+    capsys.readouterr()
+    for _ in range(2):  # the second finding for the same table within repeat_after is not sent again
+        _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.ohlcv", severity="error",
+              reason="stale for 14.2 min (error after 10 min)", gates_trading=True, action="paused trading")
+    _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.trades", severity="unknown",
+          reason="missing_table", gates_trading=False, action="none")
+    on_server.wait_for(lambda t: "table.market.trades" in t)
+    text = on_server.wait_for(lambda t: "table.market.ohlcv" in t)
+    assert text.startswith("[P2] INCIDENT: stale data: table.market.ohlcv")
+    assert "error: stale for 14.2 min (error after 10 min)" in text and "trading gated on it" in text
+    assert "runbook action: paused trading" in text and "Escalation: On-Call Primary (@oncall-primary) now" in text
+    assert sum("table.market.ohlcv" in t for t in on_server.texts) == 1
+
+    @flow(name="runbooks-automation-probe")
+    def probe() -> None:
+        raise RuntimeError("the probe failed on purpose")
+
+    with tags("runbooks", "notify-on-failure"):
+        state = probe(return_state=True)
+    assert state.is_failed()
+    text = on_server.wait_for(lambda t: "runbooks-automation-probe" in t)
+    assert text.splitlines()[0].startswith("[P2] INCIDENT: runbooks-automation-probe: run ")
+    assert text.splitlines()[0].endswith(" Failed") and "the probe failed on purpose" in text
+
+
+def test_no_successful_backup_raises_a_p1_for_that_database_only(on_server: Inbox, real_prefect_server: str,
+                                                                 config: SandboxState,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    quiet, busy = "ledger_db", _inventory()[0]
+    set_database_env(monkeypatch, config, quiet)  # only its name matters here: nothing connects to it
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BACKUP_STALE_AFTER", "PT15S")
+    assert {quiet, busy} <= set(_inventory())
+    stop = threading.Event()
+
+    def backups() -> None:  # the busy database is backed up every 2 s; the quiet one never
+        while not stop.is_set():
+            _emit(real_prefect_server, "runbooks.backup.succeeded", f"runbooks.database.{busy}", backup_id="x")
+            stop.wait(2)
+
+    worker = threading.Thread(target=backups, daemon=True)
+    worker.start()
+    try:
+        assert automations.main(["apply"]) == 0
+        capsys.readouterr()
+        text = on_server.wait_for(lambda t: f"no successful backup of {quiet}" in t, timeout=120)
+        # Both windows started together; the busy database's has ended without firing by now.
+        time.sleep(5)
+    finally:
+        stop.set()
+        worker.join()
+    assert text.startswith(f"[P1] INCIDENT: no successful backup of {quiet} for 15 s")
+    assert f"Run backup-on-demand with databases=['{quiet}']" in text
+    assert not [t for t in on_server.texts if f"no successful backup of {busy}" in t]
