@@ -430,7 +430,7 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
         findings = [f"{f.key}: {f.reason}" for f in result.findings if f.severity != "ok"]
         if decision.action == "resume":
             held = result.hold_record
-            notice = Notice(kind="resolved", severity="P1" if held and held.mode == "halted" else "P2",
+            notice = Notice(kind="resolved", severity="P1",
                             title=f"data-freshness: {result.action}",
                             impact=f"trading was {held.mode if held else 'held'} by this runbook",
                             root_cause="market data went stale or failed its quality checks",
@@ -438,7 +438,7 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
                             started_at=held.at if held else None,
                             actions=["Find why the feed stalled (seed 004 section 3.3) before the next one"])
         else:
-            notice = Notice(kind="start", severity="P1" if decision.action == "kill-switch" else "P2",
+            notice = Notice(kind="start", severity="P1",  # seed 004 1.2: data source down > 10 min
                             title=f"data-freshness: {result.action}", status="Mitigating",
                             impact=f"trading {'halted (kill switch)' if decision.action == 'kill-switch' else 'paused'}"
                             " until the data is fresh", details=[f"{decision.why}", *findings],

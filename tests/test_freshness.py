@@ -376,7 +376,7 @@ def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market,
     market.bars(end=bucket(15))
     _, result = check(quality=False)
     assert result.action == "paused trading" and result.notification and result.notification.startswith("notified")
-    assert len(received) == 1 and received[0]["text"].startswith("[P2] INCIDENT: data-freshness: paused trading")
+    assert len(received) == 1 and received[0]["text"].startswith("[P1] INCIDENT: data-freshness: paused trading")
     assert "stale for" in received[0]["text"]
     _, again = check(quality=False)  # still stale, nothing new: no second message
     assert again.notification is None and len(received) == 1
@@ -384,7 +384,7 @@ def test_pause_and_resume_notify_on_call_through_a_prefect_block(market: Market,
     market.bars(start=bucket(10), end=bucket())
     _, result = check()
     assert result.action.startswith("resumed")
-    assert received[-1]["text"].startswith("[P2] RESOLVED: data-freshness: resumed")
+    assert received[-1]["text"].startswith("[P1] RESOLVED: data-freshness: resumed")
     assert canary not in result.model_dump_json()
 
 
