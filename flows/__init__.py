@@ -1,7 +1,8 @@
 """Runbook flows by kebab-case name. Scheduled maintenance and on-demand recovery use the same task library.
 
 Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, and on the disk alert),
-``health-check`` (daily), ``backup-verification`` (weekly), ``dr-game-day`` (quarterly). On-demand recovery:
+``health-check`` (daily), ``backup-verification`` (weekly), ``weekly-report`` (Mondays), ``dr-game-day``
+(quarterly). On-demand recovery:
 ``restore``, ``model-rollback`` (also on a degradation event).
 """
 
@@ -36,6 +37,8 @@ RUNBOOKS: dict[str, Runbook] = {
                               "FreshnessParameters", "render_report", "scheduled maintenance"),
     "health-check": Runbook("health-check", "flows.health_check", "health_check_flow", "HealthCheckParameters",
                             "render_report", "scheduled maintenance"),
+    "weekly-report": Runbook("weekly-report", "flows.weekly_report", "weekly_report_flow",
+                             "WeeklyReportParameters", "render_report", "scheduled maintenance"),
     "dr-game-day": Runbook("dr-game-day", "flows.dr_game_day", "dr_game_day_flow", "DrillParameters",
                            "render_report", "scheduled maintenance"),
     "backup-verification": Runbook("backup-verification", "flows.backup_verification", "verify_backups_flow",

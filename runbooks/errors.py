@@ -6,7 +6,8 @@
     │   ├── RepositoryUnavailable     S3 5xx / throttling / connection reset
     │   ├── TradingApiUnavailable     trading API unreachable, 5xx or 429
     │   ├── InferenceApiUnavailable   inference API unreachable, timed out, 5xx or 429
-    │   └── DockerUnavailable         the Docker engine's socket is absent, refuses, or answers 5xx
+    │   ├── DockerUnavailable         the Docker engine's socket is absent, refuses, or answers 5xx
+    │   └── PrefectApiUnavailable     the Prefect API (run history) unreachable, 5xx or 429
     └── PermanentError            fail at once: a retry only delays the page
         ├── ConfigurationError        malformed settings (repository URL, DSN, unknown database name)
         ├── AuthenticationFailed      wrong password / access denied
@@ -25,7 +26,8 @@
         ├── QueryFailed               any other SQL error, with its SQLSTATE
         ├── Refused                   the request would be unsafe (target exists, target is the source, …)
         ├── TradingApiRefused         the trading API said no (4xx other than auth)
-        └── InferenceApiRefused       the inference API said no (4xx other than auth; ``status`` kept)
+        ├── InferenceApiRefused       the inference API said no (4xx other than auth; ``status`` kept)
+        └── PrefectApiRefused         the Prefect API said no (4xx)
 
 Every message says what was refused and ends with a ``HINT:`` saying what to do next. Context is kept in
 attributes (``sqlstate``), not parsed back out of the text. Foreign errors are mapped where they enter, in one
@@ -146,4 +148,12 @@ class InferenceApiRefused(PermanentError):
 
 
 class DockerUnavailable(TransientError):
+    pass
+
+
+class PrefectApiUnavailable(TransientError):
+    pass
+
+
+class PrefectApiRefused(PermanentError):
     pass

@@ -35,3 +35,7 @@ class TradingApi(JsonApi):
 
     def data_status(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/data/status")
+
+    def read(self, path: str, *, window: str | None = None) -> dict[str, Any]:
+        """A read at a path the settings name (the weekly report's P&L and risk endpoints)."""
+        return self.call("GET", path, params={"window": window} if window else None)

@@ -18,12 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from runbooks.catalog import BackupCatalog, BackupClaim
+from runbooks.drill import DrillRecords
 from runbooks.errors import BackupDamaged, BackupNotFound, VerificationFailed
 from runbooks.manifest import BackupKind, BackupManifest, Verification, backup_id_for
 from runbooks.pipeline import check_object, fetch_object
 from runbooks.postgres import pg_tool
 from runbooks.retention import Candidate, select_retention
 from runbooks.settings import RetentionPolicy
+from runbooks.weekly import BackupWeek, DrillEntry, backups_in_window, drill_entry
 from tasks.policies import TRANSIENT_RETRY
 
 
@@ -365,3 +367,30 @@ def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, de
     else:
         logger.info("Restored %d configuration files into %s", len(found), dest)
     return found
+
+
+@task(name="list-backups-in-window", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def list_backups_in_window(*, catalog: BackupCatalog, since: datetime, until: datetime) -> BackupWeek:
+    """Every backup taken in [since, until], of every database and cluster: published ones with their
+    verification, damaged ones (manifest unreadable) and incomplete ones (no manifest) shown as such.
+
+    Returns:
+        The window's backups oldest first, and the damaged ones from before it.
+    """
+    catalog.repository.check_exists()
+    scan = catalog.scan()
+    return backups_in_window(scan.manifests, scan.damaged, catalog.unfinished(), since=since, until=until)
+
+
+@task(name="read-drill-records", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_drill_records(*, catalog: BackupCatalog, cluster: str, since: datetime,
+                       count: int = 100) -> tuple[list[DrillEntry], DrillEntry | None]:
+    """The DR game-day records kept in the repository (``records/drills/<cluster>/``).
+
+    Returns:
+        The drills started since ``since`` (oldest first), and the newest drill of all (None: never drilled).
+    """
+    catalog.repository.check_exists()
+    records = DrillRecords(catalog.repository, cluster).recent(count)
+    entries = sorted((drill_entry(r) for r in records), key=lambda e: e.started_at)
+    return [e for e in entries if e.started_at >= since], (entries[-1] if entries else None)

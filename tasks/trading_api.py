@@ -1,5 +1,6 @@
 """Tasks on the trading platform's operations API: read the trading state, halt (kill switch), pause, resume.
-Runbooks use them through ``runbooks.frame.TradingGuard``, which decides whether a resume is still theirs."""
+Runbooks use them through ``runbooks.frame.TradingGuard``, which decides whether a resume is still theirs.
+The weekly report reads the P&L and the risk engine's figures here, at the paths its settings name."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from prefect.cache_policies import NO_CACHE
 
 from runbooks.settings import ApiSettings
 from runbooks.trading import TradingApi
+from runbooks.weekly import (
+    CircuitBreaker,
+    PnlFigures,
+    RiskEvents,
+    RiskMetrics,
+    parse_breakers,
+    parse_pnl,
+    parse_risk_events,
+    parse_risk_health,
+    parse_risk_metrics,
+)
 from tasks.policies import TRANSIENT_RETRY
 
 
@@ -77,3 +89,49 @@ def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: s
     finally:
         client.close()
     return {**now, "resumed": ours}
+
+
+def _read(api: ApiSettings | None, path: str, window: str | None = None) -> dict[str, Any]:
+    client = TradingApi(api)
+    try:
+        return client.read(path, window=window)
+    finally:
+        client.close()
+
+
+@task(name="read-pnl", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_pnl(*, api: ApiSettings | None, path: str, window: str) -> PnlFigures:
+    """Seed 003's ``/api/trading/pnl`` over ``window`` (e.g. ``7d``).
+
+    Returns:
+        Total, realized and unrealized P&L, trades, win rate, Sharpe, drawdown and the daily series.
+    """
+    return parse_pnl(_read(api, path, window), window=window)
+
+
+@task(name="read-risk-metrics", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_risk_metrics(*, api: ApiSettings | None, path: str) -> RiskMetrics:
+    """Returns:
+    Drawdown, value at risk and exposure as the risk engine reports them now."""
+    return parse_risk_metrics(_read(api, path))
+
+
+@task(name="read-circuit-breakers", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_circuit_breakers(*, api: ApiSettings | None, path: str) -> list[CircuitBreaker]:
+    """Returns:
+    Each circuit breaker with its state (seed 003: ``/api/risk/circuit-breakers``)."""
+    return parse_breakers(_read(api, path))
+
+
+@task(name="read-risk-health", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_risk_health(*, api: ApiSettings | None, path: str) -> str:
+    """Returns:
+    The risk engine's status word (seed 003: ``/api/risk/health``)."""
+    return parse_risk_health(_read(api, path))
+
+
+@task(name="read-risk-events", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_risk_events(*, api: ApiSettings | None, path: str, window: str) -> RiskEvents:
+    """Returns:
+    How many risk events the window held, by severity (seed 003: ``/api/risk/events``)."""
+    return parse_risk_events(_read(api, path, window))

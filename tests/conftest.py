@@ -3,8 +3,10 @@ test harness, started once and removed at the end."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="runbooks-state-")  # restore work dirs, not ~/.local
+# Removed when the session's process ends (after Prefect's last write), so no session leaves them in /tmp.
+for _made in (_PREFECT_HOME, os.environ["XDG_STATE_HOME"]):
+    atexit.register(shutil.rmtree, _made, ignore_errors=True)
 os.environ.pop("PREFECT_API_URL", None)
 for _name in [k for k in os.environ if k.startswith("RUNBOOKS_") and k != "RUNBOOKS_REQUIRE_DOCKER"]:
     os.environ.pop(_name)

@@ -20,3 +20,4 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.trading_api and settings.trading_api.base_url.startswith("http")
     bars = settings.freshness.tables[0]
     assert (bars.table, bars.error_after.total_seconds(), bars.quality) == ("ohlcv_usdcop_5m", 600, "ohlcv")
+    assert settings.weekly_report.model_ids == [settings.models.model_id]

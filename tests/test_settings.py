@@ -501,3 +501,18 @@ def test_unknown_database_hint_is_a_toml_key_without_raw_control_characters() ->
     assert '[databases."evil\\u001b]0;x\\u0007 db"]' in str(caught.value)
     with pytest.raises(ConfigurationError, match=r"add \[databases\.trading_db\]"):
         settings.database_or_raise("trading_db")
+
+
+def test_weekly_report_paths_default_to_seed_003s_endpoints_and_are_checked(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    report = load_settings().weekly_report
+    assert (report.pnl_path, report.circuit_breakers_path, report.risk_health_path, report.risk_events_path) == (
+        "/api/v1/trading/pnl", "/api/v1/risk/circuit-breakers", "/api/v1/risk/health", "/api/v1/risk/events")
+    assert report.model_ids == []  # the [models] model_id
+    write_config(monkeypatch, tmp_path, TOML + '\n[weekly_report]\npnl_path = "/pnl"\nmodel_ids = ["a", "b_2"]\n')
+    loaded = load_settings().weekly_report
+    assert (loaded.pnl_path, loaded.model_ids) == ("/pnl", ["a", "b_2"])
+    for bad in ('pnl_path = "http://elsewhere/pnl"', 'model_ids = ["../x"]', 'risk_path = "/typo"'):
+        write_config(monkeypatch, tmp_path, TOML + f"\n[weekly_report]\n{bad}\n")
+        with pytest.raises(ConfigurationError, match="weekly_report"):
+            load_settings()

@@ -33,6 +33,13 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/v1/models/router/drift", None),
     ("GET", "/api/v1/models/ppo_primary/metrics", None),
     ("GET", "/api/v1/health/consistency/ppo_primary", None),
+    ("GET", "/api/v1/trading/pnl", None),
+    ("GET", "/api/v1/risk/metrics", None),
+    ("GET", "/api/v1/risk/circuit-breakers", None),
+    ("GET", "/api/v1/risk/health", None),
+    ("GET", "/api/v1/risk/events", None),
+    ("POST", "/_control/pnl", {"unrealized_pnl": 1.0}),
+    ("POST", "/_control/risk", {"health": "degraded"}),
     ("POST", "/_control/on-activation", {"version": "v3", "metrics": {"sharpe_ratio": 0.1}}),
     ("GET", "/_control/state", None),
     ("POST", "/_control/reset", None),
@@ -409,3 +416,45 @@ def test_a_version_can_be_set_to_degrade_once_it_serves_again(api: httpx.Client)
     assert next(t for t in targets if t["version"] == "v3")["metrics"]["sharpe_ratio"] == 1.12  # as it served
     _ok(api.post("/api/v1/models/rollback", json={"reason": "r", "initiated_by": "i"}))
     assert _ok(api.get("/api/v1/models/ppo_primary/metrics"))["sharpe_ratio"] == 0.1
+
+
+# -- P&L and risk (seed 003's weekly review) ---------------------------------------------------------------------
+def test_pnl_over_a_window_adds_up_its_daily_series(api: httpx.Client) -> None:
+    week = _ok(api.get("/api/v1/trading/pnl", params={"window": "7d"}))
+    assert week["window"] == "7d" and week["currency"] == "USD" and len(week["daily"]) == 7
+    assert week["realized_pnl"] == round(sum(d["pnl"] for d in week["daily"]), 2)
+    assert week["total_pnl"] == round(week["realized_pnl"] + week["unrealized_pnl"], 2)
+    assert week["trades"] == sum(d["trades"] for d in week["daily"])
+    assert 0 < week["win_rate"] < 1 and week["max_drawdown_pct"] >= 0 and week["sharpe_ratio"] is not None
+    assert _ok(api.get("/api/v1/trading/pnl", params={"window": "7d"})) == week  # deterministic
+    assert len(_ok(api.get("/api/v1/trading/pnl", params={"window": "2w"}))["daily"]) == 14
+    assert len(_ok(api.get("/api/v1/trading/pnl", params={"window": "36h"}))["daily"]) == 2
+    assert api.get("/api/v1/trading/pnl", params={"window": "a week"}).status_code == 400
+
+
+def test_pnl_control_sets_the_series_and_fields(api: httpx.Client) -> None:
+    _ok(api.post("/_control/pnl", json={"daily": [{"pnl": 100.0, "trades": 3}, {"pnl": -40.5, "trades": 2}],
+                                        "unrealized_pnl": -9.5, "overrides": {"currency": "EUR"}}))
+    body = _ok(api.get("/api/v1/trading/pnl", params={"window": "7d"}))
+    assert (body["realized_pnl"], body["total_pnl"], body["trades"], body["currency"]) == (59.5, 50.0, 5, "EUR")
+    assert [d["pnl"] for d in body["daily"]] == [100.0, -40.5]
+    _ok(api.post("/_control/reset"))
+    assert _ok(api.get("/api/v1/trading/pnl", params={"window": "7d"}))["currency"] == "USD"
+
+
+def test_risk_metrics_breakers_health_and_events(api: httpx.Client) -> None:
+    metrics = _ok(api.get("/api/v1/risk/metrics"))
+    assert {"current_drawdown_pct", "var_95_1d", "gross_exposure", "exposure_limit"} <= set(metrics)
+    breakers = _ok(api.get("/api/v1/risk/circuit-breakers"))
+    assert breakers["triggered"] == 0 and {b["state"] for b in breakers["breakers"]} == {"armed"}
+    assert _ok(api.get("/api/v1/risk/health"))["status"] == "healthy"
+    week = _ok(api.get("/api/v1/risk/events", params={"window": "7d"}))
+    assert week["count"] == len(week["events"]) == 3 and sum(week["by_severity"].values()) == 3
+    assert _ok(api.get("/api/v1/risk/events", params={"window": "30d"}))["count"] == 4
+
+    _ok(api.post("/_control/risk", json={"metrics": {"var_95_1d": 9999.0}, "breakers": {"var_limit": "triggered"},
+                                         "health": "degraded", "events": []}))
+    assert _ok(api.get("/api/v1/risk/metrics"))["var_95_1d"] == 9999.0
+    assert _ok(api.get("/api/v1/risk/circuit-breakers"))["triggered"] == 1
+    assert _ok(api.get("/api/v1/risk/health"))["status"] == "degraded"
+    assert _ok(api.get("/api/v1/risk/events", params={"window": "7d"}))["count"] == 0

@@ -28,6 +28,9 @@ from runbooks.sandbox.seed import SEED_CHECKS, catch_up_bars, create_database, s
 
 DATABASE = "trading_db"
 BUCKET = "runbooks-backups"
+# The checkout this module belongs to: the sandbox's Python children (simulator, S3 server) run its code, not
+# whatever copy the virtualenv has installed (a git worktree shares its virtualenv with the main checkout).
+CHECKOUT = Path(__file__).resolve().parents[2]
 S3_KEY_ID = "sandbox"
 
 
@@ -213,6 +216,7 @@ class Sandbox:
                ) -> subprocess.Popen[bytes]:
         log = open(self._log(name), "ab")  # noqa: SIM115 - owned by the child
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), child_env.get("PYTHONPATH")]))
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=child_env, start_new_session=True, cwd=self.root)
         log.close()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import re
+import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -51,6 +54,46 @@ def _default_models() -> list[ModelVersion]:
     return versions
 
 
+def _default_daily_pnl() -> list[dict[str, float]]:
+    """31 days of realized P&L and trade counts, oldest first: deterministic, mostly winning, a few losing days."""
+    return [{"pnl": round(1200 * math.sin(day * 1.7) + 150, 2), "trades": 40 + (day * 7) % 13} for day in range(31)]
+
+
+DEFAULT_RISK_METRICS: dict[str, Any] = {
+    "current_drawdown_pct": 1.8, "max_drawdown_pct": 4.2, "var_95_1d": 4600.0, "var_99_1d": 6850.0,
+    "gross_exposure": 312_500.0, "net_exposure": 77_500.0, "exposure_limit": 500_000.0, "leverage": 1.25,
+    "currency": "USD"}
+
+
+def _default_breakers() -> dict[str, dict[str, Any]]:
+    return {"daily_drawdown_limit": {"state": "armed", "threshold_pct": 5.0, "current_pct": 1.8},
+            "var_limit": {"state": "armed", "threshold": 6250.0, "current": 4600.0},
+            "order_rate": {"state": "armed", "threshold_per_min": 120, "current_per_min": 34}}
+
+
+def _default_risk_events() -> list[dict[str, Any]]:
+    """Ages in hours: three inside a week, one inside a month, none older."""
+    return [{"hours_ago": 5, "severity": "warning", "type": "var_limit_approached", "message": "VaR at 82 % of limit"},
+            {"hours_ago": 30, "severity": "info", "type": "position_limit_adjusted", "message": "EURUSD limit raised"},
+            {"hours_ago": 75, "severity": "critical", "type": "daily_drawdown_limit",
+             "message": "DDL triggered at -5.1 %, reset by desk"},
+            {"hours_ago": 400, "severity": "warning", "type": "exposure_limit_approached",
+             "message": "gross exposure at 91 % of limit"}]
+
+
+def _window_hours(window: str) -> int:
+    """``24h``, ``7d``, ``2w`` in hours; anything else is a 400, as the platform answers."""
+    match = re.fullmatch(r"(\d{1,4})([hdw])", window)
+    if not match:
+        raise HTTPException(status_code=400, detail=f"window {window!r} must look like 24h, 7d or 2w")
+    return int(match[1]) * {"h": 1, "d": 24, "w": 168}[match[2]]
+
+
+def _window_days(window: str) -> int:
+    """The window in whole days, at least one: the daily P&L series it covers."""
+    return max(1, math.ceil(_window_hours(window) / 24))
+
+
 class SimulatorState:
     """Everything the simulator remembers; ``reset`` restores the defaults."""
 
@@ -76,6 +119,14 @@ class SimulatorState:
         self.methods: dict[str, str] = {}  # "latency:<prefix>" / "failure:<prefix>" -> the only method affected
         self.calls: list[dict[str, Any]] = []
         self.operations: list[dict[str, Any]] = []
+        self.daily_pnl = _default_daily_pnl()  # oldest first; the last entry is yesterday
+        self.unrealized_pnl = 2150.0
+        self.capital = 250_000.0
+        self.pnl_overrides: dict[str, Any] = {}  # fields answered as set, whatever the series says
+        self.risk_metrics = dict(DEFAULT_RISK_METRICS)
+        self.breakers = _default_breakers()
+        self.risk_health = "healthy"
+        self.risk_events = _default_risk_events()
 
     def active(self) -> ModelVersion:
         return next(m for m in self.models if m.status == "active")
@@ -128,6 +179,21 @@ class LatencyControl(BaseModel):
     method: str | None = None  # None: every method
     seconds: float = Field(default=0.0, ge=0, le=60)
     count: int | None = Field(default=None, ge=0, description="slow only the next N requests; None: all")
+
+
+class PnlControl(BaseModel):
+    """The P&L the trading API answers: a daily series (oldest first) and fields answered as given."""
+
+    daily: list[dict[str, float]] | None = Field(default=None, description="[{pnl, trades}], oldest first")
+    unrealized_pnl: float | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class RiskControl(BaseModel):
+    metrics: dict[str, Any] | None = None  # merged into the risk metrics
+    breakers: dict[str, str] | None = None  # breaker name -> state (armed, triggered)
+    health: str | None = None
+    events: list[dict[str, Any]] | None = None  # replaces the events: [{hours_ago, severity, type, message}]
 
 
 class DataControl(BaseModel):
@@ -299,6 +365,61 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
                 "last_prediction_at": (_now() - timedelta(minutes=0 if flowing else 10)).isoformat(),
                 "feature_checks": {"missing_features": 0, "nan_ratio": 0.0}}
 
+    @app.get("/api/v1/trading/pnl", dependencies=auth)
+    def pnl(window: str = "1d") -> dict[str, Any]:
+        """Seed 003's ``/api/trading/pnl`` over a window: realized P&L of the last N days, the open positions'
+        unrealized P&L, and the daily series behind them."""
+        days = state.daily_pnl[-_window_days(window):]
+        today = _now().date()
+        daily: list[dict[str, Any]] = [{"date": (today - timedelta(days=len(days) - i)).isoformat(), "pnl": d["pnl"],
+                  "trades": int(d.get("trades", 0))} for i, d in enumerate(days)]
+        realized = round(sum(d["pnl"] for d in days), 2)
+        total = round(realized + state.unrealized_pnl, 2)
+        equity, peak, drawdown = state.capital, state.capital, 0.0
+        for d in days:
+            equity += d["pnl"]
+            peak = max(peak, equity)
+            drawdown = max(drawdown, (peak - equity) / peak)
+        returns = [d["pnl"] / state.capital for d in days]
+        sharpe = (statistics.mean(returns) / statistics.stdev(returns) * math.sqrt(252)
+                  if len(returns) > 1 and statistics.stdev(returns) > 0 else None)
+        trades = sum(d["trades"] for d in daily)
+        body: dict[str, Any] = {
+            "window": window, "currency": "USD", "realized_pnl": realized, "unrealized_pnl": state.unrealized_pnl,
+            "total_pnl": total, "return_pct": round(100 * total / state.capital, 4), "trades": trades,
+            "winning_days": sum(1 for d in days if d["pnl"] > 0), "losing_days": sum(1 for d in days if d["pnl"] < 0),
+            "win_rate": round(sum(d["trades"] for d in daily if d["pnl"] > 0) / trades, 4) if trades else None,
+            "sharpe_ratio": round(sharpe, 3) if sharpe is not None else None,
+            "max_drawdown_pct": round(100 * drawdown, 3), "daily": daily}
+        body.update(state.pnl_overrides)
+        return body
+
+    @app.get("/api/v1/risk/metrics", dependencies=auth)
+    def risk_metrics() -> dict[str, Any]:
+        return {**state.risk_metrics, "as_of": _now().isoformat()}
+
+    @app.get("/api/v1/risk/circuit-breakers", dependencies=auth)
+    def circuit_breakers() -> dict[str, Any]:
+        breakers = [{"name": name, **spec} for name, spec in state.breakers.items()]
+        return {"breakers": breakers, "triggered": sum(1 for b in breakers if b["state"] == "triggered")}
+
+    @app.get("/api/v1/risk/health", dependencies=auth)
+    def risk_health() -> dict[str, Any]:
+        return {"status": state.risk_health, "risk_engine": "up" if state.risk_health == "healthy" else "degraded",
+                "last_calculation_at": _now().isoformat()}
+
+    @app.get("/api/v1/risk/events", dependencies=auth)
+    def risk_events(window: str = "1d") -> dict[str, Any]:
+        hours = _window_hours(window)
+        now = _now()
+        events = [{"at": (now - timedelta(hours=e["hours_ago"])).isoformat(),
+                   **{k: v for k, v in e.items() if k != "hours_ago"}}
+                  for e in state.risk_events if e["hours_ago"] <= hours]
+        by_severity: dict[str, int] = {}
+        for event in events:
+            by_severity[str(event.get("severity"))] = by_severity.get(str(event.get("severity")), 0) + 1
+        return {"window": window, "count": len(events), "by_severity": by_severity, "events": events}
+
     def _only(key: str, method: str | None) -> None:
         if method:
             state.methods[key] = method.upper()
@@ -362,6 +483,28 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
         state.failures[req.path_prefix] = [req.status, req.count]
         _only(f"failure:{req.path_prefix}", req.method)
         return {"failures": state.failures}
+
+    @app.post("/_control/pnl", dependencies=auth)
+    def control_pnl(req: PnlControl) -> dict[str, Any]:
+        if req.daily is not None:
+            state.daily_pnl = [{"pnl": float(d["pnl"]), "trades": float(d.get("trades", 0))} for d in req.daily]
+        if req.unrealized_pnl is not None:
+            state.unrealized_pnl = req.unrealized_pnl
+        state.pnl_overrides.update(req.overrides)
+        return {"daily": state.daily_pnl, "unrealized_pnl": state.unrealized_pnl, "overrides": state.pnl_overrides}
+
+    @app.post("/_control/risk", dependencies=auth)
+    def control_risk(req: RiskControl) -> dict[str, Any]:
+        if req.metrics is not None:
+            state.risk_metrics.update(req.metrics)
+        for name, breaker_state in (req.breakers or {}).items():
+            state.breakers.setdefault(name, {})["state"] = breaker_state
+        if req.health is not None:
+            state.risk_health = req.health
+        if req.events is not None:
+            state.risk_events = req.events
+        return {"metrics": state.risk_metrics, "breakers": state.breakers, "health": state.risk_health,
+                "events": state.risk_events}
 
     @app.post("/_control/data", dependencies=auth)
     def control_data(req: DataControl) -> dict[str, Any]:
