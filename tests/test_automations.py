@@ -8,9 +8,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from runbooks.sandbox import SandboxState
 from tests.pgfixtures import set_database_env
+from tests.receivers import Inbox
 
 
 def _load_automations() -> ModuleType:
@@ -35,36 +35,6 @@ def _load_automations() -> ModuleType:
 
 
 automations = _load_automations()
-
-
-class Inbox:
-    """One receiver on loopback; every message it got, as text."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        texts = self.texts
-
-        class Receiver(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                texts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [t for t in self.texts if predicate(t)]
-            if found:
-                return found[0]
-            time.sleep(0.5)
-        raise AssertionError(f"no such notification within {timeout} s; got: {self.texts}")
 
 
 @pytest.fixture
@@ -86,8 +56,7 @@ def on_server(real_prefect_server: str, config: SandboxState, monkeypatch: pytes
                 for automation in client.read_automations():
                     if automation.name.startswith(automations.PREFIX):
                         client.delete_automation(automation.id)
-            inbox.server.shutdown()
-            inbox.server.server_close()
+            inbox.close()
 
 
 def _emit(api: str, event: str, resource: str, **payload: Any) -> None:

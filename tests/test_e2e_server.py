@@ -13,6 +13,7 @@ Without ``chromium`` the test skips its UI step locally; with ``RUNBOOKS_REQUIRE
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.prefect_server import prefect_server, stop_process_group
+from tests.receivers import Inbox
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,7 @@ SCREENSHOTS = CHECKOUT / "docs" / "screenshots"
 WINDOW = (1400, 900)
 RUN_DEADLINE = 240.0  # seconds for a run to reach a final state, worker pickup included
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+E2E_TABLE = "e2e-bars"
 
 
 @dataclass
@@ -132,6 +134,10 @@ def stack(server_on_postgres: tuple[str, str], sandbox: SandboxState, tmp_path: 
         RUNBOOKS_HOME=str(CHECKOUT), PYTHONPATH=os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")])),
         RUNBOOKS_CONFIG=sandbox.config_path, RUNBOOKS_REPOSITORY__URL=repository.as_uri(),
         XDG_STATE_HOME=str(state),
+        # One monitored table the data-freshness run finds stale: older than 1 s, not gating trading.
+        RUNBOOKS_FRESHNESS__TABLES=json.dumps([{
+            "database": "trading_db", "table": "ohlcv_usdcop_5m", "label": E2E_TABLE, "loaded_at_field": "timestamp",
+            "warn_after": None, "error_after": "1s", "kill_after": None, "gates_trading": False}]),
     )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -181,7 +187,7 @@ def flow_run_logs(flow_run_id: UUID) -> str:
     return "\n".join(f"{log.timestamp:%H:%M:%S} {log.level} {log.message}" for log in logs)
 
 
-def run_and_wait(deployment: str, parameters: dict[str, Any], worker: Worker) -> Any:
+def run_and_wait(deployment: str, parameters: dict[str, Any], worker: Worker, *, expect: str = "COMPLETED") -> Any:
     """Start a run of ``flow/deployment`` through the API and wait until the worker has run it to a final state.
     Returns the flow run; on a wrong final state or no progress, fails with the worker's and the run's logs."""
     from prefect.client.orchestration import get_client
@@ -200,7 +206,7 @@ def run_and_wait(deployment: str, parameters: dict[str, Any], worker: Worker) ->
             if time.monotonic() > deadline or worker.process.poll() is not None:
                 break
             time.sleep(1)
-    if state is None or state.type.value != "COMPLETED":
+    if state is None or state.type.value != expect:
         pytest.fail(f"{deployment} run {flow_run.name!r} ({flow_run.id}) is "
                     f"{state.type.value if state else 'stateless'}: {state.message if state else ''}\n"
                     f"--- flow run logs ---\n{flow_run_logs(flow_run.id)}\n--- worker log ---\n{worker.tail()}",
@@ -285,14 +291,37 @@ class Browser:
 # -- steps ----------------------------------------------------------------------------------------------------------
 
 def fire_a_stale_data_finding_and_see_the_notification(stack: Stack, worker: Worker) -> None:
-    """PLACEHOLDER (issue 12) -- the lead fills this in with ``deployments/automations.py``.
+    """The automations applied by their one command; a data-freshness run through its deployment finds the e2e
+    table stale (its error_after is 1 s, see the ``stack`` fixture) and the server's automation notifies a real
+    receiver; a failed restore run (tagged notify-on-failure) notifies too, the failed freshness run does not."""
+    import uuid
 
-    To do here: apply the automations (``python deployments/automations.py apply`` with ``stack.env``, cwd
-    ``CHECKOUT``), fire a stale-data finding and see the notification arrive. Note: the scheduled deployments,
-    data-freshness included, are paused by then (see the test); a run created through the API still runs.
-    """
-    warnings.warn("issue 12 e2e: automations and the stale-data notification are not tested yet (placeholder in "
-                  "tests/test_e2e_server.py)", UserWarning, stacklevel=2)
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    inbox = Inbox()
+    try:
+        name = f"oncall-{uuid.uuid4().hex[:8]}"
+        CustomWebhookNotificationBlock(name="oncall", url=inbox.url, json_data={"text": "{{subject}}\n{{body}}"},
+                                       allow_private_urls=True).save(name)
+        done = subprocess.run([sys.executable, "deployments/automations.py", "apply"], cwd=CHECKOUT,
+                              env={**stack.env, "RUNBOOKS_NOTIFICATIONS__BLOCK": f"custom-webhook/{name}"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "created   runbooks: stale data" in done.stdout.splitlines(), done.stdout
+
+        run_and_wait("data-freshness/data-freshness", {"parameters": {"act": False, "quality": False}}, worker,
+                     expect="FAILED")  # a stale finding is the run's verdict
+        text = inbox.wait_for(lambda t: t.startswith("[P2] INCIDENT: stale data: ") and E2E_TABLE in t)
+        assert "runbook action: none" in text and "error: " in text, text
+
+        failed = run_and_wait("restore/restore-on-demand", {"parameters": {
+            "database": "trading_db", "mode": "verify", "backup_id": "20000101T000000Z"}}, worker, expect="FAILED")
+        text = inbox.wait_for(lambda t: failed.name in t)
+        assert text.splitlines()[0] == f"[P2] INCIDENT: restore: run {failed.name} Failed", text
+        assert "20000101T000000Z" in text  # the run's state message, rendered by the server
+        assert not [t for t in inbox.texts if t.startswith("[P2] INCIDENT: data-freshness: run")]
+    finally:
+        inbox.close()
 
 
 def test_the_runbooks_run_end_to_end_on_a_prefect_server_on_postgresql(stack: Stack) -> None:
