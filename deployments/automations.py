@@ -24,13 +24,18 @@ from uuid import UUID
 
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.events.actions import ActionTypes
+from prefect.exceptions import ObjectNotFound
 
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.incidents import Notice, render
 from runbooks.settings import Settings, Severity, load_settings
 
 PREFIX = "runbooks: "
-RUN_URL = "{{ flow_run|ui_url }}"
+# The server renders these. ``ui_url`` needs PREFECT_UI_URL in the server's environment; without it the run's id.
+RUN_URL = "{{ (flow_run|ui_url) or ('flow run ' ~ flow_run.id) }}"
+EVENT_RUN_URL = "{{ (flow_run|ui_url) or 'the data-freshness run (Prefect UI: Events)' }}"
+RUN_STARTED = "{{ flow_run.start_time or flow_run.expected_start_time }} (UTC)"
+WATCH_STARTED = "runbooks.backup.watch-started"
 BlockIds = Callable[[Severity], list[UUID]]
 
 
@@ -58,13 +63,13 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
         AutomationCore(name=f"{PREFIX}runbook run failed", description="A scheduled or on-demand runbook run "
                        "ended Failed (deployments tagged notify-on-failure); P2, seed 004 'scheduled jobs failing'.",
                        trigger=_run_trigger(["Failed", "TimedOut"], "notify-on-failure"),
-                       actions=_actions(settings, blocks, run_notice, started="{{ flow_run.start_time }}")),
+                       actions=_actions(settings, blocks, run_notice, started=RUN_STARTED)),
         AutomationCore(name=f"{PREFIX}runbook run crashed", description="Any runbook run crashed (its process "
                        "died): nothing in it could report.",
                        trigger=_run_trigger(["Crashed"], "runbooks"),
                        actions=_actions(settings, blocks, run_notice.model_copy(update={
                            "impact": "the runbook's process died: what it did is in its events and report, if any"}),
-                           started="{{ flow_run.start_time }}")),
+                           started=RUN_STARTED)),
         AutomationCore(name=f"{PREFIX}stale data", description="A monitored table is stale, fails its quality "
                        f"checks or cannot be measured; once per table per {cfg.repeat_after}.",
                        trigger=EventTrigger(expect={"runbooks.data.finding"}, match={"prefect.resource.id":
@@ -78,8 +83,8 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
                            "runbook action: {{ event.payload.action }}",
                            details=["{{ event.payload.severity }}: {{ event.payload.reason }}"],
                            actions=["The data-freshness runbook pauses and resumes trading itself (seed 004 "
-                                    "section 3.3): check the data source"], flow_run_url=RUN_URL),
-                           started="{{ event.occurred }}")),
+                                    "section 3.3): check the data source"], flow_run_url=EVENT_RUN_URL),
+                           started="{{ event.occurred }} (UTC)")),
     ]
     seconds = cfg.backup_stale_after.total_seconds()
     span = (f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60
@@ -87,15 +92,19 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
     for name in sorted(settings.databases):
         automations.append(AutomationCore(
             name=f"{PREFIX}no backup of {name}", description=f"No successful backup of {name} for {span}.",
-            trigger=EventTrigger(expect={"runbooks.backup.succeeded"},
+            # Each successful backup (or the watch starting, when applied) starts the window afresh, so it fires
+            # `within` after the last one: Prefect's heartbeat pattern (the same event in `after` and `expect`).
+            trigger=EventTrigger(after={"runbooks.backup.succeeded", WATCH_STARTED},
+                                 expect={"runbooks.backup.succeeded"},
                                  match={"prefect.resource.id": f"runbooks.database.{name}"},
                                  posture=Posture.Proactive, threshold=1, within=cfg.backup_stale_after),
             actions=_actions(settings, blocks, Notice(
                 kind="start", severity="P1", title=f"no successful backup of {name} for {span}",
                 impact=f"a restore of {name} would lose everything written since its last backup",
-                details=[f"no runbooks.backup.succeeded event for database {name} in {span}"],
+                details=[f"no runbooks.backup.succeeded event for database {name} in {span} (since its last "
+                         "successful backup, or since the automations were applied)"],
                 actions=[f"Run backup-on-demand with databases=['{name}'] and read its report",
-                         "Check the backup-nightly runs and the worker"]), started="(absence of an event)")))
+                         "Check the backup-nightly runs and the worker"]), started=f"{span} ago or earlier")))
     return automations
 
 
@@ -117,7 +126,8 @@ def _block_ids(settings: Settings) -> BlockIds:
 
 
 def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
-    """Create or update every automation by name; one line per automation."""
+    """Create or update every automation by name; one line per automation. An automation an operator disabled
+    stays disabled. Then the backup watch of every database starts (its window begins now)."""
     from prefect.client.orchestration import get_client
 
     wanted = desired(settings, _block_ids(settings))
@@ -125,25 +135,40 @@ def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
     with get_client(sync_client=True) as client:
         existing = {a.name: a for a in client.read_automations() if a.name.startswith(PREFIX)}
         for automation in wanted:
-            if not automation.actions:
-                lines.append(f"skipped  {automation.name}: no notification block for its severity "
-                             "([notifications] block)")
-                continue
             current = existing.pop(automation.name, None)
+            if not automation.actions:
+                lines.append(f"skipped   {automation.name}: no notification block for its severity ([notifications] "
+                             "block)" + ("; the one on the server is left as it is" if current else ""))
+                continue
             if current is None:
                 verb = "would create" if dry_run else "created"
                 if not dry_run:
                     client.create_automation(automation)
-            elif AutomationCore.model_validate(current.model_dump(exclude={"id"})) == automation:
-                verb = "unchanged"
             else:
-                verb = "would update" if dry_run else "updated"
-                if not dry_run:
-                    client.update_automation(current.id, automation)
-            lines.append(f"{verb:<9} {automation.name}")
-        lines += [f"left     {name}: not made by this configuration (delete it in the UI if obsolete)"
+                automation.enabled = current.enabled
+                if AutomationCore.model_validate(current.model_dump(exclude={"id"})) == automation:
+                    verb = "unchanged"
+                else:
+                    verb = "would update" if dry_run else "updated"
+                    if not dry_run:
+                        client.update_automation(current.id, automation)
+            lines.append(f"{verb:<9} {automation.name}" + ("" if automation.enabled else " (disabled in the UI)"))
+        lines += [f"left      {name}: not made by this configuration (delete it in the UI if obsolete)"
                   for name in sorted(existing)]
+    if not dry_run:
+        _start_backup_watch(sorted(settings.databases))
     return lines
+
+
+def _start_backup_watch(databases: list[str]) -> None:
+    """A database never backed up still gets its window: each watch starts at the event sent here."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    for name in databases:
+        emit_event(event=WATCH_STARTED, resource={"prefect.resource.id": f"runbooks.database.{name}",
+                                                  "prefect.resource.name": f"database.{name}"})
+    EventsWorker.drain_all(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for line in apply(load_settings(), dry_run=args.dry_run):
                 print(line)
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, ObjectNotFound) as exc:
             raise ConfigurationError(f"the Prefect API at {api} refused or could not be reached "
                                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).",
                                      hint="check PREFECT_API_URL and that the server is up; the automations "

@@ -1,5 +1,5 @@
 """Weekly backup verification: the restore runbook's ``verify`` mode on the newest backup of every database in the
-inventory, so a backup that rotted in the repository is found on a Monday, not during an incident.
+inventory, so a backup that rotted in the repository is found on a quiet Sunday, not during an incident.
 
 Trigger: ``runbooks run backup-verification`` or the ``backup-verification-weekly`` deployment (Sundays 04:00
 UTC). Blast radius: none; it reads the repository (and runs ``pg_restore --list`` on each dump). It fails when the
@@ -115,6 +115,10 @@ def verify_backups_flow(parameters: VerificationParameters | None = None) -> Sta
                     found = _check(catalog, name, stale)
                 except RunbookError as exc:
                     found = DatabaseVerification(database=name, status="failed", detail=scrub(str(exc)))
+                except Exception as exc:  # noqa: BLE001 - one database's surprise still leaves the others checked
+                    run.logger.exception("Verifying the newest backup of %r failed unexpectedly", name)
+                    found = DatabaseVerification(database=name, status="failed",
+                                                 detail=scrub(f"{type(exc).__name__}: {exc}")[:500])
                 result.databases.append(found)
                 figures.update(status=found.status, backup_id=found.backup_id)
             if found.status != "passed":

@@ -61,6 +61,8 @@ def render(notice: Notice, settings: NotificationSettings, *, now: datetime | No
     """(subject, markdown body) of the seed template for ``notice.kind``. ``started`` replaces the start time
     (an automation's message template fills it in on the server)."""
     now = now or datetime.now(UTC)
+    if notice.started_at is not None and notice.started_at.tzinfo is None:  # a naive time is UTC here
+        notice = notice.model_copy(update={"started_at": notice.started_at.replace(tzinfo=UTC)})
     level = settings.severities[notice.severity]
     subject = f"[{notice.severity}] {_HEAD[notice.kind].split(' ', 1)[1]}: {notice.title}"
     lines = [f"{_HEAD[notice.kind]}: {notice.title}", ""]

@@ -38,6 +38,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -885,13 +886,29 @@ class NotificationSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _over_the_seed(cls, data: Any) -> Any:
-        """A configured severity changes only the fields it names: `[notifications.severities.P1] blocks = [...]`
-        keeps the seed's escalation row."""
-        if isinstance(data, Mapping) and isinstance(data.get("severities"), Mapping):
-            seed = {k: v.model_dump() for k, v in _seed_severities().items()}
-            merged = {key: {**seed.get(key, {}), **(dict(value) if isinstance(value, Mapping) else {})}
-                      for key, value in data["severities"].items()}
-            data = {**data, "severities": {**seed, **merged}}
+        """A configured severity changes only the fields it names (`[notifications.severities.P1] blocks = [...]`
+        keeps the seed's escalation row), and a configured contact only its own handle. Environment variables
+        arrive lower-cased (`RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS`): severities and roles are matched
+        without regard to case."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if isinstance(data.get("severities"), Mapping):
+            merged: dict[str, Any] = {k: v.model_dump() for k, v in _seed_severities().items()}
+            for key, value in data["severities"].items():
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(exclude_unset=True)
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"severity {key!r} must be a table of fields, not {value!r}")
+                name = str(key).upper()
+                merged[name] = {**merged.get(name, {}), **value}
+            data["severities"] = merged
+        if isinstance(data.get("contacts"), Mapping):
+            contacts = _seed_contacts()
+            spelled = {role.casefold(): role for role in contacts}
+            for role, handle in data["contacts"].items():
+                contacts[spelled.get(str(role).casefold(), str(role))] = handle
+            data["contacts"] = contacts
         return data
 
     @field_validator("timezone")
@@ -1046,6 +1063,10 @@ def load_settings(**overrides: Any) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}.",
                                  hint="make it readable UTF-8 TOML or point RUNBOOKS_CONFIG elsewhere.") from None
+    except SettingsError as exc:  # e.g. a nested environment variable that is not valid JSON
+        raise ConfigurationError(f"settings cannot be read: {str(exc).splitlines()[0][:300]}.",
+                                 hint="a list or table in an environment variable is JSON, e.g. RUNBOOKS_"
+                                 "NOTIFICATIONS__SEVERITIES__P1__BLOCKS='[\"slack-webhook/oncall\"]'.") from None
     except ValidationError as exc:
         problems, fixes = [], set()
         for error in exc.errors():

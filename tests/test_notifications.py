@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from prefect import flow
-from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
 from pydantic import ValidationError
 
 from runbooks.frame import RunbookRun, notify
@@ -80,9 +80,13 @@ def test_each_severity_goes_to_its_blocks_and_a_dead_one_fails_alone(receivers: 
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pager, slack, default = receivers.add("pager"), receivers.add("slack"), receivers.add("default")
     dead = receivers.add("dead", down=True)
+    # An apprise block (SlackWebhook) whose endpoint is down: apprise only logs that, unless asked to raise.
+    dead_slack = f"slack-webhook/dead-{uuid.uuid4().hex[:8]}"
+    SlackWebhook(url="json://127.0.0.1:9/hook").save(dead_slack.split("/")[1])
     monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS", json.dumps({
-        "block": default, "severities": {"P0": {"blocks": [pager, slack]}, "P1": {"blocks": [dead, slack]}}}))
-    outcomes = _notify_flow([_notice("P0"), _notice("P1"), _notice("P3")])
+        "block": default, "severities": {"P0": {"blocks": [pager, slack]}, "P1": {"blocks": [dead, slack]},
+                                         "P2": {"blocks": [dead_slack]}}}))
+    outcomes = _notify_flow([_notice("P0"), _notice("P1"), _notice("P3"), _notice("P2")])
     assert [len(receivers.got[k]) for k in ("pager", "slack", "default", "dead")] == [1, 2, 1, 0]
     assert receivers.got["pager"][0].startswith("[P0] INCIDENT: P0 drill")
     assert [t.splitlines()[0] for t in receivers.got["slack"]] == ["[P0] INCIDENT: P0 drill", "[P1] INCIDENT: P1 drill"]
@@ -90,6 +94,7 @@ def test_each_severity_goes_to_its_blocks_and_a_dead_one_fails_alone(receivers: 
     # The dead receiver's failure is reported, and the P1 still reached the block after it.
     assert "FAILED" in outcomes[1] and f"notified via {slack!r}" in outcomes[1]
     assert "FAILED" not in outcomes[0] + outcomes[2]
+    assert outcomes[3].startswith(f"notification via {dead_slack!r} FAILED: NotificationError")
 
 
 def test_the_start_message_carries_the_escalation_row_and_contacts_from_the_settings(receivers: Receivers,
@@ -159,3 +164,29 @@ def test_a_configured_severity_keeps_the_seed_fields_it_does_not_name() -> None:
                                                     "severities": {"P0": {"blocks": ["pager-duty-web-hook/p"]}}})
     assert settings.blocks_for("P0") == ["pager-duty-web-hook/p"] and settings.blocks_for("P2") == ["slack-webhook/all"]
     assert [s.who for s in settings.severities["P0"].escalation] == ["On-Call Primary", "Engineering Lead", "CTO"]
+
+
+def test_environment_overrides_reach_one_severity_and_one_contact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings lower-cases nested environment keys: P1 and CTO must still be found."""
+    from runbooks.errors import ConfigurationError
+    from runbooks.settings import load_settings
+
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS", '["slack-webhook/oncall"]')
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__CONTACTS__CTO", "@bob")
+    settings = load_settings().notifications
+    assert settings.blocks_for("P1") == ["slack-webhook/oncall"] and settings.severities["P1"].name == "High"
+    assert settings.contacts["CTO"] == "@bob" and settings.contacts["On-Call Primary"] == "@oncall-primary"
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS", "slack-webhook/oncall")  # not JSON
+    with pytest.raises(ConfigurationError, match="is JSON"):
+        load_settings()
+
+
+def test_a_naive_start_time_and_a_severity_model_are_taken_as_meant() -> None:
+    from runbooks.settings import SeverityLevel
+
+    notice = Notice(kind="resolved", severity="P2", title="t", impact="i", started_at=datetime(2026, 11, 24, 3, 0))
+    _, body = render(notice, NotificationSettings(), now=datetime(2026, 11, 24, 4, 0, tzinfo=UTC))
+    assert "Duration: 1 h" in body
+    level = SeverityLevel(name="x", criteria="c", response="r", resolution_minutes=5, blocks=["slack-webhook/a"])
+    settings = NotificationSettings(severities={"P1": level})
+    assert settings.blocks_for("P1") == ["slack-webhook/a"] and settings.severities["P1"].name == "x"

@@ -37,11 +37,24 @@ def _send(name: str, subject: str, body: str) -> None:
 
     block: Any = Block.load(name, _sync=True)  # type: ignore[call-arg]
     _register_block_secrets(block)
-    block.notify(body=scrub(body), subject=scrub(subject), _sync=True)
+    if hasattr(block, "raise_on_failure"):  # apprise blocks (Slack, PagerDuty, ...) only log a failed send otherwise
+        with block.raise_on_failure():
+            block.notify(body=scrub(body), subject=scrub(subject), _sync=True)
+    else:
+        block.notify(body=scrub(body), subject=scrub(subject), _sync=True)
 
 
 def notify(run: RunbookRun[Any], notice: Notice) -> str:
-    """Send ``notice`` to every block of its severity. Returns what happened, for the report."""
+    """Send ``notice`` to every block of its severity. Returns what happened, for the report; never raises."""
+    try:
+        return _notify(run, notice)
+    except Exception as exc:  # noqa: BLE001 - best effort: the runbook has acted; say so, do not undo it
+        text = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        run.logger.warning("Notification of %r failed: %s", notice.title, text)
+        return f"notification FAILED: {text}"
+
+
+def _notify(run: RunbookRun[Any], notice: Notice) -> str:
     from prefect.runtime import flow_run
 
     settings = run.settings.notifications
@@ -60,8 +73,8 @@ def notify(run: RunbookRun[Any], notice: Notice) -> str:
     for name in names:
         try:
             _send(name, subject, body)
-        except Exception as exc:  # noqa: BLE001 - best effort: never undo or hide the action it reports
-            text = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        except Exception as exc:  # noqa: BLE001 - one dead block does not keep the message from the others
+            text = scrub(f"{type(exc).__name__}: {exc or 'not delivered'}".splitlines()[0])[:300]
             run.logger.warning("Notification via %r failed: %s", name, text)
             outcomes.append(f"notification via {name!r} FAILED: {text}")
         else:
