@@ -72,8 +72,10 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
                            started=RUN_STARTED)),
         AutomationCore(name=f"{PREFIX}stale data", description="A monitored table is stale, fails its quality "
                        f"checks or cannot be measured; once per table per {cfg.repeat_after}.",
-                       trigger=EventTrigger(expect={"runbooks.data.finding"}, match={"prefect.resource.id":
-                                                                                    "runbooks.table.*"},
+                       # Not when the data-freshness run notified on-call itself (it paused or resumed).
+                       trigger=EventTrigger(expect={"runbooks.data.finding"},
+                                            match={"prefect.resource.id": "runbooks.table.*",
+                                                   "runbooks.notified": "false"},
                                             for_each={"prefect.resource.id"}, posture=Posture.Reactive, threshold=1,
                                             within=cfg.repeat_after),
                        actions=_actions(settings, blocks, Notice(

@@ -184,10 +184,13 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
         result.succeeded = result.error is None and SEVERITY_ORDER[result.worst] <= SEVERITY_ORDER["warn"]
         run.steps.event("data-freshness.verdict", worst=result.worst, action=result.action,
                         findings=[f.model_dump() for f in result.findings if f.severity != "ok"])
-        for finding in result.findings:  # one event per table, so an automation can notify once per table
+        # One event per table, so an automation can notify once per table; not for a run that told on-call itself.
+        told = "true" if (result.notification or "").startswith("notified") else "false"
+        for finding in result.findings:
             if finding.severity not in ("ok", "warn"):
-                run.steps.event("data.finding", about=f"table.{finding.key}", severity=finding.severity,
-                                reason=finding.reason, gates_trading=finding.gates_trading, action=result.action)
+                run.steps.event("data.finding", about=f"table.{finding.key}", labels={"runbooks.notified": told},
+                                severity=finding.severity, reason=finding.reason,
+                                gates_trading=finding.gates_trading, action=result.action)
         state = run.conclude(result, render=render_report, report_key="data-freshness-report",
                              description="Data-freshness runbook report")
         if result.succeeded:

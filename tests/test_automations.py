@@ -59,9 +59,10 @@ def on_server(real_prefect_server: str, config: SandboxState, monkeypatch: pytes
             inbox.close()
 
 
-def _emit(api: str, event: str, resource: str, **payload: Any) -> None:
+def _emit(api: str, event: str, resource: str, labels: dict[str, str] | None = None, **payload: Any) -> None:
     body = {"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(), "event": event,
-            "resource": {"prefect.resource.id": resource, "prefect.resource.name": resource.removeprefix("runbooks.")},
+            "resource": {"prefect.resource.id": resource, "prefect.resource.name": resource.removeprefix("runbooks."),
+                         **(labels or {})},
             "payload": payload}
     httpx.post(f"{api}/events", json=[body], timeout=10).raise_for_status()
 
@@ -123,12 +124,17 @@ def test_stale_data_notifies_once_per_table_and_a_failed_runbook_run_notifies(on
                                                                                ) -> None:
     assert automations.main(["apply"]) == 0
     capsys.readouterr()
+    told, untold = {"runbooks.notified": "true"}, {"runbooks.notified": "false"}
+    # The run that paused trading told on-call itself: no second message for that finding.
+    _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.bars", told, severity="error",
+          reason="stale for 12 min", gates_trading=True, action="paused trading")
     for _ in range(2):  # the second finding for the same table within repeat_after is not sent again
-        _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.ohlcv", severity="error",
+        _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.ohlcv", untold, severity="error",
               reason="stale for 14.2 min (error after 10 min)", gates_trading=True, action="paused trading")
-    _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.trades", severity="unknown",
+    _emit(real_prefect_server, "runbooks.data.finding", "runbooks.table.market.trades", untold, severity="unknown",
           reason="missing_table", gates_trading=False, action="none")
     on_server.wait_for(lambda t: "table.market.trades" in t)
+    assert not [t for t in on_server.texts if "table.market.bars" in t]
     text = on_server.wait_for(lambda t: "table.market.ohlcv" in t)
     assert text.startswith("[P2] INCIDENT: stale data: table.market.ohlcv")
     assert "error: stale for 14.2 min (error after 10 min)" in text and "trading gated on it" in text

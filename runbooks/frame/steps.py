@@ -54,14 +54,15 @@ class Steps:
             return []
         return [{"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}", "prefect.resource.role": "flow-run"}]
 
-    def event(self, name: str, *, about: str | None = None, **payload: Any) -> None:
+    def event(self, name: str, *, about: str | None = None, labels: dict[str, str] | None = None,
+              **payload: Any) -> None:
         """A fact worth reacting to (``runbooks.<name>``), beside the step events. ``about`` names another resource
         than the run's (``database.trading_db`` → ``runbooks.database.trading_db``), so an automation can follow
-        one database or table whichever run speaks of it."""
+        one database or table whichever run speaks of it. ``labels`` are resource labels an automation can match on."""
         resource = self._resource() if about is None else {"prefect.resource.id": f"runbooks.{about}",
                                                             "prefect.resource.name": about,
                                                             "runbooks.runbook": self.runbook}
-        _emit(f"runbooks.{name}", resource, self._related(), payload)
+        _emit(f"runbooks.{name}", {**resource, **(labels or {})}, self._related(), payload)
 
     @contextmanager
     def step(self, name: str, *, destructive: bool = False, **figures: Figure) -> Iterator[dict[str, Figure]]:
