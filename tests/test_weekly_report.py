@@ -85,7 +85,10 @@ def plant_damaged_and_incomplete(repository: Path) -> tuple[str, str]:
 
 
 def test_the_report_shows_the_weeks_figures_backups_drills_and_runs(config: SandboxState, simulator: httpx.Client,
-                                                                    tmp_path: Path) -> None:
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The session's Prefect server holds every backup run of the suite so far: list them all, whatever ran before.
+    monkeypatch.setenv("RUNBOOKS_WEEKLY_REPORT__LIST_RUNS_UP_TO", "1000")
     backup_id = backup_trading_db()
     damaged, incomplete = plant_damaged_and_incomplete(tmp_path / "repository")
     drill = DrillRecord(drill_id=backup_id_for(datetime.now(UTC) - timedelta(days=2)),
