@@ -159,7 +159,7 @@ def test_no_successful_backup_raises_a_p1_a_window_after_the_last_one(on_server:
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     quiet, busy = "ledger_db", _inventory()[0]
     set_database_env(monkeypatch, config, quiet)  # only its name matters here: nothing connects to it
-    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BACKUP_STALE_AFTER", "PT15S")
+    monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__BACKUP_STALE_AFTER", "PT10S")  # the least Prefect allows
     assert {quiet, busy} <= set(_inventory())
     stop = threading.Event()
 
@@ -180,7 +180,7 @@ def test_no_successful_backup_raises_a_p1_a_window_after_the_last_one(on_server:
     finally:
         stop.set()
         worker.join()
-    assert text.startswith(f"[P1] INCIDENT: no successful backup of {quiet} for 15 s")
+    assert text.startswith(f"[P1] INCIDENT: no successful backup of {quiet} for 10 s")
     assert f"Run backup-on-demand with databases=['{quiet}']" in text
     # Its backups stop: the P1 comes once its last backup is a window old.
     stopped = len(on_server.texts)
