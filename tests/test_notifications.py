@@ -7,8 +7,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 from typing import Any
 
 import pytest
@@ -19,43 +17,31 @@ from pydantic import ValidationError
 from runbooks.frame import RunbookRun, notify
 from runbooks.incidents import Notice, PostIncident, escalation_line, post_incident_markdown, render
 from runbooks.settings import NotificationSettings, Severity
+from tests.receivers import Inbox
 
 
 class Receivers:
-    """Named HTTP receivers, each behind its own CustomWebhookNotificationBlock."""
+    """Named receivers (``tests.receivers.Inbox``), each behind its own CustomWebhookNotificationBlock."""
 
     def __init__(self) -> None:
         self.got: dict[str, list[str]] = {}
-        self._servers: list[ThreadingHTTPServer] = []
+        self._inboxes: list[Inbox] = []
 
     def add(self, label: str, *, down: bool = False) -> str:
-        got = self.got.setdefault(label, [])
-
-        class Receiver(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-        port = server.server_address[1]
+        inbox = Inbox()
+        self.got[label] = inbox.texts
         if down:
-            server.server_close()  # nothing listens there any more
+            inbox.close()  # nothing listens there any more
         else:
-            Thread(target=server.serve_forever, daemon=True).start()
-            self._servers.append(server)
+            self._inboxes.append(inbox)
         name = f"{label}-{uuid.uuid4().hex[:8]}"
-        CustomWebhookNotificationBlock(name=label, url=f"http://127.0.0.1:{port}/{label}",
-                                       json_data={"text": "{{subject}}\n{{body}}"}, allow_private_urls=True).save(name)
+        CustomWebhookNotificationBlock(name=label, url=inbox.url, json_data={"text": "{{subject}}\n{{body}}"},
+                                       allow_private_urls=True).save(name)
         return f"custom-webhook/{name}"
 
     def close(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
+        for inbox in self._inboxes:
+            inbox.close()
 
 
 @pytest.fixture
