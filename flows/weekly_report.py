@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows import RUNBOOKS
 from runbooks.catalog import BackupCatalog
-from runbooks.drill import human_duration
+from runbooks.drill import DrillRecord, human_duration
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.steps import Figure
 from runbooks.models import judge
@@ -37,7 +37,6 @@ from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.weekly import (
     BackupEntry,
-    DrillEntry,
     ModelAccuracy,
     PnlFigures,
     RiskFigures,
@@ -83,8 +82,8 @@ class WeeklyReportResult(RunbookResult):
     damaged_before: list[BackupEntry] = Field(default_factory=list, description="damaged backups older than the "
                                               "window, still in the repository")
     databases_without_verified_backup: list[str] = Field(default_factory=list)
-    drills: list[DrillEntry] = Field(default_factory=list)
-    last_drill: DrillEntry | None = None
+    drills: list[DrillRecord] = Field(default_factory=list)
+    last_drill: DrillRecord | None = None
     runs: list[RunbookRunEntry] = Field(default_factory=list, description="every runbook run in the window")
     run_summary: list[RunbookSummary] = Field(default_factory=list)
     runs_listed: list[RunbookRunEntry] = Field(default_factory=list, description="the runs listed one by one")

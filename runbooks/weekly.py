@@ -14,7 +14,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from runbooks.catalog import DamagedBackup, Leftover
-from runbooks.drill import DrillRecord
 from runbooks.manifest import BackupKind, BackupManifest, parse_backup_id
 from runbooks.models import Judgement, ModelEvidence
 
@@ -251,23 +250,6 @@ def databases_without_verified_backup(week: BackupWeek, inventory: list[str]) ->
 
 
 # -- DR drills -----------------------------------------------------------------------------------------------------
-class DrillEntry(BaseModel):
-    drill_id: str
-    started_at: datetime
-    backup_id: str | None = None
-    operational: bool
-    recovery_seconds: float | None = None
-    met: int = 0
-    scored: int = 0
-    issues: int = 0
-
-
-def drill_entry(record: DrillRecord) -> DrillEntry:
-    return DrillEntry(drill_id=record.drill_id, started_at=record.started_at, backup_id=record.backup_id,
-                      operational=record.operational, recovery_seconds=record.recovery_seconds, met=record.met,
-                      scored=record.scored, issues=record.issues)
-
-
 # -- runbook runs --------------------------------------------------------------------------------------------------
 class RunbookRunEntry(BaseModel):
     """One flow run of a runbook, as the Prefect API holds it."""

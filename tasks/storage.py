@@ -18,14 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from runbooks.catalog import BackupCatalog, BackupClaim
-from runbooks.drill import DrillRecords
+from runbooks.drill import DrillRecord, DrillRecords
 from runbooks.errors import BackupDamaged, BackupNotFound, VerificationFailed
 from runbooks.manifest import BackupKind, BackupManifest, Verification, backup_id_for
 from runbooks.pipeline import check_object, fetch_object
 from runbooks.postgres import pg_tool
 from runbooks.retention import Candidate, select_retention
 from runbooks.settings import RetentionPolicy
-from runbooks.weekly import BackupWeek, DrillEntry, backups_in_window, drill_entry
+from runbooks.weekly import BackupWeek, backups_in_window
 from tasks.policies import TRANSIENT_RETRY
 
 
@@ -384,7 +384,7 @@ def list_backups_in_window(*, catalog: BackupCatalog, since: datetime, until: da
 
 @task(name="read-drill-records", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def read_drill_records(*, catalog: BackupCatalog, cluster: str, since: datetime,
-                       count: int = 100) -> tuple[list[DrillEntry], DrillEntry | None]:
+                       count: int = 100) -> tuple[list[DrillRecord], DrillRecord | None]:
     """The DR game-day records kept in the repository (``records/drills/<cluster>/``).
 
     Returns:
@@ -392,5 +392,5 @@ def read_drill_records(*, catalog: BackupCatalog, cluster: str, since: datetime,
     """
     catalog.repository.check_exists()
     records = DrillRecords(catalog.repository, cluster).recent(count)
-    entries = sorted((drill_entry(r) for r in records), key=lambda e: e.started_at)
+    entries = sorted(records, key=lambda r: r.started_at)
     return [e for e in entries if e.started_at >= since], (entries[-1] if entries else None)
