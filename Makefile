@@ -17,11 +17,13 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/runbooks run backup
 	$(VENV)/bin/runbooks run dr-game-day
 
-# Lint, types, and the whole suite (it starts and removes its own PostgreSQL, S3 server and simulator).
+# Lint, types, the suite, then the drills (`slow`: faults, kills, a real server end to end). Each pytest run
+# starts and removes its own PostgreSQL, S3 server and simulator.
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check runbooks flows tasks tests bench deployments
 	$(VENV)/bin/mypy runbooks flows tasks bench deployments
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m slow
 
 down: $(VENV)/.installed
 	$(VENV)/bin/runbooks sandbox down
