@@ -313,6 +313,13 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
             if any(f.severity == "kill" for f in stale):
                 run.steps.event("escalation", severity="P1", reason="data stale beyond kill_after and this runbook "
                                 "could not act on trading")
+            # Escalate: nobody but a human can hold trading now (seed 004 1.2: data source down is P1).
+            result.notification = notify(run, Notice(
+                kind="start", severity="P1", title="data-freshness: stale data and trading could NOT be held",
+                status="Investigating", impact="trading continues on stale or failing market data",
+                details=[scrub(str(exc)), *(f"{f.key}: {f.reason}" for f in stale)],
+                actions=[f"{how.capitalize()} by hand now (seed 004 section 3.3)",
+                         "Check the trading API (GET /api/v1/operations/status)"]))
         return conclude(scrub(str(exc)))
     return conclude()
 

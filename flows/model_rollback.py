@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, Refused, RunbookError
+from runbooks.errors import ConfigurationError, InferenceApiUnavailable, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify
 from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
@@ -333,6 +333,14 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
         return conclude(f"escalated: {result.escalation}")
     except RunbookError as exc:
         run.logger.error("%s", scrub(str(exc)))
+        if isinstance(exc, InferenceApiUnavailable) and not params.dry_run:
+            # After the retries: nobody can judge or roll back the model from here, which is itself an incident.
+            result.next_steps.append("The inference API did not answer after its retries: check it, then judge "
+                                     "and roll back by hand (seed 004 section 3.2) or rerun this runbook.")
+            result.notification = notify(run, Notice(
+                kind="start", severity="P1", title=f"model-rollback: inference API unreachable ({model_id})",
+                status="Investigating", impact=f"model {model_id} can be neither judged nor rolled back",
+                details=[scrub(str(exc))], actions=result.next_steps))
         return conclude(scrub(str(exc)))
     return conclude()
 

@@ -149,7 +149,10 @@ def dump_database(
                 )
             except BaseException:
                 if counter.is_alive():
-                    conn.cancel_safe()  # never close the connection under a running count
+                    try:  # never close the connection under a running count: cancel it and wait
+                        conn.cancel_safe(timeout=10)
+                    except psycopg.Error:  # the server is gone: the count fails on its own connection
+                        pass
                     counter.join()
                 raise
             counter.join()

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from runbooks.errors import TradingApiUnavailable
 from runbooks.settings import ApiSettings
 from runbooks.trading import TradingApi
 from runbooks.weekly import (
@@ -36,16 +37,30 @@ def read_trading_status(*, api: ApiSettings | None) -> dict[str, Any]:
         client.close()
 
 
+def _read_back(client: TradingApi, *, took: tuple[str, ...], what: str) -> dict[str, Any]:
+    """The status read after a halt: an answer to the POST is not proof (a proxy, a cache or a platform bug can
+    say yes to a switch that did not move), so a halt counts only once the status says trading is held."""
+    status = client.status()
+    mode = status.get("trading_mode")
+    if mode not in took:
+        raise TradingApiUnavailable(
+            f"the trading API accepted the {what} but its status still reads trading_mode={mode!r}.",
+            hint=f"retried; if it persists, {what} by hand and check the platform (seed 004 section 3.3).")
+    return status
+
+
 @task(name="halt-trading", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
-    """Activate the kill switch (idempotent: halting a halted platform is a no-op for it).
+    """Activate the kill switch (idempotent: halting a halted platform is a no-op for it), then read the status
+    back; a switch the status does not show is retried, then fails the task.
 
     Returns:
-        The operations status after the call.
+        The operations status read after the call.
     """
     client = TradingApi(api)
     try:
-        status = client.kill_switch(reason=reason, actor=actor)
+        client.kill_switch(reason=reason, actor=actor)
+        status = _read_back(client, took=("halted",), what="kill switch")
     finally:
         client.close()
     get_run_logger().warning("Trading HALTED via kill switch: %s", reason)
@@ -54,14 +69,16 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
 
 @task(name="pause-trading", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
-    """Pause trading (soft: no new orders; idempotent).
+    """Pause trading (soft: no new orders; idempotent), then read the status back as ``halt_trading`` does. A
+    platform found halted (someone pressed the kill switch meanwhile) is held all the same.
 
     Returns:
-        The operations status after the call.
+        The operations status read after the call.
     """
     client = TradingApi(api)
     try:
-        status = client.pause(reason=reason, actor=actor)
+        client.pause(reason=reason, actor=actor)
+        status = _read_back(client, took=("paused", "halted"), what="pause")
     finally:
         client.close()
     get_run_logger().warning("Trading PAUSED: %s", reason)

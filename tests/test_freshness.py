@@ -489,7 +489,8 @@ def test_two_runs_at_once_pause_once_and_the_pause_is_lifted_later(market: Marke
 
 
 def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_remain(
-        market: Market, simulator: httpx.Client) -> None:
+        market: Market, simulator: httpx.Client, webhook: tuple[list[dict[str, Any]], str]) -> None:
+    received, _canary = webhook
     market.bars(end=bucket(90))
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 50})
     state, result = check(quality=False)
@@ -498,6 +499,11 @@ def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_r
     assert any(f.severity == "kill" for f in result.findings)
     assert any("press the kill switch by hand" in step for step in result.next_steps)
     assert "stale for" in (state.message or "")
+    # Escalated: on-call hears at once that nobody holds trading (P1), after the API's retries ran out.
+    [message] = received
+    assert "[P1] INCIDENT: data-freshness: stale data and trading could NOT be held" in message["text"]
+    assert "Press the kill switch by hand now" in message["text"] and "503" in message["text"]
+    assert result.notification and result.notification.startswith("notified")
 
 
 def test_no_changed_at_from_the_platform_means_no_automatic_resume() -> None:
