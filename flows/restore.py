@@ -430,8 +430,9 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                                       source=params.database, backup_id=manifest.backup_id,
                                       flow_run_id=run.flow_run_id))
         with run.step(f"pg_restore -j {params.jobs}", destructive=True) as figures:
-            figures["seconds"] = round(restore_database(database=database, target=scratch, dump_file=dump,
-                                                        jobs=params.jobs, no_owner=params.no_owner), 2)
+            figures["seconds"] = round(restore_database(
+                database=database, target=scratch, dump_file=dump, jobs=params.jobs, no_owner=params.no_owner,
+                owner=manifest.database.owner if manifest.database else None), 2)
         dump.unlink()
         with run.step("validate restored copy") as figures:
             result.validation = validate_database(

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from pydantic import BaseModel, Field
 
-from runbooks.errors import Refused
+from runbooks.errors import InsufficientPrivilege, Refused
 from runbooks.postgres import admin_params, connect, database_errors, database_oid, describe, drop_database
 from runbooks.records import RestoreRecords
 from runbooks.settings import DatabaseRule, DatabaseSettings
@@ -87,14 +87,42 @@ def read_database_size(*, name: str, database: DatabaseSettings, rule: DatabaseR
     return size
 
 
+# Who may VACUUM a table (vacuum_is_relation_owner): its owner, the database's owner (not for shared catalogs), a
+# superuser, and from PostgreSQL 17 a holder of MAINTAIN. Anyone else gets a WARNING and a VACUUM that "succeeds"
+# having done nothing, so the runbook asks first rather than report a vacuum that never happened.
+_NOT_VACUUMABLE = """
+SELECT t.schema || '.' || t.name
+FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS t(schema, name)
+JOIN pg_namespace n ON n.nspname = t.schema
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.name
+JOIN pg_database d ON d.datname = current_database()
+WHERE NOT (pg_has_role(c.relowner, 'USAGE') OR (pg_has_role(d.datdba, 'USAGE') AND NOT c.relisshared){maintain})
+ORDER BY 1
+"""
+
+
 @task(name="vacuum-tables", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def vacuum_tables(*, name: str, database: DatabaseSettings, tables: list[tuple[str, str]], full: bool) -> list[str]:
     """``VACUUM (ANALYZE)`` (marks dead rows reusable; returns only trailing pages to the OS) or, approved,
-    ``VACUUM (FULL, ANALYZE)`` (rewrites the table under an exclusive lock: reads and writes wait)."""
+    ``VACUUM (FULL, ANALYZE)`` (rewrites the table under an exclusive lock: reads and writes wait).
+
+    Raises:
+        InsufficientPrivilege: the role may not vacuum some of the tables (nothing was vacuumed).
+    """
     params = database.conninfo()
     done: list[str] = []
     options = sql.SQL("FULL, ANALYZE" if full else "ANALYZE")
     with connect(params, where=f"database {describe(params)}", autocommit=True) as conn:
+        with database_errors(f"checking who may vacuum tables of {name!r}"):
+            maintain = " OR has_table_privilege(c.oid, 'MAINTAIN')" if conn.info.server_version >= 170000 else ""
+            refused = [r[0] for r in conn.execute(_NOT_VACUUMABLE.format(maintain=maintain), {  # type: ignore[arg-type]
+                "schemas": [s for s, _ in tables], "names": [t for _, t in tables]}).fetchall()]
+        if refused:
+            raise InsufficientPrivilege(
+                f"role {params.get('user')!r} may not VACUUM {', '.join(refused)} in {name!r}: only a table's owner, "
+                "the database's owner or a superuser can, and PostgreSQL would skip it with a warning; nothing was "
+                "vacuumed.", hint="grant the cleanup role membership in the owner role (deployments/roles.sql), "
+                "or disable vacuum in the databases rule.", sqlstate="42501")
         for schema, table in tables:
             with database_errors(f"vacuuming {schema}.{table} in {name!r}"):
                 conn.execute(sql.SQL("VACUUM ({}) {}.{}").format(options, sql.Identifier(schema),

@@ -543,22 +543,49 @@ def restore_roles(*, database: DatabaseSettings, globals_sql: Path,
     return created
 
 
+def _lend_database(conn: psycopg.Connection, name: str, owner: str | None) -> bool:
+    """Make the source's owner the owner of scratch database ``name`` while pg_restore runs, when the restore's
+    role is not a superuser but a member of that owner: ``ALTER TABLE … OWNER TO owner`` needs the new owner to have
+    CREATE on the schema, which in ``public`` (PostgreSQL 15) only the database's owner has. Returns whether it did;
+    ``restore_database`` then gives it back to the restore's role, whose ownership marks the copy as the restore's
+    own (a failed copy is dropped only if it is)."""
+    if owner is None:
+        return False
+    row = conn.execute("SELECT NOT rolsuper AND rolname <> %s AND pg_has_role(current_user, %s, 'MEMBER')"
+                       " FROM pg_roles WHERE rolname = current_user AND EXISTS (SELECT 1 FROM pg_roles"
+                       " WHERE rolname = %s)", [owner, owner, owner]).fetchone()
+    if not (row and row[0]):
+        return False
+    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
+    return True
+
+
 @task(name="restore-database", cache_policy=NO_CACHE)  # no retry: a retry would meet a half-filled database
 def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int,
-                     no_owner: bool) -> float:
+                     no_owner: bool, owner: str | None = None) -> float:
     """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
+
+    Args:
+        owner: the source database's owner (from the manifest). A restore role that is not a superuser lends it
+            the scratch database for the duration of pg_restore, so objects keep that owner.
 
     Returns:
         Seconds pg_restore took.
     """
-    with _admin(database, "reading the server version") as (params, conn):
-        major = _server_major(conn)
-    argv = [pg_tool("pg_restore", major), "--exit-on-error", f"--jobs={jobs}", "--no-password", "-d", target]
+    with _admin(database, "preparing pg_restore") as (params, conn):
+        argv = [pg_tool("pg_restore", _server_major(conn)), "--exit-on-error", f"--jobs={jobs}", "--no-password",
+                "-d", target]
+        lent = not no_owner and _lend_database(conn, target, owner)
     if no_owner:
         argv += ["--no-owner", "--no-acl"]
     started = time.monotonic()
-    proc = subprocess.run([*argv, str(dump_file)], env=libpq_env(params, dbname=target), capture_output=True,
-                          text=True, check=False)
+    try:
+        proc = subprocess.run([*argv, str(dump_file)], env=libpq_env(params, dbname=target), capture_output=True,
+                              text=True, check=False)
+    finally:
+        if lent:  # the restore's role owns what it made until the swap: the drop of a failed copy checks that
+            with _admin(database, f"taking {target!r} back from {owner!r}") as (_params, conn):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(target)))
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         raise tool_error(proc.stderr, where=f"pg_restore into {target!r}")
