@@ -393,6 +393,9 @@ def test_a_replace_restore_whose_halt_does_not_take_never_swaps(
         simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kill switch answers yes and does nothing: the swap must not happen (the live database is untouched),
     and the run says so; it never resumes what it never held."""
+    from tasks.trading_api import halt_trading
+
+    monkeypatch.setattr(halt_trading, "retry_delay_seconds", [0.05] * 4)  # the count and condition stay
     name, sums = bulk
     inventory(monkeypatch, config, name)
     state, result = backup(name)
