@@ -27,6 +27,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,7 +191,8 @@ class Refuser:
         self.server.server_close()
 
 
-def _start_simulator(token: str, dsn: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
+@contextmanager
+def _simulator(token: str, dsn: str, root: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """The platform simulator with the canary as its token (given as the sandbox does: in the environment)."""
     port = free_port()
     log = open(root / "simulator.log", "ab")  # noqa: SIM115 - owned by the child
@@ -199,17 +201,23 @@ def _start_simulator(token: str, dsn: str, root: Path) -> tuple[subprocess.Popen
     proc = subprocess.Popen([sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (root / "simulator.log").read_text()[-2000:]
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code < 500:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the canary simulator did not start"
-        time.sleep(0.2)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (root / "simulator.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the canary simulator did not start"
+            time.sleep(0.2)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
 
 
 def _toml(value: str) -> str:
@@ -302,49 +310,48 @@ def platform(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator
     from prefect.types import SecretDict
 
     c = Canaries()
-    # Not under pytest's 0700 tmp dirs (the drill's cluster runs as the postgres OS user when we are root), and short:
-    # the drill's socket path must stay under the 107 bytes a Unix socket name may have.
-    root = Path(tempfile.mkdtemp(prefix="cnry-"))
-    root.chmod(0o755)
-    (root / "logs").mkdir()
-    role = f"canary_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:  # superuser: globals, restores
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(c.pg.value)))
-    catch_up_bars(admin_dsn(sandbox, "trading_db"))  # the market-data feed ticked up to now
-    dsn = f"postgresql://{role}:{c.pg.value}@127.0.0.1:{sandbox.postgres_port}/trading_db"
-    proc, url = _start_simulator(c.token.value, dsn, root)
-    inbox = Inbox()
-    refuser = Refuser()
-    block, refusing = f"canary-{uuid.uuid4().hex[:8]}", f"canary-refusing-{uuid.uuid4().hex[:8]}"
-    # The webhook's credential in the block's secrets, templated into its URL, as the README says: a plain `url`
-    # is published by Prefect itself (test_a_custom_webhook_url_is_only_secret_in_the_blocks_secrets).
-    for name, base in ((block, inbox.url), (refusing, refuser.url)):
-        CustomWebhookNotificationBlock(  # type: ignore[call-arg]
-            name="oncall", url=base + "/{{hook}}", secrets=SecretDict({"hook": c.hook.value}),
-            json_data={"text": "{{subject}}\n{{body}}"}, allow_private_urls=True).save(name)
-    token_block = f"canary-token-{uuid.uuid4().hex[:8]}"
-    Secret(value=c.token.value).save(token_block)  # type: ignore[arg-type]
-    config = root / "runbooks.toml"
-    prefix = f"canary-{uuid.uuid4().hex[:12]}"
-    _write_config(config, sandbox=sandbox, c=c, role=role, root=root, prefix=prefix, simulator_url=url,
-                  blocks=[f"custom-webhook/{block}", f"custom-webhook/{refusing}"], token_block=token_block)
-    monkeypatch.setenv("RUNBOOKS_CONFIG", str(config))
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {c.token.value}"})
-    try:
+    with ExitStack() as made:  # everything made is released, also when the set-up fails halfway
+        # Not under pytest's 0700 tmp dirs (the drill's cluster runs as the postgres OS user when we are root), and
+        # short: the drill's socket path must stay under the 107 bytes a Unix socket name may have.
+        root = Path(tempfile.mkdtemp(prefix="cnry-"))
+        made.callback(shutil.rmtree, root, ignore_errors=True)
+        root.chmod(0o755)
+        (root / "logs").mkdir()
+        role = f"canary_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:  # superuser: globals, restores
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(c.pg.value)))
+        made.callback(_drop_role_and_databases, sandbox, role)
+        catch_up_bars(admin_dsn(sandbox, "trading_db"))  # the market-data feed ticked up to now
+        dsn = f"postgresql://{role}:{c.pg.value}@127.0.0.1:{sandbox.postgres_port}/trading_db"
+        proc, url = made.enter_context(_simulator(c.token.value, dsn, root))
+        inbox, refuser = Inbox(), Refuser()
+        made.callback(inbox.close)
+        made.callback(refuser.close)
+        block, refusing = f"canary-{uuid.uuid4().hex[:8]}", f"canary-refusing-{uuid.uuid4().hex[:8]}"
+        # The webhook's credential in the block's secrets, templated into its URL, as the README says: a plain `url`
+        # is published by Prefect itself (test_a_custom_webhook_url_is_only_secret_in_the_blocks_secrets).
+        for name, base in ((block, inbox.url), (refusing, refuser.url)):
+            CustomWebhookNotificationBlock(  # type: ignore[call-arg]
+                name="oncall", url=base + "/{{hook}}", secrets=SecretDict({"hook": c.hook.value}),
+                json_data={"text": "{{subject}}\n{{body}}"}, allow_private_urls=True).save(name)
+        token_block = f"canary-token-{uuid.uuid4().hex[:8]}"
+        Secret(value=c.token.value).save(token_block)  # type: ignore[arg-type]
+        config = root / "runbooks.toml"
+        prefix = f"canary-{uuid.uuid4().hex[:12]}"
+        _write_config(config, sandbox=sandbox, c=c, role=role, root=root, prefix=prefix, simulator_url=url,
+                      blocks=[f"custom-webhook/{block}", f"custom-webhook/{refusing}"], token_block=token_block)
+        monkeypatch.setenv("RUNBOOKS_CONFIG", str(config))
+        client = made.enter_context(httpx.Client(base_url=url, headers={"Authorization": f"Bearer {c.token.value}"}))
         yield Platform(sandbox=sandbox, canaries=c, root=root, config=config, prefix=prefix, role=role,
                        simulator=client, simulator_url=url, inbox=inbox, block=block)
-    finally:
-        client.close()
-        inbox.close()
-        refuser.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        for database in ("canary_recovery", "canary_recovery_2"):
-            drop_db(sandbox, database)
-        with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def _drop_role_and_databases(sandbox: SandboxState, role: str) -> None:
+    for database in ("canary_recovery", "canary_recovery_2"):
+        drop_db(sandbox, database)
+    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 # -- the runs ----------------------------------------------------------------------------------------------------
