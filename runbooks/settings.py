@@ -1055,18 +1055,19 @@ def load_settings(**overrides: Any) -> Settings:
             f"config file {str(path)!r} named by RUNBOOKS_CONFIG does not exist.",
             hint="run 'runbooks sandbox up' to write one, or point RUNBOOKS_CONFIG at your inventory.",
         )
+    refusal: ConfigurationError
     try:
         settings = Settings(**overrides)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}.",
-                                 hint="fix the syntax at that line (https://toml.io).") from None
+        refusal = ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}.",
+                                   hint="fix the syntax at that line (https://toml.io).")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}.",
-                                 hint="make it readable UTF-8 TOML or point RUNBOOKS_CONFIG elsewhere.") from None
+        refusal = ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}.",
+                                   hint="make it readable UTF-8 TOML or point RUNBOOKS_CONFIG elsewhere.")
     except SettingsError as exc:  # e.g. a nested environment variable that is not valid JSON
-        raise ConfigurationError(f"settings cannot be read: {str(exc).splitlines()[0][:300]}.",
-                                 hint="a list or table in an environment variable is JSON, e.g. RUNBOOKS_"
-                                 "NOTIFICATIONS__SEVERITIES__P1__BLOCKS='[\"slack-webhook/oncall\"]'.") from None
+        refusal = ConfigurationError(f"settings cannot be read: {str(exc).splitlines()[0][:300]}.",
+                                   hint="a list or table in an environment variable is JSON, e.g. RUNBOOKS_"
+                                   "NOTIFICATIONS__SEVERITIES__P1__BLOCKS='[\"slack-webhook/oncall\"]'.")
     except ValidationError as exc:
         problems, fixes = [], set()
         for error in exc.errors():
@@ -1075,10 +1076,15 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{_dotted(error['loc']) or 'settings'} ({where}): {validation_message(error)}")
         fix = {"environment": "fix the environment variable named above", "file": f"fix the value in {path}",
                "caller": "fix the value passed to load_settings()", "missing": "set the missing value"}
-        raise ConfigurationError(f"invalid runbooks settings: {'; '.join(problems)}.",
-                                 hint=" and ".join(fix[k] for k in sorted(fixes)) + ".") from None
-    register_secret(*settings.plain_secrets())
-    return settings
+        refusal = ConfigurationError(f"invalid runbooks settings: {'; '.join(problems)}.",
+                                   hint=" and ".join(fix[k] for k in sorted(fixes)) + ".")
+    else:
+        register_secret(*settings.plain_secrets())
+        return settings
+    # Raised here, outside the except blocks: raised inside one, it would keep the error it replaces as its
+    # __context__ (``from None`` only hides that from tracebacks), and pydantic's and json's errors hold their input
+    # (a DSN, a JSON document with passwords) for anything that walks the chain or pickles the exception.
+    raise refusal
 
 
 def _toml_key(name: str) -> str:
