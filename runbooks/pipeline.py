@@ -120,6 +120,10 @@ def stream_command(
             proc.wait()
         writer.abort()
         raise
+    finally:
+        reader.join(timeout=5)  # the pipe reaches EOF once the tool is gone
+        proc.stdout.close()
+        proc.stderr.close()
     return StreamStats(sink.raw_bytes, sink.stored_bytes, digest, time.monotonic() - started)
 
 
@@ -214,6 +218,8 @@ def check_object(
             proc.wait()
             for t in threads:
                 t.join()
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
     listing = None
     if proc is not None and error is None:
         if proc.returncode != 0:
