@@ -43,7 +43,7 @@ from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.roles import RoleCreated
-from runbooks.settings import DatabaseSettings, Settings
+from runbooks.settings import DatabaseSettings, InventoryName, Settings
 from runbooks.workdirs import WorkDirs
 from tasks.postgres import (
     Prerequisites,
@@ -75,7 +75,7 @@ class RestoreParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    database: str = Field(description="Database from the inventory whose backup is restored.")
+    database: InventoryName = Field(description="Database from the inventory whose backup is restored.")
     backup_id: str = Field(default="latest", pattern=r"^(latest|\d{8}T\d{6}Z)$",
                            description="'latest' or a backup id such as 20261121T020000Z.")
     before: datetime | None = Field(default=None, description="With 'latest': the latest backup before this time.")
@@ -99,6 +99,10 @@ class RestoreParameters(BaseModel):
     lock_wait_seconds: int = Field(default=0, ge=0, le=86400,
                                    description="Wait this long for another restore of the database to finish.")
     dry_run: bool = Field(default=False, description="Resolve and check everything, print the plan, change nothing.")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        settings.database_or_raise(self.database)
 
     @model_validator(mode="after")
     def _consistent(self) -> RestoreParameters:
