@@ -14,7 +14,7 @@ import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -636,6 +636,21 @@ class ModelPolicy(BaseModel):
 
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+BACKUP_ID_PATTERN = r"^(latest|[0-9]{8}T[0-9]{6}Z)$"  # [0-9], not \d: that also matches other scripts' digits
+
+
+def _backup_time(value: str) -> str:
+    """A backup id is the UTC time its run started: one that is no time (month 13) names no backup."""
+    if value != "latest":
+        try:
+            datetime.strptime(value, "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            raise ValueError(f"backup id {value!r} is not a UTC time YYYYMMDDTHHMMSSZ such as 20261121T020000Z "
+                             "(see 'runbooks backups list')") from None
+    return value
+
+
+BackupSelector = Annotated[str, StringConstraints(pattern=BACKUP_ID_PATTERN), AfterValidator(_backup_time)]
 
 
 class ModelSettings(BaseModel):
