@@ -17,7 +17,7 @@ from typing import Literal
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import RunbookError
@@ -50,6 +50,15 @@ class BackupParameters(BaseModel):
     include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
     apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
     dry_run: bool = Field(default=False, description="Change nothing: report what would be backed up and deleted.")
+
+    @field_validator("databases")
+    @classmethod
+    def _once(cls, names: list[str]) -> list[str]:
+        # Each name is one subject of the run's claim: a name twice can never be claimed (the second lock finds the
+        # first), and the run spent 120 tries before it blamed other backup runs.
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once: name each database once")
+        return names
 
     def check_against(self, settings: Settings) -> None:
         """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
