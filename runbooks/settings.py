@@ -332,6 +332,8 @@ def _span(count: Any, unit: int) -> timedelta:
 def _duration(value: Any) -> Any:
     """``"10m"``, ``"90s"``, ``"2h"``, ``"1d"``, or dbt's ``{count = 10, period = "minute"}``; anything else is left
     to pydantic (seconds as a number, ISO 8601 ``PT10M``)."""
+    if isinstance(value, bool):  # pydantic reads true as 1 s: 'error_after = true' would pause trading at once
+        raise ValueError("must be a duration such as '10m', not true or false")
     if isinstance(value, str) and value.strip().startswith("-"):
         raise ValueError("must not be negative, e.g. '0m' or '10m'")
     if isinstance(value, str) and (match := _DURATION.match(value)):
@@ -973,8 +975,8 @@ class NotificationSettings(BaseModel):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'UTC' or 'America/Bogota')") \
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a name too long for a file name
+            raise ValueError(f"unknown time zone {value[:80]!r} (an IANA name such as 'UTC' or 'America/Bogota')") \
                 from exc
         return value
 
@@ -1186,7 +1188,10 @@ def _json_has(text: str, parts: Sequence[str]) -> bool:
     except ValueError:
         return False
     for part in parts:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an item of a JSON list
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return False
-        node = node[part]
     return True
