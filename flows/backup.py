@@ -17,7 +17,7 @@ from typing import Literal
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import RunbookError
@@ -26,7 +26,7 @@ from runbooks.manifest import BackupKind, BackupManifest, Verification
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
-from runbooks.settings import DatabaseSettings
+from runbooks.settings import DatabaseSettings, InventoryName, Settings
 from tasks.postgres import dump_cluster, dump_database, probe_database
 from tasks.storage import (
     LeftoverReport,
@@ -45,10 +45,25 @@ class BackupParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    databases: list[str] = Field(default_factory=list, description="Databases from the inventory; empty: all.")
+    databases: list[InventoryName] = Field(default_factory=list,
+                                           description="Databases from the inventory; empty: all.")
     include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
     apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
     dry_run: bool = Field(default=False, description="Change nothing: report what would be backed up and deleted.")
+
+    @field_validator("databases")
+    @classmethod
+    def _once(cls, names: list[str]) -> list[str]:
+        # Each name is one subject of the run's claim: a name twice can never be claimed (the second lock finds the
+        # first), and the run spent 120 tries before it blamed other backup runs.
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once: name each database once")
+        return names
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        for name in self.databases:
+            settings.database_or_raise(name)
 
 
 class ItemResult(BaseModel):

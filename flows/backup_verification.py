@@ -22,6 +22,7 @@ from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
+from runbooks.settings import InventoryName, Settings
 from tasks.storage import verify_backup
 
 RUNBOOK = "backup-verification"
@@ -33,7 +34,12 @@ class VerificationParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    databases: list[str] = Field(default_factory=list, description="Inventory names to verify; empty: all.")
+    databases: list[InventoryName] = Field(default_factory=list, description="Inventory names to verify; empty: all.")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        for name in self.databases:
+            settings.database_or_raise(name)
 
 
 class DatabaseVerification(BaseModel):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from runbooks.errors import (
     AuthenticationFailed,
@@ -62,7 +62,8 @@ class FreshnessParameters(BaseModel):
 
     act: bool = Field(default=True, description="Pause, halt or resume trading as the ladder says; false: only "
                       "report what it would do.")
-    tables: list[str] = Field(default_factory=list, description="Monitored tables (labels) to check; empty: all.")
+    tables: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, description="Monitored tables (labels) to check; empty: all.")
     quality: bool = Field(default=True, description="Run the data-quality suites and integrity checks.")
 
     def check_against(self, settings: Settings) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runbooks.catalog import BackupCatalog
 from runbooks.cleanup import Budget, Consumer, Ledger, Manifest, TreeOutcome, Usage, Walk, check_root, open_files
@@ -63,6 +64,23 @@ from tasks.storage import apply_retention
 RUNBOOK = "disk-cleanup"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TABLE_PATTERN = r"^[^.\s]{1,63}\.[^.\s]{1,63}\.[^.\s]{1,63}$"
+_TABLE = re.compile(TABLE_PATTERN)
+
+
+def _qualified_table(name: str) -> str:
+    """``database.schema.table``, each part a name PostgreSQL keeps as written: over 63 bytes it would cut the name
+    and VACUUM FULL the table the first 63 bytes name; a control character or a NUL never names a table."""
+    def usable(part: str) -> bool:
+        try:
+            size = len(part.encode())
+        except UnicodeEncodeError:  # a lone surrogate
+            return False
+        return size <= 63 and not any(unicodedata.category(ch) == "Cc" for ch in part)
+
+    if not _TABLE.match(name) or not all(map(usable, name.split("."))):
+        raise ValueError(f"vacuum_full entry {name[:80]!r} is not database.schema.table (each part 1 to 63 bytes, "
+                         "no blank or control character), e.g. trading_db.public.trades")
+    return name
 
 
 class CleanupParameters(BaseModel):
@@ -77,8 +95,9 @@ class CleanupParameters(BaseModel):
         default=None, description="Only these rules, by name; empty: all, in order.")
     drop_pre_restore: list[Identifier] = Field(default_factory=list, description="Databases a replace restore "
                                                "kept to drop (needs approval; only ones the record shows).")
-    vacuum_full: list[str] = Field(default_factory=list, description="Tables as database.schema.table to "
-                                   "rewrite with VACUUM FULL (needs approval: it locks the table).")
+    vacuum_full: list[Annotated[str, AfterValidator(_qualified_table)]] = Field(
+        default_factory=list, description="Tables as database.schema.table to rewrite with VACUUM FULL (needs "
+        "approval: it locks the table).")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$", description="The plan hash a dry run "
                                 "printed: approves drops and VACUUM FULL without pausing.")
     approval_timeout_seconds: int = Field(default=3600, ge=10, le=86400)
@@ -100,10 +119,6 @@ class CleanupParameters(BaseModel):
         wanted = [t.split(".", 1)[0] for t in self.vacuum_full]
         for name in wanted:
             settings.database_or_raise(name)
-        for table_name in self.vacuum_full:
-            if not _TABLE.match(table_name):
-                raise ConfigurationError(f"vacuum_full entry {table_name!r} is not database.schema.table.",
-                                         hint="e.g. trading_db.public.trades.")
         if (self.drop_pre_restore or self.vacuum_full) and not any(isinstance(r, DatabaseRule)
                                                                    for r in self.selected(settings)):
             raise ConfigurationError("drop_pre_restore and vacuum_full need the databases rule, which is not "
@@ -112,8 +127,6 @@ class CleanupParameters(BaseModel):
     def selected(self, settings: Settings) -> list[FileRule | DockerRule | BackupsRule | DatabaseRule]:
         return [r for r in settings.cleanup.rules if not self.rules or r.name in self.rules]
 
-
-_TABLE = re.compile(TABLE_PATTERN)
 
 
 class DockerReport(BaseModel):

@@ -48,7 +48,7 @@ from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.repository.local import LocalRepository
 from runbooks.roles import RoleCreated
-from runbooks.settings import Settings
+from runbooks.settings import BackupSelector, Settings
 from runbooks.workdirs import WorkDirs
 from tasks.drill import (
     SYSTEM_DATABASES,
@@ -89,9 +89,8 @@ class DrillParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backup_id: str = Field(default="latest", pattern=r"^(latest|\d{8}T\d{6}Z)$",
-                           description="'latest' (the newest backup run with a verified dump of every database) "
-                           "or a backup id such as 20261121T020000Z.")
+    backup_id: BackupSelector = Field(default="latest", description="'latest' (the newest backup run with a "
+                                      "verified dump of every database) or a backup id such as 20261121T020000Z.")
     keep_cluster: bool = Field(default=False, description="Leave the restored cluster running for inspection (the "
                                "next drill removes it).")
     jobs: int = Field(default=2, ge=1, le=32, description="Parallel pg_restore jobs.")

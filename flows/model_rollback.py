@@ -12,12 +12,14 @@ twice for one incident.
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Annotated
 
 from prefect import flow
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, InferenceApiUnavailable, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify
@@ -34,6 +36,25 @@ from tasks.models import read_evidence, read_predictions, read_rollback_targets,
 RUNBOOK = "model-rollback"
 
 
+def _text(value: str) -> str:
+    """Free text (quotes, any script, emoji, line breaks are all fine), but no NUL: a Prefect server on PostgreSQL
+    cannot store it in the run's parameters, and it means nothing in the registry's record."""
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte: give the text without it")
+    return value
+
+
+def _label(value: str) -> str:
+    """A name (an engineer, a version): one line of text without control characters."""
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Label = Annotated[str, AfterValidator(_label)]
+
+
 class RollbackParameters(BaseModel):
     """One incident: which model, why and who asks. The decision table itself is in the settings
     (``[models.policy]``)."""
@@ -42,12 +63,12 @@ class RollbackParameters(BaseModel):
 
     model_id: str | None = Field(default=None, pattern=MODEL_ID_PATTERN,
                                  description="The model to judge and roll back; empty: [models] model_id.")
-    reason: str = Field(default="", max_length=500, description="Why (sent to the registry, kept in the report and "
-                        "the record); empty: the evidence's own words.")
-    initiated_by: str = Field(default="", max_length=200, description="Who asks (an engineer, or the automation); "
-                              "empty: this run.")
-    target_version: str | None = Field(default=None, min_length=1, max_length=200, description="Roll back to this "
-                                       "version; empty: the newest one that was healthy while it served.")
+    reason: Text = Field(default="", max_length=500, description="Why (sent to the registry, kept in the report "
+                         "and the record); empty: the evidence's own words.")
+    initiated_by: Label = Field(default="", max_length=200, description="Who asks (an engineer, or the "
+                                "automation); empty: this run.")
+    target_version: Label | None = Field(default=None, min_length=1, max_length=200, description="Roll back to "
+                                         "this version; empty: the newest one that was healthy while it served.")
     force: bool = Field(default=False, description="Roll back even though the evidence does not call for it.")
     dry_run: bool = Field(default=False, description="Decide and pick the target, but change nothing.")
     monitor_minutes: float = Field(default=30, ge=0, le=1440, description="Watch the rolled-back model this long "

@@ -43,7 +43,7 @@ from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.roles import RoleCreated
-from runbooks.settings import DatabaseSettings, Settings
+from runbooks.settings import BackupSelector, DatabaseSettings, InventoryName, Settings
 from runbooks.workdirs import WorkDirs
 from tasks.postgres import (
     Prerequisites,
@@ -75,9 +75,8 @@ class RestoreParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    database: str = Field(description="Database from the inventory whose backup is restored.")
-    backup_id: str = Field(default="latest", pattern=r"^(latest|\d{8}T\d{6}Z)$",
-                           description="'latest' or a backup id such as 20261121T020000Z.")
+    database: InventoryName = Field(description="Database from the inventory whose backup is restored.")
+    backup_id: BackupSelector = Field(default="latest", description="'latest' or a backup id such as 20261121T020000Z.")
     before: datetime | None = Field(default=None, description="With 'latest': the latest backup before this time.")
     mode: Literal["verify", "new", "replace"] = Field(
         default="new", description="verify: check only; new: restore into target_database; replace: swap in.")
@@ -93,12 +92,17 @@ class RestoreParameters(BaseModel):
         "NOLOGIN roles without password (as in the backup on a clean cluster); always: as in the backup, LOGIN and "
         "password included, and fail if there is no cluster backup; never: skip.")
     no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-acl (seeds' variant).")
-    confirm: str | None = Field(default=None, description="The plan hash: approves a replace without pausing.")
+    confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$",
+                                description="The plan hash a dry run printed: approves a replace without pausing.")
     approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400)
     approval_poll_seconds: int = Field(default=10, ge=1, le=300)
     lock_wait_seconds: int = Field(default=0, ge=0, le=86400,
                                    description="Wait this long for another restore of the database to finish.")
     dry_run: bool = Field(default=False, description="Resolve and check everything, print the plan, change nothing.")
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        settings.database_or_raise(self.database)
 
     @model_validator(mode="after")
     def _consistent(self) -> RestoreParameters:

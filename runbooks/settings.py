@@ -14,7 +14,7 @@ import re
 import tomllib
 import unicodedata
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -65,6 +65,10 @@ def validate_name(name: str, *, what: str = "database") -> str:
     problem = None
     if not name:
         problem = "is empty"
+    elif not _utf8(name):
+        problem = "is not valid UTF-8 text"
+    elif len(name.encode()) > 63:
+        problem = "is longer than 63 bytes (PostgreSQL's limit for a name)"
     elif "/" in name or "\\" in name:
         problem = "contains a path separator"
     elif name.startswith("."):
@@ -72,9 +76,19 @@ def validate_name(name: str, *, what: str = "database") -> str:
     elif any(unicodedata.category(ch) == "Cc" for ch in name):
         problem = "contains a control character"
     if problem:
-        raise ConfigurationError(f"{what} name {name!r} {problem}: it cannot be used as a repository path.",
+        raise ConfigurationError(f"{what} name {name[:80]!r} {problem}: it cannot be used as a repository path.",
                                  hint=f"use the {what}'s name as the inventory lists it, e.g. 'trading_db'.")
     return name
+
+
+def _utf8(text: str) -> bool:
+    """False for a lone surrogate (undecodable bytes from the environment): no file system, S3 key or PostgreSQL
+    name can hold it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _name_in_inventory(name: str, info: ValidationInfo) -> str:
@@ -92,6 +106,8 @@ def _check_dsn(value: SecretStr | None) -> SecretStr | None:
     if value is None:
         return None
     dsn = value.get_secret_value()
+    if "\x00" in dsn:  # libpq reads a DSN up to its first NUL: what is checked here would not be what connects
+        raise ValueError("the connection string contains a NUL byte")
     try:
         params = conninfo_to_dict(dsn)
     except Exception:
@@ -105,6 +121,8 @@ def _check_dsn(value: SecretStr | None) -> SecretStr | None:
 def _check_http_url(url: str | None) -> str | None:
     if url is None:
         return None
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
+        raise ValueError(f"URL {url!r} contains a space or a control character")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"URL {url!r} must look like http://host:port")
@@ -113,6 +131,16 @@ def _check_http_url(url: str | None) -> str | None:
     except ValueError:
         raise ValueError(f"URL {url!r} has a port that is not a number from 0 to 65535") from None
     return url
+
+
+def _no_nul(path: Path) -> Path:
+    """Every OS call refuses a path with a NUL byte (``ValueError: embedded null byte``, a traceback mid-run)."""
+    if "\x00" in str(path):
+        raise ValueError(f"path {str(path)!r} contains a NUL byte")
+    return path
+
+
+OsPath = Annotated[Path, AfterValidator(_no_nul)]
 
 
 def config_path() -> Path:
@@ -200,6 +228,8 @@ class RepositorySettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
+        if any(unicodedata.category(ch) == "Cc" for ch in url):
+            raise ValueError(f"repository URL {url!r} contains a control character")
         parsed = urlparse(url)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
@@ -227,7 +257,7 @@ class ClusterSettings(BaseModel):
     dsn: SecretStr | None = Field(default=None, description="superuser DSN for pg_dumpall --globals-only")
     password: SecretStr | None = None
     password_block: str | None = None
-    config_files: list[Path] = Field(default_factory=list, description="files archived (tar + zstd), by "
+    config_files: list[OsPath] = Field(default_factory=list, description="files archived (tar + zstd), by "
                                      "absolute path: a restore compares each with the file at that path")
 
     _dsn = field_validator("dsn")(_check_dsn)
@@ -264,7 +294,7 @@ def default_state_dir() -> Path:
 
 
 class RestoreSettings(BaseModel):
-    work_dir: Path | None = Field(default=None, description="where a dump is fetched before pg_restore -j, each run "
+    work_dir: OsPath | None = Field(default=None, description="where a dump is fetched before pg_restore -j, each run "
                                   "in a 0700 directory of its own that the next run sweeps if the run was killed; "
                                   "None: <state_dir>/work")
     server_disk_reserve_percent: float = Field(
@@ -289,18 +319,30 @@ _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h"
             "d": 86400, "day": 86400}
 
 
+def _span(count: Any, unit: int) -> timedelta:
+    """``count`` units as a timedelta; a count that is no number, NaN or beyond timedelta's range (999,999,999 days)
+    is a ValueError (pydantic reports only those as bad input, an OverflowError would escape as a traceback)."""
+    try:
+        return timedelta(seconds=float(count) * unit)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{count!r} is not a duration: give a number of seconds, minutes, hours or days up to "
+                         "999,999,999 days, e.g. '10m'") from None
+
+
 def _duration(value: Any) -> Any:
     """``"10m"``, ``"90s"``, ``"2h"``, ``"1d"``, or dbt's ``{count = 10, period = "minute"}``; anything else is left
     to pydantic (seconds as a number, ISO 8601 ``PT10M``)."""
+    if isinstance(value, bool):  # pydantic reads true as 1 s: 'error_after = true' would pause trading at once
+        raise ValueError("must be a duration such as '10m', not true or false")
     if isinstance(value, str) and value.strip().startswith("-"):
         raise ValueError("must not be negative, e.g. '0m' or '10m'")
     if isinstance(value, str) and (match := _DURATION.match(value)):
-        return timedelta(seconds=float(match[1]) * _PERIODS[match[2]])
+        return _span(match[1], _PERIODS[match[2]])
     if isinstance(value, Mapping) and set(value) == {"count", "period"}:
         period = str(value["period"]).rstrip("s")
         if period not in _PERIODS:
             raise ValueError(f"period {value['period']!r} must be second, minute, hour or day")
-        return timedelta(seconds=float(value["count"]) * _PERIODS[period])
+        return _span(value["count"], _PERIODS[period])
     return value
 
 
@@ -449,7 +491,7 @@ class HealthSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    disk_paths: list[Path] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
+    disk_paths: list[OsPath] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
                                    description="filesystems whose usage is checked (the script's df filter)")
     disk_warn_percent: float = Field(default=85, gt=0, le=100)
     disk_alert_percent: float = Field(default=90, gt=0, le=100)
@@ -543,7 +585,7 @@ class DrillSettings(BaseModel):
                                          "restore into; None: a throwaway initdb cluster on a free loopback port")
     target_password: SecretStr | None = None
     target_password_block: str | None = None
-    work_dir: Path | None = Field(default=None, description="where the throwaway cluster and fetched dumps go, "
+    work_dir: OsPath | None = Field(default=None, description="where the throwaway cluster and fetched dumps go, "
                                   "each drill in a directory of its own that the next drill removes if the drill "
                                   "was killed; None: <state_dir>/drills. Run as root, the postgres OS user must be "
                                   "able to enter it")
@@ -596,6 +638,21 @@ class ModelPolicy(BaseModel):
 
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+BACKUP_ID_PATTERN = r"^(latest|[0-9]{8}T[0-9]{6}Z)$"  # [0-9], not \d: that also matches other scripts' digits
+
+
+def _backup_time(value: str) -> str:
+    """A backup id is the UTC time its run started: one that is no time (month 13) names no backup."""
+    if value != "latest":
+        try:
+            datetime.strptime(value, "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            raise ValueError(f"backup id {value!r} is not a UTC time YYYYMMDDTHHMMSSZ such as 20261121T020000Z "
+                             "(see 'runbooks backups list')") from None
+    return value
+
+
+BackupSelector = Annotated[str, StringConstraints(pattern=BACKUP_ID_PATTERN), AfterValidator(_backup_time)]
 
 
 class ModelSettings(BaseModel):
@@ -918,8 +975,8 @@ class NotificationSettings(BaseModel):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'UTC' or 'America/Bogota')") \
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a name too long for a file name
+            raise ValueError(f"unknown time zone {value[:80]!r} (an IANA name such as 'UTC' or 'America/Bogota')") \
                 from exc
         return value
 
@@ -970,7 +1027,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
-    state_dir: Path = Field(default_factory=default_state_dir, description="this host's private working state "
+    state_dir: OsPath = Field(default_factory=default_state_dir, description="this host's private working state "
                             "(restore work directories): created 0700")
 
     @property
@@ -1137,7 +1194,10 @@ def _json_has(text: str, parts: Sequence[str]) -> bool:
     except ValueError:
         return False
     for part in parts:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an item of a JSON list
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return False
-        node = node[part]
     return True
