@@ -40,6 +40,7 @@ from runbooks.settings import CleanupSettings, FileRule
 
 COMPRESS_ESTIMATE = 0.9  # a dry run's guess of what gzip frees of a text log (measured logs: 85-95 %)
 SAMPLES = 20  # paths (and errors) per rule kept in the result (the manifest file has them all)
+MANIFEST_FLUSH_LINES = 100  # a SIGKILLed run's manifest misses at most this many of its last lines
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -175,7 +176,11 @@ class ManifestLine(BaseModel):
 
 
 class Manifest:
-    """Every path a run deleted or compressed (or would), one JSON line each, streamed to a private file."""
+    """Every path a run deleted or compressed (or would), one JSON line each, streamed to a private file.
+
+    The gzip stream is sync-flushed every ``MANIFEST_FLUSH_LINES`` lines: a run killed mid-deletion leaves a
+    manifest that lists all but its last few deletions (``zcat`` reads it, then says the stream ends early),
+    instead of the empty file its buffers would otherwise leave."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -193,6 +198,8 @@ class Manifest:
         if self._out is not None:
             self._out.write(f'{{"rule":{json.dumps(rule)},"action":"{action}","path":{json.dumps(path)},'
                             f'"bytes":{freed},"mtime":{mtime}}}\n')
+            if self.count % MANIFEST_FLUSH_LINES == 0:
+                self._out.flush()  # text -> gzip (Z_SYNC_FLUSH) -> file: readable even if the run dies next
 
     def close(self) -> None:
         if self._out is not None:
