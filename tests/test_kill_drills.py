@@ -11,10 +11,13 @@ a run killed while paused (test_restore_safety.py), a drill killed mid-pg_restor
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ import psycopg
 import pytest
 
 from flows.backup import BackupParameters, backup_databases
+from flows.disk_cleanup import CleanupParameters, CleanupResult, disk_cleanup_flow
 from flows.restore import RestoreParameters, RestoreResult, restore_database_flow
+from runbooks.cleanup import MANIFEST_FLUSH_LINES
 from runbooks.postgres import server_identity
 from runbooks.records import RestoreRecords
 from runbooks.repository import open_repository
@@ -260,3 +265,120 @@ def test_replace_killed_after_the_swap_while_resuming_trading(
     state, result = restore(database=name, mode="replace", dry_run=True)
     assert state.is_completed(), result.error
     assert result.scratch_swept == [] and result.scratch_left == [] and len(result.work_dirs_swept) == 1
+
+
+# -- disk cleanup ----------------------------------------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, tuple[int, int, float]]:
+    """Every entry under ``root`` (links not followed): (mode, size, mtime), to prove nothing there changed."""
+    seen: dict[str, tuple[int, int, float]] = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        seen[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime)
+    return seen
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def age(path: Path, days: float) -> None:
+    moment = time.time() - days * 86400
+    os.utime(path, (moment, moment), follow_symlinks=False)
+
+
+def cleanup_section(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *rules: dict[str, Any]) -> None:
+    monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({
+        "watch": [str(tmp_path)], "allowed_roots": [str(tmp_path / "root")], "survey": [], "rules": list(rules)}))
+
+
+def cleanup(**params: Any) -> tuple[Any, CleanupResult]:
+    state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.fixture
+def big_tree(tmp_path: Path) -> dict[str, Any]:
+    """8,000 old logs in 80 old directories (still being deleted when it is killed), young ones beside them, a
+    protected name, links out of the root, and a sibling tree outside the root that looks just the same."""
+    root, outside = tmp_path / "root" / "logs", tmp_path / "outside"
+    dirs = []
+    for base, count in ((root, 80), (outside, 3)):
+        for d in range(count):
+            folder = base / f"svc-{d:03d}"
+            folder.mkdir(parents=True)
+            dirs.append(folder)
+            for i in range(100):
+                path = folder / f"app-{i:03d}.log"
+                path.write_bytes(b"x" * 200)
+                age(path, 30)
+    young = {root / f"svc-{d:03d}" / "today.log" for d in range(0, 80, 7)}
+    for path in young:
+        path.write_bytes(b"fresh\n")
+    (root / "svc-000" / "worker.pid").write_bytes(b"4242\n")
+    age(root / "svc-000" / "worker.pid", 30)
+    (root / "out.log").symlink_to(outside / "svc-000" / "app-000.log")
+    (root / "out-dir").symlink_to(outside, target_is_directory=True)
+    for path in [*dirs, root / "out.log", root / "out-dir"]:
+        age(path, 30)
+    return {"root": root, "outside": outside, "young": {str(p.relative_to(root)) for p in young},
+            "outside_before": snapshot(outside)}
+
+
+def manifests() -> list[Path]:
+    return list((load_settings().state_dir.expanduser() / "cleanup").glob("*.jsonl.gz"))
+
+
+def manifest_paths(path: Path) -> list[str]:
+    """The paths a cleanup manifest lists, read the way ``zcat`` reads a stream that was cut off."""
+    text = zlib.decompressobj(wbits=31).decompress(path.read_bytes()).decode()
+    return [json.loads(line)["path"] for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def entries(root: Path) -> int:
+    """Cheap enough to ask between two 10 ms slices of the run: names in the service directories."""
+    return sum(len(os.listdir(d)) for d in root.glob("svc-*"))
+
+
+def test_cleanup_killed_mid_deletion_touches_nothing_outside_and_the_next_run_finishes(
+        config: SandboxState, big_tree: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        prefect_api: str) -> None:
+    root = big_tree["root"]
+    cleanup_section(monkeypatch, tmp_path, {"kind": "files", "name": "old-logs", "roots": [str(root)],
+                                            "patterns": ["*.log"], "older_than": "7d", "remove_empty_dirs": True})
+    total = entries(root)
+    before = {d.name: len(os.listdir(d)) for d in root.glob("svc-*")}
+    manifests_before = set(manifests())
+    proc = start_run("disk-cleanup", "dry_run=false", "force=true", prefect_api=prefect_api)
+    try:
+        wait_for(lambda: children_named(proc.pid, "find"), timeout=120)
+        freeze_when(proc.pid, lambda: entries(root) < total - 1000)  # well under way, far from done
+    finally:
+        kill_group(proc)
+    left = files_under(root)
+    assert len(big_tree["young"]) + 1 < len(left) < total - 1000, len(left)  # killed midway
+    assert big_tree["young"] <= left and "svc-000/worker.pid" in left
+    assert snapshot(big_tree["outside"]) == big_tree["outside_before"]
+    assert (root / "out.log").is_symlink() and (root / "out-dir").is_symlink()
+    touched = {d.name for d in root.glob("svc-*") if len(os.listdir(d)) != before[d.name]}
+    # Its manifest (gzip without its end, as a killed writer leaves it) lists what it deleted, all but the last
+    # few lines it had not flushed yet; nothing it lists is still there.
+    [killed_manifest] = set(manifests()) - manifests_before
+    listed = manifest_paths(killed_manifest)
+    deleted = total - entries(root)
+    assert deleted - MANIFEST_FLUSH_LINES - 2 <= len(listed) <= deleted, (len(listed), deleted)
+    assert not [p for p in listed if os.path.lexists(p)]
+    kept_busy = {p.split("/")[0] for p in big_tree["young"]}
+
+    state, result = cleanup(dry_run=False, force=True)
+    assert state.is_completed(), result.error
+    [outcome] = result.files
+    assert outcome.state == "done" and outcome.errors == []
+    assert outcome.files == len(left) - len(big_tree["young"]) - 1  # the rest of the old logs, once each
+    assert files_under(root) == big_tree["young"] | {"svc-000/worker.pid"}
+    assert snapshot(big_tree["outside"]) == big_tree["outside_before"]
+    assert (root / "out.log").is_symlink() and (root / "out-dir").is_symlink()
+    # Directories only the next run emptied went (they were old). Those the killed run deleted from are young now
+    # (their mtime is the kill's), so they wait until they are old enough, as any directory does.
+    empty = {d.name for d in root.glob("svc-*") if not any(d.iterdir())}
+    assert empty == touched - kept_busy
+    assert outcome.dirs_removed == 80 - len(kept_busy | touched)
