@@ -217,6 +217,9 @@ def render_report(result: CleanupResult) -> str:
               f"{o.state}{': ' + o.why if o.why else ''}",
               ", ".join(f"{k}: {v}" for k, v in sorted(o.skipped.items())) or "-"] for o in result.files])]
         for outcome in result.files:
+            if outcome.leftovers:
+                lines += [f"{'Would remove' if result.dry_run else 'Removed'} {outcome.leftovers} partial copies left "
+                          f"in {outcome.root} by compressions killed midway (their originals are whole).", ""]
             if outcome.samples:
                 lines += [f"First paths of {outcome.rule} in {outcome.root}:",
                           *[f"- `{p}`" for p in outcome.samples[:10]], ""]
