@@ -11,6 +11,7 @@ a run killed while paused (test_restore_safety.py), a drill killed mid-pg_restor
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -382,3 +383,60 @@ def test_cleanup_killed_mid_deletion_touches_nothing_outside_and_the_next_run_fi
     empty = {d.name for d in root.glob("svc-*") if not any(d.iterdir())}
     assert empty == touched - kept_busy
     assert outcome.dirs_removed == 80 - len(kept_busy | touched)
+
+
+def log_text(megabytes: int) -> bytes:
+    """Log lines gzip works on for a while (hex ids do not compress away)."""
+    line = b"2026-11-20T02:00:00Z INFO fill order=%s qty=%d px=3912.50\n"
+    return b"".join(line % (os.urandom(12).hex().encode(), i) for i in range(megabytes * 11_000))
+
+
+def test_cleanup_killed_mid_compression_keeps_every_log_whole(
+        config: SandboxState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
+    """Killed while gzip writes a big rotated log: the original stays, beside a partial copy that is never taken
+    for the log. A run killed after linking its copy but before removing the original (a microsecond window no
+    signal can be aimed at from outside: built here as that run leaves it) leaves both whole. The next run
+    finishes both and removes the partial copy."""
+    root, outside = tmp_path / "root" / "logs", tmp_path / "outside"
+    root.mkdir(parents=True)
+    outside.mkdir()
+    big = log_text(24)
+    for path in (root / "app.log.1", outside / "app.log.1"):
+        path.write_bytes(big)
+        age(path, 3)
+    small = log_text(1)
+    (root / "api.log.2").write_bytes(small)
+    (root / "api.log.2.gz").write_bytes(gzip.compress(small))
+    for path in (root / "api.log.2", root / "api.log.2.gz"):
+        age(path, 3)
+    outside_before = snapshot(outside)
+    cleanup_section(monkeypatch, tmp_path, {"kind": "files", "name": "rotated-logs", "roots": [str(root)],
+                                            "patterns": ["*.log.[0-9]"], "older_than": "1d", "action": "compress"})
+
+    def partial_copies() -> list[Path]:
+        return [p for p in root.iterdir() if p.name.endswith(".runbooks-partial")]
+
+    proc = start_run("disk-cleanup", "dry_run=false", "force=true", prefect_api=prefect_api)
+    try:
+        wait_for(lambda: children_named(proc.pid, "find"), timeout=120)
+        freeze_when(proc.pid, lambda: any(p.name.startswith(".app.log.1.") and p.stat().st_size > 1 << 20
+                                          for p in partial_copies()))
+    finally:
+        kill_group(proc)
+    assert (root / "app.log.1").read_bytes() == big and not (root / "app.log.1.gz").exists()
+    [partial] = [p for p in partial_copies() if p.name.startswith(".app.log.1.")]
+    assert 0 < partial.stat().st_size
+    assert gzip.decompress((root / "api.log.2.gz").read_bytes()) == small  # whole, whatever the killed run did
+    api_left = (root / "api.log.2").exists()  # unless the killed run got to it first (find's order)
+    assert not api_left or (root / "api.log.2").read_bytes() == small
+    assert snapshot(outside) == outside_before
+
+    state, result = cleanup(dry_run=False, force=True)
+    assert state.is_completed(), result.error
+    [outcome] = result.files
+    assert outcome.errors == [] and outcome.leftovers == 1 and outcome.skipped == {}, outcome
+    assert not (root / "app.log.1").exists() and gzip.decompress((root / "app.log.1.gz").read_bytes()) == big
+    assert not (root / "api.log.2").exists() and gzip.decompress((root / "api.log.2.gz").read_bytes()) == small
+    assert partial_copies() == []
+    assert snapshot(outside) == outside_before
+    assert outcome.files == 1 + api_left
