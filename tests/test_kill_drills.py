@@ -15,6 +15,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ import pytest
 from flows.backup import BackupParameters, backup_databases
 from flows.disk_cleanup import CleanupParameters, CleanupResult, disk_cleanup_flow
 from flows.restore import RestoreParameters, RestoreResult, restore_database_flow
-from runbooks.cleanup import MANIFEST_FLUSH_LINES
+from runbooks.cleanup import MANIFEST_FLUSH_LINES, measure
 from runbooks.postgres import server_identity
 from runbooks.records import RestoreRecords
 from runbooks.repository import open_repository
@@ -440,3 +441,153 @@ def test_cleanup_killed_mid_compression_keeps_every_log_whole(
     assert partial_copies() == []
     assert snapshot(outside) == outside_before
     assert outcome.files == 1 + api_left
+
+
+# -- two runs of one recovery runbook at once ---------------------------------------------------------------------
+def finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, dict[str, Any]]:
+    """Wait for a ``runbooks run … --json`` process; its exit status and result."""
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, json.loads(out)
+
+
+def start_json_run(runbook: str, *params: str, prefect_api: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "runbooks.cli", "run", runbook, "--json"]
+    for param in params:
+        argv += ["--param", param]
+    return subprocess.Popen(argv, env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
+        config: SandboxState, prefect_api: str) -> None:
+    """The second backup runs from start to end while the first one's pg_dump is stopped mid-stream: it claims
+    its own backup id, leaves the first one's unfinished directory alone, and both publish verified backups."""
+    params = ('databases=["trading_db"]', "include_cluster=false", "apply_retention=false")
+    first = start_json_run("backup", *params, prefect_api=prefect_api)
+    try:
+        [dump] = wait_for(lambda: children_named(first.pid, "pg_dump"), timeout=120)  # type: ignore[misc]
+        os.kill(dump, signal.SIGSTOP)
+        state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False,
+                                                             apply_retention=False), return_state=True)
+        second = state.result(raise_on_failure=False)
+        os.kill(dump, signal.SIGCONT)
+        code, result = finish(first)
+    finally:
+        if first.poll() is None:
+            kill_group(first)
+    assert state.is_completed(), second.error
+    assert code == 0, result
+    assert second.leftovers == [] and result["leftovers"] == []  # neither took the other for a killed run
+    ids = {second.items[0].backup_id, result["items"][0]["backup_id"]}
+    assert len(ids) == 2
+    from runbooks.catalog import BackupCatalog
+
+    catalog = BackupCatalog(open_repository(load_settings().repository))
+    listed = catalog.list_backups(kind="database", name="trading_db")
+    assert {m.backup_id for m in listed} == ids and all(m.verification.status == "passed" for m in listed)
+    assert catalog.unfinished() == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs: real watermarks on a real filesystem."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "root"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
+        config: SandboxState, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        prefect_api: str) -> None:
+    """A disk at 87.5 % needs 3 of its 20 old logs gone to be below 80 %. The first run is stopped as soon as it
+    has started its walk; a second run meanwhile must not measure the same disk and delete 3 more."""
+    logs = small_disk / "logs"
+    logs.mkdir()
+    for i in range(28):
+        (logs / f"app-{i:03d}.log").write_bytes(os.urandom(512 * 1024))
+        if i < 20:
+            age(logs / f"app-{i:03d}.log", 10 + i)
+    monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({
+        "watch": [str(small_disk)], "allowed_roots": [str(small_disk)], "survey": [], "high_watermark": 85,
+        "low_watermark": 80, "rules": [{"kind": "files", "name": "old-logs", "roots": [str(logs)],
+                                        "patterns": ["*.log"], "older_than": "7d"}]}))
+    before = set(manifests())
+    first = start_json_run("disk-cleanup", "dry_run=false", prefect_api=prefect_api)
+    try:
+        wait_for(lambda: set(manifests()) - before, timeout=120)  # its walk is about to start
+        os.kill(first.pid, signal.SIGSTOP)
+        state, second = cleanup(dry_run=False)
+        os.kill(first.pid, signal.SIGCONT)
+        code, result = finish(first)
+    finally:
+        if first.poll() is None:
+            kill_group(first)
+    first_run = flow_run_of(f"runbooks.disk-cleanup.{socket.gethostname()}", "measure disks")
+    assert code == 0 and result["files"][0]["files"] == 3, result
+    assert state.is_failed() and second.files == [], second
+    assert second.error and "another disk-cleanup run" in second.error and first_run in second.error
+    assert len(os.listdir(logs)) == 25 and measure(small_disk).percent < 80
+
+
+def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_api: str) -> None:
+    """Two game days on one host would share its cores and skew each other's time to recovery (the figure the
+    drill exists to measure): the second is refused while the first runs, naming it."""
+    from flows.dr_game_day import DrillParameters, DrillResult, dr_game_day_flow
+    from tests.test_drill import back_up
+
+    back_up()
+    first = start_json_run("dr-game-day", "quality=false", prefect_api=prefect_api)
+    try:
+        wait_for(lambda: children_named(first.pid, "pg_restore"), timeout=180)
+        state = dr_game_day_flow(parameters=DrillParameters(quality=False), return_state=True)
+        second = state.result(raise_on_failure=False)
+        code, result = finish(first)
+    finally:
+        if first.poll() is None:
+            kill_group(first)
+    assert isinstance(second, DrillResult)
+    first_run = flow_run_of("runbooks.dr-game-day.platform", "provision clean cluster")
+    assert code == 0 and result["operational"], result.get("error")
+    assert state.is_failed() and second.error and "another dr-game-day run" in second.error, second.error
+    assert first_run in second.error
+    assert second.cluster is None and second.databases == []  # it provisioned nothing
+
+
+def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simulator: httpx.Client,
+                                                    monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
+    """A degradation alert and an engineer at once: the first run's rollback request is slow to answer; the
+    second, started meanwhile, must not decide on what it reads then and send its own."""
+    from flows.model_rollback import RollbackParameters, model_rollback_flow
+
+    monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
+    simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
+                                                          "error_rate": 0.02}}).raise_for_status()
+    simulator.post("/_control/latency", json={"path_prefix": "/api/v1/models/rollback", "method": "POST",
+                                              "seconds": 4, "count": 1}).raise_for_status()
+
+    def rollback_posts() -> list[dict[str, Any]]:
+        return [c for c in simulator.get("/_control/state").json()["calls"]
+                if c["method"] == "POST" and c["path"] == "/api/v1/models/rollback"]
+
+    first = start_json_run("model-rollback", "monitor_minutes=0", "poll_seconds=0.2", "initiated_by=alert",
+                           prefect_api=prefect_api)
+    try:
+        wait_for(rollback_posts, timeout=120, interval=0.05)  # its request is in flight
+        state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2,
+                                                                  initiated_by="oncall"), return_state=True)
+        second = state.result(raise_on_failure=False)
+        code, result = finish(first)
+    finally:
+        if first.poll() is None:
+            kill_group(first)
+    first_run = flow_run_of("runbooks.model-rollback.ppo_primary", "roll back")
+    assert code == 0 and result["action"] == "rolled back v4 -> v3" and result["verified"], result
+    assert len(rollback_posts()) == 1
+    assert state.is_failed() and "another model-rollback run" in (second.error or ""), second.error
+    assert first_run in (second.error or "") and second.escalation is None
