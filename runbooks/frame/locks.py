@@ -15,7 +15,6 @@ cancels the orphaned approvals of runs that were killed while holding it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import logging
@@ -133,6 +132,7 @@ class RepositoryLease:
         self.took_over: LockHolder | None = None
         self._last = b""
         self._lost = False
+        self._mutex = threading.Lock()  # a beat's write and ``_last`` change together, as ``ensure`` sees them
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,19 +173,25 @@ class RepositoryLease:
         while not self._stop.wait(self.heartbeat_seconds):
             beat = self.holder.model_copy(update={"heartbeat_at": datetime.now(UTC)}).model_dump_json().encode()
             try:
-                if not self.repository.replace_bytes_if(self.key, beat, expect=self._last):
-                    self._lost = True
-                    _log.error("Lost the lock %s: another run removed or took it over", self.key)
-                    return
-                self._last = beat
+                with self._mutex:
+                    if not self.repository.replace_bytes_if(self.key, beat, expect=self._last):
+                        self._lost = True
+                        _log.error("Lost the lock %s: another run removed or took it over", self.key)
+                        return
+                    self._last = beat
             except Exception as exc:  # transient (S3 5xx, NFS): the next beat tries again
                 _log.warning("Heartbeat of the lock %s failed: %s", self.key, exc)
 
     def ensure(self) -> None:
         """Raise LockLost unless this run still holds the lock."""
         if not self._lost:
-            with contextlib.suppress(Exception):
-                self._lost = self.repository.get_bytes(self.key) != self._last
+            with self._mutex:
+                try:
+                    self._lost = self.repository.get_bytes(self.key) != self._last
+                except BackupNotFound:
+                    self._lost = True
+                except Exception as exc:  # the repository did not answer: the heartbeat's compare-and-swap decides
+                    _log.warning("Could not read the lock %s back: %s", self.key, exc)
         if self._lost:
             raise LockLost(f"the lock {self.key!r} was lost (taken over after missed heartbeats, or removed); another "
                            "run may now act on the same resource, so this run stops before its next change.",
