@@ -21,6 +21,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +89,25 @@ def trading(simulator: httpx.Client) -> dict[str, Any]:
     return dict(simulator.get("/api/v1/operations/status").json())
 
 
-def flow_run_of(resource: str, step: str) -> str:
-    """The id of the flow run that emitted ``runbooks.step.started`` for ``step`` on ``resource`` (the killed
+def flow_run_of(resource: str, step: str, timeout: float = 30) -> str:
+    """The id of the newest flow run that emitted ``runbooks.step.started`` for ``step`` on ``resource`` (a killed
     run's own events are all that is left of it besides its state)."""
-    events = runbook_events(resource, until=lambda ev: ("started", step) in steps_of(ev))
-    for event in events:
-        if event.event == "runbooks.step.started" and event.payload.get("step") == step:
-            return next(r.id.removeprefix("prefect.flow-run.") for r in event.related
-                        if r.id.startswith("prefect.flow-run."))
-    raise AssertionError(f"no {step!r} step on {resource}")
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOrder, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    while True:  # events reach the server asynchronously
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(resource=EventResourceFilter(id=[resource]),
+                                                         event=EventNameFilter(name=["runbooks.step.started"]),
+                                                         order=EventOrder.DESC), limit=50)
+        for event in page.events:
+            if event.payload.get("step") == step:
+                return next(r.id.removeprefix("prefect.flow-run.") for r in event.related
+                            if r.id.startswith("prefect.flow-run."))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {step!r} step on {resource}")
+        time.sleep(0.5)
 
 
 def flow_run_state(flow_run_id: str) -> str:
@@ -155,6 +166,7 @@ def test_replace_killed_during_pg_restore_leaves_the_live_database_and_trading_u
         freeze_when(pid, lambda: True)
     finally:
         kill_group(proc)
+    killed_at = datetime.now(UTC)
     flow_run_id = flow_run_of(f"runbooks.restore.{name}", "pg_restore -j 2")
 
     # What it left: the live database as it was, a recorded scratch copy, its work directory; trading untouched.
@@ -171,7 +183,7 @@ def test_replace_killed_during_pg_restore_leaves_the_live_database_and_trading_u
     assert flow_run_state(flow_run_id) == "RUNNING"
     beats = runbook_events(f"prefect.flow-run.{flow_run_id}", names=["prefect.flow-run.heartbeat"],
                            until=lambda ev: len(ev) > 0, timeout=15)
-    assert len(beats) == 1  # the one sent when the run started; the next was due 180 s later
+    assert beats and all(b.occurred < killed_at for b in beats)  # sent at its start (then every 180 s), not after
 
     # The next run sweeps the scratch copy and the work directory, then does the whole job.
     state, result = restore(database=name, mode="replace", confirm=live["confirm"])
@@ -591,3 +603,55 @@ def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simula
     assert len(rollback_posts()) == 1
     assert state.is_failed() and "another model-rollback run" in (second.error or ""), second.error
     assert first_run in (second.error or "") and second.escalation is None
+
+
+def test_a_model_rollback_killed_holding_its_lock_does_not_block_the_next(
+        config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
+    """SIGKILLed while its rollback request is being retried (the API answers 503): its lock object stays in the
+    repository, and the next run on this host takes it over at once (its holder's process is gone), sees from
+    the record that the rollback never took, and does it."""
+    from flows.model_rollback import RollbackParameters, model_rollback_flow
+
+    monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
+    simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
+                                                          "error_rate": 0.02}}).raise_for_status()
+    refused = {"path_prefix": "/api/v1/models/rollback", "method": "POST", "status": 503}
+    simulator.post("/_control/failures", json={**refused, "count": 1000}).raise_for_status()
+    proc = start_run("model-rollback", "monitor_minutes=0", "poll_seconds=0.2", prefect_api=prefect_api)
+    try:
+        wait_for(lambda: any(c["path"] == "/api/v1/models/rollback" and c.get("status") == 503
+                             for c in simulator.get("/_control/state").json()["calls"]), timeout=120, interval=0.1)
+    finally:
+        kill_group(proc)
+    simulator.post("/_control/failures", json={**refused, "count": 0}).raise_for_status()
+    repository = open_repository(load_settings().repository)
+    [lock] = [o.key for o in repository.list_objects("locks/model-rollback/")]
+    assert simulator.get("/api/v1/models/router/status").json()["active_version"] == "v4"
+
+    state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2),
+                                return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_completed(), result.error
+    assert result.action == "rolled back v4 -> v3" and result.verified
+    took_over = next(t for t in result.timeline if t.step == "take lock").figures.get("took_over")
+    assert took_over and "runbooks-model-rollback:" in str(took_over)
+    assert not repository.exists(lock)  # released at the end
+
+
+def test_a_repository_lock_is_never_lost_to_its_own_heartbeat(config: SandboxState) -> None:
+    """Found by the drill above under load: a destructive step's check read the lock object between a heartbeat's
+    write and the holder noting what it wrote, and took its own beat for a take-over (LockLost mid-rollback)."""
+    from runbooks.frame.locks import LockHolder, RepositoryLease
+    from runbooks.processes import ProcessIdentity
+
+    now = datetime.now(UTC)
+    holder = LockHolder(token="t", runbook="drill", actor="runbooks-drill:test", writer=ProcessIdentity.current(),
+                        since=now, heartbeat_at=now)
+    lease = RepositoryLease(open_repository(load_settings().repository), "locks/drill/beats.json", holder,
+                            heartbeat_seconds=0.001)
+    lease.acquire(wait_seconds=0)
+    try:
+        for _ in range(2000):
+            lease.ensure()
+    finally:
+        lease.release()
