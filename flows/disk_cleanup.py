@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import unicodedata
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,7 @@ from runbooks.catalog import BackupCatalog
 from runbooks.cleanup import Budget, Consumer, Ledger, Manifest, TreeOutcome, Usage, Walk, check_root, open_files
 from runbooks.dockerclean import DockerObject, DockerOutcome
 from runbooks.errors import ConfigurationError, Refused, RunbookError
-from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.records import RestoreRecords
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -217,6 +218,9 @@ def render_report(result: CleanupResult) -> str:
               f"{o.state}{': ' + o.why if o.why else ''}",
               ", ".join(f"{k}: {v}" for k, v in sorted(o.skipped.items())) or "-"] for o in result.files])]
         for outcome in result.files:
+            if outcome.leftovers:
+                lines += [f"{'Would remove' if result.dry_run else 'Removed'} {outcome.leftovers} partial copies left "
+                          f"in {outcome.root} by compressions killed midway (their originals are whole).", ""]
             if outcome.samples:
                 lines += [f"First paths of {outcome.rule} in {outcome.root}:",
                           *[f"- `{p}`" for p in outcome.samples[:10]], ""]
@@ -304,10 +308,13 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
     result = CleanupResult(started_at=run.started_at, dry_run=params.dry_run, force=params.force,
                            high_watermark=cfg.high_watermark, low_watermark=cfg.low_watermark)
     manifest: Manifest | None = None
+    held = ExitStack()
     try:
         with run.step("check rules and roots"):
             params.check_against(settings)
             rules = params.selected(settings)
+        if not params.dry_run:  # two real runs would each free what the disk needs: one at a time on a host
+            held.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks", name=RUNBOOK))
         with run.step("measure disks") as figures:
             result.usage_before = measure_disks(paths=cfg.watch)
             if cfg.watch and not result.usage_before:
@@ -371,6 +378,7 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
         if manifest is not None:
             manifest.close()
             result.manifest_entries = manifest.count
+        held.close()
     _next_steps(result, params)
     result.succeeded = result.error is None and result.healthy is not False and not _failures(result)
     return run.conclude(result, render=render_report, report_key="disk-cleanup-report",

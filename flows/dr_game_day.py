@@ -37,7 +37,7 @@ from runbooks.drill import (
     score_component,
 )
 from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, resource_lock
+from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
@@ -291,12 +291,16 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         return Failed(data=state.data, message=f"platform NOT proven operational: {result.error or '?'}; "
                       f"{result.summary}")
 
+    on_this_host = ExitStack()
     try:
         with run.step("check settings"):
             check_drill_settings(settings)
             catalog = BackupCatalog(open_repository(settings.repository))
             catalog.repository.check_exists()
             target = settings.drill.target()
+        # Two drills on one host would share its cores and skew each other's time to recovery: one at a time.
+        on_this_host.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks",
+                                             name=RUNBOOK))
         attempted = True
         with run.step("sweep killed drills", destructive=True) as figures:
             result.swept = sweep_killed_drills(root=settings.drill_root)
@@ -332,6 +336,8 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
     except Exception as exc:  # still leave a report and a record behind
         result.error = scrub(f"{type(exc).__name__}: {exc}")
         run.logger.exception("DR game-day failed unexpectedly")
+    finally:
+        on_this_host.close()
     if not result.operational and result.error is None:
         result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
             "the platform could not be proven operational (see the issues)"

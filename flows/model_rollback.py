@@ -14,15 +14,17 @@ from __future__ import annotations
 import time
 import unicodedata
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import quote
 
 from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, InferenceApiUnavailable, Refused, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify
+from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, Refused, RunbookError
+from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
 from runbooks.redact import scrub
@@ -249,9 +251,12 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                                  "not roll back again for this incident.")
         return _Escalated(why)
 
+    held = ExitStack()
     try:
         with run.step("check settings"):
             params.check_against(settings)
+        if not params.dry_run:
+            _lock(run, held, model_id)
         with run.step("gather evidence", model_id=model_id) as figures:
             serving = read_serving(registry)
             if serving.model_id != model_id:
@@ -363,7 +368,26 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
                 status="Investigating", impact=f"model {model_id} can be neither judged nor rolled back",
                 details=[scrub(str(exc))], actions=result.next_steps))
         return conclude(scrub(str(exc)))
+    finally:
+        held.close()
     return conclude()
+
+
+def _lock(run: RunbookRun[RollbackResult], held: ExitStack, model_id: str) -> None:
+    """One run per model at a time, from evidence to watch, on any host: two at once would each decide on what they
+    read and each send a rollback (or escalate over the other's). The lock lives in the repository beside the
+    rollback records; when that cannot be reached the run goes on without it, and without its records it does not
+    roll back on its own anyway."""
+    api = run.settings.inference_api
+    where = quote(api.base_url.rstrip("/") if api else run.settings.models.registry, safe="")
+    try:
+        held.enter_context(repository_lock(run, repository=open_repository(run.settings.repository),
+                                           key=f"model-rollback/{where}/{quote(model_id, safe='')}"))
+    except LockBusy:
+        raise
+    except (RunbookError, OSError) as exc:
+        run.logger.warning("No lock (the backup repository cannot be reached: %s); this run will not roll back "
+                           "without its records", scrub(str(exc)))
 
 
 def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef,

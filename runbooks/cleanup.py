@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ from runbooks.settings import CleanupSettings, FileRule
 
 COMPRESS_ESTIMATE = 0.9  # a dry run's guess of what gzip frees of a text log (measured logs: 85-95 %)
 SAMPLES = 20  # paths (and errors) per rule kept in the result (the manifest file has them all)
+PARTIAL_SUFFIX = b".runbooks-partial"  # a compression's copy before it is complete and linked to NAME.gz
+PARTIAL_GLOB = ".*" + PARTIAL_SUFFIX.decode()
+MANIFEST_FLUSH_LINES = 100  # a SIGKILLed run's manifest misses at most this many of its last lines
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -175,7 +179,11 @@ class ManifestLine(BaseModel):
 
 
 class Manifest:
-    """Every path a run deleted or compressed (or would), one JSON line each, streamed to a private file."""
+    """Every path a run deleted or compressed (or would), one JSON line each, streamed to a private file.
+
+    The gzip stream is sync-flushed every ``MANIFEST_FLUSH_LINES`` lines: a run killed mid-deletion leaves a
+    manifest that lists all but its last few deletions (``zcat`` reads it, then says the stream ends early),
+    instead of the empty file its buffers would otherwise leave."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -193,6 +201,8 @@ class Manifest:
         if self._out is not None:
             self._out.write(f'{{"rule":{json.dumps(rule)},"action":"{action}","path":{json.dumps(path)},'
                             f'"bytes":{freed},"mtime":{mtime}}}\n')
+            if self.count % MANIFEST_FLUSH_LINES == 0:
+                self._out.flush()  # text -> gzip (Z_SYNC_FLUSH) -> file: readable even if the run dies next
 
     def close(self) -> None:
         if self._out is not None:
@@ -211,6 +221,8 @@ class TreeOutcome(BaseModel):
     files: int = Field(default=0, description="files deleted or compressed (dry run: that would be)")
     bytes: int = Field(default=0, description="bytes freed (dry run: that would be; compression estimated)")
     dirs_removed: int = 0
+    leftovers: int = Field(default=0, description="partial copies of compressions killed midway, removed (dry run: "
+                           "that would be)")
     skipped: dict[str, int] = Field(default_factory=dict, description="entries not touched, by why")
     errors: list[str] = Field(default_factory=list, description="the first failures (the run goes on)")
     samples: list[str] = Field(default_factory=list, description="the first paths acted on")
@@ -355,6 +367,8 @@ def find_command(rule: FileRule, protected: list[str], cutoff: float, mounts: It
     mount of the same filesystem), not entering protected directories. With ``remove_empty_dirs`` it lists every
     file and directory, so which directories end up empty is known exactly, in a dry run too."""
     command = ["find", "-P", ".", "-xdev", "-mindepth", "1"]
+    if rule.action == "compress":  # what a compression killed midway left, however young: listed apart
+        command += ["(", "-type", "f", "-name", PARTIAL_GLOB, "-printf", r"z %i %P\0", ")", "-o"]
     matching = [] if "*" in rule.patterns else ["(", *_names(rule.patterns), ")"]
     if rule.remove_empty_dirs:  # every file: which directories keep something must be known
         files = [*matching, "-printf", r"f %i %n %s %b %T@ %P\0", "-o", "-printf", r"k %P\0"]
@@ -479,6 +493,7 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
     links: dict[int, int] = {}  # inode -> links not yet removed, for files with several
     stop: str | None = None
     files = freed_total = 0
+    leftover_open: set[tuple[int, int]] | None = None
 
     def keep(relative: bytes) -> None:
         while True:
@@ -615,6 +630,14 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
                 elif kind == b"o":
                     skipped["not a regular file"] += 1
                     keep(record[2:])
+                elif kind == b"z":
+                    _, ino_, relative = record.split(b" ", 2)
+                    if leftover_open is None:  # now, not at the run's start: a concurrent run's copy is open
+                        leftover_open = open_files()
+                    if _remove_partial(dirs, relative, int(ino_), device, leftover_open, dry_run):
+                        out.leftovers += 1
+                        walk.manifest.write(rule.name, _verb(dry_run, "deleted"), prefix + shown(relative), 0,
+                                            0.0)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -663,11 +686,69 @@ def _verb(dry_run: bool, done: str) -> Action:
     return (_WOULD if dry_run else _DID)[done]
 
 
+def _remove_partial(dirs: _Dirs, relative: bytes, inode: int, device: int, held: set[tuple[int, int]],
+                    dry_run: bool) -> bool:
+    """Remove the partial copy of a compression whose run was killed (no process holds it open); its original
+    was never removed, since that happens only after the complete copy is linked to ``NAME.gz``."""
+    parent, _, name = relative.rpartition(b"/")
+    if not re.fullmatch(rb"\..+\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX), name) or (device, inode) in held:
+        return False
+    try:
+        fd = dirs.open(parent)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != inode:
+            return False
+        if not dry_run:
+            os.unlink(name, dir_fd=fd)
+    except OSError:
+        return False  # gone meanwhile, or the directory changed: nothing of ours to remove
+    return True
+
+
+def _same_content(gz_fd: int, src: int) -> bool:
+    """Whether the gzip file ``gz_fd`` holds exactly the bytes of ``src`` (read from its start), and is whole:
+    its CRC and length trailer are checked as the end is read."""
+    with os.fdopen(gz_fd, "rb", closefd=False) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unpacked, \
+            os.fdopen(src, "rb", closefd=False) as original:
+        original.seek(0)
+        try:
+            while True:
+                expected = original.read(1 << 20)
+                if unpacked.read(len(expected) or 1) != expected:
+                    return False
+                if not expected:
+                    return True
+        except (OSError, EOFError, zlib.error):  # not gzip, cut short, or a bad CRC
+            return False
+
+
+def _finish_compressed(dir_fd: int, name: bytes, target: bytes, src: int, st: os.stat_result) -> int:
+    """``NAME.gz`` exists beside ``NAME`` (a run killed between linking its copy and removing the original, or a
+    concurrent run): remove the original only if that file is a whole gzip of exactly its bytes; else refuse.
+    Returns the blocks freed."""
+    try:
+        gz_fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        raise Refused("a compressed copy already exists") from None
+    try:
+        if not stat.S_ISREG(os.fstat(gz_fd).st_mode) or not _same_content(gz_fd, src):
+            raise Refused("a compressed copy already exists (and differs)")
+    finally:
+        os.close(gz_fd)
+    now = os.fstat(src)
+    if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise Refused("written to while being compressed")
+    os.unlink(name, dir_fd=dir_fd)
+    return st.st_blocks * 512 if st.st_nlink == 1 else 0
+
+
 def _compress(dir_fd: int, name: bytes, inode: int, cutoff: float) -> int:
     """gzip ``name`` beside itself (same mode, owner and mtime), then remove the original; returns the blocks
     freed. The copy is written to a new file of a random name (``O_EXCL``: never through a file or link someone
     planted) and linked to ``NAME.gz`` only if no such name exists; the original goes only if it did not change
-    while it was read (a writer that appended meanwhile keeps its lines: the copy is dropped)."""
+    while it was read (a writer that appended meanwhile keeps its lines: the copy is dropped). A run killed midway
+    leaves the original and at most a partial copy (the next run removes it) or a whole ``NAME.gz`` (the next run
+    checks it holds exactly the original's bytes, then removes the original)."""
     target = name + b".gz"
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     partial: bytes | None = None
@@ -675,8 +756,14 @@ def _compress(dir_fd: int, name: bytes, inode: int, cutoff: float) -> int:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode) or st.st_ino != inode or st.st_mtime > cutoff:
             raise Refused("changed during the walk")
+        try:
+            os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:  # a copy is there already: the original goes if that copy is whole and the same, else it stays
+            return _finish_compressed(dir_fd, name, target, src, st)
         for _ in range(10):
-            candidate = b".%s.%s.runbooks-partial" % (name[:100], secrets.token_hex(8).encode())
+            candidate = b".%s.%s%s" % (name[:100], secrets.token_hex(8).encode(), PARTIAL_SUFFIX)
             try:
                 dst = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                               stat.S_IMODE(st.st_mode) & 0o666, dir_fd=dir_fd)
@@ -702,8 +789,8 @@ def _compress(dir_fd: int, name: bytes, inode: int, cutoff: float) -> int:
             raise Refused("written to while being compressed")
         try:
             os.link(partial, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except FileExistsError:
-            raise Refused("a compressed copy already exists") from None
+        except FileExistsError:  # another run linked its copy first
+            return _finish_compressed(dir_fd, name, target, src, st)
         os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(src)

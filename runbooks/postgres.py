@@ -381,7 +381,7 @@ class AdvisoryLock:
                     if row and row[0]:
                         break
                     if time.monotonic() >= deadline:
-                        raise LockBusy(f"another run holds {self.key!r}; runs never interleave.",
+                        raise LockBusy(f"another run holds {self.key!r}{self._holder(conn)}; runs never interleave.",
                                        hint="wait for it to finish (Prefect UI: runs in progress) or pass a longer "
                                        "lock wait.")
                     time.sleep(0.5)
@@ -389,6 +389,19 @@ class AdvisoryLock:
             conn.close()
             raise
         self._conn = conn
+
+    def _holder(self, conn: psycopg.Connection) -> str:
+        """Who holds the lock, as its session names itself (``runbooks <runbook> <flow run id>``)."""
+        row = conn.execute(
+            "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.objid::bigint = (hashtext(%s)::bigint & 4294967295)"
+            " AND l.classid::bigint = ((hashtext(%s)::bigint >> 32) & 4294967295) LIMIT 1",
+            [self.key, self.key]).fetchone()
+        if not row:
+            return ""
+        name, since = row
+        return f" (session {name or 'without a name'!r}, connected since {since:%Y-%m-%d %H:%M:%S %Z})"
 
     def ensure(self) -> None:
         """Raise LockLost unless this session still holds the lock."""

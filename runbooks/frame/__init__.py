@@ -3,16 +3,17 @@
 - ``RunbookRun``: settings once, secrets registered, durable steps (a Prefect event per step), the report;
 - ``request_approval``: pause for an operator's decision with identity, or ``confirm`` = plan hash;
 - ``TradingGuard``: halt or pause trading, resume only a halt that is still ours;
-- ``resource_lock``: a lock per resource, re-checked before each destructive step;
+- ``resource_lock`` (a database server's), ``host_lock`` (this host's), ``repository_lock`` (any host, no server of
+  its own): one run per resource at a time, re-checked before each destructive step;
 - ``notify``: tell on-call through a Prefect notification block.
 """
 
 from runbooks.frame.approval import Approval, ApprovalInput, request_approval
 from runbooks.frame.guard import TradingGuard
-from runbooks.frame.locks import resource_lock
+from runbooks.frame.locks import host_lock, repository_lock, resource_lock
 from runbooks.frame.notify import notify
 from runbooks.frame.run import RunbookResult, RunbookRun
 from runbooks.frame.steps import Steps, StepTiming
 
 __all__ = ["Approval", "ApprovalInput", "RunbookResult", "RunbookRun", "StepTiming", "Steps", "TradingGuard",
-           "notify", "request_approval", "resource_lock"]
+           "host_lock", "notify", "repository_lock", "request_approval", "resource_lock"]
