@@ -7,14 +7,17 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import zstandard
 
@@ -282,3 +285,29 @@ def test_the_sweep_never_stops_what_a_planted_data_link_points_at(tmp_path: Path
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
+
+
+def test_a_cluster_under_a_deep_work_dir_starts(tmp_path: Path) -> None:
+    """A drill's cluster listens on TCP only: a Unix socket under a work dir like /home/<user>/.local/state/...
+    overflowed the 107 bytes a socket path may have, and the server stopped at start saying only "database
+    system is shut down"."""
+    from runbooks.sandbox.cluster import PostgresCluster, free_port
+
+    base = Path(tempfile.mkdtemp(prefix="runbooks-deep-"))  # not under pytest's 0700 tmp: postgres must enter
+    try:
+        base.chmod(0o755)
+        root = base / ("d" * 60) / "dr-game-day-20261124T000000Z-0123abcd" / "cluster"
+        root.parent.mkdir(parents=True, mode=0o755)
+        root.parent.parent.chmod(0o755)
+        assert len(os.fsencode(root / "run" / ".s.PGSQL.65535")) > 107
+        cluster = PostgresCluster(root=root, port=free_port(), superuser_password="drill")
+        cluster.init()
+        cluster.start()
+        try:
+            with psycopg.connect(cluster.dsn()) as conn:
+                assert conn.execute("SHOW unix_socket_directories").fetchone() == ("",)
+        finally:
+            cluster.stop()
+        assert not cluster.is_running()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -127,7 +127,8 @@ class PostgresCluster:
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
-            "unix_socket_directories": f"'{self.socket_dir}'",
+            # TCP only: no Unix socket, whose path (at most 107 bytes) a deep work directory would overflow.
+            "unix_socket_directories": "''",
             "max_connections": "50",
             "shared_buffers": "128MB",
             "max_wal_size": "2GB",
