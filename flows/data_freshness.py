@@ -304,7 +304,8 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
     except RunbookError as exc:
         logger.error("Trading not acted on: %s", scrub(str(exc)))
         stale = [f for f in result.findings if f.gates_trading and f.severity in ("error", "kill")]
-        if isinstance(exc, TradingApiUnavailable | TradingApiRefused | AuthenticationFailed):
+        api_down = isinstance(exc, TradingApiUnavailable | TradingApiRefused | AuthenticationFailed)
+        if api_down:
             result.next_steps.append("The trading API did not answer after its retries: check by hand whether "
                                      "trading is paused (GET /api/v1/operations/status); nothing was assumed.")
         if stale:
@@ -314,9 +315,11 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
             if any(f.severity == "kill" for f in stale):
                 run.steps.event("escalation", severity="P1", reason="data stale beyond kill_after and this runbook "
                                 "could not act on trading")
-            # Escalate: nobody but a human can hold trading now (seed 004 1.2: data source down is P1).
+        if stale and params.act and api_down:
+            # Escalate: nobody but a human can hold trading now (seed 004 1.2: data source down is P1). Only for an
+            # API that would not answer: a lock held by another run is that run's to act on.
             result.notification = notify(run, Notice(
-                kind="start", severity="P1", title="data-freshness: stale data and trading could NOT be held",
+                kind="start", severity="P1", title="data-freshness: stale data and trading NOT known to be held",
                 status="Investigating", impact="trading continues on stale or failing market data",
                 details=[scrub(str(exc)), *(f"{f.key}: {f.reason}" for f in stale)],
                 actions=[f"{how.capitalize()} by hand now (seed 004 section 3.3)",

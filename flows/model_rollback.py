@@ -23,7 +23,7 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, Refused, RunbookError
+from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, LockLost, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
@@ -255,8 +255,7 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
     try:
         with run.step("check settings"):
             params.check_against(settings)
-        if not params.dry_run:
-            _lock(run, held, model_id)
+        unlocked = None if params.dry_run else _lock(run, held, model_id)
         with run.step("gather evidence", model_id=model_id) as figures:
             serving = read_serving(registry)
             if serving.model_id != model_id:
@@ -270,6 +269,8 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             figures.update(serving=serving.version, verdict=result.judgement.verdict,
                            sharpe=reading.evidence.sharpe)
         records, unreadable = _records(run)
+        if unlocked is not None:  # records readable now do not make an unlocked rollback safe
+            unreadable = unreadable or f"no lock: {unlocked}"
         with run.step("decide") as figures:
             previous = result.previous_rollback = None
             if records is not None:
@@ -346,8 +347,8 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
             _roll_back(run, result, registry, records, serving=serving.version, target=target.version,
                        why=decision.why, poll=params.poll_seconds)
             _watch(run, result, registry, params, target=target.version, escalate=escalate)
-        except _Escalated:
-            raise
+        except (_Escalated, LockLost):
+            raise  # a run that lost its lock stops: the run that took it over acts (and pages) now
         except RunbookError as exc:
             raise escalate(f"the rollback of {serving.version} to {target.version} did not complete: "
                            f"{scrub(str(exc))}") from None
@@ -373,11 +374,11 @@ def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
     return conclude()
 
 
-def _lock(run: RunbookRun[RollbackResult], held: ExitStack, model_id: str) -> None:
+def _lock(run: RunbookRun[RollbackResult], held: ExitStack, model_id: str) -> str | None:
     """One run per model at a time, from evidence to watch, on any host: two at once would each decide on what they
     read and each send a rollback (or escalate over the other's). The lock lives in the repository beside the
-    rollback records; when that cannot be reached the run goes on without it, and without its records it does not
-    roll back on its own anyway."""
+    rollback records; when it cannot be taken the run goes on to judge, and returns why: the caller then does not
+    roll back on its own (as without its records)."""
     api = run.settings.inference_api
     where = quote(api.base_url.rstrip("/") if api else run.settings.models.registry, safe="")
     try:
@@ -387,7 +388,9 @@ def _lock(run: RunbookRun[RollbackResult], held: ExitStack, model_id: str) -> No
         raise
     except (RunbookError, OSError) as exc:
         run.logger.warning("No lock (the backup repository cannot be reached: %s); this run will not roll back "
-                           "without its records", scrub(str(exc)))
+                           "on its own", scrub(str(exc)))
+        return scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+    return None
 
 
 def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry: RegistryRef,

@@ -410,6 +410,19 @@ def _owned_by_restore_role(conn: psycopg.Connection, name: str) -> bool:
     return bool(row and row[0])
 
 
+def _take_back_lent(conn: psycopg.Connection, name: str) -> bool:
+    """A scratch copy a killed (or disconnected) restore had lent to its source's owner for pg_restore (see
+    ``_lend_database``: only a restore role that is not a superuser lends, to a role it is a member of). Take it
+    back so it can be dropped; any other owner stays refused."""
+    row = conn.execute(
+        "SELECT NOT r.rolsuper AND pg_has_role(current_user, d.datdba, 'MEMBER') FROM pg_database d "
+        "JOIN pg_roles r ON r.rolname = current_user WHERE d.datname = %s", [name]).fetchone()
+    if not (row and row[0]):
+        return False
+    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(name)))
+    return True
+
+
 def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str, *, kind: str,
                    protected: set[str]) -> bool:
     """Drop ``name`` only if our record says a restore made it (``kind``) and it is still that database.
@@ -429,7 +442,7 @@ def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str,
     if oid != record.oid:
         raise Refused(f"refusing to drop {name!r}: it is not the database a restore made under that name (OID "
                       f"{oid}, recorded {record.oid}).", hint="it was replaced by hand; drop it by hand if intended.")
-    if not _owned_by_restore_role(conn, name):  # what a restore creates is owned by its role until swapped in
+    if not _owned_by_restore_role(conn, name) and not (kind == "scratch" and _take_back_lent(conn, name)):
         raise Refused(f"refusing to drop {name!r}: it is not owned by the restore's role, so a restore did not "
                       "leave it as it is.", hint="drop it by hand if that is really intended.")
     drop_database(conn, name)

@@ -501,7 +501,7 @@ def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_r
     assert "stale for" in (state.message or "")
     # Escalated: on-call hears at once that nobody holds trading (P1), after the API's retries ran out.
     [message] = received
-    assert "[P1] INCIDENT: data-freshness: stale data and trading could NOT be held" in message["text"]
+    assert "[P1] INCIDENT: data-freshness: stale data and trading NOT known to be held" in message["text"]
     assert "Press the kill switch by hand now" in message["text"] and "503" in message["text"]
     assert result.notification and result.notification.startswith("notified")
 

@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -655,3 +656,65 @@ def test_a_repository_lock_is_never_lost_to_its_own_heartbeat(config: SandboxSta
             lease.ensure()
     finally:
         lease.release()
+
+
+def test_a_lock_taken_over_from_a_longer_holder_is_held_and_released(tmp_path: Path) -> None:
+    """A local repository pads a replaced lock body with spaces to the old length: a take-over from a holder whose
+    record was longer (a deployment run's flow run id, a longer PID or host) read as lost at the first check, and
+    the lock was left behind at the end (found by review)."""
+    from runbooks.frame.locks import LockHolder, RepositoryLease
+    from runbooks.processes import ProcessIdentity
+    from runbooks.repository.local import LocalRepository
+
+    repository = LocalRepository(tmp_path / "repo")
+    old = datetime.now(UTC) - timedelta(hours=1)
+    dead = LockHolder(token="dead", runbook="model-rollback", flow_run_id=str(uuid.uuid4()),
+                      actor="runbooks-model-rollback:" + "x" * 40, since=old, heartbeat_at=old,
+                      writer=ProcessIdentity.current().model_copy(update={"host": "gone-" + "h" * 40}))
+    repository.put_bytes("locks/m.json", dead.model_dump_json().encode())
+    now = datetime.now(UTC)
+    ours = LockHolder(token="ours", runbook="model-rollback", actor="cli", writer=ProcessIdentity.current(),
+                      since=now, heartbeat_at=now)
+    lease = RepositoryLease(repository, "locks/m.json", ours, heartbeat_seconds=0.01,
+                            stale_after=timedelta(seconds=60))
+    lease.acquire(wait_seconds=0)
+    assert lease.took_over is not None and lease.took_over.token == "dead"
+    for _ in range(50):
+        lease.ensure()  # never LockLost: the padding is not a take-over
+    lease.release()
+    assert not repository.exists("locks/m.json")
+
+
+def test_a_model_rollback_that_loses_its_lock_stops_without_paging_or_halting(
+        config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+        webhook: tuple[list[dict[str, object]], str]) -> None:
+    """The lock is taken over while the run chooses its target (here: removed, as a take-over from another host
+    after missed heartbeats would): the run stops before the rollback, and neither pages P1 nor presses the kill
+    switch over the run that now holds the lock (found by review: LockLost went down the escalation path)."""
+    import threading
+
+    from flows.model_rollback import RollbackParameters, model_rollback_flow
+
+    received, _canary = webhook
+    monkeypatch.setenv("RUNBOOKS_MODELS__KILL_SWITCH_ON_ESCALATION", "true")
+    simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
+                                                          "error_rate": 0.02}}).raise_for_status()
+    simulator.post("/_control/latency", json={"path_prefix": "/api/v1/models/rollback-targets", "method": "GET",
+                                              "seconds": 3, "count": 1}).raise_for_status()
+    repository = open_repository(load_settings().repository)
+
+    def take_over() -> None:
+        [lock] = wait_for(lambda: [o.key for o in repository.list_objects("locks/model-rollback/")],  # type: ignore[misc]
+                          timeout=60, interval=0.01)
+        repository.delete([lock])  # the run is still gathering evidence: its targets answer in 3 s
+
+    thread = threading.Thread(target=take_over, daemon=True)
+    thread.start()
+    state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2),
+                                return_state=True)
+    thread.join(timeout=60)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and "was lost" in (result.error or ""), result.error
+    assert result.escalation is None and received == []
+    assert simulator.get("/api/v1/models/router/status").json()["active_version"] == "v4"
+    assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"

@@ -301,10 +301,22 @@ def test_restore_and_cleanup_roles_do_their_runbooks_and_nothing_of_another_owne
         assert row is not None
         assert row[:2] == ("rb_restore", "trading_user") and "rb_freshness=r" in row[2] and row[3] == 200
 
+        # What a restore killed during pg_restore leaves when it had lent the scratch copy to the owner: the next
+        # restore takes it back and drops it (found by review: it was refused for ever, "not owned by the
+        # restore's role").
+        from runbooks.records import DatabaseRecord
+        from tests.test_restore import records
+        lent = f"{live}_restore_20260101000000"
+        superuser(config, f'CREATE DATABASE "{lent}" OWNER trading_user')
+        [(oid,)] = superuser(config, f"SELECT oid FROM pg_database WHERE datname = '{lent}'")
+        records(config).put(DatabaseRecord(server=records(config).server, name=lent, oid=oid, kind="scratch",
+                                           source=live, backup_id="20260101T000000Z", flow_run_id="killed"))
+
         state, dry = restore(database=live, mode="replace", halt_trading=False, dry_run=True)
         assert state.is_completed(), dry
         state, result = restore(database=live, mode="replace", halt_trading=False, confirm=dry.plan.plan_hash)
         assert state.is_completed(), result
+        assert not superuser(config, f"SELECT 1 FROM pg_database WHERE datname = '{lent}'"), result.scratch_swept
         kept = result.kept_live_as
         assert kept and superuser(config, f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = "
                                           f"'{live}'") == [("trading_user",)]

@@ -149,6 +149,8 @@ class RepositoryLease:
                 raw = self.repository.get_bytes(self.key)
             except BackupNotFound:
                 continue  # released meanwhile: try again
+            if raw.rstrip(b" ") == body:
+                break  # ours: a create retried after its answer was lost
             try:
                 other: LockHolder | None = LockHolder.model_validate_json(raw)
             except ValidationError:
@@ -187,7 +189,8 @@ class RepositoryLease:
         if not self._lost:
             with self._mutex:
                 try:
-                    self._lost = self.repository.get_bytes(self.key) != self._last
+                    # A local repository pads a replaced body with spaces to the old length.
+                    self._lost = self.repository.get_bytes(self.key).rstrip(b" ") != self._last
                 except BackupNotFound:
                     self._lost = True
                 except Exception as exc:  # the repository did not answer: the heartbeat's compare-and-swap decides
@@ -202,7 +205,7 @@ class RepositoryLease:
         if self._thread is not None:
             self._thread.join()
         try:
-            if not self._lost and self.repository.get_bytes(self.key) == self._last:
+            if not self._lost and self.repository.get_bytes(self.key).rstrip(b" ") == self._last:
                 self.repository.delete([self.key])
         except Exception as exc:  # the next run finds it stale (dead process here, or no heartbeat)
             _log.warning("Could not release the lock %s: %s", self.key, exc)
