@@ -5,6 +5,7 @@ halted without the status saying so."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -280,16 +281,36 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
 
     frozen: list[int] = []
 
-    def bounce(tool: str) -> threading.Thread:
-        """Freeze ``tool`` (every process of it) midway, stop the server under it, start it, let the tool go on:
-        its connections are gone, whatever it was sending."""
+    def rows_copied(database: str) -> int:
+        """Bytes COPY has sent into ``database`` so far (pg_stat_progress_copy), or 0."""
+        with psycopg.connect(admin_dsn(config)) as conn:
+            row = conn.execute("SELECT coalesce(sum(p.bytes_processed), 0) FROM pg_stat_progress_copy p "
+                               "JOIN pg_database d ON d.oid = p.datid WHERE d.datname LIKE %s",
+                               [f"{database.split('_bounced')[0]}_restore_%"]).fetchone()
+        return int(row[0]) if row else 0
+
+    def bounce(tool: str, processes: int, midway: Callable[[], bool]) -> threading.Thread:
+        """Freeze ``tool`` (its ``processes``: pg_restore -j 2 is three) once ``midway()``, stop the server under
+        it, start it, let the tool go on: its connections are gone, whatever it was sending. An idle machine
+        dumps these 16 MB in 0.3 s, so the tool runs in 10 ms slices until it is midway (never on a timer)."""
         def run() -> None:
-            pids: list[int] = wait_for(lambda: children_named(os.getpid(), tool), timeout=120,  # type: ignore[assignment]
-                                       interval=0.005)
-            time.sleep(0.2)
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-                frozen.append(pid)
+            pids: list[int] = wait_for(lambda: len(children_named(os.getpid(), tool)) >= processes  # type: ignore[assignment]
+                                       and children_named(os.getpid(), tool), timeout=120, interval=0.002)
+            try:
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                while not midway():
+                    for pid in pids:
+                        os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.01)
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:  # it finished before it was ever seen midway: the assertion says so
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+                return
+            frozen.extend(pids)
             cluster.stop()
             cluster.start()
             for pid in pids:
@@ -300,7 +321,8 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
         return thread
 
     try:
-        thread = bounce("pg_dump")
+        thread = bounce("pg_dump", 1, lambda: any(o.key.endswith("dump.pgc.zst") and o.size > 0
+                                                  for o in catalog().repository.list_objects(f"databases/{name}/")))
         state, result = backup(name)
         thread.join(timeout=120)
         assert not thread.is_alive() and frozen, "pg_dump was never caught midway"
@@ -308,7 +330,7 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
         [listed] = catalog().list_backups()
 
         target = f"{name}_bounced"
-        thread = bounce("pg_restore")
+        thread = bounce("pg_restore", 3, lambda: rows_copied(target) > 0)
         state, result = restore(database=name, mode="new", target_database=target)
         thread.join(timeout=120)
         assert not thread.is_alive() and len(frozen) > 1, "pg_restore was never caught midway"
