@@ -26,6 +26,7 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import FileRule, load_settings
 from tests.approvals import decide_when_paused
+from tests.disks import tmpfs
 
 DAY = 86400
 OLD = time.time() - 30 * DAY
@@ -400,15 +401,8 @@ def run_cleanup(**params: Any) -> tuple[Any, CleanupResult]:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB tmpfs: real watermarks on a real filesystem."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", size_mb=16) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(disk: Path, *, old: int, new: int, size: int = 512 * 1024) -> None:

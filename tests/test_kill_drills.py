@@ -39,6 +39,7 @@ from runbooks.records import RestoreRecords
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from tests.disks import tmpfs
 from tests.events import runbook_events, steps_of
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, set_database_env
 from tests.processes import children_named, freeze_when, wait_for
@@ -504,15 +505,8 @@ def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB tmpfs: real watermarks on a real filesystem."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "root"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "root", size_mb=16) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(

@@ -9,7 +9,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.environment import BUCKET
 from runbooks.settings import load_settings
+from tests.disks import tmpfs
 from tests.faultproxy import FaultProxy, s3_error
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db
 from tests.processes import children_named, wait_for
@@ -469,16 +469,9 @@ def test_model_rollback_with_the_inference_api_down_retries_then_fails_and_chang
 @pytest.fixture
 def small_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: SandboxState) -> Iterator[Path]:
     """The local repository on a 6 MB tmpfs: the dump (8 MB stored) cannot fit."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount)], check=True)
-    monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", (mount / "repository").as_uri())
-    try:
+    with tmpfs(tmp_path / "disk", size_mb=6) as mount:
+        monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", (mount / "repository").as_uri())
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote(
