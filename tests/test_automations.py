@@ -24,6 +24,9 @@ from runbooks.sandbox import SandboxState
 from tests.pgfixtures import set_database_env
 from tests.receivers import Inbox
 
+# A drill: a real server whose trigger services fire on real windows (the 26 h P1 waits out a 10 s one).
+pytestmark = pytest.mark.slow
+
 
 def _load_automations() -> ModuleType:
     spec = importlib.util.spec_from_file_location(

@@ -290,8 +290,17 @@ def test_missing_table_missing_column_empty_table_and_hostile_names(market: Mark
         assert conn.execute("SELECT count(*) FROM bars").fetchone()[0] > 0  # type: ignore[index]
 
 
-def test_the_trading_api_down_fails_the_run_loudly_and_assumes_nothing(market: Market,
-                                                                       simulator: httpx.Client) -> None:
+@pytest.fixture
+def fast_trading_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the trading tasks' retry policy (count, condition) but not its real-world delays (2 to 16 s)."""
+    from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
+
+    for task in (read_trading_status, halt_trading, pause_trading, resume_trading_if_ours):
+        monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
+
+
+def test_the_trading_api_down_fails_the_run_loudly_and_assumes_nothing(market: Market, simulator: httpx.Client,
+                                                                       fast_trading_retries: None) -> None:
     market.bars(end=bucket(15))
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 50})
     state, result = check(quality=False)
@@ -489,7 +498,8 @@ def test_two_runs_at_once_pause_once_and_the_pause_is_lifted_later(market: Marke
 
 
 def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_remain(
-        market: Market, simulator: httpx.Client, webhook: tuple[list[dict[str, Any]], str]) -> None:
+        market: Market, simulator: httpx.Client, webhook: tuple[list[dict[str, Any]], str],
+        fast_trading_retries: None) -> None:
     received, _canary = webhook
     market.bars(end=bucket(90))
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503, "count": 50})
