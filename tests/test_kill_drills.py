@@ -698,8 +698,10 @@ def test_a_model_rollback_that_loses_its_lock_stops_without_paging_or_halting(
     repository = open_repository(load_settings().repository)
 
     def take_over() -> None:
-        [lock] = wait_for(lambda: [o.key for o in repository.list_objects("locks/model-rollback/")],  # type: ignore[misc]
-                          timeout=60, interval=0.01)
+        # The local repository writes a hidden ``.<name>.<uuid>.tmp`` before linking the lock into place: a
+        # listing 10 ms apart can catch it, and deleting that would leave the lock held (seen once in CI).
+        [lock] = wait_for(lambda: [o.key for o in repository.list_objects("locks/model-rollback/")  # type: ignore[misc]
+                                   if not o.key.rsplit("/", 1)[-1].startswith(".")], timeout=60, interval=0.01)
         repository.delete([lock])  # the run is still gathering evidence: its targets answer in 3 s
 
     thread = threading.Thread(target=take_over, daemon=True)
