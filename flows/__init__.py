@@ -2,8 +2,8 @@
 
 Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, and on the disk alert),
 ``health-check`` (daily), ``backup-verification`` (weekly), ``weekly-report`` (Mondays), ``dr-game-day``
-(quarterly). On-demand recovery:
-``restore``, ``model-rollback`` (also on a degradation event).
+(quarterly), ``pitr-backup`` (full weekly, differential daily), ``archive-check`` (every minute). On-demand
+recovery: ``restore``, ``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ RUNBOOKS: dict[str, Runbook] = {
                             "render_report", "scheduled maintenance"),
     "model-rollback": Runbook("model-rollback", "flows.model_rollback", "model_rollback_flow", "RollbackParameters",
                               "render_report", "on-demand recovery"),
+    "pitr-setup": Runbook("pitr-setup", "flows.pitr_setup", "pitr_setup_flow", "PitrSetupParameters",
+                          "render_report", "on-demand recovery"),
+    "pitr-backup": Runbook("pitr-backup", "flows.pitr_backup", "pitr_backup_flow", "PitrBackupParameters",
+                           "render_report", "scheduled maintenance"),
+    "pitr-restore": Runbook("pitr-restore", "flows.pitr_restore", "pitr_restore_flow", "PitrRestoreParameters",
+                            "render_report", "on-demand recovery"),
+    "archive-check": Runbook("archive-check", "flows.archive_check", "archive_check_flow",
+                             "ArchiveCheckParameters", "render_report", "scheduled maintenance"),
 }
 
 

@@ -613,6 +613,98 @@ class DrillSettings(BaseModel):
                                 password_block=self.target_password_block)
 
 
+def _absolute_or_none(path: Path | None) -> Path | None:
+    if path is not None and not path.expanduser().is_absolute():
+        raise ValueError(f"path {str(path)!r} must be absolute (a worker's working directory is not the config's)")
+    return None if path is None else path.expanduser()
+
+
+# pgBackRest option values are written into its config file one per line: no newline, no '=' games in a path.
+_PGBR_SAFE = r"^[^\x00-\x1f\x7f]*$"
+
+
+class PitrSettings(BaseModel):
+    """Continuous protection of one cluster with pgBackRest: WAL archived to its repository, full and
+    differential backups, restores to a point in time into a new cluster. Seed 002: the position database's RPO is
+    one minute, which only archived WAL can meet (the nightly logical dump loses up to a day)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stanza: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                        description="pgBackRest's name for the protected cluster")
+    dsn: SecretStr | None = Field(default=None, description="superuser DSN of the protected cluster; None: "
+                                  "[cluster] dsn")
+    password: SecretStr | None = None
+    password_block: str | None = None
+    data_directory: OsPath | None = Field(default=None, description="the cluster's data directory on this host "
+                                          "(pgBackRest's pg1-path); None: asked of the server")
+    socket_directory: OsPath = Field(default=Path("/var/run/postgresql"), description="the server's Unix socket "
+                                     "directory: pgBackRest reaches a local cluster through it")
+    os_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$", description="the OS user that "
+                                "owns the data directory and runs pgBackRest; None: postgres when root, else the "
+                                "current user")
+    work_dir: OsPath | None = Field(default=None, description="pgBackRest's config, logs and locks, and the "
+                                    "clusters restores make; None: <state_dir>/pitr")
+    repo_type: Literal["posix", "s3"] = "posix"
+    repo_path: OsPath | None = Field(default=None, description="posix: the repository directory (another disk "
+                                     "than the data's); s3: the path inside the bucket. None: <work_dir>/repo, "
+                                     "or /pgbackrest in a bucket")
+    s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,62}$")
+    s3_endpoint: str | None = Field(default=None, description="host[:port] of the S3 API (MinIO, Ceph RGW, AWS)")
+    s3_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,40}$")
+    s3_uri_style: Literal["host", "path"] = "path"
+    s3_verify_tls: bool = True
+    s3_key: str | None = Field(default=None, pattern=_PGBR_SAFE)
+    s3_key_secret: SecretStr | None = None
+    s3_key_secret_block: str | None = None
+    retention_full: int = Field(default=2, ge=1, le=100, description="full backups kept (with their WAL)")
+    retention_diff: int = Field(default=7, ge=1, le=100, description="differential backups kept")
+    process_max: int = Field(default=2, ge=1, le=32, description="pgBackRest's parallel processes")
+    compress_type: Literal["zst", "lz4", "gz", "none"] = "zst"
+    compress_level: int = Field(default=3, ge=0, le=19)
+    archive_timeout: Duration = Field(default=timedelta(seconds=60), description="PostgreSQL's archive_timeout: a "
+                                      "WAL segment is archived at least this often when anything was written")
+    rpo: Objective = Field(default=timedelta(minutes=1), description="seed 002's position database RPO: the "
+                           "archive check notifies when WAL waits longer than this")
+    marker_database: str = Field(default="postgres", min_length=1, max_length=63, pattern=_PGBR_SAFE,
+                                 description="database of the marker table the archive check writes every run")
+    marker_table: str = Field(default="runbooks_pitr_marker", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                              description="a restore counts its rows up to the target time")
+    restore_timeout: Duration = Field(default=timedelta(minutes=30), description="longest a restored cluster may "
+                                      "take to replay WAL and promote")
+    pgbackrest: OsPath = Field(default=Path("pgbackrest"), description="the pgBackRest executable")
+
+    _dsn = field_validator("dsn")(_check_dsn)
+    _paths = field_validator("data_directory", "work_dir", "repo_path")(_absolute_or_none)
+
+    @field_validator("socket_directory")
+    @classmethod
+    def _socket_absolute(cls, path: Path) -> Path:
+        if not path.is_absolute():
+            raise ValueError(f"socket_directory {str(path)!r} must be absolute")
+        return path
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", value):
+            raise ValueError(f"s3_endpoint {value!r} must be host or host:port (no scheme; pgBackRest speaks HTTPS)")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> PitrSettings:
+        if self.repo_type == "s3" and not (self.s3_bucket and self.s3_endpoint):
+            raise ValueError("repo_type 's3' needs s3_bucket and s3_endpoint")
+        if self.archive_timeout > timedelta(hours=1):
+            raise ValueError("archive_timeout above 1 hour would let an idle cluster lose that much")
+        return self
+
+    def database(self, cluster: ClusterSettings) -> DatabaseSettings | None:
+        if self.dsn is None:
+            return cluster.database()
+        return DatabaseSettings(dsn=self.dsn, password=self.password, password_block=self.password_block)
+
+
 class ModelPolicy(BaseModel):
     """Seed 004 section 3.2's decision table and symptoms, as the model-rollback runbook's default policy."""
 
@@ -1024,6 +1116,7 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     drill: DrillSettings = Field(default_factory=DrillSettings)
+    pitr: PitrSettings = Field(default_factory=PitrSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
@@ -1034,6 +1127,11 @@ class Settings(BaseSettings):
     def work_root(self) -> Path:
         """Where a restore's work directories go."""
         return (self.restore.work_dir or self.state_dir / "work").expanduser()
+
+    @property
+    def pitr_root(self) -> Path:
+        """pgBackRest's config, logs and locks, and the clusters point-in-time restores make."""
+        return (self.pitr.work_dir or self.state_dir / "pitr").expanduser()
 
     @property
     def drill_root(self) -> Path:
@@ -1076,6 +1174,11 @@ class Settings(BaseSettings):
                 found.append(db.password.get_secret_value())
         if self.repository.secret_access_key:
             found.append(self.repository.secret_access_key.get_secret_value())
+        if self.pitr.dsn is not None:
+            found.append(str(conninfo_to_dict(self.pitr.dsn.get_secret_value()).get("password") or ""))
+        for secret in (self.pitr.password, self.pitr.s3_key_secret):
+            if secret is not None:
+                found.append(secret.get_secret_value())
         for api in (self.trading_api, self.inference_api, self.drill.trading_api):
             if api and api.token:
                 found.append(api.token.get_secret_value())
@@ -1090,7 +1193,7 @@ class Settings(BaseSettings):
         found = self.plain_secrets()
         blocks = [db.password_block for db in [*self.databases.values(), self.cluster.database(),
                                                self.drill.target()] if db]
-        blocks += [self.repository.secret_access_key_block]
+        blocks += [self.repository.secret_access_key_block, self.pitr.password_block, self.pitr.s3_key_secret_block]
         blocks += [api.token_block for api in (self.trading_api, self.inference_api, self.drill.trading_api) if api]
         for block in filter(None, blocks):
             try:

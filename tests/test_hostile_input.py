@@ -271,6 +271,19 @@ SPECS: list[Spec] = [
     Spec("health-check", "notify_on", not_choice(typing.get_args(Status)), st.sampled_from(typing.get_args(Status))),
 
     Spec("weekly-report", "days", not_int(1, 31), st.integers(1, 31)),
+
+    boolean("pitr-setup", "restart"), boolean("pitr-setup", "dry_run"),
+    Spec("pitr-backup", "kind", not_choice(("full", "diff", "incr")), st.sampled_from(["full", "diff", "incr"])),
+    Spec("pitr-restore", "target_time", st.one_of(not_text(), st.sampled_from(
+        ["", "now", "2026-11-24T13:05:00", "2026-13-01T00:00:00Z", "2026-11-24T25:00:00Z", "../x", "latest\n",
+         "2026-11-24T13:05:00+25:00"]), with_char(CONTROL), more_chars_than(64)),
+         st.one_of(st.just("latest"), st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()))),
+    Spec("pitr-restore", "backup_label", st.one_of(not_matching(r"[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?",
+                                                                "20261124-133332F\n", "../20261124-133332F"),
+                                                   not_text(nullable=True)),
+         st.one_of(st.none(), st.sampled_from(["20261124-133332F", "20261124-133332F_20261125-010000D"]))),
+    boolean("pitr-restore", "keep_running"),
+    boolean("archive-check", "marker"), boolean("archive-check", "notify"),
 ]
 
 

@@ -75,6 +75,7 @@ class PostgresCluster:
     superuser_password: str
     superuser: str = "postgres"
     fast: bool = True  # fsync off: a sandbox is thrown away, never a production setting
+    socket_directory: Path | None = None  # pgBackRest reaches a local cluster only by its Unix socket
 
     @property
     def datadir(self) -> Path:
@@ -128,7 +129,7 @@ class PostgresCluster:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             # TCP only: no Unix socket, whose path (at most 107 bytes) a deep work directory would overflow.
-            "unix_socket_directories": "''",
+            "unix_socket_directories": f"'{self.socket_directory}'" if self.socket_directory else "''",
             "max_connections": "50",
             "shared_buffers": "128MB",
             "max_wal_size": "2GB",

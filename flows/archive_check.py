@@ -1,0 +1,110 @@
+"""Point-in-time recovery, watched: WAL archiving against seed 002's one-minute RPO, every minute. It pauses
+nothing (trading does not depend on the archive); it notifies on-call when the RPO is at risk.
+
+Trigger: the ``archive-check-every-minute`` deployment, or ``runbooks run archive-check``. Blast radius: one row in
+the marker table (``[pitr] marker_table`` in ``marker_database``), which a point-in-time restore counts to prove
+what it replayed, and which keeps a quiet cluster archiving every ``archive_timeout``. Rollback: none.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import State
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.errors import RunbookError
+from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.incidents import Notice
+from runbooks.pitr import (
+    ArchiveJudgement,
+    ArchiverState,
+    archive_command,
+    judge_archiver,
+    pitr_paths,
+    protected_cluster,
+)
+from runbooks.redact import scrub
+from runbooks.report import table, timeline_markdown
+from tasks.pgbackrest import read_archiver, write_marker
+
+RUNBOOK = "archive-check"
+
+
+class ArchiveCheckParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    marker: bool = Field(default=True, description="Write a marker row first (restores count them; it also keeps a "
+                         "quiet cluster's WAL moving, so archiving is proven every archive_timeout).")
+    notify: bool = Field(default=True, description="Notify on-call when the RPO is at risk.")
+
+
+class ArchiveCheckResult(RunbookResult):
+    stanza: str = ""
+    state: ArchiverState | None = None
+    judgement: ArchiveJudgement | None = None
+    notification: str | None = None
+
+
+def render_report(result: ArchiveCheckResult) -> str:
+    verdict = result.judgement.verdict.upper() if result.judgement else "FAILED"
+    lines = [f"# Archive check of stanza {result.stanza} — {verdict}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s."
+             + (f" Notification: {result.notification}." if result.notification else ""), ""]
+    if result.error:
+        lines += [f"**Error:** {result.error}", ""]
+    if result.state is not None:
+        s = result.state
+        lines += [table(["reading", "value"], [
+            ["archive_mode / archive_timeout", f"{s.archive_mode} / {s.archive_timeout_seconds:.0f} s"],
+            ["last archived", f"{s.last_archived_wal or '-'} at {s.last_archived_at or '-'}"],
+            ["last failed", f"{s.last_failed_wal or '-'} at {s.last_failed_at or '-'} ({s.failed_count} failures)"],
+            ["waiting to be archived", f"{s.ready_count} segment(s), oldest since {s.oldest_ready_at or '-'}"]])]
+    if result.judgement and result.judgement.reasons:
+        lines += ["## Why", *[f"- {r}" for r in result.judgement.reasons], ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    return "\n".join(lines)
+
+
+@flow(name=RUNBOOK, log_prints=False)
+def archive_check_flow(parameters: ArchiveCheckParameters | None = None) -> State:
+    params = parameters or ArchiveCheckParameters()
+    run: RunbookRun[ArchiveCheckResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
+    settings, pitr = run.settings, run.settings.pitr
+    result = ArchiveCheckResult(started_at=run.started_at, stanza=pitr.stanza)
+    try:
+        database = protected_cluster(settings)
+        if params.marker:
+            with run.step("write marker"):
+                write_marker(database=database, pitr=pitr, note=run.actor)
+        with run.step("read archiver") as figures:
+            result.state = read_archiver(database=database)
+            expected = archive_command(pitr, pitr_paths(settings))
+            result.judgement = judge_archiver(result.state, rpo=pitr.rpo, expected_command=expected)
+            figures.update(verdict=result.judgement.verdict, waiting=result.state.ready_count,
+                           failed=result.state.failed_count)
+        run.steps.event("archive.status", verdict=result.judgement.verdict, waiting=result.state.ready_count)
+        if result.judgement.verdict != "ok":
+            result.next_steps += [
+                "Read pgBackRest's log (<pitr work_dir>/log) and the server log for archive-push errors; "
+                "'pgbackrest --stanza=... check' tests archiving by hand.",
+                "Until WAL reaches the repository again, a disaster loses every write since "
+                f"{result.state.last_archived_at or 'the last archived segment'}."]
+            if result.judgement.verdict == "off":
+                result.next_steps.insert(0, "Run 'runbooks run pitr-setup' to turn archiving on.")
+        result.succeeded = result.judgement.verdict == "ok"
+        if not result.succeeded:
+            result.error = "; ".join(result.judgement.reasons)
+    except RunbookError as exc:
+        result.error = scrub(str(exc))
+        run.logger.error("Archive check failed: %s", result.error)
+    if not result.succeeded and params.notify:
+        verdict = result.judgement.verdict if result.judgement else "unknown"
+        result.notification = notify(run, Notice(
+            kind="start", severity="P1" if verdict in ("failing", "off") else "P2",
+            title=f"archive-check: the position database's RPO is at risk ({verdict})",
+            impact=f"writes since the last archived WAL would be lost in a disaster (RPO {pitr.rpo})",
+            details=[result.error or verdict], actions=result.next_steps or ["Read the run's report"]))
+    return run.conclude(result, render=render_report, report_key="archive-check-report",
+                        description=f"Archive check of stanza {pitr.stanza}")

@@ -1,0 +1,428 @@
+"""Tasks around pgBackRest and the cluster it protects: the config written, WAL archiving configured, the stanza
+made and checked, backups taken, the archiver read, and restores into a NEW cluster (never over the running one).
+
+pgBackRest runs as the OS user that owns the data directory (``postgres`` when we are root), as the server's
+archive_command does; its config file, which may hold the S3 secret, is 0600 and owned by that user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from pydantic import BaseModel, SecretStr
+
+from runbooks.errors import ConfigurationError, LockBusy, Refused, ToolFailed
+from runbooks.pitr import ArchiverState, BackupType, PitrPaths, RecoveryPoint, StanzaInfo, parse_info, recovery_point
+from runbooks.postgres import CheckResult, connect, database_errors, describe, pg_bindir, run_checks
+from runbooks.redact import scrub
+from runbooks.sandbox.cluster import free_port, server_os_user
+from runbooks.settings import DatabaseSettings, IntegrityCheck, PitrSettings
+from tasks.policies import TRANSIENT_RETRY
+
+PGBR_TIMEOUT = 6 * 3600  # a full backup of a large cluster takes hours; a hung tool must still end
+
+
+def tool_user(pitr: PitrSettings) -> str | None:
+    """The OS user pgBackRest runs as: None when that is us."""
+    user = pitr.os_user or server_os_user()
+    if user is None or user == pwd.getpwuid(os.geteuid()).pw_name:
+        return None
+    return user
+
+
+def _owner(pitr: PitrSettings) -> tuple[int, int]:
+    user = tool_user(pitr)
+    if user is None:
+        return os.geteuid(), os.getegid()
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"there is no OS user {user!r} to run pgBackRest as.",
+                                 hint="set [pitr] os_user to the user that owns the data directory.") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_user(pitr: PitrSettings) -> dict[str, object]:
+    user = tool_user(pitr)
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def _last_error(output: str) -> str:
+    """pgBackRest's own ``ERROR: [code]: message`` line (its first), else the last line it printed."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if "ERROR:" in line:
+            return line[line.index("ERROR:"):]
+    return lines[-1] if lines else "no output"
+
+
+def run_pgbackrest(pitr: PitrSettings, paths: PitrPaths, command: str, *args: str,
+                   timeout: float = PGBR_TIMEOUT) -> str:
+    """One pgBackRest command for our stanza; its stdout. A failure is one line with pgBackRest's error."""
+    argv = [str(pitr.pgbackrest), f"--config={paths.config}", f"--stanza={pitr.stanza}", *args, command]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/", timeout=timeout,
+                              check=False, **_as_user(pitr))  # type: ignore[call-overload]
+    except FileNotFoundError:
+        raise ConfigurationError(f"pgBackRest ({pitr.pgbackrest}) is not installed on this host.",
+                                 hint="apt-get install pgbackrest (or set [pitr] pgbackrest to its path).") from None
+    except subprocess.TimeoutExpired:
+        raise ToolFailed(f"pgbackrest {command} did not finish within {timeout:.0f} s.",
+                         hint=f"read its log in {paths.log}.") from None
+    if done.returncode != 0:
+        error = scrub(_last_error(f"{done.stderr}\n{done.stdout}"))
+        if "unable to acquire lock" in error:
+            raise LockBusy(f"pgbackrest {command}: another pgBackRest {command} of stanza {pitr.stanza!r} is "
+                           f"running ({error}).", hint="wait for it to finish; nothing was done.")
+        raise ToolFailed(f"pgbackrest {command} exited with {done.returncode}: {error}",
+                         hint=f"its log is in {paths.log}; 'pgbackrest --config={paths.config} "
+                         f"--stanza={pitr.stanza} check' tests archiving by hand.")
+    return done.stdout
+
+
+# -- the protected cluster ----------------------------------------------------------------------------------------
+class ClusterFacts(BaseModel):
+    """What the protected cluster says about itself."""
+
+    system_identifier: str
+    version_num: int
+    data_directory: Path
+    port: int
+    user: str
+    superuser: bool
+    in_recovery: bool
+    settings: dict[str, str]
+
+
+_WATCHED = ("archive_mode", "archive_command", "archive_timeout", "wal_level")
+
+
+@task(name="inspect-protected-cluster", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def inspect_cluster(*, database: DatabaseSettings) -> ClusterFacts:
+    params = {**database.conninfo(), "dbname": database.conninfo().get("dbname") or "postgres"}
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
+            database_errors("inspecting the protected cluster"):
+        row = conn.execute(
+            "SELECT (SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version_num'),"
+            " current_setting('data_directory'), current_setting('port'), current_user,"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_is_in_recovery()").fetchone()
+        settings: dict[str, str] = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                                                     [list(_WATCHED)]).fetchall())
+    assert row is not None
+    if not row[5]:
+        raise Refused(f"the role {row[4]!r} on {describe(params)} is not a superuser; configuring archiving and "
+                      "reading the data directory need one.", hint="set [pitr] dsn to a superuser DSN.")
+    return ClusterFacts(system_identifier=row[0], version_num=int(row[1]), data_directory=Path(row[2]),
+                        port=int(row[3]), user=row[4], superuser=bool(row[5]), in_recovery=bool(row[6]),
+                        settings=settings)
+
+
+@task(name="write-pgbackrest-config", cache_policy=NO_CACHE)
+def write_config(*, pitr: PitrSettings, paths: PitrPaths, text: str) -> bool:
+    """Write the config (0600, the tool user's) and make pgBackRest's directories; True if the file changed.
+    Directories above the root stay ours; the tool user only passes through them (0711)."""
+    uid, gid = _owner(pitr)
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    for directory in (paths.log, paths.lock, paths.restores):
+        directory.mkdir(exist_ok=True, mode=0o700)
+        os.chown(directory, uid, gid)
+        directory.chmod(0o700)
+    repo = paths.repo(pitr)
+    if pitr.repo_type == "posix":
+        repo.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if repo.stat().st_uid != uid:
+            os.chown(repo, uid, gid)
+        repo.chmod(0o750)
+    old = paths.config.read_text() if paths.config.is_file() else None
+    if old == text:
+        return False
+    tmp = paths.config.with_name(f".{paths.config.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, paths.config)
+    return True
+
+
+@task(name="configure-archiving", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def configure_archiving(*, database: DatabaseSettings, wanted: dict[str, str]) -> list[str]:
+    """ALTER SYSTEM what differs and reload; returns what changed. archive_mode takes effect only at a restart
+    (the caller reads pending_restart)."""
+    changed = []
+    params = database.conninfo()
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
+            database_errors("configuring WAL archiving"):
+        for name, value in wanted.items():
+            row = conn.execute("SELECT setting, unit FROM pg_settings WHERE name = %s", [name]).fetchone()
+            current = conn.execute("SELECT current_setting(%s)", [name]).fetchone()
+            if row is not None and (row[0] == value or (current and current[0] == value)):
+                continue
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            changed.append(name)
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)  # the postmaster reloads asynchronously
+    return changed
+
+
+@task(name="read-pending-restart", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def pending_restart(*, database: DatabaseSettings) -> list[str]:
+    params = database.conninfo()
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
+
+
+@task(name="restart-protected-cluster", cache_policy=NO_CACHE)
+def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> None:
+    """``pg_ctl restart -m fast``: sessions are disconnected; the caller asked for it (``restart=true``). The
+    server's own output goes to a log beside pgBackRest's (with logging_collector on, only its first lines): a
+    postmaster holding our pipe would never let this call return."""
+    log = paths.log / "postgresql-restart.log"
+    argv = [str(pg_bindir() / "pg_ctl"), "-D", str(data_directory), "-l", str(log), "-m", "fast", "-w", "-t", "120",
+            "restart"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
+                          **_as_user(pitr))  # type: ignore[call-overload]
+    if done.returncode != 0:
+        raise ToolFailed(f"pg_ctl restart exited with {done.returncode}: {_last_error(done.stderr + done.stdout)}",
+                         hint="restart PostgreSQL by hand (systemctl restart postgresql), then rerun pitr-setup.")
+
+
+# -- pgBackRest commands ------------------------------------------------------------------------------------------
+@task(name="pgbackrest-stanza-create", cache_policy=NO_CACHE)
+def stanza_create(*, pitr: PitrSettings, paths: PitrPaths) -> None:
+    """Idempotent: an existing stanza of the same cluster is accepted; another cluster's is refused by the tool."""
+    run_pgbackrest(pitr, paths, "stanza-create")
+
+
+@task(name="pgbackrest-check", cache_policy=NO_CACHE)
+def check_stanza(*, pitr: PitrSettings, paths: PitrPaths) -> None:
+    """Switches WAL and waits for the segment to reach the repository: archiving proven end to end."""
+    run_pgbackrest(pitr, paths, "check", "--archive-timeout=60")
+
+
+@task(name="pgbackrest-backup", cache_policy=NO_CACHE)
+def take_backup(*, pitr: PitrSettings, paths: PitrPaths, kind: BackupType) -> None:
+    """No retry here: pgBackRest resumes an interrupted backup itself on the next run."""
+    run_pgbackrest(pitr, paths, "backup", f"--type={kind}")
+
+
+@task(name="pgbackrest-info", cache_policy=NO_CACHE)
+def read_info(*, pitr: PitrSettings, paths: PitrPaths) -> StanzaInfo:
+    return parse_info(run_pgbackrest(pitr, paths, "info", "--output=json", timeout=300), pitr.stanza)
+
+
+# -- the archiver and the marker ----------------------------------------------------------------------------------
+@task(name="read-archiver", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_archiver(*, database: DatabaseSettings) -> ArchiverState:
+    params = database.conninfo()
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
+            database_errors("reading the archiver's state"):
+        row = conn.execute(
+            "SELECT clock_timestamp(), current_setting('archive_mode'), current_setting('archive_command'),"
+            " (SELECT setting::float FROM pg_settings WHERE name = 'archive_timeout'),"
+            " archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time"
+            " FROM pg_stat_archiver").fetchone()
+        ready = conn.execute("SELECT count(*), min(modification) FROM pg_ls_archive_statusdir() "
+                             "WHERE name LIKE '%.ready'").fetchone()
+        pending = [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
+    assert row is not None and ready is not None
+    return ArchiverState(read_at=row[0], archive_mode=row[1], archive_command=row[2], archive_timeout_seconds=row[3],
+                         archived_count=row[4], last_archived_wal=row[5], last_archived_at=row[6],
+                         failed_count=row[7], last_failed_wal=row[8], last_failed_at=row[9],
+                         ready_count=int(ready[0]), oldest_ready_at=ready[1], pending_restart=pending)
+
+
+def _marker_params(database: DatabaseSettings, marker_database: str) -> dict[str, object]:
+    return {**database.conninfo(), "dbname": marker_database}
+
+
+@task(name="write-marker", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def write_marker(*, database: DatabaseSettings, pitr: PitrSettings, note: str) -> datetime:
+    """One row in the marker table: a restore to a time counts them, so its result is checked, not assumed."""
+    params = _marker_params(database, pitr.marker_database)
+    table = sql.Identifier(pitr.marker_table)
+    with connect(params, where=f"the marker database {describe(params)}", autocommit=True) as conn, \
+            database_errors("writing the PITR marker"):
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, written_at timestamptz NOT "
+                             "NULL DEFAULT clock_timestamp(), note text NOT NULL)").format(table))
+        row = conn.execute(sql.SQL("INSERT INTO {} (note) VALUES (%s) RETURNING written_at").format(table),
+                           [note[:200]]).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+class MarkerCount(BaseModel):
+    up_to_target: int
+    after_target: int
+    newest: datetime | None
+
+
+def count_markers(params: dict[str, object], table: str, target: datetime | None) -> MarkerCount | None:
+    """Marker rows at or before the target and after it; None when the table does not exist there."""
+    with connect(params, where=f"marker table on {describe(params)}", autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"public.{table}"]).fetchone()
+        if not (exists and exists[0]):
+            return None
+        limit = target or datetime(9999, 1, 1, tzinfo=UTC)
+        row = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE written_at <= %s), count(*) FILTER (WHERE "
+                                   "written_at > %s), max(written_at) FROM public.{}").format(sql.Identifier(table)),
+                           [limit, limit]).fetchone()
+    assert row is not None
+    return MarkerCount(up_to_target=row[0], after_target=row[1], newest=row[2])
+
+
+# -- restore into a new cluster -----------------------------------------------------------------------------------
+@dataclass
+class RestoredCluster:
+    """A cluster restored by pitr-restore: its own directory, its own port, never the source's."""
+
+    root: Path
+    port: int
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.root / "postgres.log"
+
+    def params(self, source: DatabaseSettings, dbname: str = "postgres") -> dict[str, object]:
+        """The source's role and password (the restored cluster has the same roles), on the new port."""
+        return {**source.conninfo(), "host": "127.0.0.1", "hostaddr": "127.0.0.1", "port": self.port,
+                "dbname": dbname}
+
+    def database(self, source: DatabaseSettings, dbname: str, checks: list[IntegrityCheck]) -> DatabaseSettings:
+        return DatabaseSettings(dsn=SecretStr(make_conninfo(**{k: str(v) for k, v in
+                                                              self.params(source, dbname).items()})),
+                                checks=checks)
+
+
+_MINIMAL_CONF = "# written by runbooks pitr-restore: the backup held no postgresql.conf (a Debian /etc layout)\n"
+_MINIMAL_HBA = ("# written by runbooks pitr-restore: the backup held no pg_hba.conf\n"
+                "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n")
+
+
+@task(name="pgbackrest-restore", cache_policy=NO_CACHE)
+def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: Path, source_data: Path | None,
+                             target: datetime | None, label: str | None = None) -> RestoredCluster:
+    """pgBackRest restores into ``workdir/data`` (empty, new): never the source's directory. Archiving is off in
+    the restored cluster, so it can never push its own WAL into the source's stanza; it listens on a free
+    loopback port only."""
+    cluster = RestoredCluster(root=workdir, port=free_port())
+    if source_data is not None and cluster.datadir.resolve() == source_data.resolve():
+        raise Refused("a restore never goes over the running cluster's data directory.", hint="nothing was done.")
+    uid, gid = _owner(pitr)
+    os.chown(workdir, uid, gid)
+    cluster.datadir.mkdir(mode=0o700)
+    os.chown(cluster.datadir, uid, gid)
+    args = [f"--pg1-path={cluster.datadir}", "--archive-mode=off", "--delta=n"]
+    if label:
+        args.append(f"--set={label}")
+    if target is not None:
+        args += ["--type=time", f"--target={target.isoformat(sep=' ')}", "--target-action=promote"]
+    run_pgbackrest(pitr, paths, "restore", *args)
+    if not (cluster.datadir / "postgresql.conf").exists():
+        _write_owned(cluster.datadir / "postgresql.conf", _MINIMAL_CONF, uid, gid)
+    if not (cluster.datadir / "pg_hba.conf").exists():
+        _write_owned(cluster.datadir / "pg_hba.conf", _MINIMAL_HBA, uid, gid)
+    overrides = {"port": str(cluster.port), "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "''",
+                 "archive_mode": "'off'", "data_directory": f"'{cluster.datadir}'",
+                 "hba_file": f"'{cluster.datadir / 'pg_hba.conf'}'",
+                 "ident_file": f"'{cluster.datadir / 'pg_ident.conf'}'", "external_pid_file": "''",
+                 "cluster_name": f"'pitr-{pitr.stanza}'"}
+    if not (cluster.datadir / "pg_ident.conf").exists():
+        _write_owned(cluster.datadir / "pg_ident.conf", "", uid, gid)
+    with open(cluster.datadir / "postgresql.auto.conf", "a") as conf:  # the last setting wins
+        conf.write("\n# runbooks pitr-restore: a new cluster beside the source, never in its place\n")
+        conf.writelines(f"{key} = {value}\n" for key, value in overrides.items())
+    return cluster
+
+
+def _write_owned(path: Path, text: str, uid: int, gid: int) -> None:
+    path.write_text(text)
+    os.chown(path, uid, gid)
+    path.chmod(0o600)
+
+
+_NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+@task(name="start-restored-cluster", cache_policy=NO_CACHE)
+def start_restored(*, pitr: PitrSettings, cluster: RestoredCluster, source: DatabaseSettings,
+                   target: datetime | None, timeout: timedelta) -> None:
+    """Start it and wait until it has replayed to the target and promoted (no longer in recovery)."""
+    argv = [str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-l", str(cluster.logfile), "-W", "start"]
+    subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False,
+                   **_as_user(pitr))  # type: ignore[call-overload]
+    deadline = time.monotonic() + timeout.total_seconds()
+    last = "it did not answer"
+    while time.monotonic() < deadline:
+        log = cluster.logfile.read_text(errors="replace") if cluster.logfile.exists() else ""
+        if _NOT_REACHED in log:
+            raise Refused(f"the archive holds no WAL reaching {target:%Y-%m-%d %H:%M:%S}Z: recovery ended before "
+                          "the target" if target else "recovery ended before the end of the archive",
+                          hint="pick an earlier target_time (or 'latest'); 'runbooks run pitr-backup' output and "
+                          "'pgbackrest info' show the archived range. The source cluster was not touched.")
+        if "database system is shut down" in log and "ready to accept" not in log.split("shut down")[-1]:
+            tail = [line for line in log.splitlines() if "FATAL" in line or "PANIC" in line]
+            raise ToolFailed(f"the restored cluster stopped: {scrub(tail[-1] if tail else log.splitlines()[-1])}",
+                             hint=f"read {cluster.logfile}; the source cluster was not touched.")
+        try:
+            with psycopg.connect(**{**cluster.params(source), "connect_timeout": 3},  # type: ignore[arg-type]
+                                 autocommit=True) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row and not row[0]:
+                    return
+                last = "it is still replaying WAL"
+        except psycopg.OperationalError as exc:
+            last = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        time.sleep(0.2)
+    raise ToolFailed(f"the restored cluster did not promote within {timeout.total_seconds():.0f} s ({last}).",
+                     hint=f"read {cluster.logfile}; raise [pitr] restore_timeout for a long replay.")
+
+
+@task(name="read-recovery-point", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def read_recovery_point(*, cluster: RestoredCluster, source: DatabaseSettings, target: datetime | None,
+                        started_at: datetime) -> RecoveryPoint:
+    with connect(cluster.params(source), where="the restored cluster", autocommit=True) as conn:
+        row = conn.execute("SELECT pg_last_xact_replay_timestamp(), "
+                           "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+    assert row is not None
+    return recovery_point(last_replayed_at=row[0], target=target, started_at=started_at, timeline=row[1])
+
+
+@task(name="check-restored-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def check_restored_database(*, cluster: RestoredCluster, source: DatabaseSettings, dbname: str,
+                            checks: list[IntegrityCheck]) -> list[CheckResult]:
+    with connect(cluster.params(source, dbname), where=f"restored database {dbname!r}", autocommit=False) as conn:
+        return run_checks(conn, checks)
+
+
+def stop_restored(pitr: PitrSettings, cluster: RestoredCluster) -> None:
+    """Stop a restored cluster (drills and tests); an operator's restored cluster is theirs to stop."""
+    if (cluster.datadir / "postmaster.pid").exists():
+        subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-m", "fast", "-w", "stop"],
+                       capture_output=True, cwd="/", check=False, **_as_user(pitr))  # type: ignore[call-overload]
+
+
+def describe_restored(cluster: RestoredCluster, user: str) -> str:
+    return f"postgresql://{user}@127.0.0.1:{cluster.port}/ (data directory {cluster.datadir})"

@@ -1,0 +1,279 @@
+"""Point-in-time recovery against a real cluster and real pgBackRest: archiving set up, a full backup, rows written
+a known time apart, a restore to a time between two of them into a new cluster, a broken archive_command caught,
+and the source never touched."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from runbooks.errors import ConfigurationError
+from runbooks.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
+from runbooks.sandbox import SandboxState
+from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
+from runbooks.settings import PitrSettings
+
+def _private_tmp(prefix: str) -> Path:
+    """Short paths (a Unix socket path holds at most 107 bytes) the postgres OS user may use when we are root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    if (user := server_os_user()) is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PostgresCluster]:
+    """The protected cluster: archiving off until pitr-setup turns it on."""
+    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-src-"))
+    root.chmod(0o755)
+    sockets = _private_tmp("rbpg-")
+    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12),
+                              socket_directory=sockets)
+    cluster.init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pitr_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pitr_env(source: PostgresCluster, pitr_root: Path, sandbox: SandboxState,
+             monkeypatch: pytest.MonkeyPatch) -> PostgresCluster:
+    monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.config_path)
+    monkeypatch.setenv("RUNBOOKS_PITR__DSN", source.dsn())
+    monkeypatch.setenv("RUNBOOKS_PITR__WORK_DIR", str(pitr_root))
+    monkeypatch.setenv("RUNBOOKS_PITR__SOCKET_DIRECTORY", str(source.socket_directory))
+    monkeypatch.setenv("RUNBOOKS_PITR__STANZA", "positions")
+    monkeypatch.setenv("RUNBOOKS_PITR__ARCHIVE_TIMEOUT", "30s")
+    return source
+
+
+def _sql(cluster: PostgresCluster, query: str, *args: Any, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    with psycopg.connect(cluster.dsn(dbname), autocommit=True) as conn:
+        cur = conn.execute(query, args or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def _wait_archived(cluster: PostgresCluster, timeout: float = 60) -> None:
+    """Switch WAL and wait until that segment is archived (what a quiet minute of archive_timeout would do)."""
+    [(segment,)] = _sql(cluster, "SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(last,)] = _sql(cluster, "SELECT last_archived_wal FROM pg_stat_archiver")
+        if last is not None and last >= segment:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"WAL segment {segment} was not archived within {timeout} s")
+
+
+def _setup(restart: bool = True) -> Any:
+    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+
+    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+# -- the runbooks, end to end --------------------------------------------------------------------------------------
+def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: PostgresCluster,
+                                                                    pitr_root: Path) -> None:
+    for name in ("archive_mode", "archive_command"):  # whatever ran before: archiving off, as on a new cluster
+        _sql(pitr_env, f"ALTER SYSTEM RESET {name}")
+    pitr_env.stop()
+    pitr_env.start()
+    [(started,)] = _sql(pitr_env, "SELECT pg_postmaster_start_time()")
+    state, result = _setup(restart=False)
+    assert state.is_failed() and "archive_mode" in (result.error or "") and "restart" in (result.error or "")
+    assert result.changed and "archive_mode" in result.waiting_for_restart
+    assert _sql(pitr_env, "SELECT pg_postmaster_start_time()")[0][0] == started  # it did not restart on its own
+    config = pitr_root / "pgbackrest.conf"
+    assert config.stat().st_mode & 0o777 == 0o600
+
+    state, result = _setup(restart=True)
+    assert state.is_completed(), result.error
+    assert result.restarted and result.checked and result.info.status in ("ok", "no valid backups")
+    assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
+    assert "archive-push" in _sql(pitr_env, "SHOW archive_command")[0][0]
+
+    state, result = _setup(restart=False)  # a rerun changes nothing and restarts nothing
+    assert state.is_completed(), result.error
+    assert result.changed == [] and not result.config_written and not result.restarted
+
+
+def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second(
+        pitr_env: PostgresCluster, pitr_root: Path) -> None:
+    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+
+    assert _setup()[0].is_completed()
+    state = pitr_backup_flow(parameters=PitrBackupParameters(kind="diff"), return_state=True)
+    backup = state.result(raise_on_failure=False)
+    assert state.is_completed(), backup.error
+    assert backup.backup.type == "full"  # no full one yet: pgBackRest takes one, and the report says so
+    assert any("full" in step for step in backup.next_steps)
+
+    _sql(pitr_env, "CREATE TABLE IF NOT EXISTS fills (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    _sql(pitr_env, "TRUNCATE fills")
+    for i in (1, 2):
+        _sql(pitr_env, "INSERT INTO fills (id) VALUES (%s)", i)  # each its own transaction
+    time.sleep(0.3)
+    [(target,)] = _sql(pitr_env, "SELECT clock_timestamp()")
+    time.sleep(0.3)
+    _sql(pitr_env, "INSERT INTO fills (id) VALUES (3)")
+    _wait_archived(pitr_env)
+    [(started,)] = _sql(pitr_env, "SELECT pg_postmaster_start_time()")
+    data_before = sorted(p.name for p in (pitr_env.datadir / "base").iterdir())
+
+    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()), return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_completed(), result.error
+    port = int(result.restored_at.rsplit(":", 1)[1].strip("/"))
+    assert port != pitr_env.port
+    restored = PostgresCluster(root=Path(result.data_directory).parent, port=port,
+                               superuser_password=pitr_env.superuser_password)
+    try:
+        assert [r[0] for r in _sql(restored, "SELECT id FROM fills ORDER BY id")] == [1, 2]
+        assert _sql(restored, "SELECT pg_is_in_recovery()")[0][0] is False
+        assert _sql(restored, "SHOW archive_mode")[0][0] == "off"  # never pushes into the source's stanza
+        assert result.point.rpo_seconds is not None and 0 <= result.point.rpo_seconds < 5
+        assert result.point.timeline == 2
+        assert result.marker.ok and result.source_untouched is True
+    finally:
+        subprocess_stop(restored)
+    # The source: same postmaster, all three rows, its data directory's databases unchanged.
+    assert _sql(pitr_env, "SELECT pg_postmaster_start_time()")[0][0] == started
+    assert [r[0] for r in _sql(pitr_env, "SELECT id FROM fills ORDER BY id")] == [1, 2, 3]
+    assert sorted(p.name for p in (pitr_env.datadir / "base").iterdir()) == data_before
+    assert Path(result.data_directory).is_relative_to(pitr_root / "restores")
+
+
+def subprocess_stop(cluster: PostgresCluster) -> None:
+    cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env: PostgresCluster,
+                                                                        pitr_root: Path) -> None:
+    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+
+    assert _setup()[0].is_completed()
+    assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=future), return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and "recovery ended before the target" in (result.error or "")
+    assert "earlier target_time" in (result.error or "")
+    assert not [p for p in (pitr_root / "restores").iterdir()]  # the half-made cluster is stopped and removed
+
+
+def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,
+                                                     webhook: tuple[list[dict[str, Any]], str]) -> None:
+    from flows.archive_check import archive_check_flow
+
+    received, _ = webhook
+    assert _setup()[0].is_completed()
+    state = archive_check_flow(return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False).error
+    assert received == []
+    _sql(pitr_env, "ALTER SYSTEM SET archive_command = '/bin/false'")
+    _sql(pitr_env, "SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.3)
+        _sql(pitr_env, "SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 30
+        while _sql(pitr_env, "SELECT last_failed_wal IS NOT NULL AND (last_archived_time IS NULL OR "
+                             "last_failed_time > last_archived_time) FROM pg_stat_archiver")[0][0] is not True:
+            assert time.monotonic() < deadline, "the archiver never tried"
+            time.sleep(0.2)
+        state = archive_check_flow(return_state=True)
+        result = state.result(raise_on_failure=False)
+        assert state.is_failed() and result.judgement.verdict == "failing"
+        assert any("failed at" in r for r in result.judgement.reasons)
+        assert any("not the one pitr-setup configured" in r for r in result.judgement.reasons)
+        assert len(received) == 1 and "P1" in str(received[0])
+    finally:
+        _setup()  # puts the right archive_command back
+    _wait_archived(pitr_env)
+
+
+# -- pure parts ----------------------------------------------------------------------------------------------------
+def _state(**kw: Any) -> ArchiverState:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    base: dict[str, Any] = {"read_at": now, "archive_mode": "on", "archive_command": "pgbackrest ... %p",
+                            "archive_timeout_seconds": 60, "last_archived_at": now - timedelta(seconds=30)}
+    return ArchiverState(**(base | kw))
+
+
+def test_the_archiver_is_judged_against_the_rpo() -> None:
+    rpo = timedelta(minutes=1)
+    assert judge_archiver(_state(), rpo=rpo).verdict == "ok"
+    assert judge_archiver(_state(archive_mode="off"), rpo=rpo).verdict == "off"
+    now = _state().read_at
+    waiting = judge_archiver(_state(ready_count=3, oldest_ready_at=now - timedelta(seconds=90)), rpo=rpo)
+    assert waiting.verdict == "at_risk" and waiting.waiting_seconds == 90
+    assert judge_archiver(_state(ready_count=1, oldest_ready_at=now - timedelta(seconds=20)), rpo=rpo).verdict == "ok"
+    failing = judge_archiver(_state(last_failed_at=now - timedelta(seconds=5), last_failed_wal="0001", failed_count=2),
+                             rpo=rpo)
+    assert failing.verdict == "failing"
+    recovered = _state(last_failed_at=now - timedelta(seconds=50), last_archived_at=now - timedelta(seconds=10))
+    assert judge_archiver(recovered, rpo=rpo).verdict == "ok"  # archived since the failure
+    assert judge_archiver(_state(archive_timeout_seconds=0), rpo=rpo).verdict == "at_risk"
+    assert judge_archiver(_state(archive_timeout_seconds=300), rpo=rpo).verdict == "at_risk"
+    assert judge_archiver(_state(pending_restart=["archive_mode"]), rpo=rpo).verdict == "at_risk"
+
+
+def test_targets_need_a_time_zone() -> None:
+    assert parse_target("latest") is None
+    assert parse_target("2026-11-24T13:05:00Z") == datetime(2026, 11, 24, 13, 5, tzinfo=UTC)
+    assert parse_target("2026-11-24T15:05:00+02:00") == datetime(2026, 11, 24, 13, 5, tzinfo=UTC)
+    for bad in ("2026-11-24T13:05:00", "yesterday", "2026-13-01T00:00:00Z"):
+        with pytest.raises(ValueError):
+            parse_target(bad)
+
+
+def test_the_config_keeps_line_breaks_out_and_the_port_apart() -> None:
+    paths = PitrPaths(root=Path("/srv/pitr"))
+    s3 = PitrSettings(repo_type="s3", s3_bucket="backups", s3_endpoint="minio.internal:9000", s3_key="AK")
+    text = render_config(s3, paths, data_directory=Path("/var/lib/postgresql/15/main"), port=5432, user="postgres",
+                         s3_key_secret="s3cr3t")
+    assert "repo1-s3-endpoint=minio.internal\n" in text and "repo1-storage-port=9000\n" in text
+    assert "repo1-path=/pgbackrest\n" in text and "repo1-s3-key-secret=s3cr3t\n" in text
+    with pytest.raises(ConfigurationError):
+        render_config(PitrSettings(), paths, data_directory=Path("/data\nrepo1-path=/tmp"), port=5432,
+                      user="postgres", s3_key_secret=None)
+
+
+def test_info_lists_backups_and_the_archived_range() -> None:
+    text = ('[{"name": "positions", "status": {"code": 0, "message": "ok"}, "archive": [{"id": "15-1", '
+            '"min": "000000010000000000000001", "max": "000000010000000000000009"}], "backup": [{"label": '
+            '"20261124-133332F", "type": "full", "error": false, "prior": null, "timestamp": {"start": 1795527212, '
+            '"stop": 1795527215}, "info": {"size": 22992581, "repository": {"delta": 2811770, "size": 2811770}}, '
+            '"archive": {"start": "000000010000000000000002", "stop": "000000010000000000000003"}}]}]')
+    info = parse_info(text, "positions")
+    assert info.status == "ok" and info.wal_max == "000000010000000000000009"
+    assert info.newest and info.newest.label == "20261124-133332F" and info.newest.stored == 2811770
+    assert parse_info(text, "other").status == "missing stanza path"
