@@ -24,6 +24,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
 from runbooks.settings import PitrSettings
 
+
 def _private_tmp(prefix: str) -> Path:
     """Short paths (a Unix socket path holds at most 107 bytes) the postgres OS user may use when we are root."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
