@@ -82,6 +82,24 @@ def test_racing_claims_never_share_a_backup_id(repo_config: SandboxState) -> Non
     assert cat.unfinished() == []  # closing a claim that wrote nothing leaves nothing
 
 
+def test_a_write_in_flight_is_no_leftover_but_one_a_killed_writer_left_is(config: SandboxState) -> None:
+    """Another run's atomic write between its temporary file and the link (seen in CI: two backups in the same
+    second) must not read as a lockless leftover, or a sweep deletes the file under the writer; an hour-old one
+    was left by a killed writer and is swept."""
+    catalog = BackupCatalog(open_repository(load_settings().repository))
+    root = Path(load_settings().repository.url.removeprefix("file://"))
+    prefix = root / "databases" / "trading_db" / "20260101T000000Z"
+    prefix.mkdir(parents=True)
+    in_flight = prefix / f".lock.json.{uuid.uuid4().hex}.tmp"
+    in_flight.write_bytes(b"{}")
+    assert catalog.stale_leftovers(stale_after=timedelta(minutes=5)) == []
+    hour_ago = time.time() - 3700
+    os.utime(in_flight, (hour_ago, hour_ago))
+    [left] = catalog.stale_leftovers(stale_after=timedelta(minutes=5))
+    assert left.keys == [str(in_flight.relative_to(root))] and catalog.remove_leftover(left)
+    assert not in_flight.exists()
+
+
 def test_a_claim_never_reuses_the_id_of_a_finished_backup(repo_config: SandboxState) -> None:
     cat = catalog()
     cat.repository.put_bytes("databases/trading_db/20260302T020000Z/manifest.json", b"{}")  # lock long gone

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,6 +32,10 @@ def _not_writable(root: Path, exc: OSError) -> RepositoryNotWritable:
         f"backup repository {str(root)!r} is not writable: {exc.strerror or exc}.",
         hint="point repository.url at a writable directory (or fix its owner/permissions/free space).",
     )
+
+
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what _write_tmp names its files
+TMP_IN_FLIGHT_SECONDS = 3600  # an atomic write takes milliseconds; an hour-old one was left by a killed writer
 
 
 def make_private_dirs(path: Path, mode: int = DIR_MODE) -> None:
@@ -264,6 +270,11 @@ class LocalRepository(Repository):
                     continue
                 if not S_ISREG(stat.st_mode):
                     continue  # a symlink (or anything else) planted here is not an object of ours
+                if _TMP_NAME.fullmatch(name) and time.time() - stat.st_mtime < TMP_IN_FLIGHT_SECONDS:
+                    # Another writer's atomic write in flight (written, not yet linked or renamed): not an object.
+                    # Listed, a sweep took it for a lockless leftover and deleted it under the writer's feet.
+                    # Only one left behind by a killed writer (an hour old) is listed, for the sweeps to remove.
+                    continue
                 yield ObjectInfo(
                     key=full.relative_to(self.root).as_posix(),
                     size=stat.st_size,
