@@ -12,6 +12,7 @@ torn down at the end unless ``keep_cluster``; a drill killed before that is clea
 
 from __future__ import annotations
 
+import shutil
 import socket
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -41,7 +42,8 @@ from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
-from runbooks.postgres import fit_name
+from runbooks.pitr import RecoveryPoint, pitr_paths, protected_cluster
+from runbooks.postgres import CheckResult, fit_name
 from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -65,6 +67,16 @@ from tasks.drill import (
 )
 from tasks.freshness import measure_freshness
 from tasks.health import check_api_health, check_database_health, check_host_health
+from tasks.pgbackrest import (
+    RestoredCluster,
+    check_restored_database,
+    list_restored_tables,
+    read_recovery_point,
+    restore_into_new_cluster,
+    restored_databases,
+    start_restored,
+    stop_restored,
+)
 from tasks.postgres import (
     ValidationReport,
     analyze_database,
@@ -95,6 +107,9 @@ class DrillParameters(BaseModel):
                                "next drill removes it).")
     jobs: int = Field(default=2, ge=1, le=32, description="Parallel pg_restore jobs.")
     quality: bool = Field(default=True, description="Run the data-quality suites (GX) on the restored data.")
+    physical: bool = Field(default=False, description="Also drill the physical path: the pgBackRest repository "
+                           "([pitr]) restored to the end of its archive into a new cluster, proven, and scored on "
+                           "its own against the same RTO/RPO table.")
 
     def check_against(self, settings: Settings) -> None:
         """Refuse (ConfigurationError) a drill the settings make impossible; the CLI calls it before any run."""
@@ -149,6 +164,23 @@ class DatabaseDrill(BaseModel):
     health: HealthCheck | None = None
 
 
+class PhysicalDrill(BaseModel):
+    """The physical path: pgBackRest's newest backup plus archived WAL, replayed into a new cluster and proven."""
+
+    proven: bool = False
+    detail: str | None = None
+    restored_at: str | None = None
+    point: RecoveryPoint | None = None
+    recovery_seconds: float | None = Field(default=None, description="path start to every database proven")
+    databases: dict[str, list[str]] = Field(default_factory=dict, description="inventory name -> tables read")
+    checks: dict[str, list[CheckResult]] = Field(default_factory=dict)
+    scorecard: list[ComponentScore] = Field(default_factory=list)
+
+    @property
+    def met(self) -> int:
+        return sum(s.status == "met" for s in self.scorecard)
+
+
 class DrillResult(RunbookResult):
     keep_cluster: bool = False
     cluster: str | None = Field(default=None, description="the clean cluster (no password)")
@@ -166,6 +198,7 @@ class DrillResult(RunbookResult):
     recovery_seconds: float | None = Field(default=None, description="drill start to the platform proven")
     recovery_target_seconds: float = RECOVERY_TARGET.total_seconds()
     scorecard: list[ComponentScore] = Field(default_factory=list)
+    physical: PhysicalDrill | None = Field(default=None, description="the physical path (physical=true)")
     issues: list[str] = Field(default_factory=list, description="issues found, for the game-day record")
     trend: list[DrillRecord] = Field(default_factory=list, description="previous drills and this one")
     swept: list[WorkDirReport] = Field(default_factory=list, description="what killed or kept drills left")
@@ -215,6 +248,22 @@ def render_report(result: DrillResult) -> str:
           human_duration(s.rto_target_seconds), human_duration(s.rto_seconds), human_duration(s.rpo_target_seconds),
           human_duration(s.rpo_seconds), human_duration(s.worst_rpo_seconds), "; ".join(s.reasons) or "-"]
          for s in result.scorecard])]
+    if result.physical is not None:
+        p = result.physical
+        head = (f"proven in {human_duration(p.recovery_seconds)}; {p.met} of {len(p.scorecard)} targets met"
+                if p.proven else f"NOT proven: {p.detail}")
+        lines += ["", f"## Physical path (pgBackRest, point-in-time) — {head}"]
+        if p.point is not None:
+            lines.append(f"Restored to the end of the archive at `{p.restored_at}`: last transaction replayed "
+                         f"{p.point.last_replayed_at or '-'}, **{human_duration(p.point.rpo_seconds)} before the "
+                         "path started** (the RPO achieved).")
+        lines += ["", table(
+            ["component", "backed by", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",
+             "RPO worst case", "why"],
+            [[s.name, ", ".join(s.backed_by) or "-", s.status.replace("_", " ").upper() if s.status != "met"
+              else "met", human_duration(s.rto_target_seconds), human_duration(s.rto_seconds),
+              human_duration(s.rpo_target_seconds), human_duration(s.rpo_seconds),
+              human_duration(s.worst_rpo_seconds), "; ".join(s.reasons) or "-"] for s in p.scorecard])]
     if result.issues:
         lines += ["## Issues found", *[f"- {i}" for i in result.issues], ""]
     if result.databases:
@@ -276,7 +325,8 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
     attempted = False  # past the settings check: a drill, recorded in the trend
 
     def conclude() -> State:
-        result.succeeded = result.operational and result.error is None
+        result.succeeded = result.operational and result.error is None and (
+            result.physical is None or result.physical.proven)
         run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
                         met=result.met, scored=result.scored, backup_id=result.backup_id,
                         backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
@@ -345,7 +395,72 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
                         unproven=f"not restored: the drill stopped ({result.error})")
         for c in settings.drill.components]
+    if params.physical and attempted:
+        result.physical = _physical_path(run, settings)
+        if not result.physical.proven:
+            result.issues.append(f"physical path not proven: {result.physical.detail}")
     return conclude()
+
+
+def _physical_path(run: RunbookRun[DrillResult], settings: Settings) -> PhysicalDrill:
+    """pgBackRest's newest backup and archived WAL into a new cluster (the PITR runbook's tasks), each inventory
+    database in it proven (tables read, integrity checks), scored from this path's own start: the RPO is what a
+    disaster at that moment would have lost (the last archived transaction's age)."""
+    pitr = settings.pitr
+    paths = pitr_paths(settings)
+    physical = PhysicalDrill()
+    started = datetime.now(UTC)
+    proofs: dict[str, Proof] = {}
+    restored: RestoredCluster | None = None
+    try:
+        source = protected_cluster(settings)
+        if not paths.config.is_file():
+            raise ConfigurationError(f"pgBackRest is not set up on this host ({paths.config} is missing).",
+                                     hint="run 'runbooks run pitr-setup' and 'pitr-backup' first.")
+        with run.step("physical: restore and replay", destructive=True) as figures:
+            workdir = WorkDirs(paths.restores, traversable=True).create("pitr-restore", flow_run_id=run.flow_run_id)
+            restored = restore_into_new_cluster(pitr=pitr, paths=paths, workdir=workdir,
+                                                source_data=pitr.data_directory, target=None)
+            start_restored(pitr=pitr, cluster=restored, source=source, target=None, timeout=pitr.restore_timeout)
+            physical.point = read_recovery_point(cluster=restored, source=source, target=None, started_at=started)
+            physical.restored_at = f"127.0.0.1:{restored.port}"
+            figures.update(rpo_seconds=physical.point.rpo_seconds)
+        with run.step("physical: prove") as figures:
+            present = restored_databases(restored, source)
+            problems: list[str] = []
+            for name, database in settings.databases.items():
+                dbname = str(database.conninfo().get("dbname") or name)
+                if dbname not in present:
+                    continue
+                tables = list_restored_tables(cluster=restored, source=source, dbname=dbname)
+                checks = check_restored_database(cluster=restored, source=source, dbname=dbname,
+                                                 checks=database.checks)
+                physical.databases[name], physical.checks[name] = tables, checks
+                bad = [c.name for c in checks if c.status in ("failed", "could_not_run")]
+                problems += [f"{name}: integrity check {c!r} failed" for c in bad]
+                proofs[f"database {name}"] = Proof(
+                    item=f"database {name}", ok=not bad, tables=tables, taken_at=physical.point.last_replayed_at,
+                    validated_after_seconds=(datetime.now(UTC) - started).total_seconds(), detail="; ".join(bad))
+            if not physical.databases:
+                problems.append("no inventory database is in the protected cluster")
+            figures.update(databases=len(physical.databases), problems=len(problems))
+        physical.proven = not problems
+        physical.detail = "; ".join(problems) or None
+        if physical.proven:
+            physical.recovery_seconds = (datetime.now(UTC) - started).total_seconds()
+    except RunbookError as exc:
+        physical.detail = scrub(str(exc))
+        run.logger.error("Physical path failed: %s", physical.detail)
+    finally:
+        if restored is not None:
+            with run.step("physical: tear down"):
+                stop_restored(pitr, restored)
+                shutil.rmtree(restored.root, ignore_errors=True)
+    physical.scorecard = [score_component(
+        c, proofs, started_at=started, backup_interval=pitr.archive_timeout,
+        unproven="not in the physical backup (pgBackRest holds the protected cluster's databases only)"
+        if physical.proven or proofs else f"not restored: {physical.detail}") for c in settings.drill.components]
+    return physical
 
 
 def _elapsed(run: RunbookRun[DrillResult]) -> float:

@@ -662,8 +662,9 @@ class PitrSettings(BaseModel):
     process_max: int = Field(default=2, ge=1, le=32, description="pgBackRest's parallel processes")
     compress_type: Literal["zst", "lz4", "gz", "none"] = "zst"
     compress_level: int = Field(default=3, ge=0, le=19)
-    archive_timeout: Duration = Field(default=timedelta(seconds=60), description="PostgreSQL's archive_timeout: a "
-                                      "WAL segment is archived at least this often when anything was written")
+    archive_timeout: Duration = Field(default=timedelta(seconds=30), description="PostgreSQL's archive_timeout: a "
+                                      "WAL segment is archived at least this often when anything was written (half "
+                                      "the RPO: the segment still has to reach the repository)")
     rpo: Objective = Field(default=timedelta(minutes=1), description="seed 002's position database RPO: the "
                            "archive check notifies when WAL waits longer than this")
     marker_database: str = Field(default="postgres", min_length=1, max_length=63, pattern=_PGBR_SAFE,

@@ -426,3 +426,26 @@ def stop_restored(pitr: PitrSettings, cluster: RestoredCluster) -> None:
 
 def describe_restored(cluster: RestoredCluster, user: str) -> str:
     return f"postgresql://{user}@127.0.0.1:{cluster.port}/ (data directory {cluster.datadir})"
+
+
+@task(name="list-restored-tables", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def list_restored_tables(*, cluster: RestoredCluster, source: DatabaseSettings, dbname: str) -> list[str]:
+    """'schema.table' of every user table that answers a count: what a component's tables are proven by."""
+    with connect(cluster.params(source, dbname), where=f"restored database {dbname!r}", autocommit=True) as conn:
+        names = [f"{s}.{t}" for s, t in conn.execute(
+            "SELECT schemaname, relname FROM pg_stat_user_tables ORDER BY 1, 2").fetchall()]
+        readable = []
+        for name in names:
+            schema, table = name.split(".", 1)
+            try:
+                conn.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema),
+                                                                         sql.Identifier(table))).fetchone()
+            except psycopg.Error:
+                continue
+            readable.append(name)
+    return readable
+
+
+def restored_databases(cluster: RestoredCluster, source: DatabaseSettings) -> set[str]:
+    with connect(cluster.params(source), where="the restored cluster", autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}

@@ -278,3 +278,104 @@ def test_info_lists_backups_and_the_archived_range() -> None:
     assert info.status == "ok" and info.wal_max == "000000010000000000000009"
     assert info.newest and info.newest.label == "20261124-133332F" and info.newest.stored == 2811770
     assert parse_info(text, "other").status == "missing stanza path"
+
+
+@pytest.mark.slow
+def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_rpo(
+        pitr_env: PostgresCluster, config: SandboxState, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 002's position database row (RTO 10 min, RPO 1 min): the nightly logical path cannot meet the RPO
+    (a day between backups); the physical path, WAL archived every 30 s, does."""
+    import json
+
+    from flows.backup import BackupParameters, backup_databases
+    from flows.dr_game_day import DrillParameters, dr_game_day_flow
+    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+
+    _sql(pitr_env, "DROP DATABASE IF EXISTS positions_db")
+    _sql(pitr_env, "CREATE DATABASE positions_db")
+    _sql(pitr_env, "CREATE TABLE positions (symbol text PRIMARY KEY, qty numeric NOT NULL)", dbname="positions_db")
+    _sql(pitr_env, "INSERT INTO positions VALUES ('USD/COP', 10), ('EUR/COP', -3)", dbname="positions_db")
+    monkeypatch.setenv("RUNBOOKS_DATABASES", json.dumps({"positions_db": {
+        "dsn": pitr_env.dsn("positions_db"),
+        "checks": [{"name": "every position has a symbol", "sql": "SELECT count(*) FROM positions WHERE symbol "
+                    "IS NULL", "expect": 0}]}}))
+    monkeypatch.setenv("RUNBOOKS_DRILL__COMPONENTS", json.dumps([
+        {"name": "Position Database", "rto": "10m", "rpo": "1m", "tables": ["positions_db.public.positions"]},
+        {"name": "Configuration", "rto": "15m", "rpo": "5m", "config_files": True}]))
+    assert _setup()[0].is_completed()
+    assert backup_databases(parameters=BackupParameters(include_cluster=False), return_state=True).is_completed()
+    assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+    _sql(pitr_env, "INSERT INTO positions VALUES ('GBP/COP', 1)", dbname="positions_db")  # after both backups
+    _wait_archived(pitr_env)  # what the next archive_timeout would do
+
+    state = dr_game_day_flow(parameters=DrillParameters(physical=True, quality=False), return_state=True)
+    result = state.result(raise_on_failure=False)
+    physical = result.physical
+    assert physical is not None and physical.proven, (physical and physical.detail, result.error)
+    assert state.is_completed() and result.operational, result.error
+    logical = {s.name: s for s in result.scorecard}
+    phys = {s.name: s for s in physical.scorecard}
+    assert logical["Position Database"].status == "missed" and logical["Position Database"].rpo_met is False
+    assert phys["Position Database"].status == "met", phys["Position Database"].reasons
+    assert phys["Position Database"].worst_rpo_seconds <= 60
+    assert phys["Configuration"].status == "failed"  # files are not in a physical backup: said, not hidden
+    assert "public.positions" in physical.databases["positions_db"]
+    assert "Physical path" in _report_of(state)
+    restores = Path(os.environ["RUNBOOKS_PITR__WORK_DIR"]) / "restores"
+    assert not list(restores.iterdir())  # the physical path's cluster is gone
+
+
+def _report_of(state: Any) -> str:
+    from flows.dr_game_day import render_report
+
+    return render_report(state.result(raise_on_failure=False))
+
+
+@pytest.mark.slow
+def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresCluster, pitr_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13's canary drill for the four PITR runbooks: a superuser whose password is a canary, each runbook
+    run to success and to failure (a wrong password, a target past the archive), then the Prefect API (logs,
+    artifacts, runs with parameters, events), the results, pgBackRest's own files and the process table."""
+    from flows.archive_check import archive_check_flow
+    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from tests.test_secrets_canary import ProcessTable, Runs, _canary, control_run, excerpts, found, read_prefect_api
+
+    pg, wrong, control = _canary("pg"), _canary("pgwrong"), _canary("control")
+    _sql(pitr_env, "DROP ROLE IF EXISTS canary_admin")
+    _sql(pitr_env, f"CREATE ROLE canary_admin LOGIN SUPERUSER PASSWORD '{pg.value}'")
+    dsn = pitr_env.dsn(user="canary_admin", password=pg.value)
+    monkeypatch.setenv("RUNBOOKS_PITR__DSN", dsn)
+    wrong_dsn = {"RUNBOOKS_PITR__DSN": pitr_env.dsn(user="canary_admin", password=wrong.value)}
+    table = ProcessTable([pg, wrong, control])
+    table.start()
+    run = Runs(monkeypatch)
+    try:
+        run("pitr-setup", pitr_setup_flow, PitrSetupParameters(restart=True), expect="COMPLETED")
+        run("pitr-setup, wrong password", pitr_setup_flow, PitrSetupParameters(), expect="FAILED", env=wrong_dsn)
+        run("pitr-backup", pitr_backup_flow, PitrBackupParameters(kind="incr"), expect="COMPLETED")
+        run("pitr-backup, wrong password", pitr_backup_flow, PitrBackupParameters(), expect="FAILED", env=wrong_dsn)
+        run("archive-check", archive_check_flow, None, expect="COMPLETED")
+        run("archive-check, wrong password", archive_check_flow, None, expect="FAILED", env=wrong_dsn)
+        run("pitr-restore", pitr_restore_flow, PitrRestoreParameters(keep_running=False), expect="COMPLETED")
+        future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        run("pitr-restore, past the archive", pitr_restore_flow, PitrRestoreParameters(target_time=future),
+            expect="FAILED")
+        control_run(control.value)
+    finally:
+        table.stop()
+        _sql(pitr_env, "DROP ROLE IF EXISTS canary_admin")
+    places = read_prefect_api(control)
+    places["results and final states"] = "\n".join(r.text for r in run.done)
+    places["pgBackRest's config, logs and restores"] = "\n".join(
+        p.read_bytes().decode(errors="replace") for p in pitr_root.rglob("*") if p.is_file() and not p.is_symlink())
+    for place in ("logs (Prefect API)", "artifacts", "flow runs (parameters, names, state messages)", "events"):
+        assert control.found_in(places[place]), f"the control is not seen in {place}: that reader is blind"
+    assert "control" in table.hits and "pgbackrest" in table.programs, sorted(table.programs)
+    leaks = {place: found([pg, wrong], text) for place, text in places.items()}
+    leaks["process table"] = sorted(set(table.hits) - {"control"})
+    leaks = {place: names for place, names in leaks.items() if names}
+    details = {place: excerpts([pg, wrong], places[place]) for place in leaks if place in places}
+    assert not leaks, f"canary passwords found: {leaks}; where: {details}; processes: {table.hits}"
