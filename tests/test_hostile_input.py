@@ -234,6 +234,7 @@ SPECS: list[Spec] = [
     boolean("dr-game-day", "keep_cluster"),
     Spec("dr-game-day", "jobs", not_int(1, 32), st.integers(1, 32)),
     boolean("dr-game-day", "quality"),
+    boolean("dr-game-day", "physical"),
 
     boolean("data-freshness", "act"),
     Spec("data-freshness", "tables", bad_list(spiced(min_size=1, max_size=20), st.one_of(
