@@ -289,6 +289,15 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
                                [f"{database.split('_bounced')[0]}_restore_%"]).fetchone()
         return int(row[0]) if row else 0
 
+    def bytes_copied_out(database: str) -> int:
+        """Bytes pg_dump's COPY TO has read out of ``database`` so far: midway by the server's own progress (the
+        repository lists no write in flight, so its objects cannot tell)."""
+        with psycopg.connect(admin_dsn(config)) as conn:
+            row = conn.execute("SELECT coalesce(sum(p.bytes_processed), 0) FROM pg_stat_progress_copy p "
+                               "JOIN pg_database d ON d.oid = p.datid WHERE d.datname = %s "
+                               "AND p.command = 'COPY TO'", [database]).fetchone()
+        return int(row[0]) if row else 0
+
     def bounce(tool: str, processes: int, midway: Callable[[], bool]) -> threading.Thread:
         """Freeze ``tool`` (its ``processes``: pg_restore -j 2 is three) once ``midway()``, stop the server under
         it, start it, let the tool go on: its connections are gone, whatever it was sending. An idle machine
@@ -321,8 +330,7 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
         return thread
 
     try:
-        thread = bounce("pg_dump", 1, lambda: any(o.key.endswith("dump.pgc.zst") and o.size > 0
-                                                  for o in catalog().repository.list_objects(f"databases/{name}/")))
+        thread = bounce("pg_dump", 1, lambda: bytes_copied_out(name) > 0)
         state, result = backup(name)
         thread.join(timeout=120)
         assert not thread.is_alive() and frozen, "pg_dump was never caught midway"
