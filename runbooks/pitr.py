@@ -66,6 +66,8 @@ def render_config(settings: PitrSettings, paths: PitrPaths, *, data_directory: P
         glob += [("repo1-s3-bucket", settings.s3_bucket), ("repo1-s3-endpoint", settings.s3_endpoint),
                  ("repo1-s3-region", settings.s3_region), ("repo1-s3-uri-style", settings.s3_uri_style),
                  ("repo1-storage-verify-tls", "y" if settings.s3_verify_tls else "n")]
+        if settings.s3_ca_file is not None:
+            glob.append(("repo1-storage-ca-file", settings.s3_ca_file))
         if settings.s3_key:
             glob.append(("repo1-s3-key", settings.s3_key))
         if s3_key_secret:

@@ -654,6 +654,9 @@ class PitrSettings(BaseModel):
     s3_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,40}$")
     s3_uri_style: Literal["host", "path"] = "path"
     s3_verify_tls: bool = True
+    s3_ca_file: OsPath | None = Field(default=None, description="CA bundle (PEM) that signed the S3 endpoint's "
+                                      "certificate, readable by os_user: a private CA of MinIO or Ceph RGW; None: "
+                                      "the system's CAs")
     s3_key: str | None = Field(default=None, pattern=_PGBR_SAFE)
     s3_key_secret: SecretStr | None = None
     s3_key_secret_block: str | None = None
@@ -676,7 +679,7 @@ class PitrSettings(BaseModel):
     pgbackrest: OsPath = Field(default=Path("pgbackrest"), description="the pgBackRest executable")
 
     _dsn = field_validator("dsn")(_check_dsn)
-    _paths = field_validator("data_directory", "work_dir", "repo_path")(_absolute_or_none)
+    _paths = field_validator("data_directory", "work_dir", "repo_path", "s3_ca_file")(_absolute_or_none)
 
     @field_validator("socket_directory")
     @classmethod

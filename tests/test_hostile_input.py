@@ -678,6 +678,13 @@ SETTINGS: list[Setting] = [
     Setting(("drill", "history"), not_int(1, 100).filter(lambda v: v is not None)),
     Setting(("state_dir",), st.one_of(st.just("/var/lib/\x00runbooks"), CONTAINERS, st.integers()), env=False),
     Setting(("backup", "retention", "daily"), not_int(0, 3660).filter(lambda v: v is not None)),
+    Setting(("pitr", "s3_endpoint"), st.one_of(st.sampled_from(["https://s3.local", "s3.local:443/x", "a b", "",
+                                                                "s3.local:", "s3.local:123456", "../etc"]),
+                                               with_char(CONTROL), CONTAINERS)),
+    Setting(("pitr", "s3_ca_file"), st.one_of(st.sampled_from(["ca.pem", "../ca.pem", "/etc/ssl/\x00ca.pem"]),
+                                              st.integers(), CONTAINERS)),
+    Setting(("pitr", "stanza"), st.one_of(st.sampled_from(["", "-x", "a b", "main\n[global]", "x" * 65]),
+                                          with_char(CONTROL), CONTAINERS)),
 ]
 BASE_CONFIG = {"databases": {"trading_db": {"dsn": "postgresql://app@127.0.0.1:1/trading_db"}}}
 # Bad settings always tried besides the generated ones: each was accepted, or crashed, before issue 13.

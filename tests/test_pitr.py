@@ -263,6 +263,10 @@ def test_the_config_keeps_line_breaks_out_and_the_port_apart() -> None:
                          s3_key_secret="s3cr3t")
     assert "repo1-s3-endpoint=minio.internal\n" in text and "repo1-storage-port=9000\n" in text
     assert "repo1-path=/pgbackrest\n" in text and "repo1-s3-key-secret=s3cr3t\n" in text
+    assert "repo1-storage-verify-tls=y\n" in text and "repo1-storage-ca-file" not in text  # the system's CAs
+    private_ca = s3.model_copy(update={"s3_ca_file": Path("/etc/ssl/minio-ca.pem")})
+    assert "repo1-storage-ca-file=/etc/ssl/minio-ca.pem\n" in render_config(
+        private_ca, paths, data_directory=Path("/d"), port=5432, user="postgres", s3_key_secret=None)
     with pytest.raises(ConfigurationError):
         render_config(PitrSettings(), paths, data_directory=Path("/data\nrepo1-path=/tmp"), port=5432,
                       user="postgres", s3_key_secret=None)
