@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import psycopg
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -451,11 +452,17 @@ def _physical_path(run: RunbookRun[DrillResult], settings: Settings) -> Physical
     except RunbookError as exc:
         physical.detail = scrub(str(exc))
         run.logger.error("Physical path failed: %s", physical.detail)
+    except (psycopg.Error, OSError) as exc:  # a connection dropped mid-query: the drill's report still stands
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        physical.detail = scrub(f"{type(exc).__name__}: {first}")
+        run.logger.error("Physical path failed: %s", physical.detail)
     finally:
         if restored is not None:
-            with run.step("physical: tear down"):
-                stop_restored(pitr, restored)
-                shutil.rmtree(restored.root, ignore_errors=True)
+            with run.step("physical: tear down") as figures:
+                stopped = stop_restored(pitr, restored)
+                if stopped:
+                    shutil.rmtree(restored.root, ignore_errors=True)
+                figures.update(stopped=stopped)
     physical.scorecard = [score_component(
         c, proofs, started_at=started, backup_interval=pitr.archive_timeout,
         unproven="not in the physical backup (pgBackRest holds the protected cluster's databases only)"

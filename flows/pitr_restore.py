@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -37,6 +38,7 @@ from tasks.pgbackrest import (
     inspect_cluster,
     read_recovery_point,
     restore_into_new_cluster,
+    restored_databases,
     start_restored,
     stop_restored,
 )
@@ -86,6 +88,8 @@ class PitrRestoreResult(RunbookResult):
     checks: dict[str, list[CheckResult]] = Field(default_factory=dict)
     source_untouched: bool | None = Field(default=None, description="the source's system identifier and "
                                           "postmaster are the same after the restore as before")
+    absent: list[str] = Field(default_factory=list, description="inventory databases of the source that the "
+                              "restored cluster does not hold")
 
 
 def render_report(result: PitrRestoreResult) -> str:
@@ -104,6 +108,8 @@ def render_report(result: PitrRestoreResult) -> str:
                   f"{'the target' if p.target else 'the restore start'} ({p.reference}); timeline {p.timeline}.", ""]
     if result.marker is not None:
         lines += [f"Marker table: {result.marker.detail}", ""]
+    if result.absent:
+        lines += [f"Not in the restored cluster (the source has them): {', '.join(result.absent)}.", ""]
     rows = [[db, c.name, c.status, c.value or "-", c.expect or "-"] for db, cs in result.checks.items() for c in cs]
     if rows:
         lines += ["## Integrity checks", table(["database", "check", "status", "value", "expected"], rows)]
@@ -115,13 +121,22 @@ def render_report(result: PitrRestoreResult) -> str:
     return "\n".join(lines)
 
 
+def _source_databases(params: dict[str, object]) -> set[str] | None:
+    """The source's databases, or None when it does not answer (the disaster)."""
+    try:
+        with connect(params, where="the source cluster", autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+    except (RunbookError, psycopg.Error):
+        return None
+
+
 def _source_identity(params: dict[str, object]) -> tuple[str, int] | None:
     """The source's system identifier and postmaster start: both unchanged means nothing restarted or replaced it."""
     try:
         with connect(params, where="the source cluster", autocommit=True) as conn:
             row = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()), "
                                "extract(epoch FROM pg_postmaster_start_time())::bigint").fetchone()
-    except RunbookError:
+    except (RunbookError, psycopg.Error):
         return None
     return (str(row[0]), int(row[1])) if row else None
 
@@ -130,8 +145,7 @@ def _stop_left_clusters(workdirs: WorkDirs, pitr_settings: PitrSettings) -> list
     """Restores killed midway leave a directory (and maybe a postmaster): stop and remove them. A finished restore
     hands its directory over (no owner record), so a sweep never touches a recovered cluster."""
     def stop(path: Path) -> bool:
-        stop_restored(pitr_settings, RestoredCluster(path, 0))
-        return True
+        return stop_restored(pitr_settings, RestoredCluster(path, 0))  # still running: left for the next sweep
 
     swept = workdirs.sweep(dry_run=False, purpose=PURPOSE, before_remove=stop)
     return [str(s.path) for s in swept]
@@ -148,7 +162,7 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
     result = PitrRestoreResult(started_at=run.started_at, stanza=pitr.stanza, target_time=params.target_time)
     workdirs = WorkDirs(paths.restores, traversable=True)
     cluster: RestoredCluster | None = None
-    done = False
+    done = inspect = False
     try:
         source = protected_cluster(settings)
         source_params = {**source.conninfo(), "dbname": "postgres"}
@@ -181,27 +195,35 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
                                            target)
             figures.update(ok=result.marker.ok, detail=result.marker.detail)
         with run.step("integrity checks") as figures:
+            present = restored_databases(cluster, source)
+            on_source = _source_databases(source_params)
             for name, database in settings.databases.items():
                 dbname = str(database.conninfo().get("dbname") or name)
-                try:
-                    with connect(cluster.params(source, dbname), where=f"restored {dbname}"):
-                        pass
-                except RunbookError:
-                    continue  # not a database of this cluster
+                if dbname not in present:
+                    if on_source is not None and dbname in on_source:
+                        result.absent.append(name)  # the source has it: missing from the restore
+                    continue  # another cluster's database
                 result.checks[name] = check_restored_database(cluster=cluster, source=source, dbname=dbname,
                                                               checks=database.checks)
-            figures.update(databases=len(result.checks),
-                           failed=sum(c.status == "failed" for cs in result.checks.values() for c in cs))
+            figures.update(databases=len(result.checks), absent=len(result.absent),
+                           failed=sum(c.status in ("failed", "could_not_run")
+                                      for cs in result.checks.values() for c in cs))
         after = _source_identity(source_params)
         result.source_untouched = None if before is None or after is None else before == after
-        failed = [f"{db}: {c.name}" for db, cs in result.checks.items() for c in cs if c.status == "failed"]
+        failed = [f"{db}: {c.name} ({c.status})" for db, cs in result.checks.items() for c in cs
+                  if c.status in ("failed", "could_not_run")]
+        if result.absent and target is None:  # a database made after a time target is rightly absent
+            failed.append(f"database(s) {', '.join(result.absent)} of the source are not in the restored cluster")
         if result.marker and result.marker.ok is False:
             failed.append(f"marker table: {result.marker.detail}")
         if result.source_untouched is False:
             failed.append("the source cluster restarted or changed during the restore")
         if failed:
+            inspect = params.keep_running
             raise RunbookError("the restored cluster did not validate: " + "; ".join(failed),
-                               hint=f"inspect it at {result.restored_at} before using it.")
+                               hint=(f"it is left running for inspection at {result.restored_at} (the next "
+                                     "pitr-restore stops and removes it); do not point the platform at it."
+                                     if inspect else "it was stopped and removed; the source was not touched."))
         done = True
         result.succeeded = True
         if params.keep_running:
@@ -214,11 +236,23 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
     except RunbookError as exc:
         result.error = scrub(str(exc))
         run.logger.error("PITR restore failed: %s", result.error)
+    except (psycopg.Error, OSError) as exc:  # a source or copy that drops the connection mid-query: still reported
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result.error = scrub(f"{type(exc).__name__}: {first}")
+        run.logger.error("PITR restore failed: %s", result.error)
     finally:
-        if cluster is not None and not (done and params.keep_running):
-            with run.step("remove restored cluster", kept=bool(result.error)):
-                stop_restored(pitr, cluster)
-                shutil.rmtree(cluster.root, ignore_errors=True)
+        if cluster is not None and inspect:
+            workdirs.release(cluster.root)  # kept for inspection; the next restore's sweep stops and removes it
+            result.kept_running = True
+        elif cluster is not None and not (done and params.keep_running):
+            with run.step("remove restored cluster") as figures:
+                stopped = stop_restored(pitr, cluster)
+                if stopped:
+                    shutil.rmtree(cluster.root, ignore_errors=True)
+                figures.update(stopped=stopped, removed=stopped)
+                if not stopped:
+                    run.logger.error("The restored cluster in %s did not stop; its directory is left for the next "
+                                     "pitr-restore's sweep.", cluster.root)
     return run.conclude(result, render=render_report, report_key="pitr-restore-report",
                         description=f"PITR restore of stanza {pitr.stanza} to {params.target_time}")
 
@@ -232,7 +266,12 @@ def _check_markers(cluster: RestoredCluster, source: DatabaseSettings, source_pa
     except RunbookError:
         check.source = None
     if check.restored is None:
-        check.detail = f"no {table_name} table in {dbname} (the archive check writes it)"
+        if check.source is not None and target is not None and check.source.up_to_target:
+            check.ok = False
+            check.detail = (f"no {table_name} table in {dbname}, though the source has {check.source.up_to_target} "
+                            "row(s) up to the target")
+        else:
+            check.detail = f"no {table_name} table in {dbname} (the archive check writes it)"
         return check
     r = check.restored
     newest = f"newest {r.newest:%Y-%m-%d %H:%M:%S}Z" if r.newest else "none"

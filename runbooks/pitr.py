@@ -49,8 +49,9 @@ class PitrPaths(BaseModel):
 def _value(name: str, value: object) -> str:
     text = str(value)
     if any(ch in text for ch in "\n\r\x00") or text != text.strip():
-        raise ConfigurationError(f"pitr setting for {name} ({text!r}) has a line break or surrounding spaces, "
-                                 "which pgBackRest's config file cannot hold.", hint="fix it in [pitr].")
+        raise ConfigurationError(f"the value of pgBackRest's {name} (from [pitr]) has a line break or surrounding "
+                                 "spaces, which its config file cannot hold.", hint="fix it in [pitr] (a secret "
+                                 "read from a file often ends in a line break).")  # never the value: it may be a secret
     return f"{name}={text}"
 
 

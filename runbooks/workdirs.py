@@ -113,6 +113,9 @@ class WorkDirs:
                 info = entry.lstat()
                 if not stat.S_ISDIR(info.st_mode):
                     continue  # a symlink or a file: not ours to judge
+                record = (entry / OWNER).lstat()
+                if info.st_uid != os.geteuid() or record.st_uid != os.geteuid() or not stat.S_ISREG(record.st_mode):
+                    continue  # a record another user could have written (or a link) never decides a deletion
                 owner = WorkOwner.model_validate_json((entry / OWNER).read_bytes())
             except (OSError, ValidationError):
                 continue  # no owner record we can read: never ours to delete

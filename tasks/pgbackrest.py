@@ -59,6 +59,13 @@ def _as_user(pitr: PitrSettings) -> dict[str, object]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
+def tool_env() -> dict[str, str]:
+    """The whole environment of pgBackRest and pg_ctl, and so of every server we start or restart: never the
+    worker's, which holds the runbooks' settings and secrets (RUNBOOKS_*, PGPASSWORD, S3 keys). A postmaster keeps
+    its environment for life, readable in /proc by its OS user and by any superuser through COPY ... PROGRAM."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+
+
 def _last_error(output: str) -> str:
     """pgBackRest's own ``ERROR: [code]: message`` line (its first), else the last line it printed."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -72,9 +79,8 @@ def run_pgbackrest(pitr: PitrSettings, paths: PitrPaths, command: str, *args: st
                    timeout: float = PGBR_TIMEOUT) -> str:
     """One pgBackRest command for our stanza; its stdout. A failure is one line with pgBackRest's error."""
     argv = [str(pitr.pgbackrest), f"--config={paths.config}", f"--stanza={pitr.stanza}", *args, command]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/", timeout=timeout,
+        done = subprocess.run(argv, capture_output=True, text=True, env=tool_env(), cwd="/", timeout=timeout,
                               check=False, **_as_user(pitr))  # type: ignore[call-overload]
     except FileNotFoundError:
         raise ConfigurationError(f"pgBackRest ({pitr.pgbackrest}) is not installed on this host.",
@@ -136,10 +142,15 @@ def write_config(*, pitr: PitrSettings, paths: PitrPaths, text: str) -> bool:
     Directories above the root stay ours; the tool user only passes through them (0711)."""
     uid, gid = _owner(pitr)
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    for directory in (paths.log, paths.lock, paths.restores):
+    for directory in (paths.log, paths.lock):
         directory.mkdir(exist_ok=True, mode=0o700)
         os.chown(directory, uid, gid)
         directory.chmod(0o700)
+    # Restores stay ours (0711: the tool user passes through to what we hand it, and can plant nothing a sweep
+    # would read, such as a work directory's owner record).
+    paths.restores.mkdir(exist_ok=True, mode=0o711)
+    os.chown(paths.restores, os.geteuid(), os.getegid())
+    paths.restores.chmod(0o711)
     repo = paths.repo(pitr)
     if pitr.repo_type == "posix":
         repo.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -199,7 +210,7 @@ def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Pat
     argv = [str(pg_bindir() / "pg_ctl"), "-D", str(data_directory), "-l", str(log), "-m", "fast", "-w", "-t", "120",
             "restart"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
-                          **_as_user(pitr))  # type: ignore[call-overload]
+                          env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
     if done.returncode != 0:
         raise ToolFailed(f"pg_ctl restart exited with {done.returncode}: {_last_error(done.stderr + done.stdout)}",
                          hint="restart PostgreSQL by hand (systemctl restart postgresql), then rerun pitr-setup.")
@@ -305,6 +316,10 @@ class RestoredCluster:
     def logfile(self) -> Path:
         return self.root / "postgres.log"
 
+    @property
+    def tablespaces(self) -> Path:
+        return self.root / "tablespaces"
+
     def params(self, source: DatabaseSettings, dbname: str = "postgres") -> dict[str, object]:
         """The source's role and password (the restored cluster has the same roles), on the new port."""
         return {**source.conninfo(), "host": "127.0.0.1", "hostaddr": "127.0.0.1", "port": self.port,
@@ -331,36 +346,62 @@ def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: P
     if source_data is not None and cluster.datadir.resolve() == source_data.resolve():
         raise Refused("a restore never goes over the running cluster's data directory.", hint="nothing was done.")
     uid, gid = _owner(pitr)
-    os.chown(workdir, uid, gid)
-    cluster.datadir.mkdir(mode=0o700)
-    os.chown(cluster.datadir, uid, gid)
-    args = [f"--pg1-path={cluster.datadir}", "--archive-mode=off", "--delta=n"]
+    for directory in (cluster.datadir, cluster.tablespaces):  # the work directory itself stays ours
+        directory.mkdir(mode=0o700)
+        os.chown(directory, uid, gid)
+    _write_owned(cluster.logfile, "", uid, gid)
+    # Every tablespace goes under the work directory: by default pgBackRest puts each back at its original path,
+    # which is the source's.
+    args = [f"--pg1-path={cluster.datadir}", f"--tablespace-map-all={cluster.tablespaces}", "--archive-mode=off",
+            "--delta=n"]
     if label:
         args.append(f"--set={label}")
     if target is not None:
         args += ["--type=time", f"--target={target.isoformat(sep=' ')}", "--target-action=promote"]
     run_pgbackrest(pitr, paths, "restore", *args)
+    _refuse_links_outside(cluster)
     if not (cluster.datadir / "postgresql.conf").exists():
         _write_owned(cluster.datadir / "postgresql.conf", _MINIMAL_CONF, uid, gid)
     if not (cluster.datadir / "pg_hba.conf").exists():
         _write_owned(cluster.datadir / "pg_hba.conf", _MINIMAL_HBA, uid, gid)
     overrides = {"port": str(cluster.port), "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "''",
                  "archive_mode": "'off'", "data_directory": f"'{cluster.datadir}'",
+                 # a promoted copy must not start the source's logical replication subscriptions: their slots on
+                 # the publisher are the source's, and a copy consuming them would take changes from the source
+                 "max_logical_replication_workers": "0", "max_sync_workers_per_subscription": "0",
                  "hba_file": f"'{cluster.datadir / 'pg_hba.conf'}'",
                  "ident_file": f"'{cluster.datadir / 'pg_ident.conf'}'", "external_pid_file": "''",
                  "cluster_name": f"'pitr-{pitr.stanza}'"}
     if not (cluster.datadir / "pg_ident.conf").exists():
         _write_owned(cluster.datadir / "pg_ident.conf", "", uid, gid)
-    with open(cluster.datadir / "postgresql.auto.conf", "a") as conf:  # the last setting wins
-        conf.write("\n# runbooks pitr-restore: a new cluster beside the source, never in its place\n")
-        conf.writelines(f"{key} = {value}\n" for key, value in overrides.items())
+    text = ("\n# runbooks pitr-restore: a new cluster beside the source, never in its place\n"
+            + "".join(f"{key} = {value}\n" for key, value in overrides.items()))
+    fd = os.open(cluster.datadir / "postgresql.auto.conf", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    try:  # the last setting wins
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     return cluster
 
 
+def _refuse_links_outside(cluster: RestoredCluster) -> None:
+    """Every tablespace link of the restored cluster points under its work directory, or it never starts."""
+    links = cluster.datadir / "pg_tblspc"
+    for link in (links.iterdir() if links.is_dir() else []):
+        target = Path(os.readlink(link)) if link.is_symlink() else link
+        if not target.resolve().is_relative_to(cluster.root.resolve()):
+            raise Refused(f"the restored cluster's tablespace {link.name} points at {target}, outside its work "
+                          "directory; it was not started.", hint="nothing of the source was touched; report this.")
+
+
 def _write_owned(path: Path, text: str, uid: int, gid: int) -> None:
-    path.write_text(text)
-    os.chown(path, uid, gid)
-    path.chmod(0o600)
+    """A new file (never through a link the tool user may have planted), 0600, the tool user's."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -371,8 +412,8 @@ def start_restored(*, pitr: PitrSettings, cluster: RestoredCluster, source: Data
                    target: datetime | None, timeout: timedelta) -> None:
     """Start it and wait until it has replayed to the target and promoted (no longer in recovery)."""
     argv = [str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-l", str(cluster.logfile), "-W", "start"]
-    subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False,
-                   **_as_user(pitr))  # type: ignore[call-overload]
+    subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
+                   env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
     deadline = time.monotonic() + timeout.total_seconds()
     last = "it did not answer"
     while time.monotonic() < deadline:
@@ -417,11 +458,20 @@ def check_restored_database(*, cluster: RestoredCluster, source: DatabaseSetting
         return run_checks(conn, checks)
 
 
-def stop_restored(pitr: PitrSettings, cluster: RestoredCluster) -> None:
-    """Stop a restored cluster (drills and tests); an operator's restored cluster is theirs to stop."""
-    if (cluster.datadir / "postmaster.pid").exists():
-        subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-m", "fast", "-w", "stop"],
-                       capture_output=True, cwd="/", check=False, **_as_user(pitr))  # type: ignore[call-overload]
+def stop_restored(pitr: PitrSettings, cluster: RestoredCluster) -> bool:
+    """Stop a restored cluster (drills, failed restores, sweeps); True once no postmaster runs in it, so its
+    directory may go. Fast first, then immediate (nothing in a throwaway copy needs a clean shutdown). An
+    operator's restored cluster is theirs to stop."""
+    for mode, wait in (("fast", 60), ("immediate", 30)):
+        if not (cluster.datadir / "postmaster.pid").exists():
+            return True
+        subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-m", mode, "-w", "-t", str(wait),
+                        "stop"], capture_output=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
+                       env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
+    status = subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "status"],
+                            capture_output=True, cwd="/", check=False, stdin=subprocess.DEVNULL, env=tool_env(),
+                            **_as_user(pitr))  # type: ignore[call-overload]
+    return status.returncode != 0  # 3: no server running (a stale pid file is not a server)
 
 
 def describe_restored(cluster: RestoredCluster, user: str) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -177,6 +178,25 @@ def test_the_sweep_leaves_other_hosts_and_other_runbooks(tmp_path: Path) -> None
     assert [Path(s.path) for s in swept] == [drill_dir]
     assert elsewhere.is_dir() and restore.is_dir()
     assert [Path(s.path) for s in WorkDirs(tmp_path).sweep(dry_run=False, purpose="restore")] == [restore]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root (CI runs as root)")
+def test_the_sweep_never_trusts_an_owner_record_another_user_wrote(tmp_path: Path) -> None:
+    """A server's OS user (postgres) that can write into a work directory could forge the record that says 'a dead
+    run's, remove it': a record, or a directory, not ours decides nothing."""
+    nobody = pwd.getpwnam("nobody")
+    forged_record = owned_dir(tmp_path, "forged-record", released=True)
+    os.chown(forged_record / OWNER, nobody.pw_uid, nobody.pw_gid)
+    foreign_dir = owned_dir(tmp_path, "foreign-dir", released=True)
+    os.chown(foreign_dir, nobody.pw_uid, nobody.pw_gid)
+    linked = owned_dir(tmp_path, "linked-record", released=True)
+    (tmp_path / "elsewhere.json").write_bytes((linked / OWNER).read_bytes())
+    (linked / OWNER).unlink()
+    (linked / OWNER).symlink_to(tmp_path / "elsewhere.json")
+    mine = owned_dir(tmp_path, "mine", released=True)
+    swept = WorkDirs(tmp_path).sweep(dry_run=False, purpose="dr-game-day")
+    assert [Path(s.path) for s in swept] == [mine]
+    assert forged_record.is_dir() and foreign_dir.is_dir() and linked.is_dir()
 
 
 def test_history_of_one_shows_only_this_drill(tmp_path: Path) -> None:

@@ -116,6 +116,12 @@ def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: Pos
     state, result = _setup(restart=True)
     assert state.is_completed(), result.error
     assert result.restarted and result.checked and result.info.status in ("ok", "no valid backups")
+    # The restarted postmaster (and every backend and archive_command after it) keeps its environment for life:
+    # none of the worker's settings or secrets (RUNBOOKS_PITR__DSN holds the superuser password).
+    pid = int((pitr_env.datadir / "postmaster.pid").read_text().split()[0])
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"RUNBOOKS_" not in environ and pitr_env.superuser_password.encode() not in environ, \
+        sorted(v.split(b"=")[0] for v in environ.split(b"\0"))
     assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
     assert "archive-push" in _sql(pitr_env, "SHOW archive_command")[0][0]
 
@@ -169,6 +175,43 @@ def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second
     assert [r[0] for r in _sql(pitr_env, "SELECT id FROM fills ORDER BY id")] == [1, 2, 3]
     assert sorted(p.name for p in (pitr_env.datadir / "base").iterdir()) == data_before
     assert Path(result.data_directory).is_relative_to(pitr_root / "restores")
+
+
+def test_a_tablespace_is_restored_under_the_work_directory_never_at_the_source_path(
+        pitr_env: PostgresCluster, pitr_root: Path) -> None:
+    """pgBackRest puts a tablespace back at its original path by default: the source's own directory."""
+    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+
+    space = _private_tmp("rbts-")
+    space.chmod(0o700)
+    _sql(pitr_env, f"CREATE TABLESPACE pitr_space LOCATION '{space}'")
+    try:
+        _sql(pitr_env, "CREATE TABLE spaced (id int) TABLESPACE pitr_space")
+        _sql(pitr_env, "INSERT INTO spaced SELECT generate_series(1, 100)")
+        assert _setup()[0].is_completed()
+        assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+        _wait_archived(pitr_env)
+        files = sorted(p.relative_to(space) for p in space.rglob("*"))
+        state = pitr_restore_flow(parameters=PitrRestoreParameters(), return_state=True)  # latest, kept running
+        result = state.result(raise_on_failure=False)
+        assert state.is_completed(), result.error
+        workdir = Path(result.data_directory).parent
+        restored = PostgresCluster(root=workdir, port=int(result.restored_at.rsplit(":", 1)[1].strip("/")),
+                                   superuser_password=pitr_env.superuser_password)
+        try:
+            assert _sql(restored, "SELECT count(*) FROM spaced")[0][0] == 100
+            [(location,)] = _sql(restored, "SELECT pg_tablespace_location(oid) FROM pg_tablespace "
+                                           "WHERE spcname = 'pitr_space'")
+            assert Path(location).is_relative_to(workdir), location
+        finally:
+            subprocess_stop(restored)
+        assert sorted(p.relative_to(space) for p in space.rglob("*")) == files  # nothing added to the source's
+        assert _sql(pitr_env, "SELECT count(*) FROM spaced")[0][0] == 100
+    finally:
+        _sql(pitr_env, "DROP TABLE IF EXISTS spaced")
+        _sql(pitr_env, "DROP TABLESPACE IF EXISTS pitr_space")
+        shutil.rmtree(space, ignore_errors=True)
 
 
 def subprocess_stop(cluster: PostgresCluster) -> None:
@@ -270,6 +313,9 @@ def test_the_config_keeps_line_breaks_out_and_the_port_apart() -> None:
     with pytest.raises(ConfigurationError):
         render_config(PitrSettings(), paths, data_directory=Path("/data\nrepo1-path=/tmp"), port=5432,
                       user="postgres", s3_key_secret=None)
+    with pytest.raises(ConfigurationError) as refused:  # a secret read from a file, its line break kept
+        render_config(s3, paths, data_directory=Path("/d"), port=5432, user="postgres", s3_key_secret="s3cr3t\n")
+    assert "s3cr3t" not in str(refused.value) and "repo1-s3-key-secret" in str(refused.value)
 
 
 def test_info_lists_backups_and_the_archived_range() -> None:
