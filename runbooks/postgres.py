@@ -45,6 +45,14 @@ _ENV_NAMES = {
 }
 
 
+def server_env() -> dict[str, str]:
+    """The whole environment of the PostgreSQL tools that start servers (pg_ctl, initdb) and of pgBackRest: never
+    the worker's, which holds the runbooks' settings and secrets (RUNBOOKS_*, PGPASSWORD, S3 and API keys). A
+    postmaster keeps its environment for life, readable in /proc by its OS user and by any superuser through
+    COPY ... PROGRAM."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+
+
 @cache
 def pg_bindir(major: int | None = None) -> Path:
     """The directory of the PostgreSQL client tools, preferring the server's major version.

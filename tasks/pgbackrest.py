@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretStr
 
 from runbooks.errors import ConfigurationError, LockBusy, Refused, ToolFailed
 from runbooks.pitr import ArchiverState, BackupType, PitrPaths, RecoveryPoint, StanzaInfo, parse_info, recovery_point
-from runbooks.postgres import CheckResult, connect, database_errors, describe, pg_bindir, run_checks
+from runbooks.postgres import CheckResult, connect, database_errors, describe, pg_bindir, run_checks, server_env
 from runbooks.redact import scrub
 from runbooks.sandbox.cluster import free_port, server_os_user
 from runbooks.settings import DatabaseSettings, IntegrityCheck, PitrSettings
@@ -59,13 +59,6 @@ def _as_user(pitr: PitrSettings) -> dict[str, object]:
     return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
-def tool_env() -> dict[str, str]:
-    """The whole environment of pgBackRest and pg_ctl, and so of every server we start or restart: never the
-    worker's, which holds the runbooks' settings and secrets (RUNBOOKS_*, PGPASSWORD, S3 keys). A postmaster keeps
-    its environment for life, readable in /proc by its OS user and by any superuser through COPY ... PROGRAM."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
-
-
 def _last_error(output: str) -> str:
     """pgBackRest's own ``ERROR: [code]: message`` line (its first), else the last line it printed."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
@@ -80,7 +73,7 @@ def run_pgbackrest(pitr: PitrSettings, paths: PitrPaths, command: str, *args: st
     """One pgBackRest command for our stanza; its stdout. A failure is one line with pgBackRest's error."""
     argv = [str(pitr.pgbackrest), f"--config={paths.config}", f"--stanza={pitr.stanza}", *args, command]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=tool_env(), cwd="/", timeout=timeout,
+        done = subprocess.run(argv, capture_output=True, text=True, env=server_env(), cwd="/", timeout=timeout,
                               check=False, **_as_user(pitr))  # type: ignore[call-overload]
     except FileNotFoundError:
         raise ConfigurationError(f"pgBackRest ({pitr.pgbackrest}) is not installed on this host.",
@@ -210,7 +203,7 @@ def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Pat
     argv = [str(pg_bindir() / "pg_ctl"), "-D", str(data_directory), "-l", str(log), "-m", "fast", "-w", "-t", "120",
             "restart"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
-                          env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
+                          env=server_env(), **_as_user(pitr))  # type: ignore[call-overload]
     if done.returncode != 0:
         raise ToolFailed(f"pg_ctl restart exited with {done.returncode}: {_last_error(done.stderr + done.stdout)}",
                          hint="restart PostgreSQL by hand (systemctl restart postgresql), then rerun pitr-setup.")
@@ -413,7 +406,7 @@ def start_restored(*, pitr: PitrSettings, cluster: RestoredCluster, source: Data
     """Start it and wait until it has replayed to the target and promoted (no longer in recovery)."""
     argv = [str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-l", str(cluster.logfile), "-W", "start"]
     subprocess.run(argv, capture_output=True, text=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
-                   env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
+                   env=server_env(), **_as_user(pitr))  # type: ignore[call-overload]
     deadline = time.monotonic() + timeout.total_seconds()
     last = "it did not answer"
     while time.monotonic() < deadline:
@@ -467,9 +460,9 @@ def stop_restored(pitr: PitrSettings, cluster: RestoredCluster) -> bool:
             return True
         subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "-m", mode, "-w", "-t", str(wait),
                         "stop"], capture_output=True, cwd="/", check=False, stdin=subprocess.DEVNULL,
-                       env=tool_env(), **_as_user(pitr))  # type: ignore[call-overload]
+                       env=server_env(), **_as_user(pitr))  # type: ignore[call-overload]
     status = subprocess.run([str(pg_bindir() / "pg_ctl"), "-D", str(cluster.datadir), "status"],
-                            capture_output=True, cwd="/", check=False, stdin=subprocess.DEVNULL, env=tool_env(),
+                            capture_output=True, cwd="/", check=False, stdin=subprocess.DEVNULL, env=server_env(),
                             **_as_user(pitr))  # type: ignore[call-overload]
     return status.returncode != 0  # 3: no server running (a stale pid file is not a server)
 

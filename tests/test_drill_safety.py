@@ -199,6 +199,29 @@ def test_the_sweep_never_trusts_an_owner_record_another_user_wrote(tmp_path: Pat
     assert forged_record.is_dir() and foreign_dir.is_dir() and linked.is_dir()
 
 
+def test_a_cluster_the_runbooks_start_carries_none_of_the_workers_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drill's (or the sandbox's) postmaster keeps its environment for life, readable by its OS user and by any
+    superuser through COPY ... PROGRAM: none of the worker's settings or secrets go there."""
+    from runbooks.sandbox.cluster import PostgresCluster, free_port
+
+    canary = f"canary-{os.urandom(8).hex()}"
+    monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD", canary)
+    monkeypatch.setenv("PGPASSWORD", canary)
+    root = Path(tempfile.mkdtemp(prefix="runbooks-env-"))
+    root.chmod(0o755)
+    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password="x" + os.urandom(6).hex())
+    try:
+        cluster.init()
+        cluster.start()
+        pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert canary.encode() not in environ and b"RUNBOOKS_" not in environ
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_history_of_one_shows_only_this_drill(tmp_path: Path) -> None:
     from runbooks.repository.local import LocalRepository
 

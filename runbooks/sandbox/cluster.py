@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from runbooks.errors import ConfigurationError
-from runbooks.postgres import pg_bindir
+from runbooks.postgres import pg_bindir, server_env
 
 
 def free_port() -> int:
@@ -101,7 +101,7 @@ class PostgresCluster:
         user = self._os_user()
         try:
             return subprocess.run(argv, check=True, capture_output=True, text=True, user=user,
-                                  group="postgres" if user else None, cwd=self.root)
+                                  group="postgres" if user else None, cwd=self.root, env=server_env())
         except subprocess.CalledProcessError as exc:
             raise _failure(argv, exc, log) from None
 
