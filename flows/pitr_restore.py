@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.errors import RunbookError
+from runbooks.errors import Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
 from runbooks.postgres import CheckResult, connect
@@ -164,6 +164,10 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
     cluster: RestoredCluster | None = None
     done = inspect = False
     try:
+        if target is not None and target > run.started_at:  # before anything: an hours-long restore would fail
+            raise Refused(f"target_time {params.target_time} is later than now: WAL not yet written cannot be "
+                          "replayed.", hint="use 'latest' for everything archived, or an earlier time. Nothing "
+                          "was done.")
         source = protected_cluster(settings)
         source_params = {**source.conninfo(), "dbname": "postgres"}
         before = _source_identity(source_params)

@@ -335,7 +335,7 @@ def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: P
     """pgBackRest restores into ``workdir/data`` (empty, new): never the source's directory. Archiving is off in
     the restored cluster, so it can never push its own WAL into the source's stanza; it listens on a free
     loopback port only."""
-    cluster = RestoredCluster(root=workdir, port=free_port())
+    cluster = RestoredCluster(root=workdir, port=0)  # its port is chosen once the (long) restore is done
     if source_data is not None and cluster.datadir.resolve() == source_data.resolve():
         raise Refused("a restore never goes over the running cluster's data directory.", hint="nothing was done.")
     uid, gid = _owner(pitr)
@@ -353,6 +353,7 @@ def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: P
         args += ["--type=time", f"--target={target.isoformat(sep=' ')}", "--target-action=promote"]
     run_pgbackrest(pitr, paths, "restore", *args)
     _refuse_links_outside(cluster)
+    cluster.port = free_port()
     if not (cluster.datadir / "postgresql.conf").exists():
         _write_owned(cluster.datadir / "postgresql.conf", _MINIMAL_CONF, uid, gid)
     if not (cluster.datadir / "pg_hba.conf").exists():

@@ -221,17 +221,36 @@ def subprocess_stop(cluster: PostgresCluster) -> None:
 
 def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env: PostgresCluster,
                                                                         pitr_root: Path) -> None:
+    """A time whose WAL never reached the repository (archiving broken since), and a time in the future."""
     from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
     from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
 
     assert _setup()[0].is_completed()
     assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+    _wait_archived(pitr_env)
+    _sql(pitr_env, "ALTER SYSTEM SET archive_command = '/bin/false'")
+    _sql(pitr_env, "SELECT pg_reload_conf()")
+    try:
+        _sql(pitr_env, "CREATE TABLE IF NOT EXISTS unarchived (id int)")
+        _sql(pitr_env, "INSERT INTO unarchived VALUES (1)")
+        [(target,)] = _sql(pitr_env, "SELECT clock_timestamp()")
+        _sql(pitr_env, "SELECT pg_switch_wal()")  # finished, but never archived
+        state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()),
+                                  return_state=True)
+        result = state.result(raise_on_failure=False)
+        assert state.is_failed() and "recovery ended before the target" in (result.error or ""), result.error
+        assert "earlier target_time" in (result.error or "")
+        assert not [p for p in (pitr_root / "restores").iterdir()]  # the half-made cluster is stopped and removed
+    finally:
+        _setup()  # puts the right archive_command back
+        _sql(pitr_env, "DROP TABLE IF EXISTS unarchived")
+    _wait_archived(pitr_env)
+
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=future), return_state=True)
     result = state.result(raise_on_failure=False)
-    assert state.is_failed() and "recovery ended before the target" in (result.error or "")
-    assert "earlier target_time" in (result.error or "")
-    assert not [p for p in (pitr_root / "restores").iterdir()]  # the half-made cluster is stopped and removed
+    assert state.is_failed() and "later than now" in (result.error or "") and "Nothing was done" in result.error
+    assert not [e for e in result.timeline if e.step == "restore"]  # refused before any restore began
 
 
 def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,

@@ -6,6 +6,7 @@ event feed, and automations can react to a step (``runbooks.step.failed``) or a 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,28 @@ def _emit(event: str, resource: dict[str, str], related: list[dict[str, str]], p
 
     emit_event(event=event, resource=resource, related=related,  # type: ignore[arg-type]
                payload=scrub_data(payload, limit=500))
+
+
+def _flush(timeout: float = 2.0) -> None:
+    """Wait (bounded) until Prefect's events worker has sent what is queued: a step's start is on the server
+    before its work begins, so a run SIGKILLed inside the step still shows where it died (under load the worker
+    lagged, and a kill mid-pg_restore lost the step's start)."""
+    from prefect.events.worker import EventsWorker, should_emit_events
+
+    if not should_emit_events():
+        return
+    worker = EventsWorker.instance()
+    sent = threading.Event()
+
+    def wait() -> None:
+        try:
+            worker.wait_until_empty()
+        except Exception:  # noqa: BLE001 - a stopped worker: nothing more will be sent, nothing to wait for
+            pass
+        sent.set()
+
+    threading.Thread(target=wait, name="runbooks-events-flush", daemon=True).start()
+    sent.wait(timeout)
 
 
 class Steps:
@@ -75,6 +98,7 @@ class Steps:
         labels = {"runbooks.step": name}
         _emit("runbooks.step.started", self._resource(**labels), self._related(),
               {"step": name, "destructive": destructive, "figures": dict(figures)})
+        _flush()
         outcome, error = "ok", None
         try:
             if destructive:
