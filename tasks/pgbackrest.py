@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -336,45 +337,57 @@ def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: P
     the restored cluster, so it can never push its own WAL into the source's stanza; it listens on a free
     loopback port only."""
     cluster = RestoredCluster(root=workdir, port=0)  # its port is chosen once the (long) restore is done
-    if source_data is not None and cluster.datadir.resolve() == source_data.resolve():
+    if source_data is not None and cluster.datadir.resolve() == source_data.resolve():  # before anything is removed
         raise Refused("a restore never goes over the running cluster's data directory.", hint="nothing was done.")
-    uid, gid = _owner(pitr)
-    for directory in (cluster.datadir, cluster.tablespaces):  # the work directory itself stays ours
-        directory.mkdir(mode=0o700)
-        os.chown(directory, uid, gid)
-    _write_owned(cluster.logfile, "", uid, gid)
-    # Every tablespace goes under the work directory: by default pgBackRest puts each back at its original path,
-    # which is the source's.
-    args = [f"--pg1-path={cluster.datadir}", f"--tablespace-map-all={cluster.tablespaces}", "--archive-mode=off",
-            "--delta=n"]
-    if label:
-        args.append(f"--set={label}")
-    if target is not None:
-        args += ["--type=time", f"--target={target.isoformat(sep=' ')}", "--target-action=promote"]
-    run_pgbackrest(pitr, paths, "restore", *args)
-    _refuse_links_outside(cluster)
-    cluster.port = free_port()
-    if not (cluster.datadir / "postgresql.conf").exists():
-        _write_owned(cluster.datadir / "postgresql.conf", _MINIMAL_CONF, uid, gid)
-    if not (cluster.datadir / "pg_hba.conf").exists():
-        _write_owned(cluster.datadir / "pg_hba.conf", _MINIMAL_HBA, uid, gid)
-    overrides = {"port": str(cluster.port), "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "''",
-                 "archive_mode": "'off'", "data_directory": f"'{cluster.datadir}'",
-                 # a promoted copy must not start the source's logical replication subscriptions: their slots on
-                 # the publisher are the source's, and a copy consuming them would take changes from the source
-                 "max_logical_replication_workers": "0", "max_sync_workers_per_subscription": "0",
-                 "hba_file": f"'{cluster.datadir / 'pg_hba.conf'}'",
-                 "ident_file": f"'{cluster.datadir / 'pg_ident.conf'}'", "external_pid_file": "''",
-                 "cluster_name": f"'pitr-{pitr.stanza}'"}
-    if not (cluster.datadir / "pg_ident.conf").exists():
-        _write_owned(cluster.datadir / "pg_ident.conf", "", uid, gid)
-    text = ("\n# runbooks pitr-restore: a new cluster beside the source, never in its place\n"
-            + "".join(f"{key} = {value}\n" for key, value in overrides.items()))
-    fd = os.open(cluster.datadir / "postgresql.auto.conf", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
-    try:  # the last setting wins
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    try:
+        uid, gid = _owner(pitr)
+        for directory in (cluster.datadir, cluster.tablespaces):  # the work directory itself stays ours
+            directory.mkdir(mode=0o700)
+            os.chown(directory, uid, gid)
+        _write_owned(cluster.logfile, "", uid, gid)
+        # Every tablespace goes under the work directory: by default pgBackRest puts each back at its original path,
+        # which is the source's.
+        args = [f"--pg1-path={cluster.datadir}", f"--tablespace-map-all={cluster.tablespaces}", "--archive-mode=off",
+                "--delta=n"]
+        if label:
+            args.append(f"--set={label}")
+        if target is not None:
+            args += ["--type=time", f"--target={target.isoformat(sep=' ')}", "--target-action=promote"]
+        try:
+            run_pgbackrest(pitr, paths, "restore", *args)
+        except ToolFailed as exc:
+            if target is not None and "[075]" in str(exc):  # pgBackRest compares whole seconds, strictly
+                raise Refused(f"no backup in the repository finished before {target:%Y-%m-%d %H:%M:%S}Z (a backup "
+                              "counts only if it ended in an earlier second).", hint="pick a later target_time, or "
+                              "'latest'; 'runbooks run pitr-backup' output and 'pgbackrest info' list the backups' "
+                              "stop times. The source cluster was not touched.") from None
+            raise
+        _refuse_links_outside(cluster)
+        cluster.port = free_port()
+        if not (cluster.datadir / "postgresql.conf").exists():
+            _write_owned(cluster.datadir / "postgresql.conf", _MINIMAL_CONF, uid, gid)
+        if not (cluster.datadir / "pg_hba.conf").exists():
+            _write_owned(cluster.datadir / "pg_hba.conf", _MINIMAL_HBA, uid, gid)
+        overrides = {"port": str(cluster.port), "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "''",
+                     "archive_mode": "'off'", "data_directory": f"'{cluster.datadir}'",
+                     # a promoted copy must not start the source's logical replication subscriptions: their slots on
+                     # the publisher are the source's, and a copy consuming them would take changes from the source
+                     "max_logical_replication_workers": "0", "max_sync_workers_per_subscription": "0",
+                     "hba_file": f"'{cluster.datadir / 'pg_hba.conf'}'",
+                     "ident_file": f"'{cluster.datadir / 'pg_ident.conf'}'", "external_pid_file": "''",
+                     "cluster_name": f"'pitr-{pitr.stanza}'"}
+        if not (cluster.datadir / "pg_ident.conf").exists():
+            _write_owned(cluster.datadir / "pg_ident.conf", "", uid, gid)
+        text = ("\n# runbooks pitr-restore: a new cluster beside the source, never in its place\n"
+                + "".join(f"{key} = {value}\n" for key, value in overrides.items()))
+        fd = os.open(cluster.datadir / "postgresql.auto.conf", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        try:  # the last setting wins
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)  # nothing was started in it: a half-restored copy goes at once
+        raise
     return cluster
 
 

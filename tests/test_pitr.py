@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,10 @@ def _private_tmp(prefix: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def source() -> Iterator[PostgresCluster]:
-    """The protected cluster: archiving off until pitr-setup turns it on."""
-    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-src-"))
+@contextmanager
+def protected(prefix: str) -> Iterator[PostgresCluster]:
+    """A cluster to protect, with a Unix socket (pgBackRest needs one): archiving off until pitr-setup turns it on."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     sockets = _private_tmp("rbpg-")
     cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12),
@@ -51,6 +52,12 @@ def source() -> Iterator[PostgresCluster]:
         cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[PostgresCluster]:
+    with protected("runbooks-pitr-src-") as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +151,7 @@ def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second
 
     _sql(pitr_env, "CREATE TABLE IF NOT EXISTS fills (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
     _sql(pitr_env, "TRUNCATE fills")
+    time.sleep(1.1)  # pgBackRest picks a backup that ended in an earlier second than the target
     for i in (1, 2):
         _sql(pitr_env, "INSERT INTO fills (id) VALUES (%s)", i)  # each its own transaction
     time.sleep(0.3)
@@ -228,6 +236,7 @@ def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env:
     assert _setup()[0].is_completed()
     assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
     _wait_archived(pitr_env)
+    time.sleep(1.1)  # the target below must be in a later second than the backup's end
     _sql(pitr_env, "ALTER SYSTEM SET archive_command = '/bin/false'")
     _sql(pitr_env, "SELECT pg_reload_conf()")
     try:
@@ -251,6 +260,12 @@ def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env:
     result = state.result(raise_on_failure=False)
     assert state.is_failed() and "later than now" in (result.error or "") and "Nothing was done" in result.error
     assert not [e for e in result.timeline if e.step == "restore"]  # refused before any restore began
+
+    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time="2000-01-01T00:00:00Z"),
+                              return_state=True)  # before every backup: pgBackRest finds no set to start from
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and "no backup in the repository finished before 2000-01-01" in (result.error or "")
+    assert not [p for p in (pitr_root / "restores").iterdir()]  # its work directory went with the failure
 
 
 def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,

@@ -12,7 +12,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from botocore.config import Config
 
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port
-from tests.test_pitr import _private_tmp, _sql, _wait_archived, subprocess_stop
+from tests.test_pitr import _private_tmp, _sql, _wait_archived, protected, subprocess_stop
 
 pytestmark = pytest.mark.slow  # ~1,000 TLS connections to moto for an empty cluster's backup and restore (~50 s)
 
@@ -90,19 +89,8 @@ def tls_s3() -> Iterator[tuple[str, Path, Any]]:
 
 @pytest.fixture(scope="module")
 def s3_source() -> Iterator[PostgresCluster]:
-    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-s3-src-"))
-    root.chmod(0o755)
-    sockets = _private_tmp("rbpg-")
-    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12),
-                              socket_directory=sockets)
-    cluster.init()
-    cluster.start()
-    try:
+    with protected("runbooks-pitr-s3-src-") as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
@@ -136,6 +124,7 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
         assert state.is_completed(), backup.error
         assert backup.backup.type == "full"
 
+        time.sleep(1.1)  # pgBackRest picks a backup that ended in an earlier second than the target
         _sql(s3_source, "CREATE TABLE fills (id int PRIMARY KEY)")
         for i in (1, 2):
             _sql(s3_source, "INSERT INTO fills VALUES (%s)", i)
