@@ -11,6 +11,7 @@ a run killed while paused (test_restore_safety.py), a drill killed mid-pg_restor
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -550,12 +551,24 @@ def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_
 
     back_up()
     first = start_json_run("dr-game-day", "quality=false", prefect_api=prefect_api)
+    frozen: list[int] = []
     try:
-        wait_for(lambda: children_named(first.pid, "pg_restore"), timeout=180)
+        # The first is frozen in pg_restore while the second runs: a small restore would otherwise be done, and the
+        # first drill over, before the second even asks (seen in CI).
+        frozen = wait_for(lambda: children_named(first.pid, "pg_restore"), timeout=180)  # type: ignore[assignment]
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         state = dr_game_day_flow(parameters=DrillParameters(quality=False), return_state=True)
         second = state.result(raise_on_failure=False)
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         code, result = finish(first)
     finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         if first.poll() is None:
             kill_group(first)
     assert isinstance(second, DrillResult)
