@@ -125,13 +125,13 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
         assert backup.backup.type == "full"
 
         time.sleep(1.1)  # pgBackRest picks a backup that ended in an earlier second than the target
-        _sql(s3_source, "CREATE TABLE fills (id int PRIMARY KEY)")
+        _sql(s3_source, "CREATE TABLE fills (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
         for i in (1, 2):
-            _sql(s3_source, "INSERT INTO fills VALUES (%s)", i)
+            _sql(s3_source, "INSERT INTO fills (id) VALUES (%s)", i)
         time.sleep(0.3)
         [(target,)] = _sql(s3_source, "SELECT clock_timestamp()")
         time.sleep(0.3)
-        _sql(s3_source, "INSERT INTO fills VALUES (3)")
+        _sql(s3_source, "INSERT INTO fills (id) VALUES (3)")
         _wait_archived(s3_source)
 
         state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()),
@@ -143,7 +143,10 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
                                    superuser_password=s3_source.superuser_password)
         try:
             assert [r[0] for r in _sql(restored, "SELECT id FROM fills ORDER BY id")] == [1, 2]
-            assert result.point.rpo_seconds is not None and 0 <= result.point.rpo_seconds < 5
+            [(second_at,)] = _sql(s3_source, "SELECT at FROM fills WHERE id = 2")
+            point = result.point
+            assert point.last_replayed_at is not None and second_at <= point.last_replayed_at <= target
+            assert point.rpo_seconds == (target - point.last_replayed_at).total_seconds()
         finally:
             subprocess_stop(restored)
         assert [r[0] for r in _sql(s3_source, "SELECT id FROM fills ORDER BY id")] == [1, 2, 3]
