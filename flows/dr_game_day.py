@@ -44,7 +44,7 @@ from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_qua
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
 from runbooks.pitr import RecoveryPoint, pitr_paths, protected_cluster
-from runbooks.postgres import CheckResult, fit_name
+from runbooks.postgres import CheckResult, failure_line, fit_name
 from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -449,12 +449,8 @@ def _physical_path(run: RunbookRun[DrillResult], settings: Settings) -> Physical
         physical.detail = "; ".join(problems) or None
         if physical.proven:
             physical.recovery_seconds = (datetime.now(UTC) - started).total_seconds()
-    except RunbookError as exc:
-        physical.detail = scrub(str(exc))
-        run.logger.error("Physical path failed: %s", physical.detail)
-    except (psycopg.Error, OSError) as exc:  # a connection dropped mid-query: the drill's report still stands
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        physical.detail = scrub(f"{type(exc).__name__}: {first}")
+    except (RunbookError, psycopg.Error, OSError) as exc:  # a connection dropped mid-query: the report still stands
+        physical.detail = failure_line(exc, where="the physical path")
         run.logger.error("Physical path failed: %s", physical.detail)
     finally:
         if restored is not None:

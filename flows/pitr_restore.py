@@ -25,8 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from runbooks.errors import Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
-from runbooks.postgres import CheckResult, connect
-from runbooks.redact import scrub
+from runbooks.postgres import CheckResult, connect, failure_line
 from runbooks.report import table, timeline_markdown
 from runbooks.settings import DatabaseSettings, PitrSettings
 from runbooks.workdirs import OWNER, WorkDirs
@@ -35,6 +34,7 @@ from tasks.pgbackrest import (
     RestoredCluster,
     check_restored_database,
     count_markers,
+    database_names,
     inspect_cluster,
     read_recovery_point,
     restore_into_new_cluster,
@@ -124,8 +124,7 @@ def render_report(result: PitrRestoreResult) -> str:
 def _source_databases(params: dict[str, object]) -> set[str] | None:
     """The source's databases, or None when it does not answer (the disaster)."""
     try:
-        with connect(params, where="the source cluster", autocommit=True) as conn:
-            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+        return database_names(params, where="the source cluster")
     except (RunbookError, psycopg.Error):
         return None
 
@@ -237,12 +236,8 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
                 f"The restored cluster runs at {result.restored_at} (data {cluster.datadir}). Validate the "
                 "platform against it, then repoint the application's DSN, or dump what you need from it. Stop it "
                 f"with: pg_ctl -D {cluster.datadir} stop.")
-    except RunbookError as exc:
-        result.error = scrub(str(exc))
-        run.logger.error("PITR restore failed: %s", result.error)
-    except (psycopg.Error, OSError) as exc:  # a source or copy that drops the connection mid-query: still reported
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result.error = scrub(f"{type(exc).__name__}: {first}")
+    except (RunbookError, psycopg.Error, OSError) as exc:  # a connection dropped mid-query is reported too
+        result.error = failure_line(exc, where="the PITR restore")
         run.logger.error("PITR restore failed: %s", result.error)
     finally:
         if cluster is not None and inspect:

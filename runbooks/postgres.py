@@ -150,6 +150,17 @@ def _startup_error(text: str, where: str) -> RunbookError:
     return ToolFailed(f"{where}: {first}", hint="see the task log for the tool's full error output.")
 
 
+def failure_line(exc: RunbookError | psycopg.Error | OSError, *, where: str) -> str:
+    """A run's error as one scrubbed line: a psycopg error (a connection dropped mid-query) mapped like every
+    database error, an OS error by its type and first line."""
+    if isinstance(exc, psycopg.Error):
+        exc = postgres_error(exc, where=where)
+    if isinstance(exc, RunbookError):
+        return scrub(str(exc))
+    text = str(exc).strip()
+    return scrub(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
+
+
 def postgres_error(exc: psycopg.Error, *, where: str) -> RunbookError:
     """Map a psycopg error by its SQLSTATE (connection-phase errors, which have none, by libpq's wording)."""
     state = exc.sqlstate

@@ -503,6 +503,10 @@ def list_restored_tables(*, cluster: RestoredCluster, source: DatabaseSettings, 
     return readable
 
 
-def restored_databases(cluster: RestoredCluster, source: DatabaseSettings) -> set[str]:
-    with connect(cluster.params(source), where="the restored cluster", autocommit=True) as conn:
+def database_names(params: dict[str, object], *, where: str) -> set[str]:
+    with connect(params, where=where, autocommit=True) as conn:
         return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+
+
+def restored_databases(cluster: RestoredCluster, source: DatabaseSettings) -> set[str]:
+    return database_names(cluster.params(source), where="the restored cluster")
