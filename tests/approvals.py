@@ -1,10 +1,13 @@
-"""Acting as the on-call engineer in tests: find a paused flow run and resume it with a decision."""
+"""Acting as the on-call engineer in tests: find a paused flow run, read the form the server holds for it, and
+resume it with a decision (through the API, or bypassing its validation as a misbehaving client could)."""
 
 from __future__ import annotations
 
 import contextvars
+import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,5 +37,61 @@ def decide_when_paused(decision: dict[str, Any] | None, *, timeout: float = 120)
     context = contextvars.copy_context()
     thread = threading.Thread(target=context.run, args=(run,), daemon=True)
     thread.seen = seen  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def paused_run(*, timeout: float = 60, other_than: str | None = None) -> Any:
+    """The PAUSED flow run, once there is one (with a pause key other than ``other_than``: a new pause)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))):
+                if run.state and run.state.state_details.pause_key != other_than:
+                    return run
+        time.sleep(0.2)
+    raise TimeoutError(f"no paused flow run within {timeout} s")
+
+
+def stored_form(run: Any) -> tuple[dict[str, Any], str]:
+    """The form the server holds for a paused run, as the UI reads it: (JSON schema, description)."""
+    from prefect.client.orchestration import get_client
+
+    keyset = run.state.state_details.run_input_keyset
+    with get_client(sync_client=True) as client:
+        return (json.loads(client.read_flow_run_input(run.id, keyset["schema"])),
+                json.loads(client.read_flow_run_input(run.id, keyset["description"])))
+
+
+def resume_bypassing_the_schema(run: Any, decision: dict[str, Any]) -> None:
+    """What a client that skips the resume endpoint's validation can do: store ``decision`` as the response to the
+    pause and set the run RUNNING itself."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    keyset = run.state.state_details.run_input_keyset
+    with get_client(sync_client=True) as client:
+        client.create_flow_run_input(run.id, key=keyset["response"], value=json.dumps(decision))
+        client.set_flow_run_state(run.id, Running(), force=True)
+
+
+def act_when_paused(action: Callable[[], None]) -> threading.Thread:
+    """Run ``action`` in a background thread with this test's Prefect settings; what it raises is kept in
+    ``thread.errors`` (a test asserts there is none after joining)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test, which re-raises
+            errors.append(exc)
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
     thread.start()
     return thread
