@@ -291,3 +291,33 @@ def test_event_triggers_survive_prefect_deploy_and_fill_the_runbook_parameters()
         flow, model, _render = runbook.load()
         check_parameters(flow, model, {"parameters": rendered}, deployment["name"])
         assert rendered["model_id"] == "ppo_primary" and "Sharpe 0.21 < 0.3" in rendered["reason"]
+
+
+def test_scheduled_maintenance_fires_outside_every_session_for_a_year() -> None:
+    """Every scheduled run of heavy work (all but the ``in-session`` watchers: data freshness, the archive check)
+    fires while every gating market of the seeds' calendar is closed, over the next year of fire times, holidays
+    and the New Year included."""
+    from runbooks.markets import seed_markets
+
+    calendars = [m.calendar(name) for name, m in seed_markets().items() if m.gates]
+    assert calendars, "the seeds' USD/COP market gates maintenance"
+    start = datetime(2026, 12, 7, tzinfo=UTC)
+    end = datetime(2027, 12, 7, tzinfo=UTC)
+    checked = 0
+    for deployment in DEPLOYMENTS:
+        if not deployment.get("schedules") or "in-session" in deployment["tags"]:
+            continue
+        for item in deployment["schedules"]:
+            schedule = CronSchedule(cron=item["cron"], timezone=item["timezone"], day_or=item.get("day_or", True))
+            fires = asyncio.run(schedule.get_dates(n=20_000, start=start, end=end))
+            assert fires, deployment["name"]
+            for fire in fires:
+                opened = [c.name for c in calendars if c.is_open(fire)]
+                assert not opened, f"{deployment['name']} fires at {fire.isoformat()} while {opened} is in session"
+            checked += 1
+    assert checked >= 8
+
+
+def test_in_session_watchers_are_read_only_monitors() -> None:
+    watchers = sorted(d["name"] for d in DEPLOYMENTS if "in-session" in d["tags"])
+    assert watchers == ["archive-check-every-minute", "data-freshness"]
