@@ -94,6 +94,16 @@ def _run_name() -> str:
     return f"backup-{'+'.join(names) if names else 'all'}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
 
 
+def _retention_action(report: RetentionReport) -> str:
+    """One cell that reads as a sentence: what retention deleted (or would), and the damaged backups it kept."""
+    removed = ", ".join(report.removed)
+    action = ("nothing to delete" if not removed else
+              f"would delete {removed}" if report.dry_run else f"deleted {removed}")
+    if report.damaged:
+        action += f"; DAMAGED, kept for inspection: {', '.join(report.damaged)}"
+    return action
+
+
 def render_report(result: BackupResult) -> str:
     lines = [
         f"# Backup {'(dry run) ' if result.dry_run else ''}— {'succeeded' if result.succeeded else 'FAILED'}",
@@ -118,13 +128,10 @@ def render_report(result: BackupResult) -> str:
         errors.insert(0, f"- **run refused**: {result.error}")
     if errors:
         lines += ["## Errors", *errors, ""]
-    lines += ["## Retention"]
-    retention_rows = [
-        [i.kind, i.name, ", ".join(i.retention.removed) or "nothing",
-         "would delete" if i.retention.dry_run else "deleted", len(i.retention.kept)]
-        for i in result.items if i.retention
-    ]
-    lines += [table(["kind", "name", "backups", "action", "kept"], retention_rows)]
+    lines += ["## Retention",
+              table(["kind", "name", "kept", "action"],
+                    [[i.kind, i.name, len(i.retention.kept), _retention_action(i.retention)]
+                     for i in result.items if i.retention])]
     lines += ["## Leftovers of interrupted backups",
               table(["backup", "reason", "objects", "incomplete uploads", "action"],
                     [[lo.prefix, lo.reason, lo.objects, lo.incomplete_uploads,

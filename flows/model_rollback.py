@@ -409,8 +409,10 @@ def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry
         answer = request_rollback(registry, from_version=serving, target_version=target, reason=result.reason,
                                   initiated_by=result.initiated_by)
         already = bool(answer["already_serving"])
-        result.action = f"rolled back {serving} -> {target}" if not already else f"{target} was already serving"
-        figures["already_serving"] = already
+        result.action = (f"{target} was already serving" if already else f"rolled back {serving} -> {target}"
+                         + (" by this run (the request timed out but took effect)" if answer.get("answer_lost")
+                            else ""))
+        figures.update(already_serving=already, answer_lost=bool(answer.get("answer_lost")))
         if not already:
             run.steps.event("model.rolled-back", model_id=result.model_id, from_version=serving, to_version=target,
                             reason=result.reason, initiated_by=result.initiated_by)

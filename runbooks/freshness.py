@@ -168,7 +168,8 @@ def judge_volume(counts: dict[int, int], *, key: str, bucket_start: datetime | N
     check.median, check.spread = mid, spread
     check.threshold = min(mid * (1 - settings.volume_max_drop), mid - settings.volume_sigmas * spread)
     check.flagged = check.count < check.threshold
-    check.verdict = (f"{check.count} rows against a median of {mid:g} (spread {spread:.1f}): "
+    check.verdict = (f"{check.count} row{'' if check.count == 1 else 's'} against a median of {mid:g} "
+                     f"(spread {spread:.1f}): "
                      + ("SUDDEN DROP" if check.flagged else "normal"))
     return check
 
@@ -240,9 +241,9 @@ def decide(findings: list[Finding], status: dict[str, object], record: HoldRecor
                         "when this runbook paused, so it cannot prove the pause in force is still its own: a human "
                         "resumes (CONFIRM_RESUME)")
     if not ours:
+        ours_was = "the pause this runbook made" if record.mode == "paused" else "the kill switch this runbook pressed"
         return Decision(action="forget-record", target="run", why=f"trading is {mode} by {holder!r} since "
-                        f"{status.get('changed_at')}: no longer this runbook's {record.mode} of {record.changed_at}; "
-                        "left as it is")
+                        f"{status.get('changed_at')}, no longer {ours_was} at {record.changed_at}: left as it is")
     if record.mode == "halted":
         return Decision(action="none", target="run", why="data fresh again, but the kill switch this runbook "
                         "pressed stays on: a human resumes after review (CONFIRM_RESUME)")

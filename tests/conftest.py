@@ -131,3 +131,12 @@ def real_prefect_server() -> Iterator[str]:
 
     with prefect_server() as url:
         yield url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that turned a URL into a relative path (``s3://b/p`` with ``removeprefix("file://")``) leaves a
+    directory named ``s3:`` in the checkout: fail the session that made it."""
+    leaked = [p for p in Path(session.config.rootpath).iterdir() if p.name.endswith(":")]
+    if leaked:
+        print(f"\nA test turned a URL into a relative path: {leaked}; use tests.repositories.local_repository_path")
+        session.exitstatus = 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import BackupParameters, backup_databases, render_report
 from runbooks.catalog import BackupCatalog
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
@@ -134,12 +134,16 @@ def test_dry_run_changes_nothing(config: SandboxState) -> None:
 
 def test_retention_runs_after_backup_and_keeps_newest(config: SandboxState) -> None:
     """Two backups on the same day: the daily bucket keeps only the newest, so the older one goes."""
-    run_backup(databases=["trading_db"], include_cluster=False)
+    _, result = run_backup(databases=["trading_db"], include_cluster=False)
     first = catalog().list_backups(name="trading_db")[0].backup_id
+    # The report's retention table reads as a sentence per row, whether something went or not.
+    assert "| kind | name | kept | action |" in render_report(result)
+    assert "| database | trading_db | 1 | nothing to delete |" in render_report(result)
     state, result = run_backup(databases=["trading_db"], include_cluster=False)
     assert state.is_completed()
     second = result.items[0].backup_id
     assert result.items[0].retention.removed == [first]
+    assert f"| database | trading_db | 1 | deleted {first} |" in render_report(result)
     assert [m.backup_id for m in catalog().list_backups(name="trading_db")] == [second]
     assert not any(first in o.key for o in catalog().repository.list_objects("databases/"))
 

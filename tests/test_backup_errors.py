@@ -19,6 +19,7 @@ from runbooks.sandbox.cluster import free_port
 from runbooks.settings import load_settings
 from tasks.postgres import dump_database, probe_database
 from tests.pgfixtures import admin_dsn
+from tests.repositories import local_repository_path
 
 CANARY = "canary-Pw-7f3a9c"
 
@@ -137,7 +138,7 @@ def test_cli_errors_are_clear_and_without_traceback(config: SandboxState, prefec
         return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], env=env, capture_output=True,
                               text=True, timeout=120)
 
-    Path(os.environ["RUNBOOKS_REPOSITORY__URL"].removeprefix("file://")).mkdir(parents=True)
+    local_repository_path(os.environ["RUNBOOKS_REPOSITORY__URL"]).mkdir(parents=True)
     bad_url = cli("backups", "list")
     assert bad_url.returncode == 0, bad_url.stderr  # sanity: the config itself works
     env["RUNBOOKS_REPOSITORY__URL"] = "ftp://nope"

@@ -17,6 +17,7 @@ from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
 from tests.processes import wait_for
+from tests.repositories import configured_repository_path
 
 
 def verify(**params: Any) -> tuple[Any, Any]:
@@ -75,7 +76,7 @@ def test_a_flipped_byte_fails_and_a_damaged_newest_backup_is_shown_not_skipped(c
 def test_no_backup_is_missing_and_an_unknown_database_is_refused(config: SandboxState) -> None:
     state, result = verify()  # a mistyped repository URL is not "no backups"
     assert state.is_failed() and "does not exist" in result.error and not result.databases
-    Path(load_settings().repository.url.removeprefix("file://")).mkdir(mode=0o700)
+    configured_repository_path().mkdir(mode=0o700)
     state, result = verify()
     assert state.is_failed() and result.databases[0].status == "missing"
     state, result = verify(databases=["nope_db"])

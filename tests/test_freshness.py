@@ -11,7 +11,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from runbooks.sandbox import SandboxState
 from runbooks.settings import FreshnessSettings, MonitoredTable, load_settings
 from tests.events import runbook_events
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
+from tests.repositories import configured_repository_path
 
 SYMBOLS = ("USD/COP", "EUR/COP")
 BARS = """CREATE TABLE bars (symbol text NOT NULL, "timestamp" timestamptz NOT NULL, open numeric NOT NULL,
@@ -350,12 +350,17 @@ def test_the_ladder() -> None:
     assert decide([_finding("error")], paused_by_us, record).action == "none"
     assert decide([_finding("ok")], paused_by_us, record).action == "resume"
     assert decide([_finding("ok")], paused_by_us, None).action == "none"
-    assert decide([_finding("ok")], {**paused_by_us, "changed_at": "t2"}, record).action == "forget-record"
+    renewed = decide([_finding("ok")], {**paused_by_us, "changed_at": "t2"}, record)
+    assert renewed.action == "forget-record"
+    assert renewed.why == ("trading is paused by 'rb:1' since t2, no longer the pause this runbook made at t1: left "
+                           "as it is")
     assert decide([_finding("ok"), _finding("unknown")], paused_by_us, record).action == "none"
     assert decide([_finding("unknown")], running, None).action == "none"  # nothing is paused on a guess
     assert decide([_finding("unknown"), _finding("error")], running, None).action == "pause"
     halted = HoldRecord(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
     assert decide([_finding("ok")], {**paused_by_us, "trading_mode": "halted"}, halted).action == "none"
+    renewed_halt = decide([_finding("ok")], {**paused_by_us, "trading_mode": "halted", "changed_at": "t2"}, halted)
+    assert "no longer the kill switch this runbook pressed at t1" in renewed_halt.why
     non_gating = Finding(key="x", severity="kill", gates_trading=False, reason="r")
     assert decide([non_gating], running, None).action == "none"
 
@@ -367,6 +372,10 @@ def test_volume_judgement() -> None:
     assert judge_volume({0: 2, 1: 10, 2: 11, 3: 9}, key="k", bucket_start=start, settings=settings).flagged
     few = judge_volume({0: 2, 1: 10, 2: 0, 3: 0}, key="k", bucket_start=start, settings=settings)
     assert not few.flagged and "not enough history" in few.verdict
+    one = judge_volume({0: 1, 1: 1, 2: 1, 3: 1}, key="k", bucket_start=start, settings=settings)
+    assert one.verdict == "1 row against a median of 1 (spread 0.0): normal"
+    assert judge_volume({0: 0, 1: 2, 2: 2, 3: 2}, key="k", bucket_start=start,
+                        settings=settings).verdict.startswith("0 rows against a median of 2 ")
     # Noisy history: a drop within the noise is not a sudden drop.
     assert not judge_volume({0: 40, 1: 100, 2: 30, 3: 160, 4: 60}, key="k", bucket_start=start,
                             settings=settings).flagged
@@ -419,11 +428,11 @@ def test_a_failed_notification_never_undoes_or_hides_the_pause(market: Market, s
 
 def test_an_unreadable_hold_record_never_stands_between_stale_data_and_a_pause(market: Market,
                                                                                simulator: httpx.Client) -> None:
-    repository = load_settings().repository.url.removeprefix("file://")
-    elsewhere = Path(repository).parent / "elsewhere"
+    repository = configured_repository_path()
+    elsewhere = repository.parent / "elsewhere"
     elsewhere.mkdir(parents=True, exist_ok=True)
-    Path(repository).mkdir(parents=True, exist_ok=True)
-    (Path(repository) / "records").symlink_to(elsewhere)  # the local repository never follows a symlink
+    repository.mkdir(parents=True, exist_ok=True)
+    (repository / "records").symlink_to(elsewhere)  # the local repository never follows a symlink
     market.bars(end=bucket(25))
     _, result = check(quality=False)
     assert result.action == "paused trading" and operations(simulator)["trading_mode"] == "paused"

@@ -298,6 +298,32 @@ def test_timeouts_and_5xx_are_retried_without_rolling_back_twice(platform: httpx
     assert len(swaps) == 1
 
 
+def test_a_request_that_timed_out_but_took_effect_is_reported_as_this_runs_rollback(
+        platform: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollback request outlives the client's timeout, the server carries it out, and the retry finds the
+    target serving: that is this run's rollback (the router served v4 when it sent the request), not a version
+    that "was already serving"."""
+    monkeypatch.setenv("RUNBOOKS_INFERENCE_API__TIMEOUT_SECONDS", "1")
+    monkeypatch.setattr(request_rollback, "retry_delay_seconds", [3.0] * 4)  # the request lands before the retry
+    degrade(platform)
+    platform.post("/_control/latency", json={"path_prefix": "/api/v1/models/rollback", "method": "POST",
+                                             "seconds": 1.5, "count": 1}).raise_for_status()
+    state, result = rollback()
+    assert state.is_completed(), result.error
+    assert len(calls(platform, "POST")) == 1 and serving(platform) == "v3" and result.verified
+    assert result.action == "rolled back v4 -> v3 by this run (the request timed out but took effect)"
+    assert "**Action: rolled back v4 -> v3 by this run (the request timed out but took effect).**" in \
+        _report_of(result)
+    run_id = f"prefect.flow-run.{state.state_details.flow_run_id}"
+
+    def ours(events: list[Any]) -> list[Any]:
+        return [e for e in events if any(r.id == run_id for r in e.related)]
+
+    events = runbook_events("runbooks.model-rollback.ppo_primary", names=["runbooks.model.rolled-back"],
+                            until=lambda found: bool(ours(found)))
+    assert [(e.payload["from_version"], e.payload["to_version"]) for e in ours(events)] == [("v4", "v3")]
+
+
 def test_a_permanent_4xx_is_not_retried(platform: httpx.Client, fast_retries: None) -> None:
     degrade(platform)
     platform.post("/_control/failures", json={"path_prefix": "/api/v1/models/rollback", "method": "POST",

@@ -27,6 +27,7 @@ from runbooks.settings import load_settings
 from runbooks.workdirs import OWNER
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
 from tests.processes import kill_run_at, wait_for
+from tests.repositories import configured_repository_path, local_repository_path
 
 SUBJECTS = [("database", "trading_db"), ("cluster", "main")]
 MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
@@ -87,7 +88,7 @@ def test_a_write_in_flight_is_no_leftover_but_one_a_killed_writer_left_is(config
     second) must not read as a lockless leftover, or a sweep deletes the file under the writer; an hour-old one
     was left by a killed writer and is swept."""
     catalog = BackupCatalog(open_repository(load_settings().repository))
-    root = Path(load_settings().repository.url.removeprefix("file://"))
+    root = configured_repository_path()
     prefix = root / "databases" / "trading_db" / "20260101T000000Z"
     prefix.mkdir(parents=True)
     in_flight = prefix / f".lock.json.{uuid.uuid4().hex}.tmp"
@@ -243,7 +244,7 @@ def test_local_repository_files_are_0600_and_directories_0700(config: SandboxSta
         backup("trading_db", cluster=True)
     finally:
         os.umask(old)
-    root = Path(load_settings().repository.url.removeprefix("file://"))
+    root = configured_repository_path()
     seen = 0
     for dirpath, _dirs, filenames in os.walk(root):
         assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700, dirpath
@@ -309,3 +310,18 @@ def test_listing_a_repository_that_does_not_exist_is_an_error(
     assert proc.returncode == 2, proc
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+# -- 7. a test never turns an s3:// URL into a directory named "s3:" ----------------------------------------------
+def test_a_test_reaches_only_into_a_local_repository(tmp_path: Path) -> None:
+    """``url.removeprefix("file://")`` on an S3 URL is the relative path ``s3:/bucket/prefix``: a test that did
+    that wrote a directory named ``s3:`` into the checkout (and it was committed). The tests' one helper refuses
+    every URL that is not a local directory, and no such directory is left in the checkout or pytest's cwd."""
+    assert local_repository_path((tmp_path / "a b%").as_uri()) == tmp_path / "a b%"
+    assert local_repository_path(f"file://localhost{tmp_path}") == tmp_path
+    for url in ("s3://runbooks-backups/test-1", "file://host/srv/backups", "file:relative/path", "/srv/backups"):
+        with pytest.raises(ValueError, match="HINT:"):
+            local_repository_path(url)
+    checkout = Path(__file__).resolve().parents[1]
+    leaked = sorted({str(p) for where in (checkout, Path.cwd()) for p in where.iterdir() if p.name.endswith(":")})
+    assert leaked == [], "a test turned a URL into a relative path; remove these and fix the test"

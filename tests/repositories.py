@@ -1,0 +1,41 @@
+"""Where a test's local backup repository lies on disk.
+
+A test that reaches into the repository's files needs the directory behind its ``file://`` URL. Stripping the
+scheme off as text (``url.removeprefix("file://")``) turns an ``s3://bucket/prefix`` URL, left unchanged, into the
+relative path ``s3:/bucket/prefix``, and the test then writes a directory named ``s3:`` into whatever directory
+pytest runs from (one was committed at the root of the checkout that way). This helper reads the URL as
+``open_repository`` does and refuses every other scheme.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from runbooks.settings import load_settings
+
+
+def local_repository_path(url: str) -> Path:
+    """The absolute directory of a ``file://`` repository URL, parsed as ``runbooks.repository.open_repository``
+    parses it.
+
+    Raises:
+        ValueError: the URL names another scheme (``s3://`` …), a remote host, or a relative path: there is no
+            local directory to touch, and guessing one would write into the working directory.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        raise ValueError(f"repository URL {url!r} is not a file:// URL: this test reaches into a local repository's "
+                         "files. HINT: use the `config` fixture (a local repository), not `s3_config`, for it.")
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"repository URL {url!r} names the host {parsed.netloc!r}: not a local directory. HINT: "
+                         "write file:///absolute/path.")
+    path = Path(unquote(parsed.path))
+    if not path.is_absolute():
+        raise ValueError(f"repository URL {url!r} is not an absolute path. HINT: write file:///absolute/path.")
+    return path
+
+
+def configured_repository_path() -> Path:
+    """The directory of the repository the current settings name (a test's ``config`` fixture sets one)."""
+    return local_repository_path(load_settings().repository.url)
