@@ -43,7 +43,7 @@ from pathlib import Path
 from runbooks.cleanup import Budget, Ledger, Manifest, Walk, clean_tree, open_files
 from runbooks.settings import FileRule, CleanupSettings
 root, dry, manifest = Path(sys.argv[1]), sys.argv[2] == "dry", Path(sys.argv[3])
-rule = FileRule(name="bench", roots=[root], older_than=timedelta(days=7))
+rule = FileRule(name="bench", roots=[root], older_than=timedelta(days=7), match_all=True)
 started = time.perf_counter()
 walk = Walk(ledger=Ledger([], high=85, low=80, force=True), budget=Budget(10**9, 10**15), manifest=Manifest(manifest),
             protected_patterns=CleanupSettings().protected, held=open_files(), dry_run=dry)
@@ -103,8 +103,8 @@ def engine(root: Path, *, dry: bool, manifest: Path) -> tuple[float, float, int]
 def write_config(path: Path, base: str, root: Path, state: Path) -> None:
     path.write_text("\n".join([
         f"state_dir = {json.dumps(str(state))}", "", "[cleanup]", f"watch = [{json.dumps(base)}]",
-        f"allowed_roots = [{json.dumps(base)}]", "survey = []", "", "[[cleanup.rules]]", 'kind = "files"',
-        'name = "bench"', f"roots = [{json.dumps(str(root))}]", 'older_than = "7d"', ""]))
+        f"allowed_roots = [{json.dumps(str(root))}]", "survey = []", "", "[[cleanup.rules]]", 'kind = "files"',
+        'name = "bench"', f"roots = [{json.dumps(str(root))}]", 'older_than = "7d"', "match_all = true", ""]))
 
 
 def main() -> None:

@@ -101,7 +101,8 @@ def main() -> None:
         cluster.start()
         create_database(cluster.dsn(), dbname="trading_db", app_password="bench-app")
         seed(cluster.dsn("trading_db"), size_mb=parse_size(args.size))
-        wall, _, setup = run_runbook("pitr-setup", ["restart=true"], env)
+        _, _, plan = run_runbook("pitr-setup", ["restart=true"], env)  # plan first; the hash applies it
+        wall, _, setup = run_runbook("pitr-setup", ["restart=true", f"confirm={plan['plan']['plan_hash']}"], env)
         assert setup["succeeded"], setup["error"]
         run_runbook("pitr-backup", ["kind=full"], env)  # the first full one, and the WAL since
         with psycopg.connect(cluster.dsn("trading_db"), autocommit=True) as conn:

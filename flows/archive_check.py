@@ -8,6 +8,8 @@ what it replayed, and which keeps a quiet cluster archiving every ``archive_time
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +20,7 @@ from runbooks.incidents import Notice
 from runbooks.pitr import (
     ArchiveJudgement,
     ArchiverState,
+    PitrPaths,
     archive_command,
     judge_archiver,
     pitr_paths,
@@ -25,7 +28,8 @@ from runbooks.pitr import (
 )
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
-from tasks.pgbackrest import read_archiver, write_marker
+from runbooks.settings import PitrSettings
+from tasks.pgbackrest import pg_ctl_as_owner, read_archiver, write_marker
 
 RUNBOOK = "archive-check"
 
@@ -58,13 +62,43 @@ def render_report(result: ArchiveCheckResult) -> str:
             ["archive_mode / archive_timeout", f"{s.archive_mode} / {s.archive_timeout_seconds:.0f} s"],
             ["last archived", f"{s.last_archived_wal or '-'} at {s.last_archived_at or '-'}"],
             ["last failed", f"{s.last_failed_wal or '-'} at {s.last_failed_at or '-'} ({s.failed_count} failures)"],
-            ["waiting to be archived", f"{s.ready_count} segment(s), oldest since {s.oldest_ready_at or '-'}"]])]
+            ["waiting to be archived", f"{s.ready_count} segment(s), oldest since {s.oldest_ready_at or '-'}"],
+            ["pg_wal", f"{s.wal_bytes / 2**20:.0f} MiB" if s.wal_bytes is not None else "-"]])]
     if result.judgement and result.judgement.reasons:
         lines += ["## Why", *[f"- {r}" for r in result.judgement.reasons], ""]
     lines += ["## Timeline", timeline_markdown(result.timeline)]
     if result.next_steps:
         lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
     return "\n".join(lines)
+
+
+def _next_steps(state: ArchiverState, verdict: str, *, pitr: PitrSettings, paths: PitrPaths) -> list[str]:
+    """What on-call does about it, with the exact commands."""
+    if verdict == "off":
+        return ["Turn archiving on with pitr-setup: `runbooks run pitr-setup` prints the plan and its hash, "
+                "`runbooks run pitr-setup --param confirm=<hash>` applies it.",
+                "Until then a disaster loses every write since the last backup."]
+    config = f"--config={paths.config} --stanza={pitr.stanza}"
+    restart = pg_ctl_as_owner(pitr, Path(state.data_directory or "<data directory>"), "-m fast restart")
+    steps = []
+    if verdict == "failing":
+        steps.append(f"Archiving fails ({state.failed_count} failures, last {state.last_failed_wal}): the server "
+                     "log shows pgBackRest's ERROR line after each 'archive command failed'; as the cluster's OS "
+                     f"user, `pgbackrest {config} check` reproduces it (it waits for a WAL switch to arrive).")
+        steps.append("Until it is fixed, every finished WAL segment stays in pg_wal"
+                     + (f" ({state.wal_bytes / 2**20:.0f} MiB now)" if state.wal_bytes is not None else "")
+                     + ": fix the repository (space, permissions, reachability) before the disk fills. If it cannot "
+                     "be fixed in time, turning archiving off stops the growth and gives up point-in-time recovery "
+                     "until pitr-setup runs again: as a superuser, `ALTER SYSTEM SET archive_mode = 'off';`, then "
+                     f"restart PostgreSQL as the cluster's owner (`{restart}`, or its service manager, e.g. "
+                     "systemctl restart postgresql).")
+    else:
+        steps.append(f"Read the reasons above; as the cluster's OS user, `pgbackrest {config} check` tests archiving "
+                     "by hand, and `runbooks run pitr-setup` (its plan, then confirm=<hash>) puts the settings back "
+                     "as [pitr] says.")
+    steps.append("Until WAL reaches the repository again, a disaster loses every write since "
+                 f"{state.last_archived_at or 'the last archived segment'}.")
+    return steps
 
 
 @flow(name=RUNBOOK, log_prints=False)
@@ -86,13 +120,8 @@ def archive_check_flow(parameters: ArchiveCheckParameters | None = None) -> Stat
                            failed=result.state.failed_count)
         run.steps.event("archive.status", verdict=result.judgement.verdict, waiting=result.state.ready_count)
         if result.judgement.verdict != "ok":
-            result.next_steps += [
-                "Read pgBackRest's log (<pitr work_dir>/log) and the server log for archive-push errors; "
-                "'pgbackrest --stanza=... check' tests archiving by hand.",
-                "Until WAL reaches the repository again, a disaster loses every write since "
-                f"{result.state.last_archived_at or 'the last archived segment'}."]
-            if result.judgement.verdict == "off":
-                result.next_steps.insert(0, "Run 'runbooks run pitr-setup' to turn archiving on.")
+            result.next_steps += _next_steps(result.state, result.judgement.verdict, pitr=pitr,
+                                             paths=pitr_paths(settings))
         result.succeeded = result.judgement.verdict == "ok"
         if not result.succeeded:
             result.error = "; ".join(result.judgement.reasons)

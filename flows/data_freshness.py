@@ -5,6 +5,8 @@ Trigger: the ``data-freshness`` deployment every 5 minutes, on demand from the P
 timeout); on the trading platform it may pause trading, press the kill switch, or resume a pause it made itself.
 Rollback: a pause this runbook made is lifted by a later run once every gating table is fresh and passing again;
 a kill switch it pressed, and any hold a human made, are lifted only by a human (CONFIRM_RESUME).
+Market time: a table that follows a market (``market`` in its settings) ages only while that market is open; while
+it is closed, or waiting for the first bar after the open, nothing is paused, halted, paged or resumed on it.
 """
 
 from __future__ import annotations
@@ -114,9 +116,15 @@ def render_report(result: FreshnessResult) -> str:
                                    [[f.key, f.severity, "yes" if f.gates_trading else "no", f.reason]
                                     for f in result.findings])]
     lines += ["## Freshness (measured in the database)",
-              table(["table", "database", "outcome", "newest row", "age", "groups", "stale groups"],
+              "Ages in seconds. *Open-market age* counts only the time the table's market was open since the newest "
+              "row (the ladder's age); *wall-clock age* counts every second. Without a market they are the same.",
+              "",
+              table(["table", "database", "outcome", "newest row (UTC)", "market", "open-market age",
+                     "wall-clock age", "groups", "stale groups"],
                     [[t.key, t.database, t.outcome, f"{t.last_at:%Y-%m-%d %H:%M:%S}" if t.last_at else "-",
-                      f"{t.age_seconds:.0f} s" if t.age_seconds is not None else "-", str(t.groups or "-"),
+                      t.market.describe() if t.market else "- (wall clock)",
+                      f"{t.age_seconds:.0f} s" if t.age_seconds is not None and t.market else "-",
+                      f"{t.wall_age_seconds:.0f} s" if t.wall_age_seconds is not None else "-", str(t.groups or "-"),
                       ", ".join(g.group for g in t.stale_groups[:10]) or "-"] for t in result.tables])]
     if result.platform:
         p = result.platform
@@ -126,9 +134,12 @@ def render_report(result: FreshnessResult) -> str:
                    and p.database_age_seconds is not None else "")
                   + ("**They disagree.** " if p.disagrees else "") + (p.detail or ""), ""]
     if result.volumes:
-        lines += ["## Volume of the latest complete interval against the same interval on previous days",
-                  table(["table", "interval", "rows", "median", "spread", "verdict"],
-                        [[v.key, f"{v.bucket_start:%H:%M}" if v.bucket_start else "-", v.count if v.count is not None
+        lines += ["## Volume of the latest complete interval against the same interval on previous sessions",
+                  "Previous sessions of the table's market, at the same offset from the open; previous days for a "
+                  "table without market.", "",
+                  table(["table", "interval (UTC)", "compared with", "rows", "median", "spread", "verdict"],
+                        [[v.key, f"{v.bucket_start:%Y-%m-%d %H:%M}" if v.bucket_start else "-",
+                          f"{len(v.history)} {v.basis}", v.count if v.count is not None
                           else "-", f"{v.median:g}" if v.median is not None else "-",
                           f"{v.spread:.1f}" if v.spread is not None else "-", v.verdict] for v in result.volumes])]
     if result.quality:
@@ -216,12 +227,14 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
     measured: dict[str, TableFreshness] = {
         t.key: TableFreshness(key=t.key, database=name, outcome="not_in_inventory", detail=f"database {name!r}")
         for name in missing for t in by_database.pop(name)}
+    calendars = settings.calendars()
     with run.step("measure freshness") as figures:
         for name, group in by_database.items():
             try:
                 # quote(): Prefect would walk a thousand table models looking for futures (~0.7 s); none is there.
-                fresh, volumes = measure_freshness(database_name=name, database=databases[name],
-                                                   tables=quote(group), settings=quote(cfg))  # type: ignore[call-overload]
+                fresh, volumes = measure_freshness(database_name=name, database=databases[name],  # type: ignore[call-overload]
+                                                   tables=quote(group), settings=quote(cfg),
+                                                   calendars=quote(calendars))
             except RunbookError as exc:
                 fresh = [TableFreshness(key=t.key, database=name, outcome="unreachable", detail=scrub(str(exc)))
                          for t in group]
@@ -231,7 +244,16 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
         result.tables = [measured[t.key] for t in tables]
         result.findings = [judge_staleness(t, measured[t.key]) for t in tables]
         figures.update(stale=sum(f.severity in ("error", "kill") for f in result.findings),
-                       oldest_seconds=max((m.age_seconds or 0 for m in measured.values()), default=0))
+                       oldest_seconds=max((m.age_seconds or 0 for m in measured.values()), default=0),
+                       oldest_wall_seconds=max((m.wall_age_seconds or 0 for m in measured.values()), default=0),
+                       held_back=sum(f.held_back is not None for f in result.findings))
+        # Each market's state at this run, flat, so an automation or a reader of the event feed sees why nothing
+        # acted: market.<name> = open | closed, with since and next open.
+        for view in {m.market.market: m.market for m in measured.values() if m.market}.values():
+            figures[f"market.{view.market}"] = "open" if view.open else "closed"
+            figures[f"market.{view.market}.kind"] = view.kind
+            figures[f"market.{view.market}.since"] = view.since.isoformat() if view.since else None
+            figures[f"market.{view.market}.next_open"] = view.next_open.isoformat() if view.next_open else None
     for t in tables:
         if measured[t.key].future_rows:
             how_many = str(measured[t.key].future_rows) if t.group_by else "at least one"
@@ -279,7 +301,7 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
             try:
                 source = next(t for t in tables if t.key == platform_table.key)
                 result.platform = read_platform_data_status(
-                    api=settings.trading_api, database_age_seconds=platform_table.age_seconds,
+                    api=settings.trading_api, database_age_seconds=platform_table.wall_age_seconds,
                     tolerance=cfg.disagreement_tolerance, error_after=source.error_after)
             except RunbookError as exc:
                 result.platform = PlatformView(available=False, detail=f"unavailable: {scrub(str(exc))}")

@@ -5,7 +5,9 @@ only above the high watermark and stops once the disk is below the low one, lowe
 Trigger: ``runbooks run disk-cleanup`` (a dry run unless ``dry_run=false``), the daily ``disk-cleanup-daily``
 deployment, or ``disk-cleanup-on-demand`` when the disk alert fires. Blast radius: files under ``[cleanup]
 allowed_roots`` that the rules select (never a protected name, an open file, a symbolic link, another
-filesystem), Docker objects the engine reports unused (never a protected label), local backups outside retention
+filesystem, anything in a PostgreSQL data directory; the settings refuse any root that is, lies inside or holds a
+system tree, a data directory, the runbooks' state or repositories, or the user's home, and ``force`` changes
+none of that), Docker objects the engine reports unused (never a protected label), local backups outside retention
 (never the newest verified one); ``_pre_restore_`` databases and ``VACUUM FULL`` only with approval. Rollback:
 deleted files are gone (the manifest lists them: restore from host backups); compressed logs are ``gunzip``-ed;
 a dropped kept database is restored from its backup with the restore runbook.
@@ -35,6 +37,7 @@ from runbooks.cleanup import Budget, Consumer, Ledger, Manifest, TreeOutcome, Us
 from runbooks.dockerclean import DockerObject, DockerOutcome
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
+from runbooks.frame.window import ChangeWindow, require_change_window
 from runbooks.records import RestoreRecords
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -103,6 +106,27 @@ class CleanupParameters(BaseModel):
                                 "printed: approves drops and VACUUM FULL without pausing.")
     approval_timeout_seconds: int = Field(default=3600, ge=10, le=86400)
     approval_poll_seconds: int = Field(default=5, ge=1, le=300)
+    in_session_reason: str | None = Field(default=None, max_length=500, description="Why Docker pruning or "
+                                          "VACUUM may run while a gating market is in session (an incident); "
+                                          "without it they wait for the close. File rules never wait.")
+
+    def heavy_work(self, settings: Settings) -> list[str]:
+        """What this run would do that weighs on a live platform: Docker pruning (the engine's I/O) and VACUUM."""
+        if self.dry_run:
+            return []
+        heavy = [f"Docker pruning ({r.name})" for r in self.selected(settings) if isinstance(r, DockerRule)]
+        heavy += ["VACUUM (ANALYZE)" for r in self.selected(settings) if isinstance(r, DatabaseRule) and r.vacuum]
+        heavy += ["VACUUM FULL"] if self.vacuum_full else []
+        return heavy
+
+    def change_window(self, settings: Settings) -> ChangeWindow | None:
+        """The market calendar's say on this run's heavy work; OutsideChangeWindow while a gating market is in
+        session and no in_session_reason is given."""
+        heavy = self.heavy_work(settings)
+        if not heavy:
+            return None
+        return require_change_window(settings.calendars(gating_only=True), work=f"disk-cleanup {', '.join(heavy)}",
+                                     in_session_reason=self.in_session_reason)
 
     def check_against(self, settings: Settings) -> None:
         """Refuse (ConfigurationError) unknown rules, missing or unsafe roots and unknown databases, before any
@@ -124,6 +148,7 @@ class CleanupParameters(BaseModel):
                                                                    for r in self.selected(settings)):
             raise ConfigurationError("drop_pre_restore and vacuum_full need the databases rule, which is not "
                                      "selected.", hint="add a rule of kind 'databases' or select it in rules.")
+        self.change_window(settings)
 
     def selected(self, settings: Settings) -> list[FileRule | DockerRule | BackupsRule | DatabaseRule]:
         return [r for r in settings.cleanup.rules if not self.rules or r.name in self.rules]
@@ -177,6 +202,8 @@ class CleanupResult(RunbookResult):
     backups: list[BackupsReport] = Field(default_factory=list)
     databases: list[DatabaseReport] = Field(default_factory=list)
     plan: CleanupPlan | None = None
+    change_window: ChangeWindow | None = Field(default=None, description="the market calendar when heavy work "
+                                               "(Docker, VACUUM) was about to start")
     approval: Approval | None = None
     freed_bytes: int = Field(default=0, description="freed (dry run: would be) by files, Docker and backups")
     manifest: str | None = Field(default=None, description="every path deleted or compressed (gzip JSON lines)")
@@ -190,16 +217,41 @@ def _pct(usage: Usage) -> str:
     return f"{usage.percent:.1f} %"
 
 
+REPORT_PATH_CHARS = 160  # a longer path is cut in the middle in the report; the manifest keeps it whole
+KEEP_EDGE = 60  # characters kept at each end: where it starts, and which file it is
+
+
+def shortened(text: str, limit: int = REPORT_PATH_CHARS) -> str:
+    """``text`` cut in the middle when longer than ``limit``, saying how much it left out (as the CLI's one-line
+    errors do): a path of 5,000 characters printed whole buries the report."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:KEEP_EDGE]}…[{len(text) - 2 * KEEP_EDGE:,} characters]…{text[-KEEP_EDGE:]}"
+
+
+def _headline(result: CleanupResult) -> tuple[str, str]:
+    """The title's figure and the sentence under it, which must agree: a forced run that freed space did not have
+    "nothing to do", and a run that did nothing does not announce "freed 0 B"."""
+    freed = f"{'would free' if result.dry_run else 'freed'} {human_bytes(result.freed_bytes)}"
+    if result.triggered:
+        return freed, ""
+    if result.force:
+        ran = "was planned" if result.dry_run else "ran"
+        return freed, (f" No watched filesystem was at the high watermark; forced, every selected rule {ran} anyway "
+                       "(within the same safety limits).")
+    return "nothing to do", " **No watched filesystem was at the high watermark: nothing to do.**"
+
+
 def render_report(result: CleanupResult) -> str:
     mode = "dry run" if result.dry_run else ("forced" if result.force else "")
-    lines = [f"# Disk cleanup{f' ({mode})' if mode else ''} — "
-             f"{'would free' if result.dry_run else 'freed'} {human_bytes(result.freed_bytes)}", "",
+    figure, why = _headline(result)
+    lines = [f"# Disk cleanup{f' ({mode})' if mode else ''} — {figure}", "",
              f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Watermarks: clean at "
-             f"{result.high_watermark:g} %, stop below {result.low_watermark:g} %."
-             + ("" if result.triggered else " **No watched filesystem was at the high watermark: nothing to do.**"),
-             ""]
+             f"{result.high_watermark:g} %, stop below {result.low_watermark:g} %." + why, ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
+    if result.change_window is not None:
+        lines += [f"Change window: {result.change_window.summary()}.", ""]
     if result.stopped:
         lines += [f"Stopped: {result.stopped}.", ""]
     after = {u.device: u for u in result.usage_after}
@@ -209,23 +261,29 @@ def render_report(result: CleanupResult) -> str:
                                        for u in result.usage_before])]
     for path, consumers in result.consumers.items():
         if consumers:
-            lines += [f"## Largest in {path}", table(["path", "size"], [[c.path, human_bytes(c.bytes)]
-                                                                        for c in consumers])]
+            lines += [f"## Largest in {shortened(path)}", table(["path", "size"], [[shortened(c.path),
+                                                                                     human_bytes(c.bytes)]
+                                                                                    for c in consumers])]
     if result.files:
         lines += ["## Files", table(
             ["rule", "root", "action", "files", "bytes", "dirs", "state", "not touched"],
-            [[o.rule, o.root, o.action, o.files, human_bytes(o.bytes), o.dirs_removed,
-              f"{o.state}{': ' + o.why if o.why else ''}",
+            [[o.rule, shortened(o.root), o.action, o.files, human_bytes(o.bytes), o.dirs_removed,
+              shortened(f"{o.state}{': ' + o.why if o.why else ''}", 2 * REPORT_PATH_CHARS),
               ", ".join(f"{k}: {v}" for k, v in sorted(o.skipped.items())) or "-"] for o in result.files])]
         for outcome in result.files:
+            root = shortened(outcome.root)
             if outcome.leftovers:
                 lines += [f"{'Would remove' if result.dry_run else 'Removed'} {outcome.leftovers} partial copies left "
-                          f"in {outcome.root} by compressions killed midway (their originals are whole).", ""]
+                          f"in {root} by compressions killed midway (their originals are whole).", ""]
+            if outcome.data_directories:
+                lines += [f"Not entered in {root}: PostgreSQL data directories (PG_VERSION beside global/, running "
+                          "or not):", *[f"- `{shortened(d)}`" for d in outcome.data_directories[:10]], ""]
             if outcome.samples:
-                lines += [f"First paths of {outcome.rule} in {outcome.root}:",
-                          *[f"- `{p}`" for p in outcome.samples[:10]], ""]
-            for problem in outcome.errors[:5]:
-                lines.append(f"- error: {problem}")
+                lines += [f"First paths of {outcome.rule} in {root}:",
+                          *[f"- `{shortened(p)}`" for p in outcome.samples[:10]], ""]
+            if outcome.errors:  # a list ends with a blank line, or the next paragraph is read as its last item's
+                lines += [f"Errors of {outcome.rule} in {root}:",
+                          *[f"- {shortened(problem, 2 * REPORT_PATH_CHARS)}" for problem in outcome.errors[:5]], ""]
     if result.manifest:
         lines += [f"Manifest of all {result.manifest_entries} paths: `{result.manifest}` (gzip, JSON lines).", ""]
     for docker in result.docker:
@@ -235,9 +293,9 @@ def render_report(result: CleanupResult) -> str:
             lines.append(table(["kind", "name", "created", "bytes", "detail"],
                                [[o.kind, o.name, f"{o.created_at:%Y-%m-%d %H:%M}" if o.created_at else "-",
                                  human_bytes(o.bytes), o.detail or "-"] for o in shown]))
-        if docker.outcome:
-            for failure in docker.outcome.failed + docker.outcome.skipped:
-                lines.append(f"- {failure.object.kind} {failure.object.name}: {failure.error}")
+        if docker.outcome and (docker.outcome.failed or docker.outcome.skipped):
+            lines += [f"- {failure.object.kind} {failure.object.name}: {failure.error}"
+                      for failure in docker.outcome.failed + docker.outcome.skipped] + [""]
     for backups in result.backups:
         lines += [f"## Backups beyond retention ({backups.rule}): {backups.state}"
                   f"{': ' + backups.why if backups.why else ''}"]
@@ -310,9 +368,13 @@ def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
     manifest: Manifest | None = None
     held = ExitStack()
     try:
-        with run.step("check rules and roots"):
+        with run.step("check rules and roots") as figures:
             params.check_against(settings)
             rules = params.selected(settings)
+            result.change_window = params.change_window(settings)
+            if result.change_window is not None:
+                figures.update(change_window=result.change_window.summary(),
+                               in_session_reason=result.change_window.in_session_reason)
         if not params.dry_run:  # two real runs would each free what the disk needs: one at a time on a host
             held.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks", name=RUNBOOK))
         with run.step("measure disks") as figures:
@@ -529,7 +591,9 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
         result.approval = request_approval(
             run, plan_hash=plan.plan_hash, confirm=params.confirm,
             summary=f"Approve disk cleanup plan `{plan.plan_hash}`: drop {', '.join(plan.drop) or 'nothing'}; "
-                    f"VACUUM FULL {', '.join(plan.vacuum_full) or 'nothing'}.",
+                    f"VACUUM FULL {', '.join(plan.vacuum_full) or 'nothing'}."
+                    + (f" {result.change_window.summary()}." if result.change_window and
+                       result.change_window.in_session else ""),
             timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
         figures.update(approved=result.approval.approved, approver=result.approval.approver)
     if not result.approval.approved:

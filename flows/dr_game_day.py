@@ -38,7 +38,7 @@ from runbooks.drill import (
     pick_cluster_backups,
     score_component,
 )
-from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.errors import ConfigurationError, LockBusy, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
 from runbooks.health import HealthCheck
@@ -184,6 +184,8 @@ class PhysicalDrill(BaseModel):
 
 class DrillResult(RunbookResult):
     keep_cluster: bool = False
+    refused: str | None = Field(default=None, description="the drill never ran: another drill holds this host or "
+                                "the target server (who, when known); nothing was done, nothing scored or recorded")
     cluster: str | None = Field(default=None, description="the clean cluster (no password)")
     cluster_kind: Literal["throwaway", "server"] | None = None
     kept: list[str] = Field(default_factory=list, description="what was left for inspection, and how to remove it")
@@ -227,7 +229,28 @@ def _run_name() -> str:
     return f"dr-game-day-from-{backup}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
 
 
+SCORE_HEADINGS = ["component", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",
+                  "RPO worst case"]
+
+
+def _status(score: ComponentScore) -> str:
+    return "met" if score.status == "met" else score.status.replace("_", " ").upper()
+
+
+def scorecard_markdown(scores: list[ComponentScore]) -> list[str]:
+    """Seed 002's table with short cells only, so it reads at 80 columns; what backs each component and why it
+    missed or failed are sentences, one line each under the table."""
+    rows = [[s.name, _status(s), human_duration(s.rto_target_seconds), human_duration(s.rto_seconds),
+             human_duration(s.rpo_target_seconds), human_duration(s.rpo_seconds), human_duration(s.worst_rpo_seconds)]
+            for s in scores]
+    notes = [f"- **{s.name}** ({_status(s)}): backed by {', '.join(s.backed_by) or 'nothing'}"
+             + (f". Why: {'; '.join(s.reasons)}." if s.reasons else ".") for s in scores]
+    return [table(SCORE_HEADINGS, rows), *notes, ""]
+
+
 def render_report(result: DrillResult) -> str:
+    if result.refused is not None:
+        return _render_refusal(result)
     verdict = "platform OPERATIONAL on the restored data" if result.operational else "platform NOT proven operational"
     lines = [f"# DR game-day — {verdict}; {result.summary}", "",
              f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all."]
@@ -242,13 +265,7 @@ def render_report(result: DrillResult) -> str:
         lines.append(f"Clean cluster: {result.cluster_kind} `{result.cluster}`.")
     if result.error:
         lines += ["", f"**Error:** {result.error}"]
-    lines += ["", "## RTO/RPO scorecard (seed 002)", table(
-        ["component", "backed by", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",
-         "RPO worst case", "why"],
-        [[s.name, ", ".join(s.backed_by) or "-", s.status.replace("_", " ").upper() if s.status != "met" else "met",
-          human_duration(s.rto_target_seconds), human_duration(s.rto_seconds), human_duration(s.rpo_target_seconds),
-          human_duration(s.rpo_seconds), human_duration(s.worst_rpo_seconds), "; ".join(s.reasons) or "-"]
-         for s in result.scorecard])]
+    lines += ["", "## RTO/RPO scorecard (seed 002)", *scorecard_markdown(result.scorecard)]
     if result.physical is not None:
         p = result.physical
         head = (f"proven in {human_duration(p.recovery_seconds)}; {p.met} of {len(p.scorecard)} targets met"
@@ -258,13 +275,7 @@ def render_report(result: DrillResult) -> str:
             lines.append(f"Restored to the end of the archive at `{p.restored_at}`: last transaction replayed "
                          f"{p.point.last_replayed_at or '-'}, **{human_duration(p.point.rpo_seconds)} before the "
                          "path started** (the RPO achieved).")
-        lines += ["", table(
-            ["component", "backed by", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",
-             "RPO worst case", "why"],
-            [[s.name, ", ".join(s.backed_by) or "-", s.status.replace("_", " ").upper() if s.status != "met"
-              else "met", human_duration(s.rto_target_seconds), human_duration(s.rto_seconds),
-              human_duration(s.rpo_target_seconds), human_duration(s.rpo_seconds),
-              human_duration(s.worst_rpo_seconds), "; ".join(s.reasons) or "-"] for s in p.scorecard])]
+        lines += ["", *scorecard_markdown(p.scorecard)]
     if result.issues:
         lines += ["## Issues found", *[f"- {i}" for i in result.issues], ""]
     if result.databases:
@@ -277,7 +288,9 @@ def render_report(result: DrillResult) -> str:
               _checks(d), ", ".join(f"{f.key}: {f.severity}" for f in d.findings if "quality" not in f.reason) or "-",
               ", ".join(f"{q.key}: {q.status}" for q in d.quality) or "-",
               d.health.status if d.health else "-",
-              "yes" if d.proven else f"NO ({d.stopped_at}: {d.detail})"] for d in result.databases])]
+              "yes" if d.proven else f"NO ({d.stopped_at})"] for d in result.databases]),
+                  *[f"- **{d.name}** not proven ({d.stopped_at}): {d.detail or 'no detail'}"
+                    for d in result.databases if not d.proven], ""]
     if result.config_files:
         lines += ["## Configuration files", table(
             ["file", "restored", "against the backup's checksum", "the file on this host now"],
@@ -308,6 +321,19 @@ def render_report(result: DrillResult) -> str:
     return "\n".join(lines)
 
 
+def _render_refusal(result: DrillResult) -> str:
+    """A drill that never ran: who it yielded to and what to do, not a scorecard of components it never tried."""
+    lines = [f"# DR game-day — {result.refused}", "",
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all. Nothing was done: "
+             "no cluster provisioned, no backup restored or held, nothing scored, nothing added to the trend.", ""]
+    if result.error:
+        lines += [f"**Refused:** {result.error}", ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
+    return "\n".join(lines)
+
+
 def _checks(d: DatabaseDrill) -> str:
     if d.validation is None or not d.validation.checks:
         return "-"
@@ -328,6 +354,11 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
     def conclude() -> State:
         result.succeeded = result.operational and result.error is None and (
             result.physical is None or result.physical.proven)
+        if result.refused is not None:  # no drill ran: no scorecard event, no record in the trend
+            run.steps.event("dr-game-day.refused", refused=result.refused)
+            state = run.conclude(result, render=render_report, report_key="dr-game-day-report",
+                                 description="DR game-day report (refused: another drill is running)")
+            return Failed(data=state.data, message=result.refused)
         run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
                         met=result.met, scored=result.scored, backup_id=result.backup_id,
                         backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
@@ -342,6 +373,15 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         return Failed(data=state.data, message=f"platform NOT proven operational: {result.error or '?'}; "
                       f"{result.summary}")
 
+    def refuse(exc: LockBusy) -> State:
+        """Another drill holds the lock: this one never ran, and says so (not a failed DR)."""
+        result.refused = "refused: another drill is running" + (f" ({exc.holder})" if exc.holder else "")
+        result.error = scrub(str(exc))
+        result.next_steps.append("Wait for the running drill to finish and read its report; run this drill again "
+                                 "only if it is still needed.")
+        run.logger.warning("DR game-day %s", scrub(result.refused))
+        return conclude()
+
     on_this_host = ExitStack()
     try:
         with run.step("check settings"):
@@ -350,8 +390,11 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
             catalog.repository.check_exists()
             target = settings.drill.target()
         # Two drills on one host would share its cores and skew each other's time to recovery: one at a time.
-        on_this_host.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks",
-                                             name=RUNBOOK))
+        try:
+            on_this_host.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks",
+                                                 name=RUNBOOK))
+        except LockBusy as exc:
+            return refuse(exc)
         attempted = True
         with run.step("sweep killed drills", destructive=True) as figures:
             result.swept = sweep_killed_drills(root=settings.drill_root)
@@ -372,14 +415,18 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         if params.quality and any(t.quality for t in settings.freshness.tables):
             preload_gx()  # its import overlaps the restore
         with ExitStack() as held:
+            if target is not None:  # a drill from another host on the same target server: refused before holding
+                try:
+                    held.enter_context(resource_lock(run, server=target.conninfo(), key="runbooks-dr-game-day",
+                                                     wait_seconds=0))
+                except LockBusy as exc:
+                    attempted = False
+                    return refuse(exc)
             until = datetime.now(UTC) + HOLD_FOR
             cluster_manifests = {m.backup_id: m for m in (backup_set.roles, backup_set.config) if m is not None}
             for manifest in [*backup_set.databases.values(), *cluster_manifests.values()]:
                 held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
                                                    reason="DR game-day", until=until))
-            if target is not None:
-                held.enter_context(resource_lock(run, server=target.conninfo(), key="runbooks-dr-game-day",
-                                                 wait_seconds=0))
             _drill(run, params, settings, catalog, backup_set, result)
     except RunbookError as exc:
         result.error = scrub(str(exc))
@@ -392,9 +439,9 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
     if not result.operational and result.error is None:
         result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
             "the platform could not be proven operational (see the issues)"
-    result.scorecard = result.scorecard or [
+    result.scorecard = result.scorecard or [  # the error is said once, above the scorecard, not in every row
         score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
-                        unproven=f"not restored: the drill stopped ({result.error})")
+                        unproven="not restored: the drill stopped (see the error)")
         for c in settings.drill.components]
     if params.physical and attempted:
         result.physical = _physical_path(run, settings)

@@ -36,6 +36,7 @@ from tasks.pgbackrest import (
     count_markers,
     database_names,
     inspect_cluster,
+    pg_ctl_as_owner,
     read_recovery_point,
     restore_into_new_cluster,
     restored_databases,
@@ -235,7 +236,7 @@ def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
             result.next_steps.append(
                 f"The restored cluster runs at {result.restored_at} (data {cluster.datadir}). Validate the "
                 "platform against it, then repoint the application's DSN, or dump what you need from it. Stop it "
-                f"with: pg_ctl -D {cluster.datadir} stop.")
+                f"with: {pg_ctl_as_owner(pitr, Path(cluster.datadir), 'stop')}.")
     except (RunbookError, psycopg.Error, OSError) as exc:  # a connection dropped mid-query is reported too
         result.error = failure_line(exc, where="the PITR restore")
         run.logger.error("PITR restore failed: %s", result.error)

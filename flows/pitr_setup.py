@@ -2,36 +2,62 @@
 position database's RPO is one minute; a nightly dump loses up to a day).
 
 Trigger: ``runbooks run pitr-setup`` or the ``pitr-setup`` on-demand deployment, once per cluster and again after
-any change to ``[pitr]`` (it is idempotent). Blast radius: the protected cluster's archive settings (ALTER
-SYSTEM: archive_mode, archive_command, archive_timeout, wal_level) and, only with ``restart=true``, a fast restart
-of PostgreSQL that disconnects every session. Rollback: ``ALTER SYSTEM RESET`` those four and restart; the
-repository is left as it is. ``dry_run`` shows what would change and touches nothing.
+any change to ``[pitr]`` (it is idempotent). Plan first: without parameters it only prints the plan (the settings
+it would change, the config, whether PostgreSQL must restart) and its hash; ``confirm=<hash>`` applies exactly that
+plan (``dry_run=false`` alone waits for an operator's approval in the UI). Blast radius: pgBackRest's config and
+stanza, the protected cluster's archive settings (ALTER SYSTEM: archive_mode, archive_command, archive_timeout,
+wal_level) and, only with ``restart=true``, a fast restart of PostgreSQL that disconnects every session.
+Rollback: automatic. The stanza is created before any setting changes, and the settings this run is about to
+change are recorded first; if anything fails after ALTER SYSTEM, they are put back from that record (reloaded, and
+with ``restart=true`` restarted again when archive_mode was already live). Whatever it cannot put back itself, its
+report spells out as exact commands. The repository is left as it is.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun
-from runbooks.pitr import StanzaInfo, archive_command, pitr_paths, protected_cluster, render_config
-from runbooks.redact import scrub, scrub_data
+from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.pitr import (
+    PitrPaths,
+    PreviousSetting,
+    SetupPlan,
+    StanzaInfo,
+    archive_command,
+    pitr_paths,
+    plan_setup,
+    protected_cluster,
+    render_config,
+    socket_problem,
+    sql_literal,
+    undo_statements,
+)
+from runbooks.postgres import failure_line
+from runbooks.redact import scrub_data
 from runbooks.report import table, timeline_markdown
-from runbooks.settings import resolve_secret
+from runbooks.settings import DatabaseSettings, PitrSettings, resolve_secret
 from tasks.pgbackrest import (
     check_stanza,
+    check_timeout,
     configure_archiving,
     inspect_cluster,
     pending_restart,
+    pg_ctl_as_owner,
+    put_back_settings,
+    read_config_text,
     read_info,
+    record_settings,
     restart_cluster,
     stanza_create,
     write_config,
 )
+from tasks.reports import publish_report
 
 RUNBOOK = "pitr-setup"
 
@@ -42,8 +68,19 @@ class PitrSetupParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     restart: bool = Field(default=False, description="Restart PostgreSQL (fast: sessions are disconnected) when "
-                          "turning archive_mode on needs it. Off: the run stops and says so.")
-    dry_run: bool = Field(default=False, description="Show the settings that would change; change nothing.")
+                          "turning archive_mode on needs it, and again to put it back if the setup then fails. "
+                          "Off: the run sets the settings and stops for you to restart.")
+    dry_run: bool | None = Field(default=None, description="Print the plan and its hash; change nothing. Unset: "
+                                 "a dry run unless confirm is given. False without confirm: wait for an "
+                                 "operator's approval of the plan.")
+    confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$",
+                                description="The plan hash a dry run printed: applies exactly that plan.")
+    approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400)
+    approval_poll_seconds: int = Field(default=5, ge=1, le=300)
+
+    @property
+    def applies(self) -> bool:
+        return self.dry_run is False or (self.dry_run is None and self.confirm is not None)
 
 
 class PitrSetupResult(RunbookResult):
@@ -51,26 +88,67 @@ class PitrSetupResult(RunbookResult):
     config_path: str = ""
     data_directory: str = ""
     archive_command: str = ""
+    plan: SetupPlan | None = None
+    approval: Approval | None = None
     would_change: dict[str, str] = Field(default_factory=dict, description="setting -> value to be set")
+    previous: list[PreviousSetting] = Field(default_factory=list, description="this run's record of the settings "
+                                            "it changes, read just before ALTER SYSTEM")
     changed: list[str] = Field(default_factory=list)
     config_written: bool = False
     restarted: bool = False
     waiting_for_restart: list[str] = Field(default_factory=list)
     checked: bool = False
     info: StanzaInfo | None = None
+    put_back: list[str] = Field(default_factory=list, description="settings put back after a failure")
+    put_back_restarted: bool = False
+    still_changed: list[str] = Field(default_factory=list, description="settings the run could not put back")
     dry_run: bool = False
 
 
+def _head(result: PitrSetupResult) -> str:
+    if result.dry_run:
+        return "DRY RUN (plan only)"
+    if result.succeeded:
+        return "OK"
+    if result.put_back and not result.still_changed:
+        return "FAILED — previous settings put back"
+    if result.still_changed:
+        return "FAILED — settings NOT put back (see next steps)"
+    return "FAILED"
+
+
 def render_report(result: PitrSetupResult) -> str:
-    head = "DRY RUN" if result.dry_run else ("OK" if result.succeeded else "FAILED")
-    lines = [f"# PITR setup of stanza {result.stanza} — {head}", "",
+    lines = [f"# PITR setup of stanza {result.stanza} — {_head(result)}", "",
              f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Config "
              f"`{result.config_path}`, data directory `{result.data_directory}`.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
-    lines += ["## Archive settings", table(["setting", "value", "done"], [
-        [k, f"`{v}`", "would set" if result.dry_run else ("set" if k in result.changed else "already so")]
-        for k, v in result.would_change.items()])]
+    plan = result.plan
+    if plan is not None:
+        lines += ["## Plan", table(["step", "what"], [
+            ["plan hash (confirm)", f"`{plan.plan_hash}`"],
+            ["pgBackRest config", f"{'write' if plan.config_changes else 'unchanged'} `{plan.config_path}`"],
+            ["stanza", f"stanza-create `{plan.stanza}` (idempotent), before any setting changes"],
+            ["settings", ", ".join(c.name for c in plan.changes) or "none to change"],
+            ["restart", "not needed" if not plan.restart_needed else
+             ("PostgreSQL is restarted (fast: sessions are disconnected)" if plan.restart else
+              "needed; this run stops before it (restart=false)")],
+            ["then", "pgbackrest check: a WAL switch that must reach the repository"]])]
+        if plan.changes:
+            done = set(result.changed)
+            lines += ["## Archive settings", table(["setting", "now", "to be", "restart", "done"], [
+                [c.name, f"`{c.running}`", f"`{c.wanted}`", "yes" if c.needs_restart else "no",
+                 "would set" if result.dry_run else ("put back" if c.name in result.put_back else
+                                                     ("set" if c.name in done else "not set"))]
+                for c in plan.changes])]
+    if result.previous:
+        lines += ["## Settings before this run (its record)", table(["setting", "running", "postgresql.auto.conf"], [
+            [p.name, f"`{p.running}`", f"`{p.auto_conf}`" if p.auto_conf is not None else "(not set)"]
+            for p in result.previous])]
+    if result.approval is not None:
+        a = result.approval
+        lines += [f"Approval: {'approved' if a.approved else 'not approved'} by {a.approver} ({a.via}): {a.reason}.",
+                  ""]
     if result.waiting_for_restart:
         lines += [f"Waiting for a restart of PostgreSQL: {', '.join(result.waiting_for_restart)}.", ""]
     if result.info is not None:
@@ -82,15 +160,86 @@ def render_report(result: PitrSetupResult) -> str:
     return "\n".join(lines)
 
 
+def _confirm_command(plan: SetupPlan) -> str:
+    return f"runbooks run pitr-setup{' --param restart=true' if plan.restart else ''} --param confirm={plan.plan_hash}"
+
+
+def _plan_steps(result: PitrSetupResult, plan: SetupPlan) -> None:
+    result.next_steps.append(f"Nothing was changed. To apply exactly this plan: `{_confirm_command(plan)}` (or, "
+                             f"on the deployment, dry_run=false and confirm={plan.plan_hash}).")
+    if plan.stops_for_restart:
+        result.next_steps.append("archive_mode/wal_level need a restart of PostgreSQL. With restart=false the run "
+                                 "sets them and stops for you to restart in a quiet window; to have it restart "
+                                 "PostgreSQL itself (fast: sessions are disconnected), dry-run again with "
+                                 "restart=true and confirm that plan's hash.")
+
+
+def _restart_command(pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> str:
+    return pg_ctl_as_owner(pitr, data_directory, f"-l {paths.log / 'postgresql-restart.log'} -m fast -w restart")
+
+
+def _put_back(run: RunbookRun[PitrSetupResult], result: PitrSetupResult, *, params: PitrSetupParameters,
+              database: DatabaseSettings, pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> None:
+    """After a failure past ALTER SYSTEM: the recorded settings back in postgresql.auto.conf, reloaded, and
+    restarted again when a restart had made ours live (restart=true); then what the server runs is compared with
+    the record, and what still differs becomes exact commands in the report."""
+    names = [p.name for p in result.previous]
+    before = {p.name: p for p in result.previous}
+    restart = _restart_command(pitr, paths, data_directory)
+    try:
+        with run.step("put previous settings back", destructive=True) as figures:
+            pending = [n for n in put_back_settings(database=database, previous=result.previous) if n in names]
+            result.put_back = names
+            if pending and params.restart:
+                restart_cluster(pitr=pitr, paths=paths, data_directory=data_directory)
+                result.put_back_restarted = True
+            now = {p.name: p for p in record_settings(database=database, names=names)}
+            result.still_changed = [n for n in names if n in now and now[n].running != before[n].running]
+            figures.update(put_back=",".join(names), restarted=result.put_back_restarted,
+                           still_changed=",".join(result.still_changed) or "-")
+    except (RunbookError, psycopg.Error, OSError) as exc:
+        why = failure_line(exc, where="putting the archive settings back")
+        run.logger.error("Could not put the archive settings back: %s", why)
+        result.still_changed = names
+        result.next_steps.append(f"The settings could not be put back ({why}). As a superuser in psql: "
+                                 f"`{' '.join(undo_statements(result.previous))}`, then restart PostgreSQL as the "
+                                 f"cluster's owner: `{restart}` (or its service manager, e.g. systemctl restart "
+                                 "postgresql).")
+        return
+    if not result.still_changed:
+        result.next_steps.append(f"The previous settings are back ({', '.join(names)})"
+                                 + (", and PostgreSQL was restarted to apply them" if result.put_back_restarted
+                                    else "") + ": archiving is as it was before this run.")
+        return
+    still = result.still_changed
+    if not result.put_back_restarted:
+        result.next_steps.append(
+            f"The previous settings are back in postgresql.auto.conf, but {', '.join(still)} "
+            f"{'takes' if len(still) == 1 else 'take'} effect only when PostgreSQL restarts (until then archiving "
+            "stays on and failing, and WAL piles up in pg_wal). Restart it in a quiet window as the cluster's owner: "
+            f"`{restart}` (or its service manager, e.g. systemctl restart postgresql).")
+        return
+    statements = [f"ALTER SYSTEM SET {n} = {sql_literal(before[n].running)};" for n in still]
+    result.next_steps.append(
+        f"{', '.join(still)} {'runs' if len(still) == 1 else 'run'} differently than before this run although "
+        "postgresql.auto.conf is as it was: it already held "
+        + ", ".join(f"{n} = {before[n].auto_conf!r}" for n in still)
+        + " waiting for a restart, which this run made. To run as before, as a superuser in psql: "
+        f"`{' '.join([*statements, 'SELECT pg_reload_conf();'])}`, then restart as the cluster's owner: `{restart}`.")
+
+
 @flow(name=RUNBOOK, log_prints=False)
 def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
-    """Config, archive settings, (restart), stanza, check: each step idempotent, so a rerun finishes the job."""
+    """Plan; then, approved: config, stanza, record, archive settings, (restart), check; put back on failure."""
     params = parameters or PitrSetupParameters()
     run: RunbookRun[PitrSetupResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)
     result = PitrSetupResult(started_at=run.started_at, stanza=pitr.stanza, config_path=str(paths.config),
-                             dry_run=params.dry_run)
+                             dry_run=not params.applies)
+    altered = stopped_for_restart = False
+    database: DatabaseSettings | None = None
+    data_directory: Path | None = None
     try:
         database = protected_cluster(settings)
         with run.step("inspect cluster") as figures:
@@ -108,39 +257,81 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
                                      "the database host (its archive_command runs there too).",
                                      hint="run this runbook on a worker on the database host.")
         result.data_directory = str(data_directory)
+        if problem := socket_problem(facts.socket_directories, pitr.socket_directory):
+            raise ConfigurationError(f"{problem}.", hint="set [pitr] socket_directory to a directory the server "
+                                     "lists in unix_socket_directories, or give the server one (unix_socket_"
+                                     "directories = '/var/run/postgresql', then a restart). Nothing was changed.")
         result.archive_command = archive_command(pitr, paths)
         wanted = {"archive_mode": "on", "archive_command": result.archive_command,
                   "archive_timeout": str(int(pitr.archive_timeout.total_seconds())), "wal_level": "replica"}
         if facts.settings.get("wal_level") == "logical":
             wanted.pop("wal_level")  # logical already archives everything replica does
-        result.would_change = {k: v for k, v in wanted.items() if facts.settings.get(k) != v}
+        secret = resolve_secret(pitr.s3_key_secret, pitr.s3_key_secret_block)
         text = render_config(pitr, paths, data_directory=data_directory, port=facts.port, user=facts.user,
-                             s3_key_secret=resolve_secret(pitr.s3_key_secret, pitr.s3_key_secret_block))
-        if params.dry_run:
-            run.logger.info("Dry run: would write %s and set %s", paths.config, scrub_data(result.would_change))
-            result.next_steps.append("Rerun without dry_run to apply.")
+                             s3_key_secret=secret)
+        public = render_config(pitr, paths, data_directory=data_directory, port=facts.port, user=facts.user,
+                               s3_key_secret="(secret)" if secret else None)  # the plan hash never covers it
+        plan = result.plan = plan_setup(
+            stanza=pitr.stanza, system_identifier=facts.system_identifier, data_directory=data_directory,
+            config_path=paths.config, config_public=public, config_changes=read_config_text(paths) != text,
+            running=facts.settings, contexts=facts.contexts, wanted=wanted, restart=params.restart)
+        result.would_change = {c.name: c.wanted for c in plan.changes}
+        if result.dry_run:
+            run.logger.info("Dry run: plan %s would write %s and set %s", plan.plan_hash, paths.config,
+                            scrub_data(result.would_change))
+            _plan_steps(result, plan)
             result.succeeded = True
             return run.conclude(result, render=render_report, report_key="pitr-setup-report",
-                                description=f"PITR setup of stanza {pitr.stanza} (dry run)")
+                                description=f"PITR setup of stanza {pitr.stanza} (plan {plan.plan_hash})")
+        with run.step("approval") as figures:
+            if params.confirm is None:
+                result.timeline = list(run.steps.timeline)
+                publish_report(key="pitr-setup-plan", markdown=render_report(result),
+                               description="PITR setup plan awaiting approval")
+            result.approval = request_approval(
+                run, plan_hash=plan.plan_hash, confirm=params.confirm,
+                summary=f"Approve PITR setup plan `{plan.plan_hash}` of stanza {pitr.stanza}: set "
+                        f"{', '.join(result.would_change) or 'no setting'}"
+                        + ("; restart PostgreSQL" if plan.restart_needed and plan.restart else "") + ".",
+                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
+            figures.update(approved=result.approval.approved, approver=result.approval.approver)
+        if not result.approval.approved:
+            raise Refused(f"the plan {plan.plan_hash} was not approved ({result.approval.reason}).",
+                          hint="nothing was changed; run the dry run again when ready.")
         with run.step("write config", path=str(paths.config)) as figures:
             result.config_written = write_config(pitr=pitr, paths=paths, text=text)
             figures.update(changed=result.config_written)
-        with run.step("configure archiving") as figures:
-            result.changed = configure_archiving(database=database, wanted=wanted)
-            result.waiting_for_restart = pending_restart(database=database)
-            figures.update(changed=",".join(result.changed) or "-", pending=",".join(result.waiting_for_restart))
+        with run.step("create stanza"):  # before any setting: a cluster pgBackRest cannot reach stays as it was
+            stanza_create(pitr=pitr, paths=paths)
+        if plan.changes:
+            with run.step("record settings") as figures:
+                result.previous = record_settings(database=database, names=[c.name for c in plan.changes])
+                figures.update({f"{p.name} before": p.auto_conf if p.auto_conf is not None else "(not set)"
+                                for p in result.previous})
+            run.steps.event("pitr.settings.recorded", settings=[p.model_dump() for p in result.previous])
+            planned = {c.name: c.running for c in plan.changes}
+            if moved := [p.name for p in result.previous if planned.get(p.name) != p.running]:
+                raise Refused(f"{', '.join(moved)} changed on the server since plan {plan.plan_hash} was made.",
+                              hint="run the dry run again and confirm its hash; no setting was changed.")
+            altered = True  # from here on, a failure puts the recorded settings back
+            with run.step("configure archiving", destructive=True) as figures:
+                result.changed = configure_archiving(database=database, wanted=result.would_change)
+                figures.update(changed=",".join(result.changed) or "-")
+        watched = set(wanted)
+        result.waiting_for_restart = [n for n in pending_restart(database=database) if n in watched]
         if result.waiting_for_restart:
             if not params.restart:
-                raise Refused(f"{', '.join(result.waiting_for_restart)} take effect only when PostgreSQL restarts.",
-                              hint="restart it in a quiet window (systemctl restart postgresql) and rerun, or rerun "
-                              "with restart=true to have this runbook restart it (sessions are disconnected).")
-            with run.step("restart PostgreSQL"):
+                stopped_for_restart = True
+                waiting = result.waiting_for_restart
+                raise Refused(f"{', '.join(waiting)} {'takes' if len(waiting) == 1 else 'take'} effect only when "
+                              "PostgreSQL restarts; the settings are in postgresql.auto.conf, the stanza exists.",
+                              hint="restart PostgreSQL in a quiet window (the next steps say how) and run pitr-setup "
+                              "again, or dry-run again with restart=true and confirm that plan.")
+            with run.step("restart PostgreSQL", destructive=True):
                 restart_cluster(pitr=pitr, paths=paths, data_directory=data_directory)
                 result.restarted = True
-                result.waiting_for_restart = pending_restart(database=database)
-        with run.step("create stanza"):
-            stanza_create(pitr=pitr, paths=paths)
-        with run.step("check archiving"):
+                result.waiting_for_restart = [n for n in pending_restart(database=database) if n in watched]
+        with run.step("check archiving", timeout_seconds=check_timeout(pitr)):
             check_stanza(pitr=pitr, paths=paths)
             result.checked = True
         with run.step("read repository") as figures:
@@ -150,8 +341,21 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
             result.next_steps.append("Take the first full backup now: runbooks run pitr-backup --param kind=full "
                                      "(until then no point in time can be restored).")
         result.succeeded = True
-    except RunbookError as exc:
-        result.error = scrub(str(exc))
+    except (RunbookError, psycopg.Error, OSError) as exc:
+        result.error = failure_line(exc, where="the PITR setup")
         run.logger.error("PITR setup failed: %s", result.error)
+        if stopped_for_restart and data_directory is not None:
+            restart = _restart_command(pitr, paths, data_directory)
+            result.next_steps += [
+                f"To finish: restart PostgreSQL in a quiet window as the cluster's owner: `{restart}` (or its "
+                "service manager, e.g. systemctl restart postgresql), then run `runbooks run pitr-setup` again and "
+                "confirm its plan (it only checks archiving then).",
+                "To undo instead, before any restart (this run's record), as a superuser in psql: "
+                f"`{' '.join(undo_statements(result.previous))}`" if result.previous else
+                "Nothing of this run is to undo: the pending settings were there before it."]
+        elif altered and database is not None and data_directory is not None:
+            _put_back(run, result, params=params, database=database, pitr=pitr, paths=paths,
+                      data_directory=data_directory)
     return run.conclude(result, render=render_report, report_key="pitr-setup-report",
                         description=f"PITR setup of stanza {pitr.stanza}")
+

@@ -4,17 +4,21 @@ Trigger: on demand — the ``restore-on-demand`` deployment, ``runbooks run rest
 game-day (``confirm`` = the plan hash). Blast radius: ``verify`` touches no database; ``new`` creates one database
 (default ``<database>_recovery``) and never touches the source; ``replace`` restores into a scratch database,
 validates it, and only after approval halts trading and swaps names — the live database is kept as
-``<database>_pre_restore_<timestamp>``. A restore drops only databases its own record (in the repository) says
-it made, never one of the inventory, never one with other sessions.
-Rollback of a replace: ``ALTER DATABASE <database> RENAME TO <database>_rejected;
-ALTER DATABASE <database>_pre_restore_<ts> RENAME TO <database>;`` then resume trading (CONFIRM_RESUME).
+``<database>_pre_restore_<backup id>`` (``_2``, ``_3``… when that name is taken), the name the plan shows and its
+hash covers. A restore drops only databases its own record (in the repository) says it made, never one of the
+inventory, never one with other sessions.
+Rollback of a replace (names quoted: the backup id has capitals): ``ALTER DATABASE "<database>" RENAME TO
+"<database>_rejected"; ALTER DATABASE "<database>_pre_restore_<backup id>" RENAME TO "<database>";`` then resume
+trading (CONFIRM_RESUME). The report of the run prints these statements with the real names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -40,7 +44,7 @@ from runbooks.manifest import BackupManifest, Verification
 from runbooks.postgres import fit_name
 from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
+from runbooks.report import human_bytes, inline, table, timeline_markdown
 from runbooks.repository import open_repository
 from runbooks.roles import RoleCreated
 from runbooks.settings import BackupSelector, DatabaseSettings, InventoryName, Settings
@@ -125,7 +129,8 @@ class RestorePlan(BaseModel):
     stored_bytes: int
     wal_lsn: str | None
     target: str
-    keep_live_as: str | None = Field(description="where the live database is kept; the timestamp is the swap's")
+    keep_live_as: str | None = Field(description="where the live database is kept: named for the backup, free on "
+                                     "the server when planned, under the plan hash")
     halt_trading: bool
     plan_hash: str = Field(description="pass as 'confirm' to approve this plan unattended")
 
@@ -153,16 +158,38 @@ class RestoreResult(RunbookResult):
     time_to_restore_seconds: float | None = Field(default=None, description="fetch + restore + validate")
 
 
-def plan_hash(manifest: BackupManifest, *, mode: str, target: str, halt: bool) -> str:
-    """Stable over what the plan will do, so a dry run can print it and an unattended run can confirm it."""
+def plan_hash(manifest: BackupManifest, *, mode: str, target: str, halt: bool, keep_as: str | None) -> str:
+    """Stable over what the plan will do, so a dry run can print it and an unattended run can confirm it. The
+    kept name is in it: the rollback instructions an operator approved name that database."""
     dump = next(o for o in manifest.objects if o.role == "dump")
-    payload = json.dumps([manifest.name, manifest.backup_id, dump.sha256, mode, target, halt])
+    payload = json.dumps([manifest.name, manifest.backup_id, dump.sha256, mode, target, halt, keep_as])
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def keep_name(live: str, moment: datetime) -> str:
-    """Where the live database is kept by a replace: always within 63 bytes, the timestamp never cut off."""
-    return fit_name(live, f"_pre_restore_{moment:%Y%m%dT%H%M%S}")
+def keep_names(live: str, backup_id: str) -> Iterator[str]:
+    """Where a replace may keep the live database, in order: ``<live>_pre_restore_<backup id>``, then ``_2``,
+    ``_3``… (the same backup swapped in again while an earlier kept copy still exists). Derived from the plan's
+    inputs, never from the clock, so a dry run and a later confirmed run name the same database; always within
+    63 bytes, the backup id and the number never cut off."""
+    yield fit_name(live, f"_pre_restore_{backup_id}")
+    for n in itertools.count(2):
+        yield fit_name(live, f"_pre_restore_{backup_id}_{n}")
+
+
+def free_keep_name(database: DatabaseSettings, *, live: str, backup_id: str) -> str:
+    """The first of ``keep_names`` no database on the server has now."""
+    candidates = keep_names(live, backup_id)
+    while True:
+        batch = list(itertools.islice(candidates, 16))
+        found = locate_databases(database=database, names=batch)
+        for name in batch:
+            if found[name] is None:
+                return name
+
+
+def quoted(name: str) -> str:
+    """A PostgreSQL identifier as an operator must type it (the kept name has capitals)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _run_name() -> str:
@@ -200,8 +227,8 @@ def render_report(result: RestoreResult) -> str:
         if a.via == "timeout":
             lines += ["## Approval", f"Not approved: {a.reason} (timed out at {a.decided_at:%H:%M:%S}Z).", ""]
         else:
-            lines += ["## Approval", f"{'Approved' if a.approved else 'Rejected'} by **{a.approver}** ({a.via}, "
-                      f"{a.decided_at:%H:%M:%S}Z): {a.reason}", ""]
+            lines += ["## Approval", f"{'Approved' if a.approved else 'Rejected'} by **{inline(a.approver)}** "
+                      f"({a.via}, {a.decided_at:%H:%M:%S}Z): {inline(a.reason)}", ""]
     if result.verification:
         v = result.verification
         lines += ["## Verification", f"{v.status}: {v.detail} ({v.seconds:.1f} s)", ""]
@@ -318,18 +345,22 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
             result.next_steps.append(f"Restore it with mode=new (into {params.database}_recovery) to inspect it.")
             return conclude()
 
-        result.plan = RestorePlan(
-            database=params.database, mode=params.mode, backup_id=manifest.backup_id,
-            backup_taken_at=manifest.started_at,
-            backup_age_hours=(datetime.now(UTC) - manifest.started_at).total_seconds() / 3600,
-            bytes=manifest.bytes, stored_bytes=manifest.stored_bytes,
-            wal_lsn=manifest.snapshot.wal_lsn if manifest.snapshot else None, target=target,
-            keep_live_as=keep_name(live, datetime.now(UTC)) if params.mode == "replace" else None,
-            halt_trading=halt, plan_hash=plan_hash(manifest, mode=params.mode, target=target, halt=halt))
-
         with ExitStack() as held:  # only one restore of a database at a time, any host; its backup is held
             held.enter_context(resource_lock(run, server=database.conninfo(), key=f"runbooks-restore:{params.database}",
                                              wait_seconds=params.lock_wait_seconds))
+            keep_as: str | None = None
+            if params.mode == "replace":  # under the lock: no other restore of this database names one meanwhile
+                with run.step("name the kept database") as figures:
+                    keep_as = free_keep_name(database, live=live, backup_id=manifest.backup_id)
+                    figures["keep_as"] = keep_as
+            result.plan = RestorePlan(
+                database=params.database, mode=params.mode, backup_id=manifest.backup_id,
+                backup_taken_at=manifest.started_at,
+                backup_age_hours=(datetime.now(UTC) - manifest.started_at).total_seconds() / 3600,
+                bytes=manifest.bytes, stored_bytes=manifest.stored_bytes,
+                wal_lsn=manifest.snapshot.wal_lsn if manifest.snapshot else None, target=target,
+                keep_live_as=keep_as, halt_trading=halt,
+                plan_hash=plan_hash(manifest, mode=params.mode, target=target, halt=halt, keep_as=keep_as))
             if not params.dry_run:
                 held.enter_context(catalog.holding(
                     manifest, holder=run.flow_run_id or "local", reason=f"restore of {params.database}",
@@ -479,7 +510,14 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                             else f"rejected by {result.approval.approver}: {result.approval.reason}")
             result.next_steps.append("Nothing was changed; the scratch copy was dropped.")
             return
-        keep_as = keep_name(live, datetime.now(UTC))
+        keep_as = result.plan.keep_live_as  # the name approved (under the plan hash), not one made up now
+        assert keep_as is not None
+        with run.step("check the kept name is free"):
+            if locate_databases(database=database, names=[keep_as])[keep_as] is not None:
+                raise Refused(f"a database named {keep_as!r} appeared after the plan was made, so the live "
+                              "database cannot be kept under the approved name.",
+                              hint="run the restore again (a dry run shows the new plan and its hash); nothing "
+                              "was swapped and trading was not touched.")
         if halt:
             with run.step("halt trading", destructive=True):
                 guard.halt(reason=f"restore of {params.database} from {manifest.backup_id}")
@@ -500,6 +538,10 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                 guard.resume_if_ours()
         result.status = "succeeded"
         result.next_steps.append(f"Once satisfied, drop {keep_as!r} by hand (kept on purpose).")
+        rejected = fit_name(live, "_rejected")
+        result.next_steps.append(f"To roll back: ALTER DATABASE {quoted(live)} RENAME TO {quoted(rejected)}; "
+                                 f"ALTER DATABASE {quoted(keep_as)} RENAME TO {quoted(live)}; then resume trading "
+                                 "with CONFIRM_RESUME if it is halted.")
     finally:
         if result.kept_live_as is None and result.status != "succeeded":
             try:

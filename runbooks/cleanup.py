@@ -1,10 +1,12 @@
 """The disk-cleanup engine: watermarks, a budget, and one streaming walk that both plans (dry run) and acts.
 
-Safety is tmpreaper's and systemd-tmpfiles': a walk starts only at a root inside the allowlist, opens every
-directory relative to its parent with ``O_NOFOLLOW`` (a directory swapped for a symbolic link mid-walk is never
-entered), stays on the root's filesystem, touches regular files only, never a name matching a protected pattern
-nor a file some process holds open, and stops at the run's budget. A dry run goes through the very same code and
-only skips the ``unlink``: its plan is what the real run does, as long as nothing else writes meanwhile.
+Safety is tmpreaper's and systemd-tmpfiles': a walk starts only at a root inside the allowlist and outside every
+system tree and PostgreSQL data directory, opens every directory relative to its parent with ``O_NOFOLLOW`` (a
+directory swapped for a symbolic link mid-walk is never entered), stays on the root's filesystem, touches regular
+files only, never a name matching a protected pattern, a file some process holds open, nor anything in a
+PostgreSQL data directory it meets below the root (running or not), and stops at the run's budget. A dry run goes
+through the very same code and only skips the ``unlink``: its plan is what the real run does, as long as nothing
+else writes meanwhile.
 
 Memory is bounded by the tree's depth (one open directory and its subdirectory names per level), not its size;
 the manifest of what went is streamed to a file, and only its first lines are kept for the report.
@@ -37,6 +39,12 @@ from typing import IO, Literal
 from pydantic import BaseModel, Field
 
 from runbooks.errors import ConfigurationError, Refused
+from runbooks.protected_paths import (
+    data_directory_refusal,
+    is_data_directory,
+    root_refusal,
+    system_refusal,
+)
 from runbooks.settings import CleanupSettings, FileRule
 
 COMPRESS_ESTIMATE = 0.9  # a dry run's guess of what gzip frees of a text log (measured logs: 85-95 %)
@@ -226,6 +234,8 @@ class TreeOutcome(BaseModel):
     skipped: dict[str, int] = Field(default_factory=dict, description="entries not touched, by why")
     errors: list[str] = Field(default_factory=list, description="the first failures (the run goes on)")
     samples: list[str] = Field(default_factory=list, description="the first paths acted on")
+    data_directories: list[str] = Field(default_factory=list, description="PostgreSQL data directories met below "
+                                        "the root: nothing in them was touched")
     seconds: float = 0.0
 
 
@@ -257,7 +267,12 @@ def shown(name: bytes | str) -> str:
 
 def check_root(root: Path, settings: CleanupSettings) -> None:
     """Refuse (ConfigurationError) a root that is missing, not a directory, reached through a symbolic link, inside
-    a protected directory, or outside the allowlist: checked for every root before anything is touched."""
+    a protected directory, outside the allowlist, or that is, lies inside or holds a system tree or a PostgreSQL
+    data directory (the settings refused those at load; a data directory may have appeared since): checked for
+    every root before anything is touched."""
+    if why := system_refusal(root):
+        raise ConfigurationError(f"cleanup root {str(root)!r} {why}: cleanup never deletes there.",
+                                 hint="point the rule at a directory of disposable files (e.g. /var/log/<app>).")
     if not any(root == allowed or allowed in root.parents for allowed in settings.allowed_roots):
         raise ConfigurationError(f"cleanup root {str(root)!r} is outside allowed_roots.",
                                  hint="add its parent to [cleanup] allowed_roots or fix the rule's roots.")
@@ -347,6 +362,41 @@ class _Dirs:
         for _, fd in self.stack:
             os.close(fd)
         self.stack.clear()
+
+
+class _DataDirectories:
+    """PostgreSQL data directories below the root, found as the walk meets what is in them: find cannot ask what a
+    directory holds, so each directory along the current path is checked once (two ``fstatat``), and nothing in a
+    data directory is touched, in a dry run too, running or not. The settings refuse a root that is, lies inside
+    or holds one near its top; this finds the deeper ones (a stopped cluster left under ``/tmp/x/y/z``)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.stack: list[tuple[bytes, bytes | None]] = []  # (component, the data directory it is or lies in)
+        self.found: list[bytes] = []
+        self._last: tuple[bytes | None, bytes | None] = (None, None)
+
+    def holding(self, directory: bytes) -> bytes | None:
+        """The data directory (relative to the root) that ``directory`` is or lies inside, else None."""
+        if directory == self._last[0]:  # consecutive files of one directory: most records
+            return self._last[1]
+        parts = directory.split(b"/") if directory else []
+        common = 0
+        while common < len(self.stack) and common < len(parts) and self.stack[common][0] == parts[common]:
+            common += 1
+        del self.stack[common:]
+        for part in parts[common:]:
+            above = self.stack[-1][1] if self.stack else None
+            if above is None:
+                path = b"/".join(parts[:len(self.stack) + 1])
+                if is_data_directory(path, dir_fd=self.root_fd):
+                    above = path
+                    if path not in self.found:
+                        self.found.append(path)
+            self.stack.append((part, above))
+        found = self.stack[-1][1] if self.stack else None
+        self._last = (directory, found)
+        return found
 
 
 def _names(patterns: Iterable[str]) -> list[str]:
@@ -476,10 +526,18 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
     action = _verb(walk.dry_run, "compressed" if compress else "deleted")
     prefix = f"{root}/"
     held, ledger, budget, dry_run, compressed = walk.held, walk.ledger, walk.budget, walk.dry_run, walk.compressed
+    # The settings and the flow refused these already; the engine refuses them too, whoever calls it.
+    if why := root_refusal(root) or data_directory_refusal(root, depth=0):
+        out.state, out.why = "failed", f"refused: {root} {why}"
+        return out
     try:
         root_fd = open_root(root)
     except OSError as exc:
         out.state, out.why = "failed", f"cannot open {root} without following a link: {exc.strerror}"
+        return out
+    if is_data_directory(b"", dir_fd=root_fd):  # became one since the check above
+        os.close(root_fd)
+        out.state, out.why = "failed", f"refused: {root} is a PostgreSQL data directory (PG_VERSION beside global/)"
         return out
     device = os.fstat(root_fd).st_dev
     if not ledger.wants(device):
@@ -487,6 +545,7 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
         out.state, out.why = "skipped", "its filesystem is not above the high watermark (or is below the low one)"
         return out
     dirs = _Dirs(root_fd, device)
+    clusters = _DataDirectories(root_fd)
     unlinker = None if dry_run or compress else _Unlinker(root_fd, device, cutoff, walk, rule.name, prefix)
     old_dirs: list[tuple[bytes, float]] = []
     kept: set[bytes] = set()
@@ -540,8 +599,11 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
                     if unlinker is not None and unlinker.corrections:
                         correct()
                     _, ino_, nlink_, size_, blocks_, mtime_, relative = record.split(b" ", 6)
+                    directory, _, name = relative.rpartition(b"/")
+                    if clusters.holding(directory) is not None:
+                        keep(relative)
+                        continue
                     mtime = float(mtime_)
-                    name = relative.rpartition(b"/")[2]
                     text = os.fsdecode(name)
                     inode = int(ino_)
                     estimate = compressed.get((device, inode)) if compressed else None
@@ -584,7 +646,7 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
                         unlinker.put(relative, inode, freed, blocks, mtime)
                     elif compress and not dry_run:
                         try:
-                            freed = _compress(dirs.open(relative.rpartition(b"/")[0]), name, inode, cutoff)
+                            freed = _compress(dirs.open(directory), name, inode, cutoff)
                         except FileNotFoundError:
                             continue
                         except Refused as exc:
@@ -615,7 +677,9 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
                     keep(record[2:])
                 elif kind == b"d":
                     _, dev_, mtime_, relative = record.split(b" ", 3)
-                    if int(dev_) != device:  # a mount point: never removed, and its parent keeps it
+                    if clusters.holding(relative) is not None:  # never removed, nor is what holds it
+                        keep(relative + b"/.")
+                    elif int(dev_) != device:  # a mount point: never removed, and its parent keeps it
                         keep(relative + b"/.")
                     elif float(mtime_) <= cutoff:
                         old_dirs.append((relative, float(mtime_)))
@@ -632,6 +696,9 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
                     keep(record[2:])
                 elif kind == b"z":
                     _, ino_, relative = record.split(b" ", 2)
+                    if clusters.holding(relative.rpartition(b"/")[0]) is not None:
+                        keep(relative)
+                        continue
                     if leftover_open is None:  # now, not at the run's start: a concurrent run's copy is open
                         leftover_open = open_files()
                     if _remove_partial(dirs, relative, int(ino_), device, leftover_open, dry_run):
@@ -657,6 +724,9 @@ def clean_tree(rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
         os.close(root_fd)
     if stop:
         out.state, out.why = "stopped", stop
+    if clusters.found:
+        skipped["PostgreSQL data directory"] = len(clusters.found)
+        out.data_directories = [prefix + shown(found) for found in clusters.found]
     out.files, out.bytes = files, freed_total
     out.skipped = dict(skipped)
     out.seconds = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -14,8 +15,9 @@ from typing import Annotated, Any
 
 import typer
 from markdown_it import MarkdownIt
-from rich.console import Console
-from rich.markdown import Markdown
+from rich import box
+from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderableType, RenderResult
+from rich.markdown import Markdown, TableElement
 from rich.table import Table
 from rich.text import Text
 
@@ -43,17 +45,107 @@ def printable(text: str, *, keep: str = "") -> str:
     return "".join(map(escaped, text))
 
 
+LONG_VALUE = 160  # a word (a path, a URL, a name) longer than this is shortened in one-line messages
+KEEP_EDGE = 60  # characters kept at each end of a shortened word: where it starts and how it ends
+
+
+def shorten(text: str, *, limit: int = LONG_VALUE, keep: int = KEEP_EDGE) -> str:
+    """``text`` with each word (run of non-blanks) longer than ``limit`` cut in the middle: its start and end stay,
+    and the cut says how much it left out. A 5,000-character path still shows its root and its file name, and a
+    one-line message keeps its HINT, instead of a screenful of one value."""
+    def cut(word: str) -> str:
+        if len(word) <= limit:
+            return word
+        return f"{word[:keep]}…[{len(word) - 2 * keep:,} characters]…{word[-keep:]}"
+
+    return " ".join(cut(word) for word in text.split(" "))
+
+
 class _Terminal(Console):
     """A console whose plain strings never carry raw control characters. Text from users or the config is printed
-    as ``Text`` (never parsed as rich markup) after ``printable``; this catches any string that slips through."""
+    as ``Text`` (never parsed as rich markup) after ``printable``; this catches any string that slips through.
+
+    Its width is ``COLUMNS`` when set, else the terminal's, else (a file or a pipe) ``piped_width``; read at each
+    print, so ``COLUMNS=80 runbooks … | less`` gets 80 columns."""
+
+    def __init__(self, *, piped_width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.piped_width = piped_width
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        found = Console.size.fget(self)  # type: ignore[attr-defined]
+        columns = self._environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            return ConsoleDimensions(int(columns), found.height)
+        if self.piped_width and not self.is_terminal:
+            return ConsoleDimensions(self.piped_width, found.height)
+        return ConsoleDimensions(found.width, found.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
     def render_str(self, text: str, **kwargs: Any) -> Text:  # type: ignore[override]
         return super().render_str(printable(text, keep="\n"), **kwargs)
 
 
+def fitted(table: Table, console: Console, options: ConsoleOptions) -> RenderableType:
+    """``table`` laid out so that no word of any cell is cut: as it is when it fits; with each column at least as
+    wide as its longest word, the spare width shared by how much more each could use, when that fits; otherwise
+    the same rows as records (the first cell, then one ``heading: value`` line per other cell). Rich alone shrinks
+    the widest columns first, whatever they hold, and cuts names to "Positi…". (Uses rich's own column measure.)"""
+    available = options.max_width
+    ranges = [table._measure_column(console, options, column) for column in table.columns]  # padding included
+    extra = table._extra_width  # borders and separators
+    if sum(r.maximum for r in ranges) + extra <= available:
+        return table
+    narrowest = sum(r.minimum for r in ranges) + extra
+    if narrowest <= available:
+        laid_out = copy.deepcopy(table)
+        spare, wants = available - narrowest, [r.maximum - r.minimum for r in ranges]
+        for column, measured, want in zip(laid_out.columns, ranges, wants, strict=True):
+            width = measured.minimum + spare * want // max(sum(wants), 1)
+            column.width = max(width - laid_out._get_padding_width(column._index), 1)
+        return laid_out
+    headings = [column.header for column in table.columns]
+    cells = [list(column.cells) for column in table.columns]
+    lines: list[Text] = [Text(str(table.title), style="bold")] if table.title else []
+    for row in range(table.row_count):
+        lines.append(Text.assemble(_text(cells[0][row]), style="bold"))
+        for heading, values in zip(headings[1:], cells[1:], strict=True):
+            lines.append(Text.assemble("  ", _text(heading), ": ", _text(values[row])))
+    return Text("\n").join(lines)
+
+
+def _text(value: object) -> Text:
+    return value if isinstance(value, Text) else Text(str(value))
+
+
+class _FittedTable(Table):
+    """A table laid out by ``fitted`` at print time: no word cut, records when the console is too narrow."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        shown = fitted(self, console, options)
+        if shown is self:
+            yield from super().__rich_console__(console, options)
+        else:
+            yield shown
+
+
+class _FittedTableElement(TableElement):
+    """A report's markdown table, laid out by ``fitted`` (no word cut, records when it cannot fit)."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for table in super().__rich_console__(console, options):
+            yield fitted(table, console, options) if isinstance(table, Table) else table
+
+
 class _Report(Markdown):
     """A runbook's markdown report with raw HTML off: ``RUNBOOKS_DATABASES__<NAME>__PASSWORD`` keeps its ``<NAME>``
-    (rich drops what CommonMark reads as an HTML tag)."""
+    (rich drops what CommonMark reads as an HTML tag). Tables too wide for the console become records."""
+
+    elements = {**Markdown.elements, "table_open": _FittedTableElement}
 
     def __init__(self, markup: str) -> None:
         super().__init__(markup)
@@ -61,14 +153,42 @@ class _Report(Markdown):
 
 
 class _PrintableFormatter(logging.Formatter):
-    """Wraps a console log handler's formatter: a log line can carry a parameter or a name verbatim."""
+    """Wraps a console log handler's formatter: a log line can carry a parameter or a name verbatim. A record
+    carrying one of our errors is written without its traceback: the error was mapped at our boundary and its
+    message says what failed and what to do (``HINT:``); the stack through Prefect's engine only buries that line.
+    The record itself is untouched (the run's log in the Prefect API keeps the traceback)."""
 
     def __init__(self, inner: logging.Formatter | None) -> None:
         super().__init__()
         self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and isinstance(record.exc_info[1], RunbookError):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
         return printable(self.inner.format(record), keep="\n\t")
+
+
+class _DrainNotes(logging.Filter):
+    """Drops the "Still processing items: N items remaining..." notes Prefect's event and log workers write while
+    they drain at the end of a run: progress of Prefect's own shutdown, not something the operator acts on. Told
+    apart by where they come from (the queue service's main loop), not by their English; the same workers'
+    other warnings (a full queue dropping an item) still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.funcName == "_main_loop")
+
+
+DRAINING_LOGGERS = ("EventsWorker", "APILogWorker")  # Prefect's QueueService subclasses log under their class name
+
+
+def prepare_log_output() -> None:
+    """What the CLI process's log lines look like, once Prefect has configured logging: control characters
+    escaped, our errors without Prefect's traceback, no drain notes; our own warnings untouched."""
+    _escape_log_output()
+    for name in DRAINING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DrainNotes) for f in logger.filters):
+            logger.addFilter(_DrainNotes())
 
 
 def _escape_log_output() -> None:
@@ -80,22 +200,24 @@ def _escape_log_output() -> None:
             handler.setFormatter(_PrintableFormatter(handler.formatter))
 
 
-out = _Terminal(width=None if sys.stdout.isatty() else 160)
+out = _Terminal(piped_width=160)
 err = _Terminal(stderr=True)
 
 
 def _fail(exc: Exception, code: int | None = None) -> typer.Exit:
-    """Print ``exc`` as one line on stderr (escaped, never read as markup); return the exit to raise: ``code``, by
-    default 2 for bad input or configuration and 1 for anything else."""
+    """Print ``exc`` as one line on stderr (escaped, never read as markup, never wrapped by us, absurdly long
+    values shortened); return the exit to raise: ``code``, by default 2 for bad input or configuration and 1 for
+    anything else."""
     if code is None:
         code = 2 if isinstance(exc, ConfigurationError) else 1
-    err.print(Text.assemble(("error:", "bold red"), " ", printable(str(exc))), soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", shorten(printable(str(exc)))), soft_wrap=True)
     return typer.Exit(code)
 
 
 def _say(text: str, *, console: Console | None = None) -> None:
-    """One line of text that may hold a user's or the config's words: escaped, never read as markup."""
-    (console or out).print(Text(printable(text)), soft_wrap=True)
+    """One line of text that may hold a user's or the config's words: escaped, never read as markup, never
+    wrapped by us (the terminal wraps it), absurdly long values shortened."""
+    (console or out).print(Text(shorten(printable(text))), soft_wrap=True)
 
 
 def _settings() -> Settings:
@@ -203,7 +325,7 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
 
     def row(*cells: object) -> None:
         table.add_row(*(Text(printable(str(cell))) for cell in cells))
-    table = Table(title="runbooks sandbox", show_header=True)
+    table = _FittedTable(title="runbooks sandbox", show_header=True)
     table.add_column("component")
     table.add_column("endpoint")
     table.add_column("up")
@@ -260,7 +382,7 @@ def run(
     settings = _settings()
     _prefect_env(settings)
     flow_fn, model, render = RUNBOOKS[runbook].load()
-    _escape_log_output()
+    prepare_log_output()
     _skip_heartbeat_join()
     try:
         parameters = model.model_validate(raw)
@@ -288,7 +410,8 @@ def run(
         if as_json:
             out.print_json(json.dumps({"succeeded": False, "state": state.type.value, "error": message}))
         else:
-            err.print(Text.assemble((f"{runbook} failed:", "bold red"), " ", printable(str(message))), soft_wrap=True)
+            err.print(Text.assemble((f"{runbook} failed:", "bold red"), " ", shorten(printable(str(message)))),
+                      soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
@@ -314,13 +437,6 @@ def _age(moment: datetime) -> str:
     return f"{seconds:.0f}s"
 
 
-def _cell(text: str) -> str:
-    """Repository content (names, reasons) as inert text: control characters shown as escapes, no markup."""
-    from rich.markup import escape as markup_escape
-
-    return markup_escape(printable(text))
-
-
 def _catalog_for(database: str | None):  # type: ignore[no-untyped-def]
     """The catalog, after refusing (exit 2) a name that is not a database name and a repository that does not
     exist: a mistyped path must not read as "no backups"."""
@@ -336,6 +452,9 @@ def _catalog_for(database: str | None):  # type: ignore[no-untyped-def]
         raise _fail(exc, 2) from None
     except RunbookError as exc:
         raise _fail(exc) from None
+    except OSError as exc:  # e.g. a path longer than the system allows: the repository layer does not map it yet
+        raise _fail(ConfigurationError(f"the backup repository cannot be read: {exc.strerror} ({exc.filename}).",
+                                       hint="fix repository.url in the settings; nothing was read."), 2) from None
     return catalog
 
 
@@ -355,28 +474,36 @@ def backups_list(
         raise _fail(exc) from None
     url = catalog.repository.url
     for damaged in scan.damaged:
-        err.print(_cell(f"warning: {damaged.kind} backup {damaged.backup_id} of {damaged.name!r} is DAMAGED: "
-                        f"{damaged.recovery(url)}."), highlight=False)
+        _say(f"warning: {damaged.kind} backup {damaged.backup_id} of {damaged.name!r} is DAMAGED: "
+             f"{damaged.recovery(url)}.", console=err)
     if as_json:
         rows: list[dict[str, Any]] = [m.model_dump(mode="json") for m in scan.manifests]
         rows += [d.as_dict(url) for d in scan.damaged]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
-        table = Table(title=f"backups in {url}")
-        for col in ("id", "kind", "name", "age", "size", "stored", "verification", "snapshot WAL"):
+        # Short values only in the table; where (a URL to copy) is one line above it, and why a backup is damaged
+        # a sentence under it, wrapped at the width like any paragraph.
+        _say(f"backups in {url}")
+        table = _FittedTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                             collapse_padding=True)  # 80 columns hold a row
+        for col in ("id", "kind", "name", "age", "size", "stored", "verified", "snapshot WAL"):
             table.add_column(col)
         entries: list[tuple[str, list[str]]] = [
             (m.backup_id, [m.backup_id, m.kind, m.name, _age(m.started_at), human_bytes(m.bytes),
                            human_bytes(m.stored_bytes), m.verification.status if m.verification else "-",
                            m.snapshot.wal_lsn if m.snapshot else "-"]) for m in scan.manifests]
         entries += [(d.backup_id, [d.backup_id, d.kind, d.name, "-", "-",
-                                   human_bytes(sum(o.size for o in d.objects)), "DAMAGED: manifest " + d.reason, "-"])
+                                   human_bytes(sum(o.size for o in d.objects)), "DAMAGED", "-"])
                     for d in scan.damaged]
         for _, row in sorted(entries, key=lambda e: e[0]):
-            table.add_row(*[_cell(cell) for cell in row])
-        out.print(table)
+            table.add_row(*[Text(shorten(printable(cell))) for cell in row])
+        if entries:
+            out.print(table)
+        for d in sorted(scan.damaged, key=lambda d: d.backup_id):
+            out.print(Text(shorten(printable(f"{d.backup_id} {d.kind} {d.name}: DAMAGED, manifest {d.reason}; "
+                                             "'runbooks backups show' says how to recover it."))))
         if not entries:
-            out.print(_cell(f"no backups (config {config_path()})"))
+            _say(f"no backups (config {config_path()})")
     if scan.damaged:
         raise typer.Exit(1)
 

@@ -1,7 +1,7 @@
 """Errors a runbook raises on purpose, split by whether a retry can help.
 
     RunbookError
-    ├── TransientError            retry with backoff: the same call may succeed later
+    ├── TransientError            retry with backoff: the same call may succeed later (`exhausted`: it did not)
     │   ├── DatabaseUnavailable       connection refused, server starting up, too many clients
     │   ├── RepositoryUnavailable     S3 5xx / throttling / connection reset
     │   ├── TradingApiUnavailable     trading API unreachable, 5xx or 429
@@ -25,6 +25,7 @@
         ├── DatabaseInUse             other sessions use a database the step would drop or rename (55006)
         ├── QueryFailed               any other SQL error, with its SQLSTATE
         ├── Refused                   the request would be unsafe (target exists, target is the source, …)
+        │   └── OutsideChangeWindow   heavy work while a gating market is in session, without in_session_reason
         ├── TradingApiRefused         the trading API said no (4xx other than auth)
         ├── InferenceApiRefused       the inference API said no (4xx other than auth; ``status`` kept)
         └── PrefectApiRefused         the Prefect API said no (4xx)
@@ -50,7 +51,18 @@ class RunbookError(Exception):
 
 
 class TransientError(RunbookError):
-    """A failure a retry may fix."""
+    """A failure a retry may fix. Its hint speaks to the retry (``transient; the task retries``) until the retries
+    are spent; ``exhausted`` is the same error as it leaves the last attempt, with the hint an operator needs then.
+    """
+
+    attempts: int | None = None
+
+    def exhausted(self, *, attempts: int, hint: str) -> TransientError:
+        """The same error (class, message, SQLSTATE) after ``attempts`` failed attempts, with ``hint`` saying what
+        to do now that no retry follows."""
+        final = type(self)(self.message, hint=hint, sqlstate=self.sqlstate)
+        final.attempts = attempts
+        return final
 
 
 class PermanentError(RunbookError):
@@ -106,7 +118,13 @@ class ToolFailed(PermanentError):
 
 
 class LockBusy(PermanentError):
-    pass
+    """``holder`` says who holds the lock (a flow run, its process and host), when the lock knows it: a report can
+    name it without reading it back out of the message."""
+
+    def __init__(self, message: str, *, hint: str | None = None, sqlstate: str | None = None,
+                 holder: str | None = None) -> None:
+        super().__init__(message, hint=hint, sqlstate=sqlstate)
+        self.holder = holder
 
 
 class LockLost(PermanentError):
@@ -127,6 +145,11 @@ class QueryFailed(PermanentError):
 
 class Refused(PermanentError):
     pass
+
+
+class OutsideChangeWindow(Refused):
+    """Heavy or destructive work asked for while a gating market is in session, without a reason to act now: bad
+    input (exit 2), refused before any side effect."""
 
 
 class TradingApiUnavailable(TransientError):

@@ -1,14 +1,20 @@
 """What the data-freshness runbook measures and how it decides: the findings per monitored table and seed 004's
-ladder (report, pause, kill switch, resume). Pure functions, no I/O: the flow gathers, this decides."""
+ladder (report, pause, kill switch, resume). Pure functions, no I/O: the flow gathers, this decides.
+
+A table that follows a market (``market = "usd_cop"``) is judged in market time: its age is the open-market time
+since its newest row, so the night and the weekend do not count; while the market is closed, and for a grace period
+after the open until the first bar is due, nothing acts on it (and nothing is resumed on data not proven fresh)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from statistics import median
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from runbooks.market_time import MarketCalendar
 from runbooks.settings import FreshnessSettings, MonitoredTable
 
 Severity = Literal["ok", "warn", "error", "kill", "unknown"]
@@ -32,7 +38,51 @@ OUTCOME_TEXT: dict[str, str] = {
 class GroupAge(BaseModel):
     group: str
     last_at: datetime | None = None
-    age_seconds: float | None = Field(default=None, description="None: an expected group with no rows in the window")
+    age_seconds: float | None = Field(default=None, description="the age the ladder uses (open-market time for a "
+                                      "table that follows a market); None: an expected group with no rows in the "
+                                      "window")
+    wall_age_seconds: float | None = Field(default=None, description="now - newest row, wall clock")
+
+
+class MarketView(BaseModel):
+    """The market a table follows, at the instant the run judged it."""
+
+    market: str
+    timezone: str
+    at: datetime
+    open: bool
+    kind: str = Field(description="session, always-open, weekend, holiday, venue-closed, before-open, after-close")
+    reason: str
+    since: datetime | None = Field(default=None, description="open: this session's open (None for a 24/7 venue); "
+                                   "closed: the previous close")
+    next_open: datetime | None = None
+    session_close: datetime | None = None
+
+    @classmethod
+    def of(cls, calendar: MarketCalendar, at: datetime) -> MarketView:
+        status = calendar.status(at)
+        session = status.session
+        since = (session.open if session and status.kind == "session" else None) if status.open \
+            else status.previous_close
+        return cls(market=calendar.name, timezone=calendar.timezone, at=at, open=status.open, kind=status.kind,
+                   reason=status.reason, since=since, next_open=status.next_open,
+                   session_close=session.close if session and status.kind == "session" else None)
+
+    def local(self, instant: datetime | None) -> str:
+        """An instant in the market's own time zone, as operators of that market read it."""
+        if instant is None:
+            return "-"
+        from zoneinfo import ZoneInfo
+
+        return f"{instant.astimezone(ZoneInfo(self.timezone)):%a %Y-%m-%d %H:%M} {self.timezone}"
+
+    def describe(self) -> str:
+        if self.open:
+            if self.kind == "always-open":
+                return f"market {self.market} open (24/7)"
+            return f"market {self.market} open since {self.local(self.since)}, closes {self.local(self.session_close)}"
+        why = f" ({self.reason})" if self.kind in ("holiday", "venue-closed") else ""
+        return f"market {self.market} closed since {self.local(self.since)}, opens {self.local(self.next_open)}{why}"
 
 
 class TableFreshness(BaseModel):
@@ -42,7 +92,12 @@ class TableFreshness(BaseModel):
     database: str
     outcome: Outcome
     last_at: datetime | None = None
-    age_seconds: float | None = Field(default=None, description="now - newest row (the stalest group's)")
+    age_seconds: float | None = Field(default=None, description="the age the ladder uses, the stalest group's: the "
+                                      "open-market time since the newest row for a table that follows a market, "
+                                      "else now - newest row")
+    wall_age_seconds: float | None = Field(default=None, description="now - newest row (the stalest group's), wall "
+                                           "clock, whatever the market")
+    market: MarketView | None = Field(default=None, description="the market the table follows, at the run's instant")
     groups: int = 0
     future_rows: int = Field(default=0, description="rows dated more than a minute ahead of now (per group "
                              "in the group window; 1 = some, for an ungrouped table): ignored, so one wrong clock "
@@ -53,12 +108,15 @@ class TableFreshness(BaseModel):
 
 
 class VolumeCheck(BaseModel):
-    """The row count of the latest complete interval against the same interval on previous days."""
+    """The row count of the latest complete interval against the same interval on previous sessions of the table's
+    market (previous days for a table without market)."""
 
     key: str
     bucket_start: datetime | None = None
+    basis: str = Field(default="days", description="what 'previous' means: 'days', or 'sessions of <market>'")
     count: int | None = None
-    history: list[int] = Field(default_factory=list, description="same interval, 1..N days back (0s dropped)")
+    history: list[int] = Field(default_factory=list, description="same interval, 1..N sessions (or days) back "
+                               "(0s dropped)")
     median: float | None = None
     spread: float | None = Field(default=None, description="median absolute deviation x 1.4826")
     threshold: float | None = None
@@ -100,6 +158,79 @@ class Finding(BaseModel):
     severity: Severity
     gates_trading: bool
     reason: str
+    market_state: Literal["open", "closed", "waiting"] | None = Field(default=None, description="for a table that "
+                                                                      "follows a market: open, closed, or open but "
+                                                                      "waiting for the first bar (grace)")
+    held_back: Severity | None = Field(default=None, description="what the ladder says on the open-market age "
+                                       "while nothing may act (market closed, or waiting for the first bar): no "
+                                       "pause, kill switch or page on it, and no resume either")
+
+
+def summarize_rows(table: MonitoredTable, rows: Sequence[tuple[Any, ...]], *, database: str | None = None,
+                   calendar: MarketCalendar | None = None) -> TableFreshness:
+    """A table's freshness from its statement's rows ``(group, newest, wall age in seconds, future rows)``.
+
+    With a ``calendar`` each group's age is the open-market time between its newest row and the database's now
+    (newest + wall age): the stalest group by open time is the stalest by wall clock too, since open time only
+    grows with the span. An expected group never seen in the window is at least as old as the window."""
+    key = table.key
+    future = sum(int(r[3] or 0) for r in rows)
+    rows = [r for r in rows if r[1] is not None]
+    if not rows:
+        return TableFreshness(key=key, database=database or table.database, outcome="empty", future_rows=future)
+
+    def open_age(start: datetime, wall: float) -> float:
+        if calendar is None:
+            return wall
+        return calendar.open_time_between(start, start + timedelta(seconds=wall)).total_seconds()
+
+    ages = [GroupAge(group=str(r[0]), last_at=r[1], age_seconds=open_age(r[1], float(r[2])),
+                     wall_age_seconds=float(r[2])) for r in rows]
+    window = table.group_window.total_seconds()
+    if table.group_by:
+        seen = {a.group for a in ages}
+        ages += [GroupAge(group=g) for g in table.expected_groups if g not in seen]
+    ages.sort(key=lambda a: (a.age_seconds is not None, -(a.age_seconds or 0.0)))  # never seen first, then stalest
+    known = [a for a in ages if a.age_seconds is not None]
+    worst_age = max(a.age_seconds or 0.0 for a in known)
+    worst_wall = max(a.wall_age_seconds or 0.0 for a in known)
+    if len(known) < len(ages):  # an expected group never seen in the window: at least as old as the window
+        now = max(a.last_at + timedelta(seconds=a.wall_age_seconds or 0.0) for a in known if a.last_at is not None)
+        worst_age = max(worst_age, open_age(now - table.group_window, window))
+        worst_wall = max(worst_wall, window)
+    newest_of_stalest = min((a.last_at for a in known if a.last_at is not None), default=None)
+    stale = [a for a in ages if a.age_seconds is None or a.age_seconds > table.error_after.total_seconds()]
+    return TableFreshness(key=key, database=database or table.database, outcome="measured",
+                          last_at=newest_of_stalest, age_seconds=worst_age, wall_age_seconds=worst_wall,
+                          groups=len(ages) if table.group_by else 0, future_rows=future,
+                          stale_groups=stale if table.group_by else [])
+
+
+def comparison_buckets(start: datetime, *, interval: timedelta, count: int,
+                       calendar: MarketCalendar | None = None) -> tuple[list[datetime], str]:
+    """``start`` (the latest complete interval) and the same interval on the ``count`` previous sessions of the
+    market, at the same offset from each session's open (a session too short for it, an early close, is left
+    out); previous calendar days without a market, or when ``start`` lies outside any session. Returns the starts,
+    newest first, and what 'previous' meant."""
+    session = calendar.session_at(start) if calendar is not None else None
+    if calendar is None or session is None or calendar.always_open:
+        basis = "days" if calendar is None or calendar.always_open else \
+            f"days (the interval lies outside the sessions of {calendar.name})"
+        return [start - timedelta(days=d) for d in range(count + 1)], basis
+    offset = start - session.open
+    starts = [start]
+    day = session.open.astimezone(calendar.zone).date()
+    for _ in range(400):
+        if len(starts) > count:
+            break
+        day -= timedelta(days=1)
+        earlier = calendar.session_on(day)
+        if earlier is None or earlier.open >= session.open:
+            continue
+        candidate = earlier.open + offset
+        if candidate + interval <= earlier.close:
+            starts.append(candidate)
+    return starts, f"sessions of {calendar.name}"
 
 
 def _minutes(seconds: float) -> str:
@@ -109,8 +240,46 @@ def _minutes(seconds: float) -> str:
 
 
 def judge_staleness(table: MonitoredTable, measured: TableFreshness) -> Finding:
-    """Seed 004's ladder on one table: < error_after report (warn past warn_after), then pause, then kill."""
+    """Seed 004's ladder on one table, in market time when it follows a market (``measured.market``).
+
+    While the market is closed nothing acts: the finding is "ok" with what the ladder would say held back (so a
+    pause this runbook made stays until a session shows fresh data). After the open, a table whose newest row
+    predates the open waits ``table.grace`` for the first bar; after that the open-market age follows the ladder,
+    which counts yesterday's open time too: a feed that died before yesterday's close is stale soon after the open.
+    """
+    finding = _ladder(table, measured)
+    market = measured.market
+    if market is None or finding.severity == "unknown":
+        return finding
+    held = finding.severity if finding.severity in ("error", "kill") else None
+    ages = _ages(measured)
+    if not market.open:
+        reason = f"{market.describe()}: no action; {ages}"
+        if held:
+            reason += f" (when it opens: {finding.reason})"
+        return Finding(key=table.key, severity="ok", gates_trading=finding.gates_trading, reason=reason,
+                       market_state="closed", held_back=held)
+    opened = market.since
+    if opened is not None and market.at - opened < table.grace and (measured.last_at is None
+                                                                     or measured.last_at < opened):
+        reason = (f"market {market.market} opened at {market.local(opened)}: waiting for the first bar (grace "
+                  f"{_minutes(table.grace.total_seconds())}, until {market.local(opened + table.grace)}); {ages}")
+        return Finding(key=table.key, severity="ok", gates_trading=finding.gates_trading, reason=reason,
+                       market_state="waiting", held_back=held)
+    return finding.model_copy(update={"market_state": "open"})
+
+
+def _ages(measured: TableFreshness) -> str:
+    if measured.outcome == "empty" or measured.wall_age_seconds is None or measured.age_seconds is None:
+        return "no rows yet"
+    return (f"newest row {_minutes(measured.wall_age_seconds)} old (wall clock), "
+            f"{_minutes(measured.age_seconds)} of open-market time")
+
+
+def _ladder(table: MonitoredTable, measured: TableFreshness) -> Finding:
+    """Seed 004's ladder on the age: < error_after report (warn past warn_after), then pause, then kill."""
     gates = table.gates_trading
+    market_time = " of open-market time" if measured.market is not None else ""
     if measured.outcome == "empty":
         filtered = " matching the filter" if table.filter else ""
         return Finding(key=table.key, severity="error", gates_trading=gates,
@@ -125,17 +294,19 @@ def judge_staleness(table: MonitoredTable, measured: TableFreshness) -> Finding:
         names = ", ".join(g.group for g in measured.stale_groups[:5])
         more = f" and {len(measured.stale_groups) - 5} more" if len(measured.stale_groups) > 5 else ""
         who = f" ({table.group_by or 'group'} {names}{more})"
-    kill, error = table.kill_after, table.error_after
+    kill, error, warn = table.kill_after, table.error_after, table.warn_after
+    stale = f"stale for {_minutes(age)}{market_time}{who}"
     if kill is not None and age > kill.total_seconds():
         return Finding(key=table.key, severity="kill", gates_trading=gates,
-                       reason=f"stale for {_minutes(age)}{who}, beyond kill_after {_minutes(kill.total_seconds())}")
+                       reason=f"{stale}, beyond kill_after {_minutes(kill.total_seconds())}")
     if age > error.total_seconds():
         return Finding(key=table.key, severity="error", gates_trading=gates,
-                       reason=f"stale for {_minutes(age)}{who}, beyond error_after {_minutes(error.total_seconds())}")
-    if table.warn_after is not None and age > table.warn_after.total_seconds():
+                       reason=f"{stale}, beyond error_after {_minutes(error.total_seconds())}")
+    if warn is not None and age > warn.total_seconds():
         return Finding(key=table.key, severity="warn", gates_trading=gates,
-                       reason=f"{_minutes(age)} old, beyond warn_after {_minutes(table.warn_after.total_seconds())}")
-    return Finding(key=table.key, severity="ok", gates_trading=gates, reason=f"fresh ({_minutes(age)} old)")
+                       reason=f"{_minutes(age)} old{market_time}, beyond warn_after {_minutes(warn.total_seconds())}")
+    return Finding(key=table.key, severity="ok", gates_trading=gates,
+                   reason=f"fresh ({_minutes(age)} old{market_time})")
 
 
 def judge_quality(table: MonitoredTable, quality: QualityResult) -> Finding | None:
@@ -150,18 +321,18 @@ def judge_quality(table: MonitoredTable, quality: QualityResult) -> Finding | No
 
 
 def judge_volume(counts: dict[int, int], *, key: str, bucket_start: datetime | None,
-                 settings: FreshnessSettings) -> VolumeCheck:
-    """``counts``: days back (0 = the latest complete interval) to rows. A sudden drop is flagged when the count
-    is below both ``(1 - max_drop) x median`` and ``median - sigmas x spread``: a feed that still ticks but lost
-    most of its symbols. Days with no rows (market closed) are not history."""
-    check = VolumeCheck(key=key, bucket_start=bucket_start, count=counts.get(0))
+                 settings: FreshnessSettings, basis: str = "days") -> VolumeCheck:
+    """``counts``: sessions (or days) back (0 = the latest complete interval) to rows. A sudden drop is flagged
+    when the count is below both ``(1 - max_drop) x median`` and ``median - sigmas x spread``: a feed that still
+    ticks but lost most of its symbols. Intervals with no rows (market closed) are not history."""
+    check = VolumeCheck(key=key, bucket_start=bucket_start, basis=basis, count=counts.get(0))
     check.history = [counts[d] for d in sorted(counts) if d > 0 and counts[d] > 0]
     if check.count is None or bucket_start is None:
         check.verdict = "no data to compare"
         return check
     if len(check.history) < settings.volume_min_history:
-        check.verdict = (f"not enough history ({len(check.history)} of {settings.volume_min_history} days with rows "
-                         "in this interval)")
+        check.verdict = (f"not enough history ({len(check.history)} of {settings.volume_min_history} "
+                         f"{'sessions' if basis.startswith('sessions') else 'days'} with rows in this interval)")
         return check
     mid = float(median(check.history))
     spread = 1.4826 * float(median([abs(h - mid) for h in check.history]))
@@ -227,8 +398,13 @@ def decide(findings: list[Finding], status: dict[str, object], record: HoldRecor
     if level == "unknown":
         return Decision(action="none", target="hold", why="the freshness of gating data is unknown: nothing is "
                         "paused or resumed on a guess; fix what the findings name")
-    # Every gating table is fresh (ok or warn) and passed its checks.
+    # Every gating table is fresh (ok or warn) and passed its checks, or its market is closed (held back).
+    held = [f for f in findings if f.gates_trading and f.held_back in ("error", "kill")]
     if mode == "running":
+        if held and record is None:
+            return Decision(action="none", target="run", why=f"the data of {', '.join(f.key for f in held)} is stale "
+                            "by open-market time, but its market is closed or waiting for its first bar: no pause, "
+                            "no kill switch, no page until the session says so")
         if record is not None:
             return Decision(action="forget-record", target="run", why="trading is running again; this runbook's "
                             "old hold record is obsolete")
@@ -250,5 +426,10 @@ def decide(findings: list[Finding], status: dict[str, object], record: HoldRecor
     if not may_resume:
         return Decision(action="none", target="run", why="the pause in force is this runbook's own, but this run "
                         "checked only some gating tables or skipped their quality checks: only a full run lifts it")
+    if held:
+        state = "closed" if any(f.market_state == "closed" for f in held) else "waiting for its first bar"
+        return Decision(action="none", target="hold", why=f"the market of {', '.join(f.key for f in held)} is "
+                        f"{state} and its data is still stale by open-market time: the pause this runbook made "
+                        "stays until a session shows fresh data")
     return Decision(action="resume", target="run", why="every gating table fresh and passing, and the pause in "
                     "force is this runbook's own: resume with CONFIRM_RESUME")

@@ -4,6 +4,7 @@ the tool, the flows decide with these."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,99 @@ def archive_command(settings: PitrSettings, paths: PitrPaths) -> str:
             f"--stanza={settings.stanza} archive-push %p")
 
 
+# -- the setup plan ------------------------------------------------------------------------------------------------
+class SettingChange(BaseModel):
+    """One archive setting pitr-setup sets with ALTER SYSTEM."""
+
+    name: str
+    running: str = Field(description="what the server runs now (pg_settings)")
+    wanted: str
+    needs_restart: bool = Field(description="a postmaster setting: it takes effect only when PostgreSQL restarts")
+
+
+class PreviousSetting(BaseModel):
+    """What one setting was before this run's ALTER SYSTEM, read from the server just before it: the undo.
+    ``auto_conf`` is the value ALTER SYSTEM had written to postgresql.auto.conf (None: none, so the undo is a
+    RESET and postgresql.conf's value, or the default, applies again)."""
+
+    name: str
+    running: str
+    auto_conf: str | None = None
+
+
+class SetupPlan(BaseModel):
+    """What a confirmed pitr-setup does to one cluster; its hash is what ``confirm`` names."""
+
+    stanza: str
+    system_identifier: str
+    data_directory: str
+    config_path: str
+    config_digest: str = Field(description="sha256 of the config to write, its S3 secret left out")
+    config_changes: bool
+    changes: list[SettingChange] = Field(default_factory=list)
+    restart_needed: bool = False
+    restart: bool = Field(default=False, description="the run may restart PostgreSQL (restart=true)")
+    plan_hash: str = ""
+
+    @property
+    def stops_for_restart(self) -> bool:
+        return self.restart_needed and not self.restart
+
+
+def plan_setup(*, stanza: str, system_identifier: str, data_directory: Path, config_path: Path, config_public: str,
+               config_changes: bool, running: dict[str, str], contexts: dict[str, str], wanted: dict[str, str],
+               restart: bool) -> SetupPlan:
+    """The plan, from what the server runs now: a setting already at its wanted value is left alone. The hash covers
+    the cluster (system identifier, data directory), every change with the value it replaces, the config and
+    whether the run may restart: a plan confirmed for one of these is refused for any other."""
+    changes = [SettingChange(name=name, running=running.get(name, ""), wanted=value,
+                             needs_restart=contexts.get(name) == "postmaster")
+               for name, value in wanted.items() if running.get(name) != value]
+    plan = SetupPlan(stanza=stanza, system_identifier=system_identifier, data_directory=str(data_directory),
+                     config_path=str(config_path), config_digest=hashlib.sha256(config_public.encode()).hexdigest(),
+                     config_changes=config_changes, changes=changes,
+                     restart_needed=any(c.needs_restart for c in changes), restart=restart)
+    payload = json.dumps(plan.model_dump(mode="json", exclude={"plan_hash"}), sort_keys=True)
+    plan.plan_hash = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return plan
+
+
+def sql_literal(value: str) -> str:
+    """A standard SQL string literal (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def undo_statements(previous: list[PreviousSetting]) -> list[str]:
+    """The SQL that puts recorded settings back, as a person types it into psql."""
+    statements = [f"ALTER SYSTEM RESET {p.name};" if p.auto_conf is None
+                  else f"ALTER SYSTEM SET {p.name} = {sql_literal(p.auto_conf)};" for p in previous]
+    return [*statements, "SELECT pg_reload_conf();"] if statements else []
+
+
+def pg_ctl_command(pg_ctl: Path, data_directory: Path | str, action: str, *, os_user: str | None,
+                   as_root: bool) -> str:
+    """``pg_ctl`` as the cluster's OS user, the only one it runs as (PostgreSQL refuses root): ``runuser`` when
+    the reader is root, ``sudo`` otherwise; plain when the reader is that user."""
+    command = f"{shlex.quote(str(pg_ctl))} -D {shlex.quote(str(data_directory))} {action}"
+    if os_user is None:
+        return command
+    return f"{'runuser' if as_root else 'sudo'} -u {shlex.quote(os_user)} -- {command}"
+
+
+def socket_problem(server_directories: str, socket_directory: Path) -> str | None:
+    """Why pgBackRest cannot reach the server through ``[pitr] socket_directory``, or None. It reaches a local
+    cluster only through a Unix socket (pg1-socket-path), so the server must listen in that directory."""
+    listed = [d.strip() for d in server_directories.split(",") if d.strip()]
+    if not listed:
+        return ("the server has no Unix socket (unix_socket_directories = ''), and pgBackRest reaches a local "
+                "cluster only through one (its stanza-create fails with 'unable to find primary cluster')")
+    if not any(Path(d) == socket_directory or (d.startswith("/") and Path(d).resolve() == socket_directory.resolve())
+               for d in listed):
+        return (f"[pitr] socket_directory is {socket_directory}, but the server listens on its Unix socket in "
+                f"{', '.join(listed)} (unix_socket_directories)")
+    return None
+
+
 # -- what pgBackRest's info says ----------------------------------------------------------------------------------
 class PhysicalBackup(BaseModel):
     label: str
@@ -165,6 +259,8 @@ class ArchiverState(BaseModel):
     ready_count: int = Field(default=0, description="finished segments not archived yet")
     oldest_ready_at: datetime | None = None
     pending_restart: list[str] = Field(default_factory=list)
+    wal_bytes: int | None = Field(default=None, description="size of pg_wal: it grows while archiving fails")
+    data_directory: str | None = None
 
 
 class ArchiveJudgement(BaseModel):
@@ -190,7 +286,8 @@ def judge_archiver(state: ArchiverState, *, rpo: timedelta, expected_command: st
         verdict = "failing"
         reasons.append(f"archiving {state.last_failed_wal} failed at {state.last_failed_at:%Y-%m-%d %H:%M:%S}Z "
                        f"({state.failed_count} failures since the statistics were reset) and nothing was archived "
-                       "since")
+                       "since" + (f"; pg_wal holds {state.wal_bytes / 2**20:.0f} MiB and keeps every segment until "
+                                  "it is archived" if state.wal_bytes is not None else ""))
     if waiting is not None and waiting > rpo.total_seconds():
         verdict = "failing" if failing else "at_risk"
         reasons.append(f"{state.ready_count} WAL segment(s) wait to be archived, the oldest for {waiting:.0f} s "

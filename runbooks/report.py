@@ -29,6 +29,11 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
+def inline(text: object) -> str:
+    """A person's words (an approver, a reason) inside a markdown line: markup characters escaped, one line."""
+    return "".join(f"\\{ch}" if ch in "\\`*_[]<>#|~" else ch for ch in " ".join(str(text).split()))
+
+
 def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 

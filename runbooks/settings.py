@@ -8,10 +8,13 @@ levels, e.g. ``RUNBOOKS_DATABASES__TRADING_DB__PASSWORD``), then the TOML file n
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
+import types
+import typing
 import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -42,7 +45,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from runbooks import protected_paths
 from runbooks.errors import ConfigurationError
+from runbooks.market_time import MarketCalendar
+from runbooks.markets import MarketSettings, seed_markets
 from runbooks.redact import redact_dsn, register_secret
 
 DEFAULT_CONFIG = "runbooks.toml"
@@ -143,6 +149,18 @@ def _no_nul(path: Path) -> Path:
 OsPath = Annotated[Path, AfterValidator(_no_nul)]
 
 
+def _absolute_os_path(path: Path) -> Path:
+    """``~`` expanded; a relative path is refused: it would mean a different directory for every worker, service
+    and shell that loads the same settings."""
+    path = _no_nul(path).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"path {str(path)!r} must be absolute (a worker's working directory is not the config's)")
+    return path
+
+
+AbsoluteOsPath = Annotated[Path, AfterValidator(_absolute_os_path)]
+
+
 def config_path() -> Path:
     """The TOML file every command reads: ``$RUNBOOKS_CONFIG``, else ``./runbooks.toml``, else the config of a
     sandbox started in this directory (``./.sandbox/runbooks.toml``, the embedded default)."""
@@ -179,6 +197,8 @@ class IntegrityCheck(BaseModel):
     """A named SQL check run on a restored database. The schema is the user's: checks are configuration (the
     sandbox writes the seeds' data-corruption checks, seed 002, as its defaults)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, description="what the check looks for, as the report shows it")
     sql: str = Field(min_length=1, description="a read-only query; its first column of its first row is compared")
     expect: int | str | None = Field(default=None, description="the value that means healthy (e.g. 0 rows); "
@@ -187,6 +207,8 @@ class IntegrityCheck(BaseModel):
 
 class DatabaseSettings(BaseModel):
     """One database of the platform. The DSN may carry the password; ``password`` wins if both are set."""
+
+    model_config = ConfigDict(extra="forbid")
 
     dsn: SecretStr = Field(description="libpq URL or key=value connection string")
     password: SecretStr | None = Field(default=None, description="overrides any password in the DSN")
@@ -211,6 +233,8 @@ class DatabaseSettings(BaseModel):
 
 class RepositorySettings(BaseModel):
     """Where backups live: ``file:///abs/path`` or ``s3://bucket/prefix``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str = Field(default="file:///var/backups/runbooks", description="file:///path or s3://bucket/prefix")
     endpoint_url: str | None = Field(default=None, description="S3 endpoint for MinIO/Ceph; None for AWS")
@@ -245,6 +269,8 @@ class RepositorySettings(BaseModel):
 class RetentionPolicy(BaseModel):
     """Grandfather-father-son: the newest backup of each of the last N days, M ISO weeks, K months."""
 
+    model_config = ConfigDict(extra="forbid")
+
     daily: int = Field(default=7, ge=0, le=3660)
     weekly: int = Field(default=4, ge=0, le=520)
     monthly: int = Field(default=6, ge=0, le=240)
@@ -252,6 +278,8 @@ class RetentionPolicy(BaseModel):
 
 class ClusterSettings(BaseModel):
     """Cluster-wide objects backed up beside the databases: roles (globals) and configuration files."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: InventoryName = Field(default="main", pattern=r"^[A-Za-z0-9_.-]+$")
     dsn: SecretStr | None = Field(default=None, description="superuser DSN for pg_dumpall --globals-only")
@@ -278,6 +306,10 @@ class ClusterSettings(BaseModel):
 
 
 class BackupSettings(BaseModel):
+    """How backups are made and kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     compression_level: int = Field(default=3, ge=1, le=19)
     compression_threads: int = Field(default=2, ge=0, le=64, description="zstd worker threads (0: inline)")
@@ -294,15 +326,23 @@ def default_state_dir() -> Path:
 
 
 class RestoreSettings(BaseModel):
-    work_dir: OsPath | None = Field(default=None, description="where a dump is fetched before pg_restore -j, each run "
-                                  "in a 0700 directory of its own that the next run sweeps if the run was killed; "
-                                  "None: <state_dir>/work")
+    """Where a restore works on this host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_dir: AbsoluteOsPath | None = Field(default=None, description="where a dump is fetched before pg_restore "
+                                            "-j, each run in a 0700 directory of its own that the next run sweeps "
+                                            "if the run was killed; None: <state_dir>/work")
     server_disk_reserve_percent: float = Field(
         default=5.0, ge=0, le=100, description="free space (percent of the server's data disk) that must remain "
         "after a restored copy is added; checked before any work when the server is local")
 
 
 class ApiSettings(BaseModel):
+    """An HTTP API of the platform (trading, inference)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     base_url: str = Field(description="e.g. http://trading-api:8000")
     token: SecretStr | None = Field(default=None, description="bearer token")
     token_block: str | None = None
@@ -419,12 +459,25 @@ class MonitoredTable(BaseModel):
     interval: Duration | None = Field(default=None, description="expected spacing of rows (bars): enables the "
                                       "gap check and the volume comparison")
     gates_trading: bool = Field(default=True, description="stale or failing data pauses trading")
+    market: str | None = Field(default=None, description="the [markets] entry whose sessions this data follows: "
+                               "its age counts open-market time only, and nothing acts while that market is "
+                               "closed; None: wall-clock age, always watched")
+    open_grace: Duration | None = Field(default=None, description="after the market opens, how long the first row "
+                                        "may take before the feed counts as not started; None: one interval plus "
+                                        "5 minutes (5 minutes without an interval)")
     quality: Literal["ohlcv"] | None = Field(default=None, description="data-quality suite run on the recent window")
     columns: OhlcvColumns = Field(default_factory=OhlcvColumns)
 
     @property
     def key(self) -> str:
         return self.label or (self.table if self.schema_ == "public" else f"{self.schema_}.{self.table}")
+
+    @property
+    def grace(self) -> timedelta:
+        """How long after an open the first row may take."""
+        if self.open_grace is not None:
+            return self.open_grace
+        return (self.interval or timedelta(0)) + timedelta(minutes=5)
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitoredTable:
@@ -444,7 +497,7 @@ class MonitoredTable(BaseModel):
 def _seed_tables() -> list[MonitoredTable]:
     """Seed 004 section 3.3: 5-minute USD/COP bars, stale after 10 minutes, kill switch after an hour."""
     return [MonitoredTable(table="ohlcv_usdcop_5m", loaded_at_field="timestamp", group_by="symbol",
-                           interval=timedelta(minutes=5), quality="ohlcv")]
+                           interval=timedelta(minutes=5), quality="ohlcv", market="usd_cop")]
 
 
 class FreshnessSettings(BaseModel):
@@ -458,7 +511,8 @@ class FreshnessSettings(BaseModel):
                                        "GET /api/v1/data/status describes; None: do not compare")
     disagreement_tolerance: Duration = Field(default=timedelta(minutes=2), description="how far the platform's "
                                              "staleness may differ from the database's before it is reported")
-    volume_history_days: int = Field(default=7, ge=1, le=90, description="days of the same interval compared")
+    volume_history_days: int = Field(default=7, ge=1, le=90, description="previous sessions (days, for a table "
+                                     "without a market) whose same interval is compared")
     volume_min_history: int = Field(default=3, ge=1, le=90, description="fewer non-empty days: no verdict")
     volume_max_drop: float = Field(default=0.5, gt=0, lt=1, description="flag a count below (1 - this) x median")
     volume_sigmas: float = Field(default=3.0, ge=0, le=100, description="... and below median - this x spread")
@@ -491,7 +545,7 @@ class HealthSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    disk_paths: list[OsPath] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
+    disk_paths: list[AbsoluteOsPath] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
                                    description="filesystems whose usage is checked (the script's df filter)")
     disk_warn_percent: float = Field(default=85, gt=0, le=100)
     disk_alert_percent: float = Field(default=90, gt=0, le=100)
@@ -585,10 +639,10 @@ class DrillSettings(BaseModel):
                                          "restore into; None: a throwaway initdb cluster on a free loopback port")
     target_password: SecretStr | None = None
     target_password_block: str | None = None
-    work_dir: OsPath | None = Field(default=None, description="where the throwaway cluster and fetched dumps go, "
-                                  "each drill in a directory of its own that the next drill removes if the drill "
-                                  "was killed; None: <state_dir>/drills. Run as root, the postgres OS user must be "
-                                  "able to enter it")
+    work_dir: AbsoluteOsPath | None = Field(default=None, description="where the throwaway cluster and fetched "
+                                            "dumps go, each drill in a directory of its own that the next drill "
+                                            "removes if the drill was killed; None: <state_dir>/drills. Run as root, "
+                                            "the postgres OS user must be able to enter it")
     backup_interval: Duration = Field(default=timedelta(hours=24), description="how often the backup deployment "
                                       "runs: the data a disaster just before the next backup loses (nightly: 24h)")
     trading_api: ApiSettings | None = Field(default=None, description="the platform started on the restored "
@@ -598,13 +652,6 @@ class DrillSettings(BaseModel):
     history: int = Field(default=8, ge=1, le=100, description="previous drills shown in the trend")
 
     _dsn = field_validator("target_dsn")(_check_dsn)
-
-    @field_validator("work_dir")
-    @classmethod
-    def _absolute(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.expanduser().is_absolute():
-            raise ValueError(f"work_dir {str(path)!r} must be an absolute path")
-        return path
 
     def target(self) -> DatabaseSettings | None:
         if self.target_dsn is None:
@@ -815,9 +862,30 @@ def _file_patterns(patterns: list[str]) -> list[str]:
     return patterns
 
 
+# Names of every kind: patterns that match all of them select any name ('*', '?*', '*?*'...).
+_ANY_NAMES = ("a", "Z9", ".hidden", "core", "data.db", "PG_VERSION", "x y.tar.gz", "é", "-")
+
+
+def _selects_everything(patterns: Sequence[str]) -> bool:
+    import fnmatch
+
+    return all(any(fnmatch.fnmatchcase(name, p) for p in patterns) for name in _ANY_NAMES)
+
+
+def _age(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 class FileRule(BaseModel):
     """Files under ``roots`` whose name matches ``patterns`` and that were not modified for ``older_than``: deleted,
-    or gzip-compressed in place (rotated logs). Like tmpfiles.d's age lines, with tmpreaper's safety."""
+    or gzip-compressed in place (rotated logs). Like tmpfiles.d's age lines, with tmpreaper's safety.
+
+    "Every file older than N" must be said: a rule without patterns, or whose patterns select any name, is refused
+    unless it sets ``match_all = true`` (then ``patterns`` reads ``["*"]``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -827,10 +895,28 @@ class FileRule(BaseModel):
     roots: list[AbsolutePath] = Field(min_length=1, description="directories walked, each inside allowed_roots; "
                                       "never followed through a symbolic link nor onto another filesystem")
     patterns: Annotated[list[str], AfterValidator(_file_patterns)] = Field(
-        default_factory=lambda: ["*"], min_length=1, description="file-name globs (fnmatch)")
+        default_factory=list, description="file-name globs (fnmatch), e.g. ['*.log']; empty only with match_all")
+    match_all: bool = Field(default=False, description="select every file name: required for a rule without "
+                            "patterns (or with patterns such as '*'), so 'everything older than N' is never a "
+                            "default nor a typo")
     older_than: Objective = Field(default=timedelta(days=7), description="age by modification time, e.g. '7d'")
     remove_empty_dirs: bool = Field(default=False, description="also remove directories this rule emptied that "
                                     "are themselves older than older_than (tmp and cache trees); never a root")
+
+    @model_validator(mode="after")
+    def _everything_is_explicit(self) -> FileRule:
+        if self.match_all:
+            if self.patterns and not _selects_everything(self.patterns):
+                raise ValueError(f"rule {self.name!r} sets match_all = true and patterns {self.patterns} that "
+                                 "select only some names: drop match_all, or drop the patterns to select every file")
+            self.patterns = ["*"]
+        elif not self.patterns or _selects_everything(self.patterns):
+            given = f"patterns {self.patterns} select any name" if self.patterns else "names no patterns"
+            verb = "delete" if self.action == "delete" else "compress"
+            raise ValueError(f"rule {self.name!r} {given}: it would {verb} every file older than "
+                             f"{_age(self.older_than)} under {', '.join(map(str, self.roots))}; name the files "
+                             "(e.g. patterns = [\"*.log\"]), or set match_all = true if every file is meant")
+        return self
 
 
 class DockerRule(BaseModel):
@@ -885,8 +971,22 @@ class DatabaseRule(BaseModel):
 
 
 CleanupRule = Annotated[FileRule | DockerRule | BackupsRule | DatabaseRule, Field(discriminator="kind")]
-_PROTECTED = ["*.pid", "*.lock", "*.sock", "postmaster.*", "pg_wal", "pg_xlog", "archive_status",
+_PROTECTED = ["*.pid", "*.lock", "*.sock", "postmaster.*", "PG_VERSION", "pg_wal", "pg_xlog", "archive_status",
               "[0-9A-F]" * 24, "[0-9A-F]" * 24 + ".partial", "[0-9A-F]" * 8 + ".history"]
+
+
+def _refused_at(loc: tuple[int | str, ...], message: str) -> Exception:
+    """A validation error located at ``loc`` below the model raising it, so the loader names the exact setting and
+    where it came from (the variable or the file); a model validator's own ValueError has no location."""
+    from pydantic import ValidationError
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    return ValidationError.from_exception_data("settings", [InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": message}), loc=loc, input=None)])
+
+
+_ALLOWED_ROOT_FIX = "allow only directories of disposable files (e.g. /var/log, /var/tmp, /opt/<app>/tmp)"
+_RULE_ROOT_FIX = "point the rule at a directory of disposable files (e.g. /var/log/<app>)"
 
 
 def _seed_cleanup_rules() -> list[CleanupRule]:
@@ -896,7 +996,7 @@ def _seed_cleanup_rules() -> list[CleanupRule]:
     return [
         FileRule(name="rotated-logs", action="compress", roots=[Path("/var/log")],
                  patterns=["*.log.[0-9]", "*.log.[0-9][0-9]", "*.log.????-??-??"], older_than=timedelta(days=1)),
-        FileRule(name="tmp", roots=[Path("/tmp"), Path("/var/tmp")], older_than=timedelta(days=10),
+        FileRule(name="tmp", roots=[Path("/tmp"), Path("/var/tmp")], match_all=True, older_than=timedelta(days=10),
                  remove_empty_dirs=True),
         FileRule(name="old-logs", roots=[Path("/var/log")], patterns=["*.log", "*.log.*"],
                  older_than=timedelta(days=7)),
@@ -916,7 +1016,8 @@ class CleanupSettings(BaseModel):
     low_watermark: float = Field(default=80, ge=0, lt=100, description="percent used below which it stops")
     allowed_roots: list[AbsolutePath] = Field(
         default_factory=lambda: [Path("/var/log"), Path("/var/tmp"), Path("/tmp"), Path("/opt/ats")],
-        description="every file rule's roots must lie inside one of these; '/' is refused")
+        description="every file rule's roots must lie inside one of these; a system tree (FHS), a PostgreSQL data "
+        "directory, the runbooks' state and repositories and the user's home are refused, as is what holds them")
     protected: list[str] = Field(default_factory=lambda: list(_PROTECTED), description="file or directory name "
                                  "globs never touched (a matching directory is not entered): pid files, "
                                  "postmaster.*, WAL segments and directories")
@@ -932,10 +1033,12 @@ class CleanupSettings(BaseModel):
 
     @field_validator("allowed_roots")
     @classmethod
-    def _not_slash(cls, roots: list[Path]) -> list[Path]:
-        for root in roots:
-            if root == Path("/"):
-                raise ValueError("'/' cannot be an allowed root: name the directories cleanup may touch")
+    def _not_protected(cls, roots: list[Path]) -> list[Path]:
+        """Issue 24: ``/etc`` was accepted, and a forced run deleted system files. ``force`` never reaches here."""
+        for i, root in enumerate(roots):
+            if why := protected_paths.system_refusal(root):
+                raise _refused_at((i,), f"allowed root {str(root)!r} {why}: cleanup never deletes there; "
+                                  f"{_ALLOWED_ROOT_FIX}")
         return roots
 
     @model_validator(mode="after")
@@ -947,12 +1050,16 @@ class CleanupSettings(BaseModel):
         if len(set(names)) != len(names):
             twice = sorted(n for n in set(names) if names.count(n) > 1)
             raise ValueError(f"rule names must be unique: {', '.join(twice)}")
-        for rule in self.rules:
+        checked: dict[Path, str | None] = {}  # rules often share a root (the seeds: /var/log three times)
+        for index, rule in enumerate(self.rules):
             if not isinstance(rule, FileRule):
                 continue
-            for root in rule.roots:
-                if root == Path("/"):
-                    raise ValueError(f"rule {rule.name!r}: root '/' is refused")
+            for i, root in enumerate(rule.roots):
+                if root not in checked:
+                    checked[root] = protected_paths.system_refusal(root)
+                if why := checked[root]:
+                    raise _refused_at(("rules", index, "roots", i), f"rule {rule.name!r}: root {str(root)!r} {why}: "
+                                      f"cleanup never deletes there; {_RULE_ROOT_FIX}")
                 if not any(root == allowed or allowed in root.parents for allowed in self.allowed_roots):
                     raise ValueError(f"rule {rule.name!r}: root {str(root)!r} is outside allowed_roots "
                                      f"({', '.join(map(str, self.allowed_roots))})")
@@ -1092,11 +1199,18 @@ class NotificationSettings(BaseModel):
 
 
 class PrefectSettings(BaseModel):
+    """Which Prefect API the runbooks report to."""
+
+    model_config = ConfigDict(extra="forbid")
+
     api_url: str | None = Field(
         default=None, description="Prefect API; None uses PREFECT_API_URL or a temporary server"
     )
 
     _api_url = field_validator("api_url")(_check_http_url)
+
+
+MarketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
 class Settings(BaseSettings):
@@ -1109,6 +1223,8 @@ class Settings(BaseSettings):
     )
 
     databases: dict[InventoryName, DatabaseSettings] = Field(default_factory=dict)
+    markets: dict[MarketName, MarketSettings] = Field(default_factory=seed_markets, description="the trading "
+                                                      "calendar of each market (the seeds': USD/COP and crypto)")
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
@@ -1124,8 +1240,8 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
-    state_dir: OsPath = Field(default_factory=default_state_dir, description="this host's private working state "
-                            "(restore work directories): created 0700")
+    state_dir: AbsoluteOsPath = Field(default_factory=default_state_dir, description="this host's private working "
+                                      "state (restore work directories): created 0700")
 
     @property
     def work_root(self) -> Path:
@@ -1141,6 +1257,43 @@ class Settings(BaseSettings):
     def drill_root(self) -> Path:
         """Where a DR drill's clean cluster and fetched dumps go."""
         return (self.drill.work_dir or self.state_dir / "drills").expanduser()
+
+    @model_validator(mode="after")
+    def _cleanup_spares_our_own(self) -> Settings:
+        """Issue 24: no cleanup root nor allowed root is, lies inside or holds what the runbooks keep (their state:
+        manifests, locks, restore and drill work; the backup and pgBackRest repositories; the protected cluster's
+        data directory) or the home of the user running them. Checked at load, before anything runs: ``force``
+        never gets past it. The system trees and data directories found on disk are [cleanup]'s own check."""
+        from urllib.parse import unquote
+
+        def spot(path: Path | str, what: str) -> protected_paths.Protected:
+            return protected_paths.Protected(os.path.abspath(os.path.expanduser(str(path))), what)
+
+        kept = [spot(self.state_dir, "the runbooks' state directory, state_dir"),
+                spot(self.work_root, "the restores' work directory, restore.work_dir"),
+                spot(self.drill_root, "the DR drills' work directory, drill.work_dir"),
+                spot(self.pitr_root, "pgBackRest's work directory, pitr.work_dir")]
+        repository = urlparse(self.repository.url)
+        if repository.scheme == "file":
+            kept.append(spot(unquote(repository.path), "the backup repository, repository.url"))
+        if self.pitr.repo_type == "posix":
+            kept.append(spot(self.pitr.repo_path or self.pitr_root / "repo", "the pgBackRest repository, "
+                             "pitr.repo_path"))
+        if self.pitr.data_directory is not None:
+            kept.append(spot(self.pitr.data_directory, "the protected cluster's data directory, pitr.data_directory"))
+        kept += [spot(home, "the home of the user running the runbooks")
+                 for home in protected_paths.home_directories()]
+        fix = "or move that directory out of it"
+        for i, root in enumerate(self.cleanup.allowed_roots):
+            if why := protected_paths.root_refusal(root, kept):
+                raise _refused_at(("cleanup", "allowed_roots", i), f"allowed root {str(root)!r} {why}: cleanup never "
+                                  f"deletes there; {_ALLOWED_ROOT_FIX}, {fix}")
+        for index, rule in enumerate(self.cleanup.rules):
+            for i, root in enumerate(rule.roots if isinstance(rule, FileRule) else []):
+                if why := protected_paths.root_refusal(root, kept):
+                    raise _refused_at(("cleanup", "rules", index, "roots", i), f"rule {rule.name!r}: root "
+                                      f"{str(root)!r} {why}: cleanup never deletes there; {_RULE_ROOT_FIX}, {fix}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -1166,6 +1319,20 @@ class Settings(BaseSettings):
                 f"database {name!r} is not in the inventory (configured: {known}).",
                 hint=f"add [databases.{_toml_key(name)}] to {config_path()} or pick a configured one.",
             ) from None
+
+    @model_validator(mode="after")
+    def _tables_name_known_markets(self) -> Settings:
+        for table in self.freshness.tables:
+            if table.market is not None and table.market not in self.markets:
+                known = ", ".join(sorted(self.markets)) or "none"
+                raise ValueError(f"freshness table {table.key!r} names market {table.market!r}, which is not in "
+                                 f"[markets] (configured: {known})")
+        return self
+
+    def calendars(self, *, gating_only: bool = False) -> dict[str, MarketCalendar]:
+        """Each configured market's calendar (only the gating ones when asked)."""
+        return {name: market.calendar(name) for name, market in sorted(self.markets.items())
+                if market.gates or not gating_only}
 
     def plain_secrets(self) -> list[str]:
         """The secret values held in the settings themselves (not in Secret blocks)."""
@@ -1214,11 +1381,21 @@ def load_settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     path = config_path()
+    if path.is_dir():
+        named = "named by RUNBOOKS_CONFIG " if "RUNBOOKS_CONFIG" in os.environ else ""
+        raise ConfigurationError(f"config file {str(path)!r} {named}is a directory, not a TOML file.",
+                                 hint="point RUNBOOKS_CONFIG at the inventory file itself, e.g. "
+                                 f"{str(path / DEFAULT_CONFIG)!r}.")
     if "RUNBOOKS_CONFIG" in os.environ and not path.is_file():
         raise ConfigurationError(
             f"config file {str(path)!r} named by RUNBOOKS_CONFIG does not exist.",
             hint="run 'runbooks sandbox up' to write one, or point RUNBOOKS_CONFIG at your inventory.",
         )
+    if unknown := unknown_environment_variables(os.environ):
+        raise ConfigurationError(f"unknown setting{'s' if len(unknown) > 1 else ''} in the environment: "
+                                 f"{'; '.join(unknown)}.",
+                                 hint="fix or unset the variable (settings are RUNBOOKS_<SECTION>__<FIELD>, as "
+                                 "config/runbooks.example.toml lists them).")
     refusal: ConfigurationError
     try:
         settings = Settings(**overrides)
@@ -1251,6 +1428,72 @@ def load_settings(**overrides: Any) -> Settings:
     raise refusal
 
 
+# RUNBOOKS_ variables that are not settings: read by the process itself, the deployments or the test suite.
+PROCESS_VARIABLES = {
+    "RUNBOOKS_CONFIG": "the TOML file to read",
+    "RUNBOOKS_PG_BINDIR": "where the PostgreSQL client and server programs are",
+    "RUNBOOKS_HOME": "the checkout a worker runs deployments from (prefect.yaml)",
+    "RUNBOOKS_REQUIRE_DOCKER": "the test suite fails instead of skipping without a Docker engine",
+    "RUNBOOKS_REQUIRE_CHROMIUM": "the test suite fails instead of skipping without chromium",
+}
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: Annotated and Optional/Union peeled off."""
+    if isinstance(annotation, str):  # a forward reference (this module uses postponed annotations)
+        return []
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) if arg is not type(None) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _known_names(model: type[BaseModel], parts: Sequence[str]) -> tuple[int, list[str]] | None:
+    """Walks ``parts`` (lower-case, as pydantic-settings reads environment names) down the settings models.
+    None when every part names something; else (index of the first unknown part, the names known there). A
+    dictionary (databases, severities) takes any key, a list only an item's index (a file's ``[[tables]]``; an
+    environment variable holds a whole list as JSON); a scalar ends the walk."""
+    node: Any = model
+    for index, part in enumerate(parts):
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            fields = {name.lower(): info for name, info in node.model_fields.items()}
+            if not part or part not in fields:
+                return index, sorted(fields)
+            candidates = _unwrap(fields[part].annotation)
+            node = next((t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)),
+                        next((t for t in candidates if typing.get_origin(t) in (dict, list)), None))
+        elif typing.get_origin(node) in (dict, list):
+            if not part or (typing.get_origin(node) is list and not part.isdigit()):
+                return index, []
+            values = _unwrap(typing.get_args(node)[-1])
+            node = next((t for t in values if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        else:
+            return index, []
+    return None
+
+
+def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
+    """``RUNBOOKS_`` variables that set nothing, each with what was expected there: pydantic-settings ignores a
+    misspelt nested name (``RUNBOOKS_REPOSITORY__URLL``), so a typo would silently keep the default."""
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in PROCESS_VARIABLES:
+            continue
+        parts = upper.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
+        miss = _known_names(Settings, parts)
+        if miss is None:
+            continue
+        index, known = miss
+        close = difflib.get_close_matches(parts[index], known, n=1)
+        where = "settings" if index == 0 else "[" + ".".join(parts[:index]) + "]"
+        found.append(f"{name[:120]} ({parts[index][:60]!r} is not a field of {where}"
+                     + (f"; did you mean {env_variable(*parts[:index], close[0])}?)" if close else ")"))
+    return found
+
+
 def _toml_key(name: str) -> str:
     """``name`` as a TOML key: bare when it can be, else a quoted string (control characters escaped)."""
     return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
@@ -1266,7 +1509,10 @@ def validation_message(error: Mapping[str, Any]) -> str:
     if error["type"] in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"]).rstrip(".")
     if error["type"] == "extra_forbidden":
-        return "unknown name (a typo?)"
+        parts = [str(p).lower() for p in error["loc"] if p != "[key]"]
+        miss = _known_names(Settings, [*parts[:-1], ""]) if parts else None
+        close = difflib.get_close_matches(parts[-1], miss[1], n=1) if miss and parts else []
+        return f"unknown name (did you mean {close[0]!r}?)" if close else "unknown name (a typo?)"
     return str(error["msg"])
 
 

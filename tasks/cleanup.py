@@ -40,6 +40,9 @@ def survey_disk(*, paths: list[Path], top: int) -> dict[str, list[Consumer]]:
 def clean_files(*, rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
     """One file rule on one root. Not retried: the walk itself is the retry (a rerun selects what is left)."""
     outcome = clean_tree(rule, root, walk)
+    for found in outcome.data_directories:
+        get_run_logger().warning("%s %s: not entered %r: a PostgreSQL data directory (PG_VERSION beside global/)",
+                                 rule.name, root, found)
     verb = {"delete": "deleted", "compress": "compressed"}[rule.action]
     get_run_logger().info("%s %s: %s %d files, %s%s%s", rule.name, root, ("would have " if walk.dry_run else "") +
                           verb, outcome.files, human_bytes(outcome.bytes),

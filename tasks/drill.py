@@ -17,7 +17,16 @@ from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
-from runbooks.postgres import admin_params, connect, database_errors, describe, drop_database, server_identity
+from runbooks.pitr import pg_ctl_command
+from runbooks.postgres import (
+    admin_params,
+    connect,
+    database_errors,
+    describe,
+    drop_database,
+    pg_bindir,
+    server_identity,
+)
 from runbooks.records import RestoreRecords
 from runbooks.redact import register_secret
 from runbooks.repository.local import open_private
@@ -232,8 +241,9 @@ def tear_down_throwaway_cluster(*, workdirs: WorkDirs, workdir: Path) -> None:
     (released to the next drill's sweep, which tries again) and the drill reports it."""
     if not stop_cluster(workdir):
         workdirs.release(workdir)
+        stop = pg_ctl_command(pg_bindir() / "pg_ctl", workdir / "cluster" / "data", "stop -m immediate",
+                              os_user=server_os_user(), as_root=os.geteuid() == 0)
         raise Refused(f"the throwaway cluster in {workdir} did not stop.",
-                      hint=f"stop it by hand (pg_ctl -D {workdir}/cluster/data stop -m immediate); the next drill "
-                      "tries again.")
+                      hint=f"stop it by hand, as the cluster's owner ({stop}); the next drill tries again.")
     workdirs.remove(workdir)
     get_run_logger().info("Throwaway cluster stopped and %s removed", workdir)

@@ -8,8 +8,8 @@ session is read-only with a statement timeout, so an operator's ``filter`` canno
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -17,7 +17,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
-from runbooks.freshness import GroupAge, PlatformView, TableFreshness, VolumeCheck, judge_volume
+from runbooks.freshness import (
+    MarketView,
+    PlatformView,
+    TableFreshness,
+    VolumeCheck,
+    comparison_buckets,
+    judge_volume,
+    summarize_rows,
+)
+from runbooks.market_time import MarketCalendar
 from runbooks.postgres import connect, database_errors
 from runbooks.redact import scrub
 from runbooks.settings import ApiSettings, DatabaseSettings, FreshnessSettings, MonitoredTable
@@ -74,22 +83,28 @@ def freshness_statement(table: MonitoredTable, *, as_of: datetime | None, groupe
     ).format(now=now, ts=ts, t=source, past=where_clause(table, past), future=where_clause(table, future))
 
 
-def volume_statement(table: MonitoredTable, *, days: int, as_of: datetime | None = None) -> sql.Composed:
-    """Rows in the latest complete interval (the one before the newest row's) and in the same interval 1..days
-    days back: ``(days back, interval start, rows)``. Each count is an index range scan on the timestamp."""
+def latest_bucket_statement(table: MonitoredTable, *, as_of: datetime | None = None) -> sql.Composed:
+    """The start of the latest complete interval: the one before the newest row's (rows dated in the future
+    ignored). Its sessions are found in Python, then ``volume_statement`` counts them."""
     assert table.interval is not None
     ts, iv = _loaded_at(table), sql.Literal(table.interval)
-    source = sql.Identifier(table.schema_, table.table)
-    bucket = sql.SQL("b.start - d * interval '1 day'")
-    window = [sql.SQL("{ts} >= {b}").format(ts=ts, b=bucket), sql.SQL("{ts} < {b} + {iv}").format(ts=ts, b=bucket,
-                                                                                                     iv=iv)]
+    past = sql.SQL("{ts} <= {now} + {skew}::interval").format(ts=ts, now=as_of_sql(as_of),
+                                                               skew=sql.Literal(FUTURE_SKEW))
+    return sql.SQL("SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} FROM {t}{past}").format(
+        iv=iv, ts=ts, origin=_ORIGIN, t=sql.Identifier(table.schema_, table.table), past=where_clause(table, past))
+
+
+def volume_statement(table: MonitoredTable, *, starts: Sequence[datetime]) -> sql.Composed:
+    """Rows in the interval at each of ``starts`` (the latest complete one first, then the same interval on
+    previous sessions or days): ``(index, interval start, rows)``. Each count is an index range scan."""
+    assert table.interval is not None
+    ts, iv = _loaded_at(table), sql.Literal(table.interval)
+    window = [sql.SQL("{ts} >= x.start").format(ts=ts), sql.SQL("{ts} < x.start + {iv}").format(ts=ts, iv=iv)]
     return sql.SQL(
-        "SELECT d, b.start, (SELECT count(*) FROM {t}{where}) FROM "
-        "(SELECT date_bin({iv}, max({ts})::timestamptz, {origin}) - {iv} AS start FROM {t}{past}) b, "
-        "generate_series(0, {days}) AS d WHERE b.start IS NOT NULL"
-    ).format(t=source, where=where_clause(table, *window), iv=iv, ts=ts, origin=_ORIGIN, days=sql.Literal(days),
-             past=where_clause(table, sql.SQL("{ts} <= {now} + {skew}::interval").format(
-                 ts=ts, now=as_of_sql(as_of), skew=sql.Literal(FUTURE_SKEW))))
+        "SELECT x.k - 1, x.start, (SELECT count(*) FROM {t}{where}) "
+        "FROM unnest({starts}::timestamptz[]) WITH ORDINALITY AS x(start, k) ORDER BY x.k"
+    ).format(t=sql.Identifier(table.schema_, table.table), where=where_clause(table, *window),
+             starts=sql.Literal(list(starts)))
 
 
 Rows = list[tuple[Any, ...]]
@@ -173,44 +188,31 @@ def _failed(exc: psycopg.Error) -> tuple[str, str]:
     return _OUTCOMES.get(exc.sqlstate or "", "failed"), text
 
 
-def _measured(table: MonitoredTable, rows: list[tuple[Any, ...]]) -> TableFreshness:
-    key = table.key
-    future = sum(int(r[3] or 0) for r in rows)
-    rows = [r for r in rows if r[1] is not None]
-    if not rows:
-        return TableFreshness(key=key, database=table.database, outcome="empty", future_rows=future)
-    ages = [GroupAge(group=str(r[0]), last_at=r[1], age_seconds=float(r[2])) for r in rows]
-    if table.group_by:
-        seen = {a.group for a in ages}
-        ages += [GroupAge(group=g) for g in table.expected_groups if g not in seen]
-    ages.sort(key=lambda a: (a.age_seconds is not None, -(a.age_seconds or 0.0)))  # never seen first, then stalest
-    known = [a for a in ages if a.age_seconds is not None]
-    worst_age = max(a.age_seconds or 0.0 for a in known)
-    if len(known) < len(ages):  # an expected group never seen in the window: at least as old as the window
-        worst_age = max(worst_age, table.group_window.total_seconds())
-    newest_of_stalest = min((a.last_at for a in known if a.last_at is not None), default=None)
-    stale = [a for a in ages if a.age_seconds is None or a.age_seconds > table.error_after.total_seconds()]
-    return TableFreshness(key=key, database=table.database, outcome="measured", last_at=newest_of_stalest,
-                          age_seconds=worst_age, groups=len(ages) if table.group_by else 0, future_rows=future,
-                          stale_groups=stale if table.group_by else [])
-
-
 @task(name="measure-freshness", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def measure_freshness(*, database_name: str, database: DatabaseSettings, tables: list[MonitoredTable],
-                      settings: FreshnessSettings, as_of: datetime | None = None
+                      settings: FreshnessSettings, as_of: datetime | None = None,
+                      calendars: Mapping[str, MarketCalendar] | None = None,
                       ) -> tuple[list[TableFreshness], list[VolumeCheck]]:
     """Freshness (and the volume comparison, where an interval is set) of every monitored table of one database.
+
+    Args:
+        calendars: the markets' calendars by name; a table whose ``market`` is among them is measured in market
+            time (open-market age, its market's state at ``as_of`` or now, volume against previous sessions).
+            None: wall clock for every table (as a restore drill measures a copy).
 
     Returns:
         One ``TableFreshness`` per table, in order, and one ``VolumeCheck`` per table with an interval.
     """
+    def calendar_of(table: MonitoredTable) -> MarketCalendar | None:
+        return (calendars or {}).get(table.market) if table.market else None
+
     with_volume = [t for t in tables if t.interval is not None]
     where = f"measuring freshness in {database_name!r}"
     params = read_only_params(database, settings.statement_timeout_seconds)
     with connect(params, where=where, autocommit=True) as conn, database_errors(where):
         compose = _Composer(conn, as_of)
         statements = [compose.freshness(t) for t in tables]
-        statements += [volume_statement(t, days=settings.volume_history_days, as_of=as_of) for t in with_volume]
+        statements += [latest_bucket_statement(t, as_of=as_of) for t in with_volume]
         results = _pipelined(conn, statements)
         # A grouped table with no group in its window: is it empty, or is every group older than the window?
         regroup = [i for i, t in enumerate(tables) if t.group_by and isinstance(results[i], list)
@@ -219,22 +221,37 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
             again = _pipelined(conn, [freshness_statement(tables[i], as_of=as_of, grouped=False) for i in regroup])
             for i, rows in zip(regroup, again, strict=True):
                 results[i] = rows
+        # The intervals to compare depend on the latest one's session: a second round trip counts them.
+        buckets: list[tuple[MonitoredTable, datetime, list[datetime], str]] = []
+        for table, rows in zip(with_volume, results[len(tables):], strict=True):
+            if isinstance(rows, list) and rows and rows[0][0] is not None:
+                assert table.interval is not None
+                starts, basis = comparison_buckets(rows[0][0], interval=table.interval,
+                                                   count=settings.volume_history_days, calendar=calendar_of(table))
+                buckets.append((table, rows[0][0], starts, basis))
+        counted = _pipelined(conn, [volume_statement(t, starts=starts) for t, _, starts, _ in buckets])
+    now = as_of or datetime.now(UTC)
     measured: list[TableFreshness] = []
     for table, rows in zip(tables, results, strict=False):
+        calendar = calendar_of(table)
         if isinstance(rows, psycopg.Error):
             outcome, text = _failed(rows)
-            measured.append(TableFreshness(key=table.key, database=table.database, outcome=outcome,  # type: ignore[arg-type]
-                                           detail=text))
+            fresh = TableFreshness(key=table.key, database=table.database, outcome=outcome,  # type: ignore[arg-type]
+                                   detail=text)
         else:
-            measured.append(_measured(table, rows))
+            fresh = summarize_rows(table, rows, calendar=calendar)
+        if calendar is not None:
+            fresh.market = MarketView.of(calendar, now)
+        measured.append(fresh)
     volumes: list[VolumeCheck] = []
-    for table, rows in zip(with_volume, results[len(tables):], strict=True):
+    counted_of = {t.key: (start, basis, rows) for (t, start, _, basis), rows in zip(buckets, counted, strict=True)}
+    for table, latest in zip(with_volume, results[len(tables):], strict=True):
+        start, basis, rows = counted_of.get(table.key, (None, "days", latest))
         if isinstance(rows, psycopg.Error):
             volumes.append(VolumeCheck(key=table.key, verdict=f"could not count: {_failed(rows)[1]}"))
             continue
-        counts = {int(r[0]): int(r[2]) for r in rows}
-        start = rows[0][1] if rows else None
-        volumes.append(judge_volume(counts, key=table.key, bucket_start=start, settings=settings))
+        counts = {int(r[0]): int(r[2]) for r in rows} if start is not None else {}
+        volumes.append(judge_volume(counts, key=table.key, bucket_start=start, settings=settings, basis=basis))
     return measured, volumes
 
 

@@ -20,10 +20,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from runbooks.errors import ConfigurationError, LockBusy, Refused, ToolFailed
-from runbooks.pitr import ArchiverState, BackupType, PitrPaths, RecoveryPoint, StanzaInfo, parse_info, recovery_point
+from runbooks.pitr import (
+    ArchiverState,
+    BackupType,
+    PitrPaths,
+    PreviousSetting,
+    RecoveryPoint,
+    StanzaInfo,
+    parse_info,
+    pg_ctl_command,
+    recovery_point,
+)
 from runbooks.postgres import CheckResult, connect, database_errors, describe, pg_bindir, run_checks, server_env
 from runbooks.redact import scrub
 from runbooks.sandbox.cluster import free_port, server_os_user
@@ -61,12 +71,26 @@ def _as_user(pitr: PitrSettings) -> dict[str, object]:
 
 
 def _last_error(output: str) -> str:
-    """pgBackRest's own ``ERROR: [code]: message`` line (its first), else the last line it printed."""
+    """pgBackRest's own ``ERROR: [code]: message`` line (its first), else the last line it printed. When it could
+    not reach the cluster, its error ("unable to find primary cluster") only says so; the reason is in the WARN
+    line before it ("unable to check pg1: ... connection to server on socket ... failed"), so that is added."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
+    cause = next((line[line.index("unable to check pg"):] for line in lines
+                  if "WARN:" in line and "unable to check pg" in line), None)
     for line in lines:
         if "ERROR:" in line:
-            return line[line.index("ERROR:"):]
+            error = line[line.index("ERROR:"):]
+            return f"{error} ({cause})" if cause else error
     return lines[-1] if lines else "no output"
+
+
+_UNREACHABLE = ("[056]", "[027]")  # pgBackRest: no primary found / no database found: it reached no cluster
+
+
+def pg_ctl_as_owner(pitr: PitrSettings, data_directory: Path, action: str) -> str:
+    """The exact shell command for a person to run ``pg_ctl <action>`` on this cluster, as its OS user."""
+    return pg_ctl_command(pg_bindir() / "pg_ctl", data_directory, action, os_user=tool_user(pitr),
+                          as_root=os.geteuid() == 0)
 
 
 def run_pgbackrest(pitr: PitrSettings, paths: PitrPaths, command: str, *args: str,
@@ -87,6 +111,12 @@ def run_pgbackrest(pitr: PitrSettings, paths: PitrPaths, command: str, *args: st
         if "unable to acquire lock" in error:
             raise LockBusy(f"pgbackrest {command}: another pgBackRest {command} of stanza {pitr.stanza!r} is "
                            f"running ({error}).", hint="wait for it to finish; nothing was done.")
+        if any(code in error for code in _UNREACHABLE):
+            raise ToolFailed(f"pgbackrest {command} exited with {done.returncode}: {error}",
+                             hint=f"pgBackRest reaches the cluster only through its Unix socket, in [pitr] "
+                             f"socket_directory ({pitr.socket_directory}): the server must list that directory in "
+                             "unix_socket_directories (a restart applies it), and its pg_hba.conf must let the "
+                             "DSN's role in over 'local'.")
         raise ToolFailed(f"pgbackrest {command} exited with {done.returncode}: {error}",
                          hint=f"its log is in {paths.log}; 'pgbackrest --config={paths.config} "
                          f"--stanza={pitr.stanza} check' tests archiving by hand.")
@@ -104,7 +134,10 @@ class ClusterFacts(BaseModel):
     user: str
     superuser: bool
     in_recovery: bool
-    settings: dict[str, str]
+    settings: dict[str, str] = Field(description="archive settings as the server runs them (pg_settings)")
+    contexts: dict[str, str] = Field(default_factory=dict, description="their pg_settings.context: 'postmaster' "
+                                     "ones take effect only at a restart")
+    socket_directories: str = Field(default="", description="the server's unix_socket_directories")
 
 
 _WATCHED = ("archive_mode", "archive_command", "archive_timeout", "wal_level")
@@ -118,16 +151,18 @@ def inspect_cluster(*, database: DatabaseSettings) -> ClusterFacts:
         row = conn.execute(
             "SELECT (SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version_num'),"
             " current_setting('data_directory'), current_setting('port'), current_user,"
-            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_is_in_recovery()").fetchone()
-        settings: dict[str, str] = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                                                     [list(_WATCHED)]).fetchall())
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), pg_is_in_recovery(),"
+            " current_setting('unix_socket_directories')").fetchone()
+        rows = conn.execute("SELECT name, setting, context FROM pg_settings WHERE name = ANY(%s)",
+                            [list(_WATCHED)]).fetchall()
     assert row is not None
     if not row[5]:
         raise Refused(f"the role {row[4]!r} on {describe(params)} is not a superuser; configuring archiving and "
                       "reading the data directory need one.", hint="set [pitr] dsn to a superuser DSN.")
     return ClusterFacts(system_identifier=row[0], version_num=int(row[1]), data_directory=Path(row[2]),
                         port=int(row[3]), user=row[4], superuser=bool(row[5]), in_recovery=bool(row[6]),
-                        settings=settings)
+                        settings={r[0]: r[1] for r in rows}, contexts={r[0]: r[2] for r in rows},
+                        socket_directories=row[7] or "")
 
 
 @task(name="write-pgbackrest-config", cache_policy=NO_CACHE)
@@ -165,6 +200,49 @@ def write_config(*, pitr: PitrSettings, paths: PitrPaths, text: str) -> bool:
         os.close(fd)
     os.replace(tmp, paths.config)
     return True
+
+
+def read_config_text(paths: PitrPaths) -> str | None:
+    """The config file as it is now (None: none yet): whether the plan rewrites it."""
+    try:
+        return paths.config.read_text()
+    except FileNotFoundError:
+        return None
+
+
+@task(name="record-archive-settings", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def record_settings(*, database: DatabaseSettings, names: list[str]) -> list[PreviousSetting]:
+    """The run's own record of what it is about to change, read from the server just before ALTER SYSTEM: what it
+    runs (pg_settings) and what postgresql.auto.conf holds (pg_file_settings re-reads the file; the last entry
+    wins, as when the server reads it)."""
+    params = database.conninfo()
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
+            database_errors("recording the archive settings"):
+        rows = conn.execute(
+            "SELECT s.name, s.setting, f.setting FROM pg_settings s LEFT JOIN LATERAL ("
+            " SELECT setting FROM pg_file_settings WHERE name = s.name"
+            " AND sourcefile = current_setting('data_directory') || '/postgresql.auto.conf'"
+            " ORDER BY seqno DESC LIMIT 1) f ON true WHERE s.name = ANY(%s)", [names]).fetchall()
+    found = {r[0]: PreviousSetting(name=r[0], running=r[1], auto_conf=r[2]) for r in rows}
+    return [found[name] for name in names if name in found]
+
+
+@task(name="put-back-archive-settings", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+def put_back_settings(*, database: DatabaseSettings, previous: list[PreviousSetting]) -> list[str]:
+    """ALTER SYSTEM every recorded setting back to what postgresql.auto.conf held (RESET where it held none) and
+    reload; returns the settings still waiting for a restart (a postmaster setting that a restart made live)."""
+    params = database.conninfo()
+    with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
+            database_errors("putting the archive settings back"):
+        for setting in previous:
+            if setting.auto_conf is None:
+                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(setting.name)))
+            else:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(setting.name),
+                                                                      sql.Literal(setting.auto_conf)))
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)  # the postmaster reloads asynchronously
+        return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
 
 @task(name="configure-archiving", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
@@ -207,7 +285,9 @@ def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Pat
                           env=server_env(), **_as_user(pitr))  # type: ignore[call-overload]
     if done.returncode != 0:
         raise ToolFailed(f"pg_ctl restart exited with {done.returncode}: {_last_error(done.stderr + done.stdout)}",
-                         hint="restart PostgreSQL by hand (systemctl restart postgresql), then rerun pitr-setup.")
+                         hint=f"read {log}; start PostgreSQL by hand as the cluster's owner: "
+                         f"{pg_ctl_as_owner(pitr, data_directory, f'-l {log} -w start')} (or through its service "
+                         "manager, e.g. systemctl start postgresql).")
 
 
 # -- pgBackRest commands ------------------------------------------------------------------------------------------
@@ -217,10 +297,16 @@ def stanza_create(*, pitr: PitrSettings, paths: PitrPaths) -> None:
     run_pgbackrest(pitr, paths, "stanza-create")
 
 
+def check_timeout(pitr: PitrSettings) -> int:
+    """How long ``check`` waits for the segment it switched: the RPO (a segment slower than that to arrive misses
+    it anyway), at least 10 s and at most 5 minutes."""
+    return int(min(max(pitr.rpo.total_seconds(), 10), 300))
+
+
 @task(name="pgbackrest-check", cache_policy=NO_CACHE)
 def check_stanza(*, pitr: PitrSettings, paths: PitrPaths) -> None:
     """Switches WAL and waits for the segment to reach the repository: archiving proven end to end."""
-    run_pgbackrest(pitr, paths, "check", "--archive-timeout=60")
+    run_pgbackrest(pitr, paths, "check", f"--archive-timeout={check_timeout(pitr)}")
 
 
 @task(name="pgbackrest-backup", cache_policy=NO_CACHE)
@@ -248,11 +334,14 @@ def read_archiver(*, database: DatabaseSettings) -> ArchiverState:
         ready = conn.execute("SELECT count(*), min(modification) FROM pg_ls_archive_statusdir() "
                              "WHERE name LIKE '%.ready'").fetchone()
         pending = [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
+        wal = conn.execute("SELECT sum(size), current_setting('data_directory') FROM pg_ls_waldir()").fetchone()
     assert row is not None and ready is not None
     return ArchiverState(read_at=row[0], archive_mode=row[1], archive_command=row[2], archive_timeout_seconds=row[3],
                          archived_count=row[4], last_archived_wal=row[5], last_archived_at=row[6],
                          failed_count=row[7], last_failed_wal=row[8], last_failed_at=row[9],
-                         ready_count=int(ready[0]), oldest_ready_at=ready[1], pending_restart=pending)
+                         ready_count=int(ready[0]), oldest_ready_at=ready[1], pending_restart=pending,
+                         wal_bytes=int(wal[0]) if wal and wal[0] is not None else None,
+                         data_directory=wal[1] if wal else None)
 
 
 def _marker_params(database: DatabaseSettings, marker_database: str) -> dict[str, object]:

@@ -4,10 +4,13 @@ The weekly report reads the P&L and the risk engine's figures here, at the paths
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from runbooks.errors import TradingApiUnavailable
 from runbooks.settings import ApiSettings
@@ -26,15 +29,34 @@ from runbooks.weekly import (
 from tasks.policies import TRANSIENT_RETRY
 
 
+@contextmanager
+def _last_attempt_says_what_next(api: ApiSettings | None, then: str | None = None) -> Iterator[None]:
+    """On the task's last attempt (no retry follows, or no task run at all), a ``TradingApiUnavailable`` leaves
+    with a hint for the operator (the API and its URL to check, then rerun) instead of "the task retries"."""
+    try:
+        yield
+    except TradingApiUnavailable as exc:
+        context = TaskRunContext.get()
+        attempts = context.task_run.run_count if context is not None else 1
+        if context is not None and attempts <= context.task.retries:
+            raise  # a retry follows: its hint is still true
+        where = f" at {api.base_url}" if api is not None else ""
+        raise exc.exhausted(attempts=attempts, hint=(
+            f"{attempts} attempt{'s' if attempts != 1 else ''} failed, no retry follows. "
+            + (then or f"Check the trading API{where} is up and answers (the URL is trading_api.base_url), "
+               "then run the runbook again."))) from None
+
+
 @task(name="read-trading-status", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def read_trading_status(*, api: ApiSettings | None) -> dict[str, Any]:
     """Returns:
     The operations status (``trading_mode``: running / paused / halted)."""
-    client = TradingApi(api)
-    try:
-        return client.status()
-    finally:
-        client.close()
+    with _last_attempt_says_what_next(api):
+        client = TradingApi(api)
+        try:
+            return client.status()
+        finally:
+            client.close()
 
 
 def _read_back(client: TradingApi, *, took: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -49,6 +71,10 @@ def _read_back(client: TradingApi, *, took: tuple[str, ...], what: str) -> dict[
     return status
 
 
+_UNCONFIRMED = ("The {what} is not confirmed: read the trading status (it may have taken effect), check the trading "
+                "API (trading_api.base_url) and the platform (seed 004 section 3.3), then run the runbook again.")
+
+
 @task(name="halt-trading", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Activate the kill switch (idempotent: halting a halted platform is a no-op for it), then read the status
@@ -57,12 +83,13 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
     Returns:
         The operations status read after the call.
     """
-    client = TradingApi(api)
-    try:
-        client.kill_switch(reason=reason, actor=actor)
-        status = _read_back(client, took=("halted",), what="kill switch")
-    finally:
-        client.close()
+    with _last_attempt_says_what_next(api, then=_UNCONFIRMED.format(what="kill switch")):
+        client = TradingApi(api)
+        try:
+            client.kill_switch(reason=reason, actor=actor)
+            status = _read_back(client, took=("halted",), what="kill switch")
+        finally:
+            client.close()
     get_run_logger().warning("Trading HALTED via kill switch: %s", reason)
     return status
 
@@ -75,12 +102,13 @@ def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[s
     Returns:
         The operations status read after the call.
     """
-    client = TradingApi(api)
-    try:
-        client.pause(reason=reason, actor=actor)
-        status = _read_back(client, took=("paused", "halted"), what="pause")
-    finally:
-        client.close()
+    with _last_attempt_says_what_next(api, then=_UNCONFIRMED.format(what="pause")):
+        client = TradingApi(api)
+        try:
+            client.pause(reason=reason, actor=actor)
+            status = _read_back(client, took=("paused", "halted"), what="pause")
+        finally:
+            client.close()
     get_run_logger().warning("Trading PAUSED: %s", reason)
     return status
 
@@ -95,25 +123,29 @@ def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: s
     Returns:
         The status read before deciding, with ``resumed`` set to whether this call resumed trading.
     """
-    client = TradingApi(api)
-    try:
-        now = client.status()
-        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == (held_by or actor)
-                and changed_at is not None and now.get("changed_at") == changed_at)
-        if ours:
-            client.resume(actor=actor)
-            get_run_logger().info("Trading resumed by %r", actor)
-    finally:
-        client.close()
+    with _last_attempt_says_what_next(api, then="Trading may still be held by this run: check the trading API is "
+                                      "up, read its status, and resume with CONFIRM_RESUME by hand if the halt in "
+                                      "force is this run's."):
+        client = TradingApi(api)
+        try:
+            now = client.status()
+            ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == (held_by or actor)
+                    and changed_at is not None and now.get("changed_at") == changed_at)
+            if ours:
+                client.resume(actor=actor)
+                get_run_logger().info("Trading resumed by %r", actor)
+        finally:
+            client.close()
     return {**now, "resumed": ours}
 
 
 def _read(api: ApiSettings | None, path: str, window: str | None = None) -> dict[str, Any]:
-    client = TradingApi(api)
-    try:
-        return client.read(path, window=window)
-    finally:
-        client.close()
+    with _last_attempt_says_what_next(api):
+        client = TradingApi(api)
+        try:
+            return client.read(path, window=window)
+        finally:
+            client.close()
 
 
 @task(name="read-pnl", cache_policy=NO_CACHE, **TRANSIENT_RETRY)

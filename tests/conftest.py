@@ -18,7 +18,14 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="runbooks-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="runbooks-state-")  # restore work dirs, not ~/.local
+# Restore work dirs, not ~/.local; not under /tmp either: the seed cleanup rule walks /tmp, and a cleanup root that
+# holds the runbooks' state directory is refused at settings load.
+_STATE_PARENT = Path(__file__).resolve().parents[1] / ".pytest_cache" / "state"
+_STATE_PARENT.mkdir(parents=True, exist_ok=True)
+_STATE_PARENT.parent.chmod(0o755)  # as root, the postgres OS user enters the drills' clusters under it
+_STATE_PARENT.chmod(0o755)
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="runbooks-state-", dir=_STATE_PARENT)
+Path(os.environ["XDG_STATE_HOME"]).chmod(0o755)
 # Removed when the session's process ends (after Prefect's last write), so no session leaves them in /tmp.
 for _made in (_PREFECT_HOME, os.environ["XDG_STATE_HOME"]):
     atexit.register(shutil.rmtree, _made, ignore_errors=True)
@@ -30,6 +37,7 @@ import boto3  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+from runbooks.markets import MarketSettings  # noqa: E402
 from runbooks.sandbox import Sandbox, SandboxState  # noqa: E402
 from runbooks.sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
 from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
@@ -51,7 +59,12 @@ def sandbox() -> Iterator[SandboxState]:
     root = Path(tempfile.mkdtemp(prefix="runbooks-sandbox-"))
     root.chmod(0o755)
     box = Sandbox(root)
-    state = box.up(size_mb=3, prefect=False, progress=lambda _m: None)
+    # USD/COP as an always-open market and no feeder: the suite's data is fresh USD/COP bars up to now at any hour,
+    # nothing waits for a close (tests that are about market time configure markets built around the moment they
+    # run: tests/markets.py), and no process writes bars behind a test's back (tests/test_sandbox_feed.py starts a
+    # sandbox with the seeds' markets and a feeder).
+    always_open = {"usd_cop": MarketSettings(always_open=True, symbols=["USDCOP"])}
+    state = box.up(size_mb=3, prefect=False, markets=always_open, feeder=False, progress=lambda _m: None)
     try:
         yield state
     finally:

@@ -229,3 +229,100 @@ def test_sandbox_child_dying_while_starting_is_reported_at_once(what: str, trave
     assert "broken on purpose by the test" in proc.stderr  # the tail of its log
     # "exited with 7" is the death noticed; a child that was never noticed would end in "did not answer within".
     assert not (traversable_dir / "sb").exists()
+
+
+# --- issue 24: output an operator can read, at any width ---
+
+
+def test_shorten_keeps_both_ends_of_an_absurd_value_and_every_other_word() -> None:
+    from runbooks.cli import LONG_VALUE, shorten
+
+    path = "/srv/" + "d" * 5000 + "/dump.pgc.zst"
+    line = shorten(f"backup repository '{path}' does not exist. HINT: check repository.url.")
+    assert line.startswith("backup repository '/srv/ddd") and line.endswith("/dump.pgc.zst' does not exist. HINT: "
+                                                                              "check repository.url.")
+    assert len(line) < 300 and "[4,900 characters]" in line  # says how much it left out (of 5,020)
+    ordinary = "a path of ordinary length " + "/var/lib/postgresql/15/main/" * 5
+    assert shorten(ordinary) == ordinary and len("/var/lib/postgresql/15/main/" * 5) <= LONG_VALUE
+
+
+@pytest.mark.parametrize("length", [3000, 5000])
+def test_an_absurdly_long_path_is_one_short_error_line(tmp_path: Path, length: int) -> None:
+    """A mistyped repository path of thousands of characters (under PATH_MAX, and over it): one line, exit 2, its
+    start and end shown, the rest left out, the HINT kept."""
+    middle = "/".join(["d" * 199] * (length // 200))
+    path = f"/srv/start-of-path/{middle}/end-of-path"
+    config = tmp_path / "inventory.toml"
+    config.write_text(f'[repository]\nurl = "file://{path}"\n')
+    proc = cli(bare_env(RUNBOOKS_CONFIG=str(config)), "backups", "list", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc)
+    assert len(line) < 800, len(line)
+    assert "/srv/start-of-path/" in line and "/end-of-path" in line and "characters]" in line and "HINT:" in line
+
+
+def test_backups_list_honours_columns_and_says_why_a_backup_is_damaged(config: SandboxState, prefect_api: str,
+                                                                      tmp_path: Path) -> None:
+    """At 80 columns every backup id is whole and no line is longer; why a backup is damaged is a line of its own
+    under the table, and the warning on stderr is one line however long (never hard-wrapped mid-path)."""
+    from flows.backup import BackupParameters, backup_databases
+
+    state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+                             return_state=True)
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    good = state.result().items[0].backup_id
+    [backup_dir] = (tmp_path / "repository" / "databases" / "trading_db").iterdir()
+    damaged = backup_dir.parent / "20260101T000000Z"
+    shutil.copytree(backup_dir, damaged)
+    (damaged / "manifest.json").write_text("{ not json")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "COLUMNS": "80"}
+    proc = cli(env, "backups", "list")
+    assert proc.returncode == 1, proc.stderr
+    heading, *lines = proc.stdout.splitlines()
+    assert heading == f"backups in {(tmp_path / 'repository').as_uri()}"  # a URL to copy: one line, whole
+    assert max(len(line) for line in lines) <= 80, proc.stdout
+    assert good in proc.stdout and "20260101T000000Z" in proc.stdout and "…" not in proc.stdout, proc.stdout
+    [row] = [line for line in lines if line.startswith("20260101T000000Z") and "DAMAGED" in line.split()]
+    assert "manifest" not in row  # the table says DAMAGED; why is a sentence under it
+    assert "20260101T000000Z database trading_db: DAMAGED, manifest unreadable" in " ".join(proc.stdout.split())
+    [warning] = [line for line in proc.stderr.splitlines() if "warning:" in line]
+    assert "20260101T000000Z" in warning and "remove the directory by hand" in warning, proc.stderr
+
+
+def test_sandbox_status_honours_columns_and_never_cuts_an_endpoint(sandbox: SandboxState) -> None:
+    """Too narrow for the table: each component as a record, every DSN whole (rich alone cuts them to "postg…")."""
+    proc = cli({**os.environ, "COLUMNS": "60"}, "sandbox", "status", "--dir", sandbox.root)
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 60, proc.stdout
+    assert "…" not in proc.stdout and f"127.0.0.1:{sandbox.postgres_port}/trading_db" in proc.stdout
+
+
+DRAIN = """
+import logging, sys
+from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+from prefect.logging.configuration import setup_logging
+setup_logging()
+if sys.argv[1] == "cli":
+    from runbooks.cli import prepare_log_output
+    prepare_log_output()
+for i in range(2000):
+    emit_event(event="runbooks.test.drain", resource={"prefect.resource.id": f"runbooks.test.{i}"})
+logging.getLogger("runbooks.test").warning("our own warning stays")
+EventsWorker.drain_all()
+"""
+
+
+def test_prefect_drain_notes_never_reach_stderr_and_our_warnings_do(prefect_api: str) -> None:
+    """Prefect's events worker, draining at exit with events still queued, writes "EventsWorker - Still processing
+    items"; the CLI's logging keeps that off stderr. The same process without it shows the note (so the test sees
+    the real thing), and our own warnings show either way."""
+    env = {**bare_env(), "PREFECT_API_URL": prefect_api}
+    plain = subprocess.run([sys.executable, "-c", DRAIN, "plain"], env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert "Still processing items" in plain.stderr, plain.stderr[-2000:]
+    quiet = subprocess.run([sys.executable, "-c", DRAIN, "cli"], env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "Still processing items" not in quiet.stderr, quiet.stderr[-2000:]
+    assert "our own warning stays" in quiet.stderr and "our own warning stays" in plain.stderr

@@ -50,7 +50,9 @@ def walk_of(*, dry_run: bool = False, force: bool = True, ledger: Ledger | None 
 
 
 def rule(root: Path, **kw: Any) -> FileRule:
-    return FileRule(name=kw.pop("name", "logs"), roots=[root], **{"older_than": timedelta(days=7), **kw})
+    """Every file older than 7 days under ``root`` unless patterns are given (then only those names)."""
+    defaults: dict[str, Any] = {"older_than": timedelta(days=7), "match_all": "patterns" not in kw}
+    return FileRule(name=kw.pop("name", "logs"), roots=[root], **{**defaults, **kw})
 
 
 request_cleanup: list[Path] = []
@@ -85,7 +87,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_deletes_only_old_regular_files_under_the_root(tree: Path, tmp_path: Path) -> None:
-    outcome = clean_tree(rule(tree, patterns=["*.log", "*.log.*", "*"]), tree, walk_of())
+    outcome = clean_tree(rule(tree, patterns=["*.log", "*.log.*", "*"], match_all=True), tree, walk_of())
     left = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     assert "app/new.log" in left and "link-to-outside.log" in left and "dir-link" in left and "fifo.log" in left
     assert not (tree / "app" / "old.log").exists() and not (tree / "app" / "deep" / "er" / "old.log").exists()
@@ -106,7 +108,7 @@ def test_patterns_select_by_name(tree: Path) -> None:
 
 
 def test_dry_run_plans_exactly_what_the_real_run_does(tree: Path, tmp_path: Path) -> None:
-    r = rule(tree, patterns=["*"])
+    r = rule(tree, match_all=True)
     dry = clean_tree(r, tree, walk_of(dry_run=True, manifest=tmp_path / "dry.gz"))
     before = sorted(str(p) for p in tree.rglob("*"))
     assert sorted(str(p) for p in tree.rglob("*")) == before  # nothing touched
@@ -120,10 +122,10 @@ def test_dry_run_plans_exactly_what_the_real_run_does(tree: Path, tmp_path: Path
 
 
 def test_budget_stops_early(tree: Path) -> None:
-    outcome = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_files=2))
+    outcome = clean_tree(rule(tree, match_all=True), tree, walk_of(max_files=2))
     assert outcome.files == 2 and outcome.state == "stopped" and "budget" in outcome.why
     assert sum(1 for p in tree.rglob("*") if p.is_file() and not p.is_symlink()) == 9 - 2
-    by_bytes = clean_tree(rule(tree, patterns=["*"]), tree, walk_of(max_bytes=5000))  # on-disk blocks: 4 KiB a file
+    by_bytes = clean_tree(rule(tree, match_all=True), tree, walk_of(max_bytes=5000))  # on-disk blocks: 4 KiB a file
     assert by_bytes.files == 1 and by_bytes.state == "stopped"
 
 
@@ -350,7 +352,8 @@ def test_a_flood_of_find_errors_does_not_stall_the_walk() -> None:
               "from runbooks.settings import FileRule; r = Path(sys.argv[1]); "
               "w = Walk(ledger=Ledger([], high=85, low=80, force=True), budget=Budget(10**6, 10**12), "
               "manifest=Manifest(None), protected_patterns=[], held=set(), dry_run=False); "
-              "o = clean_tree(FileRule(name='x', roots=[r]), r, w); print(o.files, o.skipped.get('error', 0))")
+              "o = clean_tree(FileRule(name='x', roots=[r], match_all=True), r, w); "
+              "print(o.files, o.skipped.get('error', 0))")
     command = [sys.executable, "-c", script, str(root)]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
@@ -456,13 +459,16 @@ def test_force_runs_every_rule_whatever_the_watermark(config: SandboxState, tmp_
     root = tmp_path / "logs"
     write(root / "old.log", age_days=30)
     write(root / "new.log")
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
-                     rules=[{"kind": "files", "name": "old-logs", "roots": [str(root)]}])
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(root)], survey=[],
+                     rules=[{"kind": "files", "name": "old-logs", "roots": [str(root)], "match_all": True}])
     _, idle = run_cleanup(dry_run=False)
     assert not idle.triggered and idle.succeeded and (root / "old.log").exists()
     _, forced = run_cleanup(dry_run=False, force=True)
     assert forced.succeeded and not (root / "old.log").exists() and (root / "new.log").exists()
-    assert "Disk cleanup (forced)" in render(forced)
+    report = render(forced)
+    assert "# Disk cleanup (forced) — freed " in report and "nothing to do" not in report  # issue 24's wording
+    assert "forced, every selected rule ran anyway" in report
+    assert "# Disk cleanup — nothing to do" in render(idle) and "freed" not in render(idle).splitlines()[0]
 
 
 def render(result: CleanupResult) -> str:
@@ -471,20 +477,98 @@ def render(result: CleanupResult) -> str:
     return render_report(result)
 
 
+def fake_cluster(path: Path) -> Path:
+    """A stopped PostgreSQL data directory as far as anyone can tell from its files (no postmaster.pid)."""
+    for name in ("PG_VERSION", "global/pg_control", "base/1/1259", "pg_tblspc/.keep"):
+        write(path / name, 100, age_days=30)
+    for directory in (path / "pg_tblspc", path / "base" / "1", path / "base", path / "global", path):
+        os.utime(directory, (OLD, OLD))
+    return path
+
+
+def test_force_never_enters_a_data_directory_deep_in_a_root(config: SandboxState, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: 962 files of a stopped cluster were planned. One deeper than the settings look is met by the walk,
+    which never enters it, forced and real (on this test's own tree)."""
+    root = tmp_path / "scratch"
+    cluster = fake_cluster(root / "app" / "old" / "pg" / "data")
+    inside = sorted(str(p) for p in cluster.rglob("*"))
+    beside = write(root / "app" / "old.tmp", age_days=30)
+    for directory in (root / "app" / "old" / "pg", root / "app" / "old", root / "app"):
+        os.utime(directory, (OLD, OLD))
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(root)], survey=[],
+                     rules=[{"kind": "files", "name": "tmp", "roots": [str(root)], "match_all": True,
+                             "older_than": "10d", "remove_empty_dirs": True}])
+    _, done = run_cleanup(dry_run=False, force=True)
+    assert done.succeeded and not beside.exists()
+    assert sorted(str(p) for p in cluster.rglob("*")) == inside
+    assert done.files[0].data_directories == [str(cluster)] and done.files[0].dirs_removed == 0
+    assert str(cluster) not in {m.path for m in manifest_lines(Path(done.manifest or ""))}
+    assert f"Not entered in {root}: PostgreSQL data directories" in render(done)
+
+
+def test_the_report_separates_errors_from_the_manifest_line() -> None:
+    """Issue 24: "Operation not permitted Manifest of all 5 paths:" read as one line (a list needs a blank line
+    after it, or the next paragraph continues its last item)."""
+    from runbooks.cleanup import TreeOutcome
+
+    outcome = TreeOutcome(rule="tmp", action="delete", root="/tmp", files=4,
+                          errors=["/tmp/a/locked: Operation not permitted"])
+    result = CleanupResult(started_at=datetime.now(UTC), dry_run=False, force=True, high_watermark=85,
+                           low_watermark=80, files=[outcome], manifest="/state/cleanup/m.jsonl.gz", manifest_entries=5)
+    report = render(result)
+    assert "- /tmp/a/locked: Operation not permitted\n\nManifest of all 5 paths:" in report
+
+
+def test_an_absurdly_long_path_is_shortened_in_the_report_and_whole_in_the_manifest(tmp_path: Path) -> None:
+    """A 5,000-character path (deeper than PATH_MAX: built and removed relative to directory fds)."""
+    root = tmp_path / "r"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    parts = [f"{i:02d}" + "d" * 197 for i in range(25)]
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("old.log", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        os.utime("old.log", (OLD, OLD), dir_fd=fd)
+    finally:
+        os.close(fd)
+    outcome = clean_tree(rule(root), root, walk_of(manifest=tmp_path / "m.gz"))
+    full = f"{root}/{'/'.join(parts)}/old.log"
+    assert len(full) > 5000 and outcome.files == 1
+    assert [m.path for m in manifest_lines(tmp_path / "m.gz")] == [full] == outcome.samples
+    report = render(CleanupResult(started_at=datetime.now(UTC), dry_run=False, force=True, high_watermark=85,
+                                  low_watermark=80, files=[outcome], manifest=str(tmp_path / "m.gz"),
+                                  manifest_entries=1))
+    assert full not in report and max(len(line) for line in report.splitlines()) < 400
+    shown = next(line for line in report.splitlines() if line.startswith("- `"))
+    assert shown.startswith(f"- `{str(root)[:20]}") and shown.endswith("dddd/old.log`") and "characters]…" in shown
+
+
+LOGS = {"kind": "files", "name": "x", "patterns": ["*.log"]}
+
+
 @pytest.mark.parametrize(("section", "expected"), [
-    ({"rules": [{"kind": "files", "name": "x", "roots": ["/"]}], "allowed_roots": ["/tmp"]}, "root '/' is refused"),
-    ({"allowed_roots": ["/"]}, "'/' cannot be an allowed root"),
-    ({"rules": [{"kind": "files", "name": "x", "roots": ["relative/logs"]}]}, "is not an absolute path"),
-    ({"rules": [{"kind": "files", "name": "x", "roots": ["/etc"]}]}, "outside allowed_roots"),
-    ({"rules": [{"kind": "files", "name": "x", "roots": ["/tmp"], "older_than": "-7d"}]}, "must not be negative"),
+    ({"rules": [{**LOGS, "roots": ["/"]}], "allowed_roots": ["/tmp"]}, "rule 'x': root '/' is / (the root directory"),
+    ({"allowed_roots": ["/"]}, "allowed root '/' is / (the root directory"),
+    ({"rules": [{**LOGS, "roots": ["relative/logs"]}]}, "is not an absolute path"),
+    ({"rules": [{**LOGS, "roots": ["/etc"]}]}, "rule 'x': root '/etc' is /etc (host-specific system configuration"),
+    ({"rules": [{**LOGS, "roots": ["/var/tmp/x"]}], "allowed_roots": ["/var"]}, "allowed root '/var' is /var ("),
+    ({"rules": [{**LOGS, "roots": ["/tmp"], "older_than": "-7d"}]}, "must not be negative"),
+    ({"rules": [{"kind": "files", "name": "x", "roots": ["/tmp"]}]}, "rule 'x' names no patterns"),
     ({"low_watermark": 90, "high_watermark": 85}, "must be below high_watermark"),
-    ({"rules": [{"kind": "files", "name": "x", "roots": ["/tmp/../etc"]}]}, "contains '..'"),
+    ({"rules": [{**LOGS, "roots": ["/tmp/../etc"]}]}, "contains '..'"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_anything_is_deleted(
         config: SandboxState, tmp_path: Path, section: dict[str, Any], expected: str) -> None:
+    """Refused when the settings load, forced or not. A dry run all the same: a test never asks for a real cleanup
+    of a system path, even one it expects to be refused (issue 24)."""
     victim = write(tmp_path / "old.log", age_days=30)
     env = {**os.environ, "RUNBOOKS_CLEANUP": json.dumps(section)}
-    done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=false",
+    done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=true",
                            "-p", "force=true"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
@@ -503,8 +587,8 @@ def test_unusable_roots_are_refused_before_anything_is_deleted(config: SandboxSt
         second.symlink_to(first, target_is_directory=True)
     elif problem == "file":
         write(second)
-    section = {"allowed_roots": [str(tmp_path)], "watch": [str(tmp_path)],
-               "rules": [{"kind": "files", "name": "x", "roots": [str(first), str(second)]}]}
+    section = {"allowed_roots": [str(first), str(second)], "watch": [str(tmp_path)],
+               "rules": [{"kind": "files", "name": "x", "roots": [str(first), str(second)], "match_all": True}]}
     env = {**os.environ, "RUNBOOKS_CLEANUP": json.dumps(section)}
     done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=false",
                            "-p", "force=true"], env=env, capture_output=True, text=True, timeout=120)
@@ -545,7 +629,7 @@ def test_kept_databases_are_reported_and_dropped_only_recorded_and_approved(conf
                                backup_id="b", created_at=datetime.now(UTC) - timedelta(days=30)))
     records.put(DatabaseRecord(server=server, name=young, oid=oids[young], kind="pre-restore", source="trading_db",
                                backup_id="b"))
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "databases", "largest": 3}])
     try:
         _, report = run_cleanup(dry_run=True)
@@ -583,7 +667,7 @@ def test_vacuum_analyze_runs_on_bloated_tables_when_enabled(config: SandboxState
         conn.execute("INSERT INTO bloat SELECT generate_series(1, 3000)")
         conn.execute("DELETE FROM bloat WHERE id > 1000")
         conn.execute("SELECT pg_stat_force_next_flush()")
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "databases", "vacuum": True, "dead_tuples_min": 1000, "dead_ratio_min": 0.5}])
     try:
         _, dry = run_cleanup(dry_run=True, force=True)
@@ -623,7 +707,7 @@ def test_the_flow_prunes_exactly_the_docker_leftovers_it_selects(config: Sandbox
     gone = [exited_container(docker_engine, docker_label).id, dangling_image(docker_engine, docker_label)]
     stays = [exited_container(docker_engine, docker_label, protect=True).id,
              running_container(docker_engine, docker_label).id]
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "docker", "older_than": "0s", "only_label": docker_label}])
     _, dry = run_cleanup(force=True)
     planned = [o.id for o in dry.docker[0].planned]
@@ -646,7 +730,7 @@ def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config
         assert backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False,
                                                             apply_retention=False), return_state=True).is_completed()
     monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION", json.dumps({"daily": 1, "weekly": 0, "monthly": 0}))
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "backups"}])
     from runbooks.catalog import BackupCatalog
 
@@ -665,9 +749,9 @@ def test_an_unreachable_docker_engine_fails_its_rule_not_the_rules_after_it(conf
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "logs"
     write(root / "old.log", age_days=30)
-    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path)], survey=[],
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(root)], survey=[],
                      rules=[{"kind": "docker", "base_url": f"unix://{tmp_path}/no-engine.sock"},
-                            {"kind": "files", "name": "old-logs", "roots": [str(root)]}])
+                            {"kind": "files", "name": "old-logs", "roots": [str(root)], "match_all": True}])
     state, result = run_cleanup(force=True, dry_run=False)
     assert state.is_failed() and not result.succeeded
     assert result.docker[0].state == "failed" and "HINT:" in result.docker[0].why

@@ -3,6 +3,7 @@ was found in. What a drill extracts, stops, sweeps and records is only ever its 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -354,3 +357,66 @@ def test_a_cluster_under_a_deep_work_dir_starts(tmp_path: Path) -> None:
         assert not cluster.is_running()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- issue 24: a drill that never ran, and a scorecard that reads ------------------------------------------------
+@contextmanager
+def drill_running_elsewhere(flow_run_id: str) -> Iterator[None]:
+    """What a running drill holds on this host: the flock on ``<state_dir>/locks/dr-game-day.lock`` (a real lock,
+    held through another open file), with its name written in the file as the holder writes it."""
+    from runbooks.frame.locks import LockHolder
+    from runbooks.repository.local import make_private_dirs
+
+    directory = load_settings().state_dir.expanduser() / "locks"
+    make_private_dirs(directory)
+    fd = os.open(directory / "dr-game-day.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = datetime.now(UTC)
+        holder = LockHolder(token="first", runbook="dr-game-day", flow_run_id=flow_run_id, actor="oncall-first",
+                            writer=ProcessIdentity.current(), since=now, heartbeat_at=now)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.model_dump_json().encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_drill_refused_because_another_runs_says_so_and_shows_no_scorecard(config: SandboxState, tmp_path: Path,
+                                                                             prefect_api: str) -> None:
+    """Two drills 0.5 s apart: the second never ran. It says "refused: another drill is running" and who holds the
+    host, with no verdict on the platform, no scorecard of FAILED components, and nothing in the trend."""
+    repo_dir(tmp_path).mkdir()
+    first = "0f1d2c3b-aaaa-4bbb-8ccc-123456789abc"
+    with drill_running_elsewhere(first):
+        proc = cli("--param", "quality=false", env={**os.environ, "PREFECT_API_URL": prefect_api})
+    assert proc.returncode == 1, (proc.stdout[-3000:], proc.stderr[-3000:])
+    head = proc.stdout.strip().splitlines()[0]
+    assert "refused: another drill is running" in head, proc.stdout
+    assert first in proc.stdout and "oncall-first" in proc.stdout  # who holds it
+    for never in ("scorecard", "FAILED", "NOT proven", "targets met", "not restored"):
+        assert never not in proc.stdout, (never, proc.stdout)
+    assert "Traceback" not in proc.stderr
+    assert DrillRecords(open_repository(load_settings().repository), "sandbox").recent(10) == []
+
+
+@pytest.mark.parametrize("columns", ["80", "40", None], ids=["80-columns", "40-columns", "piped"])
+def test_the_scorecard_reads_at_any_width(config: SandboxState, prefect_api: str, columns: str | None) -> None:
+    """A drill that stops at once (no repository) still scores every component. At 80 columns the table holds short
+    cells only, names whole; why each component failed is a line of its own under it, the error said once; at 40
+    the rows become records; piped, 160 columns and nothing cut."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PREFECT_API_URL": prefect_api}
+    if columns:
+        env["COLUMNS"] = columns
+    proc = cli("--param", "quality=false", env=env)
+    assert proc.returncode == 1, (proc.stdout[-3000:], proc.stderr[-3000:])
+    width = int(columns or 160)
+    assert max(len(line) for line in proc.stdout.splitlines()) <= width, proc.stdout
+    assert "…" not in proc.stdout, proc.stdout
+    words = " ".join(proc.stdout.split())
+    components = load_settings().drill.components
+    for component in components:
+        assert f"{component.name} (" in words, (component.name, proc.stdout)  # its own line under the table
+    assert words.count("not restored: the drill stopped (see the error)") >= len(
+        [c for c in components if c.covered])
+    assert words.count("does not exist") == 1, proc.stdout  # the repository error, once

@@ -35,7 +35,7 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,9 @@ BAD_BACKUP_ID = st.one_of(
                                  "٢٠٢٦١١٢١T٠٢٠٠٠٠Z", "２０２６１１２１T020000Z"]),
     st.datetimes().map(lambda d: backup_id_of(d) + "\x00"), not_matching(r"latest|[0-9]{8}T[0-9]{6}Z"))
 NO_DIGITS = st.text(max_size=12).filter(lambda s: not any(c.isdigit() for c in s))
+DURATION_PARAM_BAD = st.one_of(  # a duration parameter: negative, zero, not a duration, not finite
+    st.sampled_from(["-5m", "0m", "5 parsecs", "m", "9999999999d", "1e400s", "", "PT-10M", "nan", "inf"]),
+    CONTAINERS.filter(lambda v: v not in ([], {})), st.booleans(), st.integers(max_value=0), st.none())
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,12 @@ SPECS: list[Spec] = [
 
     Spec("weekly-report", "days", not_int(1, 31), st.integers(1, 31)),
 
-    boolean("pitr-setup", "restart"), boolean("pitr-setup", "dry_run"),
+    boolean("pitr-setup", "restart"), boolean("pitr-setup", "dry_run", nullable=True),
+    Spec("pitr-setup", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345", "0123456789ab\n"),
+                                            not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
+    Spec("pitr-setup", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400)),
+    Spec("pitr-setup", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300)),
     Spec("pitr-backup", "kind", not_choice(("full", "diff", "incr")), st.sampled_from(["full", "diff", "incr"])),
     Spec("pitr-restore", "target_time", st.one_of(not_text(), st.sampled_from(
         ["", "now", "2026-11-24T13:05:00", "2026-13-01T00:00:00Z", "2026-11-24T25:00:00Z", "../x", "latest\n",
@@ -285,6 +293,19 @@ SPECS: list[Spec] = [
          st.one_of(st.none(), st.sampled_from(["20261124-133332F", "20261124-133332F_20261125-010000D"]))),
     boolean("pitr-restore", "keep_running"),
     boolean("archive-check", "marker"), boolean("archive-check", "notify"),
+
+    Spec("pre-open-check", "market", st.one_of(not_matching(r"[a-z0-9][a-z0-9_-]{0,62}", "USD_COP", "usd cop",
+                                                            "_x", "x" * 64), not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z"))),
+    Spec("pre-open-check", "horizon", st.one_of(DURATION_PARAM_BAD, st.sampled_from(["25h", "2d", 86401])),
+         st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(hours=24))),
+    Spec("pre-open-check", "at", st.one_of(CONTAINERS, st.booleans(), NO_DIGITS, st.sampled_from(
+        ["2027-01-11T07:30:00", "2027-13-01T00:00:00Z", "2027-01-11T25:00:00-05:00", "2027-01-11T07:30:00+25:00",
+         "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1999-12-31T23:59:59Z", "../x", "\x00"]),
+        st.datetimes(max_value=datetime(2099, 12, 31)).map(lambda d: d.isoformat()),  # no time zone
+        st.datetimes(max_value=datetime(1999, 12, 30), timezones=st.just(UTC)).map(lambda d: d.isoformat())),
+         st.one_of(st.none(), st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2099, 12, 30),
+                                           timezones=st.just(UTC)))),
 ]
 
 
@@ -427,7 +448,7 @@ work_dir = "{root}/drills"
 watch = ["{root}/logs"]
 allowed_roots = ["{root}/logs"]
 survey = []
-rules = [{{kind = "files", name = "logs", roots = ["{root}/logs"]}}, {{kind = "databases"}}]
+rules = [{{kind = "files", name = "logs", roots = ["{root}/logs"], match_all = true}}, {{kind = "databases"}}]
 """)
     try:
         yield Platform(root, config, apis)
@@ -501,6 +522,8 @@ UNKNOWN = {
         lambda r: r not in ("logs", "databases")), min_size=1, max_size=2),
     "disk-cleanup.vacuum_full": st.lists(QUALIFIED_TABLE.filter(lambda t: not t.startswith("trading_db.")),
                                          min_size=1, max_size=2),
+    "pre-open-check.market": st.one_of(st.just("crypto"), st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z").filter(
+        lambda m: m not in ("usd_cop", "crypto"))),  # a 24/7 market never opens; the rest are not in [markets]
 }
 
 
@@ -664,11 +687,13 @@ SETTINGS: list[Setting] = [
     Setting(("freshness", "lookback"), DURATION_BAD),
     Setting(("freshness", "volume_max_drop"), not_float(0, 1)),
     Setting(("cleanup", "allowed_roots"), bad_list(st.just("/var/log"), st.one_of(
-        st.sampled_from(["/", "relative/dir", "/var/log/../../etc", "/tmp/\x00x", ""]),
+        st.sampled_from(["/", "relative/dir", "/var/log/../../etc", "/tmp/\x00x", "", "/etc", "/usr/share", "/var",
+                         "/var/lib", "/opt", "/home/x", "/lib64"]),
         with_char(st.just("\x00")).map(lambda t: "/" + t), st.integers()))),
     Setting(("cleanup", "high_watermark"), not_float(0, 100)),
     Setting(("cleanup", "rules", 0, "roots"), bad_list(st.just("/var/log"), st.sampled_from(
-        ["/", "/etc", "var/log", "/var/log/../../etc", "/var/log/\x00"])), {"kind": "files", "name": "x"}, env=False),
+        ["/", "/etc", "var/log", "/var/log/../../etc", "/var/log/\x00", "/usr/local/x", "/srv", "/proc/1"])),
+        {"kind": "files", "name": "x", "match_all": True}, env=False),
     Setting(("drill", "components", 0, "rto"), DURATION_BAD.filter(lambda v: v != 0), {"name": "x", "rpo": "1m"},
             env=False),  # an objective may be 0
     Setting(("drill", "components", 0, "tables"), bad_list(st.just("trading_db.public.trades"), st.sampled_from(

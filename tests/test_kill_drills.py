@@ -577,6 +577,9 @@ def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_
     assert state.is_failed() and second.error and "another dr-game-day run" in second.error, second.error
     assert first_run in second.error
     assert second.cluster is None and second.databases == []  # it provisioned nothing
+    # A drill that never ran is a refusal, not a failed DR: no scorecard, the holder named.
+    assert second.refused and second.refused.startswith("refused: another drill is running"), second.refused
+    assert second.scorecard == []
 
 
 def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simulator: httpx.Client,

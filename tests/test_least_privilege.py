@@ -155,8 +155,10 @@ def restore(**params: Any) -> tuple[Any, Any]:
 
 def run_cleanup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rule: dict[str, Any],
                 **params: Any) -> tuple[Any, Any]:
-    monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({"watch": [str(tmp_path)], "allowed_roots": [str(tmp_path)],
-                                                       "survey": [], "rules": [{"kind": "databases", **rule}]}))
+    # An allowed root of its own: tmp_path holds the config fixture's repository, which no cleanup root may hold.
+    monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({"watch": [str(tmp_path)],
+                                                       "allowed_roots": [str(tmp_path / "area")], "survey": [],
+                                                       "rules": [{"kind": "databases", **rule}]}))
     state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
     return state, state.result(raise_on_failure=False)
 

@@ -9,6 +9,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -502,3 +504,61 @@ def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote
         assert [m.name for m in catalog().list_backups()] == [small]
     finally:
         drop_db(config, small)
+
+
+# -- issue 24: the trading API down past every retry -------------------------------------------------------------
+FAST_RETRIES_CLI = """
+import sys
+from tasks.trading_api import read_trading_status
+read_trading_status.retry_delay_seconds = [0.05] * 4  # the count and the condition stay; only the waits go
+from runbooks.cli import main
+sys.argv = ["runbooks", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_trading_api_down_past_its_retries_says_what_to_do_next_without_a_traceback(
+        config: SandboxState, simulator: httpx.Client, prefect_api: str) -> None:
+    """Every status read answers 503. Each retry's note may say the task retries; once the retries are spent the
+    error says so and what to do (check the API at its URL, run again), and the CLI prints no traceback."""
+    backup_state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+                                    return_state=True)
+    assert backup_state.is_completed(), backup_state.result(raise_on_failure=False)
+    url = load_settings().trading_api.base_url  # type: ignore[union-attr]
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503,
+                                               "count": 100}).raise_for_status()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", FAST_RETRIES_CLI, "run", "restore", "--param", "database=trading_db",
+             "--param", "mode=replace", "--param", "dry_run=true"],
+            env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True, timeout=300)
+    finally:
+        simulator.post("/_control/reset").raise_for_status()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    assert "Retry 4/4" in proc.stderr  # the retries did happen
+    [error] = [line for line in proc.stdout.splitlines() if "Error:" in line]
+    assert "answered 503" in error and "5 attempts failed, no retry follows" in error and url in error, error
+    assert "the task retries" not in proc.stdout, proc.stdout
+    final = [line for line in proc.stderr.splitlines() if "Finished in state Failed" in line][-1]
+    assert "no retry follows" in final and "the task retries" not in final, final
+
+
+def test_the_last_attempt_of_a_trading_task_carries_the_operators_hint(config: SandboxState,
+                                                                      simulator: httpx.Client) -> None:
+    from runbooks.errors import TradingApiUnavailable
+    from tasks.trading_api import halt_trading, read_trading_status
+
+    settings = load_settings()
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503,
+                                               "count": 100}).raise_for_status()
+    try:
+        with pytest.raises(TradingApiUnavailable) as read:
+            read_trading_status.with_options(retries=1, retry_delay_seconds=0)(api=settings.trading_api)
+        with pytest.raises(TradingApiUnavailable) as halt:
+            halt_trading.with_options(retries=0)(api=settings.trading_api, reason="drill", actor="drill")
+    finally:
+        simulator.post("/_control/reset").raise_for_status()
+    assert read.value.attempts == 2 and "2 attempts failed" in str(read.value) and "retries" not in str(read.value)
+    assert halt.value.attempts == 1 and "kill switch is not confirmed" in str(halt.value)
+    assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"

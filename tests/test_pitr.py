@@ -4,12 +4,17 @@ and the source never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,6 +26,7 @@ import pytest
 
 from runbooks.errors import ConfigurationError
 from runbooks.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
+from runbooks.postgres import pg_bindir
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
 from runbooks.settings import PitrSettings
@@ -98,27 +104,86 @@ def _wait_archived(cluster: PostgresCluster, timeout: float = 60) -> None:
     raise AssertionError(f"WAL segment {segment} was not archived within {timeout} s")
 
 
-def _setup(restart: bool = True) -> Any:
+def _plan(restart: bool = True) -> Any:
+    """pitr-setup as it runs with no other parameter: the plan (a dry run)."""
     from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
 
     state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart), return_state=True)
     return state, state.result(raise_on_failure=False)
 
 
+def _setup(restart: bool = True) -> Any:
+    """The plan, then that plan confirmed by its hash (how an unattended setup runs)."""
+    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+
+    state, plan = _plan(restart)
+    if plan.plan is None:  # refused before a plan could be made
+        return state, plan
+    assert state.is_completed() and plan.dry_run, plan.error
+    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart, confirm=plan.plan.plan_hash),
+                            return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def _auto_conf(cluster: PostgresCluster) -> dict[str, str]:
+    """What ALTER SYSTEM has written (postgresql.auto.conf), as the server reads the file now."""
+    rows = _sql(cluster, "SELECT name, setting FROM pg_file_settings WHERE sourcefile = "
+                         "current_setting('data_directory') || '/postgresql.auto.conf' ORDER BY seqno")
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def _reset_archiving(cluster: PostgresCluster) -> None:
+    """Archiving off and nothing in postgresql.auto.conf, as on a new cluster."""
+    for name in ("archive_mode", "archive_command", "archive_timeout"):
+        _sql(cluster, f"ALTER SYSTEM RESET {name}")
+    cluster.stop()
+    cluster.start()
+
+
 # -- the runbooks, end to end --------------------------------------------------------------------------------------
 def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: PostgresCluster,
                                                                     pitr_root: Path) -> None:
-    for name in ("archive_mode", "archive_command"):  # whatever ran before: archiving off, as on a new cluster
-        _sql(pitr_env, f"ALTER SYSTEM RESET {name}")
-    pitr_env.stop()
-    pitr_env.start()
+    _reset_archiving(pitr_env)  # whatever ran before: archiving off, as on a new cluster
     [(started,)] = _sql(pitr_env, "SELECT pg_postmaster_start_time()")
     state, result = _setup(restart=False)
-    assert state.is_failed() and "archive_mode" in (result.error or "") and "restart" in (result.error or "")
+    assert state.is_failed() and "archive_mode takes effect only when PostgreSQL restarts" in (result.error or "")
     assert result.changed and "archive_mode" in result.waiting_for_restart
     assert _sql(pitr_env, "SELECT pg_postmaster_start_time()")[0][0] == started  # it did not restart on its own
     config = pitr_root / "pgbackrest.conf"
     assert config.stat().st_mode & 0o777 == 0o600
+    # Its record: nothing of these was in postgresql.auto.conf before it.
+    assert {p.name: p.auto_conf for p in result.previous} == {"archive_mode": None, "archive_command": None,
+                                                              "archive_timeout": None}
+    # The undo the report gives, typed into psql as it stands: nothing is left waiting for a restart.
+    undo = next(s for s in result.next_steps if s.startswith("To undo instead"))
+    statements = undo.split("`")[1]
+    assert statements == ("ALTER SYSTEM RESET archive_mode; ALTER SYSTEM RESET archive_command; "
+                          "ALTER SYSTEM RESET archive_timeout; SELECT pg_reload_conf();")
+    for statement in statements.split(";")[:-1]:
+        _sql(pitr_env, statement)
+    time.sleep(0.3)
+    assert _auto_conf(pitr_env) == {}  # the file as before: the next restart keeps archiving off
+    assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "off"
+    # (pg_settings.pending_restart stays true for archive_mode until a restart: PostgreSQL clears the flag only when
+    # a file sets the running value again, not when the line that differed is removed.)
+
+    # Again, and this time finish by hand with the restart the report gives: pg_ctl as the cluster's owner.
+    state, result = _setup(restart=False)
+    assert state.is_failed() and result.waiting_for_restart == ["archive_mode"]
+    finish = next(s for s in result.next_steps if s.startswith("To finish"))
+    command = finish.split("`")[1]
+    assert f"-D {pitr_env.datadir} " in command and "pg_ctl" in command
+    if server_os_user() is not None:  # root is told to run it as the server's OS user
+        assert command.startswith("runuser -u postgres -- ")
+    done = subprocess.run(command, shell=True, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+                          cwd="/", check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _sql(pitr_env, "SELECT pg_postmaster_start_time()")[0][0] > started
+    assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
+    state, result = _setup(restart=False)  # after the restart: only the check is left
+    assert state.is_completed(), result.error
+    assert result.checked and not result.restarted and result.changed == []
+    _reset_archiving(pitr_env)
 
     state, result = _setup(restart=True)
     assert state.is_completed(), result.error
@@ -303,6 +368,201 @@ def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,
     _wait_archived(pitr_env)
 
 
+def _cli(*args: str, prefect_api: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    return subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "pitr-setup", *args], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def _untouched(cluster: PostgresCluster, root: Path) -> tuple[Any, ...]:
+    """What a setup changes: the postmaster, postgresql.auto.conf, pgBackRest's config and repository."""
+    config = root / "pgbackrest.conf"
+    return (_sql(cluster, "SELECT pg_postmaster_start_time()")[0][0], _auto_conf(cluster),
+            config.read_bytes() if config.exists() else None,
+            sorted(str(p.relative_to(root)) for p in (root / "repo").rglob("*")) if (root / "repo").exists() else [])
+
+
+def test_pitr_setup_without_parameters_only_plans_and_confirm_applies_that_plan(
+        pitr_env: PostgresCluster, pitr_root: Path, prefect_api: str) -> None:
+    """Issue 24: 'runbooks run pitr-setup' with no parameter used to ALTER SYSTEM at once."""
+    _reset_archiving(pitr_env)
+    before = _untouched(pitr_env, pitr_root)
+    planned = _cli(prefect_api=prefect_api)
+    assert planned.returncode == 0, planned.stderr
+    assert "DRY RUN" in planned.stdout and "archive_mode" in planned.stdout
+    hashes = set(re.findall(r"confirm=([0-9a-f]{12})", planned.stdout.replace("\n", "")))
+    assert len(hashes) == 1, planned.stdout
+    [plan_hash] = hashes
+    assert plan_hash in planned.stdout.split("Next steps")[0]  # in the plan table too
+    assert _untouched(pitr_env, pitr_root) == before
+    assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "off"
+
+    # The plan covers whether the run may restart: restart=true is another plan, and this hash is refused there.
+    state, refused = _confirmed(plan_hash, restart=True)
+    assert state.is_failed() and "does not match" in (refused.error or ""), refused.error
+    assert _untouched(pitr_env, pitr_root) == before
+
+    state, planned_restart = _plan(restart=True)
+    plan = planned_restart.plan
+    assert state.is_completed() and plan.restart and plan.restart_needed and plan.plan_hash != plan_hash
+    assert [c.name for c in plan.changes] == ["archive_mode", "archive_command", "archive_timeout"]
+    assert _untouched(pitr_env, pitr_root) == before
+    applied = _cli("--param", "restart=true", "--param", f"confirm={plan.plan_hash}", "--json",
+                   prefect_api=prefect_api)
+    assert applied.returncode == 0, (applied.stdout[-2000:], applied.stderr)
+    result = json.loads(applied.stdout)
+    assert result["approval"]["via"] == "confirm" and result["restarted"] and result["checked"]
+    assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
+
+
+@pytest.fixture
+def lone(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PostgresCluster, Path]]:
+    """A cluster and a pgBackRest work directory of one test's own, archiving set up by pitr-setup, with a short
+    RPO (the setup's check waits that long for its segment)."""
+    if server_os_user() is None:
+        pytest.skip("turning the repository read-only for the postgres OS user needs root (CI runs as root)")
+    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-lone-"))
+    root.chmod(0o711)
+    try:
+        with protected("runbooks-pitr-lone-src-") as cluster:
+            for key, value in {"CONFIG": sandbox.config_path, "PITR__DSN": cluster.dsn(), "PITR__WORK_DIR": str(root),
+                               "PITR__SOCKET_DIRECTORY": str(cluster.socket_directory), "PITR__STANZA": "positions",
+                               "PITR__ARCHIVE_TIMEOUT": "10s", "PITR__RPO": "10s"}.items():
+                monkeypatch.setenv(f"RUNBOOKS_{key}", value)
+            state, result = _setup()
+            assert state.is_completed(), result.error
+            yield cluster, root
+    finally:
+        _repository_writable(root, True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _repository_writable(root: Path, writable: bool) -> None:
+    """The stanza's WAL archive: the postgres OS user's (as pgBackRest made it), or root's and read-only to it (a
+    repository that stopped taking WAL: a full or read-only disk, a wrong owner after a restore of the host)."""
+    owner = pwd.getpwnam("postgres") if writable else pwd.getpwuid(0)
+    archive = root / "repo" / "archive" / "positions"
+    for directory in [archive, *(p for p in archive.rglob("*") if p.is_dir())] if archive.exists() else []:
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
+        directory.chmod(0o750 if writable else 0o755)
+
+
+def _wait_failing(cluster: PostgresCluster) -> int:
+    """Write, switch WAL and wait until the archiver has failed on that segment at least twice; its failed_count."""
+    _sql(cluster, "CREATE TABLE IF NOT EXISTS wal_filler (id int)")
+    _sql(cluster, "INSERT INTO wal_filler VALUES (1)")  # a switch with nothing written since the last one is none
+    _sql(cluster, "SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 30
+    first = None
+    while True:
+        [(failing, count)] = _sql(cluster, "SELECT last_failed_wal IS NOT NULL AND (last_archived_time IS NULL OR "
+                                           "last_failed_time > last_archived_time), failed_count FROM pg_stat_archiver")
+        if failing and first is None:
+            first = count
+        if failing and first is not None and count > first:
+            return int(count)  # climbing
+        assert time.monotonic() < deadline, "the archiver never failed (twice)"
+        time.sleep(0.2)
+
+
+def test_archive_check_fails_with_next_steps_when_pitr_setups_own_archiving_fails(
+        lone: tuple[PostgresCluster, Path]) -> None:
+    """The archive_command is pitr-setup's, the repository no longer takes WAL: failed_count climbs and WAL piles
+    up in pg_wal. archive-check says so as a failure, with what to do next."""
+    from flows.archive_check import ArchiveCheckParameters, archive_check_flow, render_report
+
+    cluster, root = lone
+    _repository_writable(root, False)
+    failures = _wait_failing(cluster)
+    state = archive_check_flow(parameters=ArchiveCheckParameters(notify=False), return_state=True)
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and result.judgement.verdict == "failing", result.error
+    assert result.state.failed_count >= failures and result.state.wal_bytes > 0
+    assert not any("not the one pitr-setup configured" in r for r in result.judgement.reasons)  # its own command
+    assert any("failed at" in r and "pg_wal holds" in r for r in result.judgement.reasons)
+    steps = " ".join(result.next_steps)
+    assert f"pgbackrest --config={root / 'pgbackrest.conf'} --stanza=positions check" in steps
+    assert "ALTER SYSTEM SET archive_mode = 'off';" in steps
+    assert f"runuser -u postgres -- {pg_bindir() / 'pg_ctl'} -D {cluster.datadir} -m fast restart" in steps
+    assert "pg_wal" in render_report(result) and "Next steps" in render_report(result)
+    _repository_writable(root, True)
+    _wait_archived(cluster)
+
+
+def test_a_setup_that_fails_after_alter_system_puts_the_previous_settings_back(
+        lone: tuple[PostgresCluster, Path]) -> None:
+    """Issue 24: a failure after ALTER SYSTEM used to leave archive_mode on and WAL failing to archive. Here the
+    stanza exists and the cluster is reachable, but the repository takes no WAL: the setup's check fails after it
+    has set archive_mode and restarted, and the run puts back what its own record says, restarting again."""
+    from flows.pitr_setup import render_report
+
+    cluster, root = lone
+    _reset_archiving(cluster)
+    _sql(cluster, "ALTER SYSTEM SET archive_timeout = '45s'")  # one setting ALTER SYSTEM had set before the run
+    _sql(cluster, "SELECT pg_reload_conf()")
+    [(started,)] = _sql(cluster, "SELECT pg_postmaster_start_time()")
+    _repository_writable(root, False)
+    state, result = _setup(restart=True)
+    assert state.is_failed() and "pgbackrest check" in (result.error or ""), result.error
+    assert result.restarted  # archive_mode was live, and archiving failing, before the put-back
+    assert {p.name: p.auto_conf for p in result.previous} == {"archive_mode": None, "archive_command": None,
+                                                              "archive_timeout": "45s"}
+    assert result.put_back == ["archive_mode", "archive_command", "archive_timeout"]
+    assert result.put_back_restarted and result.still_changed == []
+    assert _sql(cluster, "SHOW archive_mode")[0][0] == "off"
+    assert _auto_conf(cluster) == {"archive_timeout": "45s"}  # postgresql.auto.conf as it was
+    assert _sql(cluster, "SELECT count(*) FROM pg_settings WHERE pending_restart")[0][0] == 0
+    assert _sql(cluster, "SELECT pg_postmaster_start_time()")[0][0] > started
+    assert any("archiving is as it was before this run" in s for s in result.next_steps), result.next_steps
+    assert "previous settings put back" in render_report(result)
+
+
+def test_a_cluster_pgbackrest_cannot_reach_is_refused_before_anything_changes(
+        sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's cluster had unix_socket_directories = '': stanza-create failed ('unable to find primary
+    cluster') after archive_mode was already on. Now the plan refuses it, naming the socket, and changes nothing."""
+    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-nosock-"))
+    root.chmod(0o755)
+    work = root / "pitr"
+    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12))
+    cluster.init()
+    cluster.start()
+    try:
+        for key, value in {"CONFIG": sandbox.config_path, "PITR__DSN": cluster.dsn(), "PITR__WORK_DIR": str(work),
+                           "PITR__SOCKET_DIRECTORY": str(cluster.socket_dir), "PITR__STANZA": "positions"}.items():
+            monkeypatch.setenv(f"RUNBOOKS_{key}", value)
+        for confirm in (False, True):
+            state, result = _plan() if not confirm else _confirmed("0123456789ab")
+            assert state.is_failed() and result.plan is None
+            assert "no Unix socket (unix_socket_directories = '')" in (result.error or ""), result.error
+            assert "Nothing was changed" in result.error
+        assert _auto_conf(cluster) == {} and _sql(cluster, "SHOW archive_mode")[0][0] == "off"
+        assert not work.exists()  # not even pgBackRest's config
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _confirmed(plan_hash: str, restart: bool = True) -> Any:
+    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+
+    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart, confirm=plan_hash), return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+def test_the_sandbox_cluster_listens_on_a_private_socket_its_pitr_settings_name(sandbox: SandboxState) -> None:
+    """So pgBackRest reaches it as the README says ('runbooks run pitr-setup' on the sandbox), and no other OS user
+    reaches its trusted local connections."""
+    cluster = sandbox.cluster()
+    assert cluster.socket_directory == cluster.socket_dir
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        assert conn.execute("SHOW unix_socket_directories").fetchone() == (str(cluster.socket_dir),)
+    assert cluster.socket_dir.stat().st_mode & 0o777 == 0o700
+    assert (cluster.socket_dir / f".s.PGSQL.{cluster.port}").is_socket()
+    pitr = PitrSettings.model_validate(tomllib.loads(Path(sandbox.config_path).read_text())["pitr"])
+    assert pitr.socket_directory == cluster.socket_dir and pitr.stanza == "sandbox"
+
+
 # -- pure parts ----------------------------------------------------------------------------------------------------
 def _state(**kw: Any) -> ArchiverState:
     now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -442,7 +702,9 @@ def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresClust
     table.start()
     run = Runs(monkeypatch)
     try:
-        run("pitr-setup", pitr_setup_flow, PitrSetupParameters(restart=True), expect="COMPLETED")
+        plan = run("pitr-setup, plan", pitr_setup_flow, PitrSetupParameters(restart=True), expect="COMPLETED")
+        run("pitr-setup", pitr_setup_flow, PitrSetupParameters(restart=True, confirm=plan.result.plan.plan_hash),
+            expect="COMPLETED")
         run("pitr-setup, wrong password", pitr_setup_flow, PitrSetupParameters(), expect="FAILED", env=wrong_dsn)
         run("pitr-backup", pitr_backup_flow, PitrBackupParameters(kind="incr"), expect="COMPLETED")
         run("pitr-backup, wrong password", pitr_backup_flow, PitrBackupParameters(), expect="FAILED", env=wrong_dsn)
@@ -468,3 +730,53 @@ def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresClust
     leaks = {place: names for place, names in leaks.items() if names}
     details = {place: excerpts([pg, wrong], places[place]) for place in leaks if place in places}
     assert not leaks, f"canary passwords found: {leaks}; where: {details}; processes: {table.hits}"
+
+
+def test_the_setup_plan_hash_covers_the_cluster_the_changes_the_config_and_the_restart() -> None:
+    from runbooks.pitr import plan_setup
+
+    base: dict[str, Any] = {
+        "stanza": "positions", "system_identifier": "7300000000000000001", "data_directory": Path("/d"),
+        "config_path": Path("/w/pgbackrest.conf"), "config_public": "[global]\n", "config_changes": True,
+        "running": {"archive_mode": "off", "archive_command": "(disabled)", "archive_timeout": "30",
+                    "wal_level": "replica"},
+        "contexts": {"archive_mode": "postmaster", "archive_command": "sighup", "archive_timeout": "sighup",
+                     "wal_level": "postmaster"},
+        "wanted": {"archive_mode": "on", "archive_command": "pgbackrest ... %p", "archive_timeout": "30",
+                   "wal_level": "replica"},
+        "restart": False}
+    plan = plan_setup(**base)
+    assert [c.name for c in plan.changes] == ["archive_mode", "archive_command"]  # the rest already so
+    assert plan.restart_needed and plan.stops_for_restart and re.fullmatch(r"[0-9a-f]{12}", plan.plan_hash)
+    assert plan_setup(**base).plan_hash == plan.plan_hash  # stable: a dry run's hash confirms the same plan
+    for change in ({"restart": True}, {"system_identifier": "7300000000000000002"}, {"config_public": "[g]\n"},
+                   {"running": {**base["running"], "archive_command": "/bin/true"}}, {"data_directory": Path("/e")}):
+        assert plan_setup(**(base | change)).plan_hash != plan.plan_hash, change
+    done = plan_setup(**(base | {"running": {**base["running"], "archive_mode": "on",
+                                             "archive_command": "pgbackrest ... %p"}}))
+    assert done.changes == [] and not done.restart_needed
+
+
+def test_what_a_person_is_told_to_type_is_exact() -> None:
+    from runbooks.pitr import PreviousSetting, pg_ctl_command, socket_problem, undo_statements
+    from tasks.pgbackrest import _last_error
+
+    assert undo_statements([PreviousSetting(name="archive_mode", running="off"),
+                            PreviousSetting(name="archive_command", running="x", auto_conf="cp %p '/a b/%f'")]) == [
+        "ALTER SYSTEM RESET archive_mode;", "ALTER SYSTEM SET archive_command = 'cp %p ''/a b/%f''';",
+        "SELECT pg_reload_conf();"]
+    assert undo_statements([]) == []
+    pg_ctl = Path("/usr/lib/postgresql/15/bin/pg_ctl")
+    assert pg_ctl_command(pg_ctl, Path("/srv/pg data"), "-m fast restart", os_user="postgres", as_root=True) == (
+        "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D '/srv/pg data' -m fast restart")
+    assert pg_ctl_command(pg_ctl, "/d", "stop", os_user="postgres", as_root=False).startswith("sudo -u postgres -- ")
+    assert pg_ctl_command(pg_ctl, "/d", "stop", os_user=None, as_root=True) == f"{pg_ctl} -D /d stop"
+    assert "no Unix socket" in (socket_problem("", Path("/var/run/postgresql")) or "")
+    assert "/tmp/elsewhere" in (socket_problem("/tmp/elsewhere", Path("/var/run/postgresql")) or "")
+    assert socket_problem("/tmp, /var/run/postgresql", Path("/var/run/postgresql")) is None
+    output = ("WARN: unable to check pg1: [DbConnectError] unable to connect to 'dbname='postgres' port=5 "
+              "user='postgres' host='/nope'': connection to server on socket \"/nope/.s.PGSQL.5\" failed: No such "
+              "file or directory\nERROR: [056]: unable to find primary cluster - cannot proceed\n"
+              "       HINT: are all available clusters in recovery?\n")
+    line = _last_error(output)
+    assert line.startswith("ERROR: [056]: unable to find primary cluster") and "/nope/.s.PGSQL.5" in line

@@ -111,7 +111,11 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
                        "PITR__S3_KEY_SECRET": secret}.items():
         monkeypatch.setenv(f"RUNBOOKS_{key}", value)
     try:
-        state = pitr_setup_flow(parameters=PitrSetupParameters(restart=True), return_state=True)
+        state = pitr_setup_flow(parameters=PitrSetupParameters(restart=True), return_state=True)  # the plan
+        plan = state.result(raise_on_failure=False)
+        assert state.is_completed() and plan.plan is not None, plan.error
+        state = pitr_setup_flow(parameters=PitrSetupParameters(restart=True, confirm=plan.plan.plan_hash),
+                                return_state=True)
         setup = state.result(raise_on_failure=False)
         assert state.is_completed(), setup.error
         assert setup.checked  # a WAL switch reached the bucket

@@ -217,6 +217,36 @@ def test_replace_unattended_with_the_plan_hash(config: SandboxState, source: str
     assert "swap databases: ok" in text and "## Action Items" in text and f"Drop {result.kept_live_as}" in text
 
 
+def test_the_kept_name_of_the_dry_run_is_the_one_approved_and_used(config: SandboxState, source: str,
+                                                                   simulator: httpx.Client) -> None:
+    """Issue 24: the dry run said the live database would be kept as ``…T034257``, the approved plan ``…T034305``,
+    the run kept it as ``…T034307``. The kept name is in the plan and under its hash, derived from the plan's
+    inputs: a dry run now and a confirmed run later name the same database, which the rollback names; a second
+    replace of the same backup gets another name (and so another hash), never colliding with the first."""
+    with psycopg.connect(admin_dsn(config, source), autocommit=True) as conn:
+        conn.execute("DELETE FROM market.orders WHERE id > 100")  # the live database now differs from the backup
+    _, dry = restore(database=source, mode="replace", dry_run=True)
+    planned = dry.plan.keep_live_as
+    assert planned and planned not in databases(config)
+    state, result = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
+    assert state.is_completed(), result
+    assert (result.plan.keep_live_as, result.kept_live_as, result.plan.plan_hash) == (planned, planned,
+                                                                                       dry.plan.plan_hash)
+    assert scalar(config, planned, "SELECT count(*) FROM market.orders") == 100  # the old live database, there
+    assert any(f'ALTER DATABASE "{planned}" RENAME TO "{source}"' in s for s in result.next_steps), result.next_steps
+
+    # The same backup again: the first run's kept database holds that name, so the plan and its hash differ.
+    _, again = restore(database=source, mode="replace", dry_run=True)
+    assert again.plan.keep_live_as not in (None, planned) and again.plan.plan_hash != dry.plan.plan_hash
+    # A database that takes the planned name after the dry run changes the plan: its confirm no longer matches.
+    with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{again.plan.keep_live_as}"')
+    before, content = databases(config), content_checksums(config, source)
+    state, refused = restore(database=source, mode="replace", confirm=again.plan.plan_hash)
+    assert state.is_failed() and "does not match this plan" in refused.error, refused.error
+    assert databases(config) == before and content_checksums(config, source) == content  # nothing swapped
+
+
 def test_trading_already_halted_stays_halted(config: SandboxState, source: str, simulator: httpx.Client) -> None:
     simulator.post("/api/v1/operations/kill-switch", json={"reason": "incident", "activated_by": "oncall"})
     state, dry = restore(database=source, mode="replace", dry_run=True)

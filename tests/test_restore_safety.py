@@ -7,14 +7,13 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
 import httpx
 import psycopg
 import pytest
 
 from flows.backup import BackupParameters, backup_databases
-from flows.restore import keep_name
+from flows.restore import keep_names
 from runbooks.catalog import BackupCatalog
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
@@ -202,12 +201,15 @@ def test_live_writers_do_not_fail_a_good_replace(config: SandboxState, fresh: st
 
 
 def test_kept_names_fit_postgres_and_never_collide() -> None:
+    """Named for the backup (never the clock), within 63 bytes, the backup id and the number never cut off."""
     live = "d" * 63
-    first, second = keep_name(live, datetime(2026, 11, 23, 2, 0, 1, tzinfo=UTC)), \
-        keep_name(live, datetime(2026, 11, 23, 2, 0, 2, tzinfo=UTC))
-    assert len(first.encode()) <= 63 and len(second.encode()) <= 63 and first != second
-    assert first.endswith("_pre_restore_20261123T020001")
-    assert len(keep_name("é" * 40, datetime.now(UTC)).encode()) <= 63  # never splits a character
+    names = keep_names(live, "20261123T020001Z")
+    first, second, third = next(names), next(names), next(names)
+    assert all(len(n.encode()) <= 63 for n in (first, second, third)) and len({first, second, third}) == 3
+    assert first.endswith("_pre_restore_20261123T020001Z") and second.endswith("_pre_restore_20261123T020001Z_2")
+    assert next(keep_names(live, "20261123T020001Z")) == first  # the same inputs, the same name: a dry run's
+    assert next(keep_names(live, "20261124T020001Z")) != first
+    assert len(next(keep_names("é" * 40, "20261123T020001Z")).encode()) <= 63  # never splits a character
 
 
 def test_prerequisites_are_checked_before_any_expensive_work(config: SandboxState, fresh: str,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from runbooks.errors import ConfigurationError
 from runbooks.settings import DatabaseSettings, Settings, config_path, load_settings
@@ -91,6 +91,8 @@ def test_loads_the_file_named_by_runbooks_config(monkeypatch: pytest.MonkeyPatch
 
 def test_runbooks_config_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
+    # The seed cleanup root /tmp would hold this home, which is refused: the test is about the config path.
+    monkeypatch.setenv("RUNBOOKS_CLEANUP", '{"allowed_roots": ["/var/log"], "rules": []}')
     (tmp_path / "inventory.toml").write_text(TOML)
     monkeypatch.setenv("RUNBOOKS_CONFIG", "~/inventory.toml")
 
@@ -201,8 +203,9 @@ def test_missing_config_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_runbooks_config_naming_a_directory_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RUNBOOKS_CONFIG", str(tmp_path))
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="is a directory, not a TOML file") as caught:
         load_settings()
+    assert "does not exist" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -516,3 +519,132 @@ def test_weekly_report_paths_default_to_seed_003s_endpoints_and_are_checked(monk
         write_config(monkeypatch, tmp_path, TOML + f"\n[weekly_report]\n{bad}\n")
         with pytest.raises(ConfigurationError, match="weekly_report"):
             load_settings()
+
+
+def _models_under(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:
+    """Every pydantic model a settings file can reach from ``model`` (fields, lists, dicts, unions)."""
+    import typing
+
+    def walk(annotation: object) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in seen:
+                seen.add(annotation)
+                for info in annotation.model_fields.values():
+                    walk(info.annotation)
+        for arg in typing.get_args(annotation):
+            walk(arg)
+
+    walk(model)
+    return seen
+
+
+def test_every_settings_section_refuses_unknown_keys() -> None:
+    """A misspelt key anywhere would silently keep a default (``[backup.retenton]``: the default retention deletes
+    backups the operator meant to keep; a misspelt ``sse``: no encryption)."""
+    lenient = sorted(m.__name__ for m in _models_under(Settings, set()) if m.model_config.get("extra") != "forbid")
+    assert lenient == []
+
+
+@pytest.mark.parametrize(("section", "typo", "named"), [
+    ("[backup.retenton]\ndaily = 30", "backup.retenton", "retention"),
+    ("[backup.retention]\ndialy = 30", "backup.retention.dialy", "daily"),
+    ('[repository]\nurl = "s3://b/p"\nsse_algorithm = "AES256"', "repository.sse_algorithm", None),
+    ('[databases.trading_db]\ndsn = "host=db dbname=x"\npasword = "x"', "databases.trading_db.pasword",
+     "password"),
+    ('[cluster]\nconfig_file = ["/etc/x.conf"]', "cluster.config_file", "config_files"),
+    ('[restore]\nworkdir = "/srv/work"', "restore.workdir", "work_dir"),
+    ('[trading_api]\nbase_url = "http://api:8000"\ntimeout = 5', "trading_api.timeout", None),
+    ('[prefect]\napi = "http://prefect:4200/api"', "prefect.api", None),
+    ('[databases.trading_db]\ndsn = "host=db dbname=x"\n[[databases.trading_db.checks]]\nname = "x"\n'
+     'sql = "select 1"\nexpected = 0', "checks.'0'.expected", "expect"),
+])
+def test_an_unknown_key_in_the_file_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       section: str, typo: str, named: str | None) -> None:
+    base = '[databases.trading_db]\ndsn = "host=db dbname=x"\n' if "databases.trading_db" not in section else ""
+    path = write_config(monkeypatch, tmp_path, base + section + "\n")
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert typo in message and str(path) in message and "unknown name" in message
+    if named:
+        assert f"did you mean {named!r}" in message
+
+
+@pytest.mark.parametrize(("variable", "suggestion"), [
+    ("RUNBOOKS_REPOSITORY__URLL", "RUNBOOKS_REPOSITORY__URL"),
+    ("RUNBOOKS_BACKUP__RETENTON__DAILY", "RUNBOOKS_BACKUP__RETENTION"),
+    ("RUNBOOKS_REPOSITORY__SSE_TYPE", None),
+    ("RUNBOOKS_DATABASES__TRADING_DB__PASWORD", "RUNBOOKS_DATABASES__TRADING_DB__PASSWORD"),
+    ("RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOKS", "RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS"),
+    ("RUNBOOKS_STATEDIR", "RUNBOOKS_STATE_DIR"),
+    ("runbooks_repository__urll", "RUNBOOKS_REPOSITORY__URL"),
+])
+def test_an_unknown_environment_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            variable: str, suggestion: str | None) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv(variable, "s3://typo/prefix")
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert variable in message and "environment" in message and "HINT" in message
+    if suggestion:
+        assert f"did you mean {suggestion}?" in message
+
+
+def test_known_environment_variables_and_process_variables_are_accepted(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    for name, value in [("RUNBOOKS_DATABASES__NEW_DB__DSN", "host=db dbname=new_db"),
+                        ("RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS", '["slack-webhook/oncall"]'),
+                        ("RUNBOOKS_BACKUP__RETENTION__DAILY", "3"), ("RUNBOOKS_PG_BINDIR", "/usr/bin"),
+                        ("RUNBOOKS_REQUIRE_DOCKER", "1"), ("RUNBOOKS_HOME", "/srv/runbooks")]:
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+
+    assert "new_db" in settings.databases and settings.backup.retention.daily == 3
+
+
+@pytest.mark.parametrize("variable", ["RUNBOOKS_STATE_DIR", "RUNBOOKS_RESTORE__WORK_DIR", "RUNBOOKS_DRILL__WORK_DIR",
+                                      "RUNBOOKS_PITR__WORK_DIR"])
+def test_a_relative_path_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv(variable, "state/runbooks")
+
+    with pytest.raises(ConfigurationError, match="must be absolute") as caught:
+        load_settings()
+
+    assert variable in str(caught.value)
+
+
+def test_a_home_relative_state_dir_is_expanded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_STATE_DIR", "~/runbooks-state")
+
+    assert load_settings().state_dir == Path.home() / "runbooks-state"
+
+
+def test_the_cli_refuses_an_unknown_variable_in_one_line_before_doing_anything(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repository = tmp_path / "repository"
+    config = tmp_path / "inventory.toml"
+    config.write_text(f'[databases.trading_db]\ndsn = "host=127.0.0.1 port=1 dbname=x"\n'
+                      f'[repository]\nurl = "{repository.as_uri()}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNBOOKS_")}
+    env |= {"RUNBOOKS_CONFIG": str(config), "RUNBOOKS_REPOSITORY__URLL": "s3://elsewhere/x",
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    proc = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "backup"], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, proc.stderr
+    assert "RUNBOOKS_REPOSITORY__URLL" in line and "did you mean RUNBOOKS_REPOSITORY__URL?" in line
+    assert not repository.exists()

@@ -45,6 +45,8 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/_control/reset", None),
     ("POST", "/_control/metrics", {"metrics": {"sharpe_ratio": -5.0}}),
     ("POST", "/_control/failures", {"path_prefix": "/api", "status": 500, "count": 9}),
+    ("GET", "/_control/feed", None),
+    ("POST", "/_control/feed", {"running": False}),
 ]
 
 
@@ -458,3 +460,9 @@ def test_risk_metrics_breakers_health_and_events(api: httpx.Client) -> None:
     assert _ok(api.get("/api/v1/risk/circuit-breakers"))["triggered"] == 1
     assert _ok(api.get("/api/v1/risk/health"))["status"] == "degraded"
     assert _ok(api.get("/api/v1/risk/events", params={"window": "7d"}))["count"] == 0
+
+
+def test_the_feed_control_of_a_sandbox_without_a_feeder_says_so(api: httpx.Client) -> None:
+    """The suite's sandbox runs no feeder (tests/test_sandbox_feed.py drives one): its control is a clear 404."""
+    for response in (api.get("/_control/feed"), api.post("/_control/feed", json={"running": False})):
+        assert response.status_code == 404 and "no market-data feeder" in response.json()["detail"]

@@ -103,9 +103,10 @@ def host_lock(run: RunbookRun, *, directory: Path, name: str) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockBusy(f"another {run.runbook} run holds this host's {name!r} lock: {_holder_of(fd)}; runs "
+                holder = _holder_of(fd)
+                raise LockBusy(f"another {run.runbook} run holds this host's {name!r} lock: {holder}; runs "
                                "never interleave.", hint="wait for it to finish and read its report (Prefect UI: "
-                               "runs in progress); nothing was done.") from None
+                               "runs in progress); nothing was done.", holder=holder) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, LockHolder.of(run).model_dump_json().encode(), 0)
         yield
@@ -165,7 +166,8 @@ class RepositoryLease:
                 raise LockBusy(f"another {self.holder.runbook} run holds {self.key!r}: {who}; runs never interleave.",
                                hint="wait for it to finish and read its report (Prefect UI: runs in progress); a run "
                                f"that died frees it at once on its own host, elsewhere after "
-                               f"{self.stale_after.total_seconds():g} s without a heartbeat; nothing was done.")
+                               f"{self.stale_after.total_seconds():g} s without a heartbeat; nothing was done.",
+                               holder=who)
             time.sleep(0.5)
         self._last = body
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{self.key}")

@@ -27,6 +27,15 @@ def server_os_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path holds 108 with its NUL)
+
+
+def socket_path_fits(directory: Path, port: int = 65535) -> bool:
+    """Whether the server's socket in ``directory`` (``.s.PGSQL.<port>``) fits in a Unix socket path: PostgreSQL
+    refuses to start with a longer one."""
+    return len(os.fsencode(directory / f".s.PGSQL.{port}")) <= SOCKET_PATH_MAX
+
+
 def closed_directory(path: Path, user: str) -> Path | None:
     """The first directory on the way to ``path`` (itself included, if it exists) that ``user`` cannot enter,
     asked of the system as that user (permission bits, ACLs, everything), or None."""
@@ -75,7 +84,9 @@ class PostgresCluster:
     superuser_password: str
     superuser: str = "postgres"
     fast: bool = True  # fsync off: a sandbox is thrown away, never a production setting
-    socket_directory: Path | None = None  # pgBackRest reaches a local cluster only by its Unix socket
+    # pgBackRest reaches a local cluster only by its Unix socket; None: TCP only. ``socket_dir`` (root/run) is the
+    # cluster's private one (0700, the server's OS user's: local connections are trusted, so nobody else may reach it).
+    socket_directory: Path | None = None
 
     @property
     def datadir(self) -> Path:
@@ -120,6 +131,7 @@ class PostgresCluster:
             for path in (self.root, self.socket_dir, pwfile):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             self.root.chmod(0o755)
+        self.socket_dir.chmod(0o700)
         try:
             self._run([str(bindir / "initdb"), "-D", str(self.datadir), "-U", self.superuser, "-E", "UTF8",
                        "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
@@ -128,8 +140,10 @@ class PostgresCluster:
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
-            # TCP only: no Unix socket, whose path (at most 107 bytes) a deep work directory would overflow.
-            "unix_socket_directories": f"'{self.socket_directory}'" if self.socket_directory else "''",
+            # TCP only unless a socket directory is given (the caller checks it fits: socket_path_fits): a deep
+            # work directory would overflow the 107 bytes of a socket path, and the server would not start.
+            "unix_socket_directories": "'" + str(self.socket_directory).replace("'", "''") + "'"
+            if self.socket_directory else "''",
             "max_connections": "50",
             "shared_buffers": "128MB",
             "max_wal_size": "2GB",

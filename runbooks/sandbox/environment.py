@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,18 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from runbooks.markets import MarketSettings, seed_markets
 from runbooks.redact import redact_dsn
-from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory
-from runbooks.sandbox.seed import SEED_CHECKS, catch_up_bars, create_database, seed
+from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory, socket_path_fits
+from runbooks.sandbox.seed import (
+    SEED_BARS_TABLE,
+    SEED_CHECKS,
+    bar_feeds,
+    catch_up_bars,
+    create_database,
+    feed_bars,
+    seed,
+)
 
 DATABASE = "trading_db"
 BUCKET = "runbooks-backups"
@@ -59,6 +69,13 @@ class SandboxState(BaseModel):
     config_path: str
     s3_config_path: str | None = None
     seeded_rows: dict[str, int] = {}
+    markets: dict[str, MarketSettings] = {}  # the sandbox's markets: its seeded history, feeder and config follow them
+    feed_interval_seconds: float | None = None  # None: no feeder
+
+    @property
+    def feed_dir(self) -> Path:
+        """The feeder's control directory: its plan, its last tick, and the flag that stops it."""
+        return Path(self.root) / "feed"
 
     @property
     def s3_endpoint(self) -> str | None:
@@ -73,8 +90,12 @@ class SandboxState(BaseModel):
         return f"http://127.0.0.1:{self.prefect_port}/api" if self.prefect_port else None
 
     def cluster(self) -> PostgresCluster:
-        return PostgresCluster(root=Path(self.root) / "postgres", port=self.postgres_port,
-                               superuser_password=self.superuser_password)
+        """The sandbox's cluster: TCP for the runbooks, and a private Unix socket for pgBackRest (PITR) when the
+        sandbox's path leaves room for one (a socket path holds at most 107 bytes)."""
+        root = Path(self.root) / "postgres"
+        sockets = root / "run"
+        return PostgresCluster(root=root, port=self.postgres_port, superuser_password=self.superuser_password,
+                               socket_directory=sockets if socket_path_fits(sockets, self.postgres_port) else None)
 
 
 class ChildFailed(RuntimeError):
@@ -120,6 +141,59 @@ def _checks_toml(database: str) -> list[str]:
     return lines
 
 
+def _pitr_toml(cluster: PostgresCluster, root: Path) -> list[str]:
+    """[pitr] for the sandbox's cluster: pgBackRest reaches it through its private Unix socket."""
+    if cluster.socket_directory is None:
+        return ["# No [pitr]: the sandbox's path is too long for a Unix socket (at most 107 bytes with",
+                f"# '/postgres/run/.s.PGSQL.{cluster.port}'), and pgBackRest reaches a local cluster only through one.",
+                "# For PITR, recreate the sandbox in a shorter directory ('runbooks sandbox up --dir ...').", ""]
+    return ["# Point-in-time recovery (docs/pitr.md) of the sandbox's cluster, through its private Unix socket.",
+            "[pitr]", 'stanza = "sandbox"', f"socket_directory = {_toml_str(str(cluster.socket_directory))}",
+            f"work_dir = {_toml_str(str(root / 'pitr'))}", ""]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_str(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)  # strings, numbers, booleans and lists of them are valid TOML as JSON writes them
+
+
+def _markets_toml(markets: Mapping[str, MarketSettings]) -> list[str]:
+    """[markets.*]: the calendars the sandbox's history, feeder and freshness tables follow (none: the defaults)."""
+    if not markets:
+        return []
+    lines = ["# The sandbox's markets: its seeded history ends at each one's last close (now while open), and its",
+             "# feeder writes bars only while a market is open (24/7 ones always).", ""]
+    for name, market in sorted(markets.items()):
+        lines.append(f"[markets.{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in market.model_dump(mode="json", exclude_defaults=True).items()]
+        lines.append("")
+    return lines
+
+
+def _freshness_tables_toml(markets: Mapping[str, MarketSettings]) -> list[str]:
+    """One [[freshness.tables]] per bars table, following its market; the seeds' table even without a feed."""
+    feeds = {f.table: f.market for f in bar_feeds(markets)}
+    feeds.setdefault(SEED_BARS_TABLE, "")
+    lines: list[str] = []
+    for table, market in sorted(feeds.items(), key=lambda item: item[0] != SEED_BARS_TABLE):
+        lines += ["[[freshness.tables]]", f"database = {_toml_str(DATABASE)}", f"table = {_toml_str(table)}",
+                  'loaded_at_field = "timestamp"', 'group_by = "symbol"', 'interval = "5m"', 'warn_after = "5m"',
+                  'error_after = "10m"', 'kill_after = "60m"', "gates_trading = true", 'quality = "ohlcv"']
+        lines += [f"market = {_toml_str(market)}"] if market else []
+        lines.append("")
+    return lines
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file that holds passwords, readable by its owner only from its first byte (``write_text`` then
+    ``chmod`` leaves it world-readable in between under the usual umask 022)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a new file
+        out.write(text)
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
@@ -136,17 +210,23 @@ class Sandbox:
         return SandboxState.model_validate_json(self.state_file.read_text())
 
     def _save(self, state: SandboxState) -> None:
-        self.state_file.write_text(state.model_dump_json(indent=2))
-        self.state_file.chmod(0o600)
+        _write_private(self.state_file, state.model_dump_json(indent=2))
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def up(self, *, size_mb: float = 5, s3: bool = True, simulator: bool = True, prefect: bool = True,
+           markets: Mapping[str, MarketSettings] | None = None, feeder: bool = True, feed_interval: float = 300,
            progress: Any = print) -> SandboxState:
-        """Start everything (idempotent: a running sandbox is returned as it is)."""
+        """Start everything (idempotent: a running sandbox is returned as it is).
+
+        ``markets`` (default: the seeds', USD/COP in COT and crypto 24/7) decide where each symbol's seeded history
+        ends (its last close, or now while open) and when the feeder, a child process writing the missing bars
+        every ``feed_interval`` seconds, ticks; ``feeder=False`` starts none (data then ages as the clock runs)."""
         existing = self.load()
         if existing is not None:
             if existing.cluster().is_running():
-                added = catch_up_bars(existing.cluster().dsn(DATABASE))
+                dsn = existing.cluster().dsn(DATABASE)
+                added = (sum(feed_bars(dsn, existing.markets, open_only=False).values()) if existing.markets
+                         else catch_up_bars(dsn))
                 if added:
                     progress(f"PostgreSQL: already running; {added} market-data bars added up to now")
                 return existing
@@ -158,6 +238,7 @@ class Sandbox:
             root=str(self.root), created_at=datetime.now(UTC), size_mb=size_mb, postgres_port=free_port(),
             superuser_password=secrets.token_urlsafe(18), app_password=secrets.token_urlsafe(18),
             config_path=str(self.root / "runbooks.toml"),
+            markets=dict(seed_markets() if markets is None else markets),
         )
         self._save(state)
         try:
@@ -168,7 +249,7 @@ class Sandbox:
             cluster.start()
             create_database(cluster.dsn(), dbname=DATABASE, app_password=state.app_password)
             progress(f"PostgreSQL: seeding {DATABASE!r} with ~{size_mb:g} MB")
-            state.seeded_rows = seed(cluster.dsn(DATABASE), size_mb=size_mb)
+            state.seeded_rows = seed(cluster.dsn(DATABASE), size_mb=size_mb, markets=state.markets)
             (self.root / "repository").mkdir(mode=0o700, exist_ok=True)  # backups are private
             if s3:
                 state.s3_port, state.s3_secret = free_port(), secrets.token_urlsafe(18)
@@ -178,20 +259,25 @@ class Sandbox:
                 _wait_http(f"{state.s3_endpoint}/", timeout=60, what="moto S3 server", proc=proc,
                            log=self._log("s3"))
                 self._create_bucket(state)
+            if feeder and bar_feeds(state.markets):
+                self._start_feeder(state, cluster, interval=feed_interval, progress=progress)
             if simulator:
                 state.simulator_port, state.simulator_token = free_port(), secrets.token_urlsafe(24)
                 progress(f"Trading platform simulator: {state.simulator_url}")
+                feed_env = {"SIMULATOR_FEED_DIR": str(state.feed_dir)} if state.feed_interval_seconds else {}
                 proc = self._spawn(
                     state, "simulator",
                     [sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(state.simulator_port)],
-                    env={"SIMULATOR_TOKEN": state.simulator_token, "SIMULATOR_DSN": cluster.dsn(DATABASE)})
+                    env={"SIMULATOR_TOKEN": state.simulator_token, "SIMULATOR_DSN": cluster.dsn(DATABASE),
+                         **feed_env})
                 _wait_http(f"{state.simulator_url}/api/v1/health", timeout=60, what="simulator", proc=proc,
                            log=self._log("simulator"))
             if prefect:
                 state.prefect_port = free_port()
                 progress(f"Prefect server: http://127.0.0.1:{state.prefect_port} (UI and API)")
                 home = self.root / "prefect"
-                home.mkdir(exist_ok=True)
+                home.mkdir(mode=0o700, exist_ok=True)
+                home.chmod(0o700)  # its database holds every run's parameters and logs: the owner's only
                 proc = self._spawn(state, "prefect", [
                     sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                     "--port", str(state.prefect_port)],
@@ -212,13 +298,47 @@ class Sandbox:
     def _log(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
+    def _start_feeder(self, state: SandboxState, cluster: PostgresCluster, *, interval: float,
+                      progress: Any) -> None:
+        """The market-data feeder, as the application role (the platform's writer); it is up once it has ticked."""
+        from runbooks.sandbox.feeder import read_status, write_plan
+
+        write_plan(state.feed_dir, state.markets)
+        state.feed_interval_seconds = interval
+        feeds = ", ".join(f"{f.market} -> {f.table}" for f in bar_feeds(state.markets))
+        progress(f"Market-data feeder: every {interval:g} s ({feeds})")
+        proc = self._spawn(state, "feeder", [
+            sys.executable, "-m", "runbooks.sandbox.feeder", "--control-dir", str(state.feed_dir),
+            "--interval", str(interval)],
+            env={"FEEDER_DSN": cluster.dsn(DATABASE, "trading_user", state.app_password)})
+        deadline = time.monotonic() + 60
+        while read_status(state.feed_dir) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited with {proc.returncode}" if proc.returncode is not None else "did not tick within 60 s"
+                raise ChildFailed(f"market-data feeder {why} while starting", what="feeder",
+                                  returncode=proc.returncode, log_tail=_tail(self._log("feeder")))
+            time.sleep(0.2)
+
+    def feed(self, *, running: bool) -> bool:
+        """Stop (a dead feed on demand) or resume the sandbox's market-data feeder; False when it has none."""
+        from runbooks.sandbox.feeder import set_running
+
+        state = self.load()
+        if state is None or not state.feed_interval_seconds:
+            return False
+        set_running(state.feed_dir, running)
+        return True
+
     def _spawn(self, state: SandboxState, name: str, argv: list[str], env: dict[str, str] | None = None
                ) -> subprocess.Popen[bytes]:
-        log = open(self._log(name), "ab")  # noqa: SIM115 - owned by the child
+        # The log is the owner's only (a child's traceback may quote what it was given), and the child runs under
+        # umask 077: what it creates (the Prefect server's SQLite database and its -wal/-shm files) is private too.
+        log = os.fdopen(os.open(self._log(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.fchmod(log.fileno(), 0o600)
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), child_env.get("PYTHONPATH")]))
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=child_env, start_new_session=True, cwd=self.root)
+                                env=child_env, start_new_session=True, cwd=self.root, umask=0o077)
         log.close()
         state.pids[name] = proc.pid
         self._save(state)
@@ -256,23 +376,14 @@ class Sandbox:
             "weekly = 4",
             "monthly = 6",
             "",
-            "# Seed 004 section 3.3: 5-minute USD/COP bars; pause after 10 minutes, kill switch after 60.",
+            *_markets_toml(state.markets),
+            "# Seed 004 section 3.3: 5-minute bars (USD/COP, and each other market's); pause after 10 minutes, kill",
+            "# switch after 60.",
             "[freshness]",
             'lookback = "6h"',
-            'platform_table = "ohlcv_usdcop_5m"',
+            f"platform_table = {_toml_str(SEED_BARS_TABLE)}",
             "",
-            "[[freshness.tables]]",
-            f"database = {_toml_str(DATABASE)}",
-            'table = "ohlcv_usdcop_5m"',
-            'loaded_at_field = "timestamp"',
-            'group_by = "symbol"',
-            'interval = "5m"',
-            'warn_after = "5m"',
-            'error_after = "10m"',
-            'kill_after = "60m"',
-            "gates_trading = true",
-            'quality = "ohlcv"',
-            "",
+            *_freshness_tables_toml(state.markets),
             "# The DR game-day: a throwaway cluster under the sandbox; seed 002's components are the defaults.",
             "[drill]",
             f"work_dir = {_toml_str(str(self.root / 'drills'))}",
@@ -282,7 +393,7 @@ class Sandbox:
             " database.",
             "[cleanup]",
             f"watch = [{_toml_str(str(self.root))}]",
-            f"allowed_roots = [{_toml_str(str(self.root / 'logs'))}, {_toml_str(str(self.root / 'state'))}]",
+            f"allowed_roots = [{_toml_str(str(self.root / 'logs'))}]",  # never the state dir: runs keep work there
             f"survey = [{_toml_str(str(self.root))}]",
             "",
             "[[cleanup.rules]]",
@@ -307,6 +418,7 @@ class Sandbox:
             'kind = "databases"',
             "",
         ]
+        common += _pitr_toml(cluster, self.root)
         (self.root / "logs").mkdir(mode=0o700, exist_ok=True)
         if state.simulator_url:
             common += ["[drill.trading_api]", f"base_url = {_toml_str(state.simulator_url)}",
@@ -328,8 +440,7 @@ class Sandbox:
 
     @staticmethod
     def _write(path: Path, lines: list[str]) -> None:
-        path.write_text("\n".join(lines))
-        path.chmod(0o600)
+        _write_private(path, "\n".join(lines))
 
     def down(self) -> list[str]:
         """Stop every process the sandbox started and remove its directory. Safe to run twice."""
@@ -388,7 +499,22 @@ class Sandbox:
             "prefect": {"api_url": state.prefect_api_url,
                         "ui": state.prefect_api_url.removesuffix("/api") if state.prefect_api_url else None,
                         "up": alive(f"{state.prefect_api_url}/health" if state.prefect_api_url else None)},
+            "feed": self._feed_status(state),
         }
+
+    @staticmethod
+    def _feed_status(state: SandboxState) -> dict[str, Any]:
+        """The feeder's last tick and each market's state now: "market closed" at night, ticking at 10:00 COT."""
+        from runbooks.sandbox.feeder import is_running, read_status
+
+        now = datetime.now(UTC)
+        markets = {name: market.calendar(name).status(now).as_dict() for name, market in sorted(state.markets.items())}
+        if not state.feed_interval_seconds:
+            return {"feeder": False, "markets": markets}
+        last = read_status(state.feed_dir)
+        return {"feeder": True, "running": is_running(state.feed_dir), "interval_seconds": state.feed_interval_seconds,
+                "last_tick_at": last.at.isoformat() if last else None,
+                "bars_written": last.written_total if last else 0, "markets": markets}
 
 
 def _terminate_group(pid: int, timeout: float = 10) -> bool:

@@ -2,10 +2,80 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
 import psycopg
 from psycopg import sql
+from pydantic import BaseModel, Field
+
+from runbooks.markets import MarketSettings
 
 APP_ROLE = "trading_user"
+BAR = timedelta(minutes=5)
+# The seeds' bars table and how it spells its symbol; every other market's bars go to ``ohlcv_<market>_5m``.
+SEED_BARS_TABLE = "ohlcv_usdcop_5m"
+_SEED_FEEDS = {"usd_cop": (SEED_BARS_TABLE, {"USDCOP": "USD/COP"})}
+_BASE_PRICE = {"USD/COP": 3900.0, "BTCUSDT": 65000.0, "ETHUSDT": 3200.0}
+# How far back a feeder (or a sandbox brought up again) fills missing bars: a sandbox left down for months does
+# not need every bar of its absence.
+CATCH_UP_LIMIT = timedelta(days=7)
+
+
+class BarFeed(BaseModel):
+    """The bars of one market's symbols: which table, and how each symbol is spelled in it."""
+
+    market: str
+    table: str
+    symbols: dict[str, str] = Field(description="market symbol -> the value of the table's symbol column")
+
+
+def bar_feeds(markets: Mapping[str, MarketSettings]) -> list[BarFeed]:
+    """One feed per market that lists symbols: USD/COP in the seeds' table, other markets in their own."""
+    feeds = []
+    for name, market in sorted(markets.items()):
+        if not market.symbols:
+            continue
+        table, spelled = _SEED_FEEDS.get(name, (f"ohlcv_{name.replace('-', '_')}_5m", {}))
+        feeds.append(BarFeed(market=name, table=table, symbols={s: spelled.get(s, s) for s in market.symbols}))
+    return feeds
+
+
+def _floor_bar(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return at.replace(minute=at.minute - at.minute % 5, second=0, microsecond=0)
+
+
+def history_end(market: MarketSettings, name: str, at: datetime) -> datetime:
+    """Where seeded history ends: the bar of ``at`` while the market is open (always, for a 24/7 one), else the
+    bar of its last close, so that a market closed at night looks as it does after a real session."""
+    calendar = market.calendar(name)
+    if calendar.is_open(at):
+        return _floor_bar(at)
+    close = calendar.previous_close(at)
+    return _floor_bar(close) if close is not None else _floor_bar(at)
+
+
+def missing_bar_times(market: MarketSettings, name: str, newest: datetime | None, at: datetime) -> list[datetime]:
+    """Bar times after ``newest`` up to the bar of ``at`` that fall in a session of the market (open to close, both
+    included), at most ``CATCH_UP_LIMIT`` back: what a feed that ran all along would have written."""
+    calendar = market.calendar(name)
+    end = _floor_bar(at)
+    start = end - CATCH_UP_LIMIT
+    if newest is not None:
+        start = max(start, _floor_bar(newest) + BAR)
+    if market.always_open:
+        count = int((end - start) / BAR) + 1
+        return [start + i * BAR for i in range(max(count, 0))]
+    times: list[datetime] = []
+    for session in calendar.sessions(start - BAR, end + BAR):
+        tick = max(start, _floor_bar(session.open) + (BAR if _floor_bar(session.open) < session.open else
+                                                      timedelta(0)))
+        while tick <= min(end, session.close):
+            times.append(tick)
+            tick += BAR
+    return sorted(set(times))
 
 SCHEMA = """
 CREATE TABLE ohlcv_usdcop_5m (
@@ -102,15 +172,24 @@ def create_database(admin_dsn: str, *, dbname: str, app_password: str) -> None:
                 sql.Identifier(dbname), sql.Identifier(APP_ROLE)))
 
 
-def seed(dsn: str, *, size_mb: float) -> dict[str, int]:
+def seed(dsn: str, *, size_mb: float, markets: Mapping[str, MarketSettings] | None = None,
+         at: datetime | None = None) -> dict[str, int]:
     """Create the schema as the application role and fill it with about ``size_mb`` MB of data.
+
+    Bars end where each market's feed would have stopped (``history_end``): now for an open or 24/7 market, the
+    last close for a closed one. Without ``markets``, the USD/COP bars end now (the suite's fresh data).
 
     Returns:
         Rows generated per table.
     """
+    at = at or datetime.now(UTC)
+    feeds = [f for f in bar_feeds(markets or {}) if f.table != SEED_BARS_TABLE]
+    seed_market = (markets or {}).get("usd_cop")
+    symbols = 1 + sum(len(f.symbols) for f in feeds)
     target = max(size_mb, 0.1) * 1_000_000
+    bars = int(target * 0.50 / _BYTES_PER_ROW["ohlcv"])
     rows = {
-        "ohlcv_usdcop_5m": int(target * 0.50 / _BYTES_PER_ROW["ohlcv"]),
+        SEED_BARS_TABLE: bars // symbols + bars % symbols,
         "trades_history": int(target * 0.40 / _BYTES_PER_ROW["history"]),
         "trades": int(target * 0.10 / _BYTES_PER_ROW["trades"]),
     }
@@ -118,20 +197,14 @@ def seed(dsn: str, *, size_mb: float) -> dict[str, int]:
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE)))
         conn.execute("SET synchronous_commit = off")
         conn.execute(SCHEMA)
-        # 5-minute bars ending at the last full bar before now: fresh data for the freshness runbook.
-        conn.execute(
-            """
-            INSERT INTO ohlcv_usdcop_5m ("timestamp", open, high, low, close, volume)
-            SELECT ts, o, greatest(o, c) + r * 3, least(o, c) - r * 3, c, (1000 + r * 50000)::bigint
-            FROM (
-                SELECT date_trunc('hour', now()) + floor(extract(minute FROM now()) / 5) * interval '5 min'
-                       - g * interval '5 min' AS ts,
-                       3900 + 100 * sin(g / 500.0) AS o, 3900 + 100 * sin(g / 500.0) + (r - 0.5) * 4 AS c, r
-                FROM (SELECT g, random() AS r FROM generate_series(0, %(n)s - 1) AS g) gr
-            ) bars
-            """,
-            {"n": rows["ohlcv_usdcop_5m"]},
-        )
+        end = history_end(seed_market, "usd_cop", at) if seed_market else _floor_bar(at)
+        _insert_history(conn, SEED_BARS_TABLE, "USD/COP", end=end, count=rows[SEED_BARS_TABLE])
+        for feed in feeds:
+            _create_bars_table(conn, feed.table)
+            end = history_end((markets or {})[feed.market], feed.market, at)
+            for spelled in feed.symbols.values():
+                _insert_history(conn, feed.table, spelled, end=end, count=bars // symbols)
+            rows[feed.table] = len(feed.symbols) * (bars // symbols)
         conn.execute(
             """
             INSERT INTO trades_history (trade_id, symbol, signal, side, quantity, price, pnl, model_id, created_at)
@@ -162,6 +235,42 @@ def seed(dsn: str, *, size_mb: float) -> dict[str, int]:
     return rows
 
 
+def _create_bars_table(conn: psycopg.Connection, table: str) -> None:
+    """A bars table shaped like the seeds' (symbol and bar time as its key, a time index)."""
+    conn.execute(sql.SQL(
+        """
+        CREATE TABLE IF NOT EXISTS {table} (
+            symbol      text        NOT NULL,
+            "timestamp" timestamptz NOT NULL,
+            open        numeric(14,4) NOT NULL,
+            high        numeric(14,4) NOT NULL,
+            low         numeric(14,4) NOT NULL,
+            close       numeric(14,4) NOT NULL,
+            volume      bigint      NOT NULL,
+            PRIMARY KEY (symbol, "timestamp")
+        );
+        CREATE INDEX IF NOT EXISTS {index} ON {table} ("timestamp" DESC);
+        """).format(table=sql.Identifier(table), index=sql.Identifier(f"{table}_timestamp")))
+
+
+def _insert_history(conn: psycopg.Connection, table: str, symbol: str, *, end: datetime, count: int) -> None:
+    """``count`` consecutive 5-minute bars of ``symbol`` ending at ``end``: a slow wave around its base price."""
+    base = _BASE_PRICE.get(symbol, 100.0)
+    conn.execute(sql.SQL(
+        """
+        INSERT INTO {table} (symbol, "timestamp", open, high, low, close, volume)
+        SELECT %(symbol)s, ts, o, greatest(o, c) + r * %(tick)s, least(o, c) - r * %(tick)s, c,
+               (1000 + r * 50000)::bigint
+        FROM (
+            SELECT %(end)s::timestamptz - g * interval '5 min' AS ts,
+                   %(base)s * (1 + 0.025 * sin(g / 500.0)) AS o,
+                   %(base)s * (1 + 0.025 * sin(g / 500.0)) + (r - 0.5) * 4 * %(tick)s AS c, r
+            FROM (SELECT g, random() AS r FROM generate_series(0, %(n)s - 1) AS g) gr
+        ) bars
+        """).format(table=sql.Identifier(table)),
+        {"symbol": symbol, "end": end, "n": count, "base": base, "tick": base * 3 / 3900})
+
+
 def catch_up_bars(dsn: str) -> int:
     """The market-data feed ticking: append the 5-minute bars since the newest one, up to the last full bar before
     now, for every symbol (flat bars at the last close, so the quality suite still holds). A sandbox seeded an
@@ -180,3 +289,39 @@ def catch_up_bars(dsn: str) -> int:
             ON CONFLICT DO NOTHING
             """)
         return cur.rowcount
+
+
+def feed_bars(dsn: str, markets: Mapping[str, MarketSettings], *, at: datetime | None = None,
+              open_only: bool = True) -> dict[str, int]:
+    """The sandbox's market-data feed, one tick: for every symbol of a market open at ``at`` (every tick for a 24/7
+    one), write the bars missing since its newest one up to the bar of ``at`` (a small random walk from its last
+    close). Idempotent: a bar already there is left as it is. ``open_only=False`` also catches a closed market up
+    to its last close (a sandbox brought up again). Returns the bars written per market symbol."""
+    at = at or datetime.now(UTC)
+    written: dict[str, int] = {}
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE)))
+        for feed in bar_feeds(markets):
+            market = markets[feed.market]
+            if open_only and not market.calendar(feed.market).is_open(at):
+                continue
+            for symbol, spelled in feed.symbols.items():
+                last = conn.execute(sql.SQL('SELECT "timestamp", close FROM {} WHERE symbol = %s '
+                                            'ORDER BY "timestamp" DESC LIMIT 1').format(sql.Identifier(feed.table)),
+                                    [spelled]).fetchone()
+                newest, price = (last[0], float(last[1])) if last else (None, _BASE_PRICE.get(spelled, 100.0))
+                rows = []
+                for ts in missing_bar_times(market, feed.market, newest, at):
+                    close = round(price * (1 + random.gauss(0, 0.0004)), 4)
+                    spread = abs(close - price) + price * 0.0002 * random.random()
+                    rows.append((spelled, ts, price, max(price, close) + spread / 2, min(price, close) - spread / 2,
+                                 close, random.randint(1000, 50000)))
+                    price = close
+                if rows:
+                    with conn.cursor() as cur:
+                        cur.executemany(sql.SQL(
+                            'INSERT INTO {} (symbol, "timestamp", open, high, low, close, volume) '
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(
+                                sql.Identifier(feed.table)), rows)
+                written[symbol] = len(rows)
+    return written

@@ -1,7 +1,9 @@
 """The trading platform simulator: the trading and inference API endpoints the seeds' runbooks call, with state,
-bearer-token auth, and a test-control surface (``/_control``) to set metrics, staleness, latency and failures.
+bearer-token auth, and a test-control surface (``/_control``) to set metrics, staleness, latency and failures, and
+to stop and resume the sandbox's market-data feeder (``/_control/feed``: a dead feed on demand).
 
-Serve it with ``python -m runbooks.sandbox.simulator --port PORT --token TOKEN [--dsn DSN]``.
+Serve it with ``python -m runbooks.sandbox.simulator --port PORT [--dsn DSN]``; the token comes from
+``SIMULATOR_TOKEN`` and the feeder's control directory from ``SIMULATOR_FEED_DIR``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import statistics
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -196,13 +199,17 @@ class RiskControl(BaseModel):
     events: list[dict[str, Any]] | None = None  # replaces the events: [{hours_ago, severity, type, message}]
 
 
+class FeedControl(BaseModel):
+    running: bool = Field(description="false: the feeder writes no bars (a dead feed) until set true again")
+
+
 class DataControl(BaseModel):
     staleness_seconds: float | None = None
     last_bar_at: datetime | None = None
     use_database: bool = False
 
 
-def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
+def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = None) -> FastAPI:
     app = FastAPI(title="Trading platform simulator", version="1.0")
     state = SimulatorState(dsn)
     app.state.sim = state
@@ -435,7 +442,31 @@ def create_app(*, token: str, dsn: str | None = None) -> FastAPI:
     @app.post("/_control/reset", dependencies=auth)
     def control_reset() -> dict[str, str]:
         state.reset()
+        if feed_dir is not None:
+            from runbooks.sandbox.feeder import set_running
+
+            set_running(feed_dir, True)  # the default is a live feed
         return {"status": "reset"}
+
+    def feed_state() -> dict[str, Any]:
+        from runbooks.sandbox.feeder import is_running, read_status
+
+        if feed_dir is None:
+            raise HTTPException(status_code=404, detail="this simulator has no market-data feeder to control")
+        status = read_status(feed_dir)
+        return {"running": is_running(feed_dir), "last_tick": status.model_dump(mode="json") if status else None}
+
+    @app.get("/_control/feed", dependencies=auth)
+    def control_feed_state() -> dict[str, Any]:
+        return feed_state()
+
+    @app.post("/_control/feed", dependencies=auth)
+    def control_feed(req: FeedControl) -> dict[str, Any]:
+        from runbooks.sandbox.feeder import set_running
+
+        if feed_dir is not None:
+            set_running(feed_dir, req.running)
+        return feed_state()  # 404 without a feeder
 
     @app.post("/_control/metrics", dependencies=auth)
     def control_metrics(req: MetricsControl) -> dict[str, Any]:
@@ -530,8 +561,10 @@ def main() -> None:
     token = os.environ.get("SIMULATOR_TOKEN")  # from the environment: never on a command line
     if not token:
         raise SystemExit("SIMULATOR_TOKEN must be set")
-    uvicorn.run(create_app(token=token, dsn=args.dsn or os.environ.get("SIMULATOR_DSN")), host=args.host,
-                port=args.port, log_level="warning")
+    feed_dir = os.environ.get("SIMULATOR_FEED_DIR")
+    uvicorn.run(create_app(token=token, dsn=args.dsn or os.environ.get("SIMULATOR_DSN"),
+                           feed_dir=Path(feed_dir) if feed_dir else None),
+                host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
