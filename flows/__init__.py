@@ -2,8 +2,9 @@
 
 Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, and on the disk alert),
 ``health-check`` (daily), ``backup-verification`` (weekly), ``weekly-report`` (Mondays), ``dr-game-day``
-(quarterly), ``pitr-backup`` (full weekly, differential daily), ``archive-check`` (every minute). On-demand
-recovery: ``restore``, ``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``.
+(quarterly), ``pitr-backup`` (full weekly, differential daily), ``archive-check`` (every minute),
+``pre-open-check`` (30 minutes before each gating market's open). On-demand recovery: ``restore``,
+``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ RUNBOOKS: dict[str, Runbook] = {
                             "render_report", "on-demand recovery"),
     "archive-check": Runbook("archive-check", "flows.archive_check", "archive_check_flow",
                              "ArchiveCheckParameters", "render_report", "scheduled maintenance"),
+    "pre-open-check": Runbook("pre-open-check", "flows.pre_open_check", "pre_open_check_flow",
+                              "PreOpenParameters", "render_report", "scheduled maintenance"),
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.frame.window import ChangeWindow, require_change_window
 from runbooks.pitr import (
     PitrPaths,
     PreviousSetting,
@@ -41,7 +42,7 @@ from runbooks.pitr import (
 from runbooks.postgres import failure_line
 from runbooks.redact import scrub_data
 from runbooks.report import table, timeline_markdown
-from runbooks.settings import DatabaseSettings, PitrSettings, resolve_secret
+from runbooks.settings import DatabaseSettings, PitrSettings, Settings, resolve_secret
 from tasks.pgbackrest import (
     check_stanza,
     check_timeout,
@@ -77,10 +78,25 @@ class PitrSetupParameters(BaseModel):
                                 description="The plan hash a dry run printed: applies exactly that plan.")
     approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400)
     approval_poll_seconds: int = Field(default=5, ge=1, le=300)
+    in_session_reason: str | None = Field(default=None, max_length=500, description="restart=true while a gating "
+                                          "market is in session: why the restart cannot wait for the close; "
+                                          "without it the run is refused until the close.")
 
     @property
     def applies(self) -> bool:
         return self.dry_run is False or (self.dry_run is None and self.confirm is not None)
+
+    def change_window(self, settings: Settings) -> ChangeWindow | None:
+        """A setup that may restart PostgreSQL (every session disconnected) waits for every gating market's close
+        unless given a reason; a plan or a setup without restart changes no running session."""
+        if not (self.applies and self.restart):
+            return None
+        return require_change_window(settings.calendars(gating_only=True), work="pitr-setup with restart=true",
+                                     in_session_reason=self.in_session_reason)
+
+    def check_against(self, settings: Settings) -> None:
+        """OutsideChangeWindow before any run (the CLI calls it; the flow repeats it first)."""
+        self.change_window(settings)
 
 
 class PitrSetupResult(RunbookResult):
@@ -90,6 +106,8 @@ class PitrSetupResult(RunbookResult):
     archive_command: str = ""
     plan: SetupPlan | None = None
     approval: Approval | None = None
+    change_window: ChangeWindow | None = Field(default=None, description="the market calendar when a restart "
+                                               "was allowed")
     would_change: dict[str, str] = Field(default_factory=dict, description="setting -> value to be set")
     previous: list[PreviousSetting] = Field(default_factory=list, description="this run's record of the settings "
                                             "it changes, read just before ALTER SYSTEM")
@@ -123,6 +141,8 @@ def render_report(result: PitrSetupResult) -> str:
              f"`{result.config_path}`, data directory `{result.data_directory}`.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
+    if result.change_window is not None:
+        lines += [f"Change window: {result.change_window.summary()}.", ""]
     plan = result.plan
     if plan is not None:
         lines += ["## Plan", table(["step", "what"], [
@@ -241,6 +261,12 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
     database: DatabaseSettings | None = None
     data_directory: Path | None = None
     try:
+        if params.applies and params.restart:
+            with run.step("check change window") as figures:
+                result.change_window = params.change_window(settings)
+                if result.change_window is not None:
+                    figures.update(change_window=result.change_window.summary(),
+                                   in_session_reason=result.change_window.in_session_reason)
         database = protected_cluster(settings)
         with run.step("inspect cluster") as figures:
             facts = inspect_cluster(database=database)
@@ -292,7 +318,9 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
                 run, plan_hash=plan.plan_hash, confirm=params.confirm,
                 summary=f"Approve PITR setup plan `{plan.plan_hash}` of stanza {pitr.stanza}: set "
                         f"{', '.join(result.would_change) or 'no setting'}"
-                        + ("; restart PostgreSQL" if plan.restart_needed and plan.restart else "") + ".",
+                        + ("; restart PostgreSQL" if plan.restart_needed and plan.restart else "") + "."
+                        + (f" {result.change_window.summary()}." if result.change_window and
+                           result.change_window.in_session else ""),
                 timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
             figures.update(approved=result.approval.approved, approver=result.approval.approver)
         if not result.approval.approved:

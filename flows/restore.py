@@ -39,6 +39,7 @@ from runbooks.frame import (
     request_approval,
     resource_lock,
 )
+from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.incidents import Notice, PostIncident
 from runbooks.manifest import BackupManifest, Verification
 from runbooks.postgres import fit_name
@@ -103,10 +104,24 @@ class RestoreParameters(BaseModel):
     lock_wait_seconds: int = Field(default=0, ge=0, le=86400,
                                    description="Wait this long for another restore of the database to finish.")
     dry_run: bool = Field(default=False, description="Resolve and check everything, print the plan, change nothing.")
+    in_session_reason: str | None = Field(default=None, max_length=500, description="mode=replace while a gating "
+                                          "market is in session: why it cannot wait for the close (an incident); "
+                                          "without it the replace is refused until the close.")
 
     def check_against(self, settings: Settings) -> None:
-        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        """Refuse (ConfigurationError) a database the inventory lacks, and (OutsideChangeWindow) a replace while a
+        gating market is in session without a reason; the CLI calls it before any run."""
         settings.database_or_raise(self.database)
+        self.change_window(settings)
+
+    def change_window(self, settings: Settings) -> ChangeWindow | None:
+        """A replace swaps the live database and halts trading: the market calendar's say on it. A dry run only
+        reports what the window would say."""
+        if self.mode != "replace":
+            return None
+        check = change_window if self.dry_run else require_change_window
+        return check(settings.calendars(gating_only=True), work=f"restore replace of {self.database}",
+                     in_session_reason=self.in_session_reason)
 
     @model_validator(mode="after")
     def _consistent(self) -> RestoreParameters:
@@ -144,6 +159,8 @@ class RestoreResult(RunbookResult):
     target: str | None = None
     plan: RestorePlan | None = None
     prerequisites: Prerequisites | None = None
+    change_window: ChangeWindow | None = Field(default=None, description="the market calendar when the replace "
+                                               "was asked for")
     approval: Approval | None = None
     verification: Verification | None = None
     validation: ValidationReport | None = None
@@ -208,6 +225,11 @@ def render_report(result: RestoreResult) -> str:
                      "(fetch + verify + pg_restore + validation).")
     if result.error:
         lines += ["", f"**Error:** {result.error}"]
+    if result.change_window is not None:
+        window = result.change_window
+        lines += ["", f"Change window: {inline(window.summary())}"
+                  + ("; a real replace would be refused without in_session_reason." if result.dry_run and
+                     window.in_session and not window.in_session_reason else ".")]
     if result.plan:
         p = result.plan
         lines += ["", "## Plan", table(["", ""], [
@@ -325,6 +347,12 @@ def restore_database_flow(parameters: RestoreParameters) -> State:
 
     try:
         database = settings.database_or_raise(params.database)
+        if params.mode == "replace":
+            with run.step("check change window") as figures:
+                result.change_window = params.change_window(settings)
+                if result.change_window is not None:
+                    figures.update(change_window=result.change_window.summary(),
+                                   in_session_reason=result.change_window.in_session_reason)
         live = str(database.conninfo().get("dbname") or params.database)  # the server's name for it
         target = live if params.mode == "replace" else (params.target_database or f"{params.database}_recovery")
         result.target = target if params.mode != "verify" else None
@@ -500,7 +528,9 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
             result.approval = request_approval(
                 run, plan_hash=result.plan.plan_hash, confirm=params.confirm,
                 summary=f"Approve restore plan `{result.plan.plan_hash}` of {params.database} from "
-                        f"{result.plan.backup_id} (see the restore-plan artifact).",
+                        f"{result.plan.backup_id} (see the restore-plan artifact)."
+                        + (f" {result.change_window.summary()}." if result.change_window and
+                           result.change_window.in_session else ""),
                 timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
             figures.update(approved=result.approval.approved, approver=result.approval.approver)
         if not result.approval.approved:

@@ -12,6 +12,7 @@ import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from markdown_it import MarkdownIt
@@ -341,6 +342,66 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
     row("config", status["config"], "")
     if status.get("config_s3"):
         row("config (S3 repository)", status["config_s3"], "")
+    feed = status.get("feed") or {}
+    if feed.get("feeder"):
+        row("market feed", "stopped (runbooks sandbox feed --resume)" if feed.get("stopped") else
+            f"running, {feed.get('bars_written', 0)} bars written", "")
+    for name, market in (feed.get("markets") or {}).items():
+        row(f"market {name}", "open" if market["open"] else f"closed: {market['reason']}", "")
+    out.print(table)
+
+
+@sandbox_app.command("feed")
+def sandbox_feed(
+    stop: Annotated[bool, typer.Option("--stop", help="stop the feed: a dead feed on demand")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="resume the feed")] = False,
+    directory: SandboxDir = Path(SANDBOX_DIR),
+) -> None:
+    """Stop or resume the sandbox's market-data feeder (bars per symbol while its market is open)."""
+    from runbooks.sandbox import Sandbox
+
+    if stop == resume:
+        raise _fail(ValueError("give exactly one of --stop and --resume. HINT: runbooks sandbox feed --stop."), 2)
+    if not Sandbox(directory).feed(running=resume):
+        raise _fail(ValueError(f"the sandbox in {str(directory)!r} has no feeder running. HINT: start it with "
+                               "'runbooks sandbox up'."), 2)
+    _say(f"market feed {'resumed' if resume else 'stopped'}")
+
+
+# -- markets ----------------------------------------------------------------------------------------------------
+@app.command("markets")
+def markets(
+    at: Annotated[str | None, typer.Option("--at", help="an ISO-8601 instant with its offset (default: now)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Each configured market open or closed at an instant, why, the previous close and the next open."""
+    moment = datetime.now(UTC)
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            raise _fail(ValueError(f"--at {at[:80]!r} is not an ISO-8601 instant. HINT: e.g. "
+                                   "--at 2027-01-11T10:00:00-05:00."), 2) from None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise _fail(ValueError(f"--at {at[:80]!r} has no UTC offset. HINT: add one, e.g. {at[:40]}-05:00 "
+                                   "(COT) or Z."), 2)
+    settings = _settings()
+    statuses = [calendar.status(moment) for calendar in settings.calendars().values()]
+    if as_json:
+        out.print_json(json.dumps({s.market: {**s.as_dict(), "gating": settings.markets[s.market].gates}
+                                   for s in statuses}))
+        return
+
+    def local(instant: datetime | None, zone: str) -> str:
+        return instant.astimezone(ZoneInfo(zone)).strftime("%a %Y-%m-%d %H:%M %Z") if instant else "-"
+    table = _FittedTable(title=f"markets at {moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC", show_header=True)
+    for heading in ("market", "state", "why", "previous close", "next open", "gates heavy work"):
+        table.add_column(heading)
+    for status in statuses:
+        zone = settings.markets[status.market].timezone
+        table.add_row(*(Text(printable(cell)) for cell in (
+            status.market, "OPEN" if status.open else "closed", status.reason, local(status.previous_close, zone),
+            local(status.next_open, zone), "yes" if settings.markets[status.market].gates else "no")))
     out.print(table)
 
 
@@ -394,11 +455,11 @@ def run(
     # Parameters that name things in the settings (tables, databases) are refused here, before any flow run.
     check_against = getattr(parameters, "check_against", None)
     if callable(check_against):
-        from runbooks.errors import ConfigurationError
+        from runbooks.errors import ConfigurationError, OutsideChangeWindow
 
         try:
             check_against(settings)
-        except ConfigurationError as exc:
+        except (ConfigurationError, OutsideChangeWindow) as exc:  # bad input: refused before any side effect
             raise _fail(exc, 2) from None
     state = flow_fn(parameters=parameters, return_state=True)
     try:

@@ -29,5 +29,6 @@ def closed_now() -> dict[str, Any]:
 
 
 def set_markets(monkeypatch: pytest.MonkeyPatch, **markets: dict[str, Any]) -> None:
-    """Replace the configured markets (the environment beats the config file)."""
+    """Markets from the environment, merged over the config file's (the suite's sandbox config has USD/COP always
+    open): a market named here replaces the file's field by field, the file's other markets stay."""
     monkeypatch.setenv("RUNBOOKS_MARKETS", json.dumps(markets))

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
+from flows.restore import render_report
 from runbooks.errors import OutsideChangeWindow
 from runbooks.frame.window import change_window, require_change_window
 from runbooks.market_time import MarketCalendar
 from runbooks.sandbox import SandboxState
 from tests.markets import closed_now, open_now, set_markets
+from tests.pgfixtures import content_checksums
+from tests.test_restore import source  # noqa: F401 - the fixture
 
 COT = ZoneInfo("America/Bogota")
 USD_COP = MarketCalendar(name="usd_cop", timezone="America/Bogota", open=time(8), close=time(13), holidays="CO")
@@ -71,7 +76,7 @@ def test_disk_cleanup_waits_for_the_close_before_vacuum_full_not_before_file_rul
     set_markets(monkeypatch, fx=open_now(), crypto={"always_open": True})
     settings = load_settings()
     heavy = CleanupParameters(dry_run=False, vacuum_full=["trading_db.public.trades"])
-    with pytest.raises(OutsideChangeWindow, match=r"VACUUM FULL while market 'fx' is in session"):
+    with pytest.raises(OutsideChangeWindow, match=r"VACUUM FULL while market 'fx' is in session 10:00-15:00"):
         heavy.check_against(settings)
     window = CleanupParameters(dry_run=False, vacuum_full=["trading_db.public.trades"],
                                in_session_reason="disk at 97 %, INC-7").change_window(settings)
@@ -82,3 +87,66 @@ def test_disk_cleanup_waits_for_the_close_before_vacuum_full_not_before_file_rul
     set_markets(monkeypatch, fx=closed_now())
     assert CleanupParameters(dry_run=False, vacuum_full=["trading_db.public.trades"]).change_window(
         load_settings()) is not None
+
+
+def test_a_replace_in_session_is_refused_without_a_reason_and_goes_on_with_one(
+        config: SandboxState, source: str, simulator: httpx.Client,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
+    from tests.test_cli import cli
+    from tests.test_restore import databases, restore
+
+    set_markets(monkeypatch, fx=open_now())
+    _, dry = restore(database=source, mode="replace", dry_run=True)  # a dry run says what the window would do
+    assert dry.change_window.in_session and dry.status == "dry_run"
+    assert "a real replace would be refused without in_session_reason" in render_report(dry)
+
+    before, content = databases(config), content_checksums(config, source)
+    proc = cli({**os.environ, "PREFECT_API_URL": prefect_api}, "run", "restore", "--param", f"database={source}",
+               "--param", "mode=replace", "--param", f"confirm={dry.plan.plan_hash}")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line and "market 'fx' is in session" in line, proc.stderr
+    state, refused = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)  # from the UI: the flow
+    assert state.is_failed() and "in session" in refused.error and refused.trading == []
+    assert databases(config) == before and content_checksums(config, source) == content  # nothing touched
+
+    state, done = restore(database=source, mode="replace", confirm=dry.plan.plan_hash,
+                          in_session_reason="INC-7: corrupt positions, trading already stopped")
+    assert state.is_completed(), done.error
+    assert done.kept_live_as == dry.plan.keep_live_as
+    assert done.change_window.in_session_reason == "INC-7: corrupt positions, trading already stopped"
+    assert "INC-7: corrupt positions" in render_report(done)
+    window_step = next(t for t in done.timeline if t.step == "check change window")
+    assert window_step.outcome == "ok"
+
+
+def test_a_replace_after_the_close_needs_no_reason(config: SandboxState, source: str,  # noqa: F811
+                                                   simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_restore import restore
+
+    set_markets(monkeypatch, fx=closed_now())
+    _, dry = restore(database=source, mode="replace", dry_run=True)
+    state, done = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
+    assert state.is_completed(), done.error
+    assert done.change_window is not None and not done.change_window.in_session
+
+
+def test_pitr_setup_restarts_only_outside_the_session_or_with_a_reason(config: SandboxState,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       prefect_api: str) -> None:
+    from flows.pitr_setup import PitrSetupParameters
+    from runbooks.settings import load_settings
+    from tests.test_cli import cli
+
+    set_markets(monkeypatch, fx=open_now())
+    proc = cli({**os.environ, "PREFECT_API_URL": prefect_api}, "run", "pitr-setup", "--param", "restart=true",
+               "--param", "confirm=0123456789ab")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "pitr-setup with restart=true while market 'fx' is in session" in line, line
+    settings = load_settings()
+    assert PitrSetupParameters(restart=True).change_window(settings) is None  # a plan restarts nothing
+    assert PitrSetupParameters(restart=False, confirm="0123456789ab").change_window(settings) is None
+    window = PitrSetupParameters(restart=True, confirm="0123456789ab",
+                                 in_session_reason="archiving down, RPO at risk").change_window(settings)
+    assert window is not None and window.in_session and window.in_session_reason == "archiving down, RPO at risk"

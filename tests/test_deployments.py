@@ -194,6 +194,8 @@ NEXT_FIRES = {
     "pitr-backup-full-weekly": ["2026-11-29T01:00", "2026-12-06T01:00", "2026-12-13T01:00"],  # Sundays
     "pitr-backup-diff-daily": ["2026-11-24T01:00", "2026-11-25T01:00", "2026-11-26T01:00"],  # not Sundays
     "archive-check-every-minute": ["2026-11-23T12:01", "2026-11-23T12:02", "2026-11-23T12:03"],
+    # 07:30 COT (UTC-5 all year) on weekdays: 30 minutes before the USD/COP open.
+    "pre-open-check-daily": ["2026-11-23T12:30", "2026-11-24T12:30", "2026-11-25T12:30"],
 }
 # Opt-in: pgBackRest must be set up on the database host first (pitr-setup); their schedules start inactive.
 OPT_IN = {"pitr-backup-full-weekly", "pitr-backup-diff-daily", "archive-check-every-minute"}

@@ -232,6 +232,8 @@ SPECS: list[Spec] = [
     Spec("restore", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300), RESTORE),
     Spec("restore", "lock_wait_seconds", not_int(0, 86400), st.integers(0, 86400), RESTORE),
     boolean("restore", "dry_run", base=RESTORE),
+    Spec("restore", "in_session_reason", st.one_of(more_chars_than(500), not_text(nullable=True)),
+         st.one_of(st.none(), spiced(max_size=60)), RESTORE),
 
     Spec("dr-game-day", "backup_id", BAD_BACKUP_ID, BACKUP_ID),
     boolean("dr-game-day", "keep_cluster"),
@@ -256,6 +258,8 @@ SPECS: list[Spec] = [
          st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
     Spec("disk-cleanup", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400)),
     Spec("disk-cleanup", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300)),
+    Spec("disk-cleanup", "in_session_reason", st.one_of(more_chars_than(500), not_text(nullable=True)),
+         st.one_of(st.none(), spiced(max_size=60))),
 
     Spec("model-rollback", "model_id", st.one_of(not_matching(MODEL_ID_PATTERN, "../ppo", "_x", "x" * 201),
                                                  not_text(nullable=True)),
@@ -282,6 +286,8 @@ SPECS: list[Spec] = [
          st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
     Spec("pitr-setup", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400)),
     Spec("pitr-setup", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300)),
+    Spec("pitr-setup", "in_session_reason", st.one_of(more_chars_than(500), not_text(nullable=True)),
+         st.one_of(st.none(), spiced(max_size=60))),
     Spec("pitr-backup", "kind", not_choice(("full", "diff", "incr")), st.sampled_from(["full", "diff", "incr"])),
     Spec("pitr-restore", "target_time", st.one_of(not_text(), st.sampled_from(
         ["", "now", "2026-11-24T13:05:00", "2026-13-01T00:00:00Z", "2026-11-24T25:00:00Z", "../x", "latest\n",

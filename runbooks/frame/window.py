@@ -63,6 +63,6 @@ def require_change_window(calendars: dict[str, MarketCalendar], *, work: str, in
         first = window.open_markets[0]
         until = f" until {first.closes_at:%Y-%m-%d %H:%M} UTC" if first.closes_at else ""
         raise OutsideChangeWindow(
-            f"refused: {work} while market {first.market!r} is in session ({first.reason}){until}.",
+            f"refused: {work} while market {first.market!r} is {first.reason}{until}.",
             hint="wait for the close (runbooks markets), or, during an incident, give in_session_reason='why'.")
     return window
