@@ -326,3 +326,23 @@ def test_prefect_drain_notes_never_reach_stderr_and_our_warnings_do(prefect_api:
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "Still processing items" not in quiet.stderr, quiet.stderr[-2000:]
     assert "our own warning stays" in quiet.stderr and "our own warning stays" in plain.stderr
+
+
+def test_markets_says_open_or_closed_why_and_when_at_any_instant(tmp_path: Path) -> None:
+    config = tmp_path / "runbooks.toml"
+    config.write_text('[markets.usd_cop]\ntimezone = "America/Bogota"\nopen = "08:00"\nclose = "13:00"\n'
+                      'holidays = "CO"\n[markets.crypto]\nalways_open = true\n')
+    env = bare_env(RUNBOOKS_CONFIG=str(config))
+
+    friday = json.loads(cli(env, "markets", "--at", "2026-12-04T13:05:00-05:00", "--json").stdout)
+    assert friday["usd_cop"]["open"] is False and friday["usd_cop"]["kind"] == "after-close"
+    assert friday["usd_cop"]["next_open"] == "2026-12-07T13:00:00+00:00"  # Monday 08:00 COT
+    assert friday["crypto"]["open"] is True and friday["crypto"]["gating"] is False
+    holiday = json.loads(cli(env, "markets", "--at", "2027-01-11T10:00:00-05:00", "--json").stdout)
+    assert holiday["usd_cop"]["kind"] == "holiday" and "Epiphany" in holiday["usd_cop"]["reason"]
+    session = cli({**env, "COLUMNS": "100"}, "markets", "--at", "2026-12-07T10:00:00-05:00")
+    assert session.returncode == 0 and "OPEN" in session.stdout and "usd_cop" in session.stdout
+
+    for bad in ("2026-12-07T10:00:00", "tomorrow"):
+        proc = cli(env, "markets", "--at", bad)
+        assert proc.returncode == 2 and one_error_line(proc)
