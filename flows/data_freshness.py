@@ -271,8 +271,11 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
                 if t.quality is None or measured[t.key].outcome != "measured":
                     continue
                 try:
-                    quality = validate_recent_window(table=t, database=databases[t.database], lookback=cfg.lookback,
-                                                     timeout_seconds=cfg.statement_timeout_seconds)
+                    calendar = calendars.get(t.market) if t.market else None  # closed: the last session's window
+                    quality = validate_recent_window(
+                        table=t, database=databases[t.database], lookback=cfg.lookback,
+                        timeout_seconds=cfg.statement_timeout_seconds,
+                        as_of=calendar.last_trading_instant(datetime.now(UTC)) if calendar else None)
                 except RunbookError as exc:
                     quality = QualityResult(key=t.key, status="could_not_run", detail=scrub(str(exc)))
                 result.quality.append(quality)

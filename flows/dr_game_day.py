@@ -28,19 +28,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.catalog import BackupCatalog
 from runbooks.drill import (
+    BackupMarket,
     BackupSet,
     ComponentScore,
     DrillRecord,
     DrillRecords,
     Proof,
+    backup_market,
     human_duration,
+    judge_at_backup,
     pick_backup_set,
     pick_cluster_backups,
     score_component,
 )
 from runbooks.errors import ConfigurationError, LockBusy, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
-from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality, judge_staleness
+from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
 from runbooks.pitr import RecoveryPoint, pitr_paths, protected_cluster
@@ -192,6 +195,9 @@ class DrillResult(RunbookResult):
     backup_id: str | None = None
     backup_taken_at: datetime | None = None
     backup_age_seconds: float | None = Field(default=None, description="the RPO achieved at drill time")
+    backup_markets: list[BackupMarket] = Field(default_factory=list, description="when the set was taken relative "
+                                               "to each market its monitored tables follow (during the session, "
+                                               "after the close, on a closed day)")
     skipped_sets: list[str] = Field(default_factory=list)
     roles_created: list[RoleCreated] = Field(default_factory=list)
     config_files: list[RestoredFile] = Field(default_factory=list)
@@ -265,7 +271,11 @@ def render_report(result: DrillResult) -> str:
         lines.append(f"Clean cluster: {result.cluster_kind} `{result.cluster}`.")
     if result.error:
         lines += ["", f"**Error:** {result.error}"]
-    lines += ["", "## RTO/RPO scorecard (seed 002)", *scorecard_markdown(result.scorecard)]
+    lines += ["", "## RTO/RPO scorecard (seed 002)"]
+    if result.backup_markets:
+        lines += ["Freshness at backup time is judged in market time:",
+                  *[f"- {m.describe()}" for m in result.backup_markets], ""]
+    lines += scorecard_markdown(result.scorecard)
     if result.physical is not None:
         p = result.physical
         head = (f"proven in {human_duration(p.recovery_seconds)}; {p.met} of {len(p.scorecard)} targets met"
@@ -290,7 +300,9 @@ def render_report(result: DrillResult) -> str:
               d.health.status if d.health else "-",
               "yes" if d.proven else f"NO ({d.stopped_at})"] for d in result.databases]),
                   *[f"- **{d.name}** not proven ({d.stopped_at}): {d.detail or 'no detail'}"
-                    for d in result.databases if not d.proven], ""]
+                    for d in result.databases if not d.proven],
+                  *[f"- {f.key} at backup time ({f.severity}): {f.reason}" for d in result.databases
+                    for f in d.findings if "quality" not in f.reason], ""]
     if result.config_files:
         lines += ["## Configuration files", table(
             ["file", "restored", "against the backup's checksum", "the file on this host now"],
@@ -362,6 +374,7 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
                         met=result.met, scored=result.scored, backup_id=result.backup_id,
                         backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
+                        backup_markets={m.market: m.when for m in result.backup_markets},
                         components=[{"name": s.name, "status": s.status, "rto_seconds": s.rto_seconds,
                                      "rpo_seconds": s.worst_rpo_seconds} for s in result.scorecard])
         if catalog is not None and attempted:
@@ -408,6 +421,7 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
             result.backup_id, result.skipped_sets = backup_set.backup_id, backup_set.skipped
             result.backup_taken_at = backup_set.taken_at()
             result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
+            result.backup_markets = _backup_markets(settings, backup_set, result.backup_taken_at)
             figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
         result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
         if settings.cluster.dsn is not None or settings.cluster.config_files or clusters.manifests:
@@ -448,6 +462,15 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
         if not result.physical.proven:
             result.issues.append(f"physical path not proven: {result.physical.detail}")
     return conclude()
+
+
+def _backup_markets(settings: Settings, backup_set: BackupSet, taken_at: datetime) -> list[BackupMarket]:
+    """Where the set's snapshot fell in each market its monitored tables follow (every configured market when no
+    table follows one): the scorecard says whether the backup holds a session's data or the data as of a close."""
+    followed = {t.market for t in settings.freshness.tables if t.market and t.database in backup_set.databases}
+    calendars = settings.calendars()
+    shown = [c for name, c in calendars.items() if name in followed] or list(calendars.values())
+    return [backup_market(c, taken_at) for c in shown]
 
 
 def _physical_path(run: RunbookRun[DrillResult], settings: Settings) -> PhysicalDrill:
@@ -671,7 +694,8 @@ def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, se
 
 def _prove(params: DrillParameters, settings: Settings, cluster: CleanCluster, drill: DatabaseDrill, *,
            expected: dict[str, int]) -> None:
-    """Row counts against the manifest, the integrity checks, freshness as of the backup, quality, SELECT 1."""
+    """Row counts against the manifest, the integrity checks, freshness as of the backup (in market time for a
+    table that follows a market: open-market time from its newest row to the snapshot), quality, SELECT 1."""
     inventory = settings.databases[drill.name]
     restored = cluster.database(drill.restored_as, inventory.checks)
     cfg = settings.freshness
@@ -681,16 +705,19 @@ def _prove(params: DrillParameters, settings: Settings, cluster: CleanCluster, d
     tables = [t for t in cfg.tables if t.database == drill.name]
     if tables:
         fresh, _volumes = measure_freshness(database_name=drill.name, database=restored, tables=quote(tables),
-                                            settings=quote(cfg), as_of=drill.taken_at)  # type: ignore[call-overload]
+                                            settings=quote(cfg), as_of=drill.taken_at,
+                                            calendars=quote(settings.calendars()))  # type: ignore[call-overload]
         drill.freshness = fresh
         by_key = {m.key: m for m in fresh}
-        drill.findings = [judge_staleness(t, by_key[t.key]) for t in tables if t.key in by_key]
+        drill.findings = [judge_at_backup(t, by_key[t.key]) for t in tables if t.key in by_key]
         if params.quality:
             for t in tables:
                 if t.quality is None or by_key.get(t.key) is None or by_key[t.key].outcome != "measured":
                     continue
-                quality = validate_recent_window(table=t, database=restored, lookback=cfg.lookback,
-                                                 timeout_seconds=cfg.statement_timeout_seconds, as_of=drill.taken_at)
+                calendar = settings.calendars().get(t.market) if t.market else None  # after the close: its session
+                quality = validate_recent_window(
+                    table=t, database=restored, lookback=cfg.lookback, timeout_seconds=cfg.statement_timeout_seconds,
+                    as_of=calendar.last_trading_instant(drill.taken_at) if calendar else drill.taken_at)
                 drill.quality.append(quality)
                 if (finding := judge_quality(t, quality)) is not None:
                     drill.findings.append(finding)

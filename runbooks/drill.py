@@ -1,6 +1,9 @@
 """The DR game-day as data: which backup set a drill restores, how each component of seed 002's RTO/RPO table is
 scored, and the record of every drill kept in the backup repository (the trend survives the Prefect database).
-Pure functions and models; the flow gathers, this decides."""
+Pure functions and models; the flow gathers, this decides.
+
+Freshness at backup time is judged in market time: a backup taken after the close holds the data as of the close,
+and that is fresh; a gap that opened during a session is a finding whenever the backup was taken."""
 
 from __future__ import annotations
 
@@ -8,14 +11,17 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, ValidationError
 
 from runbooks.catalog import DamagedBackup
 from runbooks.errors import BackupNotFound, Refused
+from runbooks.freshness import Finding, TableFreshness, judge_staleness
 from runbooks.manifest import BackupManifest
+from runbooks.market_time import MarketCalendar
 from runbooks.repository import Repository
-from runbooks.settings import DrillComponent
+from runbooks.settings import DrillComponent, MonitoredTable
 
 DRILLS = "records/drills"
 
@@ -105,6 +111,76 @@ def pick_cluster_backups(backup_set: BackupSet, manifests: list[BackupManifest],
         elif chosen.backup_id != run:
             issues.append(f"the {what} come from the older cluster backup {chosen.backup_id}, not run {run}")
     return issues
+
+
+# -- freshness at backup time, in market time ---------------------------------------------------------------------
+BackupWhen = Literal["during the session", "after the close", "on a closed day", "24/7"]
+
+
+class BackupMarket(BaseModel):
+    """Where a backup's snapshot fell in one market's week: what "fresh at backup time" is judged against."""
+
+    market: str
+    timezone: str
+    taken_at: datetime
+    when: BackupWhen
+    closed_why: str | None = Field(default=None, description="on a closed day: weekend, holiday, venue closure")
+    last_close: datetime | None = Field(default=None, description="the close at or before the snapshot")
+
+    def local(self, instant: datetime) -> str:
+        return f"{instant.astimezone(ZoneInfo(self.timezone)):%a %Y-%m-%d %H:%M} {self.timezone}"
+
+    def describe(self) -> str:
+        """'backup taken after the close at 13:00 America/Bogota (Mon 2026-11-23)', for the scorecard."""
+        text = f"{self.market}: backup taken "
+        if self.when == "24/7":
+            return text + "while the market is open (24/7: the backup's age is its staleness)"
+        if self.when == "during the session":
+            return text + f"during the session ({self.local(self.taken_at)})"
+        close = ""
+        if self.last_close is not None:
+            at = self.last_close.astimezone(ZoneInfo(self.timezone))
+            close = f" at {at:%H:%M} {self.timezone} ({at:%a %Y-%m-%d})"
+        if self.when == "after the close":
+            return text + f"after the close{close}: it holds the data as of the close"
+        return text + f"on a closed day ({self.closed_why}; last close{close or ' unknown'})"
+
+
+def backup_market(calendar: MarketCalendar, taken_at: datetime) -> BackupMarket:
+    """When ``taken_at`` (a backup's snapshot) fell relative to ``calendar``'s sessions."""
+    status = calendar.status(taken_at)
+    when: BackupWhen
+    if status.kind == "always-open":
+        when = "24/7"
+    elif status.open:
+        when = "during the session"
+    elif status.kind in ("after-close", "before-open"):  # before today's open: after the previous close
+        when = "after the close"
+    else:
+        when = "on a closed day"
+    return BackupMarket(market=calendar.name, timezone=calendar.timezone, taken_at=taken_at, when=when,
+                        closed_why=status.reason if when == "on a closed day" else None,
+                        last_close=status.previous_close)
+
+
+def judge_at_backup(table: MonitoredTable, measured: TableFreshness) -> Finding:
+    """Seed 004's ladder on a restored table's age at the backup's snapshot.
+
+    For a table that follows a market (``measured.market``, the market at the snapshot) the age is the open-market
+    time between its newest row and the snapshot, and the ladder applies whether the market was open or not: the
+    drill judges a copy, nothing acts on it, so nothing is held back while closed. A backup taken after the close
+    of data fresh at the close is fresh; a gap that opened during a session is a finding, whenever the backup was
+    taken. Without a market: the wall clock, as the freshness runbook judges it."""
+    market = measured.market
+    if market is None:
+        return judge_staleness(table, measured)
+    ladder = judge_staleness(table, measured.model_copy(update={"market": None}))
+    if ladder.severity == "unknown" or measured.outcome != "measured":
+        return ladder
+    wall = f", {measured.wall_age_seconds / 3600:.1f} h by the wall clock" if measured.wall_age_seconds else ""
+    return ladder.model_copy(update={
+        "market_state": "open" if market.open else "closed",
+        "reason": f"{ladder.reason}: open-market time of {market.market} from the newest row to the backup{wall}"})
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------

@@ -195,6 +195,14 @@ class MarketCalendar:
                 return session.open
         return None
 
+    def last_trading_instant(self, at: datetime) -> datetime:
+        """``at`` while the market is open (or always open), else its last close: where a "recent data" window of
+        a market's table ends, so at night it reads the last session, not an empty evening."""
+        _aware(at)
+        if self.always_open or self.is_open(at):
+            return at
+        return self.previous_close(at) or at
+
     def status(self, at: datetime) -> MarketStatus:
         """Open or closed at ``at``, why, and the surrounding close and open."""
         _aware(at)

@@ -198,7 +198,7 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     Args:
         calendars: the markets' calendars by name; a table whose ``market`` is among them is measured in market
             time (open-market age, its market's state at ``as_of`` or now, volume against previous sessions).
-            None: wall clock for every table (as a restore drill measures a copy).
+            None: wall clock for every table.
 
     Returns:
         One ``TableFreshness`` per table, in order, and one ``VolumeCheck`` per table with an interval.

@@ -132,3 +132,11 @@ def test_no_open_time_on_a_weekend_or_holiday(day: date) -> None:
     closed = day.weekday() >= 5 or day in holidays.country_holidays("CO", years=day.year)
     spent = USD_COP.open_time_between(start, start + timedelta(days=1))
     assert spent == (timedelta(0) if closed else timedelta(hours=5))
+
+
+def test_a_closed_markets_recent_data_ends_at_its_last_close() -> None:
+    friday_night = cot(2026, 12, 4, 21, 0)
+    assert USD_COP.last_trading_instant(friday_night) == cot(2026, 12, 4, 13, 0)
+    in_session = cot(2026, 12, 7, 9, 0)
+    assert USD_COP.last_trading_instant(in_session) == in_session
+    assert CRYPTO.last_trading_instant(friday_night) == friday_night
