@@ -25,6 +25,7 @@ from tests.test_restore import databases, operations, restore, source  # noqa: F
 
 EMPTY = {"approve": True, "approver": "", "reason": ""}
 BLANK = {"approve": True, "approver": "   ", "reason": "\t"}
+INVISIBLE = {"approve": True, "approver": "\u200b", "reason": "\u3164\u2060 \ufeff\u2800"}  # draws nothing
 APPROVE = {"approve": True, "approver": "oncall-alice", "reason": "positions table corrupted at 01:40"}
 REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"}
 SUMMARY = "Approve test plan `abc123` (nothing is changed by this test)"
@@ -76,12 +77,12 @@ def test_the_server_refuses_an_approval_by_nobody_and_the_run_keeps_waiting(conf
 
     def operator() -> None:
         run = paused_run()
-        for decision in (EMPTY, BLANK, {"approve": True}):
+        for decision in (EMPTY, BLANK, INVISIBLE, {"approve": True}):
             with pytest.raises(RuntimeError, match="Cannot resume this run"):
                 resume_flow_run(run.id, run_input=decision)
         # The endpoint itself, as the UI or any HTTP client calls it.
         seen["raw"] = [httpx.post(f"{prefect_api}/flow_runs/{run.id}/resume", json={"run_input": d}).json()
-                       for d in (EMPTY, BLANK)]
+                       for d in (EMPTY, BLANK, INVISIBLE)]
         seen["state"] = state_of(run.id)
         resume_flow_run(run.id, run_input=APPROVE)  # the same form still takes a real decision
 
@@ -89,14 +90,14 @@ def test_the_server_refuses_an_approval_by_nobody_and_the_run_keeps_waiting(conf
     approval = approval_flow(f"res-{uuid.uuid4().hex[:8]}")
     thread.join(30)
     assert not thread.errors, thread.errors  # type: ignore[attr-defined]
-    assert [r["status"] for r in seen["raw"]] == ["REJECT", "REJECT"]
+    assert [r["status"] for r in seen["raw"]] == ["REJECT", "REJECT", "REJECT"]
     assert "approver" in seen["raw"][0]["details"]["reason"] or "reason" in seen["raw"][0]["details"]["reason"]
     assert seen["state"] == "PAUSED"
     assert (approval["approved"], approval["approver"], approval["reason"], approval["via"]) == (
         True, APPROVE["approver"], APPROVE["reason"], "operator")
 
 
-@pytest.mark.parametrize("decision", [EMPTY, BLANK], ids=["empty", "whitespace"])
+@pytest.mark.parametrize("decision", [EMPTY, BLANK, INVISIBLE], ids=["empty", "whitespace", "invisible"])
 def test_an_approval_by_nobody_that_bypasses_the_server_is_refused_by_the_run(config: SandboxState,
                                                                             decision: dict[str, Any]) -> None:
     """The run pauses again with a fresh form; a later real decision stands."""

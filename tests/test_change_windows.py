@@ -32,9 +32,10 @@ def test_in_session_without_a_reason_is_refused_naming_the_market_and_the_close(
     assert "2026-12-07 18:00 UTC" in message and "in_session_reason" in message
 
 
-def test_a_blank_reason_is_no_reason() -> None:
+@pytest.mark.parametrize("reason", ["  ", "\t\n", "\u200b", " \u2060 ", "\u3164\u2800"])
+def test_a_blank_or_invisible_reason_is_no_reason(reason: str) -> None:
     with pytest.raises(OutsideChangeWindow):
-        require_change_window({"usd_cop": USD_COP}, work="x", in_session_reason="  ",
+        require_change_window({"usd_cop": USD_COP}, work="x", in_session_reason=reason,
                               at=datetime(2026, 12, 7, 10, 0, tzinfo=COT))
 
 

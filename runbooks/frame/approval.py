@@ -23,12 +23,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from runbooks.errors import Refused
 from runbooks.frame.run import RunbookRun
+from runbooks.text import VISIBLE_PATTERN, is_blank
 
 TIMEOUT_APPROVER = "runbooks (approval timeout)"
 GRACE_SECONDS = 3600  # Prefect's own pause timeout, beyond ours: only reached if our timer cannot resume the run
-# At least one character that is not whitespace. JSON Schema's "pattern" and pydantic's both search rather than
-# match the whole string, so the server refuses "   " as it refuses "", and so does the model.
-NOT_BLANK = r"\S"
+# At least one visible character (not whitespace, a control, a zero-width or a blank-looking one). JSON Schema's
+# "pattern" and pydantic's both search rather than match the whole string, so the server refuses "   " and
+# "\u200b" as it refuses "", and so does the model; the run checks again with runbooks.text.is_blank.
+NOT_BLANK = VISIBLE_PATTERN
 
 
 class ApprovalInput(RunInput):
@@ -64,7 +66,7 @@ def approval_form(summary: str) -> type[ApprovalInput]:
 
 def refused_because(decision: ApprovalInput) -> str | None:
     """Why ``decision`` cannot stand, or None. Checked on the loaded input itself, whatever schema it came in by."""
-    blank = [name for name in ("approver", "reason") if not getattr(decision, name).strip()]
+    blank = [name for name in ("approver", "reason") if is_blank(getattr(decision, name))]
     return f"{' and '.join(blank)} {'is' if len(blank) == 1 else 'are'} blank" if blank else None
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from runbooks.errors import OutsideChangeWindow
 from runbooks.market_time import MarketCalendar
+from runbooks.text import is_blank
 
 
 class OpenMarket(BaseModel):
@@ -45,7 +46,7 @@ def change_window(calendars: dict[str, MarketCalendar], *, work: str, in_session
                   at: datetime | None = None) -> ChangeWindow:
     """The window at ``at`` (now) for ``work`` against the gating markets' calendars."""
     at = at or datetime.now(UTC)
-    reason = (in_session_reason or "").strip() or None
+    reason = None if is_blank(in_session_reason) else (in_session_reason or "").strip()
     opened = []
     for name, calendar in sorted(calendars.items()):
         status = calendar.status(at)

@@ -1,0 +1,19 @@
+"""What of a person's words a reader can see."""
+
+import re
+
+import pytest
+
+from runbooks.text import VISIBLE_PATTERN, is_blank, visible
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n", "\u200b", "\u2060 ", "\ufeff", "\u3164", "\u2800", "\u00a0",
+                                  "\u3000", "\u200e\u200f", "\u180e", "\u115f\u1160", "\uffa0"])
+def test_text_that_draws_nothing_is_blank_for_the_run_and_the_form(text: str) -> None:
+    assert is_blank(text) and not re.search(VISIBLE_PATTERN, text)
+
+
+@pytest.mark.parametrize("text", ["bob", "José", "x\u200b", "😀", "李", "-", "٣"])
+def test_visible_words_are_kept(text: str) -> None:
+    assert not is_blank(text) and re.search(VISIBLE_PATTERN, text)
+    assert visible(" \u200b" + text + " ") == text.replace("\u200b", "")
