@@ -296,10 +296,15 @@ def sandbox_up(
 
 @sandbox_app.command("down")
 def sandbox_down(directory: SandboxDir = Path(SANDBOX_DIR)) -> None:
-    """Stop every sandbox process and remove every file it made."""
+    """Stop every sandbox process and remove every file it made (only in a directory 'sandbox up' made)."""
     from runbooks.sandbox import Sandbox
+    from runbooks.sandbox.environment import NotASandbox
 
-    for line in Sandbox(directory).down() or ["nothing to do"]:
+    try:
+        done = Sandbox(directory).down()
+    except NotASandbox as exc:  # not ours (no record of our own, or a link): nothing was stopped or removed
+        raise _fail(exc, 2) from None
+    for line in done or ["nothing to do"]:
         _say(line)
 
 
@@ -385,6 +390,9 @@ def markets(
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise _fail(ValueError(f"--at {at[:80]!r} has no UTC offset. HINT: add one, e.g. {at[:40]}-05:00 "
                                    "(COT) or Z."), 2)
+        if not 2000 <= moment.astimezone(UTC).year <= 2099:
+            raise _fail(ValueError(f"--at {at[:80]!r} is outside the years 2000-2099 the calendars cover. HINT: "
+                                   "give an instant of this century."), 2)
     settings = _settings()
     statuses = [calendar.status(moment) for calendar in settings.calendars().values()]
     if as_json:

@@ -184,7 +184,8 @@ def summarize_rows(table: MonitoredTable, rows: Sequence[tuple[Any, ...]], *, da
             return wall
         return calendar.open_time_between(start, start + timedelta(seconds=wall)).total_seconds()
 
-    ages = [GroupAge(group=str(r[0]), last_at=r[1], age_seconds=open_age(r[1], float(r[2])),
+    # A NULL group: the newest row lies beyond group_window, measured over the whole table (Monday after a weekend).
+    ages = [GroupAge(group="" if r[0] is None else str(r[0]), last_at=r[1], age_seconds=open_age(r[1], float(r[2])),
                      wall_age_seconds=float(r[2])) for r in rows]
     window = table.group_window.total_seconds()
     if table.group_by:
@@ -290,9 +291,10 @@ def _ladder(table: MonitoredTable, measured: TableFreshness) -> Finding:
                        reason=f"freshness unknown, {OUTCOME_TEXT.get(measured.outcome, measured.outcome)}{detail}")
     age = measured.age_seconds
     who = ""
-    if measured.stale_groups:
-        names = ", ".join(g.group for g in measured.stale_groups[:5])
-        more = f" and {len(measured.stale_groups) - 5} more" if len(measured.stale_groups) > 5 else ""
+    named = [g for g in measured.stale_groups if g.group]
+    if named:
+        names = ", ".join(g.group for g in named[:5])
+        more = f" and {len(named) - 5} more" if len(named) > 5 else ""
         who = f" ({table.group_by or 'group'} {names}{more})"
     kill, error, warn = table.kill_after, table.error_after, table.warn_after
     stale = f"stale for {_minutes(age)}{market_time}{who}"

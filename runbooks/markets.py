@@ -81,13 +81,30 @@ class MarketSettings(BaseModel):
 
     @model_validator(mode="after")
     def _session(self) -> MarketSettings:
+        if self.always_open and self.exchange:
+            raise ValueError("always_open and exchange contradict each other: pick one")
+        if self.always_open and self.gating:
+            raise ValueError("gating = true on an always-open market would forbid heavy work forever")
+        if len(set(self.days)) != len(self.days):
+            raise ValueError(f"days lists a day twice: {self.days}")
+        if self.holidays and self.holidays_subdiv:
+            import holidays
+
+            try:
+                holidays.country_holidays(self.holidays, subdiv=self.holidays_subdiv)
+            except NotImplementedError:
+                raise ValueError(f"holidays_subdiv {self.holidays_subdiv[:20]!r} is not a subdivision of "
+                                 f"{self.holidays!r} in the holidays library") from None
+        elif self.holidays_subdiv:
+            raise ValueError("holidays_subdiv needs holidays (the country)")
         if not self.always_open and not self.exchange and self.close <= self.open:
             raise ValueError(f"close {self.close:%H:%M} must be after open {self.open:%H:%M} (one session a day)")
         if not self.always_open and not self.exchange and not self.days:
             raise ValueError("days is empty: a market that never opens (use always_open for 24/7)")
         for day, close in self.early_closes.items():
-            if close <= self.open:
-                raise ValueError(f"early close {close:%H:%M} on {day} is not after the open")
+            if not self.open < close < self.close:
+                raise ValueError(f"early close {close:%H:%M} on {day} must lie between the open ({self.open:%H:%M}) "
+                                 f"and the close ({self.close:%H:%M})")
         return self
 
     @property

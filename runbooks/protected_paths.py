@@ -72,6 +72,20 @@ SYSTEM_TREES: tuple[Protected, ...] = (
     # Not in the FHS, the same kind: Debian's system backups, the EFI system partition (systemd's
     # file-hierarchy(7)), snap packages' mounts.
     Protected("/var/backups", "the system's own backups, Debian", inside=False),
+    # The package managers' and container engines' state under /var/lib and /var/cache: deleting from them
+    # breaks the host (the package database) or the engine (use the Docker rule, through the engine's API).
+    Protected("/var/lib/dpkg", "the Debian package database"),
+    Protected("/var/lib/apt", "apt's package lists and state"),
+    Protected("/var/lib/rpm", "the RPM package database"),
+    Protected("/var/lib/dnf", "dnf's package state"),
+    Protected("/var/lib/systemd", "systemd's state (timers, journals' catalogue, credentials)"),
+    Protected("/var/lib/docker", "the Docker engine's images, containers and volumes"),
+    Protected("/var/lib/containerd", "containerd's images and snapshots"),
+    Protected("/var/lib/postgresql", "PostgreSQL's clusters (Debian)"),
+    Protected("/var/lib/pgsql", "PostgreSQL's clusters (RHEL)"),
+    Protected("/var/lib/pgbackrest", "pgBackRest's repository (its default)"),
+    Protected("/var/cache/apt", "apt's downloaded packages (apt-get clean empties it)"),
+    Protected("/var/cache/debconf", "debconf's configuration database"),
     Protected("/efi", "the EFI system partition, file-hierarchy(7)"),
     Protected("/snap", "mounted snap packages"),
 )

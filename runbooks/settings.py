@@ -1391,6 +1391,10 @@ def load_settings(**overrides: Any) -> Settings:
             f"config file {str(path)!r} named by RUNBOOKS_CONFIG does not exist.",
             hint="run 'runbooks sandbox up' to write one, or point RUNBOOKS_CONFIG at your inventory.",
         )
+    if path.is_file() and (clash := _case_clashes(path)):
+        raise ConfigurationError(f"config file {str(path)!r}: {clash}.",
+                                 hint="write every key in lower case, as config/runbooks.example.toml does; a key "
+                                 "that differs from another only by case would silently replace it.")
     if unknown := unknown_environment_variables(os.environ):
         raise ConfigurationError(f"unknown setting{'s' if len(unknown) > 1 else ''} in the environment: "
                                  f"{'; '.join(unknown)}.",
@@ -1472,6 +1476,46 @@ def _known_names(model: type[BaseModel], parts: Sequence[str]) -> tuple[int, lis
         else:
             return index, []
     return None
+
+
+def _case_clashes(path: Path) -> str | None:
+    """A key spelt with capitals where the settings name a field in lower case, or two keys equal but for case:
+    both are read case-insensitively, so one table would silently replace the other (``[Markets.crypto]`` beside
+    ``[markets.usd_cop]`` dropped usd_cop)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # the loader reports it, with its own words
+
+    def walk(node: Any, annotation: Any, where: list[str]) -> str | None:
+        models = [t for t in _unwrap(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        containers = [t for t in _unwrap(annotation) if typing.get_origin(t) in (dict, list)]
+        if isinstance(node, dict):
+            seen: dict[str, str] = {}
+            for key in node:
+                if (twin := seen.setdefault(str(key).lower(), str(key))) != key:
+                    return f"[{'.'.join([*where, twin])}] and [{'.'.join([*where, str(key)])}] differ only by case"
+            if models:
+                fields = {name.lower(): (name, info) for name, info in models[0].model_fields.items()}
+                for key, value in node.items():
+                    found = fields.get(str(key).lower())
+                    if found is None:
+                        continue  # an unknown key: the loader names it
+                    if found[0] != key:
+                        return f"key {'.'.join([*where, str(key)])!r} must be written {found[0]!r}"
+                    if problem := walk(value, found[1].annotation, [*where, str(key)]):
+                        return problem
+            elif containers and typing.get_origin(containers[0]) is dict:
+                for key, value in node.items():
+                    if problem := walk(value, typing.get_args(containers[0])[-1], [*where, str(key)]):
+                        return problem
+        elif isinstance(node, list) and containers and typing.get_origin(containers[0]) is list:
+            for index, item in enumerate(node):
+                if problem := walk(item, typing.get_args(containers[0])[0], [*where, str(index)]):
+                    return problem
+        return None
+
+    return walk(data, Settings, [])
 
 
 def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:

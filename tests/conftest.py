@@ -69,6 +69,7 @@ def sandbox() -> Iterator[SandboxState]:
         yield state
     finally:
         box.down()
+        shutil.rmtree(root, ignore_errors=True)  # our own mkdtemp: files tests wrote there, which down() keeps
 
 
 @pytest.fixture

@@ -238,3 +238,11 @@ def test_a_pause_made_in_session_stays_while_the_market_is_closed(market: Market
     assert result.findings[0].held_back == "error"
     assert result.action == "none" and operations(simulator)["trading_mode"] == "paused"
     assert result.decision is not None and "stays until a session shows fresh data" in result.decision.why
+
+
+def test_a_table_measured_beyond_its_group_window_names_no_group_none() -> None:
+    """Monday after a weekend: the newest bar lies beyond group_window, so the statement measures the whole table
+    (its group is NULL); the verdict must not read "(symbol None)"."""
+    grouped = MonitoredTable(table="bars", group_by="symbol", interval=timedelta(minutes=5), market="usd_cop")
+    finding, _ = judged(cot(20, 11, 0), cot(23, 12, 0), table=grouped)
+    assert finding.severity == "kill" and "None" not in finding.reason, finding.reason

@@ -140,3 +140,23 @@ def test_a_closed_markets_recent_data_ends_at_its_last_close() -> None:
     in_session = cot(2026, 12, 7, 9, 0)
     assert USD_COP.last_trading_instant(in_session) == in_session
     assert CRYPTO.last_trading_instant(friday_night) == friday_night
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"always_open": True, "exchange": "XNYS"}, "contradict"),
+    ({"always_open": True, "gating": True}, "forbid heavy work forever"),
+    ({"days": ["mon", "mon"]}, "a day twice"),
+    ({"holidays": "US", "holidays_subdiv": "ZZ"}, "not a subdivision"),
+    ({"holidays_subdiv": "NY"}, "needs holidays"),
+    ({"open": "08:00", "close": "13:00", "early_closes": {"2026-12-31": "18:00"}}, "between the open"),
+    ({"open": "08:00", "close": "13:00", "early_closes": {"2026-12-31": "07:00"}}, "between the open"),
+    ({"holidays": "XX"}, "not a country code"),
+    ({"open": "13:00", "close": "08:00"}, "must be after open"),
+])
+def test_a_market_that_cannot_be_meant_is_refused(fields: dict[str, object], why: str) -> None:
+    from pydantic import ValidationError
+
+    from runbooks.markets import MarketSettings
+
+    with pytest.raises(ValidationError, match=why):
+        MarketSettings.model_validate(fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -648,3 +649,20 @@ def test_the_cli_refuses_an_unknown_variable_in_one_line_before_doing_anything(t
     assert "\n" not in line and "Traceback" not in line, proc.stderr
     assert "RUNBOOKS_REPOSITORY__URLL" in line and "did you mean RUNBOOKS_REPOSITORY__URL?" in line
     assert not repository.exists()
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[markets.usd_cop]\nopen = "08:00"\nclose = "13:00"\n[Markets.crypto]\nalways_open = true\n',
+     "[markets] and [Markets] differ only by case"),
+    ("[Cleanup]\nmax_files = 10\n", "key 'Cleanup' must be written 'cleanup'"),
+    ("[backup.retention]\nDaily = 30\n", "key 'backup.retention.Daily' must be written 'daily'"),
+    ('[[cleanup.rules]]\nkind = "files"\nname = "x"\nroots = ["/var/log/x"]\nMatch_All = true\n',
+     "key 'cleanup.rules.0.Match_All' must be written 'match_all'"),
+])
+def test_a_key_spelt_with_capitals_is_refused_not_merged(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         text: str, named: str) -> None:
+    """pydantic-settings reads the file case-insensitively: ``[Markets.crypto]`` beside ``[markets.usd_cop]`` kept
+    one table and silently dropped the other (and a gating market with it)."""
+    write_config(monkeypatch, tmp_path, text)
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        load_settings()

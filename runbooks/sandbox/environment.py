@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from runbooks.errors import ConfigurationError
 from runbooks.markets import MarketSettings, seed_markets
 from runbooks.redact import redact_dsn
 from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory, socket_path_fits
@@ -42,6 +44,14 @@ BUCKET = "runbooks-backups"
 # whatever copy the virtualenv has installed (a git worktree shares its virtualenv with the main checkout).
 CHECKOUT = Path(__file__).resolve().parents[2]
 S3_KEY_ID = "sandbox"
+# What ``up`` (and the runbooks its config points at) make directly in the sandbox directory: ``down`` removes these
+# and nothing else, so a file someone else put there survives it. ``state.json``, the record, goes last.
+MADE_DIRS = ("postgres", "repository", "feed", "prefect", "logs", "state", "pitr", "drills")
+MADE_FILES = ("runbooks.toml", "runbooks-s3.toml")
+# How each child's command line reads (``_spawn``'s argv): a recorded pid whose process does not read so is no longer
+# ours (the pid was reused), and is left alone.
+CHILD_ARGV = {"s3": "-m runbooks.sandbox.s3server", "simulator": "-m runbooks.sandbox.simulator",
+              "feeder": "-m runbooks.sandbox.feeder", "prefect": "-m prefect server start"}
 
 
 def parse_size(text: str) -> float:
@@ -96,6 +106,11 @@ class SandboxState(BaseModel):
         sockets = root / "run"
         return PostgresCluster(root=root, port=self.postgres_port, superuser_password=self.superuser_password,
                                socket_directory=sockets if socket_path_fits(sockets, self.postgres_port) else None)
+
+
+class NotASandbox(ConfigurationError):
+    """``down`` was pointed at a directory this tool did not make (or at a link to one): nothing was stopped or
+    removed."""
 
 
 class ChildFailed(RuntimeError):
@@ -200,6 +215,7 @@ def _toml_str(value: str) -> str:
 
 class Sandbox:
     def __init__(self, root: Path) -> None:
+        self.given = root.absolute()  # as named, links unresolved: ``down`` refuses a link (it deletes)
         self.root = root.resolve()
         self.state_file = self.root / "state.json"
 
@@ -230,7 +246,7 @@ class Sandbox:
                 if added:
                     progress(f"PostgreSQL: already running; {added} market-data bars added up to now")
                 return existing
-            self.down()
+            self._teardown(self._own_record())  # a stopped sandbox of ours: start afresh
         closed_hint = "run from a directory it can enter, or pass --dir with one (e.g. under /srv or /var/tmp)."
         refuse_closed_directory(self.root, hint=closed_hint)  # before anything is made
         self.root.mkdir(parents=True, exist_ok=True)
@@ -291,7 +307,7 @@ class Sandbox:
             self._save(state)
         except BaseException:
             self._save(state)
-            self.down()
+            self._teardown(state)  # what this call made, by its own record in hand
             raise
         return state
 
@@ -443,26 +459,81 @@ class Sandbox:
         _write_private(path, "\n".join(lines))
 
     def down(self) -> list[str]:
-        """Stop every process the sandbox started and remove its directory. Safe to run twice."""
-        state = self.load()
+        """Stop every process the sandbox started and remove what it made. Safe to run twice (once the directory
+        is gone; one that kept someone else's files is no longer a sandbox, and is refused).
+
+        It decides from its own record only (``_own_record``), never from the directory's name: a directory that
+        is not a sandbox this tool made, or a link to one, raises NotASandbox before anything is stopped or removed.
+        Then it removes the entries ``up`` makes (MADE_DIRS, MADE_FILES, the children's logs, the record last) and
+        the directory only if nothing else is left: what someone else put there is kept and reported."""
+        if self.given.is_symlink():
+            raise NotASandbox(f"{self.given} is not a sandbox this tool made (it is a symbolic link to "
+                              f"{os.readlink(self.given)}); nothing was removed.",
+                              hint="pass --dir with the sandbox directory itself, not a link to it.")
+        if not self.root.exists():
+            return []
+        return self._teardown(self._own_record())
+
+    def _teardown(self, state: SandboxState) -> list[str]:
+        """Stop the processes ``state`` records and remove what the sandbox made (see ``down``)."""
         done: list[str] = []
-        if state is not None:
-            for name, pid in state.pids.items():
-                if _terminate_group(pid):
-                    done.append(f"stopped {name} (pid {pid})")
-            cluster = state.cluster()
-            if cluster.is_running():
-                cluster.stop()
-                done.append("stopped PostgreSQL")
-        for kept in sorted((self.root / "drills").glob("*/cluster")):  # drill clusters kept for inspection
-            drill = PostgresCluster(root=kept, port=0, superuser_password="")
+        for name, pid in state.pids.items():
+            if not _is_our_child(pid, name):
+                done.append(f"left pid {pid} alone: it is no longer the sandbox's {name}")
+            elif _terminate_group(pid):
+                done.append(f"stopped {name} (pid {pid})")
+        cluster = state.cluster()
+        if cluster.is_running():
+            cluster.stop()
+            done.append("stopped PostgreSQL")
+        drills = self.root / "drills"
+        for kept in sorted(drills.glob("*/cluster")) if drills.is_dir() and not drills.is_symlink() else []:
+            if kept.is_symlink() or kept.parent.is_symlink():
+                continue  # a link leads out of the sandbox: not a cluster it made
+            drill = PostgresCluster(root=kept, port=0, superuser_password="")  # kept for inspection by a drill
             if drill.is_running():
                 drill.stop()
                 done.append(f"stopped the drill cluster in {kept.parent}")
-        if self.root.exists():
-            shutil.rmtree(self.root, ignore_errors=True)
+        logs = {f"{name}.log" for name in (*CHILD_ARGV, *state.pids)}
+        for name in (*MADE_DIRS, *MADE_FILES, *sorted(logs), self.state_file.name):
+            _remove_entry(self.root / name)
+        left = sorted(entry.name for entry in self.root.iterdir()) if self.root.is_dir() else []
+        if left:
+            done.append(f"kept {self.root}: it holds {len(left)} entries the sandbox did not make "
+                        f"({', '.join(left[:10])}{', …' if len(left) > 10 else ''}); remove them yourself")
+        elif self.root.is_dir():
+            self.root.rmdir()
             done.append(f"removed {self.root}")
         return done
+
+    def _own_record(self) -> SandboxState:
+        """The sandbox's record, ``state.json`` as ``up`` wrote it (a regular file, ours, 0600, naming this very
+        directory), or NotASandbox: a directory's name or contents someone else can write never decide a delete."""
+        hint = ("pass --dir with the directory 'runbooks sandbox up' made (default ./.sandbox); remove anything else "
+                "yourself.")
+
+        def refused(why: str) -> NotASandbox:
+            return NotASandbox(f"{self.given} is not a sandbox this tool made ({why}); nothing was removed.",
+                               hint=hint)
+
+        try:
+            fd = os.open(self.state_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise refused("no state record") from None
+        except OSError:
+            raise refused("its state.json is not a file this tool wrote") from None
+        with os.fdopen(fd, "rb") as record:
+            info = os.fstat(record.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o600:
+                raise refused("its state.json is not a private file of yours as 'up' writes it")
+            text = record.read(1_000_000)
+        try:
+            state = SandboxState.model_validate_json(text)
+        except ValueError:
+            raise refused("its state.json is not a sandbox state record") from None
+        if state.root != str(self.root):
+            raise refused(f"its state record names another directory, {state.root}")
+        return state
 
     def status(self) -> dict[str, Any]:
         """Endpoints with secrets redacted, and whether each component answers."""
@@ -515,6 +586,36 @@ class Sandbox:
         return {"feeder": True, "running": is_running(state.feed_dir), "interval_seconds": state.feed_interval_seconds,
                 "last_tick_at": last.at.isoformat() if last else None,
                 "bars_written": last.written_total if last else 0, "markets": markets}
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove one entry the sandbox made: a directory's tree (``rmtree`` never follows a link inside it), or a
+    file or link itself (never what a link points at)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _is_our_child(pid: int, name: str) -> bool:
+    """Whether the recorded ``pid`` still leads the process group ``_spawn`` started for ``name``, its command line
+    reading as ours. A leader that is gone (or a zombie) is ours too: Linux never hands out a pid while a group still
+    bears it as its id, so ``_terminate_group`` stops only what is left of our group. A reused pid is not ours."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if fields[0] in ("Z", "X"):
+        return True
+    line = " ".join(part.decode(errors="replace") for part in argv)
+    return int(fields[2]) == pid and CHILD_ARGV.get(name, "\0") in line
 
 
 def _terminate_group(pid: int, timeout: float = 10) -> bool:
