@@ -63,8 +63,9 @@ def kill_run_at(argv: list[str], env: dict[str, str], child: str, *, timeout: fl
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        [pid] = wait_for(lambda: children_named(proc.pid, child), timeout=timeout)  # type: ignore[misc]
-        freeze_when(pid, lambda: True)
+        pids = wait_for(lambda: children_named(proc.pid, child), timeout=timeout)
+        # pg_restore -j N forks its workers: under load they may already be there; the parent is the oldest.
+        freeze_when(min(pids), lambda: True)  # type: ignore[call-overload]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
