@@ -143,6 +143,8 @@ def _no_nul(path: Path) -> Path:
     """Every OS call refuses a path with a NUL byte (``ValueError: embedded null byte``, a traceback mid-run)."""
     if "\x00" in str(path):
         raise ValueError(f"path {str(path)!r} contains a NUL byte")
+    if not _utf8(str(path)):
+        raise ValueError(f"path {str(path).encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8")
     return path
 
 
@@ -532,6 +534,8 @@ def _absolute_path(path: Path) -> Path:
     text = str(path)
     if "\x00" in text:
         raise ValueError("path contains a NUL byte")
+    if not _utf8(text):
+        raise ValueError(f"path {text.encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8")
     if not path.is_absolute():
         raise ValueError(f"{text!r} is not an absolute path (a worker's working directory is not the config's)")
     if ".." in path.parts:
@@ -1406,6 +1410,9 @@ def load_settings(**overrides: Any) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         refusal = ConfigurationError(f"config file {str(path)!r} is not valid TOML: {exc}.",
                                    hint="fix the syntax at that line (https://toml.io).")
+    except UnicodeEncodeError:  # bytes from the environment that are not UTF-8, met by a check that reads them
+        refusal = ConfigurationError("a setting holds bytes that are not valid UTF-8 (from the environment).",
+                                     hint="fix the RUNBOOKS_ variable that holds them; every setting is UTF-8 text.")
     except (OSError, UnicodeDecodeError) as exc:
         refusal = ConfigurationError(f"config file {str(path)!r} cannot be read: {exc}.",
                                    hint="make it readable UTF-8 TOML or point RUNBOOKS_CONFIG elsewhere.")
@@ -1420,7 +1427,8 @@ def load_settings(**overrides: Any) -> Settings:
             fixes.add(kind)
             problems.append(f"{_dotted(error['loc']) or 'settings'} ({where}): {validation_message(error)}")
         fix = {"environment": "fix the environment variable named above", "file": f"fix the value in {path}",
-               "caller": "fix the value passed to load_settings()", "missing": "set the missing value"}
+               "caller": "fix the value passed to load_settings()", "missing": "set the missing value",
+               "default": f"set the value the default conflicts with, or this one, in {path}"}
         refusal = ConfigurationError(f"invalid runbooks settings: {'; '.join(problems)}.",
                                    hint=" and ".join(fix[k] for k in sorted(fixes)) + ".")
     else:
@@ -1582,19 +1590,36 @@ def _source_of(error: Mapping[str, Any], overrides: Mapping[str, Any], path: Pat
         parent = env_variable(*parts[:depth])
         if parent in environ and _json_has(environ[parent], parts[depth:]):
             return "environment", f"environment variable {parent}"
+    if path.is_file() and not _toml_has(path, parts[:-1] if error["type"] == "extra_forbidden" else parts):
+        return "default", f"a default, not set in {path}"
     return "file", f"in {path}"
+
+
+def _toml_has(path: Path, parts: Sequence[str]) -> bool:
+    """Whether the config file sets the value at ``parts`` (else it is a default); unreadable: assume it does."""
+    try:
+        return _has(tomllib.loads(path.read_text(encoding="utf-8")), parts)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return True
 
 
 def _json_has(text: str, parts: Sequence[str]) -> bool:
     try:
-        node: Any = json.loads(text)
+        return _has(json.loads(text), parts)
     except ValueError:
         return False
+
+
+def _has(node: Any, parts: Sequence[str]) -> bool:
+    """Whether a parsed document holds ``parts``; a union's tag in the location (``rules.0.files.bogus``: the
+    rule's ``kind``) is not a key of the document and is skipped."""
     for part in parts:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an item of a JSON list
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # an item of a list
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
+        elif isinstance(node, dict) and node.get("kind") == part:
+            continue
         else:
             return False
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -666,3 +667,34 @@ def test_a_key_spelt_with_capitals_is_refused_not_merged(monkeypatch: pytest.Mon
     write_config(monkeypatch, tmp_path, text)
     with pytest.raises(ConfigurationError, match=re.escape(named)):
         load_settings()
+
+
+@pytest.mark.parametrize(("variable", "value"), [("RUNBOOKS_CLEANUP__ALLOWED_ROOTS", '["/var/tmp/x/\udcff"]'),
+                                                 ("RUNBOOKS_STATE_DIR", "/var/tmp/\udcff")])
+def test_a_path_of_bytes_that_are_not_utf8_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       variable: str, value: str) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match="not valid UTF-8") as caught:
+        load_settings()
+    assert variable in str(caught.value)
+
+
+def test_a_rule_from_the_environment_is_blamed_on_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """The location of an error in a rule carries the rule's kind (``rules.0.files.bogus``), which is no key of
+    the JSON: the variable that holds it is still named, not the file."""
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_CLEANUP__RULES", json.dumps([{"kind": "files", "name": "x", "roots": ["/var/log/x"],
+                                                                "match_all": True, "bogus": 1}]))
+    with pytest.raises(ConfigurationError, match=r"bogus \(environment variable RUNBOOKS_CLEANUP__RULES\)"):
+        load_settings()
+
+
+def test_a_default_in_conflict_is_not_blamed_on_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write_config(monkeypatch, tmp_path, TOML)
+    monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION__DAILY", "3")  # a known variable, so the env check passes
+    monkeypatch.setenv("XDG_STATE_HOME", "/var/tmp/runbooks-xdg")  # the default state dir, inside a seed root
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert f"a default, not set in {path}" in str(caught.value), str(caught.value)
