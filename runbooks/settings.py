@@ -867,13 +867,17 @@ def _file_patterns(patterns: list[str]) -> list[str]:
 
 
 # Names of every kind: patterns that match all of them select any name ('*', '?*', '*?*'...).
-_ANY_NAMES = ("a", "Z9", ".hidden", "core", "data.db", "PG_VERSION", "x y.tar.gz", "é", "-")
+_ANY_NAMES = ("a", "Z9", ".hidden", "core", "data.db", "PG_VERSION", "x y.tar.gz", "é", "-", "report.pdf", "app.log",
+              "notes.txt", "id_rsa", "config.yaml", "photo.JPG", "Makefile", "libpq.so.5", "1", "__init__.py",
+              "positions-2026-12-07.sql")
+_NEARLY_ALL = 0.75  # patterns that select this share of those names select "everything" ('??*', '[!-]*', '*[!é]')
 
 
 def _selects_everything(patterns: Sequence[str]) -> bool:
     import fnmatch
 
-    return all(any(fnmatch.fnmatchcase(name, p) for p in patterns) for name in _ANY_NAMES)
+    selected = sum(any(fnmatch.fnmatchcase(name, p) for p in patterns) for name in _ANY_NAMES)
+    return selected >= _NEARLY_ALL * len(_ANY_NAMES)
 
 
 def _age(span: timedelta) -> str:
@@ -913,7 +917,7 @@ class FileRule(BaseModel):
             if self.patterns and not _selects_everything(self.patterns):
                 raise ValueError(f"rule {self.name!r} sets match_all = true and patterns {self.patterns} that "
                                  "select only some names: drop match_all, or drop the patterns to select every file")
-            self.patterns = ["*"]
+            self.patterns = self.patterns or ["*"]
         elif not self.patterns or _selects_everything(self.patterns):
             given = f"patterns {self.patterns} select any name" if self.patterns else "names no patterns"
             verb = "delete" if self.action == "delete" else "compress"

@@ -259,6 +259,9 @@ def test_the_example_cleanup_section_loads() -> None:
     (["*"], "rule 'x' patterns ['*'] select any name"),
     (["?*"], "select any name"),
     (["*.log", "*"], "select any name"),
+    (["??*"], "select any name"),  # nearly every name: the hostile review's ways around match_all
+    (["[!-]*"], "select any name"),
+    (["*[!é]"], "select any name"),
 ])
 def test_a_rule_selecting_every_file_needs_match_all(patterns: list[str] | None, expected: str) -> None:
     kw: dict[str, Any] = {} if patterns is None else {"patterns": patterns}
@@ -266,7 +269,7 @@ def test_a_rule_selecting_every_file_needs_match_all(patterns: list[str] | None,
         FileRule(name="x", roots=[Path("/srv/app/tmp")], **kw)
     assert expected in str(info.value) and "set match_all = true if every file is meant" in str(info.value)
     rule = FileRule(name="x", roots=[Path("/srv/app/tmp")], match_all=True, **kw)
-    assert rule.patterns == ["*"] and FileRule.model_validate(rule.model_dump()) == rule
+    assert rule.patterns == (patterns or ["*"]) and FileRule.model_validate(rule.model_dump()) == rule
 
 
 def test_match_all_with_some_patterns_is_contradictory() -> None:
