@@ -456,7 +456,7 @@ def run(
     try:
         parameters = model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join([runbook, *map(str, e['loc'])])}: {validation_message(e)}"
+        problems = "; ".join(f"{'.'.join([runbook, *map(str, e['loc'])])}: {validation_message(e, model)}"
                              for e in exc.errors())
         raise _fail(ValueError(f"invalid parameters: {problems}. HINT: fix the --param named above; {runbook} "
                                f"takes {', '.join(model.model_fields)}."), 2) from None

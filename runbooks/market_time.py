@@ -109,7 +109,10 @@ class MarketCalendar:
             return "venue-closed", f"closed by the venue on {day.isoformat()}"
         if self.exchange:
             cal = _exchange(self.exchange)
-            if cal.first_session.date() <= day <= cal.last_session.date() and not cal.is_session(day.isoformat()):
+            if not cal.first_session.date() <= day <= cal.last_session.date():
+                return "venue-closed", (f"outside the {self.exchange} calendar's range ({cal.first_session.date()} "
+                                        f"to {cal.last_session.date()}): unknown, taken as closed")
+            if not cal.is_session(day.isoformat()):
                 return ("weekend" if day.weekday() >= 5 else "holiday"), \
                     f"{'weekend' if day.weekday() >= 5 else 'exchange holiday'} ({self.exchange})"
             return None
@@ -221,7 +224,9 @@ class MarketCalendar:
             kind, reason = closed
         else:
             today = self.session_on(local.date())
-            if today and at < today.open:
+            if today is None:  # a trading day whose session the clock change removed (02:30-03:30 on a spring day)
+                kind, reason = "venue-closed", "no session today: the clock change skips its hours"
+            elif at < today.open:
                 kind, reason = "before-open", f"before the open ({_clock(today.open, self.zone)} {self.timezone})"
             else:
                 kind, reason = "after-close", "after the close" + (

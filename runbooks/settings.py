@@ -1394,6 +1394,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError(f"config file {str(path)!r} {named}is a directory, not a TOML file.",
                                  hint="point RUNBOOKS_CONFIG at the inventory file itself, e.g. "
                                  f"{str(path / DEFAULT_CONFIG)!r}.")
+    if path.exists() and not path.is_file():
+        raise ConfigurationError(f"config file {str(path)!r} is not a regular file (a device, a pipe or a socket).",
+                                 hint="point RUNBOOKS_CONFIG at the inventory's TOML file.")
     if "RUNBOOKS_CONFIG" in os.environ and not path.is_file():
         raise ConfigurationError(
             f"config file {str(path)!r} named by RUNBOOKS_CONFIG does not exist.",
@@ -1466,7 +1469,8 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _known_names(model: type[BaseModel], parts: Sequence[str]) -> tuple[int, list[str]] | None:
+def _known_names(model: type[BaseModel], parts: Sequence[str], *,
+                 indexes: bool = True) -> tuple[int, list[str]] | None:
     """Walks ``parts`` (lower-case, as pydantic-settings reads environment names) down the settings models.
     None when every part names something; else (index of the first unknown part, the names known there). A
     dictionary (databases, severities) takes any key, a list only an item's index (a file's ``[[tables]]``; an
@@ -1481,7 +1485,7 @@ def _known_names(model: type[BaseModel], parts: Sequence[str]) -> tuple[int, lis
             node = next((t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)),
                         next((t for t in candidates if typing.get_origin(t) in (dict, list)), None))
         elif typing.get_origin(node) in (dict, list):
-            if not part or (typing.get_origin(node) is list and not part.isdigit()):
+            if not part or (typing.get_origin(node) is list and not (indexes and part.isdigit())):
                 return index, []
             values = _unwrap(typing.get_args(node)[-1])
             node = next((t for t in values if isinstance(t, type) and issubclass(t, BaseModel)), None)
@@ -1539,10 +1543,14 @@ def unknown_environment_variables(environ: Mapping[str, str]) -> list[str]:
         if not upper.startswith(ENV_PREFIX) or upper in PROCESS_VARIABLES:
             continue
         parts = upper.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
-        miss = _known_names(Settings, parts)
+        miss = _known_names(Settings, parts, indexes=False)  # a variable sets a whole list, as JSON
         if miss is None:
             continue
         index, known = miss
+        if parts[index].isdigit():
+            found.append(f"{name[:120]} ([{'.'.join(parts[:index])}] is a list: set {env_variable(*parts[:index])} "
+                         "to the whole list, as JSON)")
+            continue
         close = difflib.get_close_matches(parts[index], known, n=1)
         where = "settings" if index == 0 else "[" + ".".join(parts[:index]) + "]"
         found.append(f"{name[:120]} ({parts[index][:60]!r} is not a field of {where}"
@@ -1560,13 +1568,14 @@ def _dotted(loc: Sequence[int | str]) -> str:
     return ".".join(str(p) if str(p).isidentifier() else repr(str(p)) for p in loc if p != "[key]")
 
 
-def validation_message(error: Mapping[str, Any]) -> str:
-    """pydantic's message without its "Value error, " prefix (our validators' messages stand alone)."""
+def validation_message(error: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
+    """pydantic's message without its "Value error, " prefix (our validators' messages stand alone); an unknown
+    name gets the closest name ``model`` (default: the settings) knows at that place."""
     if error["type"] in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
         return str(error["ctx"]["error"]).rstrip(".")
     if error["type"] == "extra_forbidden":
         parts = [str(p).lower() for p in error["loc"] if p != "[key]"]
-        miss = _known_names(Settings, [*parts[:-1], ""]) if parts else None
+        miss = _known_names(model or Settings, [*parts[:-1], ""]) if parts else None
         close = difflib.get_close_matches(parts[-1], miss[1], n=1) if miss and parts else []
         return f"unknown name (did you mean {close[0]!r}?)" if close else "unknown name (a typo?)"
     return str(error["msg"])

@@ -346,3 +346,11 @@ def test_markets_says_open_or_closed_why_and_when_at_any_instant(tmp_path: Path)
     for bad in ("2026-12-07T10:00:00", "tomorrow"):
         proc = cli(env, "markets", "--at", bad)
         assert proc.returncode == 2 and one_error_line(proc)
+
+
+def test_a_mistyped_parameter_gets_the_runbooks_own_closest_name(tmp_path: Path) -> None:
+    config = tmp_path / "runbooks.toml"
+    config.write_text('[databases.trading_db]\ndsn = "host=127.0.0.1 port=1 dbname=trading_db"\n')
+    proc = cli(bare_env(RUNBOOKS_CONFIG=str(config)), "run", "restore", "--param", "database=trading_db",
+               "--param", "dryrun=true")
+    assert proc.returncode == 2 and "restore.dryrun: unknown name (did you mean 'dry_run'?)" in one_error_line(proc)

@@ -160,3 +160,16 @@ def test_a_market_that_cannot_be_meant_is_refused(fields: dict[str, object], why
 
     with pytest.raises(ValidationError, match=why):
         MarketSettings.model_validate(fields)
+
+
+def test_a_session_the_spring_clock_change_removes_is_not_after_the_close() -> None:
+    night = MarketCalendar(name="ny", timezone="America/New_York", days=frozenset(range(7)), open=time(2, 30),
+                           close=time(3, 30))
+    status = night.status(datetime(2027, 3, 14, 1, 45, tzinfo=ZoneInfo("America/New_York")))  # spring forward
+    assert not status.open and status.kind == "venue-closed" and "clock change" in status.reason
+
+
+def test_an_instant_outside_a_named_exchanges_calendar_says_so() -> None:
+    pytest.importorskip("exchange_calendars")
+    status = MarketCalendar(name="nyse", exchange="XNYS").status(datetime(2099, 6, 1, 15, 0, tzinfo=UTC))
+    assert not status.open and "outside the XNYS calendar's range" in status.reason

@@ -698,3 +698,17 @@ def test_a_default_in_conflict_is_not_blamed_on_the_file(monkeypatch: pytest.Mon
     with pytest.raises(ConfigurationError) as caught:
         load_settings()
     assert f"a default, not set in {path}" in str(caught.value), str(caught.value)
+
+
+def test_an_item_of_a_list_cannot_be_set_alone_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    write_config(monkeypatch, tmp_path)
+    monkeypatch.setenv("RUNBOOKS_FRESHNESS__TABLES__0__KILL_AFTER", "1h")
+    with pytest.raises(ConfigurationError, match=r"is a list: set RUNBOOKS_FRESHNESS__TABLES to the whole list"):
+        load_settings()
+
+
+def test_runbooks_config_naming_a_device_is_refused_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_CONFIG", "/dev/null")
+    with pytest.raises(ConfigurationError, match="is not a regular file"):
+        load_settings()
