@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
-from runbooks.frame.window import ChangeWindow, require_change_window
+from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.pitr import (
     PitrPaths,
     PreviousSetting,
@@ -88,11 +88,13 @@ class PitrSetupParameters(BaseModel):
 
     def change_window(self, settings: Settings) -> ChangeWindow | None:
         """A setup that may restart PostgreSQL (every session disconnected) waits for every gating market's close
-        unless given a reason; a plan or a setup without restart changes no running session."""
-        if not (self.applies and self.restart):
+        unless given a reason; a setup without restart changes no running session, and a plan with restart only
+        reports what the window would say."""
+        if not self.restart:
             return None
-        return require_change_window(settings.calendars(gating_only=True), work="pitr-setup with restart=true",
-                                     in_session_reason=self.in_session_reason)
+        check = require_change_window if self.applies else change_window
+        return check(settings.calendars(gating_only=True), work="pitr-setup with restart=true",
+                     in_session_reason=self.in_session_reason)
 
     def check_against(self, settings: Settings) -> None:
         """OutsideChangeWindow before any run (the CLI calls it; the flow repeats it first)."""
@@ -142,7 +144,10 @@ def render_report(result: PitrSetupResult) -> str:
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
     if result.change_window is not None:
-        lines += [f"Change window: {result.change_window.summary()}.", ""]
+        window = result.change_window
+        refused = result.dry_run and window.in_session and not window.in_session_reason
+        lines += [f"Change window: {window.summary()}"
+                  + ("; applying this plan would be refused without in_session_reason." if refused else "."), ""]
     plan = result.plan
     if plan is not None:
         lines += ["## Plan", table(["step", "what"], [
@@ -261,7 +266,7 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
     database: DatabaseSettings | None = None
     data_directory: Path | None = None
     try:
-        if params.applies and params.restart:
+        if params.restart:
             with run.step("check change window") as figures:
                 result.change_window = params.change_window(settings)
                 if result.change_window is not None:

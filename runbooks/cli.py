@@ -62,6 +62,9 @@ def shorten(text: str, *, limit: int = LONG_VALUE, keep: int = KEEP_EDGE) -> str
     return " ".join(cut(word) for word in text.split(" "))
 
 
+MIN_COLUMNS = 40  # narrower than this, COLUMNS is taken as 40: one character per line helps no one
+
+
 class _Terminal(Console):
     """A console whose plain strings never carry raw control characters. Text from users or the config is printed
     as ``Text`` (never parsed as rich markup) after ``printable``; this catches any string that slips through.
@@ -76,9 +79,10 @@ class _Terminal(Console):
     @property
     def size(self) -> ConsoleDimensions:
         found = Console.size.fget(self)  # type: ignore[attr-defined]
-        columns = self._environ.get("COLUMNS", "")
-        if columns.isdigit() and int(columns) > 0:
-            return ConsoleDimensions(int(columns), found.height)
+        columns = self._environ.get("COLUMNS", "").strip()
+        if columns.isascii() and columns.isdigit() and int(columns) > 0:
+            # Narrower than a word or two helps no one (one character per line): 40 at least, and a sane maximum.
+            return ConsoleDimensions(min(max(int(columns), MIN_COLUMNS), 10_000), found.height)
         if self.piped_width and not self.is_terminal:
             return ConsoleDimensions(self.piped_width, found.height)
         return ConsoleDimensions(found.width, found.height)

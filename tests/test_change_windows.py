@@ -146,8 +146,21 @@ def test_pitr_setup_restarts_only_outside_the_session_or_with_a_reason(config: S
     line = proc.stderr.strip()
     assert "\n" not in line and "pitr-setup with restart=true while market 'fx' is in session" in line, line
     settings = load_settings()
-    assert PitrSetupParameters(restart=True).change_window(settings) is None  # a plan restarts nothing
+    plan = PitrSetupParameters(restart=True).change_window(settings)  # a plan restarts nothing: reported only
+    assert plan is not None and plan.in_session and plan.in_session_reason is None
     assert PitrSetupParameters(restart=False, confirm="0123456789ab").change_window(settings) is None
     window = PitrSetupParameters(restart=True, confirm="0123456789ab",
                                  in_session_reason="archiving down, RPO at risk").change_window(settings)
     assert window is not None and window.in_session and window.in_session_reason == "archiving down, RPO at risk"
+
+
+def test_a_pitr_setup_plan_with_restart_says_what_the_window_would_do(config: SandboxState,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pitr_setup import PitrSetupParameters, PitrSetupResult, render_report
+    from runbooks.settings import load_settings
+
+    set_markets(monkeypatch, fx=open_now())
+    window = PitrSetupParameters(restart=True).change_window(load_settings())  # a plan: reported, not refused
+    assert window is not None and window.in_session
+    result = PitrSetupResult(started_at=window.at, dry_run=True, change_window=window)
+    assert "applying this plan would be refused without in_session_reason" in render_report(result)
