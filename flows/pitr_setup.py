@@ -329,6 +329,7 @@ def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
                 timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
             figures.update(approved=result.approval.approved, approver=result.approval.approver)
         if not result.approval.approved:
+            result.declined = f"{result.approval.approver}: {result.approval.reason}"
             raise Refused(f"the plan {plan.plan_hash} was not approved ({result.approval.reason}).",
                           hint="nothing was changed; run the dry run again when ready.")
         with run.step("write config", path=str(paths.config)) as figures:

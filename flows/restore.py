@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,6 +38,7 @@ from runbooks.frame import (
     request_approval,
     resource_lock,
 )
+from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.incidents import Notice, PostIncident
 from runbooks.manifest import BackupManifest, Verification
@@ -210,9 +210,10 @@ def quoted(name: str) -> str:
 
 
 def _run_name() -> str:
-    p = (flow_run.parameters or {}).get("parameters") or {}
-    get = p.get if isinstance(p, dict) else (lambda k, d=None: getattr(p, k, d))
-    return f"restore-{get('database', '?')}-{get('mode', 'new')}-from-{get('backup_id', 'latest')}"
+    p = run_parameters()
+    before = instant(p.get("before"))
+    return run_name("restore", p.get("database"), p.get("mode") or "new", "from", p.get("backup_id") or "latest",
+                    "before" if before else None, before, dry_run=bool(p.get("dry_run")))
 
 
 def render_report(result: RestoreResult) -> str:
@@ -538,6 +539,7 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
             result.status = "timed_out" if timed_out else "rejected"
             result.error = ("no decision within the approval timeout" if timed_out
                             else f"rejected by {result.approval.approver}: {result.approval.reason}")
+            result.declined = result.error
             result.next_steps.append("Nothing was changed; the scratch copy was dropped.")
             return
         keep_as = result.plan.keep_live_as  # the name approved (under the plan hash), not one made up now

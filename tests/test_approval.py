@@ -153,7 +153,7 @@ def test_a_replace_restore_approved_by_nobody_changes_nothing(config: SandboxSta
     assert operations(simulator) == []  # trading untouched
     assert (seen["raw"]["status"], seen["state"]) == ("REJECT", "PAUSED")
     assert not thread.errors, thread.errors  # type: ignore[attr-defined]
-    assert state.is_failed() and result.status == "rejected"
+    assert state.is_completed() and result.status == "rejected" and result.declined  # a decision: not paged
     report = Artifact.get(artifact_key(f"restore-report-{source}"))
     assert report is not None and "Rejected by **oncall-bob**" in str(report.data)
     assert "****" not in str(report.data)

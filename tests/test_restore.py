@@ -184,7 +184,8 @@ def test_replace_rejected_or_timed_out_changes_nothing(config: SandboxState, sou
     state, result = restore(database=source, mode="replace", approval_poll_seconds=1,
                             approval_timeout_seconds=120 if decision else 3)
     approver.join(5)
-    assert state.is_failed()
+    # A decision (or its absence), not an outage: Completed, so the failure automation pages no one.
+    assert state.is_completed() and not result.succeeded and result.declined
     assert result.status == ("rejected" if decision else "timed_out")
     assert databases(config) == before and content_checksums(config, source) == content
     assert operations(simulator) == []  # trading untouched

@@ -28,6 +28,8 @@ class RunbookResult(BaseModel):
     timeline: list[StepTiming] = Field(default_factory=list)
     succeeded: bool = False
     error: str | None = Field(default=None, description="why the run failed or was refused")
+    declined: str | None = Field(default=None, description="the plan was not approved (rejected, or no decision in "
+                                 "time) and nothing changed: a human decision or its absence, not an outage")
     next_steps: list[str] = Field(default_factory=list)
 
 
@@ -73,4 +75,7 @@ class RunbookRun(Generic[R]):
                          seconds=round(result.seconds, 3))
         if result.succeeded:
             return Completed(data=result, message=f"{self.runbook} succeeded")
+        if result.declined:  # not Failed: the failure automation pages P2 for an outage, and this is none
+            return Completed(data=result, message=f"{self.runbook} not approved ({result.declined}); nothing "
+                             "was changed")
         return Failed(data=result, message=result.error or f"{self.runbook} failed")
