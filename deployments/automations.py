@@ -10,7 +10,8 @@ The degradation → model-rollback automation is a deployment trigger in ``prefe
 incident-start template, sent through the notification blocks of each severity (``[notifications]``); the server
 fills in the run's details. Apply with ``python deployments/automations.py apply`` (``--dry-run`` prints them):
 automations are matched by name and created or updated; ones this configuration no longer makes are listed, never
-deleted.
+deleted. A severity with no notification block is refused before any change (its automations would tell nobody).
+Each description says what the automation watches and what it sends: the UI shows its trigger as "A custom trigger".
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.events.actions import ActionTypes
@@ -60,18 +61,23 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
                         actions=["Read the run's report artifact and logs, fix, rerun from the deployment"],
                         flow_run_url=RUN_URL)
     automations = [
-        AutomationCore(name=f"{PREFIX}runbook run failed", description="A scheduled or on-demand runbook run "
-                       "ended Failed (deployments tagged notify-on-failure); P2, seed 004 'scheduled jobs failing'.",
+        AutomationCore(name=f"{PREFIX}runbook run failed", description="Watches runbook runs tagged "
+                       "notify-on-failure (every scheduled maintenance and recovery runbook, prefect.yaml) that end "
+                       "Failed or TimedOut. Sends on-call a P2 incident (seed 004 'scheduled jobs failing') with the "
+                       "state message and a link to the run.",
                        trigger=_run_trigger(["Failed", "TimedOut"], "notify-on-failure"),
                        actions=_actions(settings, blocks, run_notice, started=RUN_STARTED)),
-        AutomationCore(name=f"{PREFIX}runbook run crashed", description="Any runbook run crashed (its process "
-                       "died): nothing in it could report.",
+        AutomationCore(name=f"{PREFIX}runbook run crashed", description="Watches every run tagged runbooks "
+                       "that ends Crashed (its process died, so nothing in it could report). Sends on-call a P2 "
+                       "incident with a link to the run.",
                        trigger=_run_trigger(["Crashed"], "runbooks"),
                        actions=_actions(settings, blocks, run_notice.model_copy(update={
                            "impact": "the runbook's process died: what it did is in its events and report, if any"}),
                            started=RUN_STARTED)),
-        AutomationCore(name=f"{PREFIX}stale data", description="A monitored table is stale, fails its quality "
-                       f"checks or cannot be measured; once per table per {cfg.repeat_after}.",
+        AutomationCore(name=f"{PREFIX}stale data", description="Watches runbooks.data.finding events: a "
+                       "monitored table stale, failing its quality checks or unmeasurable, from a data-freshness run "
+                       "that did not notify on-call itself. Sends on-call a P2 incident with the table, the reason "
+                       f"and what the runbook did, at most once per table per {cfg.repeat_after}.",
                        # Not when the data-freshness run notified on-call itself (it paused or resumed).
                        trigger=EventTrigger(expect={"runbooks.data.finding"},
                                             match={"prefect.resource.id": "runbooks.table.*",
@@ -93,7 +99,9 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
             else f"{seconds:g} s")
     for name in sorted(settings.databases):
         automations.append(AutomationCore(
-            name=f"{PREFIX}no backup of {name}", description=f"No successful backup of {name} for {span}.",
+            name=f"{PREFIX}no backup of {name}", description=f"Watches for the absence of "
+            f"runbooks.backup.succeeded for database {name}: none for {span} since its last one (or since apply). "
+            "Sends on-call a P1 incident (a restore would lose everything since) once per outage.",
             # Each successful backup (or the watch starting, when applied) starts the window afresh, so it fires
             # `within` after the last one: Prefect's heartbeat pattern (the same event in `after` and `expect`).
             trigger=EventTrigger(after={"runbooks.backup.succeeded", WATCH_STARTED},
@@ -127,21 +135,42 @@ def _block_ids(settings: Settings) -> BlockIds:
     return lambda severity: [found[n] for n in settings.notifications.blocks_for(severity)]
 
 
+def refuse_missing_blocks(settings: Settings) -> None:
+    """An automation whose severity has no notification block would tell nobody: refused (exit 2) before any
+    change, as a block that does not exist is, rather than skipped with exit 0 and on-call never hearing of it."""
+    marks = {severity: uuid4() for severity in settings.notifications.severities}  # a stand-in block per severity
+    severity_of = {mark: severity for severity, mark in marks.items()}
+    silent: dict[str, list[str]] = {}
+    for automation in desired(settings, lambda severity: [marks[severity]]):
+        for action in automation.actions:
+            severity = severity_of[action.block_document_id]  # type: ignore[union-attr]
+            if not settings.notifications.blocks_for(severity):
+                silent.setdefault(severity, []).append(automation.name)
+    if not silent:
+        return
+    missing = sorted(silent)
+    names = sorted({name for names in silent.values() for name in names})
+    raise ConfigurationError(
+        f"no notification block for {', '.join(missing)}: [notifications] block and [notifications.severities."
+        f"{missing[0]}] blocks are both empty, so {len(names)} automation(s) would notify nobody "
+        f"({', '.join(repr(n) for n in names[:3])}{', …' if len(names) > 3 else ''}).",
+        hint="create one with 'prefect block create slack-webhook' (or custom-webhook, pager-duty-webhook), name it "
+        "in runbooks.toml as [notifications] block = 'slack-webhook/<name>' (or RUNBOOKS_NOTIFICATIONS__BLOCK), "
+        "and rerun apply; no automation was changed.")
+
+
 def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
     """Create or update every automation by name; one line per automation. An automation an operator disabled
     stays disabled. Then the backup watch of every database starts (its window begins now)."""
     from prefect.client.orchestration import get_client
 
+    refuse_missing_blocks(settings)
     wanted = desired(settings, _block_ids(settings))
     lines = []
     with get_client(sync_client=True) as client:
         existing = {a.name: a for a in client.read_automations() if a.name.startswith(PREFIX)}
         for automation in wanted:
             current = existing.pop(automation.name, None)
-            if not automation.actions:
-                lines.append(f"skipped   {automation.name}: no notification block for its severity ([notifications] "
-                             "block)" + ("; the one on the server is left as it is" if current else ""))
-                continue
             if current is None:
                 verb = "would create" if dry_run else "created"
                 if not dry_run:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.incidents import Notice
 from runbooks.pitr import (
     ArchiveJudgement,
@@ -101,7 +102,13 @@ def _next_steps(state: ArchiverState, verdict: str, *, pitr: PitrSettings, paths
     return steps
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    p = run_parameters()
+    return run_name(RUNBOOK, None if p.get("marker", True) else "no-marker",
+                    None if p.get("notify", True) else "no-notify", stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def archive_check_flow(parameters: ArchiveCheckParameters | None = None) -> State:
     params = parameters or ArchiveCheckParameters()
     run: RunbookRun[ArchiveCheckResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")

@@ -11,17 +11,17 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.manifest import BackupKind, BackupManifest, Verification
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -89,9 +89,8 @@ class BackupResult(RunbookResult):
 
 
 def _run_name() -> str:
-    params = (flow_run.parameters or {}).get("parameters") or {}
-    names = params.get("databases") if isinstance(params, dict) else getattr(params, "databases", None)
-    return f"backup-{'+'.join(names) if names else 'all'}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+    p = run_parameters()
+    return run_name("backup", listed(p.get("databases")), dry_run=bool(p.get("dry_run")), stamp=True)
 
 
 def _retention_action(report: RetentionReport) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
@@ -97,7 +98,11 @@ def _check(catalog: BackupCatalog, name: str, stale_hours: float) -> DatabaseVer
     return found
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    return run_name(RUNBOOK, listed(run_parameters().get("databases")), stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def verify_backups_flow(parameters: VerificationParameters | None = None) -> State:
     """Re-read the newest backup of every database: sizes, SHA-256, and the dump's table of contents."""
     params = parameters or VerificationParameters()

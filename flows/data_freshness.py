@@ -28,6 +28,7 @@ from runbooks.errors import (
     TradingApiUnavailable,
 )
 from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
+from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.freshness import (
     SEVERITY_ORDER,
     Decision,
@@ -179,7 +180,13 @@ def _selected(tables: list[MonitoredTable], names: list[str]) -> list[MonitoredT
     return [known[n] for n in names]
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    p = run_parameters()
+    return run_name(RUNBOOK, listed(p.get("tables")), None if p.get("quality", True) else "no-quality",
+                    dry_run=not p.get("act", True), stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
     """Measure the freshness, volume and quality of the monitored tables; pause, halt or resume trading by seed
     004's ladder."""

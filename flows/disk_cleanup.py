@@ -28,7 +28,6 @@ from typing import Annotated
 from urllib.parse import urlparse
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -37,6 +36,8 @@ from runbooks.cleanup import Budget, Consumer, Ledger, Manifest, TreeOutcome, Us
 from runbooks.dockerclean import DockerObject, DockerOutcome
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
+from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
+from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.window import ChangeWindow, require_change_window
 from runbooks.records import RestoreRecords
 from runbooks.redact import scrub
@@ -104,8 +105,9 @@ class CleanupParameters(BaseModel):
         "approval: it locks the table).")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$", description="The plan hash a dry run "
                                 "printed: approves drops and VACUUM FULL without pausing.")
-    approval_timeout_seconds: int = Field(default=3600, ge=10, le=86400)
-    approval_poll_seconds: int = Field(default=5, ge=1, le=300)
+    approval_timeout_seconds: int = Field(default=3600, ge=10, le=86400,
+                                          description=TIMEOUT_HELP)
+    approval_poll_seconds: int = Field(default=5, ge=1, le=300, description=POLL_HELP)
     in_session_reason: str | None = Field(default=None, max_length=500, description="Why Docker pruning or "
                                           "VACUUM may run while a gating market is in session (an incident); "
                                           "without it they wait for the close. File rules never wait.")
@@ -343,9 +345,9 @@ def plan_hash(plan: CleanupPlan) -> str:
 
 
 def _run_name() -> str:
-    p = (flow_run.parameters or {}).get("parameters") or {}
-    get = p.get if isinstance(p, dict) else (lambda k, d=None: getattr(p, k, d))
-    return f"disk-cleanup{'-dry-run' if get('dry_run', True) else ''}{'-forced' if get('force', False) else ''}"
+    p = run_parameters()
+    return run_name(RUNBOOK, listed(p.get("rules")) if p.get("rules") else None, "forced" if p.get("force") else None,
+                    dry_run=bool(p.get("dry_run", True)), stamp=True)
 
 
 def _device(path: str | Path) -> int | None:

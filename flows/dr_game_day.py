@@ -21,7 +21,6 @@ from typing import Literal
 
 import psycopg
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +42,7 @@ from runbooks.drill import (
 )
 from runbooks.errors import ConfigurationError, LockBusy, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
@@ -230,9 +230,9 @@ class DrillResult(RunbookResult):
 
 
 def _run_name() -> str:
-    p = (flow_run.parameters or {}).get("parameters") or {}
-    backup = p.get("backup_id", "latest") if isinstance(p, dict) else getattr(p, "backup_id", "latest")
-    return f"dr-game-day-from-{backup}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+    p = run_parameters()
+    return run_name(RUNBOOK, "physical" if p.get("physical") else None, "from", p.get("backup_id") or "latest",
+                    stamp=True)
 
 
 SCORE_HEADINGS = ["component", "status", "RTO target", "RTO achieved", "RPO target", "RPO at drill time",

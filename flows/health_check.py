@@ -1,5 +1,6 @@
 """The daily health check: seed 001's ``health-check.sh`` (API health, database, Redis, PM2, Docker services, disk,
-memory) and its performance baseline, plus seed 001's error grep, as a flow run every morning (seed 003's daily
+memory, CPU averaged over ``[health] cpu_window_seconds`` since the baseline means sustained load) and its
+performance baseline, plus seed 001's error grep, as a flow run every morning (seed 003's daily
 maintenance), sharing its tasks with the DR drill, which runs them on the restored platform.
 
 Trigger: ``runbooks run health-check`` or the ``health-check-daily`` deployment (07:00 UTC). Blast radius: none;
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.health import HealthCheck, Status, worst
 from runbooks.incidents import Notice
 from runbooks.redact import scrub
@@ -58,7 +60,11 @@ def render_report(result: HealthCheckResult) -> str:
     return "\n".join(lines)
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    return run_name(RUNBOOK, None if run_parameters().get("host", True) else "no-host", stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def health_check_flow(parameters: HealthCheckParameters | None = None) -> State:
     """Every check of seed 001's script, graded against its baseline; one report, one verdict."""
     params = parameters or HealthCheckParameters()

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, LockLost, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
 from runbooks.redact import scrub
@@ -203,7 +204,14 @@ class _Escalated(Exception):
     """Stops the run after an escalation; the report says why."""
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    p = run_parameters()
+    target = p.get("target_version")
+    return run_name(RUNBOOK, p.get("model_id") or "default", "to" if target else None, target,
+                    "forced" if p.get("force") else None, dry_run=bool(p.get("dry_run")), stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
     """Judge the serving model by seed 004's decision table; roll back to the last version that was healthy while
     it served, prove the router serves it and predictions flow, and watch it; escalate instead of flapping."""

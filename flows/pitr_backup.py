@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -60,7 +61,11 @@ def render_report(result: PitrBackupResult) -> str:
     return "\n".join(lines)
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    return run_name(RUNBOOK, run_parameters().get("kind") or "diff", stamp=True)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def pitr_backup_flow(parameters: PitrBackupParameters | None = None) -> State:
     params = parameters or PitrBackupParameters()
     run: RunbookRun[PitrBackupResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")

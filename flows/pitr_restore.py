@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runbooks.errors import Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
 from runbooks.postgres import CheckResult, connect, failure_line
 from runbooks.report import table, timeline_markdown
@@ -151,7 +152,14 @@ def _stop_left_clusters(workdirs: WorkDirs, pitr_settings: PitrSettings) -> list
     return [str(s.path) for s in swept]
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    p = run_parameters()
+    label = p.get("backup_label")
+    return run_name(RUNBOOK, "to", instant(p.get("target_time")) or "latest", "from" if label else None, label,
+                    None if p.get("keep_running", True) else "stopped")
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
     """Restore, start, promote, prove (markers, integrity checks), report the RPO; the source is only read."""
     params = parameters or PitrRestoreParameters()

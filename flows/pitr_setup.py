@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.pitr import (
     PitrPaths,
@@ -76,8 +78,9 @@ class PitrSetupParameters(BaseModel):
                                  "operator's approval of the plan.")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$",
                                 description="The plan hash a dry run printed: applies exactly that plan.")
-    approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400)
-    approval_poll_seconds: int = Field(default=5, ge=1, le=300)
+    approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400,
+                                          description=TIMEOUT_HELP)
+    approval_poll_seconds: int = Field(default=5, ge=1, le=300, description=POLL_HELP)
     in_session_reason: str | None = Field(default=None, max_length=500, description="restart=true while a gating "
                                           "market is in session: why the restart cannot wait for the close; "
                                           "without it the run is refused until the close.")
@@ -253,7 +256,13 @@ def _put_back(run: RunbookRun[PitrSetupResult], result: PitrSetupResult, *, para
         f"`{' '.join([*statements, 'SELECT pg_reload_conf();'])}`, then restart as the cluster's owner: `{restart}`.")
 
 
-@flow(name=RUNBOOK, log_prints=False)
+def _run_name() -> str:
+    p = run_parameters()  # model_construct: the model's own 'applies' rule, without re-validating
+    return run_name(RUNBOOK, "restart" if p.get("restart") else None,
+                    dry_run=not PitrSetupParameters.model_construct(**p).applies)
+
+
+@flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
     """Plan; then, approved: config, stanza, record, archive settings, (restart), check; put back on failure."""
     params = parameters or PitrSetupParameters()

@@ -16,13 +16,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.freshness import Finding, judge_staleness
 from runbooks.health import HealthCheck
 from runbooks.incidents import Notice
@@ -147,9 +147,9 @@ def render_report(result: PreOpenResult) -> str:
 
 
 def _run_name() -> str:
-    p = (flow_run.parameters or {}).get("parameters") or {}
-    market = p.get("market") if isinstance(p, dict) else getattr(p, "market", None)
-    return f"pre-open-check-{market or 'due'}-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+    p = run_parameters()
+    at = instant(p.get("at"))  # a what-if run says so
+    return run_name(RUNBOOK, p.get("market") or "due", "at" if at else None, at, stamp=True)
 
 
 # -- the readings, each from the task another runbook uses ---------------------------------------------------------

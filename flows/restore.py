@@ -38,6 +38,7 @@ from runbooks.frame import (
     request_approval,
     resource_lock,
 )
+from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.incidents import Notice, PostIncident
@@ -86,7 +87,7 @@ class RestoreParameters(BaseModel):
     mode: Literal["verify", "new", "replace"] = Field(
         default="new", description="verify: check only; new: restore into target_database; replace: swap in.")
     target_database: str | None = Field(default=None, pattern=IDENTIFIER,
-                                        description="For mode=new; default <database>_recovery.")
+                                        description="For mode=new; default: the database's name followed by _recovery.")
     overwrite_target: bool = Field(default=False,
                                    description="Replace target_database if it is a previous recovery database.")
     jobs: int = Field(default=2, ge=1, le=32, description="Parallel pg_restore jobs.")
@@ -99,8 +100,9 @@ class RestoreParameters(BaseModel):
     no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-acl (seeds' variant).")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$",
                                 description="The plan hash a dry run printed: approves a replace without pausing.")
-    approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400)
-    approval_poll_seconds: int = Field(default=10, ge=1, le=300)
+    approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400,
+                                          description=TIMEOUT_HELP)
+    approval_poll_seconds: int = Field(default=10, ge=1, le=300, description=POLL_HELP)
     lock_wait_seconds: int = Field(default=0, ge=0, le=86400,
                                    description="Wait this long for another restore of the database to finish.")
     dry_run: bool = Field(default=False, description="Resolve and check everything, print the plan, change nothing.")

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +28,7 @@ from flows import RUNBOOKS
 from runbooks.catalog import BackupCatalog
 from runbooks.drill import DrillRecord, human_duration
 from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.steps import Figure
 from runbooks.models import judge
 from runbooks.redact import scrub
@@ -93,9 +93,7 @@ class WeeklyReportResult(RunbookResult):
 
 
 def _run_name() -> str:
-    p = (flow_run.parameters or {}).get("parameters") or {}
-    days = p.get("days", 7) if isinstance(p, dict) else getattr(p, "days", 7)
-    return f"weekly-report-{days}d-to-{datetime.now(UTC):%Y%m%dT%H%MZ}"
+    return run_name(RUNBOOK, f"{run_parameters().get('days', 7)}d", "to", stamp=True)
 
 
 # -- the report ----------------------------------------------------------------------------------------------------

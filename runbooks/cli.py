@@ -295,7 +295,11 @@ def sandbox_up(
         raise _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
                                  "fix the cause named above and run it again."), 1) from None
     err.print(Text.assemble(("sandbox up", "green"), ": config written to ", printable(state.config_path)))
-    _print_status(sandbox.status(), as_json=False)
+    status = sandbox.status()
+    _print_status(status, as_json=False)
+    if state.prefect_api_url:  # what a shell needs so that `prefect` and every run use this server
+        _say(f"export PREFECT_API_URL={state.prefect_api_url}")
+        _say(f"Prefect UI: {status['prefect']['ui']}")
 
 
 @sandbox_app.command("down")

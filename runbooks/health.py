@@ -56,12 +56,57 @@ def _cpu_times(stat: Path) -> tuple[int, int]:
     return sum(values), idle
 
 
+def _busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return 100.0 * (1 - idle / max(total, 1))
+
+
 def cpu_usage_percent(stat: Path = Path("/proc/stat"), interval: float = 0.5) -> float:
     """Busy share of all CPUs over ``interval`` seconds."""
-    total0, idle0 = _cpu_times(stat)
+    before = _cpu_times(stat)
     time.sleep(interval)
-    total1, idle1 = _cpu_times(stat)
-    return 100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+    return _busy(before, _cpu_times(stat))
+
+
+CPU_SAMPLES = 6  # slices of the window the report shows (every 5 s of the default 30 s)
+
+
+class CpuWindow(BaseModel):
+    """CPU over a window: the seed's baseline means sustained load, so the window's average is what is graded; the
+    slices show whether it was a burst (one high slice) or sustained (all of them high)."""
+
+    seconds: float
+    average: float = Field(description="busy share of all CPUs over the whole window, from its /proc/stat delta")
+    samples: list[float] = Field(default_factory=list, description="busy share of each slice, in order")
+
+    def grade(self, *, warn: float, alert: float) -> Status:
+        return grade(self.average, warn=warn, alert=alert)
+
+    def detail(self) -> str:
+        every = self.seconds / max(len(self.samples), 1)
+        return (f"average over {self.seconds:g} s; {len(self.samples)} samples every {every:g} s: "
+                + ", ".join(f"{s:.0f}" for s in self.samples) + " %")
+
+
+def cpu_window(readings: list[tuple[int, int]], *, seconds: float) -> CpuWindow:
+    """The window's figures from /proc/stat readings (total, idle jiffies) taken at its start, at each slice's end
+    and at its end: the average comes from the first and last readings, so it weighs every moment equally however
+    the slices fell."""
+    if len(readings) < 2:
+        raise ValueError("a CPU window needs at least two /proc/stat readings")
+    samples = [_busy(a, b) for a, b in zip(readings, readings[1:], strict=False)]
+    return CpuWindow(seconds=seconds, average=_busy(readings[0], readings[-1]), samples=samples)
+
+
+def sample_cpu(seconds: float, *, stat: Path = Path("/proc/stat"), samples: int = CPU_SAMPLES) -> CpuWindow:
+    """Read /proc/stat ``samples + 1`` times across ``seconds`` (blocks that long): a one-off burst, such as a
+    0.5 s spike to 100 % on a busy 2-core box, no longer decides the reading alone."""
+    readings = [_cpu_times(stat)]
+    started = time.monotonic()
+    for i in range(1, samples + 1):
+        time.sleep(max(0.0, started + seconds * i / samples - time.monotonic()))
+        readings.append(_cpu_times(stat))
+    return cpu_window(readings, seconds=seconds)
 
 
 def worst(checks: list[HealthCheck]) -> Status:

@@ -349,6 +349,9 @@ class ApiSettings(BaseModel):
     token: SecretStr | None = Field(default=None, description="bearer token")
     token_block: str | None = None
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    retry_budget_seconds: float = Field(default=30.0, gt=0, le=3600, description="a call, retries included, gives "
+                                        "up after this long: each attempt waits timeout_seconds at most, and never "
+                                        "past it (a frozen API is reported within it; trading API tasks)")
 
     _base_url = field_validator("base_url")(_check_http_url)
 
@@ -557,6 +560,8 @@ class HealthSettings(BaseModel):
     memory_alert_percent: float = Field(default=90, gt=0, le=100)
     cpu_warn_percent: float = Field(default=70, gt=0, le=100)
     cpu_alert_percent: float = Field(default=85, gt=0, le=100)
+    cpu_window_seconds: float = Field(default=30, ge=0.5, le=600, description="CPU is graded on its average over "
+                                      "this window (6 samples), not on one instant: the baseline means sustained")
     api_warn_seconds: float = Field(default=0.5, gt=0, description="response time (seed: p95 < 500 ms)")
     api_alert_seconds: float = Field(default=2.0, gt=0)
     connections_warn_percent: float = Field(default=80, gt=0, le=100, description="of max_connections")

@@ -31,6 +31,7 @@ from runbooks.postgres import connect, database_errors
 from runbooks.redact import scrub
 from runbooks.settings import ApiSettings, DatabaseSettings, FreshnessSettings, MonitoredTable
 from tasks.policies import TRANSIENT_RETRY
+from tasks.trading_api import TRADING_API_RETRY, trading_api_attempt
 
 _ORIGIN = sql.SQL("'2000-01-01 00:00:00+00'::timestamptz")
 
@@ -255,18 +256,13 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     return measured, volumes
 
 
-@task(name="read-platform-data-status", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@task(name="read-platform-data-status", cache_policy=NO_CACHE, **TRADING_API_RETRY)
 def read_platform_data_status(*, api: ApiSettings | None, database_age_seconds: float | None,
                               tolerance: timedelta, error_after: timedelta) -> PlatformView:
     """The platform's own view (``GET /api/v1/data/status``) beside the database's: they disagree when the ages
     differ by more than ``tolerance`` or one calls the data fresh while the other calls it stale."""
-    from runbooks.trading import TradingApi
-
-    client = TradingApi(api)
-    try:
+    with trading_api_attempt(api) as client:  # bounded by [trading_api] retry_budget_seconds, retries included
         body = client.data_status()
-    finally:
-        client.close()
     view = PlatformView(available=True, status=str(body.get("status")), last_bar_at=body.get("last_bar_at"),
                         staleness_seconds=_float(body.get("staleness_seconds")),
                         database_age_seconds=database_age_seconds)

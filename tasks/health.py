@@ -13,10 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from runbooks.health import (
     HealthCheck,
     count_matching_tail,
-    cpu_usage_percent,
     disk_usage_percent,
     grade,
     memory_usage_percent,
+    sample_cpu,
 )
 from runbooks.postgres import connect
 from runbooks.redact import scrub
@@ -72,8 +72,8 @@ def check_database_health(*, name: str, database: DatabaseSettings, baseline: He
 
 @task(name="check-host-health", cache_policy=NO_CACHE)
 def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
-    """Disk of each configured path (one line per filesystem), memory and CPU of this host; then the components
-    the settings do not configure."""
+    """Disk of each configured path (one line per filesystem), memory, and CPU averaged over
+    ``cpu_window_seconds`` (the call takes that long); then the components the settings do not configure."""
     checks: list[HealthCheck] = []
     seen: set[int] = set()
     for path in baseline.disk_paths:
@@ -93,9 +93,11 @@ def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     checks.append(HealthCheck(name="memory", value=round(memory, 1), unit="% used",
                               status=grade(memory, warn=baseline.memory_warn_percent,
                                            alert=baseline.memory_alert_percent)))
-    cpu = cpu_usage_percent()
-    checks.append(HealthCheck(name="cpu", value=round(cpu, 1), unit="% busy",
-                              status=grade(cpu, warn=baseline.cpu_warn_percent, alert=baseline.cpu_alert_percent)))
+    started = time.monotonic()
+    cpu = sample_cpu(baseline.cpu_window_seconds)  # blocks for the window: one instant is not the baseline's load
+    checks.append(HealthCheck(name="cpu", value=round(cpu.average, 1), unit="% busy", detail=cpu.detail(),
+                              status=cpu.grade(warn=baseline.cpu_warn_percent, alert=baseline.cpu_alert_percent),
+                              seconds=time.monotonic() - started))
     checks += [HealthCheck(name=n, status="not_configured", detail="not in the settings") for n in NOT_CONFIGURED]
     return checks
 

@@ -24,8 +24,9 @@ from runbooks.sandbox import SandboxState
 from tests.pgfixtures import set_database_env
 from tests.receivers import Inbox
 
-# A drill: a real server whose trigger services fire on real windows (the 26 h P1 waits out a 10 s one).
-pytestmark = pytest.mark.slow
+# The drills: a real server whose trigger services fire on real windows (the 26 h P1 waits out a 10 s one).
+slow = pytest.mark.slow
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "runbooks.example.toml"
 
 
 def _load_automations() -> ModuleType:
@@ -70,6 +71,7 @@ def _emit(api: str, event: str, resource: str, labels: dict[str, str] | None = N
     httpx.post(f"{api}/events", json=[body], timeout=10).raise_for_status()
 
 
+@slow
 def test_apply_is_idempotent_and_leaves_what_it_did_not_make(on_server: Inbox, real_prefect_server: str,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +105,7 @@ def _inventory() -> list[str]:
     return sorted(load_settings().databases)
 
 
+@slow
 def test_a_missing_block_or_no_server_is_one_line_and_changes_nothing(on_server: Inbox,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,6 +124,7 @@ def test_a_missing_block_or_no_server_is_one_line_and_changes_nothing(on_server:
     assert err.count("\n") == 1 and "could not be reached" in err and "Traceback" not in err
 
 
+@slow
 def test_stale_data_notifies_once_per_table_and_a_failed_runbook_run_notifies(on_server: Inbox,
                                                                                real_prefect_server: str,
                                                                                capsys: pytest.CaptureFixture[str]
@@ -156,6 +160,7 @@ def test_stale_data_notifies_once_per_table_and_a_failed_runbook_run_notifies(on
     assert text.splitlines()[0].endswith(" Failed") and "the probe failed on purpose" in text
 
 
+@slow
 def test_no_successful_backup_raises_a_p1_a_window_after_the_last_one(on_server: Inbox, real_prefect_server: str,
                                                                       config: SandboxState,
                                                                       monkeypatch: pytest.MonkeyPatch,
@@ -189,3 +194,56 @@ def test_no_successful_backup_raises_a_p1_a_window_after_the_last_one(on_server:
     stopped = len(on_server.texts)
     text = on_server.wait_for(lambda t: f"no successful backup of {busy}" in t, timeout=120)
     assert on_server.texts.index(text) >= stopped
+
+
+# --- issue 26: automations that say what they are, and none that tells nobody ---
+
+
+def test_every_automation_says_what_it_watches_and_what_it_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI shows our triggers as "A custom trigger": the description is all an operator reads there."""
+    from runbooks.settings import load_settings
+
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(EXAMPLE_CONFIG))
+    made = automations.desired(load_settings(), lambda _severity: [uuid.uuid4()])
+    assert len(made) >= 4
+    for automation in made:
+        severities = {action.subject[1:3] for action in automation.actions}  # "[P2] INCIDENT: …"
+        assert automation.description.startswith("Watches "), automation.name
+        assert [f"Sends on-call a {s} incident" in automation.description for s in severities] == [True], (
+            automation.name, automation.description)
+
+
+def test_every_prefect_yaml_trigger_says_what_it_watches_and_does() -> None:
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    triggers = [(d["name"], t) for d in spec["deployments"] for t in d.get("triggers") or []]
+    assert triggers
+    for deployment, trigger in triggers:
+        text = trigger.get("description") or ""
+        assert all(event in text for event in trigger["expect"]), (deployment, text)  # what it watches
+        assert deployment in text, (deployment, text)  # what it does: runs that deployment
+
+
+@pytest.mark.parametrize(("blocks", "missing", "names"), [
+    ({}, "P1, P2", "'runbooks: no backup of trading_db', 'runbooks: runbook run crashed'"),
+    ({"RUNBOOKS_NOTIFICATIONS__SEVERITIES__P2__BLOCKS": '["custom-webhook/oncall"]'}, "P1",
+     "'runbooks: no backup of trading_db'"),
+])
+def test_a_severity_without_a_block_is_refused_in_one_line_before_the_server_is_asked(
+        blocks: dict[str, str], missing: str, names: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Automations that would notify nobody were skipped with exit 0: on-call never heard, and nobody knew. Now
+    refused, exit 2, naming what is missing and the command that creates a block. The API is a closed port: the
+    refusal comes before any request (otherwise it would say the server could not be reached)."""
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(EXAMPLE_CONFIG))
+    for key, value in blocks.items():
+        monkeypatch.setenv(key, value)
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert automations.main(["apply", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    line = captured.err
+    assert line.startswith(f"runbooks: no notification block for {missing}: "), line
+    assert names in line and "'prefect block create slack-webhook'" in line and "HINT:" in line, line
+    assert "no automation was changed" in line and "could not be reached" not in line, line

@@ -323,3 +323,31 @@ def test_scheduled_maintenance_fires_outside_every_session_for_a_year() -> None:
 def test_in_session_watchers_are_read_only_monitors() -> None:
     watchers = sorted(d["name"] for d in DEPLOYMENTS if "in-session" in d["tags"])
     assert watchers == ["archive-check-every-minute", "data-freshness"]
+
+
+# Deployments whose failed runs do not go through the `runbooks: runbook run failed` automation, and why: each of
+# these notifies on-call itself on every failed run (its Failed state *is* its finding), so the tag would page twice.
+NOTIFIES_ITS_OWN_FAILURES = {
+    "data-freshness": "its Failed state is its findings: it notifies (or the stale-data automation does) per table",
+    "health-check-daily": "notifies on-call (P2) itself on any alert or error (notify_on, default 'alert')",
+    "archive-check-every-minute": "notifies itself (P1/P2) on every failed run; tagged, it would page every minute",
+    "pre-open-check-daily": "a no-go (or a check it could not run) notifies on-call (P2) itself",
+    "pre-open-check-on-demand": "the same runbook, started by someone reading its verdict; a no-go notifies itself",
+}
+
+
+def test_every_deployment_whose_failure_matters_pages_on_failure() -> None:
+    """Issue 26: a model rollback triggered by an event failed and nobody was told. Every deployment carries
+    `notify-on-failure` (the tag the failure automation matches) but the named exceptions above."""
+    automations = (REPO_ROOT / "deployments" / "automations.py").read_text()
+    assert '_run_trigger(["Failed", "TimedOut"], "notify-on-failure")' in automations  # the tag it matches
+    untagged = {d["name"] for d in DEPLOYMENTS if "notify-on-failure" not in d.get("tags", [])}
+    assert untagged == set(NOTIFIES_ITS_OWN_FAILURES), (
+        f"untagged but not a named exception: {sorted(untagged - set(NOTIFIES_ITS_OWN_FAILURES))}; "
+        f"exceptions that are tagged or gone: {sorted(set(NOTIFIES_ITS_OWN_FAILURES) - untagged)}")
+    for name in ("model-rollback-on-demand", "model-rollback-on-degradation"):
+        assert name not in untagged
+    scheduled = {d["name"] for d in DEPLOYMENTS if "scheduled-maintenance" in d.get("tags", [])}
+    recovery = {d["name"] for d in DEPLOYMENTS if {"on-demand-recovery", "automation"} & set(d.get("tags", []))}
+    assert recovery and scheduled
+    assert not recovery & set(NOTIFIES_ITS_OWN_FAILURES), "a recovery runbook's failure always pages"

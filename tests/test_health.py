@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from runbooks.health import cpu_usage_percent, grade, memory_usage_percent, worst
+from runbooks.health import CPU_SAMPLES, cpu_usage_percent, cpu_window, grade, memory_usage_percent, sample_cpu, worst
 from runbooks.sandbox import SandboxState
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings, load_settings
 from tasks.health import check_api_health, check_database_health, check_host_health
@@ -28,15 +28,56 @@ def test_host_readings_are_real_percentages(tmp_path: Path) -> None:
     meminfo.write_text("MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n")
     assert memory_usage_percent(meminfo) == pytest.approx(75.0)
     assert 0 <= memory_usage_percent() <= 100 and 0 <= cpu_usage_percent(interval=0.1) <= 100
-    checks = check_host_health.fn(baseline=HealthSettings(disk_paths=[tmp_path, tmp_path / "x", Path("/")]))
+    checks = check_host_health.fn(baseline=HealthSettings(disk_paths=[tmp_path, tmp_path / "x", Path("/")],
+                                                          cpu_window_seconds=0.5))
     by_name = {c.name: c for c in checks}
     assert by_name[f"disk {tmp_path / 'x'}"].status == "failed"  # a configured path that does not exist
     assert {"memory", "cpu", "redis", "pm2 processes", "docker compose services"} <= set(by_name)
     assert by_name["redis"].status == "not_configured"
     # A full disk by the baseline: warn at 0 % means every filesystem is at or above it.
     tight = check_host_health.fn(baseline=HealthSettings(disk_paths=[tmp_path], disk_warn_percent=0.001,
-                                                         disk_alert_percent=0.002))
+                                                         disk_alert_percent=0.002, cpu_window_seconds=0.5))
     assert tight[0].status == "alert"
+
+
+def readings(busy_shares: list[float], *, jiffies: int = 100) -> list[tuple[int, int]]:
+    """/proc/stat (total, idle) readings of a window whose slices were busy by these shares, ``jiffies`` each."""
+    total, idle, out = 10_000, 4_000, [(10_000, 4_000)]
+    for share in busy_shares:
+        total += jiffies
+        idle += round(jiffies * (1 - share))
+        out.append((total, idle))
+    return out
+
+
+def test_cpu_is_graded_on_the_windows_average_not_on_one_instant() -> None:
+    """Issue 26: one 0.5 s sample at 100 % on a busy 2-core box paged P2. A burst in one slice of the window is
+    reported but not graded alone; load past the threshold over the whole window still alerts."""
+    baseline = HealthSettings()
+    thresholds = {"warn": baseline.cpu_warn_percent, "alert": baseline.cpu_alert_percent}
+    burst = cpu_window(readings([0.4, 0.4, 1.0, 0.4, 0.4, 0.4]), seconds=30)
+    assert burst.samples[2] == pytest.approx(100.0)
+    assert grade(burst.samples[2], **thresholds) == "alert"  # what the single instant said
+    assert burst.average == pytest.approx(50.0) and burst.grade(**thresholds) == "ok"
+    sustained = cpu_window(readings([0.9] * 6), seconds=30)
+    assert sustained.average == pytest.approx(90.0) and sustained.grade(**thresholds) == "alert"
+    busy = cpu_window(readings([0.75] * 6), seconds=30)
+    assert busy.grade(**thresholds) == "warn"
+    # The average weighs time, not slices: a long slice counts for more than a short one.
+    uneven = cpu_window([(0, 0), (100, 0), (1000, 900)], seconds=10)
+    assert uneven.samples == [pytest.approx(100.0), pytest.approx(0.0)] and uneven.average == pytest.approx(10.0)
+    assert burst.detail() == "average over 30 s; 6 samples every 5 s: 40, 40, 100, 40, 40, 40 %"
+    with pytest.raises(ValueError, match="two"):
+        cpu_window([(0, 0)], seconds=1)
+    with pytest.raises(ValidationError, match="cpu_window_seconds"):
+        HealthSettings(cpu_window_seconds=0)
+
+
+def test_a_short_cpu_window_on_this_host_completes() -> None:
+    window = sample_cpu(0.6)
+    assert len(window.samples) == CPU_SAMPLES and window.seconds == 0.6
+    assert 0 <= window.average <= 100 and all(0 <= s <= 100 for s in window.samples)
+    assert min(window.samples) - 0.01 <= window.average <= max(window.samples) + 0.01
 
 
 def test_api_health_against_the_simulator(config: SandboxState, simulator: httpx.Client) -> None:

@@ -27,6 +27,7 @@ def relaxed_host(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("disk", "memory", "cpu"):
         monkeypatch.setenv(f"RUNBOOKS_HEALTH__{name.upper()}_WARN_PERCENT", "99.9")
         monkeypatch.setenv(f"RUNBOOKS_HEALTH__{name.upper()}_ALERT_PERCENT", "100")
+    monkeypatch.setenv("RUNBOOKS_HEALTH__CPU_WINDOW_SECONDS", "1")  # the default 30 s window, shortened
 
 
 def test_a_healthy_platform_passes_and_reports_every_check(config: SandboxState, simulator: httpx.Client,
@@ -43,7 +44,9 @@ def test_a_healthy_platform_passes_and_reports_every_check(config: SandboxState,
     assert {"memory", "cpu", "redis", f"errors in {log}"} <= set(names)
     errors = next(c for c in result.checks if c.name == f"errors in {log}")
     assert errors.value == 1 and errors.status == "ok" and "broker timeout" in errors.detail
-    assert "# Daily health check" in render_report(result)
+    cpu = next(c for c in result.checks if c.name == "cpu")  # graded on a window's average, which the report shows
+    assert cpu.detail.startswith("average over 1 s; 6 samples every") and cpu.seconds >= 1
+    assert "# Daily health check" in render_report(result) and cpu.detail in render_report(result)
 
 
 def test_an_api_down_and_an_error_storm_fail_the_run_and_notify(config: SandboxState, simulator: httpx.Client,

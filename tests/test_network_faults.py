@@ -562,3 +562,39 @@ def test_the_last_attempt_of_a_trading_task_carries_the_operators_hint(config: S
     assert read.value.attempts == 2 and "2 attempts failed" in str(read.value) and "retries" not in str(read.value)
     assert halt.value.attempts == 1 and "kill switch is not confirmed" in str(halt.value)
     assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"
+
+
+# -- issue 26: a frozen trading API is reported within the retry budget ------------------------------------------
+def test_a_frozen_trading_api_fails_the_step_within_the_retry_budget(
+        config: SandboxState, api_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API accepts the connection and reads the request, then never answers. Each attempt used to wait the
+    whole read timeout and the task retried 4 times with 2-16 s between (2 min 45 s to page over two reads); now
+    the task, retries included, gives up within ``retry_budget_seconds``, with the operator's hint."""
+    from runbooks.errors import TradingApiUnavailable
+    from runbooks.trading import TradingApi
+    from tasks.trading_api import read_trading_status
+
+    thaw = threading.Event()
+    api_proxy.http_rule = lambda _m, _p: thaw.wait(120) and None  # frozen until the test ends
+    monkeypatch.setenv("RUNBOOKS_TRADING_API__TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("RUNBOOKS_TRADING_API__RETRY_BUDGET_SECONDS", "8")  # room for two attempts
+    api = load_settings().trading_api
+    assert api is not None and api.retry_budget_seconds == 8
+    try:
+        started = time.monotonic()
+        with pytest.raises(TradingApiUnavailable) as frozen:  # the task's own retry policy: 4 retries, 2-16 s
+            read_trading_status(api=api)
+        elapsed = time.monotonic() - started
+        calls = api_proxy.counts.connections
+        with pytest.raises(TradingApiUnavailable, match="not called"):  # a spent budget calls nothing more
+            TradingApi(api, deadline=time.monotonic() - 1).status()
+        assert api_proxy.counts.connections == calls
+    finally:
+        thaw.set()
+    # A correctness bound, not a performance figure: without the budget this took 5 x 2 s of read timeouts plus
+    # 30 s (±50 %) of retry delays, at least 25 s; with it, the 8 s budget plus a generous margin for the task run.
+    assert elapsed < api.retry_budget_seconds + 10, elapsed
+    assert frozen.value.attempts is not None and 2 <= frozen.value.attempts < 5, frozen.value  # the budget cut it
+    assert calls == frozen.value.attempts  # each attempt reached the frozen API (one connection each)
+    assert "ReadTimeout" in str(frozen.value) and "no retry follows" in str(frozen.value)
+    assert "retry_budget_seconds" in str(frozen.value) and api.base_url in str(frozen.value)

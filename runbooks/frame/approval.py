@@ -26,6 +26,9 @@ from runbooks.frame.run import RunbookRun
 from runbooks.text import VISIBLE_PATTERN, is_blank
 
 TIMEOUT_APPROVER = "runbooks (approval timeout)"
+# The form's help for every runbook's approval_timeout_seconds and approval_poll_seconds.
+TIMEOUT_HELP = "How long the run waits for an approver before it concludes 'not approved' and changes nothing."
+POLL_HELP = "How often the paused run looks for the decision."
 GRACE_SECONDS = 3600  # Prefect's own pause timeout, beyond ours: only reached if our timer cannot resume the run
 # At least one visible character (not whitespace, a control, a zero-width or a blank-looking one). JSON Schema's
 # "pattern" and pydantic's both search rather than match the whole string, so the server refuses "   " and

@@ -300,7 +300,9 @@ class Sandbox:
                     env={"PREFECT_HOME": str(home),
                          "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
                          "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                         "PREFECT_UI_API_URL": f"{state.prefect_api_url}"})
+                         "PREFECT_UI_API_URL": f"{state.prefect_api_url}",
+                         # The automations' messages link to the run through it (the server's `ui_url` filter).
+                         "PREFECT_UI_URL": f"http://127.0.0.1:{state.prefect_port}"})
                 _wait_http(f"{state.prefect_api_url}/health", timeout=120, what="Prefect server", proc=proc,
                            log=self._log("prefect"))
             self._write_configs(state)
@@ -400,6 +402,10 @@ class Sandbox:
             f"platform_table = {_toml_str(SEED_BARS_TABLE)}",
             "",
             *_freshness_tables_toml(state.markets),
+            "# A demo box: the health check averages CPU over 5 s (a real host keeps the 30 s default).",
+            "[health]",
+            "cpu_window_seconds = 5",
+            "",
             "# The DR game-day: a throwaway cluster under the sandbox; seed 002's components are the defaults.",
             "[drill]",
             f"work_dir = {_toml_str(str(self.root / 'drills'))}",
