@@ -153,9 +153,10 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
         conn.execute(f'ALTER DATABASE "{source}" OWNER TO trading_user')
         conn.execute(f"ALTER DATABASE \"{source}\" SET work_mem = '7MB'")
     approver = decide_when_paused(APPROVE)
-    state, result = restore(database=source, mode="replace", approval_poll_seconds=1)
+    state, result = restore(database=source, mode="replace", approval_poll_seconds=1,
+                            approval_timeout_seconds=180)  # a lost approver fails the test, not hangs it
     approver.join(5)
-    assert state.is_completed(), result
+    assert state.is_completed(), (result, approver.errors)  # type: ignore[attr-defined]
     assert (result.approval.approved, result.approval.approver, result.approval.reason, result.approval.via) == (
         True, APPROVE["approver"], APPROVE["reason"], "operator")
     assert scalar(config, source, "SELECT count(*) FROM market.orders") == 500  # restored
