@@ -19,7 +19,11 @@ def runbook_events(resource_id: str, *, until: Any = None, timeout: float = 30,
             page = client.read_events(filter=EventFilter(resource=EventResourceFilter(id=[resource_id]),
                                                          event=EventNameFilter(name=names) if names else None,
                                                          order=EventOrder.ASC), limit=50)
-        events = list(page.events)
+            events = list(page.events)
+            # Every page: a replace restore emits more than one page of events (CI: its last steps were cut off).
+            while page.next_page and len(events) < 2000:
+                page = client.read_events_page(str(page.next_page))
+                events += page.events
         if until is None or until(events) or time.monotonic() > deadline:
             return events
         time.sleep(0.5)

@@ -116,6 +116,7 @@ def back_up() -> str:
     return str(state.result().items[0].backup_id)
 
 
+@pytest.mark.slow  # a drill on the sandbox
 def test_the_drill_proves_a_backup_taken_after_the_close(config: SandboxState, bars_until_the_close: datetime,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     market(monkeypatch, closed_now())
@@ -136,6 +137,7 @@ def test_the_drill_proves_a_backup_taken_after_the_close(config: SandboxState, b
     assert leftovers(config) == []
 
 
+@pytest.mark.slow  # a drill on the sandbox
 def test_the_quality_window_of_a_backup_after_the_close_is_the_last_session(
         config: SandboxState, bars_until_the_close: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2 h window before a backup taken 3 h after the close would hold no bar: it ends at the close instead."""
@@ -149,6 +151,7 @@ def test_the_quality_window_of_a_backup_after_the_close_is_the_last_session(
     assert quality.status == "passed" and quality.window_rows and quality.window_rows >= 20, quality
 
 
+@pytest.mark.slow  # a drill on the sandbox
 def test_the_same_data_backed_up_during_the_session_is_stale_by_open_market_time(
         config: SandboxState, bars_until_the_close: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
     market(monkeypatch, open_now())  # 10:00-15:00 there: the bars stop an hour before the open, and it is ~noon

@@ -31,6 +31,9 @@ from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
 from runbooks.settings import PitrSettings
 
+# Drills on real clusters with pgBackRest (about 3 minutes in all): `make test` and CI run them after the suite.
+pytestmark = pytest.mark.slow
+
 
 def _private_tmp(prefix: str) -> Path:
     """Short paths (a Unix socket path holds at most 107 bytes) the postgres OS user may use when we are root."""
@@ -629,7 +632,6 @@ def test_info_lists_backups_and_the_archived_range() -> None:
     assert parse_info(text, "other").status == "missing stanza path"
 
 
-@pytest.mark.slow
 def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_rpo(
         pitr_env: PostgresCluster, config: SandboxState, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seed 002's position database row (RTO 10 min, RPO 1 min): the nightly logical path cannot meet the RPO
@@ -680,7 +682,6 @@ def _report_of(state: Any) -> str:
     return render_report(state.result(raise_on_failure=False))
 
 
-@pytest.mark.slow
 def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresCluster, pitr_root: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13's canary drill for the four PITR runbooks: a superuser whose password is a canary, each runbook
