@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.incidents import Notice
 from runbooks.pitr import (
     ArchiveJudgement,
@@ -109,8 +110,8 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def archive_check_flow(parameters: ArchiveCheckParameters | None = None) -> State:
-    params = parameters or ArchiveCheckParameters()
+@takes(ArchiveCheckParameters)
+def archive_check_flow(params: ArchiveCheckParameters) -> State:
     run: RunbookRun[ArchiveCheckResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     result = ArchiveCheckResult(started_at=run.started_at, stanza=pitr.stanza)

@@ -12,7 +12,7 @@ import functools
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.states import State
@@ -22,6 +22,7 @@ from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.manifest import BackupKind, BackupManifest, Verification
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -45,7 +46,7 @@ class BackupParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    databases: list[InventoryName] = Field(default_factory=list,
+    databases: list[Annotated[InventoryName, InventoryChoices("databases")]] = Field(default_factory=list,
                                            description="Databases from the inventory; empty: all.")
     include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
     apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
@@ -142,9 +143,9 @@ def render_report(result: BackupResult) -> str:
 
 
 @flow(name="backup", flow_run_name=_run_name, log_prints=False)
-def backup_databases(parameters: BackupParameters | None = None) -> State:
+@takes(BackupParameters)
+def backup_databases(params: BackupParameters) -> State:
     """Back up every configured database (or the named ones), the cluster globals and config files."""
-    params = parameters or BackupParameters()
     run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases) or "all")
     settings, logger = run.settings, run.logger
     result = BackupResult(repository=settings.repository.url, dry_run=params.dry_run, started_at=run.started_at)

@@ -10,7 +10,7 @@ newest backup of a database is missing, damaged, failed its verification, or is 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.states import State
@@ -20,6 +20,7 @@ from runbooks.catalog import BackupCatalog
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
 from runbooks.repository import open_repository
@@ -35,7 +36,8 @@ class VerificationParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    databases: list[InventoryName] = Field(default_factory=list, description="Inventory names to verify; empty: all.")
+    databases: list[Annotated[InventoryName, InventoryChoices("databases")]] = Field(
+        default_factory=list, description="Inventory names to verify; empty: all.")
 
     def check_against(self, settings: Settings) -> None:
         """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
@@ -103,9 +105,9 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def verify_backups_flow(parameters: VerificationParameters | None = None) -> State:
+@takes(VerificationParameters)
+def verify_backups_flow(params: VerificationParameters) -> State:
     """Re-read the newest backup of every database: sizes, SHA-256, and the dump's table of contents."""
-    params = parameters or VerificationParameters()
     run: RunbookRun[VerificationResult] = RunbookRun(RUNBOOK, resource="+".join(params.databases) or "all")
     result = VerificationResult(started_at=run.started_at)
     settings = run.settings

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -29,6 +29,7 @@ from runbooks.errors import (
 )
 from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
 from runbooks.frame.names import listed, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.freshness import (
     SEVERITY_ORDER,
     Decision,
@@ -65,7 +66,7 @@ class FreshnessParameters(BaseModel):
 
     act: bool = Field(default=True, description="Pause, halt or resume trading as the ladder says; false: only "
                       "report what it would do.")
-    tables: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+    tables: list[Annotated[str, StringConstraints(min_length=1, max_length=200), InventoryChoices("tables")]] = Field(
         default_factory=list, description="Monitored tables (labels) to check; empty: all.")
     quality: bool = Field(default=True, description="Run the data-quality suites and integrity checks.")
 
@@ -187,10 +188,10 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
+@takes(FreshnessParameters)
+def data_freshness_flow(params: FreshnessParameters) -> State:
     """Measure the freshness, volume and quality of the monitored tables; pause, halt or resume trading by seed
     004's ladder."""
-    params = parameters or FreshnessParameters()
     run: RunbookRun[FreshnessResult] = RunbookRun(RUNBOOK, resource="market-data")
     settings, logger, cfg = run.settings, run.logger, run.settings.freshness
     result = FreshnessResult(act=params.act, started_at=run.started_at)
@@ -210,13 +211,12 @@ def data_freshness_flow(parameters: FreshnessParameters | None = None) -> State:
                 run.steps.event("data.finding", about=f"table.{finding.key}", labels={"runbooks.notified": told},
                                 severity=finding.severity, reason=finding.reason,
                                 gates_trading=finding.gates_trading, action=result.action)
-        state = run.conclude(result, render=render_report, report_key="data-freshness-report",
-                             description="Data-freshness runbook report")
-        if result.succeeded:
-            return state
         summary = "; ".join(f"{f.key}: {f.reason}" for f in result.findings if f.severity not in ("ok", "warn"))
         parts = [p for p in (result.error, summary) if p]
-        return Failed(data=state.data, message=f"{result.worst}: {' / '.join(parts)} (action: {result.action})")
+        return run.conclude(result, render=render_report, report_key="data-freshness-report",
+                            description="Data-freshness runbook report",
+                            message=None if result.succeeded
+                            else f"{result.worst}: {' / '.join(parts)} (action: {result.action})")
 
     try:
         with run.step("check settings") as figures:

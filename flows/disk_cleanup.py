@@ -38,6 +38,7 @@ from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import listed, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.frame.window import ChangeWindow, require_change_window
 from runbooks.records import RestoreRecords
 from runbooks.redact import scrub
@@ -96,7 +97,7 @@ class CleanupParameters(BaseModel):
     dry_run: bool = Field(default=True, description="Show the exact plan (what would go and what it frees) and "
                           "change nothing; the daily deployment sets false.")
     force: bool = Field(default=False, description="Run every rule to the end, whatever the watermarks say.")
-    rules: list[Annotated[str, Field(pattern=RULE_NAME_PATTERN)]] | None = Field(
+    rules: list[Annotated[str, Field(pattern=RULE_NAME_PATTERN), InventoryChoices("rules")]] | None = Field(
         default=None, description="Only these rules, by name; empty: all, in order.")
     drop_pre_restore: list[Identifier] = Field(default_factory=list, description="Databases a replace restore "
                                                "kept to drop (needs approval; only ones the record shows).")
@@ -358,10 +359,10 @@ def _device(path: str | Path) -> int | None:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def disk_cleanup_flow(parameters: CleanupParameters | None = None) -> State:
+@takes(CleanupParameters)
+def disk_cleanup_flow(params: CleanupParameters) -> State:
     """Measure the watched filesystems; when one is at the high watermark (or ``force``), run the rules in order,
     lowest risk first, until every one is below the low watermark; report what went and where space is."""
-    params = parameters or CleanupParameters()
     run: RunbookRun[CleanupResult] = RunbookRun(RUNBOOK, resource=socket.gethostname())
     settings = run.settings
     cfg = settings.cleanup

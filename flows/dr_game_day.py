@@ -21,7 +21,7 @@ from typing import Literal
 
 import psycopg
 from prefect import flow
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,7 @@ from runbooks.drill import (
 from runbooks.errors import ConfigurationError, LockBusy, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality
 from runbooks.health import HealthCheck
 from runbooks.manifest import BackupManifest, backup_id_for
@@ -354,9 +355,9 @@ def _checks(d: DatabaseDrill) -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
+@takes(DrillParameters)
+def dr_game_day_flow(params: DrillParameters) -> State:
     """Restore the newest backup set into a clean cluster, prove the platform works on it, score RTO/RPO."""
-    params = parameters or DrillParameters()
     run: RunbookRun[DrillResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster)
@@ -368,9 +369,9 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
             result.physical is None or result.physical.proven)
         if result.refused is not None:  # no drill ran: no scorecard event, no record in the trend
             run.steps.event("dr-game-day.refused", refused=result.refused)
-            state = run.conclude(result, render=render_report, report_key="dr-game-day-report",
-                                 description="DR game-day report (refused: another drill is running)")
-            return Failed(data=state.data, message=result.refused)
+            return run.conclude(result, render=render_report, report_key="dr-game-day-report",
+                                description="DR game-day report (refused: another drill is running)",
+                                message=result.refused)
         run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
                         met=result.met, scored=result.scored, backup_id=result.backup_id,
                         backup_age_seconds=result.backup_age_seconds, recovery_seconds=result.recovery_seconds,
@@ -379,12 +380,10 @@ def dr_game_day_flow(parameters: DrillParameters | None = None) -> State:
                                      "rpo_seconds": s.worst_rpo_seconds} for s in result.scorecard])
         if catalog is not None and attempted:
             _record(run, settings, catalog, result)
-        state = run.conclude(result, render=render_report, report_key="dr-game-day-report",
-                             description="DR game-day report")
-        if result.succeeded:
-            return Completed(data=state.data, message=f"platform operational on restored data; {result.summary}")
-        return Failed(data=state.data, message=f"platform NOT proven operational: {result.error or '?'}; "
-                      f"{result.summary}")
+        return run.conclude(result, render=render_report, report_key="dr-game-day-report",
+                            description="DR game-day report",
+                            message=f"platform operational on restored data; {result.summary}" if result.succeeded
+                            else f"platform NOT proven operational: {result.error or '?'}; {result.summary}")
 
     def refuse(exc: LockBusy) -> State:
         """Another drill holds the lock: this one never ran, and says so (not a failed DR)."""

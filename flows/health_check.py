@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.health import HealthCheck, Status, worst
 from runbooks.incidents import Notice
 from runbooks.redact import scrub
@@ -65,9 +66,9 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def health_check_flow(parameters: HealthCheckParameters | None = None) -> State:
+@takes(HealthCheckParameters)
+def health_check_flow(params: HealthCheckParameters) -> State:
     """Every check of seed 001's script, graded against its baseline; one report, one verdict."""
-    params = parameters or HealthCheckParameters()
     run: RunbookRun[HealthCheckResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     baseline = settings.health

@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, LockLost, Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.incidents import Notice, PostIncident
 from runbooks.models import Judgement, ModelEvidence, Verdict, judge
 from runbooks.redact import scrub
@@ -212,10 +213,10 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def model_rollback_flow(parameters: RollbackParameters | None = None) -> State:
+@takes(RollbackParameters)
+def model_rollback_flow(params: RollbackParameters) -> State:
     """Judge the serving model by seed 004's decision table; roll back to the last version that was healthy while
     it served, prove the router serves it and predictions flow, and watch it; escalate instead of flapping."""
-    params = parameters or RollbackParameters()
     run: RunbookRun[RollbackResult] = RunbookRun(RUNBOOK, resource=lambda s: params.model_id or s.models.model_id)
     settings = run.settings
     cfg = settings.models

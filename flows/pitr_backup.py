@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
 from runbooks.redact import scrub
 from runbooks.report import human_bytes, table, timeline_markdown
@@ -66,8 +67,8 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def pitr_backup_flow(parameters: PitrBackupParameters | None = None) -> State:
-    params = parameters or PitrBackupParameters()
+@takes(PitrBackupParameters)
+def pitr_backup_flow(params: PitrBackupParameters) -> State:
     run: RunbookRun[PitrBackupResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)

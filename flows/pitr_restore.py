@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from runbooks.errors import Refused, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import instant, run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
 from runbooks.postgres import CheckResult, connect, failure_line
 from runbooks.report import table, timeline_markdown
@@ -160,9 +161,9 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def pitr_restore_flow(parameters: PitrRestoreParameters | None = None) -> State:
+@takes(PitrRestoreParameters)
+def pitr_restore_flow(params: PitrRestoreParameters) -> State:
     """Restore, start, promote, prove (markers, integrity checks), report the RPO; the source is only read."""
-    params = parameters or PitrRestoreParameters()
     run: RunbookRun[PitrRestoreResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)

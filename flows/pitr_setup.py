@@ -26,6 +26,7 @@ from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.pitr import (
     PitrPaths,
@@ -263,9 +264,9 @@ def _run_name() -> str:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def pitr_setup_flow(parameters: PitrSetupParameters | None = None) -> State:
+@takes(PitrSetupParameters)
+def pitr_setup_flow(params: PitrSetupParameters) -> State:
     """Plan; then, approved: config, stanza, record, archive settings, (restart), check; put back on failure."""
-    params = parameters or PitrSetupParameters()
     run: RunbookRun[PitrSetupResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)

@@ -23,6 +23,7 @@ from runbooks.catalog import BackupCatalog
 from runbooks.errors import ConfigurationError, RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import instant, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.freshness import Finding, judge_staleness
 from runbooks.health import HealthCheck
 from runbooks.incidents import Notice
@@ -79,7 +80,8 @@ class PreOpenParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    market: MarketName | None = Field(default=None, description="A gating market of [markets] (e.g. usd_cop); "
+    market: Annotated[MarketName, InventoryChoices("markets")] | None = Field(
+        default=None, description="A gating market of [markets] (e.g. usd_cop); "
                                       "none: every gating market whose next open is within the horizon.")
     horizon: Annotated[Duration, AfterValidator(_horizon_bound)] = Field(
         default=timedelta(hours=2), description="Without a market: check the gating markets opening within this "
@@ -224,9 +226,9 @@ def _feeds(settings: Settings, *, as_of: datetime | None) -> PreOpenCheck:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def pre_open_check_flow(parameters: PreOpenParameters | None = None) -> State:
+@takes(PreOpenParameters)
+def pre_open_check_flow(params: PreOpenParameters) -> State:
     """Before each gating market's open: every check, one verdict; a no-go pages on-call (P2) with what to fix."""
-    params = parameters or PreOpenParameters()
     run: RunbookRun[PreOpenResult] = RunbookRun(RUNBOOK, resource=params.market or "gating-markets")
     settings = run.settings
     at = params.at or run.started_at

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.states import State
@@ -40,6 +40,7 @@ from runbooks.frame import (
 )
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import instant, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.incidents import Notice, PostIncident
 from runbooks.manifest import BackupManifest, Verification
@@ -81,7 +82,8 @@ class RestoreParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    database: InventoryName = Field(description="Database from the inventory whose backup is restored.")
+    database: Annotated[InventoryName, InventoryChoices("databases")] = Field(
+        description="Database from the inventory whose backup is restored.")
     backup_id: BackupSelector = Field(default="latest", description="'latest' or a backup id such as 20261121T020000Z.")
     before: datetime | None = Field(default=None, description="With 'latest': the latest backup before this time.")
     mode: Literal["verify", "new", "replace"] = Field(
@@ -330,9 +332,9 @@ def _post_incident(result: RestoreResult) -> PostIncident | None:
 
 
 @flow(name="restore", flow_run_name=_run_name, log_prints=False)
-def restore_database_flow(parameters: RestoreParameters) -> State:
+@takes(RestoreParameters)
+def restore_database_flow(params: RestoreParameters) -> State:
     """Restore one database: verify, into a new database, or replace the live one after approval."""
-    params = parameters
     run: RunbookRun[RestoreResult] = RunbookRun("restore", resource=params.database)
     settings = run.settings
     halt = params.halt_trading if params.halt_trading is not None else params.mode == "replace"

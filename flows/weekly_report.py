@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prefect import flow
-from prefect.states import Completed, State
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows import RUNBOOKS
@@ -29,6 +29,7 @@ from runbooks.catalog import BackupCatalog
 from runbooks.drill import DrillRecord, human_duration
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.frame.steps import Figure
 from runbooks.models import judge
 from runbooks.redact import scrub
@@ -325,9 +326,9 @@ def _next_steps(result: WeeklyReportResult) -> list[str]:
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
-def weekly_report_flow(parameters: WeeklyReportParameters | None = None) -> State:
+@takes(WeeklyReportParameters)
+def weekly_report_flow(params: WeeklyReportParameters) -> State:
     """Read the week's figures and records, section by section, and publish them as one report."""
-    params = parameters or WeeklyReportParameters()
     run: RunbookRun[WeeklyReportResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     config = settings.weekly_report
@@ -392,10 +393,8 @@ def weekly_report_flow(parameters: WeeklyReportParameters | None = None) -> Stat
     if not result.succeeded:
         result.error = "nothing could be read: " + "; ".join(f"{u.part}: {u.reason}" for u in result.unreadable)
     run.steps.event("weekly-report.published", sections_read=len(result.read), unreadable=len(result.unreadable))
-    state = run.conclude(result, render=render_report, report_key="weekly-report",
-                         description="Weekly maintenance report (seed 003)")
-    if not result.succeeded:
-        return state
     missing = [s for s in SECTIONS if s not in result.read]
-    return Completed(data=state.data, message=f"weekly report published; {len(result.read)} of {len(SECTIONS)} "
-                     "sections read" + (f" (not: {', '.join(missing)})" if missing else ""))
+    return run.conclude(result, render=render_report, report_key="weekly-report",
+                        description="Weekly maintenance report (seed 003)",
+                        message=f"weekly report published; {len(result.read)} of {len(SECTIONS)} sections read"
+                        + (f" (not: {', '.join(missing)})" if missing else "") if result.succeeded else None)

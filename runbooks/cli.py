@@ -477,9 +477,11 @@ def run(
             check_against(settings)
         except (ConfigurationError, OutsideChangeWindow) as exc:  # bad input: refused before any side effect
             raise _fail(exc, 2) from None
-    state = flow_fn(parameters=parameters, return_state=True)
+    from runbooks.frame import arguments, outcome
+
+    state = flow_fn(**arguments(parameters), return_state=True)
     try:
-        result = state.result(raise_on_failure=False)
+        result = outcome(state)
     except Exception as exc:  # result unavailable (e.g. crashed before returning)
         result = exc
     if isinstance(result, BaseException) or result is None:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.backup import BackupParameters, backup_databases, render_report
+from flows.backup import backup_databases, render_report
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
@@ -23,8 +24,8 @@ from tests.pgfixtures import (
 
 
 def run_backup(**params):  # type: ignore[no-untyped-def]
-    state = backup_databases(parameters=BackupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = backup_databases(**params, return_state=True)
+    return state, outcome(state)
 
 
 def catalog() -> BackupCatalog:

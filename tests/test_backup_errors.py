@@ -10,9 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from runbooks.catalog import BackupCatalog
 from runbooks.errors import ConfigurationError
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import free_port
@@ -25,8 +26,8 @@ CANARY = "canary-Pw-7f3a9c"
 
 
 def run(**params):  # type: ignore[no-untyped-def]
-    state = backup_databases(parameters=BackupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = backup_databases(**params, return_state=True)
+    return state, outcome(state)
 
 
 def flow_logs(state) -> str:  # type: ignore[no-untyped-def]

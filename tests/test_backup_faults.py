@@ -15,8 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
@@ -62,11 +63,11 @@ def test_killed_pg_dump_lists_nothing_and_leaves_nothing(config: SandboxState, b
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    state = backup_databases(parameters=BackupParameters(databases=[bulk_db], include_cluster=False),
+    state = backup_databases(databases=[bulk_db], include_cluster=False,
                              return_state=True)
     thread.join(timeout=30)
     assert killed, "pg_dump was never interrupted"
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_failed()
     [item] = result.items
     assert item.status == "failed" and "killed by signal 9" in item.error
@@ -107,7 +108,7 @@ def test_killed_flow_process_is_swept_by_the_next_run(
     if backend == "s3":
         assert unfinished.uploads, "an incomplete multipart upload should be left behind"
 
-    state = backup_databases(parameters=BackupParameters(databases=[bulk_db], include_cluster=False),
+    state = backup_databases(databases=[bulk_db], include_cluster=False,
                              return_state=True)
     result = state.result()
     assert state.is_completed(), result
@@ -125,7 +126,7 @@ def test_a_live_backup_of_another_process_is_not_swept(config: SandboxState) -> 
     claim = cat.claim([("database", "trading_db")], flow_run_id=None, now=datetime(2026, 1, 1, tzinfo=UTC))
     try:
         cat.repository.put_bytes("databases/trading_db/20260101T000000Z/dump.pgc.zst", b"partial")
-        state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+        state = backup_databases(databases=["trading_db"], include_cluster=False,
                                  return_state=True)
         assert state.is_completed()
         assert state.result().leftovers == []
@@ -134,6 +135,6 @@ def test_a_live_backup_of_another_process_is_not_swept(config: SandboxState) -> 
         claim.close()
     # Dry-run listing of a stale one: report, do not delete.
     cat.repository.put_bytes("databases/trading_db/20250101T000000Z/dump.pgc.zst", b"orphan")
-    dry = backup_databases(parameters=BackupParameters(dry_run=True), return_state=True).result()
+    dry = backup_databases(dry_run=True, return_state=True).result()
     assert [(lo.prefix, lo.removed) for lo in dry.leftovers] == [("databases/trading_db/20250101T000000Z", False)]
     assert cat.repository.exists("databases/trading_db/20250101T000000Z/dump.pgc.zst")

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from prefect.artifacts import Artifact
 
-from flows.backup import BackupParameters, backup_databases
-from flows.backup_verification import VerificationParameters, verify_backups_flow
+from flows.backup import backup_databases
+from flows.backup_verification import verify_backups_flow
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
@@ -21,13 +22,13 @@ from tests.repositories import configured_repository_path
 
 
 def verify(**params: Any) -> tuple[Any, Any]:
-    state = verify_backups_flow(parameters=VerificationParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = verify_backups_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def back_up() -> str:
-    state = backup_databases(parameters=BackupParameters(databases=["trading_db"]), return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
+    state = backup_databases(databases=["trading_db"], return_state=True)
+    assert state.is_completed(), outcome(state)
     return str(state.result().items[0].backup_id)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows import RUNBOOKS
+from runbooks.frame import outcome
 from runbooks.sandbox import SandboxState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,11 +266,11 @@ def test_backups_list_honours_columns_and_says_why_a_backup_is_damaged(config: S
                                                                       tmp_path: Path) -> None:
     """At 80 columns every backup id is whole and no line is longer; why a backup is damaged is a line of its own
     under the table, and the warning on stderr is one line however long (never hard-wrapped mid-path)."""
-    from flows.backup import BackupParameters, backup_databases
+    from flows.backup import backup_databases
 
-    state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+    state = backup_databases(databases=["trading_db"], include_cluster=False,
                              return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert state.is_completed(), outcome(state)
     good = state.result().items[0].backup_id
     [backup_dir] = (tmp_path / "repository" / "databases" / "trading_db").iterdir()
     damaged = backup_dir.parent / "20260101T000000Z"

@@ -10,7 +10,6 @@ import asyncio
 import importlib.util
 import inspect
 import os
-import typing
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -22,12 +21,13 @@ import pytest
 import yaml
 from prefect import Flow
 from prefect.cli.deploy._models import DeploymentConfig
-from prefect.exceptions import ParameterTypeError
+from prefect.exceptions import SignatureMismatchError
 from prefect.flows import load_flow_from_entrypoint
 from prefect.server.schemas.schedules import CronSchedule
 from prefect.utilities.callables import parameter_schema
-from prefect.utilities.schema_tools.validation import ValidationError, validate
+from prefect.utilities.schema_tools.validation import validate
 from pydantic import BaseModel
+from pydantic import ValidationError as ModelRefused
 
 from flows import RUNBOOKS, Runbook
 
@@ -55,13 +55,11 @@ def runbook_of(entrypoint: str) -> Runbook:
     return matches[0]
 
 
-def model_parameter(flow: Flow[..., Any], model: type[BaseModel]) -> str:
-    """The name of the flow's one parameter annotated with the runbook's model (``X`` or ``X | None``)."""
-    hints = typing.get_type_hints(flow.fn)
-    names = [name for name in inspect.signature(flow.fn).parameters
-             if hints.get(name) is model or model in typing.get_args(hints.get(name))]
-    assert len(names) == 1, f"flow {flow.name!r} should take exactly one {model.__name__} parameter, found {names}"
-    return names[0]
+def takes_model_fields(flow: Flow[..., Any], model: type[BaseModel]) -> None:
+    """The flow takes the runbook model's fields as named arguments (one form field each), and the model is the
+    one the flow validates them with."""
+    assert getattr(flow.fn, "parameters_model", None) is model, f"flow {flow.name!r} does not take {model.__name__}"
+    assert list(inspect.signature(flow.fn).parameters) == list(model.model_fields), flow.name
 
 
 def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: dict[str, Any], where: str) -> None:
@@ -72,8 +70,7 @@ def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: d
     schema = parameter_schema(flow.fn).model_dump_for_openapi()
     validate(parameters, schema, raise_on_error=True)  # what enforce_parameter_schema makes the server do
     flow.validate_parameters(parameters)  # what the engine does before the flow function runs
-    name = model_parameter(flow, model)
-    model.model_validate(parameters.get(name) or {})
+    model.model_validate(parameters)  # what the flow does first (rules across fields)
 
 
 def load_serve_module() -> ModuleType:
@@ -107,7 +104,7 @@ def test_entrypoint_is_a_runbook_flow(deployment: dict[str, Any]) -> None:
     assert flow.fn.__name__ == runbook.flow
     schema = parameter_schema(flow.fn).model_dump_for_openapi()
     assert schema == parameter_schema(runbook_flow.fn).model_dump_for_openapi()
-    model_parameter(runbook_flow, model)
+    takes_model_fields(runbook_flow, model)
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
@@ -127,11 +124,11 @@ def test_parameter_model_refuses_a_misspelled_field(runbook: Runbook) -> None:
         f"{model.__name__} must set model_config = ConfigDict(extra='forbid'), or a misspelled parameter in "
         "prefect.yaml or the UI is silently ignored"
     )
-    typo = {model_parameter(flow, model): {"no_such_field": True}}
-    with pytest.raises(ValidationError):
-        validate(typo, parameter_schema(flow.fn).model_dump_for_openapi(), raise_on_error=True)
-    with pytest.raises(ParameterTypeError):
+    typo = {"no_such_field": True}
+    with pytest.raises(SignatureMismatchError):  # the engine refuses it before the flow body runs
         flow.validate_parameters(typo)
+    with pytest.raises(ModelRefused):
+        model.model_validate(typo)
 
 
 @pytest.mark.parametrize("runbook", RUNBOOKS.values(), ids=list(RUNBOOKS))
@@ -288,10 +285,10 @@ def test_event_triggers_survive_prefect_deploy_and_fill_the_runbook_parameters()
             "resource": {"prefect.resource.id": "runbooks.model.ppo_primary", "runbooks.model": "ppo_primary"}})
         assert trigger.parameters is not None
         rendered = {name: asyncio.run(render_user_template(value, {"event": event}))
-                    for name, value in trigger.parameters["parameters"].items()}
+                    for name, value in trigger.parameters.items()}
         runbook = runbook_of(deployment["entrypoint"])
         flow, model, _render = runbook.load()
-        check_parameters(flow, model, {"parameters": rendered}, deployment["name"])
+        check_parameters(flow, model, rendered, deployment["name"])
         assert rendered["model_id"] == "ppo_primary" and "Sharpe 0.21 < 0.3" in rendered["reason"]
 
 

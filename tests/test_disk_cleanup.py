@@ -18,8 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from flows.disk_cleanup import CleanupParameters, CleanupResult, disk_cleanup_flow, plan_hash
+from flows.disk_cleanup import CleanupResult, disk_cleanup_flow, plan_hash
 from runbooks.cleanup import Budget, Ledger, Manifest, Usage, Walk, clean_tree, manifest_lines, measure, survey
+from runbooks.frame import outcome
 from runbooks.postgres import server_identity
 from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.repository import open_repository
@@ -397,8 +398,8 @@ def cleanup_settings(monkeypatch: pytest.MonkeyPatch, **section: Any) -> None:
 
 
 def run_cleanup(**params: Any) -> tuple[Any, CleanupResult]:
-    state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = disk_cleanup_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 @pytest.fixture
@@ -724,11 +725,11 @@ def test_the_flow_prunes_exactly_the_docker_leftovers_it_selects(config: Sandbox
 
 def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config: SandboxState, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.backup import BackupParameters, backup_databases
+    from flows.backup import backup_databases
 
     for _ in range(3):
-        assert backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False,
-                                                            apply_retention=False), return_state=True).is_completed()
+        assert backup_databases(databases=["trading_db"], include_cluster=False,
+                                                            apply_retention=False, return_state=True).is_completed()
     monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION", json.dumps({"daily": 1, "weekly": 0, "monthly": 0}))
     cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "backups"}])

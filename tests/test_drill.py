@@ -15,11 +15,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
-from flows.dr_game_day import DrillParameters, DrillResult, dr_game_day_flow
+from flows.backup import backup_databases
+from flows.dr_game_day import DrillResult, dr_game_day_flow
 from runbooks.catalog import DamagedBackup
 from runbooks.drill import DrillRecords, Proof, pick_backup_set, score_component
 from runbooks.errors import Refused
+from runbooks.frame import outcome
 from runbooks.manifest import BackupManifest, StoredObject, Verification
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
@@ -33,14 +34,14 @@ from tests.pgfixtures import admin_dsn
 def back_up() -> str:
     """The nightly backup, of data as fresh as a live feed keeps it (the session's sandbox was seeded earlier)."""
     catch_up_bars(load_settings().databases["trading_db"].dsn.get_secret_value())
-    state = backup_databases(parameters=BackupParameters(apply_retention=False), return_state=True)
+    state = backup_databases(apply_retention=False, return_state=True)
     assert state.is_completed(), state.message
     return str(state.result().items[0].backup_id)
 
 
 def drill(**params):  # type: ignore[no-untyped-def]
-    state = dr_game_day_flow(parameters=DrillParameters(**params), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = dr_game_day_flow(**params, return_state=True)
+    result = outcome(state)
     assert isinstance(result, DrillResult), result
     return state, result
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from flows.dr_game_day import render_report
 from runbooks.drill import backup_market, judge_at_backup
 from runbooks.freshness import MarketView, summarize_rows
@@ -111,7 +111,7 @@ def market(monkeypatch: pytest.MonkeyPatch, hours: dict[str, Any]) -> None:
 
 
 def back_up() -> str:
-    state = backup_databases(parameters=BackupParameters(apply_retention=False), return_state=True)
+    state = backup_databases(apply_retention=False, return_state=True)
     assert state.is_completed(), state.message
     return str(state.result().items[0].backup_id)
 

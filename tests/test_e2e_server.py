@@ -309,15 +309,22 @@ def fire_a_stale_data_finding_and_see_the_notification(stack: Stack, worker: Wor
         assert done.returncode == 0, done.stdout + done.stderr
         assert "created   runbooks: stale data" in done.stdout.splitlines(), done.stdout
 
-        run_and_wait("data-freshness/data-freshness", {"parameters": {"act": False, "quality": False}}, worker,
+        run_and_wait("data-freshness/data-freshness", {"act": False, "quality": False}, worker,
                      expect="FAILED")  # a stale finding is the run's verdict
         text = inbox.wait_for(lambda t: t.startswith("[P2] INCIDENT: stale data: ") and E2E_TABLE in t)
         assert "runbook action: none" in text and "error: " in text, text
 
-        failed = run_and_wait("restore/restore-on-demand", {"parameters": {
-            "database": "trading_db", "mode": "verify", "backup_id": "20000101T000000Z"}}, worker, expect="FAILED")
+        failed = run_and_wait("restore/restore-on-demand", {
+            "database": "trading_db", "mode": "verify", "backup_id": "20000101T000000Z"}, worker, expect="FAILED")
         text = inbox.wait_for(lambda t: failed.name in t)
         assert text.splitlines()[0] == f"[P2] INCIDENT: restore: run {failed.name} Failed", text
+        # A runbook that concluded failed logs its error once, in one line: no engine traceback of a failed state
+        # (Prefect 3 logged "Unexpected result for failed state" with 4.9 kB of frames for every failed run).
+        deadline = time.monotonic() + 30
+        while "restore failed: " not in (logs := flow_run_logs(failed.id)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "restore failed: " in logs, logs
+        assert "Traceback" not in logs and "Unexpected result" not in logs, logs
         assert "20000101T000000Z" in text  # the run's state message, rendered by the server
         assert not [t for t in inbox.texts if t.startswith("[P2] INCIDENT: data-freshness: run")]
     finally:
@@ -388,13 +395,13 @@ def test_the_runbooks_run_end_to_end_on_a_prefect_server_on_postgresql(stack: St
     worker = start_worker(stack)
     try:
         # 4. Backup, then restore (verify) of trading_db through their deployments, run by the worker.
-        backup_run = run_and_wait("backup/backup-on-demand", {"parameters": {"databases": ["trading_db"]}}, worker)
+        backup_run = run_and_wait("backup/backup-on-demand", {"databases": ["trading_db"]}, worker)
         [manifest] = BackupCatalog(open_repository(load_settings().repository)).list_backups(
             kind="database", name="trading_db")
         assert backup_run.start_time and manifest.started_at >= backup_run.start_time - timedelta(seconds=5)
 
         restore_run = run_and_wait("restore/restore-on-demand",
-                                   {"parameters": {"database": "trading_db", "mode": "verify"}}, worker)
+                                   {"database": "trading_db", "mode": "verify"}, worker)
         with get_client(sync_client=True) as client:
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[restore_run.id])))

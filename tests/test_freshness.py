@@ -19,7 +19,8 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from flows.data_freshness import FreshnessParameters, FreshnessResult, data_freshness_flow
+from flows.data_freshness import FreshnessResult, data_freshness_flow
+from runbooks.frame import outcome
 from runbooks.freshness import Finding, HoldRecord, decide, judge_volume
 from runbooks.holds import HoldRecords
 from runbooks.repository import open_repository
@@ -88,8 +89,8 @@ def market(config: SandboxState, monkeypatch: pytest.MonkeyPatch, simulator: htt
 
 
 def check(**params: Any) -> tuple[Any, FreshnessResult]:
-    state = data_freshness_flow(parameters=FreshnessParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = data_freshness_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def operations(simulator: httpx.Client) -> dict[str, Any]:

@@ -11,14 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.health_check import HealthCheckParameters, HealthCheckResult, health_check_flow, render_report
+from flows.health_check import HealthCheckResult, health_check_flow, render_report
+from runbooks.frame import outcome
 from runbooks.health import count_matching_tail
 from runbooks.sandbox import SandboxState
 
 
 def run_check(**params: Any) -> tuple[Any, HealthCheckResult]:
-    state = health_check_flow(parameters=HealthCheckParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = health_check_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 @pytest.fixture

@@ -31,10 +31,11 @@ import httpx
 import psycopg
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
-from flows.disk_cleanup import CleanupParameters, CleanupResult, disk_cleanup_flow
-from flows.restore import RestoreParameters, RestoreResult, restore_database_flow
+from flows.backup import backup_databases
+from flows.disk_cleanup import CleanupResult, disk_cleanup_flow
+from flows.restore import RestoreResult, restore_database_flow
 from runbooks.cleanup import MANIFEST_FLUSH_LINES, measure
+from runbooks.frame import outcome
 from runbooks.postgres import server_identity
 from runbooks.records import RestoreRecords
 from runbooks.repository import open_repository
@@ -84,8 +85,8 @@ def restore_records(sandbox: SandboxState) -> RestoreRecords:
 
 
 def restore(**params: Any) -> tuple[Any, RestoreResult]:
-    state = restore_database_flow(parameters=RestoreParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = restore_database_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def trading(simulator: httpx.Client) -> dict[str, Any]:
@@ -130,9 +131,9 @@ def live(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     name = create_fidelity_db(config)
     set_database_env(monkeypatch, config, name)
     restored = content_checksums(config, name)
-    state = backup_databases(parameters=BackupParameters(databases=[name], include_cluster=False),
+    state = backup_databases(databases=[name], include_cluster=False,
                              return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert state.is_completed(), outcome(state)
     with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
         conn.execute("DELETE FROM market.orders WHERE id > 100")
         conn.execute("INSERT INTO market.ticks VALUES ('2026-02-14 00:00+00', 1)")
@@ -309,8 +310,8 @@ def cleanup_section(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *rules: dic
 
 
 def cleanup(**params: Any) -> tuple[Any, CleanupResult]:
-    state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = disk_cleanup_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 @pytest.fixture
@@ -482,9 +483,9 @@ def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
     try:
         [dump] = wait_for(lambda: children_named(first.pid, "pg_dump"), timeout=120)  # type: ignore[misc]
         os.kill(dump, signal.SIGSTOP)
-        state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False,
-                                                             apply_retention=False), return_state=True)
-        second = state.result(raise_on_failure=False)
+        state = backup_databases(databases=["trading_db"], include_cluster=False,
+                                                             apply_retention=False, return_state=True)
+        second = outcome(state)
         os.kill(dump, signal.SIGCONT)
         code, result = finish(first)
     finally:
@@ -546,7 +547,7 @@ def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
 def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_api: str) -> None:
     """Two game days on one host would share its cores and skew each other's time to recovery (the figure the
     drill exists to measure): the second is refused while the first runs, naming it."""
-    from flows.dr_game_day import DrillParameters, DrillResult, dr_game_day_flow
+    from flows.dr_game_day import DrillResult, dr_game_day_flow
     from tests.test_drill import back_up
 
     back_up()
@@ -559,8 +560,8 @@ def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
-        state = dr_game_day_flow(parameters=DrillParameters(quality=False), return_state=True)
-        second = state.result(raise_on_failure=False)
+        state = dr_game_day_flow(quality=False, return_state=True)
+        second = outcome(state)
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
@@ -586,7 +587,7 @@ def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simula
                                                     monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
     """A degradation alert and an engineer at once: the first run's rollback request is slow to answer; the
     second, started meanwhile, must not decide on what it reads then and send its own."""
-    from flows.model_rollback import RollbackParameters, model_rollback_flow
+    from flows.model_rollback import model_rollback_flow
 
     monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
     simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
@@ -602,9 +603,9 @@ def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simula
                            prefect_api=prefect_api)
     try:
         wait_for(rollback_posts, timeout=120, interval=0.05)  # its request is in flight
-        state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2,
-                                                                  initiated_by="oncall"), return_state=True)
-        second = state.result(raise_on_failure=False)
+        state = model_rollback_flow(monitor_minutes=0, poll_seconds=0.2,
+                                                                  initiated_by="oncall", return_state=True)
+        second = outcome(state)
         code, result = finish(first)
     finally:
         if first.poll() is None:
@@ -621,7 +622,7 @@ def test_a_model_rollback_killed_holding_its_lock_does_not_block_the_next(
     """SIGKILLed while its rollback request is being retried (the API answers 503): its lock object stays in the
     repository, and the next run on this host takes it over at once (its holder's process is gone), sees from
     the record that the rollback never took, and does it."""
-    from flows.model_rollback import RollbackParameters, model_rollback_flow
+    from flows.model_rollback import model_rollback_flow
 
     monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
     simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
@@ -639,9 +640,9 @@ def test_a_model_rollback_killed_holding_its_lock_does_not_block_the_next(
     [lock] = [o.key for o in repository.list_objects("locks/model-rollback/")]
     assert simulator.get("/api/v1/models/router/status").json()["active_version"] == "v4"
 
-    state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2),
+    state = model_rollback_flow(monitor_minutes=0, poll_seconds=0.2,
                                 return_state=True)
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_completed(), result.error
     assert result.action == "rolled back v4 -> v3" and result.verified
     took_over = next(t for t in result.timeline if t.step == "take lock").figures.get("took_over")
@@ -703,7 +704,7 @@ def test_a_model_rollback_that_loses_its_lock_stops_without_paging_or_halting(
     switch over the run that now holds the lock (found by review: LockLost went down the escalation path)."""
     import threading
 
-    from flows.model_rollback import RollbackParameters, model_rollback_flow
+    from flows.model_rollback import model_rollback_flow
 
     received, _canary = webhook
     monkeypatch.setenv("RUNBOOKS_MODELS__KILL_SWITCH_ON_ESCALATION", "true")
@@ -722,10 +723,10 @@ def test_a_model_rollback_that_loses_its_lock_stops_without_paging_or_halting(
 
     thread = threading.Thread(target=take_over, daemon=True)
     thread.start()
-    state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2),
+    state = model_rollback_flow(monitor_minutes=0, poll_seconds=0.2,
                                 return_state=True)
     thread.join(timeout=60)
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_failed() and "was lost" in (result.error or ""), result.error
     assert result.escalation is None and received == []
     assert simulator.get("/api/v1/models/router/status").json()["active_version"] == "v4"

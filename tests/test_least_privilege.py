@@ -33,13 +33,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from flows.backup import BackupParameters, backup_databases
-from flows.data_freshness import FreshnessParameters, data_freshness_flow
-from flows.disk_cleanup import CleanupParameters, disk_cleanup_flow
-from flows.health_check import HealthCheckParameters, health_check_flow
-from flows.restore import RestoreParameters, restore_database_flow
+from flows.backup import backup_databases
+from flows.data_freshness import data_freshness_flow
+from flows.disk_cleanup import disk_cleanup_flow
+from flows.health_check import health_check_flow
+from flows.restore import restore_database_flow
 from runbooks.catalog import BackupCatalog, BackupLock
 from runbooks.errors import Refused
+from runbooks.frame import outcome
 from runbooks.pipeline import iter_decompressed
 from runbooks.postgres import libpq_env, pg_tool
 from runbooks.processes import ProcessIdentity
@@ -144,13 +145,13 @@ def app_session_pid(sandbox: SandboxState) -> tuple[psycopg.Connection, int]:
 
 
 def run_backup(**params: Any) -> tuple[Any, Any]:
-    state = backup_databases(parameters=BackupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = backup_databases(**params, return_state=True)
+    return state, outcome(state)
 
 
 def restore(**params: Any) -> tuple[Any, Any]:
-    state = restore_database_flow(parameters=RestoreParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = restore_database_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def run_cleanup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rule: dict[str, Any],
@@ -159,8 +160,8 @@ def run_cleanup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rule: dict[str,
     monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({"watch": [str(tmp_path)],
                                                        "allowed_roots": [str(tmp_path / "area")], "survey": [],
                                                        "rules": [{"kind": "databases", **rule}]}))
-    state = disk_cleanup_flow(parameters=CleanupParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = disk_cleanup_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def catalog() -> BackupCatalog:
@@ -383,16 +384,16 @@ def test_freshness_and_health_need_only_their_narrow_roles(config: SandboxState,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           simulator: httpx.Client) -> None:
     roles.use(monkeypatch, "rb_freshness")
-    state = data_freshness_flow(parameters=FreshnessParameters(act=True), return_state=True)
-    fresh: Any = state.result(raise_on_failure=False)
+    state = data_freshness_flow(act=True, return_state=True)
+    fresh: Any = outcome(state)
     assert [t.outcome for t in fresh.tables] == ["measured"], fresh  # fresh or stale, but read
     assert fresh.quality and all(q.status != "could_not_run" for q in fresh.quality), fresh.quality
     assert not [c for q in fresh.quality for c in q.checks_failed], fresh.quality  # every integrity check ran
     assert "take lock" in [s.step for s in fresh.timeline if s.outcome == "ok"], fresh.timeline
 
     roles.use(monkeypatch, "rb_health")
-    state = health_check_flow(parameters=HealthCheckParameters(host=False), return_state=True)
-    health: Any = state.result(raise_on_failure=False)
+    state = health_check_flow(host=False, return_state=True)
+    health: Any = outcome(state)
     [database] = [c for c in health.checks if c.name == "database trading_db"]
     assert database.status in ("ok", "warn") and "SELECT 1 answered" in (database.detail or ""), database
 

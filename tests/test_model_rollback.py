@@ -16,6 +16,7 @@ import pytest
 
 from flows.model_rollback import RollbackParameters, RollbackResult, model_rollback_flow
 from runbooks.errors import Refused
+from runbooks.frame import outcome
 from runbooks.models import Judgement
 from runbooks.registry import Candidate, InferenceApiRegistry, ModelEvidence, RegistryRef
 from runbooks.repository import open_repository
@@ -44,8 +45,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def rollback(**params: Any) -> tuple[Any, RollbackResult]:
-    state = model_rollback_flow(parameters=RollbackParameters(**{**QUICK, **params}), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = model_rollback_flow(**{**QUICK, **params}, return_state=True)
+    result = outcome(state)
     assert isinstance(result, RollbackResult), result
     return state, result
 
@@ -464,7 +465,7 @@ def test_a_degradation_event_starts_a_rollback_run_through_the_deployment_trigge
     while not (found := runs()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(found) == 1, "the degradation event did not start a run"
-    parameters = found[0]["parameters"]["parameters"]
+    parameters = found[0]["parameters"]
     assert parameters["model_id"] == "ppo_primary" and "Sharpe 0.21 < 0.3" in parameters["reason"]
     assert parameters["initiated_by"].startswith("automation (runbooks.model.degraded ")
     RollbackParameters.model_validate(parameters)

@@ -23,9 +23,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import BackupParameters, backup_databases
-from flows.restore import RestoreParameters, restore_database_flow
+from flows.backup import backup_databases
+from flows.restore import restore_database_flow
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.environment import BUCKET
@@ -72,14 +73,14 @@ def inventory(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxState, name: str,
 
 
 def backup(name: str) -> tuple[Any, Any]:
-    state = backup_databases(parameters=BackupParameters(databases=[name], include_cluster=False),
+    state = backup_databases(databases=[name], include_cluster=False,
                              return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, outcome(state)
 
 
 def restore(**params: Any) -> tuple[Any, Any]:
-    state = restore_database_flow(parameters=RestoreParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = restore_database_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def assert_whole(sandbox: SandboxState, name: str, sums: dict[str, str]) -> None:
@@ -448,7 +449,7 @@ def test_a_replace_restore_whose_halt_does_not_take_never_swaps(
 def test_model_rollback_with_the_inference_api_down_retries_then_fails_and_changes_nothing(
         config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch,
         webhook: tuple[list[dict[str, Any]], str]) -> None:
-    from flows.model_rollback import RollbackParameters, model_rollback_flow
+    from flows.model_rollback import model_rollback_flow
     from tasks.models import read_evidence, read_serving, request_rollback
 
     for task in (read_serving, read_evidence, request_rollback):
@@ -460,9 +461,9 @@ def test_model_rollback_with_the_inference_api_down_retries_then_fails_and_chang
     with FaultProxy(("127.0.0.1", config.simulator_port or 0)) as proxy:
         monkeypatch.setenv("RUNBOOKS_INFERENCE_API__BASE_URL", f"http://127.0.0.1:{proxy.port}")
         proxy.down()
-        state = model_rollback_flow(parameters=RollbackParameters(monitor_minutes=0, poll_seconds=0.2),
+        state = model_rollback_flow(monitor_minutes=0, poll_seconds=0.2,
                                     return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = outcome(state)
     assert state.is_failed()
     assert "unreachable" in (result.error or ""), result.error
     assert simulator.get("/api/v1/models/router/status").json()["active_version"] == "v4"  # nothing half-done
@@ -521,9 +522,9 @@ def test_the_trading_api_down_past_its_retries_says_what_to_do_next_without_a_tr
         config: SandboxState, simulator: httpx.Client, prefect_api: str) -> None:
     """Every status read answers 503. Each retry's note may say the task retries; once the retries are spent the
     error says so and what to do (check the API at its URL, run again), and the CLI prints no traceback."""
-    backup_state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+    backup_state = backup_databases(databases=["trading_db"], include_cluster=False,
                                     return_state=True)
-    assert backup_state.is_completed(), backup_state.result(raise_on_failure=False)
+    assert backup_state.is_completed(), outcome(backup_state)
     url = load_settings().trading_api.base_url  # type: ignore[union-attr]
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503,
                                                "count": 100}).raise_for_status()

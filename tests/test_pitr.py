@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from runbooks.errors import ConfigurationError
+from runbooks.frame import outcome
 from runbooks.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
 from runbooks.postgres import pg_bindir
 from runbooks.sandbox import SandboxState
@@ -109,23 +110,23 @@ def _wait_archived(cluster: PostgresCluster, timeout: float = 60) -> None:
 
 def _plan(restart: bool = True) -> Any:
     """pitr-setup as it runs with no other parameter: the plan (a dry run)."""
-    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from flows.pitr_setup import pitr_setup_flow
 
-    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = pitr_setup_flow(restart=restart, return_state=True)
+    return state, outcome(state)
 
 
 def _setup(restart: bool = True) -> Any:
     """The plan, then that plan confirmed by its hash (how an unattended setup runs)."""
-    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from flows.pitr_setup import pitr_setup_flow
 
     state, plan = _plan(restart)
     if plan.plan is None:  # refused before a plan could be made
         return state, plan
     assert state.is_completed() and plan.dry_run, plan.error
-    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart, confirm=plan.plan.plan_hash),
+    state = pitr_setup_flow(restart=restart, confirm=plan.plan.plan_hash,
                             return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, outcome(state)
 
 
 def _auto_conf(cluster: PostgresCluster) -> dict[str, str]:
@@ -207,12 +208,12 @@ def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: Pos
 
 def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second(
         pitr_env: PostgresCluster, pitr_root: Path) -> None:
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
-    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+    from flows.pitr_backup import pitr_backup_flow
+    from flows.pitr_restore import pitr_restore_flow
 
     assert _setup()[0].is_completed()
-    state = pitr_backup_flow(parameters=PitrBackupParameters(kind="diff"), return_state=True)
-    backup = state.result(raise_on_failure=False)
+    state = pitr_backup_flow(kind="diff", return_state=True)
+    backup = outcome(state)
     assert state.is_completed(), backup.error
     assert backup.backup.type == "full"  # no full one yet: pgBackRest takes one, and the report says so
     assert any("full" in step for step in backup.next_steps)
@@ -230,8 +231,8 @@ def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second
     [(started,)] = _sql(pitr_env, "SELECT pg_postmaster_start_time()")
     data_before = sorted(p.name for p in (pitr_env.datadir / "base").iterdir())
 
-    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = pitr_restore_flow(target_time=target.isoformat(), return_state=True)
+    result = outcome(state)
     assert state.is_completed(), result.error
     port = int(result.restored_at.rsplit(":", 1)[1].strip("/"))
     assert port != pitr_env.port
@@ -261,8 +262,8 @@ def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second
 def test_a_tablespace_is_restored_under_the_work_directory_never_at_the_source_path(
         pitr_env: PostgresCluster, pitr_root: Path) -> None:
     """pgBackRest puts a tablespace back at its original path by default: the source's own directory."""
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
-    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+    from flows.pitr_backup import pitr_backup_flow
+    from flows.pitr_restore import pitr_restore_flow
 
     space = _private_tmp("rbts-")
     space.chmod(0o700)
@@ -271,11 +272,11 @@ def test_a_tablespace_is_restored_under_the_work_directory_never_at_the_source_p
         _sql(pitr_env, "CREATE TABLE spaced (id int) TABLESPACE pitr_space")
         _sql(pitr_env, "INSERT INTO spaced SELECT generate_series(1, 100)")
         assert _setup()[0].is_completed()
-        assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+        assert pitr_backup_flow(kind="full", return_state=True).is_completed()
         _wait_archived(pitr_env)
         files = sorted(p.relative_to(space) for p in space.rglob("*"))
-        state = pitr_restore_flow(parameters=PitrRestoreParameters(), return_state=True)  # latest, kept running
-        result = state.result(raise_on_failure=False)
+        state = pitr_restore_flow(return_state=True)  # latest, kept running
+        result = outcome(state)
         assert state.is_completed(), result.error
         workdir = Path(result.data_directory).parent
         restored = PostgresCluster(root=workdir, port=int(result.restored_at.rsplit(":", 1)[1].strip("/")),
@@ -303,11 +304,11 @@ def subprocess_stop(cluster: PostgresCluster) -> None:
 def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env: PostgresCluster,
                                                                         pitr_root: Path) -> None:
     """A time whose WAL never reached the repository (archiving broken since), and a time in the future."""
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
-    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+    from flows.pitr_backup import pitr_backup_flow
+    from flows.pitr_restore import pitr_restore_flow
 
     assert _setup()[0].is_completed()
-    assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+    assert pitr_backup_flow(kind="full", return_state=True).is_completed()
     _wait_archived(pitr_env)
     time.sleep(1.1)  # the target below must be in a later second than the backup's end
     _sql(pitr_env, "ALTER SYSTEM SET archive_command = '/bin/false'")
@@ -317,9 +318,9 @@ def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env:
         _sql(pitr_env, "INSERT INTO unarchived VALUES (1)")
         [(target,)] = _sql(pitr_env, "SELECT clock_timestamp()")
         _sql(pitr_env, "SELECT pg_switch_wal()")  # finished, but never archived
-        state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()),
+        state = pitr_restore_flow(target_time=target.isoformat(),
                                   return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = outcome(state)
         assert state.is_failed() and "recovery ended before the target" in (result.error or ""), result.error
         assert "earlier target_time" in (result.error or "")
         assert not [p for p in (pitr_root / "restores").iterdir()]  # the half-made cluster is stopped and removed
@@ -329,14 +330,14 @@ def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env:
     _wait_archived(pitr_env)
 
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=future), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = pitr_restore_flow(target_time=future, return_state=True)
+    result = outcome(state)
     assert state.is_failed() and "later than now" in (result.error or "") and "Nothing was done" in result.error
     assert not [e for e in result.timeline if e.step == "restore"]  # refused before any restore began
 
-    state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time="2000-01-01T00:00:00Z"),
+    state = pitr_restore_flow(target_time="2000-01-01T00:00:00Z",
                               return_state=True)  # before every backup: pgBackRest finds no set to start from
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_failed() and "no backup in the repository finished before 2000-01-01" in (result.error or "")
     assert not [p for p in (pitr_root / "restores").iterdir()]  # its work directory went with the failure
 
@@ -348,7 +349,7 @@ def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,
     received, _ = webhook
     assert _setup()[0].is_completed()
     state = archive_check_flow(return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False).error
+    assert state.is_completed(), outcome(state).error
     assert received == []
     _sql(pitr_env, "ALTER SYSTEM SET archive_command = '/bin/false'")
     _sql(pitr_env, "SELECT pg_reload_conf()")
@@ -361,7 +362,7 @@ def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,
             assert time.monotonic() < deadline, "the archiver never tried"
             time.sleep(0.2)
         state = archive_check_flow(return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = outcome(state)
         assert state.is_failed() and result.judgement.verdict == "failing"
         assert any("failed at" in r for r in result.judgement.reasons)
         assert any("not the one pitr-setup configured" in r for r in result.judgement.reasons)
@@ -472,13 +473,13 @@ def test_archive_check_fails_with_next_steps_when_pitr_setups_own_archiving_fail
         lone: tuple[PostgresCluster, Path]) -> None:
     """The archive_command is pitr-setup's, the repository no longer takes WAL: failed_count climbs and WAL piles
     up in pg_wal. archive-check says so as a failure, with what to do next."""
-    from flows.archive_check import ArchiveCheckParameters, archive_check_flow, render_report
+    from flows.archive_check import archive_check_flow, render_report
 
     cluster, root = lone
     _repository_writable(root, False)
     failures = _wait_failing(cluster)
-    state = archive_check_flow(parameters=ArchiveCheckParameters(notify=False), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = archive_check_flow(notify=False, return_state=True)
+    result = outcome(state)
     assert state.is_failed() and result.judgement.verdict == "failing", result.error
     assert result.state.failed_count >= failures and result.state.wal_bytes > 0
     assert not any("not the one pitr-setup configured" in r for r in result.judgement.reasons)  # its own command
@@ -547,10 +548,10 @@ def test_a_cluster_pgbackrest_cannot_reach_is_refused_before_anything_changes(
 
 
 def _confirmed(plan_hash: str, restart: bool = True) -> Any:
-    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from flows.pitr_setup import pitr_setup_flow
 
-    state = pitr_setup_flow(parameters=PitrSetupParameters(restart=restart, confirm=plan_hash), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = pitr_setup_flow(restart=restart, confirm=plan_hash, return_state=True)
+    return state, outcome(state)
 
 
 def test_the_sandbox_cluster_listens_on_a_private_socket_its_pitr_settings_name(sandbox: SandboxState) -> None:
@@ -638,9 +639,9 @@ def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_r
     (a day between backups); the physical path, WAL archived every 30 s, does."""
     import json
 
-    from flows.backup import BackupParameters, backup_databases
-    from flows.dr_game_day import DrillParameters, dr_game_day_flow
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from flows.backup import backup_databases
+    from flows.dr_game_day import dr_game_day_flow
+    from flows.pitr_backup import pitr_backup_flow
 
     _sql(pitr_env, "DROP DATABASE IF EXISTS positions_db")
     _sql(pitr_env, "CREATE DATABASE positions_db")
@@ -654,13 +655,13 @@ def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_r
         {"name": "Position Database", "rto": "10m", "rpo": "1m", "tables": ["positions_db.public.positions"]},
         {"name": "Configuration", "rto": "15m", "rpo": "5m", "config_files": True}]))
     assert _setup()[0].is_completed()
-    assert backup_databases(parameters=BackupParameters(include_cluster=False), return_state=True).is_completed()
-    assert pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True).is_completed()
+    assert backup_databases(include_cluster=False, return_state=True).is_completed()
+    assert pitr_backup_flow(kind="full", return_state=True).is_completed()
     _sql(pitr_env, "INSERT INTO positions VALUES ('GBP/COP', 1)", dbname="positions_db")  # after both backups
     _wait_archived(pitr_env)  # what the next archive_timeout would do
 
-    state = dr_game_day_flow(parameters=DrillParameters(physical=True, quality=False), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = dr_game_day_flow(physical=True, quality=False, return_state=True)
+    result = outcome(state)
     physical = result.physical
     assert physical is not None and physical.proven, (physical and physical.detail, result.error)
     assert state.is_completed() and result.operational, result.error
@@ -679,7 +680,7 @@ def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_r
 def _report_of(state: Any) -> str:
     from flows.dr_game_day import render_report
 
-    return render_report(state.result(raise_on_failure=False))
+    return render_report(outcome(state))
 
 
 def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresCluster, pitr_root: Path,

@@ -21,6 +21,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from runbooks.frame import outcome
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import PostgresCluster, free_port
 from tests.test_pitr import _private_tmp, _sql, _wait_archived, protected, subprocess_stop
@@ -96,9 +97,9 @@ def s3_source() -> Iterator[PostgresCluster]:
 def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
         s3_source: PostgresCluster, tls_s3: tuple[str, Path, Any], sandbox: SandboxState,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
-    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
-    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from flows.pitr_backup import pitr_backup_flow
+    from flows.pitr_restore import pitr_restore_flow
+    from flows.pitr_setup import pitr_setup_flow
 
     endpoint, ca_file, client = tls_s3
     work = _private_tmp("rbpitr-")
@@ -111,20 +112,20 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
                        "PITR__S3_KEY_SECRET": secret}.items():
         monkeypatch.setenv(f"RUNBOOKS_{key}", value)
     try:
-        state = pitr_setup_flow(parameters=PitrSetupParameters(restart=True), return_state=True)  # the plan
-        plan = state.result(raise_on_failure=False)
+        state = pitr_setup_flow(restart=True, return_state=True)  # the plan
+        plan = outcome(state)
         assert state.is_completed() and plan.plan is not None, plan.error
-        state = pitr_setup_flow(parameters=PitrSetupParameters(restart=True, confirm=plan.plan.plan_hash),
+        state = pitr_setup_flow(restart=True, confirm=plan.plan.plan_hash,
                                 return_state=True)
-        setup = state.result(raise_on_failure=False)
+        setup = outcome(state)
         assert state.is_completed(), setup.error
         assert setup.checked  # a WAL switch reached the bucket
         config = (work / "pgbackrest.conf").read_text()
         assert "repo1-type=s3" in config and f"repo1-storage-ca-file={ca_file}" in config
         assert "repo1-storage-verify-tls=y" in config  # verified against the CA, not switched off
 
-        state = pitr_backup_flow(parameters=PitrBackupParameters(kind="full"), return_state=True)
-        backup = state.result(raise_on_failure=False)
+        state = pitr_backup_flow(kind="full", return_state=True)
+        backup = outcome(state)
         assert state.is_completed(), backup.error
         assert backup.backup.type == "full"
 
@@ -138,9 +139,9 @@ def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
         _sql(s3_source, "INSERT INTO fills (id) VALUES (3)")
         _wait_archived(s3_source)
 
-        state = pitr_restore_flow(parameters=PitrRestoreParameters(target_time=target.isoformat()),
+        state = pitr_restore_flow(target_time=target.isoformat(),
                                   return_state=True)
-        result = state.result(raise_on_failure=False)
+        result = outcome(state)
         assert state.is_completed(), result.error
         port = int(result.restored_at.rsplit(":", 1)[1].strip("/"))
         restored = PostgresCluster(root=Path(result.data_directory).parent, port=port,

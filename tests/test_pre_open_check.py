@@ -22,9 +22,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from flows.pre_open_check import PreOpenParameters, PreOpenResult, pre_open_check_flow, render_report
 from runbooks.errors import ConfigurationError
+from runbooks.frame import outcome
 from runbooks.freshness import Finding
 from runbooks.health import HealthCheck
 from runbooks.market_time import MarketCalendar
@@ -162,8 +163,8 @@ def test_parameters_refuse_a_market_that_never_opens_or_is_not_configured(monkey
 
 # -- the runbook against the sandbox ----------------------------------------------------------------------------------
 def run_check(**params: Any) -> tuple[Any, PreOpenResult]:
-    state = pre_open_check_flow(parameters=PreOpenParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = pre_open_check_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 @pytest.fixture
@@ -195,7 +196,7 @@ def platform(config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.
 
 
 def back_up() -> None:
-    state = backup_databases(parameters=BackupParameters(include_cluster=False, apply_retention=False),
+    state = backup_databases(include_cluster=False, apply_retention=False,
                              return_state=True)
     assert state.is_completed(), state.message
 

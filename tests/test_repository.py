@@ -17,10 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import BackupParameters, backup_databases
-from flows.restore import RestoreParameters, restore_database_flow
+from flows.backup import backup_databases
+from flows.restore import restore_database_flow
 from runbooks.catalog import BackupCatalog, BackupClaim
 from runbooks.errors import LockLost
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
@@ -43,8 +44,8 @@ def repo_config(request: pytest.FixtureRequest) -> SandboxState:
 
 
 def backup(*databases: str, cluster: bool = False, retention: bool = False):  # type: ignore[no-untyped-def]
-    state = backup_databases(parameters=BackupParameters(databases=list(databases), include_cluster=cluster,
-                                                         apply_retention=retention), return_state=True)
+    state = backup_databases(databases=list(databases), include_cluster=cluster,
+                                                         apply_retention=retention, return_state=True)
     result = state.result()
     assert state.is_completed() and result.succeeded, result
     return result
@@ -218,10 +219,10 @@ def test_a_truncated_manifest_is_listed_as_damaged_and_latest_refuses_to_skip_it
     assert as_json.returncode == 1
     assert [b.get("status") for b in json.loads(as_json.stdout) if b["backup_id"] == second] == ["damaged"]
 
-    state = restore_database_flow(parameters=RestoreParameters(database="trading_db", mode="new",
-                                                               target_database="trading_db_dmg"),
+    state = restore_database_flow(database="trading_db", mode="new",
+                                                               target_database="trading_db_dmg",
                                   return_state=True)
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_failed() and second in result.error and "DAMAGED" in result.error
     assert f"backup_id={first}" in result.error  # says how to go on
 
@@ -284,9 +285,9 @@ def test_a_killed_restore_leaves_a_private_work_dir_that_the_next_run_removes(
 
     bystander = work / "not-ours"
     bystander.mkdir()
-    state = restore_database_flow(parameters=RestoreParameters(database=bulk_db, mode="new",
+    state = restore_database_flow(database=bulk_db, mode="new",
                                                                target_database=f"{bulk_db}_again",
-                                                               restore_globals="never"), return_state=True)
+                                                               restore_globals="never", return_state=True)
     result = state.result()
     assert state.is_completed(), result.error
     [swept] = result.work_dirs_swept

@@ -15,9 +15,10 @@ import pytest
 from prefect.artifacts import Artifact
 from pydantic import ValidationError
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from flows.restore import RestoreParameters, restore_database_flow
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.records import DatabaseRecord, RestoreRecords
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
@@ -51,8 +52,8 @@ REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"
 
 
 def restore(**params):  # type: ignore[no-untyped-def]
-    state = restore_database_flow(parameters=RestoreParameters(**params), return_state=True)
-    return state, state.result(raise_on_failure=False)
+    state = restore_database_flow(**params, return_state=True)
+    return state, outcome(state)
 
 
 def databases(sandbox: SandboxState) -> set[str]:
@@ -76,8 +77,8 @@ def source(config: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: igno
     """A fidelity database in the inventory, with one verified backup in this test's repository."""
     name = create_fidelity_db(config)
     set_database_env(monkeypatch, config, name)
-    state = backup_databases(parameters=BackupParameters(databases=[name]), return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
+    state = backup_databases(databases=[name], return_state=True)
+    assert state.is_completed(), outcome(state)
     yield name
     for db in databases(config):
         if db.startswith(name):
@@ -358,7 +359,7 @@ def test_missing_roles_come_from_the_cluster_backup_and_existing_ones_are_untouc
     with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
         conn.execute("ALTER TABLE market.docs OWNER TO desk_analyst")
     try:
-        state = backup_databases(parameters=BackupParameters(databases=[name]), return_state=True)
+        state = backup_databases(databases=[name], return_state=True)
         assert state.is_completed()
         with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
             conn.execute("REASSIGN OWNED BY desk_analyst TO postgres; DROP OWNED BY desk_analyst")

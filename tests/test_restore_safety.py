@@ -12,9 +12,10 @@ import httpx
 import psycopg
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
+from flows.backup import backup_databases
 from flows.restore import keep_names
 from runbooks.catalog import BackupCatalog
+from runbooks.frame import outcome
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
@@ -24,9 +25,9 @@ from tests.test_restore import APPROVE, databases, operations, restore, scalar
 
 
 def backup(*names: str, retention: bool = True) -> None:
-    state = backup_databases(parameters=BackupParameters(databases=list(names), apply_retention=retention),
+    state = backup_databases(databases=list(names), apply_retention=retention,
                              return_state=True)
-    assert state.is_completed(), state.result(raise_on_failure=False)
+    assert state.is_completed(), outcome(state)
 
 
 def sql(sandbox: SandboxState, statement: str, dbname: str = "postgres", **user: str) -> None:

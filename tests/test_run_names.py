@@ -31,7 +31,7 @@ def named(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Any], str]:
     """``named(runbook, parameters)``: the name the runbook's flow gives a run with these parameters."""
 
     def name(runbook: str, parameters: Any) -> str:
-        monkeypatch.setitem(prefect.runtime.flow_run.FIELDS, "parameters", lambda: {"parameters": parameters})
+        monkeypatch.setitem(prefect.runtime.flow_run.FIELDS, "parameters", lambda: dict(parameters or {}))
         flow, _, _ = RUNBOOKS[runbook].load()
         assert callable(flow.flow_run_name), f"{runbook}: no flow_run_name, its runs get random names"
         value = flow.flow_run_name()
@@ -49,8 +49,8 @@ def assert_safe(value: str) -> None:
 
 @pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
 def test_every_runbook_names_its_runs_by_runbook(runbook: str, named: Callable[[str, Any], str]) -> None:
-    # None: the flow was called without parameters; {}: a deployment that leaves every default
-    for parameters in (None, {}):
+    # {}: a deployment that leaves every default
+    for parameters in ({},):
         value = named(runbook, parameters)
         assert value.startswith(f"{runbook}-") or value == runbook, value
         assert_safe(value)
@@ -129,16 +129,16 @@ def flow_run_name(state: Any) -> str:
 
 
 def test_a_real_health_check_run_is_named_by_the_engine(config: SandboxState, simulator: httpx.Client) -> None:
-    from flows.health_check import HealthCheckParameters, health_check_flow
+    from flows.health_check import health_check_flow
 
-    state = health_check_flow(parameters=HealthCheckParameters(host=False), return_state=True)
+    state = health_check_flow(host=False, return_state=True)
     assert re.fullmatch(f"health-check-no-host-{STAMP}", flow_run_name(state)), flow_run_name(state)
 
 
 def test_a_real_data_freshness_report_only_run_is_named_a_dry_run(config: SandboxState,
                                                                   simulator: httpx.Client) -> None:
-    from flows.data_freshness import FreshnessParameters, data_freshness_flow
+    from flows.data_freshness import data_freshness_flow
 
-    state = data_freshness_flow(parameters=FreshnessParameters(act=False, quality=False), return_state=True)
+    state = data_freshness_flow(act=False, quality=False, return_state=True)
     assert re.fullmatch(f"data-freshness-all-no-quality-dry-run-{STAMP}", flow_run_name(state)), \
         flow_run_name(state)

@@ -50,6 +50,7 @@ from flows.model_rollback import RollbackParameters, model_rollback_flow
 from flows.restore import RestoreParameters, restore_database_flow
 from flows.weekly_report import WeeklyReportParameters, weekly_report_flow
 from runbooks import redact
+from runbooks.frame import arguments, outcome
 from runbooks.sandbox import SandboxState
 from runbooks.sandbox.cluster import free_port
 from runbooks.sandbox.environment import BUCKET, CHECKOUT, S3_KEY_ID
@@ -392,8 +393,8 @@ class Runs:
             if before is not None:
                 before()
             redact._REGISTERED.clear()
-            state = flow(parameters=parameters, return_state=True)
-        result = state.result(raise_on_failure=False)
+            state = flow(**arguments(parameters), return_state=True)
+        result = outcome(state)
         run = Run(label, state, result)
         self.done.append(run)
         assert state.type.value == expect, (label, state.message, getattr(result, "error", result))

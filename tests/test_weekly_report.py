@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.backup import BackupParameters, backup_databases
-from flows.weekly_report import WeeklyReportParameters, WeeklyReportResult, weekly_report_flow
+from flows.backup import backup_databases
+from flows.weekly_report import WeeklyReportResult, weekly_report_flow
 from runbooks.drill import DrillRecord, DrillRecords
+from runbooks.frame import outcome
 from runbooks.manifest import backup_id_for
 from runbooks.repository import open_repository
 from runbooks.sandbox import SandboxState
@@ -46,8 +47,8 @@ def closed_port_url() -> str:
 def report(**params: Any) -> tuple[Any, WeeklyReportResult, str]:
     from prefect.artifacts import Artifact
 
-    state = weekly_report_flow(parameters=WeeklyReportParameters(**params), return_state=True)
-    result = state.result(raise_on_failure=False)
+    state = weekly_report_flow(**params, return_state=True)
+    result = outcome(state)
     assert isinstance(result, WeeklyReportResult), result
     artifact = Artifact.get("weekly-report")
     assert artifact is not None
@@ -63,9 +64,9 @@ def section(markdown: str, title: str) -> list[str]:
 
 
 def backup_trading_db() -> str:
-    state = backup_databases(parameters=BackupParameters(databases=["trading_db"], include_cluster=False),
+    state = backup_databases(databases=["trading_db"], include_cluster=False,
                              return_state=True)
-    result = state.result(raise_on_failure=False)
+    result = outcome(state)
     assert state.is_completed(), result
     return str(result.items[0].backup_id)
 

@@ -5,15 +5,19 @@
 - ``TradingGuard``: halt or pause trading, resume only a halt that is still ours;
 - ``resource_lock`` (a database server's), ``host_lock`` (this host's), ``repository_lock`` (any host, no server of
   its own): one run per resource at a time, re-checked before each destructive step;
-- ``notify``: tell on-call through a Prefect notification block.
+- ``notify``: tell on-call through a Prefect notification block;
+- ``takes``: a flow's parameters as named, typed, described arguments (one form field each), validated by the
+  runbook's parameter model; ``outcome`` reads the result from a run's final state, failed or not.
 """
 
 from runbooks.frame.approval import Approval, ApprovalInput, request_approval
 from runbooks.frame.guard import TradingGuard
 from runbooks.frame.locks import host_lock, repository_lock, resource_lock
 from runbooks.frame.notify import notify
-from runbooks.frame.run import RunbookResult, RunbookRun
+from runbooks.frame.parameters import InvalidParameters, arguments, takes
+from runbooks.frame.run import RunbookFailed, RunbookResult, RunbookRun, outcome
 from runbooks.frame.steps import Steps, StepTiming
 
-__all__ = ["Approval", "ApprovalInput", "RunbookResult", "RunbookRun", "StepTiming", "Steps", "TradingGuard",
-           "host_lock", "notify", "repository_lock", "request_approval", "resource_lock"]
+__all__ = ["Approval", "ApprovalInput", "InvalidParameters", "RunbookFailed", "RunbookResult", "RunbookRun",
+           "StepTiming", "Steps", "TradingGuard", "arguments", "host_lock", "notify", "outcome", "repository_lock",
+           "request_approval", "resource_lock", "takes"]

@@ -2,7 +2,7 @@
 
 Prefect calls a ``flow_run_name`` callable with no arguments, so each flow's ``_run_name`` reads its parameters
 through ``run_parameters()`` and builds the name with ``run_name()``. The parameters are what a caller typed (a
-dict from a deployment or the API, the model when a flow is called in Python, possibly not yet validated), so every
+dict from a deployment, the API or a Python call, possibly not yet validated), so every
 part is cleaned and bounded here: a name carries no control or layout character and never runs past
 ``MAX_LENGTH``; the ``dry-run`` marker and the timestamp survive any truncation, so a dry run's name always differs
 from the real run's.
@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect.runtime import flow_run
-from pydantic import BaseModel
 
 MAX_LENGTH = 100
 MAX_PART = 40
@@ -31,14 +30,12 @@ INSTANT_FORMAT = "%Y%m%dT%H%M%SZ"
 _UNSAFE = re.compile(r"[^\w.+:@=-]+")
 
 
-def run_parameters(argument: str = "parameters") -> Mapping[str, Any]:
-    """The current run's parameter model as a mapping: ``{}`` outside a run or when the flow got ``None``.
+def run_parameters() -> Mapping[str, Any]:
+    """The current run's parameters (the flow's named arguments): ``{}`` outside a run.
 
     Keys absent from a deployment's dict mean "the default", so read them with ``.get(key, default)``.
     """
-    value = (flow_run.parameters or {}).get(argument)
-    if isinstance(value, BaseModel):
-        return dict(value)
+    value = flow_run.parameters
     return value if isinstance(value, Mapping) else {}
 
 

@@ -3,16 +3,18 @@ steps, and one way to conclude: the result model returned, the markdown report p
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from runbooks.frame.parameters import InvalidParameters
 from runbooks.frame.steps import Steps, StepTiming
 from runbooks.incidents import PostIncident, post_incident_markdown
 from runbooks.redact import install_log_scrubbing, scrub_data
@@ -36,12 +38,55 @@ class RunbookResult(BaseModel):
 R = TypeVar("R", bound=RunbookResult)
 
 
+class RunbookFailed(Exception):
+    """A runbook that concluded failed. Prefect needs an exception as a failed state's data (else the engine logs
+    "Unexpected result for failed state"); the result rides on it, for ``outcome`` and the drill to read."""
+
+    def __init__(self, message: str, result: RunbookResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.result))
+
+
+def outcome(state: State) -> Any:
+    """The result model a runbook's final state carries, failed or not (an exception if the run ended without
+    one: it crashed, or its parameters were refused)."""
+    data = state.result(raise_on_failure=False)
+    return data.result if isinstance(data, RunbookFailed) else data
+
+
+class _OneLineForExpectedFailures(logging.Filter):
+    """A runbook's failure is reported in its report and its state message. Prefect's engine re-raises the failed
+    state's exception at the end of a deployment run and logs it with a traceback of its own frames ("Engine
+    execution exited with unexpected exception"); for a concluded runbook or refused parameters that is one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RunbookFailed | InvalidParameters):
+            record.msg, record.args = "%s", (str(exc),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ENGINE_FILTER = _OneLineForExpectedFailures()
+
+
+def quiet_expected_failures() -> None:
+    """Idempotent; the engine logs through ``prefect.flow_runs`` (a logger filter sees only its own records)."""
+    engine = logging.getLogger("prefect.flow_runs")
+    if _ENGINE_FILTER not in engine.filters:
+        engine.addFilter(_ENGINE_FILTER)
+
+
 class RunbookRun(Generic[R]):
     """One run of a runbook. Create it first thing in the flow."""
 
     def __init__(self, runbook: str, *, resource: str | Callable[[Settings], str]) -> None:
         """``resource`` names what the run acts on in its events; a callable takes it from the settings."""
         install_log_scrubbing()
+        quiet_expected_failures()
         self.runbook = runbook
         self.logger = get_run_logger()
         self.flow_run_id = str(flow_run.id) if flow_run.id else None
@@ -56,9 +101,10 @@ class RunbookRun(Generic[R]):
         self.actor = f"runbooks-{runbook}:{(self.flow_run_id or 'local')[:8]}"
 
     def conclude(self, result: R, *, render: Callable[[R], str], report_key: str, description: str,
-                 post_incident: Callable[[R], PostIncident | None] | None = None) -> State:
+                 post_incident: Callable[[R], PostIncident | None] | None = None, message: str | None = None) -> State:
         """Publish the report (and, for a recovery that acted, seed 002's post-incident report) and return the
-        flow's final state, carrying the (scrubbed) result."""
+        flow's final state, carrying the (scrubbed) result: as data when it completed, on a ``RunbookFailed`` when
+        it failed. ``message`` replaces the state's default message."""
         result.seconds = time.monotonic() - self._started
         result.timeline = list(self.steps.timeline)
         result = type(result).model_validate(scrub_data(result.model_dump(mode="json")))
@@ -74,8 +120,9 @@ class RunbookRun(Generic[R]):
         self.steps.event("run.concluded", succeeded=result.succeeded, error=result.error,
                          seconds=round(result.seconds, 3))
         if result.succeeded:
-            return Completed(data=result, message=f"{self.runbook} succeeded")
+            return Completed(data=result, message=message or f"{self.runbook} succeeded")
         if result.declined:  # not Failed: the failure automation pages P2 for an outage, and this is none
-            return Completed(data=result, message=f"{self.runbook} not approved ({result.declined}); nothing "
-                             "was changed")
-        return Failed(data=result, message=result.error or f"{self.runbook} failed")
+            return Completed(data=result, message=message or f"{self.runbook} not approved ({result.declined}); "
+                             "nothing was changed")
+        message = message or result.error or f"{self.runbook} failed"
+        return Failed(data=RunbookFailed(f"{self.runbook} failed: {message}", result), message=message)
