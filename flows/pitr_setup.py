@@ -336,7 +336,8 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
                         + ("; restart PostgreSQL" if plan.restart_needed and plan.restart else "") + "."
                         + (f" {result.change_window.summary()}." if result.change_window and
                            result.change_window.in_session else ""),
-                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
+                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds,
+                plan_artifact="pitr-setup-plan")
             figures.update(approved=result.approval.approved, approver=result.approval.approver)
         if not result.approval.approved:
             result.declined = f"{result.approval.approver}: {result.approval.reason}"

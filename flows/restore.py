@@ -533,15 +533,16 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
             result.approval = request_approval(
                 run, plan_hash=result.plan.plan_hash, confirm=params.confirm,
                 summary=f"Approve restore plan `{result.plan.plan_hash}` of {params.database} from "
-                        f"{result.plan.backup_id} (see the restore-plan artifact)."
+                        f"{result.plan.backup_id}."
                         + (f" {result.change_window.summary()}." if result.change_window and
                            result.change_window.in_session else ""),
-                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
+                timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds,
+                plan_artifact=f"restore-plan-{params.database}")
             figures.update(approved=result.approval.approved, approver=result.approval.approver)
         if not result.approval.approved:
             timed_out = result.approval.via == "timeout"
             result.status = "timed_out" if timed_out else "rejected"
-            result.error = ("no decision within the approval timeout" if timed_out
+            result.error = (result.approval.reason if timed_out
                             else f"rejected by {result.approval.approver}: {result.approval.reason}")
             result.declined = result.error
             result.next_steps.append("Nothing was changed; the scratch copy was dropped.")

@@ -1223,6 +1223,74 @@ class PrefectSettings(BaseModel):
     _api_url = field_validator("api_url")(_check_http_url)
 
 
+# The runbooks that pause for an approval before their destructive step: the only keys [approvals.runbooks] takes.
+# A runbook that starts asking (Redis replace, config rollback, drawdown override) adds its name here with its flow.
+APPROVING_RUNBOOKS = ("restore", "disk-cleanup", "pitr-setup")
+MAX_APPROVERS = 3
+
+
+class ApprovalSettings(BaseModel):
+    """Four eyes: how many distinct people must approve a plan before a runbook acts on it. The plan's ``confirm``
+    parameter (its hash, given when the run is started: the operator's unattended path) still counts as the whole
+    approval, whatever is required here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required: int = Field(default=1, ge=1, le=MAX_APPROVERS, description="distinct approvers a plan needs, for "
+                          "every runbook that asks for approval and is not named in [approvals.runbooks]")
+    runbooks: dict[str, Annotated[int, Field(ge=1, le=MAX_APPROVERS)]] = Field(
+        default_factory=dict, description="distinct approvers per runbook, over `required`, e.g. restore = 2; keys: "
+        + ", ".join(APPROVING_RUNBOOKS))
+
+    @field_validator("runbooks", mode="before")
+    @classmethod
+    def _approving_runbooks(cls, value: Any) -> Any:
+        """Keys are runbook names as the CLI spells them; ``disk_cleanup`` is accepted for ``disk-cleanup`` (an
+        environment variable cannot hold a dash: ``RUNBOOKS_APPROVALS__RUNBOOKS__DISK_CLEANUP=2``). A name of a
+        runbook that never asks for approval is refused: it would read as four eyes where there are none."""
+        if not isinstance(value, Mapping):
+            return value
+        named: dict[str, Any] = {}
+        for key, required in value.items():
+            name = str(key).lower().replace("_", "-")
+            if name not in APPROVING_RUNBOOKS:
+                raise ValueError(f"{str(key)[:80]!r} is not a runbook that asks for approval (those that do: "
+                                 f"{', '.join(APPROVING_RUNBOOKS)})")
+            if name in named:
+                raise ValueError(f"{name!r} is set twice (as {name!r} and {str(key)!r})")
+            named[name] = required
+        return named
+
+    def required_for(self, runbook: str) -> int:
+        """Distinct approvers ``runbook``'s plan needs."""
+        return self.runbooks.get(runbook, self.required)
+
+
+_HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_NAME_PATTERN = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+
+def this_host() -> str:
+    """This machine's name as ``hostname`` prints it, lower-cased: the default ``host_name``."""
+    import socket
+
+    return socket.gethostname().lower()
+
+
+def _host_name(name: str) -> str:
+    """``name`` lower-cased if it is a host name (RFC 1123: dot-separated labels of letters, digits and inner
+    dashes, at most 253 characters): host names are case-insensitive, and what is built per host (deployments,
+    work queues) must not take ``Worker-1`` and ``worker-1`` for two hosts."""
+    lowered = name.lower()
+    if len(lowered) > 253 or not HOST_NAME_PATTERN.fullmatch(lowered):
+        raise ValueError(f"{name[:80]!r} is not a host name (letters, digits, inner dashes and dots, as "
+                         "'hostname' prints it, e.g. 'worker-1' or 'worker-1.internal')")
+    return lowered
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+
+
 MarketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
 
@@ -1245,6 +1313,7 @@ class Settings(BaseSettings):
     trading_api: ApiSettings | None = None
     inference_api: ApiSettings | None = None
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
@@ -1255,6 +1324,11 @@ class Settings(BaseSettings):
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
     state_dir: AbsoluteOsPath = Field(default_factory=default_state_dir, description="this host's private working "
                                       "state (restore work directories): created 0700")
+    hosts: list[HostName] = Field(default_factory=list, max_length=256, description="the hosts whose workers run "
+                                  "the runbooks, as each one's host_name; empty or one: a single host. More than "
+                                  "one: the repository must be shared (s3://), never file://")
+    host_name: HostName = Field(default_factory=this_host, validate_default=False, description="this host's name "
+                                "among hosts (default: 'hostname', lower-cased); set RUNBOOKS_HOST_NAME per host")
 
     @property
     def work_root(self) -> Path:
@@ -1332,6 +1406,33 @@ class Settings(BaseSettings):
                 f"database {name!r} is not in the inventory (configured: {known}).",
                 hint=f"add [databases.{_toml_key(name)}] to {config_path()} or pick a configured one.",
             ) from None
+
+    @property
+    def several_hosts(self) -> bool:
+        """Whether the runbooks run on more than one host: what they share must then be shared by all."""
+        return len(self.hosts) > 1
+
+    @model_validator(mode="after")
+    def _one_fleet(self) -> Settings:
+        """Declared hosts: this host is one of them, none twice, and once there are several the backup repository is
+        shared. A ``file://`` repository is a directory of one host: each host would keep its own backups, claim
+        its own backup ids and hold its own repository leases, so a restore or a drill on another host would not
+        see them. Refused at load, before any runbook runs."""
+        seen: set[str] = set()
+        for host in self.hosts:
+            if host in seen:
+                raise _refused_at(("hosts",), f"host {host!r} is listed twice")
+            seen.add(host)
+        if self.hosts and self.host_name not in seen:
+            raise _refused_at(("host_name",), f"this host's name {self.host_name!r} is not one of hosts "
+                              f"({', '.join(self.hosts)}): set {env_variable('host_name')} on this host to its "
+                              "name as hosts lists it, or add this host to hosts")
+        if self.several_hosts and urlparse(self.repository.url).scheme == "file":
+            raise _refused_at(("repository", "url"), f"repository {self.repository.url!r} is a directory of one "
+                              f"host, but hosts declares {len(self.hosts)} ({', '.join(self.hosts)}): the "
+                              "repository must be shared (S3 or another shared store: s3://bucket/prefix, with "
+                              "endpoint_url for MinIO or Ceph) once there is more than one host")
+        return self
 
     @model_validator(mode="after")
     def _tables_name_known_markets(self) -> Settings:
