@@ -129,8 +129,8 @@ def _block_ids(settings: Settings) -> BlockIds:
         except (ValueError, RuntimeError) as exc:
             raise ConfigurationError(f"notification block {name!r} named in [notifications] cannot be loaded "
                                      f"({str(exc).splitlines()[0][:200]}).",
-                                     hint="create it on this Prefect server (README 'Where secrets go'), or fix "
-                                     "the name; no automation was changed.") from None
+                                     hint="make it with 'runbooks notifications setup' (README 'Notifications "
+                                     "and escalation'), or fix the name; no automation was changed.") from None
         found[name] = block._block_document_id
     return lambda severity: [found[n] for n in settings.notifications.blocks_for(severity)]
 
@@ -154,9 +154,9 @@ def refuse_missing_blocks(settings: Settings) -> None:
         f"no notification block for {', '.join(missing)}: [notifications] block and [notifications.severities."
         f"{missing[0]}] blocks are both empty, so {len(names)} automation(s) would notify nobody "
         f"({', '.join(repr(n) for n in names[:3])}{', …' if len(names) > 3 else ''}).",
-        hint="create one with 'prefect block create slack-webhook' (or custom-webhook, pager-duty-webhook), name it "
-        "in runbooks.toml as [notifications] block = 'slack-webhook/<name>' (or RUNBOOKS_NOTIFICATIONS__BLOCK), "
-        "and rerun apply; no automation was changed.")
+        hint="name a block in runbooks.toml ([notifications] block = 'slack-webhook/<name>', or "
+        "RUNBOOKS_NOTIFICATIONS__BLOCK), make it with 'runbooks notifications setup', and rerun apply; no "
+        "automation was changed.")
 
 
 def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:

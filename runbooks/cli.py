@@ -352,6 +352,9 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
         row("S3 (moto)", f"{s3['endpoint_url']}  bucket {s3['bucket']}/{s3['prefix']}", s3["up"])
     row("simulator", status["simulator"]["url"], status["simulator"]["up"])
     row("prefect UI", status["prefect"]["ui"], status["prefect"]["up"])
+    if notified := status.get("notifications"):  # where pages arrive: the receiver and the log it appends to
+        row("notifications", f"{notified['receiver']} -> {notified['log']} ({notified['messages']} received)",
+            notified["up"])
     row("config", status["config"], "")
     if status.get("config_s3"):
         row("config (S3 repository)", status["config_s3"], "")
@@ -379,6 +382,115 @@ def sandbox_feed(
         raise _fail(ValueError(f"the sandbox in {str(directory)!r} has no feeder running. HINT: start it with "
                                "'runbooks sandbox up'."), 2)
     _say(f"market feed {'resumed' if resume else 'stopped'}")
+
+
+# -- notifications ----------------------------------------------------------------------------------------------
+notifications_app = typer.Typer(no_args_is_help=True, help="The Prefect notification blocks [notifications] names: "
+                                "make them, check them, send a test through them.")
+app.add_typer(notifications_app, name="notifications")
+BlockOption = Annotated[str | None, typer.Option("--block", help="one block as [notifications] names it "
+                                                 "('type-slug/name'); needed when it names several")]
+
+
+def _notification_settings() -> Settings:
+    """The settings, Prefect pointed at [prefect] api_url unless PREFECT_API_URL is set, and its log lines tidied."""
+    settings = _settings()
+    _prefect_env(settings)
+    import prefect  # noqa: F401 - configures Prefect's logging, which prepare_log_output then adjusts
+
+    prepare_log_output()
+    return settings
+
+
+@notifications_app.command("setup")
+def notifications_setup(
+    block: BlockOption = None,
+    secret_file: Annotated[Path | None, typer.Option(
+        "--secret-file", help="file holding the webhook URL (pager-duty-webhook: the integration key, then the API "
+        "key, one per line), readable by you only (chmod 600); '-' reads stdin. Without it a hidden prompt asks. "
+        "Never on the command line: process lists and shell history would show it.")] = None,
+) -> None:
+    """Create or update the notification block [notifications] names on the Prefect server (PREFECT_API_URL, else
+    [prefect] api_url), with Prefect's own block class. Idempotent; says what it did, never the secret."""
+    from runbooks import notification_blocks
+
+    settings = _notification_settings()
+    try:
+        name = notification_blocks.choose_block(settings.notifications, block, config=str(config_path()))
+        kind = notification_blocks.kind_or_raise(name)
+        notification_blocks.api_url_or_raise()  # before asking for a secret it could not store
+        if secret_file is None:
+            if not sys.stdin.isatty():
+                raise ConfigurationError(f"no {' and '.join(kind.labels)} given for {name!r}.",
+                                         hint="pass --secret-file PATH (chmod 600), or --secret-file - with it on "
+                                         "stdin, or run in a terminal to be asked; nothing was changed.")
+            text = "\n".join(typer.prompt(f"{label} for {name} (hidden)", hide_input=True, err=True)
+                             for label in kind.labels)
+            source = "the prompt"
+        elif str(secret_file) == "-":
+            source = "stdin"
+            text = notification_blocks.decode_secret(sys.stdin.buffer.read(notification_blocks.MAX_SECRET_BYTES + 1),
+                                                     source=source)
+        else:
+            source = f"the secret file {str(secret_file)!r}"
+            text = notification_blocks.read_secret_file(secret_file)
+        values = notification_blocks.parse_secret_values(kind, text, source=source)
+        done = notification_blocks.setup_block(name, values)
+    except RunbookError as exc:
+        raise _fail(exc) from None
+    severities = ", ".join(notification_blocks.named_blocks(settings.notifications)[name])
+    _say(f"{done.outcome} {done.block} ({kind.class_name}) on {done.server}: notifications of {severities} go "
+         f"through it. Try it: runbooks notifications test --block {done.block}")
+
+
+@notifications_app.command("check")
+def notifications_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Which blocks [notifications] names exist on the Prefect server; exit 1 when one is missing."""
+    from runbooks import notification_blocks
+
+    settings = _notification_settings()
+    try:
+        found = notification_blocks.check_blocks(settings.notifications)
+    except RunbookError as exc:
+        raise _fail(exc) from None
+    unrouted = notification_blocks.unrouted_severities(settings.notifications)
+    if as_json:
+        out.print_json(json.dumps({"blocks": [b.model_dump() for b in found], "events_only": unrouted}))
+    else:
+        for status in found:
+            served = ", ".join(status.severities)
+            if status.exists:
+                _say(f"exists   {status.block} ({served})")
+            else:
+                fix = (f"runbooks notifications setup --block {status.block}" if status.supported else
+                       "create it in the Prefect UI (Blocks)")
+                _say(f"MISSING  {status.block} ({served}): {fix}")
+        for severity in unrouted:
+            _say(f"no block {severity}: its notifications are events only ([notifications] block)")
+    if any(not status.exists for status in found):
+        raise typer.Exit(1)
+
+
+@notifications_app.command("test")
+def notifications_test(block: BlockOption = None) -> None:
+    """Send a test message through every block [notifications] names (or --block): what on-call would see. Exit 1
+    when one did not deliver."""
+    from runbooks import notification_blocks
+
+    settings = _notification_settings()
+    try:
+        names = ([notification_blocks.choose_block(settings.notifications, block, config=str(config_path()))]
+                 if block else list(notification_blocks.named_blocks(settings.notifications)))
+        if not names:
+            notification_blocks.choose_block(settings.notifications, None, config=str(config_path()))  # says why
+        sent = notification_blocks.send_test(names)
+    except RunbookError as exc:
+        raise _fail(exc) from None
+    for delivery in sent:
+        _say(f"delivered via {delivery.block}" if delivery.delivered else
+             f"NOT delivered via {delivery.block}: {delivery.detail}")
+    if not all(delivery.delivered for delivery in sent):
+        raise typer.Exit(1)
 
 
 # -- markets ----------------------------------------------------------------------------------------------------

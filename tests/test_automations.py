@@ -245,5 +245,5 @@ def test_a_severity_without_a_block_is_refused_in_one_line_before_the_server_is_
     assert captured.out == "" and captured.err.count("\n") == 1, captured
     line = captured.err
     assert line.startswith(f"runbooks: no notification block for {missing}: "), line
-    assert names in line and "'prefect block create slack-webhook'" in line and "HINT:" in line, line
+    assert names in line and "'runbooks notifications setup'" in line and "HINT:" in line, line
     assert "no automation was changed" in line and "could not be reached" not in line, line

@@ -47,11 +47,15 @@ S3_KEY_ID = "sandbox"
 # What ``up`` (and the runbooks its config points at) make directly in the sandbox directory: ``down`` removes these
 # and nothing else, so a file someone else put there survives it. ``state.json``, the record, goes last.
 MADE_DIRS = ("postgres", "repository", "feed", "prefect", "logs", "state", "pitr", "drills")
-MADE_FILES = ("runbooks.toml", "runbooks-s3.toml")
+MADE_FILES = ("runbooks.toml", "runbooks-s3.toml", "notifications.log")
 # How each child's command line reads (``_spawn``'s argv): a recorded pid whose process does not read so is no longer
 # ours (the pid was reused), and is left alone.
 CHILD_ARGV = {"s3": "-m runbooks.sandbox.s3server", "simulator": "-m runbooks.sandbox.simulator",
-              "feeder": "-m runbooks.sandbox.feeder", "prefect": "-m prefect server start"}
+              "feeder": "-m runbooks.sandbox.feeder", "prefect": "-m prefect server start",
+              "receiver": "-m runbooks.sandbox.receiver"}
+# The sandbox's on-call: a custom-webhook block pointing at its receiver, named in its config's [notifications].
+NOTIFICATION_BLOCK = "custom-webhook/sandbox-oncall"
+NOTIFICATIONS_LOG = "notifications.log"
 
 
 def parse_size(text: str) -> float:
@@ -75,6 +79,8 @@ class SandboxState(BaseModel):
     simulator_port: int | None = None
     simulator_token: str | None = None
     prefect_port: int | None = None
+    receiver_port: int | None = None  # the notification receiver: only with a Prefect server (where its block lives)
+    receiver_token: str | None = None
     pids: dict[str, int] = {}
     config_path: str
     s3_config_path: str | None = None
@@ -98,6 +104,15 @@ class SandboxState(BaseModel):
     @property
     def prefect_api_url(self) -> str | None:
         return f"http://127.0.0.1:{self.prefect_port}/api" if self.prefect_port else None
+
+    @property
+    def receiver_endpoint(self) -> str | None:
+        """The receiver's address, without the token: what status shows."""
+        return f"http://127.0.0.1:{self.receiver_port}" if self.receiver_port else None
+
+    @property
+    def notifications_log(self) -> Path:
+        return Path(self.root) / NOTIFICATIONS_LOG
 
     def cluster(self) -> PostgresCluster:
         """The sandbox's cluster: TCP for the runbooks, and a private Unix socket for pgBackRest (PITR) when the
@@ -231,8 +246,12 @@ class Sandbox:
     # -- lifecycle -----------------------------------------------------------------------------------------
     def up(self, *, size_mb: float = 5, s3: bool = True, simulator: bool = True, prefect: bool = True,
            markets: Mapping[str, MarketSettings] | None = None, feeder: bool = True, feed_interval: float = 300,
-           progress: Any = print) -> SandboxState:
+           notifications: bool = True, progress: Any = print) -> SandboxState:
         """Start everything (idempotent: a running sandbox is returned as it is).
+
+        With a Prefect server and ``notifications``, a webhook receiver stands in for on-call: the config's
+        ``[notifications]`` names a block (NOTIFICATION_BLOCK) made on that server pointing at it, and every message
+        lands in ``notifications.log``. Without a Prefect server there is no block to name, so no section either.
 
         ``markets`` (default: the seeds', USD/COP in COT and crypto 24/7) decide where each symbol's seeded history
         ends (its last close, or now while open) and when the feeder, a child process writing the missing bars
@@ -305,8 +324,12 @@ class Sandbox:
                          "PREFECT_UI_URL": f"http://127.0.0.1:{state.prefect_port}"})
                 _wait_http(f"{state.prefect_api_url}/health", timeout=120, what="Prefect server", proc=proc,
                            log=self._log("prefect"))
+                if notifications:
+                    self._start_receiver(state, progress=progress)
             self._write_configs(state)
             self._save(state)
+            if state.receiver_port:
+                self._create_notification_block(state, progress=progress)
         except BaseException:
             self._save(state)
             self._teardown(state)  # what this call made, by its own record in hand
@@ -315,6 +338,26 @@ class Sandbox:
 
     def _log(self, name: str) -> Path:
         return self.root / f"{name}.log"
+
+    def _start_receiver(self, state: SandboxState, *, progress: Any) -> None:
+        """The notification receiver, on loopback; its token (the block's secret) goes by the environment."""
+        state.receiver_port, state.receiver_token = free_port(), secrets.token_urlsafe(24)
+        progress(f"Notification receiver: {state.receiver_endpoint} (every message lands in {state.notifications_log})")
+        proc = self._spawn(state, "receiver", [
+            sys.executable, "-m", "runbooks.sandbox.receiver", "--port", str(state.receiver_port),
+            "--log", str(state.notifications_log)], env={"RECEIVER_TOKEN": state.receiver_token})
+        _wait_http(f"{state.receiver_endpoint}/health", timeout=60, what="notification receiver", proc=proc,
+                   log=self._log("receiver"))
+
+    def _create_notification_block(self, state: SandboxState, *, progress: Any) -> None:
+        """The block the config names, on the sandbox's server, made as 'runbooks notifications setup' makes one."""
+        from runbooks.notification_blocks import KINDS, parse_secret_values, setup_block
+
+        url = f"{state.receiver_endpoint}/hook/{state.receiver_token}"
+        values = parse_secret_values(KINDS["custom-webhook"], url, source="the sandbox's receiver")
+        done = setup_block(NOTIFICATION_BLOCK, values, api_url=state.prefect_api_url)
+        progress(f"Notifications: {done.outcome} block {NOTIFICATION_BLOCK!r} -> the receiver; send a test with "
+                 f"'runbooks notifications test', read {state.notifications_log}")
 
     def _start_feeder(self, state: SandboxState, cluster: PostgresCluster, *, interval: float,
                       progress: Any) -> None:
@@ -450,6 +493,11 @@ class Sandbox:
                            f"token = {_toml_str(state.simulator_token or '')}", ""]
         if state.prefect_api_url:
             common += ["[prefect]", f"api_url = {_toml_str(state.prefect_api_url)}", ""]
+        if state.receiver_port:
+            common += ["# On-call: every severity goes to the sandbox's webhook receiver, through a block 'sandbox up'",
+                       f"# made on its Prefect server; each message is appended to {state.notifications_log}.",
+                       "# Try: runbooks notifications test", "[notifications]",
+                       f"block = {_toml_str(NOTIFICATION_BLOCK)}", ""]
         local = common + ["[repository]", f"url = {_toml_str((self.root / 'repository').as_uri())}", ""]
         self._write(Path(state.config_path), local)
         if state.s3_endpoint:
@@ -576,8 +624,20 @@ class Sandbox:
             "prefect": {"api_url": state.prefect_api_url,
                         "ui": state.prefect_api_url.removesuffix("/api") if state.prefect_api_url else None,
                         "up": alive(f"{state.prefect_api_url}/health" if state.prefect_api_url else None)},
+            "notifications": self._notifications_status(state, alive),
             "feed": self._feed_status(state),
         }
+
+    @staticmethod
+    def _notifications_status(state: SandboxState, alive: Any) -> dict[str, Any] | None:
+        """The receiver (its address without the token), the block pointing at it, and the log pages land in."""
+        from runbooks.sandbox.receiver import count_messages
+
+        if not state.receiver_endpoint:
+            return None
+        return {"receiver": state.receiver_endpoint, "up": alive(f"{state.receiver_endpoint}/health"),
+                "block": NOTIFICATION_BLOCK, "log": str(state.notifications_log),
+                "messages": count_messages(state.notifications_log)}
 
     @staticmethod
     def _feed_status(state: SandboxState) -> dict[str, Any]:
