@@ -6,12 +6,14 @@ nightly backup keeps its 02:00 UTC schedule and operators find the same names in
 do not apply: this process runs the flows itself, from this checkout.
 
 Run ``python deployments/serve.py`` with ``PREFECT_API_URL`` pointing at the Prefect server. Stopping it
-(Ctrl-C, SIGTERM) pauses the schedules until it serves again.
+(Ctrl-C, SIGTERM) pauses the schedules until it serves again. One host only: with several ``hosts`` in the settings
+it refuses to serve (use the work pool, ``deployments/per_host.py`` and a worker per host).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,11 +82,26 @@ def build_deployments(config: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     return deployments
 
 
-def main() -> None:
+def main() -> int:
     # Same working directory as the worker's pull step gives a flow run: ./runbooks.toml is the inventory.
     os.chdir(REPO_ROOT)
+    from runbooks.errors import ConfigurationError, RunbookError
+    from runbooks.settings import load_settings
+
+    try:
+        settings = load_settings()
+        if settings.several_hosts:
+            raise ConfigurationError(
+                f"the settings declare {len(settings.hosts)} hosts ({', '.join(settings.hosts)}), but serve.py runs "
+                "every runbook in this one process on this host: the other hosts' disks would never be cleaned or "
+                "checked.", hint="use the work pool and a worker per host: python deployments/per_host.py write, "
+                "then prefect deploy --all --prefect-file prefect.hosts.yaml (docs/scale-out.md); nothing was served.")
+    except RunbookError as exc:
+        print(f"runbooks: {exc}", file=sys.stderr)
+        return 2
     serve(*build_deployments())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,9 @@ leftovers, check the database's size) with seed 001's baseline (normal < 85 %, a
 only above the high watermark and stops once the disk is below the low one, lowest-risk rule first.
 
 Trigger: ``runbooks run disk-cleanup`` (a dry run unless ``dry_run=false``), the daily ``disk-cleanup-daily``
-deployment, or ``disk-cleanup-on-demand`` when the disk alert fires. Blast radius: files under ``[cleanup]
+deployment, or ``disk-cleanup-on-demand`` when the disk alert fires; on several hosts, their per-host copies
+(``disk-cleanup-daily-<host>``, work queue ``host-<host>``, ``on_host`` set: ``deployments/per_host.py``), which
+another host's worker refuses to run. Blast radius: this host only; files under ``[cleanup]
 allowed_roots`` that the rules select (never a protected name, an open file, a symbolic link, another
 filesystem, anything in a PostgreSQL data directory; the settings refuse any root that is, lies inside or holds a
 system tree, a data directory, the runbooks' state or repositories, or the user's home, and ``force`` changes
@@ -19,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import unicodedata
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from runbooks.dockerclean import DockerObject, DockerOutcome
 from runbooks.errors import ConfigurationError, Refused, RunbookError
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
+from runbooks.frame.locks import ON_HOST_HELP, require_this_host
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.frame.window import ChangeWindow, require_change_window
@@ -50,6 +52,7 @@ from runbooks.settings import (
     DatabaseRule,
     DockerRule,
     FileRule,
+    HostName,
     Identifier,
     Settings,
 )
@@ -112,6 +115,7 @@ class CleanupParameters(BaseModel):
     in_session_reason: str | None = Field(default=None, max_length=500, description="Why Docker pruning or "
                                           "VACUUM may run while a gating market is in session (an incident); "
                                           "without it they wait for the close. File rules never wait.")
+    on_host: Annotated[HostName, InventoryChoices("hosts")] | None = Field(default=None, description=ON_HOST_HELP)
 
     def heavy_work(self, settings: Settings) -> list[str]:
         """What this run would do that weighs on a live platform: Docker pruning (the engine's I/O) and VACUUM."""
@@ -133,7 +137,9 @@ class CleanupParameters(BaseModel):
 
     def check_against(self, settings: Settings) -> None:
         """Refuse (ConfigurationError) unknown rules, missing or unsafe roots and unknown databases, before any
-        run; the flow repeats it as its first step."""
+        run; the flow repeats it as its first step. A run meant for another host is refused first: it would
+        clean this one."""
+        require_this_host(settings, self.on_host, runbook=RUNBOOK, acts="clean")
         cfg = settings.cleanup
         for name in self.rules or []:
             if cfg.rule(name) is None:
@@ -192,6 +198,8 @@ class CleanupPlan(BaseModel):
 
 
 class CleanupResult(RunbookResult):
+    host: str | None = Field(default=None, description="the host whose disks this run measured and cleaned (its "
+                             "host_name)")
     dry_run: bool
     force: bool
     high_watermark: float
@@ -249,7 +257,8 @@ def render_report(result: CleanupResult) -> str:
     mode = "dry run" if result.dry_run else ("forced" if result.force else "")
     figure, why = _headline(result)
     lines = [f"# Disk cleanup{f' ({mode})' if mode else ''} — {figure}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Watermarks: clean at "
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC on {result.host or 'this host'}, "
+             f"{result.seconds:.1f} s. Watermarks: clean at "
              f"{result.high_watermark:g} %, stop below {result.low_watermark:g} %." + why, ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
@@ -347,8 +356,8 @@ def plan_hash(plan: CleanupPlan) -> str:
 
 def _run_name() -> str:
     p = run_parameters()
-    return run_name(RUNBOOK, listed(p.get("rules")) if p.get("rules") else None, "forced" if p.get("force") else None,
-                    dry_run=bool(p.get("dry_run", True)), stamp=True)
+    return run_name(RUNBOOK, p.get("on_host"), listed(p.get("rules")) if p.get("rules") else None,
+                    "forced" if p.get("force") else None, dry_run=bool(p.get("dry_run", True)), stamp=True)
 
 
 def _device(path: str | Path) -> int | None:
@@ -363,11 +372,11 @@ def _device(path: str | Path) -> int | None:
 def disk_cleanup_flow(params: CleanupParameters) -> State:
     """Measure the watched filesystems; when one is at the high watermark (or ``force``), run the rules in order,
     lowest risk first, until every one is below the low watermark; report what went and where space is."""
-    run: RunbookRun[CleanupResult] = RunbookRun(RUNBOOK, resource=socket.gethostname())
+    run: RunbookRun[CleanupResult] = RunbookRun(RUNBOOK, resource=lambda settings: settings.host_name)
     settings = run.settings
     cfg = settings.cleanup
-    result = CleanupResult(started_at=run.started_at, dry_run=params.dry_run, force=params.force,
-                           high_watermark=cfg.high_watermark, low_watermark=cfg.low_watermark)
+    result = CleanupResult(started_at=run.started_at, host=settings.host_name, dry_run=params.dry_run,
+                           force=params.force, high_watermark=cfg.high_watermark, low_watermark=cfg.low_watermark)
     manifest: Manifest | None = None
     held = ExitStack()
     try:
@@ -597,7 +606,8 @@ def _databases(run: RunbookRun[CleanupResult], rule: DatabaseRule, params: Clean
                     f"VACUUM FULL {', '.join(plan.vacuum_full) or 'nothing'}."
                     + (f" {result.change_window.summary()}." if result.change_window and
                        result.change_window.in_session else ""),
-            timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds)
+            timeout_seconds=params.approval_timeout_seconds, poll_seconds=params.approval_poll_seconds,
+            plan_artifact="disk-cleanup-plan")
         figures.update(approved=result.approval.approved, approver=result.approval.approver)
     if not result.approval.approved:
         result.next_steps.append(f"Not approved ({result.approval.reason}): nothing was dropped or rewritten.")

@@ -6,14 +6,15 @@ Trigger: the ``dr-game-day-quarterly`` deployment (first Tuesday of January, Apr
 never production. It restores into a throwaway initdb cluster on a free loopback port (or into an existing
 EMPTY server named by ``drill.target_dsn``, refused if it is an inventory server or holds anything a drill did
 not record making), fetches into its own work directory, and reads the repository; it writes only its own
-records there (the drill record, holds on the backups it restores). Rollback: nothing to undo. The cluster is
-torn down at the end unless ``keep_cluster``; a drill killed before that is cleaned up by the next drill.
+records there (the drill record, holds on the backups it restores, its lease). One drill of a cluster at a time
+on every host that shares the repository: a second is refused ("another drill is running"), not failed. Rollback:
+nothing to undo. The cluster is torn down at the end unless ``keep_cluster``; a drill killed before that is
+cleaned up by the next drill on that host.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +42,7 @@ from runbooks.drill import (
     score_component,
 )
 from runbooks.errors import ConfigurationError, LockBusy, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, host_lock, resource_lock
+from runbooks.frame import RunbookResult, RunbookRun, host_lock, repository_lock, resource_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
 from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality
@@ -188,8 +189,10 @@ class PhysicalDrill(BaseModel):
 
 class DrillResult(RunbookResult):
     keep_cluster: bool = False
-    refused: str | None = Field(default=None, description="the drill never ran: another drill holds this host or "
-                                "the target server (who, when known); nothing was done, nothing scored or recorded")
+    host: str | None = Field(default=None, description="the host that ran the drill (its host_name)")
+    refused: str | None = Field(default=None, description="the drill never ran: another drill holds this host, "
+                                "the cluster's drill lease in the repository (any host) or the target server (who, "
+                                "when known); nothing was done, nothing scored or recorded")
     cluster: str | None = Field(default=None, description="the clean cluster (no password)")
     cluster_kind: Literal["throwaway", "server"] | None = None
     kept: list[str] = Field(default_factory=list, description="what was left for inspection, and how to remove it")
@@ -260,7 +263,8 @@ def render_report(result: DrillResult) -> str:
         return _render_refusal(result)
     verdict = "platform OPERATIONAL on the restored data" if result.operational else "platform NOT proven operational"
     lines = [f"# DR game-day — {verdict}; {result.summary}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all."]
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC on {result.host or 'this host'}, "
+             f"{result.seconds:.1f} s in all."]
     if result.recovery_seconds is not None:
         met = "within" if result.recovery_seconds <= result.recovery_target_seconds else "OVER"
         lines.append(f"**Time to recovery: {human_duration(result.recovery_seconds)}** ({met} seed 001's "
@@ -337,7 +341,8 @@ def render_report(result: DrillResult) -> str:
 def _render_refusal(result: DrillResult) -> str:
     """A drill that never ran: who it yielded to and what to do, not a scorecard of components it never tried."""
     lines = [f"# DR game-day — {result.refused}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all. Nothing was done: "
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC on {result.host or 'this host'}, "
+             f"{result.seconds:.1f} s in all. Nothing was done: "
              "no cluster provisioned, no backup restored or held, nothing scored, nothing added to the trend.", ""]
     if result.error:
         lines += [f"**Refused:** {result.error}", ""]
@@ -360,7 +365,7 @@ def dr_game_day_flow(params: DrillParameters) -> State:
     """Restore the newest backup set into a clean cluster, prove the platform works on it, score RTO/RPO."""
     run: RunbookRun[DrillResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
-    result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster)
+    result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster, host=settings.host_name)
     catalog: BackupCatalog | None = None
     attempted = False  # past the settings check: a drill, recorded in the trend
 
@@ -394,72 +399,77 @@ def dr_game_day_flow(params: DrillParameters) -> State:
         run.logger.warning("DR game-day %s", scrub(result.refused))
         return conclude()
 
-    on_this_host = ExitStack()
-    try:
-        with run.step("check settings"):
-            check_drill_settings(settings)
-            catalog = BackupCatalog(open_repository(settings.repository))
-            catalog.repository.check_exists()
-            target = settings.drill.target()
-        # Two drills on one host would share its cores and skew each other's time to recovery: one at a time.
+    # Held from the first lock to the end of the physical path: the drill's cores on this host, and the drill of
+    # this cluster on any host (the physical path restores too).
+    with ExitStack() as drilling:
         try:
-            on_this_host.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks",
+            with run.step("check settings"):
+                check_drill_settings(settings)
+                catalog = BackupCatalog(open_repository(settings.repository))
+                catalog.repository.check_exists()
+                target = settings.drill.target()
+            # Two drills on one host would share its cores and skew each other's time to recovery; two on two hosts
+            # would both restore and hold the same backups and both write the trend: one drill of a cluster at a
+            # time, here (a file lock the kernel drops with the process) and on every host that shares the
+            # repository (its lease, as a model rollback holds its model).
+            try:
+                drilling.enter_context(host_lock(run, directory=settings.state_dir.expanduser() / "locks",
                                                  name=RUNBOOK))
-        except LockBusy as exc:
-            return refuse(exc)
-        attempted = True
-        with run.step("sweep killed drills", destructive=True) as figures:
-            result.swept = sweep_killed_drills(root=settings.drill_root)
-            figures["removed"] = len(result.swept)
-        with run.step("pick backup set") as figures:
-            scan = catalog.scan(kind="database")
-            backup_set = pick_backup_set(scan.manifests, scan.damaged, inventory=sorted(settings.databases),
-                                         backup_id=params.backup_id)
-            clusters = catalog.scan(kind="cluster", name=settings.cluster.name)
-            cluster_issues = pick_cluster_backups(backup_set, clusters.manifests, clusters.damaged)
-            result.backup_id, result.skipped_sets = backup_set.backup_id, backup_set.skipped
-            result.backup_taken_at = backup_set.taken_at()
-            result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
-            result.backup_markets = _backup_markets(settings, backup_set, result.backup_taken_at)
-            figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
-        result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
-        if settings.cluster.dsn is not None or settings.cluster.config_files or clusters.manifests:
-            result.issues += cluster_issues
-        if params.quality and any(t.quality for t in settings.freshness.tables):
-            preload_gx()  # its import overlaps the restore
-        with ExitStack() as held:
-            if target is not None:  # a drill from another host on the same target server: refused before holding
-                try:
-                    held.enter_context(resource_lock(run, server=target.conninfo(), key="runbooks-dr-game-day",
-                                                     wait_seconds=0))
-                except LockBusy as exc:
-                    attempted = False
-                    return refuse(exc)
-            until = datetime.now(UTC) + HOLD_FOR
-            cluster_manifests = {m.backup_id: m for m in (backup_set.roles, backup_set.config) if m is not None}
-            for manifest in [*backup_set.databases.values(), *cluster_manifests.values()]:
-                held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
-                                                   reason="DR game-day", until=until))
-            _drill(run, params, settings, catalog, backup_set, result)
-    except RunbookError as exc:
-        result.error = scrub(str(exc))
-        run.logger.error("DR game-day failed: %s", result.error)
-    except Exception as exc:  # still leave a report and a record behind
-        result.error = scrub(f"{type(exc).__name__}: {exc}")
-        run.logger.exception("DR game-day failed unexpectedly")
-    finally:
-        on_this_host.close()
-    if not result.operational and result.error is None:
-        result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
-            "the platform could not be proven operational (see the issues)"
-    result.scorecard = result.scorecard or [  # the error is said once, above the scorecard, not in every row
-        score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
-                        unproven="not restored: the drill stopped (see the error)")
-        for c in settings.drill.components]
-    if params.physical and attempted:
-        result.physical = _physical_path(run, settings)
-        if not result.physical.proven:
-            result.issues.append(f"physical path not proven: {result.physical.detail}")
+                drilling.enter_context(repository_lock(run, repository=catalog.repository,
+                                                       key=f"{RUNBOOK}/{settings.cluster.name}"))
+            except LockBusy as exc:
+                return refuse(exc)
+            attempted = True
+            with run.step("sweep killed drills", destructive=True) as figures:
+                result.swept = sweep_killed_drills(root=settings.drill_root)
+                figures["removed"] = len(result.swept)
+            with run.step("pick backup set") as figures:
+                scan = catalog.scan(kind="database")
+                backup_set = pick_backup_set(scan.manifests, scan.damaged, inventory=sorted(settings.databases),
+                                             backup_id=params.backup_id)
+                clusters = catalog.scan(kind="cluster", name=settings.cluster.name)
+                cluster_issues = pick_cluster_backups(backup_set, clusters.manifests, clusters.damaged)
+                result.backup_id, result.skipped_sets = backup_set.backup_id, backup_set.skipped
+                result.backup_taken_at = backup_set.taken_at()
+                result.backup_age_seconds = (run.started_at - result.backup_taken_at).total_seconds()
+                result.backup_markets = _backup_markets(settings, backup_set, result.backup_taken_at)
+                figures.update(backup_id=backup_set.backup_id, age_seconds=round(result.backup_age_seconds, 1))
+            result.issues += [f"backup run {s}: not used" for s in backup_set.skipped]
+            if settings.cluster.dsn is not None or settings.cluster.config_files or clusters.manifests:
+                result.issues += cluster_issues
+            if params.quality and any(t.quality for t in settings.freshness.tables):
+                preload_gx()  # its import overlaps the restore
+            with ExitStack() as held:
+                if target is not None:  # a drill from another host on the same target server: refused before holding
+                    try:
+                        held.enter_context(resource_lock(run, server=target.conninfo(), key="runbooks-dr-game-day",
+                                                         wait_seconds=0))
+                    except LockBusy as exc:
+                        attempted = False
+                        return refuse(exc)
+                until = datetime.now(UTC) + HOLD_FOR
+                cluster_manifests = {m.backup_id: m for m in (backup_set.roles, backup_set.config) if m is not None}
+                for manifest in [*backup_set.databases.values(), *cluster_manifests.values()]:
+                    held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
+                                                       reason="DR game-day", until=until))
+                _drill(run, params, settings, catalog, backup_set, result)
+        except RunbookError as exc:
+            result.error = scrub(str(exc))
+            run.logger.error("DR game-day failed: %s", result.error)
+        except Exception as exc:  # still leave a report and a record behind
+            result.error = scrub(f"{type(exc).__name__}: {exc}")
+            run.logger.exception("DR game-day failed unexpectedly")
+        if not result.operational and result.error is None:
+            result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
+                "the platform could not be proven operational (see the issues)"
+        result.scorecard = result.scorecard or [  # the error is said once, above the scorecard, not in every row
+            score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
+                            unproven="not restored: the drill stopped (see the error)")
+            for c in settings.drill.components]
+        if params.physical and attempted:
+            result.physical = _physical_path(run, settings)
+            if not result.physical.proven:
+                result.issues.append(f"physical path not proven: {result.physical.detail}")
     return conclude()
 
 
@@ -770,7 +780,7 @@ def _record(run: RunbookRun[DrillResult], settings: Settings, catalog: BackupCat
     records = DrillRecords(catalog.repository, settings.cluster.name)
     record = DrillRecord(
         drill_id=f"{backup_id_for(run.started_at)}-{(run.flow_run_id or 'local')[:8]}", started_at=run.started_at,
-        flow_run_id=run.flow_run_id, host=socket.gethostname(), backup_id=result.backup_id,
+        flow_run_id=run.flow_run_id, host=settings.host_name, backup_id=result.backup_id,
         backup_age_seconds=result.backup_age_seconds, operational=result.operational,
         recovery_seconds=result.recovery_seconds, seconds=(datetime.now(UTC) - run.started_at).total_seconds(),
         met=result.met, scored=result.scored, not_covered=len(result.scorecard) - result.scored,

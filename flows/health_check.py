@@ -3,25 +3,32 @@ memory, CPU averaged over ``[health] cpu_window_seconds`` since the baseline mea
 performance baseline, plus seed 001's error grep, as a flow run every morning (seed 003's daily
 maintenance), sharing its tasks with the DR drill, which runs them on the restored platform.
 
-Trigger: ``runbooks run health-check`` or the ``health-check-daily`` deployment (07:00 UTC). Blast radius: none;
-it only reads. A run fails when any check is past its alert threshold or did not answer, and notifies on-call
+Trigger: ``runbooks run health-check`` or the ``health-check-daily`` deployment (07:00 UTC); on several hosts,
+``health-check-daily`` checks the platform once (any worker) and each host's own disk, memory and CPU are checked
+by its per-host copy (``health-check-daily-<host>``, work queue ``host-<host>``, ``on_host`` set, ``platform``
+false: ``deployments/per_host.py``), which another host's worker refuses to run. Blast radius: none; it only
+reads. A run fails when any check is past its alert threshold or did not answer, and notifies on-call
 (P2) through ``[notifications] block``; warnings are reported only. Rollback: nothing to roll back.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbooks.errors import RunbookError
 from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.locks import ON_HOST_HELP, require_this_host
 from runbooks.frame.names import run_name, run_parameters
-from runbooks.frame.parameters import takes
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.health import HealthCheck, Status, worst
 from runbooks.incidents import Notice
 from runbooks.redact import scrub
 from runbooks.report import table, timeline_markdown
+from runbooks.settings import HostName, Settings
 from tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
 
 RUNBOOK = "health-check"
@@ -33,11 +40,29 @@ class HealthCheckParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: bool = Field(default=True, description="Check this host's disk, memory and CPU (the worker's host).")
+    platform: bool = Field(default=True, description="Check the platform: the trading and inference APIs, every "
+                           "database and the configured error logs. A per-host deployment sets false, so the "
+                           "platform is checked (and pages) once for the fleet, not once per host.")
     notify_on: Status = Field(default="alert", description="Notify on-call at this status or worse "
                               "(warn, alert or failed).")
+    on_host: Annotated[HostName, InventoryChoices("hosts")] | None = Field(default=None, description=ON_HOST_HELP)
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> HealthCheckParameters:
+        if not (self.host or self.platform):
+            raise ValueError("host and platform are both false: there is nothing to check")
+        return self
+
+    def check_against(self, settings: Settings) -> None:
+        """Refuse (ConfigurationError) a run meant for another host: it would judge this host's disk, memory and
+        CPU as that host's."""
+        if self.host:
+            require_this_host(settings, self.on_host, runbook=RUNBOOK, acts="judge")
 
 
 class HealthCheckResult(RunbookResult):
+    host: str | None = Field(default=None, description="the host whose disk, memory and CPU were checked (its "
+                             "host_name); none when the host checks were off")
     checks: list[HealthCheck] = Field(default_factory=list)
     status: Status = "ok"
     notification: str | None = None
@@ -48,7 +73,8 @@ _ORDER: list[Status] = ["not_configured", "ok", "warn", "alert", "failed"]
 
 def render_report(result: HealthCheckResult) -> str:
     lines = [f"# Daily health check — {result.status.upper()}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s."
+             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC"
+             + (f" on {result.host}" if result.host else "") + f", {result.seconds:.1f} s."
              + (f" Notification: {result.notification}." if result.notification else ""), ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
@@ -62,7 +88,9 @@ def render_report(result: HealthCheckResult) -> str:
 
 
 def _run_name() -> str:
-    return run_name(RUNBOOK, None if run_parameters().get("host", True) else "no-host", stamp=True)
+    p = run_parameters()
+    return run_name(RUNBOOK, p.get("on_host"), None if p.get("host", True) else "no-host",
+                    None if p.get("platform", True) else "host-only", stamp=True)
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
@@ -72,24 +100,29 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     run: RunbookRun[HealthCheckResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     baseline = settings.health
-    result = HealthCheckResult(started_at=run.started_at)
+    result = HealthCheckResult(started_at=run.started_at, host=settings.host_name if params.host else None)
     try:
-        with run.step("trading API") as figures:
-            result.checks.append(check_api_health(name="trading API", api=settings.trading_api, baseline=baseline))
-            figures.update(status=result.checks[-1].status)
-        with run.step("inference API") as figures:
-            result.checks.append(check_api_health(name="inference API", api=settings.inference_api,
-                                                  baseline=baseline))
-            figures.update(status=result.checks[-1].status)
-        with run.step("databases") as figures:
-            for name, database in settings.databases.items():
-                result.checks.append(check_database_health(name=name, database=database, baseline=baseline))
-            figures.update(status=worst(result.checks[2:]))
+        if params.host and params.on_host is not None:  # a run meant for another host judges nothing here
+            with run.step("check host"):
+                params.check_against(settings)
+        if params.platform:
+            with run.step("trading API") as figures:
+                result.checks.append(check_api_health(name="trading API", api=settings.trading_api,
+                                                      baseline=baseline))
+                figures.update(status=result.checks[-1].status)
+            with run.step("inference API") as figures:
+                result.checks.append(check_api_health(name="inference API", api=settings.inference_api,
+                                                      baseline=baseline))
+                figures.update(status=result.checks[-1].status)
+            with run.step("databases") as figures:
+                for name, database in settings.databases.items():
+                    result.checks.append(check_database_health(name=name, database=database, baseline=baseline))
+                figures.update(status=worst(result.checks[2:]))
         if params.host:
             with run.step("host") as figures:
                 result.checks += check_host_health(baseline=baseline)
-                figures.update(status=worst(result.checks))
-        if baseline.error_logs:
+                figures.update(status=worst(result.checks), host=settings.host_name)
+        if params.platform and baseline.error_logs:
             with run.step("recent errors") as figures:
                 found = count_recent_errors(baseline=baseline)
                 result.checks += found
@@ -103,12 +136,14 @@ def health_check_flow(params: HealthCheckParameters) -> State:
                                  "troubleshooting for it.")
     if _ORDER.index(result.status) >= _ORDER.index(params.notify_on):
         result.notification = notify(run, Notice(
-            kind="start", severity="P2", title=f"Health check: {result.status}",
+            kind="start", severity="P2", title=f"Health check: {result.status}"
+            + (f" on {result.host}" if result.host else ""),
             impact="the daily health check found the platform outside seed 001's baseline",
             details=[f"{c.name}: {c.status} {c.detail}".strip() for c in result.checks
                      if _ORDER.index(c.status) >= _ORDER.index("warn")] + ([result.error] if result.error else []),
             actions=result.next_steps or ["Rerun the health check once fixed"]))
-    run.steps.event("health-check.status", status=result.status, alerts=len(bad))
+    run.steps.event("health-check.status", status=result.status, alerts=len(bad), host=result.host,
+                    platform=params.platform)
     result.succeeded = result.error is None and not bad
     return run.conclude(result, render=render_report, report_key="health-check-report",
                         description="Daily health check (seed 001)")

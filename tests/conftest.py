@@ -100,11 +100,13 @@ def s3_client(sandbox: SandboxState):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def simulator(sandbox: SandboxState):  # type: ignore[no-untyped-def]
-    """An HTTP client of the sandbox's trading platform simulator, reset to its defaults for this test."""
+    """An HTTP client of the sandbox's trading platform simulator, reset to its defaults for this test and after it:
+    failures a test injected and did not use up must not fail the next test that reads the platform."""
     client = httpx.Client(base_url=sandbox.simulator_url or "",
                           headers={"Authorization": f"Bearer {sandbox.simulator_token}"})
     client.post("/_control/reset").raise_for_status()
     yield client
+    client.post("/_control/reset").raise_for_status()
     client.close()
 
 

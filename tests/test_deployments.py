@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import inspect
 import os
+import sys
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -348,3 +349,101 @@ def test_every_deployment_whose_failure_matters_pages_on_failure() -> None:
     recovery = {d["name"] for d in DEPLOYMENTS if {"on-demand-recovery", "automation"} & set(d.get("tags", []))}
     assert recovery and scheduled
     assert not recovery & set(NOTIFIES_ITS_OWN_FAILURES), "a recovery runbook's failure always pages"
+
+
+# -- issue 26: per-host deployments --------------------------------------------------------------------------------
+def load_per_host_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deployments_per_host", REPO_ROOT / "deployments" / "per_host.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+FLEET = ["worker-1", "worker-2.internal"]
+
+
+def test_per_host_runbooks_are_tagged_and_take_on_host() -> None:
+    """The `per-host` tag is on exactly the deployments of runbooks about their worker's own machine, and each such
+    runbook's parameters carry `on_host` (so its per-host copy can name its host)."""
+    tagged = {d["name"] for d in DEPLOYMENTS if "per-host" in d.get("tags", [])}
+    assert tagged == {"disk-cleanup-daily", "disk-cleanup-on-demand", "health-check-daily"}
+    for deployment in DEPLOYMENTS:
+        _flow, model, _render = runbook_of(deployment["entrypoint"]).load()
+        takes_on_host = "on_host" in model.model_fields
+        assert takes_on_host == (deployment["name"] in tagged), deployment["name"]
+        assert "on_host" not in (deployment.get("parameters") or {}), "prefect.yaml names no host: per_host.py does"
+
+
+def test_per_host_deployments_are_one_per_host_on_its_queue_and_fit_their_flows() -> None:
+    per_host = load_per_host_module()
+    made = per_host.per_host_spec(SPEC, FLEET)
+    assert "definitions" not in made and made["pull"] == SPEC["pull"]
+    entries = made["deployments"]
+    names = [d["name"] for d in entries]
+    assert len(names) == len(set(names)), names
+    by_name = {d["name"]: d for d in entries}
+    for deployment in DEPLOYMENTS:
+        name = deployment["name"]
+        if "per-host" not in deployment.get("tags", []):
+            assert by_name[name] == deployment, f"{name} is not per host: written unchanged"
+            continue
+        for host in FLEET:
+            copy = by_name[f"{name}-{host}"]
+            assert copy["work_pool"] == {**deployment["work_pool"], "work_queue_name": f"host-{host}"}
+            assert copy["parameters"]["on_host"] == host and f"host:{host}" in copy["tags"]
+            assert copy["schedules"] == deployment.get("schedules") and copy["entrypoint"] == deployment["entrypoint"]
+            assert copy["description"].startswith(f"On host {host} only (work queue host-{host};")
+    # disk-cleanup runs only per host; health-check keeps the platform's checks once for the fleet, on any worker.
+    assert "disk-cleanup-daily" not in by_name and "disk-cleanup-on-demand" not in by_name
+    fleet = by_name["health-check-daily"]
+    assert fleet["parameters"] == {"host": False} and fleet["work_pool"]["work_queue_name"] == "default"
+    assert "per-host" not in fleet["tags"]
+    assert by_name["health-check-daily-worker-1"]["parameters"] == {"platform": False, "on_host": "worker-1"}
+    for entry in entries:  # what `prefect deploy`, the server and the flow would accept
+        assert not set(entry) - set(DeploymentConfig.model_fields), entry["name"]
+        flow, model, _render = runbook_of(entry["entrypoint"]).load()
+        check_parameters(flow, model, entry.get("parameters") or {}, f"per-host {entry['name']}")
+    assert {runbook_of(d["entrypoint"]).name for d in entries} == set(RUNBOOKS)
+
+
+def test_per_host_write_needs_declared_hosts_and_writes_a_file_prefect_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    per_host = load_per_host_module()
+    config = tmp_path / "runbooks.toml"
+    config.write_text('[repository]\nurl = "s3://backups/runbooks"\n')
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(config))
+    output = tmp_path / "prefect.hosts.yaml"
+    assert per_host.main(["write", "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "declare no hosts" in err[0] and "HINT:" in err[0], err
+    assert not output.exists()
+    config.write_text('hosts = ["worker-1", "Worker-2.internal"]\n[repository]\nurl = "s3://backups/runbooks"\n')
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    assert per_host.main(["write", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "--work-queue default --work-queue host-worker-2.internal" in printed
+    assert "prefect deployment delete disk-cleanup/disk-cleanup-daily" in printed
+    written = yaml.safe_load(output.read_text())
+    assert written == per_host.per_host_spec(SPEC, FLEET)
+    assert "&id" not in output.read_text() and output.read_text().startswith("# Generated by")
+
+
+def test_serve_refuses_several_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """One serving process runs every runbook on its own host: the other hosts' disks would never be cleaned."""
+    module = load_serve_module()
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("served although several hosts are declared")
+
+    monkeypatch.setattr(module, "serve", refuse)
+    config = tmp_path / "runbooks.toml"
+    config.write_text('hosts = ["worker-1", "worker-2"]\n[repository]\nurl = "s3://backups/runbooks"\n')
+    monkeypatch.setenv("RUNBOOKS_CONFIG", str(config))
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    monkeypatch.chdir(tmp_path)
+    assert module.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "deployments/per_host.py" in err[0] and "HINT:" in err[0], err

@@ -758,3 +758,48 @@ def test_an_unreachable_docker_engine_fails_its_rule_not_the_rules_after_it(conf
     assert result.docker[0].state == "failed" and "HINT:" in result.docker[0].why
     assert result.files[0].files == 1 and not (root / "old.log").exists()
     assert any("Rule docker failed" in step for step in result.next_steps)
+
+
+# -- issue 26: a per-host run is its host's ---------------------------------------------------------------------------
+def own_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One old log under a root only this test made, the only root the settings allow; this host is worker-1."""
+    root = tmp_path / "logs"
+    write(root / "old.log", age_days=30)
+    cleanup_settings(monkeypatch, watch=[str(tmp_path)], survey=[str(tmp_path)], allowed_roots=[str(root)],
+                     rules=[{"kind": "files", "name": "old-logs", "roots": [str(root)], "match_all": True,
+                             "older_than": "7d"}])
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    return root
+
+
+def test_a_run_for_another_host_is_refused_before_it_measures_anything(config: SandboxState, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-host deployment's run that another host's worker picked up would clean this host for that one: a real,
+    forced run (on a tree this test made) fails at its first step saying so, and nothing is touched; from the CLI it
+    is one line and exit 2."""
+    root = own_tree(tmp_path, monkeypatch)
+    state, result = run_cleanup(dry_run=False, force=True, on_host="worker-2")
+    assert state.is_failed() and result.error, result
+    assert "is for host 'worker-2', but it runs on 'worker-1': it would clean the wrong machine" in result.error
+    assert [t.step for t in result.timeline] == ["check rules and roots"] and result.usage_before == []
+    assert (root / "old.log").exists() and result.host == "worker-1"
+    done = subprocess.run([sys.executable, "-m", "runbooks.cli", "run", "disk-cleanup", "-p", "dry_run=false",
+                           "-p", "force=true", "-p", "on_host=Worker-2"], env=dict(os.environ), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "is for host 'worker-2'" in done.stderr and "HINT:" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert (root / "old.log").exists()
+
+
+def test_a_run_for_this_host_cleans_it_and_says_which_host(config: SandboxState, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+
+    root = own_tree(tmp_path, monkeypatch)
+    state, result = run_cleanup(dry_run=True, force=True, on_host="worker-1")
+    assert state.is_completed() and result.host == "worker-1", result.error
+    assert [o.files for o in result.files] == [1] and (root / "old.log").exists()  # a dry run: planned, not done
+    assert "UTC on worker-1," in render(result)
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert name.startswith("disk-cleanup-worker-1-forced-dry-run-"), name

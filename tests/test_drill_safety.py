@@ -400,6 +400,33 @@ def test_a_drill_refused_because_another_runs_says_so_and_shows_no_scorecard(con
     assert DrillRecords(open_repository(load_settings().repository), "sandbox").recent(10) == []
 
 
+def test_a_drill_on_another_host_holds_the_repository_lease_and_this_drill_is_refused(config: SandboxState,
+                                                                                     tmp_path: Path) -> None:
+    """Issue 26: the host lock is this host's only; a drill running on another host of the fleet holds the cluster's
+    drill lease in the shared repository (its heartbeat fresh), and a drill here is refused, naming it, before it
+    sweeps, picks a backup or provisions anything. The other's lease is left as it was."""
+    from runbooks.frame.locks import LockHolder
+
+    repo_dir(tmp_path).mkdir()
+    repository = open_repository(load_settings().repository)
+    now = datetime.now(UTC)
+    other = LockHolder(token="elsewhere", runbook="dr-game-day", flow_run_id="5e7a0c1d-bbbb-4ccc-8ddd-0123456789ab",
+                       actor="runbooks-dr-game-day:5e7a0c1d", host_name="worker-2", since=now, heartbeat_at=now,
+                       writer=ProcessIdentity(host="worker-2", pid=4242, started="x:1", machine="another-machine"))
+    key = "locks/dr-game-day/sandbox.json"
+    body = other.model_dump_json().encode()
+    assert repository.put_bytes_if_absent(key, body)
+    state, result = drill(quality=False)
+    assert state.is_failed() and result.refused is not None, (state.message, result.error)
+    assert result.refused.startswith("refused: another drill is running"), result.refused
+    assert "5e7a0c1d-bbbb-4ccc-8ddd-0123456789ab" in result.refused and "on worker-2" in result.refused
+    assert [t.step for t in result.timeline][-1] == "take lock"
+    assert not any(t.step in ("sweep killed drills", "pick backup set") for t in result.timeline), result.timeline
+    assert result.scorecard == []  # nothing scored: the drill never ran
+    assert repository.get_bytes(key).rstrip(b" ") == body
+    assert DrillRecords(repository, "sandbox").recent(10) == []
+
+
 @pytest.mark.parametrize("columns", ["80", "40", None], ids=["80-columns", "40-columns", "piped"])
 def test_the_scorecard_reads_at_any_width(config: SandboxState, prefect_api: str, columns: str | None) -> None:
     """A drill that stops at once (no repository) still scores every component. At 80 columns the table holds short

@@ -91,3 +91,4 @@ def test_inventory_names_are_the_forms_choices(config: SandboxState) -> None:
     assert properties("disk-cleanup")["rules"]["items"]["enum"] == sorted(r.name for r in settings.cleanup.rules)
     gating = sorted(name for name, market in settings.markets.items() if market.gates)
     assert properties("pre-open-check")["market"].get("enum") == (gating or None)
+    assert properties("disk-cleanup")["on_host"].get("enum") == (sorted(settings.hosts) or None)

@@ -88,3 +88,54 @@ def test_only_the_tail_of_a_log_is_read(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     assert count_matching_tail(empty, "error", lines=10) == (0, "")
     assert os.path.getsize(log) > 1_000_000
+
+
+# -- issue 26: several hosts ------------------------------------------------------------------------------------------
+def flow_run_name(state: Any) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name
+
+
+def test_a_run_for_another_host_judges_nothing(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-host deployment's run that another host's worker picked up would report this host's disk, memory and CPU
+    as that host's: it fails at its first step, saying why, with no check taken."""
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    state, result = run_check(on_host="worker-2", platform=False)
+    assert state.is_failed() and result.checks == [], result.checks
+    assert result.error and "is for host 'worker-2', but it runs on 'worker-1'" in result.error and "HINT:" in \
+        result.error
+    assert [t.step for t in result.timeline] == ["check host"]
+    assert flow_run_name(state).startswith("health-check-worker-2-host-only-")
+
+
+def test_a_per_host_run_checks_only_its_host(config: SandboxState, simulator: httpx.Client, relaxed_host: None,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each host's copy of health-check-daily does: this host's disk, memory and CPU, named in the report; the
+    APIs, databases and logs are the fleet-wide run's (a trading API outage here pages nobody from this run)."""
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    log = tmp_path / "combined.log"
+    log.write_text("ERROR broker timeout\n" * 500)
+    monkeypatch.setenv("RUNBOOKS_HEALTH__ERROR_LOGS", json.dumps([str(log)]))
+    simulator.post("/_control/failures", json={"path_prefix": "/api/v1/health", "status": 503, "count": 100})
+    state, result = run_check(on_host="worker-1", platform=False)
+    assert state.is_completed() and result.succeeded and result.host == "worker-1", (result.error, result.checks)
+    names = {c.name for c in result.checks}
+    assert {"memory", "cpu"} <= names and not names & {"trading API", "inference API", "database trading_db",
+                                                       f"errors in {log}"}, names
+    assert "UTC on worker-1," in render_report(result)
+    fleet_state, fleet = run_check(host=False)  # the fleet-wide part: no host named, the outage found
+    assert fleet_state.is_failed() and fleet.host is None and "trading API" in {c.name for c in fleet.checks}
+
+
+def test_nothing_to_check_is_refused_before_the_run() -> None:
+    from flows.health_check import HealthCheckParameters
+    from runbooks.frame.parameters import InvalidParameters
+
+    with pytest.raises(ValueError, match="nothing to check"):
+        HealthCheckParameters(host=False, platform=False)
+    state = health_check_flow(host=False, platform=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InvalidParameters, match="nothing to check"):
+        state.result()

@@ -16,7 +16,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -537,7 +536,7 @@ def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
     finally:
         if first.poll() is None:
             kill_group(first)
-    first_run = flow_run_of(f"runbooks.disk-cleanup.{socket.gethostname()}", "measure disks")
+    first_run = flow_run_of(f"runbooks.disk-cleanup.{load_settings().host_name}", "measure disks")
     assert code == 0 and result["files"][0]["files"] == 3, result
     assert state.is_failed() and second.files == [], second
     assert second.error and "another disk-cleanup run" in second.error and first_run in second.error

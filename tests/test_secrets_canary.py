@@ -393,7 +393,7 @@ class Runs:
             if before is not None:
                 before()
             redact._REGISTERED.clear()
-            state = flow(**arguments(parameters), return_state=True)
+            state = flow(**(arguments(parameters) if parameters is not None else {}), return_state=True)
         result = outcome(state)
         run = Run(label, state, result)
         self.done.append(run)

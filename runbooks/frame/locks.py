@@ -3,10 +3,12 @@
 - ``resource_lock``: a PostgreSQL advisory lock, for a resource on a database server (a restore of a database, the
   DR drill of a target server): any host, dropped with its session when the run dies;
 - ``host_lock``: an ``flock`` on a file in the state directory, for a resource of this host (its disks, its CPU
-  during a DR drill): dropped by the kernel when the process dies, SIGKILL included;
+  during a DR drill): dropped by the kernel when the process dies, SIGKILL included; ``require_this_host`` first
+  refuses a run that names another host (``on_host``: a per-host deployment's run picked up by the wrong worker);
 - ``repository_lock``: an object in the backup repository with a heartbeat, for a resource with no server of its
-  own (the serving model): any host; a holder that died is recognised (a dead process on this host, or no
-  heartbeat for ``stale_after`` from any host) and the lock taken over.
+  own (the serving model, the DR drill of a cluster): any host sharing the repository; a holder that died is
+  recognised (a dead process on this host, or no heartbeat for ``stale_after`` from any host) and the lock taken
+  over.
 
 A run holds the lock for as long as it may change the resource (its approval wait included), and each destructive
 step (``run.step(..., destructive=True)``) first proves it is still held. Once it holds a resource lock, a run
@@ -28,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from runbooks.errors import BackupNotFound, ConfigurationError, LockBusy, LockLost
 from runbooks.frame.approval import cancel_orphaned_approvals
@@ -37,6 +39,7 @@ from runbooks.postgres import AdvisoryLock
 from runbooks.processes import ProcessIdentity
 from runbooks.repository import Repository
 from runbooks.repository.local import make_private_dirs
+from runbooks.settings import Settings
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class LockHolder(BaseModel):
     flow_run_id: str | None = None
     actor: str
     writer: ProcessIdentity
+    host_name: str | None = Field(default=None, description="the holder's host_name among the settings' hosts (its "
+                                  "worker's RUNBOOKS_HOST_NAME), which may differ from the OS hostname")
     since: AwareDatetime
     heartbeat_at: AwareDatetime
 
@@ -80,11 +85,11 @@ class LockHolder(BaseModel):
     def of(cls, run: RunbookRun) -> LockHolder:
         now = datetime.now(UTC)
         return cls(token=uuid.uuid4().hex, runbook=run.runbook, flow_run_id=run.flow_run_id, actor=run.actor,
-                   writer=ProcessIdentity.current(), since=now, heartbeat_at=now)
+                   writer=ProcessIdentity.current(), host_name=run.settings.host_name, since=now, heartbeat_at=now)
 
     def describe(self) -> str:
-        return (f"flow run {self.flow_run_id or '-'} ({self.actor}, process {self.writer.pid} on {self.writer.host}, "
-                f"since {self.since:%Y-%m-%d %H:%M:%S}Z)")
+        return (f"flow run {self.flow_run_id or '-'} ({self.actor}, process {self.writer.pid} on "
+                f"{self.host_name or self.writer.host}, since {self.since:%Y-%m-%d %H:%M:%S}Z)")
 
 
 @contextmanager
@@ -112,6 +117,22 @@ def host_lock(run: RunbookRun, *, directory: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+ON_HOST_HELP = ("The host this run is for, as the settings' hosts name it; a per-host deployment sets it (work queue "
+                "host-NAME), and a worker on any other host refuses the run. Empty: the host whose worker runs it.")
+
+
+def require_this_host(settings: Settings, on_host: str | None, *, runbook: str, acts: str) -> None:
+    """Refuse (ConfigurationError) a run meant for another host: a runbook about its worker's own machine (its
+    disks, its load) run by another host's worker would ``acts`` the wrong machine. Called before any step acts,
+    as ``host_lock`` is: the two together make a per-host run this host's, and one at a time."""
+    if on_host is None or on_host == settings.host_name:
+        return
+    raise ConfigurationError(
+        f"this {runbook} run is for host {on_host!r}, but it runs on {settings.host_name!r}: it would {acts} the "
+        "wrong machine.", hint=f"start it from {runbook}'s deployment for {on_host!r} (work queue 'host-{on_host}'), "
+        f"whose worker runs on that host with RUNBOOKS_HOST_NAME={on_host}; nothing was done.")
 
 
 def _holder_of(fd: int) -> str:

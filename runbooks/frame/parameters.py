@@ -28,7 +28,7 @@ from pydantic.json_schema import SkipJsonSchema
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-Inventory = Literal["databases", "markets", "tables", "rules"]
+Inventory = Literal["databases", "markets", "tables", "rules", "hosts"]
 
 
 def _inventory_names(kind: Inventory) -> list[str]:
@@ -45,6 +45,8 @@ def _inventory_names(kind: Inventory) -> list[str]:
         return sorted(settings.databases)
     if kind == "markets":
         return sorted(name for name, market in settings.markets.items() if market.gates)
+    if kind == "hosts":
+        return sorted(settings.hosts)
     if kind == "tables":
         return sorted(table.key for table in settings.freshness.tables)
     return sorted(rule.name for rule in settings.cleanup.rules)
