@@ -5,7 +5,9 @@ only above the high watermark and stops once the disk is below the low one, lowe
 Trigger: ``runbooks run disk-cleanup`` (a dry run unless ``dry_run=false``), the daily ``disk-cleanup-daily``
 deployment, or ``disk-cleanup-on-demand`` when the disk alert fires; on several hosts, their per-host copies
 (``disk-cleanup-daily-<host>``, work queue ``host-<host>``, ``on_host`` set: ``deployments/per_host.py``), which
-another host's worker refuses to run. Blast radius: this host only; files under ``[cleanup]
+another host's worker refuses to run. Blast radius: this host's files and Docker objects, and the configured
+database servers (shared by every host: each host's copy reads their sizes, and runs VACUUM when its rule says so);
+files under ``[cleanup]
 allowed_roots`` that the rules select (never a protected name, an open file, a symbolic link, another
 filesystem, anything in a PostgreSQL data directory; the settings refuse any root that is, lies inside or holds a
 system tree, a data directory, the runbooks' state or repositories, or the user's home, and ``force`` changes

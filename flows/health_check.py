@@ -100,7 +100,9 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     run: RunbookRun[HealthCheckResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     baseline = settings.health
-    result = HealthCheckResult(started_at=run.started_at, host=settings.host_name if params.host else None)
+    # The host the run is about: a run refused for another host must not read as this host's failure.
+    result = HealthCheckResult(started_at=run.started_at,
+                               host=(params.on_host or settings.host_name) if params.host else None)
     try:
         if params.host and params.on_host is not None:  # a run meant for another host judges nothing here
             with run.step("check host"):

@@ -42,10 +42,31 @@ _REGISTERED: set[str] = set()
 _LOCK = threading.Lock()
 
 
+def _spellings(value: str) -> set[str]:
+    """A secret web URL (a webhook) as written and as HTTP clients quote it back (httpx lower-cases the scheme and
+    host, and may re-encode the path): an error message must not show the token in the other spelling. Its path and
+    query are registered alone too (they carry the token whatever the host is written as)."""
+    spellings = {value}
+    if value[:8].lower().startswith(("http://", "https://")):
+        try:
+            import httpx
+
+            url = httpx.URL(value)
+        except Exception:  # noqa: BLE001 - not a URL httpx reads: the value as written is all there is
+            return spellings
+        spellings.add(str(url))
+        tail = url.raw_path.decode("ascii", "replace")
+        if len(tail.strip("/")) >= 8:  # a path that can hold a token, not "/" or "/api"
+            spellings.add(tail)
+    return spellings
+
+
 def register_secret(*values: str | None) -> None:
-    """Remember secret values for every later ``scrub``; values shorter than 3 characters are ignored."""
+    """Remember secret values for every later ``scrub`` (a URL in each spelling it may come back in); values
+    shorter than 3 characters are ignored."""
+    found = {spelling for v in values if v for spelling in _spellings(v)}
     with _LOCK:
-        _REGISTERED.update(v for v in values if v and len(v) >= 3)
+        _REGISTERED.update(v for v in found if len(v) >= 3)
 
 
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:

@@ -305,11 +305,22 @@ def test_a_timeout_after_the_first_approval_is_not_an_approval(four_eyes: Sandbo
     assert [(d["approve"], d["approver"]) for d in approval["decisions"]] == [(True, "oncall-alice")]
 
 
-def test_confirm_stands_for_every_approval_required(four_eyes: SandboxState) -> None:
-    """The unattended path: whoever starts the run with the plan hash approves the whole plan; nothing pauses."""
+def test_confirm_is_one_approval_of_several_and_the_run_still_pauses_for_the_rest(four_eyes: SandboxState) -> None:
+    """Whoever starts the run can confirm the hash of their own dry run: under four eyes that is one approval (the
+    starter's), and a second person must still decide on the paused run."""
+    approvers = decide_when_paused([ALICE], timeout=90)
     approval = approval_flow(f"res-{uuid.uuid4().hex[:8]}", confirm="abc123")
-    assert (approval["approved"], approval["via"], approval["required"]) == (True, "confirm", 2)
-    assert [d["approver"] for d in approval["decisions"]] == ["confirm parameter (unattended)"]
+    approvers.join(30)
+    assert not approvers.errors, approvers.errors  # type: ignore[attr-defined]
+    assert approvers.seen, "the run did not pause for a second approver"  # type: ignore[attr-defined]
+    assert (approval["approved"], approval["required"]) == (True, 2)
+    assert [d["approver"] for d in approval["decisions"]] == ["confirm parameter (unattended)", "oncall-alice"]
+
+
+def test_confirm_alone_under_four_eyes_is_not_an_approval(four_eyes: SandboxState) -> None:
+    approval = approval_flow(f"res-{uuid.uuid4().hex[:8]}", confirm="abc123", timeout_seconds=5)
+    assert (approval["approved"], approval["via"]) == (False, "timeout")
+    assert approval["reason"].startswith("only 1 of 2 distinct approvers"), approval["reason"]
 
 
 # Plain values: names, the form's text, the settings
@@ -317,7 +328,8 @@ def test_confirm_stands_for_every_approval_required(four_eyes: SandboxState) -> 
 
 @pytest.mark.parametrize(("one", "other"), [("alice", " Alice "), ("Alice Smith", "alice  smith"),
                                             ("alice", "a\u200blice"), ("alice", "\uff21lice"),
-                                            ("Stra\u00dfe", "STRASSE"), ("bob", "bob\t\n")])
+                                            ("Stra\u00dfe", "STRASSE"), ("bob", "bob\t\n"),
+                                            ("alice", "alice\ufe0f"), ("alice", "ali\U000e0100ce")])
 def test_approver_names_are_one_person_whatever_their_case_spaces_or_invisible_characters(one: str,
                                                                                           other: str) -> None:
     assert approver_identity(one) == approver_identity(other)

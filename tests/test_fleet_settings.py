@@ -132,3 +132,30 @@ def test_the_cli_refuses_a_file_repository_for_several_hosts_in_one_line(tmp_pat
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in proc.stderr and line.startswith("error: "), proc.stderr
     assert "must be shared" in line and "HINT:" in line and proc.stdout == ""
+
+
+def test_a_deployment_run_that_names_no_host_is_refused_once_there_are_several(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    """A generic disk-cleanup or host check deployment left from before the hosts were declared would act on
+    whichever host's worker took it: refused; a local run (no deployment) is this host's, and a named host is
+    checked against this one."""
+    import uuid
+
+    from prefect.context import _deployment_id
+
+    from runbooks.frame.locks import require_this_host
+
+    write_config(monkeypatch, tmp_path, 'hosts = ["worker-1", "worker-2"]\n' + SHARED)
+    monkeypatch.setenv("RUNBOOKS_HOST_NAME", "worker-1")
+    settings = load_settings()
+    require_this_host(settings, None, runbook="disk-cleanup", acts="clean")  # a local run: this host
+    require_this_host(settings, "worker-1", runbook="disk-cleanup", acts="clean")
+    token = _deployment_id.set(uuid.uuid4())  # as the engine sets it for a run from a deployment
+    try:
+        with pytest.raises(ConfigurationError, match=r"names no host \(on_host\)"):
+            require_this_host(settings, None, runbook="disk-cleanup", acts="clean")
+        require_this_host(settings, "worker-1", runbook="disk-cleanup", acts="clean")
+        with pytest.raises(ConfigurationError, match="is for host 'worker-2'"):
+            require_this_host(settings, "worker-2", runbook="disk-cleanup", acts="clean")
+    finally:
+        _deployment_id.reset(token)

@@ -196,6 +196,10 @@ def boolean(runbook: str, name: str, *, nullable: bool = False, base: dict[str, 
     return Spec(runbook, name, not_bool(nullable=nullable), good, base or {})
 
 
+# Not a host name: a path, a blank, a leading dash, a space, a control character, too long; or not text at all.
+BAD_HOST = st.one_of(st.sampled_from(["", "../x", "-worker", "worker-", "a b", "a..b", "x" * 254, "w\u00f6rker"]),
+                     with_char(CONTROL), not_text(nullable=True))
+GOOD_HOST = st.one_of(st.none(), st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?(?:\.[a-z0-9]{1,10})?\Z"))
 RESTORE = {"database": "trading_db"}
 SPECS: list[Spec] = [
     Spec("backup", "databases", st.one_of(bad_list(INVENTORY_NAME, HOSTILE_NAME),
@@ -275,8 +279,10 @@ SPECS: list[Spec] = [
     Spec("model-rollback", "monitor_minutes", not_float(0, 1440), st.floats(0, 1440)),
     Spec("model-rollback", "poll_seconds", not_float(0.1, 3600), st.floats(0.1, 3600)),
 
-    boolean("health-check", "host"),
+    boolean("health-check", "host"), boolean("health-check", "platform"),
     Spec("health-check", "notify_on", not_choice(typing.get_args(Status)), st.sampled_from(typing.get_args(Status))),
+    Spec("health-check", "on_host", BAD_HOST, GOOD_HOST),
+    Spec("disk-cleanup", "on_host", BAD_HOST, GOOD_HOST),
 
     Spec("weekly-report", "days", not_int(1, 31), st.integers(1, 31)),
 

@@ -145,3 +145,22 @@ def test_scrub_handles_a_generator_and_multiline_text() -> None:
 def test_scrub_leaves_plain_urls_alone() -> None:
     text = "see http://trading-api:8000/health and postgresql://app@db/trading_db"
     assert scrub(text, []) == text
+
+
+def test_a_secret_webhook_url_is_scrubbed_as_http_clients_quote_it_back() -> None:
+    """httpx lower-cases the scheme and host of the URL it names in an error: the token must not come back in that
+    spelling (a misspelt webhook in `notifications test` or a report's "notification FAILED" line)."""
+    import httpx
+
+    from runbooks.redact import _REGISTERED, register_secret
+
+    url = "HTTPS://Hooks.Example.com:443/services/T000/B000/XXXXsecretTOKENxxxx"
+    try:
+        register_secret(url)
+        response = httpx.Response(404, request=httpx.Request("POST", url))
+        with pytest.raises(httpx.HTTPStatusError) as info:
+            response.raise_for_status()
+        assert "secretTOKEN" in str(info.value)  # httpx does quote it
+        assert "secretTOKEN" not in scrub(str(info.value)), scrub(str(info.value))
+    finally:
+        _REGISTERED.difference_update({url, str(httpx.URL(url)), "/services/T000/B000/XXXXsecretTOKENxxxx"})

@@ -206,7 +206,8 @@ def _plural(count: int, word: str) -> str:
 
 def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, summary: str, timeout_seconds: int,
                      poll_seconds: int, plan_artifact: str | None = None) -> Approval:
-    """Wait for operators' decisions on the plan, unless ``confirm`` equals its hash.
+    """Wait for operators' decisions on the plan (``confirm`` equal to its hash counts as one, or as all when one is
+    required).
 
     The plan needs ``run.settings.approvals.required_for(run.runbook)`` approvals by distinct people within
     ``timeout_seconds`` (one pause each; the form says who approved already); a rejection by anyone rejects. A
@@ -214,8 +215,8 @@ def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, su
     approved, is refused, logged and recorded as the event ``approval.input-refused``, and the run pauses again for
     what is left of ``timeout_seconds``: it is never taken as an approval. ``plan_artifact`` is the key of the plan
     artifact the run published just before: the form links it. ``confirm`` equal to the plan hash is the whole
-    approval (the unattended path). Raises Refused when ``confirm`` is given but names another plan (the plan
-    changed since it was confirmed).
+    approval when one is required (the unattended path), and one approval of several otherwise. Raises Refused when
+    ``confirm`` is given but names another plan (the plan changed since it was confirmed).
     """
     required = run.settings.approvals.required_for(run.runbook)
     now = datetime.now(UTC)
@@ -223,14 +224,18 @@ def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, su
         if confirm != plan_hash:
             raise Refused(f"confirm {confirm!r} does not match this plan's hash {plan_hash!r}.",
                           hint="the plan changed since it was confirmed; run a dry run and confirm the new hash.")
-        run.logger.info("Plan %s confirmed by parameter: approved unattended", plan_hash)
-        if required > 1:
-            run.logger.warning("Plan %s: the confirm parameter stands for all %d approvals [approvals] requires of "
-                               "%s (the unattended path)", plan_hash, required, run.runbook)
         unattended = Decision(approve=True, approver="confirm parameter (unattended)", reason="plan hash matched",
                               decided_at=now)
-        return Approval(approved=True, approver=unattended.approver, reason=unattended.reason, via="confirm",
-                        plan_hash=plan_hash, decided_at=now, required=required, decisions=[unattended])
+        if required == 1:
+            run.logger.info("Plan %s confirmed by parameter: approved unattended", plan_hash)
+            return Approval(approved=True, approver=unattended.approver, reason=unattended.reason, via="confirm",
+                            plan_hash=plan_hash, decided_at=now, required=required, decisions=[unattended])
+        # Four eyes: whoever started the run could confirm the hash of their own dry run, so confirm is one
+        # approval (the starter's), and the run still pauses for the others.
+        run.logger.info("Plan %s confirmed by parameter: one of the %d approvals [approvals] requires of %s; "
+                        "waiting for the rest", plan_hash, required, run.runbook)
+    else:
+        unattended = None
     who = "an approver" if required == 1 else f"{required} distinct approvers"
     run.logger.warning("Waiting up to %d s for %s of plan %s (resume the paused run in the Prefect UI)",
                        timeout_seconds, who, plan_hash)
@@ -239,7 +244,7 @@ def request_approval(run: RunbookRun, *, plan_hash: str, confirm: str | None, su
     deadline = time.monotonic() + timeout_seconds
     artifact_id = published_by_this_run(plan_artifact) if plan_artifact else None
     refused = {"blank": 0, "again": 0}
-    decisions: list[Decision] = []
+    decisions: list[Decision] = [unattended] if unattended is not None else []
     timed_out = False
     while len(decisions) < required and (not decisions or decisions[-1].approve):
         left = deadline - time.monotonic()

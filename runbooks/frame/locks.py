@@ -127,12 +127,25 @@ def require_this_host(settings: Settings, on_host: str | None, *, runbook: str, 
     """Refuse (ConfigurationError) a run meant for another host: a runbook about its worker's own machine (its
     disks, its load) run by another host's worker would ``acts`` the wrong machine. Called before any step acts,
     as ``host_lock`` is: the two together make a per-host run this host's, and one at a time."""
+    if on_host is None and settings.several_hosts and _from_a_deployment():
+        raise ConfigurationError(
+            f"this {runbook} run comes from a deployment that names no host (on_host), and {len(settings.hosts)} "
+            f"hosts are declared: it would {acts} whichever host's worker took it.",
+            hint="run the per-host deployments 'python deployments/per_host.py write' makes (docs/scale-out.md) and "
+            f"delete the generic {runbook} deployments; nothing was done.")
     if on_host is None or on_host == settings.host_name:
         return
     raise ConfigurationError(
         f"this {runbook} run is for host {on_host!r}, but it runs on {settings.host_name!r}: it would {acts} the "
         "wrong machine.", hint=f"start it from {runbook}'s deployment for {on_host!r} (work queue 'host-{on_host}'), "
         f"whose worker runs on that host with RUNBOOKS_HOST_NAME={on_host}; nothing was done.")
+
+
+def _from_a_deployment() -> bool:
+    """Whether this flow run was started from a deployment (a worker could be any host's), not by a local call."""
+    from prefect.runtime import deployment
+
+    return deployment.get_id() is not None
 
 
 def _holder_of(fd: int) -> str:

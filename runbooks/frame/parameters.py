@@ -31,25 +31,46 @@ R = TypeVar("R")
 Inventory = Literal["databases", "markets", "tables", "rules", "hosts"]
 
 
-def _inventory_names(kind: Inventory) -> list[str]:
-    """The names the settings configure, or none when the settings cannot be read here (then the field stays
-    free text and the run checks the name against its own settings)."""
-    from runbooks.errors import RunbookError
-    from runbooks.settings import load_settings
+_NAMES: dict[tuple[Any, ...], dict[str, list[str]] | None] = {}
 
+
+def _inventory() -> dict[str, list[str]] | None:
+    """Every kind's names, read once per settings source (the config file as last modified, the RUNBOOKS_
+    environment): importing the flows builds every schema, and each would otherwise read the settings again. None,
+    with one warning, when the settings cannot be read here (then the fields stay free text)."""
+    import logging
+    import os
+
+    from runbooks.errors import RunbookError
+    from runbooks.settings import config_path, load_settings
+
+    path = config_path()
     try:
-        settings = load_settings()
-    except (RunbookError, OSError, ValueError):
-        return []
-    if kind == "databases":
-        return sorted(settings.databases)
-    if kind == "markets":
-        return sorted(name for name, market in settings.markets.items() if market.gates)
-    if kind == "hosts":
-        return sorted(settings.hosts)
-    if kind == "tables":
-        return sorted(table.key for table in settings.freshness.tables)
-    return sorted(rule.name for rule in settings.cleanup.rules)
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (str(path), stamp, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RUNBOOKS_"))))
+    if key not in _NAMES:
+        try:
+            settings = load_settings()
+        except (RunbookError, OSError, ValueError) as exc:
+            logging.getLogger("runbooks").warning("Parameter forms offer no inventory choices: the settings cannot "
+                                                  "be read here (%s)", str(exc).splitlines()[0][:200])
+            _NAMES[key] = None
+        else:
+            _NAMES[key] = {
+                "databases": sorted(settings.databases),
+                "markets": sorted(name for name, market in settings.markets.items() if market.gates),
+                "tables": sorted(table.key for table in settings.freshness.tables),
+                "rules": sorted(rule.name for rule in settings.cleanup.rules),
+                "hosts": sorted(settings.hosts)}
+    return _NAMES[key]
+
+
+def _inventory_names(kind: Inventory) -> list[str]:
+    """The names the settings configure of ``kind``; none when the settings cannot be read here."""
+    names = _inventory()
+    return list(names[kind]) if names else []
 
 
 @dataclass(frozen=True)
