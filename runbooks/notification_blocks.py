@@ -32,12 +32,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from runbooks.errors import ConfigurationError, PrefectApiRefused, PrefectApiUnavailable
+from runbooks.frame.notify import TEMPLATE_KEYS, register_block_secrets
 from runbooks.redact import register_secret, scrub
 from runbooks.settings import NotificationSettings, Severity
 
 URL_SECRET = "webhook_url"  # the key of a custom-webhook block's secrets that holds its whole URL
 TEXT_PAYLOAD = {"text": "{{subject}}\n{{body}}"}  # Slack's incoming-webhook shape; most chat webhooks accept it
-_TEMPLATE_KEYS = ("subject", "body", "name")  # filled in by the block at each send, never secrets of ours
 MAX_SECRET_BYTES = 64 * 1024
 
 
@@ -62,7 +62,7 @@ class BlockKind:
 def _custom_webhook_fields(values: list[str], existing: Any | None) -> dict[str, Any]:
     """The URL into ``secrets`` (kept with any other secret the operator templated into headers or payload)."""
     kept = dict(existing.secrets.get_secret_value()) if existing is not None else {}
-    kept = {k: v for k, v in kept.items() if k not in _TEMPLATE_KEYS}
+    kept = {k: v for k, v in kept.items() if k not in TEMPLATE_KEYS}
     return {"url": "{{" + URL_SECRET + "}}", "secrets": {**kept, URL_SECRET: values[0]}}
 
 
@@ -292,7 +292,7 @@ def _plain(block: Any) -> dict[str, Any]:
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         if isinstance(value, Mapping):
-            value = {k: v for k, v in value.items() if k not in _TEMPLATE_KEYS}
+            value = {k: v for k, v in value.items() if k not in TEMPLATE_KEYS}
         values[field] = value
     return values
 
@@ -344,20 +344,6 @@ def check_blocks(settings: NotificationSettings, *, api_url: str | None = None) 
                                 supported=name.partition("/")[0] in KINDS) for name, severities in served.items()]
 
 
-def _register_block_secrets(block: Any) -> None:
-    """Secret fields and URL fields of a loaded block: a webhook URL often is the credential."""
-    for field in type(block).model_fields:
-        value: Any = getattr(block, field, None)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        elif not (isinstance(value, str) and "url" in field):
-            continue
-        if isinstance(value, Mapping):
-            register_secret(*[str(v) for k, v in value.items() if v and k not in _TEMPLATE_KEYS])
-        elif isinstance(value, str):
-            register_secret(value)
-
-
 def send_test(names: list[str], *, api_url: str | None = None) -> list[Delivery]:
     """Send one test message through each block in ``names``: what on-call sees when the runbooks notify. A block
     that cannot be loaded or does not deliver is reported (scrubbed), and the others are still tried."""
@@ -376,7 +362,7 @@ def send_test(names: list[str], *, api_url: str | None = None) -> list[Delivery]
                 sent.append(Delivery(block=name, delivered=False, detail="no such block on this server "
                                      "('runbooks notifications setup' makes it)"))
                 continue
-            _register_block_secrets(block)
+            register_block_secrets(block)
             try:
                 if hasattr(block, "raise_on_failure"):  # apprise blocks only log a failed send otherwise
                     with block.raise_on_failure():

@@ -582,20 +582,16 @@ def test_a_frozen_trading_api_fails_the_step_within_the_retry_budget(
     api = load_settings().trading_api
     assert api is not None and api.retry_budget_seconds == 8
     try:
-        started = time.monotonic()
         with pytest.raises(TradingApiUnavailable) as frozen:  # the task's own retry policy: 4 retries, 2-16 s
             read_trading_status(api=api)
-        elapsed = time.monotonic() - started
         calls = api_proxy.counts.connections
         with pytest.raises(TradingApiUnavailable, match="not called"):  # a spent budget calls nothing more
             TradingApi(api, deadline=time.monotonic() - 1).status()
         assert api_proxy.counts.connections == calls
     finally:
         thaw.set()
-    # A correctness bound, not a performance figure: without the budget this took 5 x 2 s of read timeouts plus
-    # 30 s (±50 %) of retry delays, at least 25 s; with it, the 8 s budget plus a generous margin for the task run.
-    assert elapsed < api.retry_budget_seconds + 10, elapsed
-    assert frozen.value.attempts is not None and 2 <= frozen.value.attempts < 5, frozen.value  # the budget cut it
+    # Without the budget the task's policy makes 5 attempts (2 s read timeouts, 30 s of delays); the budget cuts it.
+    assert frozen.value.attempts is not None and 2 <= frozen.value.attempts < 5, frozen.value
     assert calls == frozen.value.attempts  # each attempt reached the frozen API (one connection each)
     assert "ReadTimeout" in str(frozen.value) and "no retry follows" in str(frozen.value)
     assert "retry_budget_seconds" in str(frozen.value) and api.base_url in str(frozen.value)

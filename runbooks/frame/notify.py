@@ -18,8 +18,13 @@ if TYPE_CHECKING:
     from runbooks.frame.run import RunbookRun
 
 
-def _register_block_secrets(block: object) -> None:
-    """Secret fields (``SecretStr``, ``SecretDict``) and any URL: a webhook URL often is the credential."""
+# Keys a block fills in at each send (Prefect's templates): never secrets of ours.
+TEMPLATE_KEYS = ("subject", "body", "name")
+
+
+def register_block_secrets(block: object) -> None:
+    """Secret fields (``SecretStr``, ``SecretDict``) and any URL of a loaded block: a webhook URL often is the
+    credential. Registered for scrubbing before anything can print them."""
     for name in getattr(type(block), "model_fields", {}):
         value: Any = getattr(block, name, None)
         if hasattr(value, "get_secret_value"):
@@ -27,7 +32,7 @@ def _register_block_secrets(block: object) -> None:
         elif not (isinstance(value, str) and "url" in name):
             continue
         if isinstance(value, dict):
-            register_secret(*[str(v) for v in value.values() if v])
+            register_secret(*[str(v) for k, v in value.items() if v and k not in TEMPLATE_KEYS])
         elif isinstance(value, str):
             register_secret(value)
 
@@ -36,7 +41,7 @@ def _send(name: str, subject: str, body: str) -> None:
     from prefect.blocks.core import Block
 
     block: Any = Block.load(name, _sync=True)  # type: ignore[call-arg]
-    _register_block_secrets(block)
+    register_block_secrets(block)
     if hasattr(block, "raise_on_failure"):  # apprise blocks (Slack, PagerDuty, ...) only log a failed send otherwise
         with block.raise_on_failure():
             block.notify(body=scrub(body), subject=scrub(subject), _sync=True)
