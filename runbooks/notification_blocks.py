@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from runbooks.errors import ConfigurationError, PrefectApiRefused, PrefectApiUnavailable
-from runbooks.frame.notify import TEMPLATE_KEYS, register_block_secrets
 from runbooks.redact import register_secret, scrub
 from runbooks.settings import NotificationSettings, Severity
 
+TEMPLATE_KEYS = ("subject", "body", "name")  # filled in by the block at each send, never secrets of ours
 URL_SECRET = "webhook_url"  # the key of a custom-webhook block's secrets that holds its whole URL
 TEXT_PAYLOAD = {"text": "{{subject}}\n{{body}}"}  # Slack's incoming-webhook shape; most chat webhooks accept it
 MAX_SECRET_BYTES = 64 * 1024
@@ -362,6 +362,8 @@ def send_test(names: list[str], *, api_url: str | None = None) -> list[Delivery]
                 sent.append(Delivery(block=name, delivered=False, detail="no such block on this server "
                                      "('runbooks notifications setup' makes it)"))
                 continue
+            from runbooks.frame.notify import register_block_secrets  # not at import: it imports Prefect
+
             register_block_secrets(block)
             try:
                 if hasattr(block, "raise_on_failure"):  # apprise blocks only log a failed send otherwise

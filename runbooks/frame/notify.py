@@ -12,14 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runbooks.incidents import Notice, render
+from runbooks.notification_blocks import TEMPLATE_KEYS
 from runbooks.redact import register_secret, scrub
 
 if TYPE_CHECKING:
     from runbooks.frame.run import RunbookRun
-
-
-# Keys a block fills in at each send (Prefect's templates): never secrets of ours.
-TEMPLATE_KEYS = ("subject", "body", "name")
 
 
 def register_block_secrets(block: object) -> None:
