@@ -20,8 +20,9 @@ demo: $(VENV)/.installed
 # Lint, types, the suite, then the drills (`slow`: faults, kills, a real server end to end). Each pytest run
 # starts and removes its own PostgreSQL, S3 server and simulator.
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check runbooks flows tasks tests bench deployments
-	$(VENV)/bin/mypy runbooks flows tasks bench deployments
+	$(VENV)/bin/ruff check runbooks runbooks_sandbox flows tasks tests bench deployments
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy runbooks runbooks_sandbox bench
 	$(VENV)/bin/pytest -m "not slow"
 	$(VENV)/bin/pytest -m slow
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import psycopg
 
 from bench.measure import flow_env, run_runbook, timed_shell
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.sandbox import Sandbox, parse_size
-from runbooks.sandbox.environment import BUCKET, DATABASE
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks_sandbox import Sandbox, parse_size
+from runbooks_sandbox.environment import BUCKET, DATABASE
 
 
 @dataclass

@@ -9,7 +9,7 @@ an identical tree with the same cache state. For each size:
 - selection: ``find ROOT -type f -mtime +7 | wc -l`` against the runbook's dry run, repeated and interleaved;
 - deletion: ``find ROOT -type f -mtime +7 -delete`` against the runbook deleting the same files;
 
-each runbook contender twice: flow-internal (``runbooks.cleanup.clean_tree`` in a fresh process: the walk, the
+each runbook contender twice: flow-internal (``runbooks.adapters.cleanup.clean_tree`` in a fresh process: the walk, the
 decisions, the unlinks and the manifest, with that process's peak RSS) and whole-process (``runbooks run
 disk-cleanup --param force=true [--param dry_run=false]`` against a running Prefect server, what an operator
 waits for, with its peak RSS). The runbook's survey (du) is off in the bench config: it is a second walk an
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import flow_env
-from runbooks.sandbox import Sandbox
+from runbooks_sandbox import Sandbox
 
 PER_DIR = 1000
 OLD_SHARE = 0.3
@@ -40,7 +40,7 @@ CHILD = r"""
 import json, sys, time
 from datetime import timedelta
 from pathlib import Path
-from runbooks.cleanup import Budget, Ledger, Manifest, Walk, clean_tree, open_files
+from runbooks.adapters.cleanup import Budget, Ledger, Manifest, Walk, clean_tree, open_files
 from runbooks.settings import FileRule, CleanupSettings
 root, dry, manifest = Path(sys.argv[1]), sys.argv[2] == "dry", Path(sys.argv[3])
 rule = FileRule(name="bench", roots=[root], older_than=timedelta(days=7), match_all=True)

@@ -32,13 +32,13 @@ from typing import Any
 import psycopg
 
 from bench.measure import flow_env, run_runbook, timed_shell
-from runbooks.catalog import BackupCatalog
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.repository import open_repository
-from runbooks.sandbox import Sandbox, parse_size
-from runbooks.sandbox.cluster import PostgresCluster, free_port
-from runbooks.sandbox.environment import DATABASE
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.cluster import PostgresCluster, free_port
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks.adapters.repository import open_repository
 from runbooks.settings import RepositorySettings, load_settings
+from runbooks_sandbox import Sandbox, parse_size
+from runbooks_sandbox.environment import DATABASE
 
 
 def raw_round(root: Path, dump_zst: Path, jobs: int, checks: list[str]) -> dict[str, float]:
@@ -58,7 +58,7 @@ def raw_round(root: Path, dump_zst: Path, jobs: int, checks: list[str]) -> dict[
             times["zstd -d"] = timed_shell(f"zstd -q -d -o {shlex.quote(str(dump))} {shlex.quote(str(dump_zst))}",
                                            {})
         else:  # the drill's own decompressor, where the CLI is missing
-            from runbooks.pipeline import iter_decompressed
+            from runbooks.adapters.pipeline import iter_decompressed
 
             started = time.perf_counter()
             with open(dump, "wb") as handle, open(dump_zst, "rb") as source:

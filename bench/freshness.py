@@ -46,9 +46,9 @@ import psycopg
 from psycopg import sql
 
 from bench.measure import flow_env
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.sandbox import Sandbox, parse_size
+from runbooks.adapters.postgres import libpq_env, pg_tool
 from runbooks.settings import DatabaseSettings, FreshnessSettings, MonitoredTable
+from runbooks_sandbox import Sandbox, parse_size
 
 SCRATCH = "bench_freshness"
 BARS = "bench_bars"
@@ -250,7 +250,7 @@ def gx_child() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations  # noqa: F401 - imported here so the validation below is timed without it
 
-    from tasks.quality import validate_recent_window
+    from runbooks.tasks.quality import validate_recent_window
 
     imported = time.perf_counter()
     result = validate_recent_window.fn(table=bars_table(), database=DatabaseSettings(dsn=os.environ["BENCH_GX_DSN"]),  # type: ignore[arg-type]
@@ -283,7 +283,7 @@ def run_gx(dsn: str, bars: int) -> GxRun:
 
 def window_reference(dsn: str) -> tuple[float, int]:
     """The raw read of the window: its rows through psycopg (seconds), and the buffers its plan touches."""
-    from tasks.quality import window_query
+    from runbooks.tasks.quality import window_query
 
     query = window_query(bars_table(), lookback=LOOKBACK, as_of=None)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -383,7 +383,7 @@ def main() -> None:
 
 def measure_freshness_sizes(args: argparse.Namespace, counts: list[int], dsn: str, base_config: Path,
                             prefect_api_url: str | None, dbt: str | None, work: Path) -> list[Sized]:
-    from tasks.freshness import measure_freshness
+    from runbooks.tasks.freshness import measure_freshness
 
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     database = DatabaseSettings(dsn=dsn)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from runbooks.markets import seed_markets
+from runbooks.settings.markets import seed_markets
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)  # Monday 10:00 COT, in session
 

@@ -35,10 +35,10 @@ from typing import Any
 import psycopg
 
 from bench.measure import flow_env, run_runbook
-from runbooks.postgres import pg_bindir, pg_tool
-from runbooks.sandbox import Sandbox, parse_size
-from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
-from runbooks.sandbox.seed import create_database, seed
+from runbooks.adapters.cluster import PostgresCluster, free_port, server_os_user
+from runbooks.adapters.postgres import pg_bindir, pg_tool
+from runbooks_sandbox import Sandbox, parse_size
+from runbooks_sandbox.seed import create_database, seed
 
 
 def _as_tool_user(command: str) -> list[str]:

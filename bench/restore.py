@@ -27,13 +27,13 @@ import psycopg
 from psycopg import sql
 
 from bench.measure import flow_env, run_runbook, timed_shell
-from runbooks.catalog import BackupCatalog
-from runbooks.pipeline import iter_decompressed
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.repository import open_repository
-from runbooks.sandbox import Sandbox, parse_size
-from runbooks.sandbox.environment import DATABASE
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.pipeline import iter_decompressed
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks.adapters.repository import open_repository
 from runbooks.settings import RepositorySettings
+from runbooks_sandbox import Sandbox, parse_size
+from runbooks_sandbox.environment import DATABASE
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotif
 from prefect.events.actions import ActionTypes
 from prefect.exceptions import ObjectNotFound
 
-from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.incidents import Notice, render
+from runbooks.core.errors import ConfigurationError, RunbookError
+from runbooks.decisions.incidents import Notice, render
 from runbooks.settings import Settings, Severity, load_settings
 
 PREFIX = "runbooks: "

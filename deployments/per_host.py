@@ -172,10 +172,10 @@ def write(hosts: list[str], *, source: Path = PREFECT_YAML, output: Path = OUTPU
 
 def _flow_of(entry: dict[str, Any]) -> str:
     """The flow name (the runbook's kebab-case name) of an entry: its module's ``RUNBOOK``."""
-    from flows import RUNBOOKS
+    from runbooks.flows import RUNBOOKS
 
-    module = entry["entrypoint"].split(":", 1)[0].removesuffix(".py").replace("/", ".")
-    return next((name for name, runbook in RUNBOOKS.items() if runbook.module == module), module)
+    return next((name for name, runbook in RUNBOOKS.items() if runbook.entrypoint == entry["entrypoint"]),
+                entry["entrypoint"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"where to write (default {OUTPUT})")
     parser.add_argument("--prefect-file", type=Path, default=PREFECT_YAML, help="the deployments to start from")
     args = parser.parse_args(argv)
-    from runbooks.errors import ConfigurationError, RunbookError
+    from runbooks.core.errors import ConfigurationError, RunbookError
     from runbooks.settings import load_settings
 
     try:

@@ -23,7 +23,7 @@ from prefect import serve
 from prefect.schedules import Schedule
 from prefect.types.entrypoint import EntrypointType
 
-from flows import RUNBOOKS, Runbook
+from runbooks.flows import RUNBOOKS, Runbook
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -36,7 +36,7 @@ _SCHEDULE_KEYS = {"cron", "interval", "rrule", "timezone", "day_or", "active", "
 
 def entrypoint_of(runbook: Runbook) -> str:
     """The ``path/to/module.py:flow`` entrypoint that ``prefect.yaml`` uses for this runbook."""
-    return f"{runbook.module.replace('.', '/')}.py:{runbook.flow}"
+    return runbook.entrypoint
 
 
 def schedule_of(item: dict[str, Any]) -> Schedule:
@@ -85,7 +85,7 @@ def build_deployments(config: Path = PREFECT_YAML) -> list[RunnerDeployment]:
 def main() -> int:
     # Same working directory as the worker's pull step gives a flow run: ./runbooks.toml is the inventory.
     os.chdir(REPO_ROOT)
-    from runbooks.errors import ConfigurationError, RunbookError
+    from runbooks.core.errors import ConfigurationError, RunbookError
     from runbooks.settings import load_settings
 
     try:

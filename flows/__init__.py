@@ -20,45 +20,50 @@ from pydantic import BaseModel
 @dataclass(frozen=True)
 class Runbook:
     name: str
-    module: str
+    module: str  # within this package
     flow: str
     parameters: str
     render: str
     kind: str  # "scheduled maintenance" or "on-demand recovery"
 
+    @property
+    def entrypoint(self) -> str:
+        """The ``flows/<module>.py:<flow>`` entrypoint ``prefect.yaml`` uses, relative to the repository root."""
+        return f"flows/{self.module}.py:{self.flow}"
+
     def load(self) -> tuple[Any, type[BaseModel], Callable[[Any], str]]:
-        mod = importlib.import_module(self.module)
+        mod = importlib.import_module(f"{__name__}.{self.module}")
         return getattr(mod, self.flow), getattr(mod, self.parameters), getattr(mod, self.render)
 
 
 RUNBOOKS: dict[str, Runbook] = {
-    "backup": Runbook("backup", "flows.backup", "backup_databases", "BackupParameters", "render_report",
+    "backup": Runbook("backup", "backup", "backup_databases", "BackupParameters", "render_report",
                       "scheduled maintenance"),
-    "data-freshness": Runbook("data-freshness", "flows.data_freshness", "data_freshness_flow",
+    "data-freshness": Runbook("data-freshness", "data_freshness", "data_freshness_flow",
                               "FreshnessParameters", "render_report", "scheduled maintenance"),
-    "health-check": Runbook("health-check", "flows.health_check", "health_check_flow", "HealthCheckParameters",
+    "health-check": Runbook("health-check", "health_check", "health_check_flow", "HealthCheckParameters",
                             "render_report", "scheduled maintenance"),
-    "weekly-report": Runbook("weekly-report", "flows.weekly_report", "weekly_report_flow",
+    "weekly-report": Runbook("weekly-report", "weekly_report", "weekly_report_flow",
                              "WeeklyReportParameters", "render_report", "scheduled maintenance"),
-    "dr-game-day": Runbook("dr-game-day", "flows.dr_game_day", "dr_game_day_flow", "DrillParameters",
+    "dr-game-day": Runbook("dr-game-day", "dr_game_day", "dr_game_day_flow", "DrillParameters",
                            "render_report", "scheduled maintenance"),
-    "backup-verification": Runbook("backup-verification", "flows.backup_verification", "verify_backups_flow",
+    "backup-verification": Runbook("backup-verification", "backup_verification", "verify_backups_flow",
                                    "VerificationParameters", "render_report", "scheduled maintenance"),
-    "restore": Runbook("restore", "flows.restore", "restore_database_flow", "RestoreParameters", "render_report",
+    "restore": Runbook("restore", "restore", "restore_database_flow", "RestoreParameters", "render_report",
                        "on-demand recovery"),
-    "disk-cleanup": Runbook("disk-cleanup", "flows.disk_cleanup", "disk_cleanup_flow", "CleanupParameters",
+    "disk-cleanup": Runbook("disk-cleanup", "disk_cleanup", "disk_cleanup_flow", "CleanupParameters",
                             "render_report", "scheduled maintenance"),
-    "model-rollback": Runbook("model-rollback", "flows.model_rollback", "model_rollback_flow", "RollbackParameters",
+    "model-rollback": Runbook("model-rollback", "model_rollback", "model_rollback_flow", "RollbackParameters",
                               "render_report", "on-demand recovery"),
-    "pitr-setup": Runbook("pitr-setup", "flows.pitr_setup", "pitr_setup_flow", "PitrSetupParameters",
+    "pitr-setup": Runbook("pitr-setup", "pitr_setup", "pitr_setup_flow", "PitrSetupParameters",
                           "render_report", "on-demand recovery"),
-    "pitr-backup": Runbook("pitr-backup", "flows.pitr_backup", "pitr_backup_flow", "PitrBackupParameters",
+    "pitr-backup": Runbook("pitr-backup", "pitr_backup", "pitr_backup_flow", "PitrBackupParameters",
                            "render_report", "scheduled maintenance"),
-    "pitr-restore": Runbook("pitr-restore", "flows.pitr_restore", "pitr_restore_flow", "PitrRestoreParameters",
+    "pitr-restore": Runbook("pitr-restore", "pitr_restore", "pitr_restore_flow", "PitrRestoreParameters",
                             "render_report", "on-demand recovery"),
-    "archive-check": Runbook("archive-check", "flows.archive_check", "archive_check_flow",
+    "archive-check": Runbook("archive-check", "archive_check", "archive_check_flow",
                              "ArchiveCheckParameters", "render_report", "scheduled maintenance"),
-    "pre-open-check": Runbook("pre-open-check", "flows.pre_open_check", "pre_open_check_flow",
+    "pre-open-check": Runbook("pre-open-check", "pre_open_check", "pre_open_check_flow",
                               "PreOpenParameters", "render_report", "scheduled maintenance"),
 }
 

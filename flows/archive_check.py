@@ -14,12 +14,10 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.errors import RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, notify
-from runbooks.frame.names import run_name, run_parameters
-from runbooks.frame.parameters import takes
-from runbooks.incidents import Notice
-from runbooks.pitr import (
+from runbooks.core.errors import RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.incidents import Notice
+from runbooks.decisions.pitr import (
     ArchiveJudgement,
     ArchiverState,
     PitrPaths,
@@ -28,10 +26,12 @@ from runbooks.pitr import (
     pitr_paths,
     protected_cluster,
 )
-from runbooks.redact import scrub
-from runbooks.report import table, timeline_markdown
+from runbooks.decisions.report import table, timeline_markdown
+from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
 from runbooks.settings import PitrSettings
-from tasks.pgbackrest import pg_ctl_as_owner, read_archiver, write_marker
+from runbooks.tasks.pgbackrest import pg_ctl_as_owner, read_archiver, write_marker
 
 RUNBOOK = "archive-check"
 

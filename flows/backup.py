@@ -18,18 +18,18 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runbooks.catalog import BackupCatalog, BackupClaim
-from runbooks.errors import RunbookError
+from runbooks.adapters.catalog import BackupCatalog, BackupClaim
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.manifest import BackupKind, BackupManifest, Verification
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
-from runbooks.manifest import BackupKind, BackupManifest, Verification
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
-from runbooks.repository import open_repository
 from runbooks.settings import DatabaseSettings, InventoryName, Settings
-from tasks.postgres import dump_cluster, dump_database, probe_database
-from tasks.storage import (
+from runbooks.tasks.postgres import dump_cluster, dump_database, probe_database
+from runbooks.tasks.storage import (
     LeftoverReport,
     RetentionReport,
     apply_retention,

@@ -16,16 +16,16 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import ConfigurationError, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
-from runbooks.repository import open_repository
 from runbooks.settings import InventoryName, Settings
-from tasks.storage import verify_backup
+from runbooks.tasks.storage import verify_backup
 
 RUNBOOK = "backup-verification"
 Status = Literal["passed", "failed", "damaged", "missing", "stale"]

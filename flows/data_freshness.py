@@ -20,17 +20,17 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from runbooks.errors import (
+from runbooks.adapters.holds import HoldRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
     RunbookError,
     TradingApiRefused,
     TradingApiUnavailable,
 )
-from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
-from runbooks.frame.names import listed, run_name, run_parameters
-from runbooks.frame.parameters import InventoryChoices, takes
-from runbooks.freshness import (
+from runbooks.core.redact import scrub
+from runbooks.decisions.freshness import (
     SEVERITY_ORDER,
     Decision,
     Finding,
@@ -45,15 +45,15 @@ from runbooks.freshness import (
     judge_staleness,
     worst,
 )
-from runbooks.holds import HoldRecords
-from runbooks.incidents import Notice
-from runbooks.redact import scrub
-from runbooks.report import table, timeline_markdown
-from runbooks.repository import open_repository
+from runbooks.decisions.incidents import Notice
+from runbooks.decisions.report import table, timeline_markdown
+from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
+from runbooks.frame.names import listed, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.settings import DatabaseSettings, MonitoredTable, Settings
-from tasks.freshness import measure_freshness, read_platform_data_status
-from tasks.quality import run_integrity_checks, validate_recent_window
-from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
+from runbooks.tasks.freshness import measure_freshness, read_platform_data_status
+from runbooks.tasks.quality import run_integrity_checks, validate_recent_window
+from runbooks.tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
 RUNBOOK = "data-freshness"
 LOCK_WAIT = 60.0  # seconds a run waits for another run's decision (a run acts in well under a second)

@@ -34,20 +34,30 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.catalog import BackupCatalog
-from runbooks.cleanup import Budget, Consumer, Ledger, Manifest, TreeOutcome, Usage, Walk, check_root, open_files
-from runbooks.dockerclean import DockerObject, DockerOutcome
-from runbooks.errors import ConfigurationError, Refused, RunbookError
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.cleanup import (
+    Budget,
+    Consumer,
+    Ledger,
+    Manifest,
+    TreeOutcome,
+    Usage,
+    Walk,
+    check_root,
+    open_files,
+)
+from runbooks.adapters.records import RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import ConfigurationError, Refused, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.dockerclean import DockerObject, DockerOutcome
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.locks import ON_HOST_HELP, require_this_host
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.frame.window import ChangeWindow, require_change_window
-from runbooks.records import RestoreRecords
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
-from runbooks.repository import open_repository
 from runbooks.settings import (
     RULE_NAME_PATTERN,
     BackupsRule,
@@ -58,9 +68,9 @@ from runbooks.settings import (
     Identifier,
     Settings,
 )
-from tasks.cleanup import clean_files, measure_disks, survey_disk
-from tasks.docker import remove_docker_objects, select_docker_objects
-from tasks.pgmaintenance import (
+from runbooks.tasks.cleanup import clean_files, measure_disks, survey_disk
+from runbooks.tasks.docker import remove_docker_objects, select_docker_objects
+from runbooks.tasks.pgmaintenance import (
     DatabaseSize,
     KeptDatabase,
     drop_kept_database,
@@ -68,9 +78,9 @@ from tasks.pgmaintenance import (
     read_database_size,
     vacuum_tables,
 )
-from tasks.postgres import identify_server
-from tasks.reports import publish_report
-from tasks.storage import apply_retention
+from runbooks.tasks.postgres import identify_server
+from runbooks.tasks.reports import publish_report
+from runbooks.tasks.storage import apply_retention
 
 RUNBOOK = "disk-cleanup"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -494,7 +504,7 @@ def _next_steps(result: CleanupResult, params: CleanupParameters) -> None:
 def _docker(rule: DockerRule, ledger: Ledger, dry_run: bool) -> DockerReport:
     """Select through the engine; a dry run plans the prefix of the selection that reaches the low watermark,
     a real run removes the same list and stops at the same point."""
-    from runbooks.dockerclean import connect, data_root
+    from runbooks.decisions.dockerclean import connect, data_root
 
     report = DockerReport(rule=rule.name)
     if rule.base_url is None and not os.environ.get("DOCKER_HOST") and not os.path.exists(DEFAULT_SOCKET):

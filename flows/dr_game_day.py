@@ -26,13 +26,20 @@ from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.catalog import BackupCatalog
-from runbooks.drill import (
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.postgres import CheckResult, failure_line, fit_name
+from runbooks.adapters.records import DatabaseRecord, DrillRecords, RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.repository.local import LocalRepository
+from runbooks.adapters.roles import RoleCreated
+from runbooks.adapters.workdirs import WorkDirs
+from runbooks.core.errors import ConfigurationError, LockBusy, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.drill import (
     BackupMarket,
     BackupSet,
     ComponentScore,
     DrillRecord,
-    DrillRecords,
     Proof,
     backup_market,
     human_duration,
@@ -41,24 +48,16 @@ from runbooks.drill import (
     pick_cluster_backups,
     score_component,
 )
-from runbooks.errors import ConfigurationError, LockBusy, RunbookError
+from runbooks.decisions.freshness import Finding, QualityResult, TableFreshness, judge_quality
+from runbooks.decisions.health import HealthCheck
+from runbooks.decisions.manifest import BackupManifest, backup_id_for
+from runbooks.decisions.pitr import RecoveryPoint, pitr_paths, protected_cluster
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, repository_lock, resource_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
-from runbooks.freshness import Finding, QualityResult, TableFreshness, judge_quality
-from runbooks.health import HealthCheck
-from runbooks.manifest import BackupManifest, backup_id_for
-from runbooks.pitr import RecoveryPoint, pitr_paths, protected_cluster
-from runbooks.postgres import CheckResult, failure_line, fit_name
-from runbooks.records import DatabaseRecord, RestoreRecords
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
-from runbooks.repository import open_repository
-from runbooks.repository.local import LocalRepository
-from runbooks.roles import RoleCreated
 from runbooks.settings import BackupSelector, Settings
-from runbooks.workdirs import WorkDirs
-from tasks.drill import (
+from runbooks.tasks.drill import (
     SYSTEM_DATABASES,
     CleanCluster,
     check_cluster_root,
@@ -71,9 +70,9 @@ from tasks.drill import (
     sweep_killed_drills,
     tear_down_throwaway_cluster,
 )
-from tasks.freshness import measure_freshness
-from tasks.health import check_api_health, check_database_health, check_host_health
-from tasks.pgbackrest import (
+from runbooks.tasks.freshness import measure_freshness
+from runbooks.tasks.health import check_api_health, check_database_health, check_host_health
+from runbooks.tasks.pgbackrest import (
     RestoredCluster,
     check_restored_database,
     list_restored_tables,
@@ -83,7 +82,7 @@ from tasks.pgbackrest import (
     start_restored,
     stop_restored,
 )
-from tasks.postgres import (
+from runbooks.tasks.postgres import (
     ValidationReport,
     analyze_database,
     create_scratch_database,
@@ -92,9 +91,9 @@ from tasks.postgres import (
     restore_roles,
     validate_database,
 )
-from tasks.quality import preload_gx, validate_recent_window
-from tasks.storage import RestoredFile, fetch_backup, restore_config_files
-from tasks.workspace import WorkDirReport
+from runbooks.tasks.quality import preload_gx, validate_recent_window
+from runbooks.tasks.storage import RestoredFile, fetch_backup, restore_config_files
+from runbooks.tasks.workspace import WorkDirReport
 
 RUNBOOK = "dr-game-day"
 RECOVERY_TARGET = timedelta(minutes=30)  # seed 001: "document time to recovery (30-minute target)"

@@ -19,17 +19,17 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runbooks.errors import RunbookError
+from runbooks.core.errors import RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.health import HealthCheck, Status, worst
+from runbooks.decisions.incidents import Notice
+from runbooks.decisions.report import table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.locks import ON_HOST_HELP, require_this_host
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
-from runbooks.health import HealthCheck, Status, worst
-from runbooks.incidents import Notice
-from runbooks.redact import scrub
-from runbooks.report import table, timeline_markdown
 from runbooks.settings import HostName, Settings
-from tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
+from runbooks.tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
 
 RUNBOOK = "health-check"
 

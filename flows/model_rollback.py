@@ -23,19 +23,20 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, LockLost, Refused, RunbookError
+from runbooks.adapters.records import RollbackRecords
+from runbooks.adapters.registry import MetricPoint, Predictions, RegistryRef, Serving
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import ConfigurationError, InferenceApiUnavailable, LockBusy, LockLost, Refused, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.incidents import Notice, PostIncident
+from runbooks.decisions.models import Judgement, ModelEvidence, Verdict, judge
+from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.rollback import Plan, RollbackRecord, TargetView, grade_targets, pick_target, plan
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
-from runbooks.incidents import Notice, PostIncident
-from runbooks.models import Judgement, ModelEvidence, Verdict, judge
-from runbooks.redact import scrub
-from runbooks.registry import MetricPoint, Predictions, RegistryRef, Serving
-from runbooks.report import table, timeline_markdown
-from runbooks.repository import open_repository
-from runbooks.rollback import Plan, RollbackRecord, RollbackRecords, TargetView, grade_targets, pick_target, plan
 from runbooks.settings import MODEL_ID_PATTERN, Settings
-from tasks.models import read_evidence, read_predictions, read_rollback_targets, read_serving, request_rollback
+from runbooks.tasks.models import read_evidence, read_predictions, read_rollback_targets, read_serving, request_rollback
 
 RUNBOOK = "model-rollback"
 

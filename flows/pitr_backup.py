@@ -15,14 +15,14 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, RunbookError
+from runbooks.core.errors import ConfigurationError, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
-from runbooks.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, table, timeline_markdown
-from tasks.pgbackrest import read_info, take_backup, write_marker
+from runbooks.tasks.pgbackrest import read_info, take_backup, write_marker
 
 RUNBOOK = "pitr-backup"
 

@@ -22,16 +22,16 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from runbooks.errors import Refused, RunbookError
+from runbooks.adapters.postgres import CheckResult, connect, failure_line
+from runbooks.adapters.workdirs import OWNER, WorkDirs
+from runbooks.core.errors import Refused, RunbookError
+from runbooks.decisions.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
+from runbooks.decisions.report import table, timeline_markdown
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.parameters import takes
-from runbooks.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
-from runbooks.postgres import CheckResult, connect, failure_line
-from runbooks.report import table, timeline_markdown
 from runbooks.settings import DatabaseSettings, PitrSettings
-from runbooks.workdirs import OWNER, WorkDirs
-from tasks.pgbackrest import (
+from runbooks.tasks.pgbackrest import (
     MarkerCount,
     RestoredCluster,
     check_restored_database,

@@ -22,13 +22,10 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.errors import ConfigurationError, Refused, RunbookError
-from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
-from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
-from runbooks.frame.names import run_name, run_parameters
-from runbooks.frame.parameters import takes
-from runbooks.frame.window import ChangeWindow, change_window, require_change_window
-from runbooks.pitr import (
+from runbooks.adapters.postgres import failure_line
+from runbooks.core.errors import ConfigurationError, Refused, RunbookError
+from runbooks.core.redact import scrub_data
+from runbooks.decisions.pitr import (
     PitrPaths,
     PreviousSetting,
     SetupPlan,
@@ -42,11 +39,14 @@ from runbooks.pitr import (
     sql_literal,
     undo_statements,
 )
-from runbooks.postgres import failure_line
-from runbooks.redact import scrub_data
-from runbooks.report import table, timeline_markdown
+from runbooks.decisions.report import table, timeline_markdown
+from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
+from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
+from runbooks.frame.window import ChangeWindow, change_window, require_change_window
 from runbooks.settings import DatabaseSettings, PitrSettings, Settings, resolve_secret
-from tasks.pgbackrest import (
+from runbooks.tasks.pgbackrest import (
     check_stanza,
     check_timeout,
     configure_archiving,
@@ -61,7 +61,7 @@ from tasks.pgbackrest import (
     stanza_create,
     write_config,
 )
-from tasks.reports import publish_report
+from runbooks.tasks.reports import publish_report
 
 RUNBOOK = "pitr-setup"
 

@@ -19,16 +19,16 @@ from prefect import flow
 from prefect.states import State
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.frame import RunbookResult, RunbookRun, notify
-from runbooks.frame.names import instant, run_name, run_parameters
-from runbooks.frame.parameters import InventoryChoices, takes
-from runbooks.freshness import Finding, judge_staleness
-from runbooks.health import HealthCheck
-from runbooks.incidents import Notice
-from runbooks.pitr import archive_command, judge_archiver, pitr_paths, protected_cluster
-from runbooks.preopen import (
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.registry import RegistryRef
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import ConfigurationError, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.freshness import Finding, judge_staleness
+from runbooks.decisions.health import HealthCheck
+from runbooks.decisions.incidents import Notice
+from runbooks.decisions.pitr import archive_command, judge_archiver, pitr_paths, protected_cluster
+from runbooks.decisions.preopen import (
     Decision,
     MarketPlan,
     PreOpenCheck,
@@ -45,17 +45,17 @@ from runbooks.preopen import (
     judge_trading,
     plan_markets,
 )
-from runbooks.redact import scrub
-from runbooks.registry import RegistryRef
-from runbooks.report import table, timeline_markdown
-from runbooks.repository import open_repository
+from runbooks.decisions.report import table, timeline_markdown
+from runbooks.frame import RunbookResult, RunbookRun, notify
+from runbooks.frame.names import instant, run_name, run_parameters
+from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.settings import Duration, MarketName, Settings, config_path
-from tasks.freshness import measure_freshness
-from tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
-from tasks.models import read_predictions, read_serving
-from tasks.pgbackrest import read_archiver
-from tasks.storage import list_backups_in_window
-from tasks.trading_api import read_trading_status
+from runbooks.tasks.freshness import measure_freshness
+from runbooks.tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
+from runbooks.tasks.models import read_predictions, read_serving
+from runbooks.tasks.pgbackrest import read_archiver
+from runbooks.tasks.storage import list_backups_in_window
+from runbooks.tasks.trading_api import read_trading_status
 
 RUNBOOK = "pre-open-check"
 MAX_HORIZON = timedelta(hours=24)  # a check for an open further ahead says little about that open

@@ -27,8 +27,17 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import Refused, RunbookError
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.postgres import fit_name
+from runbooks.adapters.records import DatabaseRecord, RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.roles import RoleCreated
+from runbooks.adapters.workdirs import WorkDirs
+from runbooks.core.errors import Refused, RunbookError
+from runbooks.core.redact import scrub
+from runbooks.decisions.incidents import Notice, PostIncident
+from runbooks.decisions.manifest import BackupManifest, Verification
+from runbooks.decisions.report import human_bytes, inline, table, timeline_markdown
 from runbooks.frame import (
     Approval,
     RunbookResult,
@@ -42,17 +51,8 @@ from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.frame.window import ChangeWindow, change_window, require_change_window
-from runbooks.incidents import Notice, PostIncident
-from runbooks.manifest import BackupManifest, Verification
-from runbooks.postgres import fit_name
-from runbooks.records import DatabaseRecord, RestoreRecords
-from runbooks.redact import scrub
-from runbooks.report import human_bytes, inline, table, timeline_markdown
-from runbooks.repository import open_repository
-from runbooks.roles import RoleCreated
 from runbooks.settings import BackupSelector, DatabaseSettings, InventoryName, Settings
-from runbooks.workdirs import WorkDirs
-from tasks.postgres import (
+from runbooks.tasks.postgres import (
     Prerequisites,
     ValidationReport,
     check_restore_prerequisites,
@@ -69,9 +69,9 @@ from tasks.postgres import (
     sweep_restore_databases,
     validate_database,
 )
-from tasks.reports import publish_report
-from tasks.storage import fetch_backup, find_cluster_backup, resolve_backup_or_raise, verify_backup
-from tasks.workspace import WorkDirReport, sweep_work_directories
+from runbooks.tasks.reports import publish_report
+from runbooks.tasks.storage import fetch_backup, find_cluster_backup, resolve_backup_or_raise, verify_backup
+from runbooks.tasks.workspace import WorkDirReport, sweep_work_directories
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"
 HOLD_MARGIN = timedelta(hours=24)  # a killed run's hold on its backup lapses this long after its approval deadline

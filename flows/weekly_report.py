@@ -24,19 +24,14 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows import RUNBOOKS
-from runbooks.catalog import BackupCatalog
-from runbooks.drill import DrillRecord, human_duration
-from runbooks.frame import RunbookResult, RunbookRun
-from runbooks.frame.names import run_name, run_parameters
-from runbooks.frame.parameters import takes
-from runbooks.frame.steps import Figure
-from runbooks.models import judge
-from runbooks.redact import scrub
-from runbooks.registry import RegistryRef
-from runbooks.report import human_bytes, table, timeline_markdown
-from runbooks.repository import open_repository
-from runbooks.weekly import (
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.registry import RegistryRef
+from runbooks.adapters.repository import open_repository
+from runbooks.core.redact import scrub
+from runbooks.decisions.drill import DrillRecord, human_duration
+from runbooks.decisions.models import judge
+from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.weekly import (
     BackupEntry,
     ModelAccuracy,
     PnlFigures,
@@ -48,10 +43,21 @@ from runbooks.weekly import (
     window_bounds,
     window_label,
 )
-from tasks.flow_runs import read_runbook_runs
-from tasks.models import read_evidence
-from tasks.storage import list_backups_in_window, read_drill_records
-from tasks.trading_api import read_circuit_breakers, read_pnl, read_risk_events, read_risk_health, read_risk_metrics
+from runbooks.flows import RUNBOOKS
+from runbooks.frame import RunbookResult, RunbookRun
+from runbooks.frame.names import run_name, run_parameters
+from runbooks.frame.parameters import takes
+from runbooks.frame.steps import Figure
+from runbooks.tasks.flow_runs import read_runbook_runs
+from runbooks.tasks.models import read_evidence
+from runbooks.tasks.storage import list_backups_in_window, read_drill_records
+from runbooks.tasks.trading_api import (
+    read_circuit_breakers,
+    read_pnl,
+    read_risk_events,
+    read_risk_health,
+    read_risk_metrics,
+)
 
 RUNBOOK = "weekly-report"
 SECTIONS = ("trading performance", "model accuracy", "risk metrics", "backups", "DR drills", "runbook runs")
@@ -274,7 +280,7 @@ def render_report(result: WeeklyReportResult) -> str:
 
 # -- the flow ------------------------------------------------------------------------------------------------------
 def _one_line(exc: BaseException) -> str:
-    from runbooks.errors import RunbookError
+    from runbooks.core.errors import RunbookError
 
     text = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
     return (scrub(text).strip().splitlines() or [type(exc).__name__])[0][:400]

@@ -6,9 +6,9 @@ import copy
 import json
 import logging
 import os
-import subprocess
 import sys
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,14 +22,12 @@ from rich.markdown import Markdown, TableElement
 from rich.table import Table
 from rich.text import Text
 
-from flows import describe_runbooks
-from runbooks.errors import ConfigurationError, RunbookError
-from runbooks.settings import SANDBOX_DIR, Settings, config_path, load_settings, validation_message
+from runbooks.core.errors import ConfigurationError, RunbookError
+from runbooks.flows import describe_runbooks
+from runbooks.settings import Settings, config_path, load_settings, validation_message
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False)
-sandbox_app = typer.Typer(no_args_is_help=True, help="The embedded default platform on loopback.")
 backups_app = typer.Typer(no_args_is_help=True, help="Backups in the repository.")
-app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(backups_app, name="backups")
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -261,129 +259,6 @@ def _skip_heartbeat_join() -> None:
     flow_engine._send_heartbeats = functools.partial(original, join_on_exit=False)  # type: ignore[attr-defined]
 
 
-# -- sandbox ----------------------------------------------------------------------------------------------------
-SandboxDir = Annotated[Path, typer.Option("--dir", help="sandbox state directory")]
-
-
-@sandbox_app.command("up")
-def sandbox_up(
-    size: Annotated[str, typer.Option(help="generated data size, e.g. 5MB, 1GB")] = "5MB",
-    directory: SandboxDir = Path(SANDBOX_DIR),
-    prefect: Annotated[bool, typer.Option(help="start a local Prefect server (UI)")] = True,
-) -> None:
-    """Start PostgreSQL, S3 (moto), the simulator and a Prefect server, seed data, write a config."""
-    from runbooks.sandbox import Sandbox, parse_size
-    from runbooks.sandbox.environment import ChildFailed
-
-    try:
-        size_mb = parse_size(size)
-    except ValueError as exc:
-        raise _fail(exc, 2) from None
-    sandbox = Sandbox(directory)
-    try:
-        with err.status("starting sandbox…"):
-            state = sandbox.up(size_mb=size_mb, prefect=prefect, progress=lambda m: _say(f"  {m}", console=err))
-    except RunbookError as exc:  # refused before anything started (e.g. a directory postgres cannot enter)
-        raise _fail(exc) from None
-    except ChildFailed as exc:
-        _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
-                           f"the end of the {exc.what} log follows."), 1)
-        for line in exc.log_tail.splitlines():
-            _say(f"  | {line}", console=err)
-        raise typer.Exit(1) from None
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        raise _fail(RuntimeError(f"the sandbox did not start: {exc}. HINT: what it had started was removed; "
-                                 "fix the cause named above and run it again."), 1) from None
-    err.print(Text.assemble(("sandbox up", "green"), ": config written to ", printable(state.config_path)))
-    status = sandbox.status()
-    _print_status(status, as_json=False)
-    if state.prefect_api_url:  # what a shell needs so that `prefect` and every run use this server
-        _say(f"export PREFECT_API_URL={state.prefect_api_url}")
-        _say(f"Prefect UI: {status['prefect']['ui']}")
-
-
-@sandbox_app.command("down")
-def sandbox_down(directory: SandboxDir = Path(SANDBOX_DIR)) -> None:
-    """Stop every sandbox process and remove every file it made (only in a directory 'sandbox up' made)."""
-    from runbooks.sandbox import Sandbox
-    from runbooks.sandbox.environment import NotASandbox
-
-    try:
-        done = Sandbox(directory).down()
-    except NotASandbox as exc:  # not ours (no record of our own, or a link): nothing was stopped or removed
-        raise _fail(exc, 2) from None
-    for line in done or ["nothing to do"]:
-        _say(line)
-
-
-@sandbox_app.command("status")
-def sandbox_status(
-    as_json: Annotated[bool, typer.Option("--json")] = False, directory: SandboxDir = Path(SANDBOX_DIR)
-) -> None:
-    """Print the config file and every endpoint (passwords redacted)."""
-    from runbooks.sandbox import Sandbox
-
-    status = Sandbox(directory).status()
-    _print_status(status, as_json=as_json)
-    if not status.get("running"):
-        raise typer.Exit(1)
-
-
-def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        out.print_json(json.dumps(status))
-        return
-    if not status.get("running"):
-        _say(f"sandbox not running (state dir {status['root']})")
-        return
-
-    def row(*cells: object) -> None:
-        table.add_row(*(Text(printable(str(cell))) for cell in cells))
-    table = _FittedTable(title="runbooks sandbox", show_header=True)
-    table.add_column("component")
-    table.add_column("endpoint")
-    table.add_column("up")
-    pg = status["postgres"]
-    for name, dsn in pg["dsns"].items():
-        row(f"postgres {name}", dsn, pg["up"])
-    s3 = status["repository"]["s3"]
-    row("repository (local)", status["repository"]["local"], "")
-    if s3:
-        row("S3 (moto)", f"{s3['endpoint_url']}  bucket {s3['bucket']}/{s3['prefix']}", s3["up"])
-    row("simulator", status["simulator"]["url"], status["simulator"]["up"])
-    row("prefect UI", status["prefect"]["ui"], status["prefect"]["up"])
-    if notified := status.get("notifications"):  # where pages arrive: the receiver and the log it appends to
-        row("notifications", f"{notified['receiver']} -> {notified['log']} ({notified['messages']} received)",
-            notified["up"])
-    row("config", status["config"], "")
-    if status.get("config_s3"):
-        row("config (S3 repository)", status["config_s3"], "")
-    feed = status.get("feed") or {}
-    if feed.get("feeder"):
-        row("market feed", "stopped (runbooks sandbox feed --resume)" if feed.get("stopped") else
-            f"running, {feed.get('bars_written', 0)} bars written", "")
-    for name, market in (feed.get("markets") or {}).items():
-        row(f"market {name}", "open" if market["open"] else f"closed: {market['reason']}", "")
-    out.print(table)
-
-
-@sandbox_app.command("feed")
-def sandbox_feed(
-    stop: Annotated[bool, typer.Option("--stop", help="stop the feed: a dead feed on demand")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="resume the feed")] = False,
-    directory: SandboxDir = Path(SANDBOX_DIR),
-) -> None:
-    """Stop or resume the sandbox's market-data feeder (bars per symbol while its market is open)."""
-    from runbooks.sandbox import Sandbox
-
-    if stop == resume:
-        raise _fail(ValueError("give exactly one of --stop and --resume. HINT: runbooks sandbox feed --stop."), 2)
-    if not Sandbox(directory).feed(running=resume):
-        raise _fail(ValueError(f"the sandbox in {str(directory)!r} has no feeder running. HINT: start it with "
-                               "'runbooks sandbox up'."), 2)
-    _say(f"market feed {'resumed' if resume else 'stopped'}")
-
-
 # -- notifications ----------------------------------------------------------------------------------------------
 notifications_app = typer.Typer(no_args_is_help=True, help="The Prefect notification blocks [notifications] names: "
                                 "make them, check them, send a test through them.")
@@ -412,7 +287,7 @@ def notifications_setup(
 ) -> None:
     """Create or update the notification block [notifications] names on the Prefect server (PREFECT_API_URL, else
     [prefect] api_url), with Prefect's own block class. Idempotent; says what it did, never the secret."""
-    from runbooks import notification_blocks
+    from runbooks.adapters import notification_blocks
 
     settings = _notification_settings()
     try:
@@ -446,7 +321,7 @@ def notifications_setup(
 @notifications_app.command("check")
 def notifications_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Which blocks [notifications] names exist on the Prefect server; exit 1 when one is missing."""
-    from runbooks import notification_blocks
+    from runbooks.adapters import notification_blocks
 
     settings = _notification_settings()
     try:
@@ -475,7 +350,7 @@ def notifications_check(as_json: Annotated[bool, typer.Option("--json")] = False
 def notifications_test(block: BlockOption = None) -> None:
     """Send a test message through every block [notifications] names (or --block): what on-call would see. Exit 1
     when one did not deliver."""
-    from runbooks import notification_blocks
+    from runbooks.adapters import notification_blocks
 
     settings = _notification_settings()
     try:
@@ -563,7 +438,7 @@ def run(
     """Run a runbook flow locally; exit status 0 only when it succeeded."""
     from pydantic import ValidationError
 
-    from flows import RUNBOOKS
+    from runbooks.flows import RUNBOOKS
 
     if runbook not in RUNBOOKS:
         raise _fail(ValueError(f"unknown runbook {runbook!r}. HINT: pick one of {', '.join(RUNBOOKS)}."), 2)
@@ -583,7 +458,7 @@ def run(
     # Parameters that name things in the settings (tables, databases) are refused here, before any flow run.
     check_against = getattr(parameters, "check_against", None)
     if callable(check_against):
-        from runbooks.errors import ConfigurationError, OutsideChangeWindow
+        from runbooks.core.errors import ConfigurationError, OutsideChangeWindow
 
         try:
             check_against(settings)
@@ -614,8 +489,8 @@ def run(
 
 # -- backups ----------------------------------------------------------------------------------------------------
 def _catalog():  # type: ignore[no-untyped-def]
-    from runbooks.catalog import BackupCatalog
-    from runbooks.repository import open_repository
+    from runbooks.adapters.catalog import BackupCatalog
+    from runbooks.adapters.repository import open_repository
 
     return BackupCatalog(open_repository(_settings().repository))
 
@@ -631,7 +506,7 @@ def _age(moment: datetime) -> str:
 def _catalog_for(database: str | None):  # type: ignore[no-untyped-def]
     """The catalog, after refusing (exit 2) a name that is not a database name and a repository that does not
     exist: a mistyped path must not read as "no backups"."""
-    from runbooks.errors import ConfigurationError, RepositoryNotFound
+    from runbooks.core.errors import ConfigurationError, RepositoryNotFound
     from runbooks.settings import validate_name
 
     try:
@@ -656,7 +531,7 @@ def backups_list(
 ) -> None:
     """Published backups, newest last, and damaged ones (exit 1 while any is damaged). Unfinished (interrupted)
     backups are never listed."""
-    from runbooks.report import human_bytes
+    from runbooks.decisions.report import human_bytes
 
     catalog = _catalog_for(database)
     try:
@@ -721,7 +596,39 @@ def backups_show(
         raise typer.Exit(1)
 
 
+PLUGINS = "runbooks.commands"  # entry-point group: subcommands other packages add (the sandbox)
+
+
+def _unavailable(name: str, missing: str) -> Callable[[typer.Context], None]:
+    def refuse(ctx: typer.Context) -> None:
+        raise _fail(ConfigurationError(
+            f"'runbooks {name}' is not installed here (it needs {missing!r}).",
+            hint=f"pip install 'runbooks[{name}]' (from a checkout: pip install '.[{name}]')."), 2)
+    refuse.__doc__ = f"Not installed: pip install 'runbooks[{name}]'."
+    return refuse
+
+
+def add_plugins() -> None:
+    """Add the subcommands installed packages declare; one whose dependencies are missing answers with the one
+    line that names its extra instead of a traceback."""
+    from importlib.metadata import entry_points
+
+    present = {info.name for info in app.registered_groups} | {c.name for c in app.registered_commands}
+    for entry in entry_points(group=PLUGINS):
+        if entry.name in present:
+            continue
+        try:
+            sub = entry.load()
+        except ImportError as exc:
+            app.command(entry.name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                      "help_option_names": []})(
+                _unavailable(entry.name, exc.name or str(exc)))
+        else:
+            app.add_typer(sub, name=entry.name)
+
+
 def main() -> None:
+    add_plugins()
     app()
 
 

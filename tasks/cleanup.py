@@ -1,4 +1,4 @@
-"""Tasks for the local disks: usage, the largest consumers, and the file rules' walks (runbooks.cleanup)."""
+"""Tasks for the local disks: usage, the largest consumers, and the file rules' walks (runbooks.adapters.cleanup)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.cleanup import Consumer, TreeOutcome, Usage, Walk, clean_tree, measure, survey
-from runbooks.report import human_bytes
+from runbooks.adapters.cleanup import Consumer, TreeOutcome, Usage, Walk, clean_tree, measure, survey
+from runbooks.decisions.report import human_bytes
 from runbooks.settings import FileRule
 
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.dockerclean import DockerObject, DockerOutcome, connect, remove, select
+from runbooks.decisions.dockerclean import DockerObject, DockerOutcome, connect, remove, select
 from runbooks.settings import DockerRule
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 
 @task(name="select-docker-objects", cache_policy=NO_CACHE, **TRANSIENT_RETRY)

@@ -16,9 +16,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
-from runbooks.errors import ConfigurationError, Refused, RunbookError
-from runbooks.pitr import pg_ctl_command
-from runbooks.postgres import (
+from runbooks.adapters.cluster import PostgresCluster, free_port, refuse_closed_directory, server_os_user
+from runbooks.adapters.postgres import (
     admin_params,
     connect,
     database_errors,
@@ -27,14 +26,15 @@ from runbooks.postgres import (
     pg_bindir,
     server_identity,
 )
-from runbooks.records import RestoreRecords
-from runbooks.redact import register_secret
-from runbooks.repository.local import open_private
-from runbooks.roles import RoleCreated
-from runbooks.sandbox.cluster import PostgresCluster, free_port, refuse_closed_directory, server_os_user
+from runbooks.adapters.records import RestoreRecords
+from runbooks.adapters.repository.local import open_private
+from runbooks.adapters.roles import RoleCreated
+from runbooks.adapters.workdirs import WorkDirs
+from runbooks.core.errors import ConfigurationError, Refused, RunbookError
+from runbooks.core.redact import register_secret
+from runbooks.decisions.pitr import pg_ctl_command
 from runbooks.settings import DatabaseSettings, IntegrityCheck
-from runbooks.workdirs import WorkDirs
-from tasks.workspace import WorkDirReport
+from runbooks.tasks.workspace import WorkDirReport
 
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
 

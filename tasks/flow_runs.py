@@ -13,10 +13,10 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.errors import ConfigurationError, PrefectApiRefused, PrefectApiUnavailable
-from runbooks.redact import scrub
-from runbooks.weekly import RunbookRunEntry, RunbookRuns
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.core.errors import ConfigurationError, PrefectApiRefused, PrefectApiUnavailable
+from runbooks.core.redact import scrub
+from runbooks.decisions.weekly import RunbookRunEntry, RunbookRuns
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 PAGE = 200  # the server's default cap on one read
 

@@ -17,7 +17,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
-from runbooks.freshness import (
+from runbooks.adapters.postgres import connect, database_errors
+from runbooks.core.market_time import MarketCalendar
+from runbooks.core.redact import scrub
+from runbooks.decisions.freshness import (
     MarketView,
     PlatformView,
     TableFreshness,
@@ -26,12 +29,9 @@ from runbooks.freshness import (
     judge_volume,
     summarize_rows,
 )
-from runbooks.market_time import MarketCalendar
-from runbooks.postgres import connect, database_errors
-from runbooks.redact import scrub
 from runbooks.settings import ApiSettings, DatabaseSettings, FreshnessSettings, MonitoredTable
-from tasks.policies import TRANSIENT_RETRY
-from tasks.trading_api import TRADING_API_RETRY, trading_api_attempt
+from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.trading_api import TRADING_API_RETRY, trading_api_attempt
 
 _ORIGIN = sql.SQL("'2000-01-01 00:00:00+00'::timestamptz")
 

@@ -10,16 +10,10 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.health import (
-    HealthCheck,
-    count_matching_tail,
-    disk_usage_percent,
-    grade,
-    memory_usage_percent,
-    sample_cpu,
-)
-from runbooks.postgres import connect
-from runbooks.redact import scrub
+from runbooks.adapters.host import count_matching_tail, disk_usage_percent, memory_usage_percent, sample_cpu
+from runbooks.adapters.postgres import connect
+from runbooks.core.redact import scrub
+from runbooks.decisions.health import HealthCheck, grade
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings
 
 NOT_CONFIGURED = ("redis", "pm2 processes", "docker compose services")

@@ -11,9 +11,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from runbooks.errors import InferenceApiRefused, Refused
-from runbooks.registry import Candidate, Predictions, Reading, RegistryRef, Serving
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.adapters.registry import Candidate, Predictions, Reading, RegistryRef, Serving
+from runbooks.core.errors import InferenceApiRefused, Refused
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 
 @task(name="read-serving-model", cache_policy=NO_CACHE, **TRANSIENT_RETRY)

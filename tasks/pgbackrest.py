@@ -22,8 +22,19 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, Field, SecretStr
 
-from runbooks.errors import ConfigurationError, LockBusy, Refused, ToolFailed
-from runbooks.pitr import (
+from runbooks.adapters.cluster import free_port, server_os_user
+from runbooks.adapters.postgres import (
+    CheckResult,
+    connect,
+    database_errors,
+    describe,
+    pg_bindir,
+    run_checks,
+    server_env,
+)
+from runbooks.core.errors import ConfigurationError, LockBusy, Refused, ToolFailed
+from runbooks.core.redact import scrub
+from runbooks.decisions.pitr import (
     ArchiverState,
     BackupType,
     PitrPaths,
@@ -34,11 +45,8 @@ from runbooks.pitr import (
     pg_ctl_command,
     recovery_point,
 )
-from runbooks.postgres import CheckResult, connect, database_errors, describe, pg_bindir, run_checks, server_env
-from runbooks.redact import scrub
-from runbooks.sandbox.cluster import free_port, server_os_user
 from runbooks.settings import DatabaseSettings, IntegrityCheck, PitrSettings
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 PGBR_TIMEOUT = 6 * 3600  # a full backup of a large cluster takes hours; a hung tool must still end
 

@@ -11,11 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from pydantic import BaseModel, Field
 
-from runbooks.errors import InsufficientPrivilege, Refused
-from runbooks.postgres import admin_params, connect, database_errors, database_oid, describe, drop_database
-from runbooks.records import RestoreRecords
+from runbooks.adapters.postgres import admin_params, connect, database_errors, database_oid, describe, drop_database
+from runbooks.adapters.records import RestoreRecords
+from runbooks.core.errors import InsufficientPrivilege, Refused
 from runbooks.settings import DatabaseRule, DatabaseSettings
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 PRE_RESTORE_MARK = "_pre_restore_"
 

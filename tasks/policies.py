@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from runbooks.errors import PermanentError, TransientError
+from runbooks.core.errors import PermanentError, TransientError
 
 RETRIES = 4
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2, 4, 8, 16 s

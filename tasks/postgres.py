@@ -23,17 +23,15 @@ from psycopg import sql
 from pydantic import BaseModel, Field
 
 from runbooks import __version__
-from runbooks.catalog import BackupCatalog, BackupClaim
-from runbooks.dbproperties import (
+from runbooks.adapters.catalog import BackupCatalog, BackupClaim
+from runbooks.adapters.dbproperties import (
     DatabaseProperties,
     apply_database_properties,
     create_database_like,
     read_database_properties,
 )
-from runbooks.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused, RunbookError
-from runbooks.manifest import ArchivedFile, BackupManifest, SnapshotInfo, StoredObject
-from runbooks.pipeline import CompressingSink, stream_command, stream_into
-from runbooks.postgres import (
+from runbooks.adapters.pipeline import CompressingSink, stream_command, stream_into
+from runbooks.adapters.postgres import (
     CheckResult,
     admin_params,
     connect,
@@ -54,10 +52,12 @@ from runbooks.postgres import (
     tool_error,
     tool_version,
 )
-from runbooks.records import DatabaseRecord, RestoreRecords
-from runbooks.roles import RoleCreated, apply_role_plan, is_clean_cluster, plan_missing_roles
+from runbooks.adapters.records import DatabaseRecord, RestoreRecords
+from runbooks.adapters.roles import RoleCreated, apply_role_plan, is_clean_cluster, plan_missing_roles
+from runbooks.core.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused, RunbookError
+from runbooks.decisions.manifest import ArchivedFile, BackupManifest, SnapshotInfo, StoredObject
 from runbooks.settings import DatabaseSettings, IntegrityCheck
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 MB = 1_000_000
 
@@ -292,7 +292,7 @@ def dump_cluster(
 
 
 # -- restore ------------------------------------------------------------------------------------------------------
-# Every database a restore creates is in its own record (runbooks.records), and it drops only what that record
+# Every database a restore creates is in its own record (runbooks.adapters.records), and it drops only what that record
 # says it made, still under the same name and OID, never one of the inventory, never one with other sessions.
 
 

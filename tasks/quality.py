@@ -18,12 +18,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
-from runbooks.freshness import ExpectationFailure, QualityResult
-from runbooks.postgres import connect, database_errors, run_checks
-from runbooks.redact import scrub
+from runbooks.adapters.postgres import connect, database_errors, run_checks
+from runbooks.core.redact import scrub
+from runbooks.decisions.freshness import ExpectationFailure, QualityResult
 from runbooks.settings import DatabaseSettings, IntegrityCheck, MonitoredTable
-from tasks.freshness import as_of_sql, read_only_params, where_clause
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.freshness import as_of_sql, read_only_params, where_clause
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 SAMPLES = 5
 

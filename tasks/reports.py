@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from runbooks.redact import scrub
+from runbooks.core.redact import scrub
 
 
 def artifact_key(text: str) -> str:

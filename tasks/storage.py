@@ -17,16 +17,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from runbooks.catalog import BackupCatalog, BackupClaim
-from runbooks.drill import DrillRecord, DrillRecords
-from runbooks.errors import BackupDamaged, BackupNotFound, VerificationFailed
-from runbooks.manifest import BackupKind, BackupManifest, Verification, backup_id_for
-from runbooks.pipeline import check_object, fetch_object
-from runbooks.postgres import pg_tool
-from runbooks.retention import Candidate, select_retention
+from runbooks.adapters.catalog import BackupCatalog, BackupClaim
+from runbooks.adapters.pipeline import check_object, fetch_object
+from runbooks.adapters.postgres import pg_tool
+from runbooks.adapters.records import DrillRecords
+from runbooks.core.errors import BackupDamaged, BackupNotFound, VerificationFailed
+from runbooks.decisions.drill import DrillRecord
+from runbooks.decisions.manifest import BackupKind, BackupManifest, Verification, backup_id_for
+from runbooks.decisions.retention import Candidate, select_retention
+from runbooks.decisions.weekly import BackupWeek, backups_in_window
 from runbooks.settings import RetentionPolicy
-from runbooks.weekly import BackupWeek, backups_in_window
-from tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY
 
 
 class LeftoverReport(BaseModel):

@@ -16,10 +16,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from runbooks.errors import TradingApiUnavailable, TransientError
-from runbooks.settings import ApiSettings
-from runbooks.trading import TradingApi
-from runbooks.weekly import (
+from runbooks.adapters.trading import TradingApi
+from runbooks.core.errors import TradingApiUnavailable, TransientError
+from runbooks.decisions.weekly import (
     CircuitBreaker,
     PnlFigures,
     RiskEvents,
@@ -30,7 +29,8 @@ from runbooks.weekly import (
     parse_risk_health,
     parse_risk_metrics,
 )
-from tasks.policies import TRANSIENT_RETRY, retry_if_transient
+from runbooks.settings import ApiSettings
+from runbooks.tasks.policies import TRANSIENT_RETRY, retry_if_transient
 
 
 def budget_left(api: ApiSettings) -> float:

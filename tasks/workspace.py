@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from runbooks.report import human_bytes
-from runbooks.workdirs import WorkDirs
+from runbooks.adapters.workdirs import WorkDirs
+from runbooks.decisions.report import human_bytes
 
 
 class WorkDirReport(BaseModel):

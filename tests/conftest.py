@@ -40,9 +40,9 @@ import boto3  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
-from runbooks.markets import MarketSettings  # noqa: E402
-from runbooks.sandbox import Sandbox, SandboxState  # noqa: E402
-from runbooks.sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
+from runbooks.settings.markets import MarketSettings  # noqa: E402
+from runbooks_sandbox import Sandbox, SandboxState  # noqa: E402
+from runbooks_sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
 from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
 
 

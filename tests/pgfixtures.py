@@ -11,11 +11,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from runbooks.catalog import BackupCatalog
-from runbooks.manifest import BackupManifest
-from runbooks.pipeline import iter_decompressed
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.pipeline import iter_decompressed
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks.decisions.manifest import BackupManifest
+from runbooks_sandbox import SandboxState
 
 FIDELITY_SQL = r"""
 CREATE SCHEMA market;

@@ -16,8 +16,8 @@ from runbooks.settings import load_settings
 
 
 def local_repository_path(url: str) -> Path:
-    """The absolute directory of a ``file://`` repository URL, parsed as ``runbooks.repository.open_repository``
-    parses it.
+    """The absolute directory of a ``file://`` repository URL, parsed as
+    ``runbooks.adapters.repository.open_repository`` parses it.
 
     Raises:
         ValueError: the URL names another scheme (``s3://`` …), a remote host, or a relative path: there is no

@@ -21,13 +21,13 @@ from prefect import flow
 from prefect.artifacts import Artifact
 from prefect.flow_runs import resume_flow_run
 
-from flows import RUNBOOKS
-from runbooks.errors import ConfigurationError
+from runbooks.core.errors import ConfigurationError
+from runbooks.flows import RUNBOOKS
 from runbooks.frame import RunbookResult, RunbookRun, request_approval
 from runbooks.frame.approval import NOT_BLANK, approval_description, approver_identity, artifact_link
-from runbooks.sandbox import SandboxState
 from runbooks.settings import APPROVING_RUNBOOKS, load_settings
-from tasks.reports import artifact_key, publish_report
+from runbooks.tasks.reports import artifact_key, publish_report
+from runbooks_sandbox import SandboxState
 from tests.approvals import act_when_paused, decide_when_paused, paused_run, resume_bypassing_the_schema, stored_form
 from tests.events import runbook_events
 from tests.pgfixtures import admin_dsn, content_checksums
@@ -405,5 +405,5 @@ def test_approving_runbooks_are_the_runbooks_that_ask_for_approval() -> None:
     """[approvals.runbooks] takes exactly the runbooks whose flow calls request_approval: a new one that asks
     must be added (or its four eyes cannot be configured), and a name that never asks is refused."""
     asking = {name for name, runbook in RUNBOOKS.items()
-              if "request_approval(" in (ROOT / (runbook.module.replace(".", "/") + ".py")).read_text()}
+              if "request_approval(" in (ROOT / runbook.entrypoint.split(":")[0]).read_text()}
     assert asking == set(APPROVING_RUNBOOKS)

@@ -20,7 +20,7 @@ from prefect import flow, tags
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import set_database_env
 from tests.receivers import Inbox
 

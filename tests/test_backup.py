@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.backup import backup_databases, render_report
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases, render_report
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import (
     content_checksums,
     create_fidelity_db,
@@ -72,7 +72,7 @@ def test_backup_includes_globals_and_config_files(config: SandboxState) -> None:
     roles = {o.role for o in cluster.objects}
     assert roles == {"globals", "config"}
     cat = catalog()
-    from runbooks.pipeline import iter_decompressed
+    from runbooks.adapters.pipeline import iter_decompressed
 
     globals_sql = b"".join(iter_decompressed(cat.repository.iter_chunks(
         next(o.key for o in cluster.objects if o.role == "globals")))).decode()
@@ -102,7 +102,7 @@ def test_manifest_row_counts_match_the_database(config: SandboxState) -> None:
 
 def test_corrupted_object_fails_verification_and_is_marked(config: SandboxState, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A backup whose stored bytes differ from what was written is published marked failed and the run fails."""
-    from runbooks.repository.local import LocalWriter
+    from runbooks.adapters.repository.local import LocalWriter
 
     original_close = LocalWriter.close
 

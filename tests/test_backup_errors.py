@@ -10,15 +10,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.backup import backup_databases
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import ConfigurationError
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.cluster import free_port
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import ConfigurationError
+from runbooks.flows.backup import backup_databases
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.cluster import free_port
 from runbooks.settings import load_settings
-from tasks.postgres import dump_database, probe_database
+from runbooks.tasks.postgres import dump_database, probe_database
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn
 from tests.repositories import local_repository_path
 

@@ -15,12 +15,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import backup_databases
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
 from tests.processes import children_named, freeze_when, wait_for
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from prefect.artifacts import Artifact
 
-from flows.backup import backup_databases
-from flows.backup_verification import verify_backups_flow
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.backup_verification import verify_backups_flow
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.processes import wait_for
 from tests.repositories import configured_repository_path
 

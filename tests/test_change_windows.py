@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from flows.restore import render_report
-from runbooks.errors import OutsideChangeWindow
+from runbooks.core.errors import OutsideChangeWindow
+from runbooks.core.market_time import MarketCalendar
+from runbooks.flows.restore import render_report
 from runbooks.frame.window import change_window, require_change_window
-from runbooks.market_time import MarketCalendar
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 from tests.markets import closed_now, open_now, set_markets
 from tests.pgfixtures import content_checksums
 from tests.test_restore import source  # noqa: F401 - the fixture
@@ -71,7 +71,7 @@ def test_only_markets_that_close_gate_by_default(monkeypatch: pytest.MonkeyPatch
 
 def test_disk_cleanup_waits_for_the_close_before_vacuum_full_not_before_file_rules(
         config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.disk_cleanup import CleanupParameters
+    from runbooks.flows.disk_cleanup import CleanupParameters
     from runbooks.settings import load_settings
 
     set_markets(monkeypatch, fx=open_now(), crypto={"always_open": True})
@@ -135,7 +135,7 @@ def test_a_replace_after_the_close_needs_no_reason(config: SandboxState, source:
 def test_pitr_setup_restarts_only_outside_the_session_or_with_a_reason(config: SandboxState,
                                                                        monkeypatch: pytest.MonkeyPatch,
                                                                        prefect_api: str) -> None:
-    from flows.pitr_setup import PitrSetupParameters
+    from runbooks.flows.pitr_setup import PitrSetupParameters
     from runbooks.settings import load_settings
     from tests.test_cli import cli
 
@@ -156,7 +156,7 @@ def test_pitr_setup_restarts_only_outside_the_session_or_with_a_reason(config: S
 
 def test_a_pitr_setup_plan_with_restart_says_what_the_window_would_do(config: SandboxState,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pitr_setup import PitrSetupParameters, PitrSetupResult, render_report
+    from runbooks.flows.pitr_setup import PitrSetupParameters, PitrSetupResult, render_report
     from runbooks.settings import load_settings
 
     set_markets(monkeypatch, fx=open_now())

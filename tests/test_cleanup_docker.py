@@ -18,11 +18,11 @@ import pytest
 from docker.errors import NotFound
 from prefect import flow
 
-from runbooks import dockerclean
-from runbooks.dockerclean import DockerObject, DockerOutcome, connect, data_root, remove, select
-from runbooks.errors import DockerUnavailable
+from runbooks.core.errors import DockerUnavailable
+from runbooks.decisions import dockerclean
+from runbooks.decisions.dockerclean import DockerObject, DockerOutcome, connect, data_root, remove, select
 from runbooks.settings import DockerRule
-from tasks.docker import remove_docker_objects, select_docker_objects
+from runbooks.tasks.docker import remove_docker_objects, select_docker_objects
 from tests.dockerd import (
     BASE_IMAGE,
     SESSION,

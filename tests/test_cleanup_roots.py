@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from runbooks.cleanup import Budget, Ledger, Manifest, Walk, clean_tree, manifest_lines
-from runbooks.errors import ConfigurationError
-from runbooks.protected_paths import SYSTEM_TREES, Protected, find_data_directory, refusal
+from runbooks.adapters.cleanup import Budget, Ledger, Manifest, Walk, clean_tree, manifest_lines
+from runbooks.core.errors import ConfigurationError
+from runbooks.core.protected_paths import SYSTEM_TREES, Protected, find_data_directory, refusal
 from runbooks.settings import CleanupSettings, FileRule, load_settings
 
 # Where these tests' settings say the state is: outside every seed root (/tmp, /var/tmp, /var/log, /opt/ats).
@@ -326,7 +326,7 @@ def test_the_engine_refuses_a_system_tree_or_a_data_directory_as_its_root(tmp_pa
 SRV_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from runbooks.cleanup import Budget, Ledger, Manifest, Walk, clean_tree
+from runbooks.adapters.cleanup import Budget, Ledger, Manifest, Walk, clean_tree
 from runbooks.settings import FileRule
 assert os.path.ismount("/srv") and os.listdir("/srv") == [], "not the private tmpfs"
 victim = Path("/srv/old.log")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import RUNBOOKS
+from runbooks.flows import RUNBOOKS
 from runbooks.frame import outcome
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "\x1b]0;PWNED\x07\x1b[31m[bold]evil[/bold]"  # retitles and recolours a terminal; rich markup
@@ -266,7 +266,7 @@ def test_backups_list_honours_columns_and_says_why_a_backup_is_damaged(config: S
                                                                       tmp_path: Path) -> None:
     """At 80 columns every backup id is whole and no line is longer; why a backup is damaged is a line of its own
     under the table, and the warning on stderr is one line however long (never hard-wrapped mid-path)."""
-    from flows.backup import backup_databases
+    from runbooks.flows.backup import backup_databases
 
     state = backup_databases(databases=["trading_db"], include_cluster=False,
                              return_state=True)

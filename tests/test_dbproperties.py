@@ -11,15 +11,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runbooks.dbproperties import (
+from runbooks.adapters.dbproperties import (
     DatabaseProperties,
     apply_database_properties,
     create_database_like,
     read_database_properties,
     split_guc_list,
 )
-from runbooks.errors import DatabaseNotFound
-from runbooks.sandbox import SandboxState
+from runbooks.core.errors import DatabaseNotFound
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn, drop_db
 
 

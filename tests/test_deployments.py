@@ -30,7 +30,7 @@ from prefect.utilities.schema_tools.validation import validate
 from pydantic import BaseModel
 from pydantic import ValidationError as ModelRefused
 
-from flows import RUNBOOKS, Runbook
+from runbooks.flows import RUNBOOKS, Runbook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC: dict[str, Any] = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
@@ -297,7 +297,7 @@ def test_scheduled_maintenance_fires_outside_every_session_for_a_year() -> None:
     """Every scheduled run of heavy work (all but the ``in-session`` watchers: data freshness, the archive check)
     fires while every gating market of the seeds' calendar is closed, over the next year of fire times, holidays
     and the New Year included."""
-    from runbooks.markets import seed_markets
+    from runbooks.settings.markets import seed_markets
 
     calendars = [m.calendar(name) for name, m in seed_markets().items() if m.gates]
     assert calendars, "the seeds' USD/COP market gates maintenance"

@@ -18,14 +18,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from flows.disk_cleanup import CleanupResult, disk_cleanup_flow, plan_hash
-from runbooks.cleanup import Budget, Ledger, Manifest, Usage, Walk, clean_tree, manifest_lines, measure, survey
+from runbooks.adapters.cleanup import Budget, Ledger, Manifest, Usage, Walk, clean_tree, manifest_lines, measure, survey
+from runbooks.adapters.postgres import server_identity
+from runbooks.adapters.records import DatabaseRecord, RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.disk_cleanup import CleanupResult, disk_cleanup_flow, plan_hash
 from runbooks.frame import outcome
-from runbooks.postgres import server_identity
-from runbooks.records import DatabaseRecord, RestoreRecords
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import FileRule, load_settings
+from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
 from tests.disks import tmpfs
 
@@ -131,7 +131,7 @@ def test_budget_stops_early(tree: Path) -> None:
 
 
 def test_open_files_are_left(tree: Path) -> None:
-    from runbooks.cleanup import open_files
+    from runbooks.adapters.cleanup import open_files
 
     with open(tree / "app" / "old.log", "rb"):
         outcome = clean_tree(rule(tree, patterns=["*.log"]), tree, walk_of(held=open_files()))
@@ -201,7 +201,7 @@ def test_a_directory_swapped_for_a_link_is_not_followed(tmp_path: Path) -> None:
     root, victim = tmp_path / "root", tmp_path / "victim"
     write(root / "a" / "old.log", age_days=30)
     write(victim / "old.log", age_days=30)
-    from runbooks import cleanup
+    from runbooks.adapters import cleanup
 
     real = cleanup._Dirs.open
 
@@ -264,7 +264,7 @@ def test_compression_never_writes_through_a_planted_file(tmp_path: Path) -> None
 
 
 def test_compression_keeps_a_log_written_to_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbooks import cleanup
+    from runbooks.adapters import cleanup
 
     root = tmp_path / "logs"
     log = write(root / "app.log.1", content=b"line\n" * 1000, age_days=3)
@@ -349,7 +349,7 @@ def test_a_flood_of_find_errors_does_not_stall_the_walk() -> None:
     for i in range(1500):
         (root / f"locked-{i:04d}-{'x' * 40}").mkdir(parents=True, mode=0o000)
     write(root / "old.log", age_days=30)
-    script = ("import sys; from pathlib import Path; from runbooks.cleanup import *; "
+    script = ("import sys; from pathlib import Path; from runbooks.adapters.cleanup import *; "
               "from runbooks.settings import FileRule; r = Path(sys.argv[1]); "
               "w = Walk(ledger=Ledger([], high=85, low=80, force=True), budget=Budget(10**6, 10**12), "
               "manifest=Manifest(None), protected_patterns=[], held=set(), dry_run=False); "
@@ -473,7 +473,7 @@ def test_force_runs_every_rule_whatever_the_watermark(config: SandboxState, tmp_
 
 
 def render(result: CleanupResult) -> str:
-    from flows.disk_cleanup import render_report
+    from runbooks.flows.disk_cleanup import render_report
 
     return render_report(result)
 
@@ -511,7 +511,7 @@ def test_force_never_enters_a_data_directory_deep_in_a_root(config: SandboxState
 def test_the_report_separates_errors_from_the_manifest_line() -> None:
     """Issue 24: "Operation not permitted Manifest of all 5 paths:" read as one line (a list needs a blank line
     after it, or the next paragraph continues its last item)."""
-    from runbooks.cleanup import TreeOutcome
+    from runbooks.adapters.cleanup import TreeOutcome
 
     outcome = TreeOutcome(rule="tmp", action="delete", root="/tmp", files=4,
                           errors=["/tmp/a/locked: Operation not permitted"])
@@ -693,7 +693,7 @@ def test_vacuum_analyze_runs_on_bloated_tables_when_enabled(config: SandboxState
 
 
 def test_plan_hash_is_stable_over_order() -> None:
-    from flows.disk_cleanup import CleanupPlan
+    from runbooks.flows.disk_cleanup import CleanupPlan
 
     assert plan_hash(CleanupPlan(drop=["a", "b"])) == plan_hash(CleanupPlan(drop=["b", "a"]))
     assert plan_hash(CleanupPlan(drop=["a"])) != plan_hash(CleanupPlan(vacuum_full=["a"]))
@@ -725,7 +725,7 @@ def test_the_flow_prunes_exactly_the_docker_leftovers_it_selects(config: Sandbox
 
 def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config: SandboxState, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.backup import backup_databases
+    from runbooks.flows.backup import backup_databases
 
     for _ in range(3):
         assert backup_databases(databases=["trading_db"], include_cluster=False,
@@ -733,7 +733,7 @@ def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config
     monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION", json.dumps({"daily": 1, "weekly": 0, "monthly": 0}))
     cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "backups"}])
-    from runbooks.catalog import BackupCatalog
+    from runbooks.adapters.catalog import BackupCatalog
 
     catalog = BackupCatalog(open_repository(load_settings().repository))
     ids = [m.backup_id for m in catalog.scan(name="trading_db").manifests]

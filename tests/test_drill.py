@@ -15,18 +15,19 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.backup import backup_databases
-from flows.dr_game_day import DrillResult, dr_game_day_flow
-from runbooks.catalog import DamagedBackup
-from runbooks.drill import DrillRecords, Proof, pick_backup_set, score_component
-from runbooks.errors import Refused
+from runbooks.adapters.catalog import DamagedBackup
+from runbooks.adapters.cluster import PostgresCluster, free_port
+from runbooks.adapters.records import DrillRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import Refused
+from runbooks.decisions.drill import Proof, pick_backup_set, score_component
+from runbooks.decisions.manifest import BackupManifest, StoredObject, Verification
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.dr_game_day import DrillResult, dr_game_day_flow
 from runbooks.frame import outcome
-from runbooks.manifest import BackupManifest, StoredObject, Verification
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.cluster import PostgresCluster, free_port
-from runbooks.sandbox.seed import catch_up_bars
 from runbooks.settings import DrillComponent, load_settings
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.seed import catch_up_bars
 from tests.events import runbook_events
 from tests.pgfixtures import admin_dsn
 

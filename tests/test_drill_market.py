@@ -13,14 +13,14 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from flows.backup import backup_databases
-from flows.dr_game_day import render_report
-from runbooks.drill import backup_market, judge_at_backup
-from runbooks.freshness import MarketView, summarize_rows
-from runbooks.markets import MarketSettings, seed_markets
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.seed import catch_up_bars
+from runbooks.decisions.drill import backup_market, judge_at_backup
+from runbooks.decisions.freshness import MarketView, summarize_rows
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.dr_game_day import render_report
 from runbooks.settings import MonitoredTable, load_settings
+from runbooks.settings.markets import MarketSettings, seed_markets
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.seed import catch_up_bars
 from tests.markets import closed_now, open_now, set_markets
 from tests.test_drill import drill, leftovers
 

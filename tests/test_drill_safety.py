@@ -25,13 +25,13 @@ import psycopg
 import pytest
 import zstandard
 
-from runbooks.drill import DrillRecords
-from runbooks.processes import ProcessIdentity
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.processes import ProcessIdentity
+from runbooks.adapters.records import DrillRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.workdirs import OWNER, WorkDirs, WorkOwner
 from runbooks.settings import load_settings
-from runbooks.workdirs import OWNER, WorkDirs, WorkOwner
-from tasks.drill import stop_cluster
+from runbooks.tasks.drill import stop_cluster
+from runbooks_sandbox import SandboxState
 from tests.test_drill import back_up, damage, drill, leftovers, repo_dir
 
 
@@ -206,7 +206,7 @@ def test_a_cluster_the_runbooks_start_carries_none_of_the_workers_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A drill's (or the sandbox's) postmaster keeps its environment for life, readable by its OS user and by any
     superuser through COPY ... PROGRAM: none of the worker's settings or secrets go there."""
-    from runbooks.sandbox.cluster import PostgresCluster, free_port
+    from runbooks.adapters.cluster import PostgresCluster, free_port
 
     canary = f"canary-{os.urandom(8).hex()}"
     monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD", canary)
@@ -226,7 +226,7 @@ def test_a_cluster_the_runbooks_start_carries_none_of_the_workers_environment(
 
 
 def test_history_of_one_shows_only_this_drill(tmp_path: Path) -> None:
-    from runbooks.repository.local import LocalRepository
+    from runbooks.adapters.repository.local import LocalRepository
 
     assert DrillRecords(LocalRepository(tmp_path), "main").recent(0) == []
 
@@ -266,7 +266,7 @@ def test_a_fresh_work_dir_is_reachable_by_the_servers_os_user(tmp_path: Path) ->
     import shutil
     import tempfile
 
-    from runbooks.sandbox.cluster import closed_directory, server_os_user
+    from runbooks.adapters.cluster import closed_directory, server_os_user
 
     base = Path(tempfile.mkdtemp(prefix="runbooks-open-"))  # not pytest's 0700 tmp: an enterable base
     base.chmod(0o755)
@@ -287,8 +287,8 @@ def test_host_files_outside_cluster_config_files_are_never_read(config: SandboxS
 
     from prefect import flow
 
-    from runbooks.catalog import BackupCatalog
-    from tasks.storage import restore_config_files
+    from runbooks.adapters.catalog import BackupCatalog
+    from runbooks.tasks.storage import restore_config_files
 
     backup_id = back_up()
     path = repo_dir(tmp_path) / "clusters" / "sandbox" / backup_id / "manifest.json"
@@ -323,7 +323,7 @@ def test_the_sweep_never_stops_what_a_planted_data_link_points_at(tmp_path: Path
         left = owned_dir(tmp_path, "killed")
         (left / "cluster").mkdir()
         (left / "cluster" / "data").symlink_to(elsewhere)
-        from tasks.drill import running_postmaster
+        from runbooks.tasks.drill import running_postmaster
 
         assert running_postmaster(left / "cluster" / "data") is None
         assert stop_cluster(left)
@@ -337,7 +337,7 @@ def test_a_cluster_under_a_deep_work_dir_starts(tmp_path: Path) -> None:
     """A drill's cluster listens on TCP only: a Unix socket under a work dir like /home/<user>/.local/state/...
     overflowed the 107 bytes a socket path may have, and the server stopped at start saying only "database
     system is shut down"."""
-    from runbooks.sandbox.cluster import PostgresCluster, free_port
+    from runbooks.adapters.cluster import PostgresCluster, free_port
 
     base = Path(tempfile.mkdtemp(prefix="runbooks-deep-"))  # not under pytest's 0700 tmp: postgres must enter
     try:
@@ -364,8 +364,8 @@ def test_a_cluster_under_a_deep_work_dir_starts(tmp_path: Path) -> None:
 def drill_running_elsewhere(flow_run_id: str) -> Iterator[None]:
     """What a running drill holds on this host: the flock on ``<state_dir>/locks/dr-game-day.lock`` (a real lock,
     held through another open file), with its name written in the file as the holder writes it."""
+    from runbooks.adapters.repository.local import make_private_dirs
     from runbooks.frame.locks import LockHolder
-    from runbooks.repository.local import make_private_dirs
 
     directory = load_settings().state_dir.expanduser() / "locks"
     make_private_dirs(directory)

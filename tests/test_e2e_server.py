@@ -34,10 +34,10 @@ import pytest
 import yaml
 from psycopg import sql
 
-from runbooks.catalog import BackupCatalog
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.prefect_server import prefect_server, stop_process_group
 from tests.receivers import Inbox
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks.errors import ConfigurationError
+from runbooks.core.errors import ConfigurationError
 from runbooks.settings import load_settings, this_host
 
 ROOT = Path(__file__).resolve().parents[1]

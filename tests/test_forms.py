@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from flows import RUNBOOKS
-from runbooks.sandbox import SandboxState
+from runbooks.flows import RUNBOOKS
+from runbooks_sandbox import SandboxState
 
 
 @pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
@@ -58,7 +58,7 @@ def test_optional_fields_offer_no_none_alternative(runbook: str) -> None:
 def test_a_refused_combination_fails_the_run_in_one_line_before_anything_runs() -> None:
     """Each field valid, together refused by the model: the run fails with one line naming the rule, and no step
     ran (no report artifact was published)."""
-    from flows.restore import restore_database_flow
+    from runbooks.flows.restore import restore_database_flow
     from runbooks.frame import InvalidParameters
 
     state = restore_database_flow(database="trading_db", mode="new", target_database="trading_db", return_state=True)

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 from prefect import flow
 
-from runbooks.errors import AuthenticationFailed, DatabaseUnavailable, InsufficientPrivilege, LockLost, QueryFailed
+from runbooks.adapters.postgres import AdvisoryLock, connect, database_errors, tool_error
+from runbooks.core.errors import AuthenticationFailed, DatabaseUnavailable, InsufficientPrivilege, LockLost, QueryFailed
+from runbooks.core.redact import install_log_scrubbing, register_secret
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard
-from runbooks.postgres import AdvisoryLock, connect, database_errors, tool_error
-from runbooks.redact import install_log_scrubbing, register_secret
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 from tests.events import runbook_events, steps_of
 from tests.pgfixtures import admin_dsn
 

@@ -19,13 +19,13 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from flows.data_freshness import FreshnessResult, data_freshness_flow
+from runbooks.adapters.holds import HoldRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.decisions.freshness import Finding, HoldRecord, decide, judge_volume
+from runbooks.flows.data_freshness import FreshnessResult, data_freshness_flow
 from runbooks.frame import outcome
-from runbooks.freshness import Finding, HoldRecord, decide, judge_volume
-from runbooks.holds import HoldRecords
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import FreshnessSettings, MonitoredTable, load_settings
+from runbooks_sandbox import SandboxState
 from tests.events import runbook_events
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
 from tests.repositories import configured_repository_path
@@ -294,7 +294,7 @@ def test_missing_table_missing_column_empty_table_and_hostile_names(market: Mark
 @pytest.fixture
 def fast_trading_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the trading tasks' retry policy (count, condition) but not its real-world delays (2 to 16 s)."""
-    from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
+    from runbooks.tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
     for task in (read_trading_status, halt_trading, pause_trading, resume_trading_if_ours):
         monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
@@ -537,7 +537,7 @@ def test_no_changed_at_from_the_platform_means_no_automatic_resume() -> None:
 
 
 def test_statements_composed_from_a_shape_equal_statements_composed_one_by_one(market: Market) -> None:
-    from tasks.freshness import _Composer, freshness_statement
+    from runbooks.tasks.freshness import _Composer, freshness_statement
 
     tables = [MonitoredTable(table="bars"), MonitoredTable(table='we"ird; --', schema="a b", group_by="symbol"),
               MonitoredTable(table="runbooks_table_9c1f", filter="symbol <> 'runbooks_table_9c1f'"),

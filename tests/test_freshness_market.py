@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from flows.data_freshness import render_report
-from runbooks.freshness import (
+from runbooks.core.market_time import MarketCalendar
+from runbooks.decisions.freshness import (
     Finding,
     HoldRecord,
     MarketView,
@@ -26,9 +26,9 @@ from runbooks.freshness import (
     judge_staleness,
     summarize_rows,
 )
-from runbooks.market_time import MarketCalendar
-from runbooks.markets import seed_markets
+from runbooks.flows.data_freshness import render_report
 from runbooks.settings import MonitoredTable
+from runbooks.settings.markets import seed_markets
 from tests.test_freshness import Market, bucket, check, market, operations, posts  # noqa: F401 (fixture)
 
 COT = ZoneInfo("America/Bogota")

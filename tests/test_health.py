@@ -9,10 +9,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from runbooks.health import CPU_SAMPLES, cpu_usage_percent, cpu_window, grade, memory_usage_percent, sample_cpu, worst
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.host import cpu_usage_percent, memory_usage_percent, sample_cpu
+from runbooks.decisions.health import CPU_SAMPLES, cpu_window, grade, worst
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings, load_settings
-from tasks.health import check_api_health, check_database_health, check_host_health
+from runbooks.tasks.health import check_api_health, check_database_health, check_host_health
+from runbooks_sandbox import SandboxState
 
 
 def test_grading_follows_the_seed_baseline() -> None:

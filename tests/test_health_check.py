@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.health_check import HealthCheckResult, health_check_flow, render_report
+from runbooks.adapters.host import count_matching_tail
+from runbooks.flows.health_check import HealthCheckResult, health_check_flow, render_report
 from runbooks.frame import outcome
-from runbooks.health import count_matching_tail
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 
 
 def run_check(**params: Any) -> tuple[Any, HealthCheckResult]:
@@ -130,7 +130,7 @@ def test_a_per_host_run_checks_only_its_host(config: SandboxState, simulator: ht
 
 
 def test_nothing_to_check_is_refused_before_the_run() -> None:
-    from flows.health_check import HealthCheckParameters
+    from runbooks.flows.health_check import HealthCheckParameters
     from runbooks.frame.parameters import InvalidParameters
 
     with pytest.raises(ValueError, match="nothing to check"):

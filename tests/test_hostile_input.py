@@ -45,10 +45,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from flows import RUNBOOKS
-from flows.restore import IDENTIFIER
-from runbooks.errors import ConfigurationError
-from runbooks.health import Status
+from runbooks.core.errors import ConfigurationError
+from runbooks.decisions.health import Status
+from runbooks.flows import RUNBOOKS
+from runbooks.flows.restore import IDENTIFIER
 from runbooks.settings import MODEL_ID_PATTERN, RULE_NAME_PATTERN, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -597,7 +597,7 @@ def test_the_server_refuses_a_deployment_run_with_mistyped_parameters(platform: 
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
 
-    from flows.restore import restore_database_flow
+    from runbooks.flows.restore import restore_database_flow
 
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(restore_database_flow.name)

@@ -30,16 +30,16 @@ import httpx
 import psycopg
 import pytest
 
-from flows.backup import backup_databases
-from flows.disk_cleanup import CleanupResult, disk_cleanup_flow
-from flows.restore import RestoreResult, restore_database_flow
-from runbooks.cleanup import MANIFEST_FLUSH_LINES, measure
+from runbooks.adapters.cleanup import MANIFEST_FLUSH_LINES, measure
+from runbooks.adapters.postgres import server_identity
+from runbooks.adapters.records import RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.disk_cleanup import CleanupResult, disk_cleanup_flow
+from runbooks.flows.restore import RestoreResult, restore_database_flow
 from runbooks.frame import outcome
-from runbooks.postgres import server_identity
-from runbooks.records import RestoreRecords
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.disks import tmpfs
 from tests.events import runbook_events, steps_of
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, set_database_env
@@ -495,7 +495,7 @@ def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
     assert second.leftovers == [] and result["leftovers"] == []  # neither took the other for a killed run
     ids = {second.items[0].backup_id, result["items"][0]["backup_id"]}
     assert len(ids) == 2
-    from runbooks.catalog import BackupCatalog
+    from runbooks.adapters.catalog import BackupCatalog
 
     catalog = BackupCatalog(open_repository(load_settings().repository))
     listed = catalog.list_backups(kind="database", name="trading_db")
@@ -546,7 +546,7 @@ def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
 def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_api: str) -> None:
     """Two game days on one host would share its cores and skew each other's time to recovery (the figure the
     drill exists to measure): the second is refused while the first runs, naming it."""
-    from flows.dr_game_day import DrillResult, dr_game_day_flow
+    from runbooks.flows.dr_game_day import DrillResult, dr_game_day_flow
     from tests.test_drill import back_up
 
     back_up()
@@ -586,7 +586,7 @@ def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simula
                                                     monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
     """A degradation alert and an engineer at once: the first run's rollback request is slow to answer; the
     second, started meanwhile, must not decide on what it reads then and send its own."""
-    from flows.model_rollback import model_rollback_flow
+    from runbooks.flows.model_rollback import model_rollback_flow
 
     monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
     simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
@@ -621,7 +621,7 @@ def test_a_model_rollback_killed_holding_its_lock_does_not_block_the_next(
     """SIGKILLed while its rollback request is being retried (the API answers 503): its lock object stays in the
     repository, and the next run on this host takes it over at once (its holder's process is gone), sees from
     the record that the rollback never took, and does it."""
-    from flows.model_rollback import model_rollback_flow
+    from runbooks.flows.model_rollback import model_rollback_flow
 
     monkeypatch.setenv("RUNBOOKS_MODELS__VERIFY_TIMEOUT", "5s")
     simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
@@ -652,8 +652,8 @@ def test_a_model_rollback_killed_holding_its_lock_does_not_block_the_next(
 def test_a_repository_lock_is_never_lost_to_its_own_heartbeat(config: SandboxState) -> None:
     """Found by the drill above under load: a destructive step's check read the lock object between a heartbeat's
     write and the holder noting what it wrote, and took its own beat for a take-over (LockLost mid-rollback)."""
+    from runbooks.adapters.processes import ProcessIdentity
     from runbooks.frame.locks import LockHolder, RepositoryLease
-    from runbooks.processes import ProcessIdentity
 
     now = datetime.now(UTC)
     holder = LockHolder(token="t", runbook="drill", actor="runbooks-drill:test", writer=ProcessIdentity.current(),
@@ -672,9 +672,9 @@ def test_a_lock_taken_over_from_a_longer_holder_is_held_and_released(tmp_path: P
     """A local repository pads a replaced lock body with spaces to the old length: a take-over from a holder whose
     record was longer (a deployment run's flow run id, a longer PID or host) read as lost at the first check, and
     the lock was left behind at the end (found by review)."""
+    from runbooks.adapters.processes import ProcessIdentity
+    from runbooks.adapters.repository.local import LocalRepository
     from runbooks.frame.locks import LockHolder, RepositoryLease
-    from runbooks.processes import ProcessIdentity
-    from runbooks.repository.local import LocalRepository
 
     repository = LocalRepository(tmp_path / "repo")
     old = datetime.now(UTC) - timedelta(hours=1)
@@ -703,7 +703,7 @@ def test_a_model_rollback_that_loses_its_lock_stops_without_paging_or_halting(
     switch over the run that now holds the lock (found by review: LockLost went down the escalation path)."""
     import threading
 
-    from flows.model_rollback import model_rollback_flow
+    from runbooks.flows.model_rollback import model_rollback_flow
 
     received, _canary = webhook
     monkeypatch.setenv("RUNBOOKS_MODELS__KILL_SWITCH_ON_ESCALATION", "true")

@@ -33,21 +33,21 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from flows.backup import backup_databases
-from flows.data_freshness import data_freshness_flow
-from flows.disk_cleanup import disk_cleanup_flow
-from flows.health_check import health_check_flow
-from flows.restore import restore_database_flow
-from runbooks.catalog import BackupCatalog, BackupLock
-from runbooks.errors import Refused
+from runbooks.adapters.catalog import BackupCatalog, BackupLock
+from runbooks.adapters.pipeline import iter_decompressed
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks.adapters.processes import ProcessIdentity
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import Refused
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.data_freshness import data_freshness_flow
+from runbooks.flows.disk_cleanup import disk_cleanup_flow
+from runbooks.flows.health_check import health_check_flow
+from runbooks.flows.restore import restore_database_flow
 from runbooks.frame import outcome
-from runbooks.pipeline import iter_decompressed
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.processes import ProcessIdentity
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import DatabaseSettings, load_settings
-from tasks.drill import check_target_server
+from runbooks.tasks.drill import check_target_server
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import (
     admin_dsn,
     content_checksums,
@@ -307,7 +307,7 @@ def test_restore_and_cleanup_roles_do_their_runbooks_and_nothing_of_another_owne
         # What a restore killed during pg_restore leaves when it had lent the scratch copy to the owner: the next
         # restore takes it back and drops it (found by review: it was refused for ever, "not owned by the
         # restore's role").
-        from runbooks.records import DatabaseRecord
+        from runbooks.adapters.records import DatabaseRecord
         from tests.test_restore import records
         lent = f"{live}_restore_20260101000000"
         superuser(config, f'CREATE DATABASE "{lent}" OWNER trading_user')

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbooks.market_time import MarketCalendar
+from runbooks.core.market_time import MarketCalendar
 
 COT = ZoneInfo("America/Bogota")
 USD_COP = MarketCalendar(name="usd_cop", timezone="America/Bogota", days=frozenset(range(5)), open=time(8),
@@ -156,7 +156,7 @@ def test_a_closed_markets_recent_data_ends_at_its_last_close() -> None:
 def test_a_market_that_cannot_be_meant_is_refused(fields: dict[str, object], why: str) -> None:
     from pydantic import ValidationError
 
-    from runbooks.markets import MarketSettings
+    from runbooks.settings.markets import MarketSettings
 
     with pytest.raises(ValidationError, match=why):
         MarketSettings.model_validate(fields)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runbooks.models import ModelEvidence, judge, served_healthy
+from runbooks.decisions.models import ModelEvidence, judge, served_healthy
 from runbooks.settings import ModelPolicy
 
 POLICY = ModelPolicy()

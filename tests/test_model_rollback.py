@@ -14,16 +14,17 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.model_rollback import RollbackParameters, RollbackResult, model_rollback_flow
-from runbooks.errors import Refused
+from runbooks.adapters.records import RollbackRecords
+from runbooks.adapters.registry import Candidate, InferenceApiRegistry, ModelEvidence, RegistryRef
+from runbooks.adapters.repository import open_repository
+from runbooks.core.errors import Refused
+from runbooks.decisions.models import Judgement
+from runbooks.decisions.rollback import RollbackRecord, grade_targets, pick_target, plan
+from runbooks.flows.model_rollback import RollbackParameters, RollbackResult, model_rollback_flow
 from runbooks.frame import outcome
-from runbooks.models import Judgement
-from runbooks.registry import Candidate, InferenceApiRegistry, ModelEvidence, RegistryRef
-from runbooks.repository import open_repository
-from runbooks.rollback import RollbackRecord, RollbackRecords, grade_targets, pick_target, plan
-from runbooks.sandbox import SandboxState
 from runbooks.settings import ApiSettings, ModelPolicy, load_settings
-from tasks.models import read_evidence, read_serving, request_rollback
+from runbooks.tasks.models import read_evidence, read_serving, request_rollback
+from runbooks_sandbox import SandboxState
 from tests.events import runbook_events
 
 DEGRADED = {"sharpe_ratio": 0.22, "win_rate": 0.31, "error_rate": 0.02}
@@ -424,7 +425,7 @@ def test_targets_are_graded_newest_first_and_the_degraded_one_never_chosen() -> 
 
 
 def _report_of(result: RollbackResult) -> str:
-    from flows.model_rollback import render_report
+    from runbooks.flows.model_rollback import render_report
 
     return render_report(result)
 

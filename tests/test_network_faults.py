@@ -23,14 +23,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import backup_databases
-from flows.restore import restore_database_flow
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.restore import restore_database_flow
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.environment import BUCKET
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.environment import BUCKET
 from tests.disks import tmpfs
 from tests.faultproxy import FaultProxy, s3_error
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db
@@ -119,7 +119,7 @@ def s3_proxy(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the dump task's retry policy (count, condition) but not its real-world delays (2 to 16 s)."""
-    from tasks.postgres import dump_database
+    from runbooks.tasks.postgres import dump_database
 
     monkeypatch.setattr(dump_database, "retry_delay_seconds", [0.05] * 4)
 
@@ -128,7 +128,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 def one_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     """The dump task retries once, not four times: where S3 keeps failing, each attempt already waits through
     botocore's own five (~20 s), and the drill is about failing cleanly, not about the count."""
-    from tasks.postgres import dump_database
+    from runbooks.tasks.postgres import dump_database
 
     monkeypatch.setattr(dump_database, "retries", 1)
 
@@ -385,9 +385,9 @@ def lying_switch(path_suffix: str):  # type: ignore[no-untyped-def]
 
 def test_a_kill_switch_that_does_not_take_is_never_assumed(
         config: SandboxState, api_proxy: FaultProxy, simulator: httpx.Client) -> None:
-    from runbooks.errors import TradingApiUnavailable
-    from tasks.trading_api import halt_trading as halt
-    from tasks.trading_api import pause_trading as pause
+    from runbooks.core.errors import TradingApiUnavailable
+    from runbooks.tasks.trading_api import halt_trading as halt
+    from runbooks.tasks.trading_api import pause_trading as pause
 
     halt_trading, pause_trading = halt.with_options(retries=0), pause.with_options(retries=0)
     settings = load_settings()
@@ -405,8 +405,8 @@ def test_a_kill_switch_that_does_not_take_is_never_assumed(
 
 def test_a_slow_trading_api_is_waited_for_within_the_timeout(
         config: SandboxState, api_proxy: FaultProxy, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.trading_api import pause_trading as pause
-    from tasks.trading_api import read_trading_status as read
+    from runbooks.tasks.trading_api import pause_trading as pause
+    from runbooks.tasks.trading_api import read_trading_status as read
 
     pause_trading, read_trading_status = pause.with_options(retries=0), read.with_options(retries=0)
 
@@ -416,7 +416,7 @@ def test_a_slow_trading_api_is_waited_for_within_the_timeout(
     status = pause_trading(api=settings.trading_api, reason="drill", actor="drill")
     assert status["trading_mode"] == "paused"
     api_proxy.latency = 3  # over it: a transient error the task retries, never a hang
-    from runbooks.errors import TradingApiUnavailable
+    from runbooks.core.errors import TradingApiUnavailable
     with pytest.raises(TradingApiUnavailable, match="unreachable"):
         read_trading_status(api=settings.trading_api)
 
@@ -426,7 +426,7 @@ def test_a_replace_restore_whose_halt_does_not_take_never_swaps(
         simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kill switch answers yes and does nothing: the swap must not happen (the live database is untouched),
     and the run says so; it never resumes what it never held."""
-    from tasks.trading_api import halt_trading
+    from runbooks.tasks.trading_api import halt_trading
 
     monkeypatch.setattr(halt_trading, "retry_delay_seconds", [0.05] * 4)  # the count and condition stay
     name, sums = bulk
@@ -449,8 +449,8 @@ def test_a_replace_restore_whose_halt_does_not_take_never_swaps(
 def test_model_rollback_with_the_inference_api_down_retries_then_fails_and_changes_nothing(
         config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch,
         webhook: tuple[list[dict[str, Any]], str]) -> None:
-    from flows.model_rollback import model_rollback_flow
-    from tasks.models import read_evidence, read_serving, request_rollback
+    from runbooks.flows.model_rollback import model_rollback_flow
+    from runbooks.tasks.models import read_evidence, read_serving, request_rollback
 
     for task in (read_serving, read_evidence, request_rollback):
         monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
@@ -510,7 +510,7 @@ def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote
 # -- issue 24: the trading API down past every retry -------------------------------------------------------------
 FAST_RETRIES_CLI = """
 import sys
-from tasks.trading_api import read_trading_status
+from runbooks.tasks.trading_api import read_trading_status
 read_trading_status.retry_delay_seconds = [0.05] * 4  # the count and the condition stay; only the waits go
 from runbooks.cli import main
 sys.argv = ["runbooks", *sys.argv[1:]]
@@ -547,8 +547,8 @@ def test_the_trading_api_down_past_its_retries_says_what_to_do_next_without_a_tr
 
 def test_the_last_attempt_of_a_trading_task_carries_the_operators_hint(config: SandboxState,
                                                                       simulator: httpx.Client) -> None:
-    from runbooks.errors import TradingApiUnavailable
-    from tasks.trading_api import halt_trading, read_trading_status
+    from runbooks.core.errors import TradingApiUnavailable
+    from runbooks.tasks.trading_api import halt_trading, read_trading_status
 
     settings = load_settings()
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503,
@@ -571,9 +571,9 @@ def test_a_frozen_trading_api_fails_the_step_within_the_retry_budget(
     """The API accepts the connection and reads the request, then never answers. Each attempt used to wait the
     whole read timeout and the task retried 4 times with 2-16 s between (2 min 45 s to page over two reads); now
     the task, retries included, gives up within ``retry_budget_seconds``, with the operator's hint."""
-    from runbooks.errors import TradingApiUnavailable
-    from runbooks.trading import TradingApi
-    from tasks.trading_api import read_trading_status
+    from runbooks.adapters.trading import TradingApi
+    from runbooks.core.errors import TradingApiUnavailable
+    from runbooks.tasks.trading_api import read_trading_status
 
     thaw = threading.Event()
     api_proxy.http_rule = lambda _m, _p: thaw.wait(120) and None  # frozen until the test ends

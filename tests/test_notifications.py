@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.blocks.notifications import CustomWebhookNotificationBlock, SlackWebhook
 from pydantic import ValidationError
 
+from runbooks.decisions.incidents import Notice, PostIncident, escalation_line, post_incident_markdown, render
 from runbooks.frame import RunbookRun, notify
-from runbooks.incidents import Notice, PostIncident, escalation_line, post_incident_markdown, render
 from runbooks.settings import NotificationSettings, Severity
 from tests.receivers import Inbox
 
@@ -154,7 +154,7 @@ def test_a_configured_severity_keeps_the_seed_fields_it_does_not_name() -> None:
 
 def test_environment_overrides_reach_one_severity_and_one_contact(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydantic-settings lower-cases nested environment keys: P1 and CTO must still be found."""
-    from runbooks.errors import ConfigurationError
+    from runbooks.core.errors import ConfigurationError
     from runbooks.settings import load_settings
 
     monkeypatch.setenv("RUNBOOKS_NOTIFICATIONS__SEVERITIES__P1__BLOCKS", '["slack-webhook/oncall"]')

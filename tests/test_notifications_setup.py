@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from runbooks.decisions.incidents import Notice
 from runbooks.frame import RunbookRun, notify
-from runbooks.incidents import Notice
 from tests.receivers import Inbox
 from tests.test_cli import ROOT, bare_env, one_error_line
 

@@ -24,13 +24,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from runbooks.errors import ConfigurationError
+from runbooks.adapters.cluster import PostgresCluster, free_port, server_os_user
+from runbooks.adapters.postgres import pg_bindir
+from runbooks.core.errors import ConfigurationError
+from runbooks.decisions.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
 from runbooks.frame import outcome
-from runbooks.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
-from runbooks.postgres import pg_bindir
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.cluster import PostgresCluster, free_port, server_os_user
 from runbooks.settings import PitrSettings
+from runbooks_sandbox import SandboxState
 
 # Drills on real clusters with pgBackRest (about 3 minutes in all): `make test` and CI run them after the suite.
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def _wait_archived(cluster: PostgresCluster, timeout: float = 60) -> None:
 
 def _plan(restart: bool = True) -> Any:
     """pitr-setup as it runs with no other parameter: the plan (a dry run)."""
-    from flows.pitr_setup import pitr_setup_flow
+    from runbooks.flows.pitr_setup import pitr_setup_flow
 
     state = pitr_setup_flow(restart=restart, return_state=True)
     return state, outcome(state)
@@ -118,7 +118,7 @@ def _plan(restart: bool = True) -> Any:
 
 def _setup(restart: bool = True) -> Any:
     """The plan, then that plan confirmed by its hash (how an unattended setup runs)."""
-    from flows.pitr_setup import pitr_setup_flow
+    from runbooks.flows.pitr_setup import pitr_setup_flow
 
     state, plan = _plan(restart)
     if plan.plan is None:  # refused before a plan could be made
@@ -208,8 +208,8 @@ def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: Pos
 
 def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second(
         pitr_env: PostgresCluster, pitr_root: Path) -> None:
-    from flows.pitr_backup import pitr_backup_flow
-    from flows.pitr_restore import pitr_restore_flow
+    from runbooks.flows.pitr_backup import pitr_backup_flow
+    from runbooks.flows.pitr_restore import pitr_restore_flow
 
     assert _setup()[0].is_completed()
     state = pitr_backup_flow(kind="diff", return_state=True)
@@ -262,8 +262,8 @@ def test_a_restore_to_a_time_between_two_writes_has_the_first_and_not_the_second
 def test_a_tablespace_is_restored_under_the_work_directory_never_at_the_source_path(
         pitr_env: PostgresCluster, pitr_root: Path) -> None:
     """pgBackRest puts a tablespace back at its original path by default: the source's own directory."""
-    from flows.pitr_backup import pitr_backup_flow
-    from flows.pitr_restore import pitr_restore_flow
+    from runbooks.flows.pitr_backup import pitr_backup_flow
+    from runbooks.flows.pitr_restore import pitr_restore_flow
 
     space = _private_tmp("rbts-")
     space.chmod(0o700)
@@ -304,8 +304,8 @@ def subprocess_stop(cluster: PostgresCluster) -> None:
 def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env: PostgresCluster,
                                                                         pitr_root: Path) -> None:
     """A time whose WAL never reached the repository (archiving broken since), and a time in the future."""
-    from flows.pitr_backup import pitr_backup_flow
-    from flows.pitr_restore import pitr_restore_flow
+    from runbooks.flows.pitr_backup import pitr_backup_flow
+    from runbooks.flows.pitr_restore import pitr_restore_flow
 
     assert _setup()[0].is_completed()
     assert pitr_backup_flow(kind="full", return_state=True).is_completed()
@@ -344,7 +344,7 @@ def test_a_target_past_the_archive_fails_cleanly_and_leaves_no_cluster(pitr_env:
 
 def test_a_broken_archive_command_is_caught_and_pages(pitr_env: PostgresCluster,
                                                      webhook: tuple[list[dict[str, Any]], str]) -> None:
-    from flows.archive_check import archive_check_flow
+    from runbooks.flows.archive_check import archive_check_flow
 
     received, _ = webhook
     assert _setup()[0].is_completed()
@@ -473,7 +473,7 @@ def test_archive_check_fails_with_next_steps_when_pitr_setups_own_archiving_fail
         lone: tuple[PostgresCluster, Path]) -> None:
     """The archive_command is pitr-setup's, the repository no longer takes WAL: failed_count climbs and WAL piles
     up in pg_wal. archive-check says so as a failure, with what to do next."""
-    from flows.archive_check import archive_check_flow, render_report
+    from runbooks.flows.archive_check import archive_check_flow, render_report
 
     cluster, root = lone
     _repository_writable(root, False)
@@ -498,7 +498,7 @@ def test_a_setup_that_fails_after_alter_system_puts_the_previous_settings_back(
     """Issue 24: a failure after ALTER SYSTEM used to leave archive_mode on and WAL failing to archive. Here the
     stanza exists and the cluster is reachable, but the repository takes no WAL: the setup's check fails after it
     has set archive_mode and restarted, and the run puts back what its own record says, restarting again."""
-    from flows.pitr_setup import render_report
+    from runbooks.flows.pitr_setup import render_report
 
     cluster, root = lone
     _reset_archiving(cluster)
@@ -548,7 +548,7 @@ def test_a_cluster_pgbackrest_cannot_reach_is_refused_before_anything_changes(
 
 
 def _confirmed(plan_hash: str, restart: bool = True) -> Any:
-    from flows.pitr_setup import pitr_setup_flow
+    from runbooks.flows.pitr_setup import pitr_setup_flow
 
     state = pitr_setup_flow(restart=restart, confirm=plan_hash, return_state=True)
     return state, outcome(state)
@@ -639,9 +639,9 @@ def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_r
     (a day between backups); the physical path, WAL archived every 30 s, does."""
     import json
 
-    from flows.backup import backup_databases
-    from flows.dr_game_day import dr_game_day_flow
-    from flows.pitr_backup import pitr_backup_flow
+    from runbooks.flows.backup import backup_databases
+    from runbooks.flows.dr_game_day import dr_game_day_flow
+    from runbooks.flows.pitr_backup import pitr_backup_flow
 
     _sql(pitr_env, "DROP DATABASE IF EXISTS positions_db")
     _sql(pitr_env, "CREATE DATABASE positions_db")
@@ -678,7 +678,7 @@ def test_the_drill_scores_both_paths_and_the_physical_one_meets_the_one_minute_r
 
 
 def _report_of(state: Any) -> str:
-    from flows.dr_game_day import render_report
+    from runbooks.flows.dr_game_day import render_report
 
     return render_report(outcome(state))
 
@@ -688,10 +688,10 @@ def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresClust
     """Issue 13's canary drill for the four PITR runbooks: a superuser whose password is a canary, each runbook
     run to success and to failure (a wrong password, a target past the archive), then the Prefect API (logs,
     artifacts, runs with parameters, events), the results, pgBackRest's own files and the process table."""
-    from flows.archive_check import archive_check_flow
-    from flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
-    from flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
-    from flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
+    from runbooks.flows.archive_check import archive_check_flow
+    from runbooks.flows.pitr_backup import PitrBackupParameters, pitr_backup_flow
+    from runbooks.flows.pitr_restore import PitrRestoreParameters, pitr_restore_flow
+    from runbooks.flows.pitr_setup import PitrSetupParameters, pitr_setup_flow
     from tests.test_secrets_canary import ProcessTable, Runs, _canary, control_run, excerpts, found, read_prefect_api
 
     pg, wrong, control = _canary("pg"), _canary("pgwrong"), _canary("control")
@@ -737,7 +737,7 @@ def test_no_canary_password_leaks_from_the_pitr_runbooks(pitr_env: PostgresClust
 
 
 def test_the_setup_plan_hash_covers_the_cluster_the_changes_the_config_and_the_restart() -> None:
-    from runbooks.pitr import plan_setup
+    from runbooks.decisions.pitr import plan_setup
 
     base: dict[str, Any] = {
         "stanza": "positions", "system_identifier": "7300000000000000001", "data_directory": Path("/d"),
@@ -762,8 +762,8 @@ def test_the_setup_plan_hash_covers_the_cluster_the_changes_the_config_and_the_r
 
 
 def test_what_a_person_is_told_to_type_is_exact() -> None:
-    from runbooks.pitr import PreviousSetting, pg_ctl_command, socket_problem, undo_statements
-    from tasks.pgbackrest import _last_error
+    from runbooks.decisions.pitr import PreviousSetting, pg_ctl_command, socket_problem, undo_statements
+    from runbooks.tasks.pgbackrest import _last_error
 
     assert undo_statements([PreviousSetting(name="archive_mode", running="off"),
                             PreviousSetting(name="archive_command", running="x", auto_conf="cp %p '/a b/%f'")]) == [

@@ -21,9 +21,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from runbooks.adapters.cluster import PostgresCluster, free_port
 from runbooks.frame import outcome
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.cluster import PostgresCluster, free_port
+from runbooks_sandbox import SandboxState
 from tests.test_pitr import _private_tmp, _sql, _wait_archived, protected, subprocess_stop
 
 pytestmark = pytest.mark.slow  # ~1,000 TLS connections to moto for an empty cluster's backup and restore (~50 s)
@@ -66,7 +66,7 @@ def tls_s3() -> Iterator[tuple[str, Path, Any]]:
     cert, key = _self_signed(directory)
     port = free_port()
     log = (directory / "s3.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "runbooks.sandbox.s3server", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "runbooks_sandbox.s3server", "--port", str(port),
                              "--tls-cert", str(cert), "--tls-key", str(key)], stdout=log, stderr=subprocess.STDOUT)
     client = boto3.client("s3", endpoint_url=f"https://localhost:{port}", aws_access_key_id="pitr",
                           aws_secret_access_key="unused", region_name="us-east-1", verify=str(cert),
@@ -97,9 +97,9 @@ def s3_source() -> Iterator[PostgresCluster]:
 def test_archiving_a_backup_and_a_restore_to_a_time_go_through_s3(
         s3_source: PostgresCluster, tls_s3: tuple[str, Path, Any], sandbox: SandboxState,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pitr_backup import pitr_backup_flow
-    from flows.pitr_restore import pitr_restore_flow
-    from flows.pitr_setup import pitr_setup_flow
+    from runbooks.flows.pitr_backup import pitr_backup_flow
+    from runbooks.flows.pitr_restore import pitr_restore_flow
+    from runbooks.flows.pitr_setup import pitr_setup_flow
 
     endpoint, ca_file, client = tls_s3
     work = _private_tmp("rbpitr-")

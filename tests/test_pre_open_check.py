@@ -22,15 +22,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import backup_databases
-from flows.pre_open_check import PreOpenParameters, PreOpenResult, pre_open_check_flow, render_report
-from runbooks.errors import ConfigurationError
-from runbooks.frame import outcome
-from runbooks.freshness import Finding
-from runbooks.health import HealthCheck
-from runbooks.market_time import MarketCalendar
-from runbooks.pitr import ArchiveJudgement
-from runbooks.preopen import (
+from runbooks.core.errors import ConfigurationError
+from runbooks.core.market_time import MarketCalendar
+from runbooks.decisions.freshness import Finding
+from runbooks.decisions.health import HealthCheck
+from runbooks.decisions.pitr import ArchiveJudgement
+from runbooks.decisions.preopen import (
     PreOpenCheck,
     backups_window_start,
     closed_today_name,
@@ -44,9 +41,12 @@ from runbooks.preopen import (
     judge_trading,
     plan_markets,
 )
-from runbooks.sandbox import SandboxState
+from runbooks.decisions.weekly import BackupEntry
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.pre_open_check import PreOpenParameters, PreOpenResult, pre_open_check_flow, render_report
+from runbooks.frame import outcome
 from runbooks.settings import load_settings
-from runbooks.weekly import BackupEntry
+from runbooks_sandbox import SandboxState
 from tests.markets import EVERY_DAY, closed_now, set_markets
 from tests.pgfixtures import admin_dsn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from runbooks.redact import MASK, redact_dsn, scrub
+from runbooks.core.redact import MASK, redact_dsn, scrub
 
 # --- URL DSNs ---
 
@@ -152,7 +152,7 @@ def test_a_secret_webhook_url_is_scrubbed_as_http_clients_quote_it_back() -> Non
     spelling (a misspelt webhook in `notifications test` or a report's "notification FAILED" line)."""
     import httpx
 
-    from runbooks.redact import _REGISTERED, register_secret
+    from runbooks.core.redact import _REGISTERED, register_secret
 
     url = "HTTPS://Hooks.Example.com:443/services/T000/B000/XXXXsecretTOKENxxxx"
     try:

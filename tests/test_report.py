@@ -1,6 +1,6 @@
 """Report building blocks."""
 
-from runbooks.report import inline
+from runbooks.decisions.report import inline
 
 
 def test_a_persons_words_cannot_restyle_a_report_line() -> None:

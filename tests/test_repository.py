@@ -17,15 +17,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import backup_databases
-from flows.restore import restore_database_flow
-from runbooks.catalog import BackupCatalog, BackupClaim
-from runbooks.errors import LockLost
+from runbooks.adapters.catalog import BackupCatalog, BackupClaim
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.workdirs import OWNER
+from runbooks.core.errors import LockLost
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.restore import restore_database_flow
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
-from runbooks.workdirs import OWNER
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn, drop_db, set_database_env
 from tests.processes import kill_run_at, wait_for
 from tests.repositories import configured_repository_path, local_repository_path

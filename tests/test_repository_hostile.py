@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 from prefect.logging import disable_run_logger
 
-from runbooks.catalog import BackupCatalog
-from runbooks.errors import BackupDamaged, LockLost, RepositoryNotWritable
-from runbooks.manifest import BackupManifest, StoredObject, Verification, parse_backup_id
-from runbooks.processes import ProcessIdentity, _start_time
-from runbooks.repository import open_repository
-from runbooks.repository.local import LocalRepository
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.processes import ProcessIdentity, _start_time
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.repository.local import LocalRepository
+from runbooks.adapters.workdirs import OWNER, WorkDirs, WorkOwner
+from runbooks.core.errors import BackupDamaged, LockLost, RepositoryNotWritable
+from runbooks.decisions.manifest import BackupManifest, StoredObject, Verification, parse_backup_id
 from runbooks.settings import load_settings
-from runbooks.workdirs import OWNER, WorkDirs, WorkOwner
-from tasks.storage import resolve_backup_or_raise
+from runbooks.tasks.storage import resolve_backup_or_raise
+from runbooks_sandbox import SandboxState
 from tests.processes import wait_for
 
 MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)

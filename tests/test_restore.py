@@ -15,15 +15,15 @@ import pytest
 from prefect.artifacts import Artifact
 from pydantic import ValidationError
 
-from flows.backup import backup_databases
-from flows.restore import RestoreParameters, restore_database_flow
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.records import DatabaseRecord, RestoreRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.restore import RestoreParameters, restore_database_flow
 from runbooks.frame import outcome
-from runbooks.records import DatabaseRecord, RestoreRecords
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
-from tasks.reports import artifact_key
+from runbooks.tasks.reports import artifact_key
+from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
 from tests.processes import wait_for
@@ -31,7 +31,7 @@ from tests.processes import wait_for
 
 def records(sandbox: SandboxState) -> RestoreRecords:
     """The restore records of the sandbox's server in this test's repository."""
-    from runbooks.postgres import server_identity
+    from runbooks.adapters.postgres import server_identity
 
     with psycopg.connect(admin_dsn(sandbox)) as conn:
         server = server_identity(conn, psycopg.conninfo.conninfo_to_dict(admin_dsn(sandbox)))

@@ -12,13 +12,13 @@ import httpx
 import psycopg
 import pytest
 
-from flows.backup import backup_databases
-from flows.restore import keep_names
-from runbooks.catalog import BackupCatalog
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.repository import open_repository
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.restore import keep_names
 from runbooks.frame import outcome
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
 from tests.pgfixtures import admin_dsn, create_fidelity_db, drop_db, set_database_env
 from tests.test_restore import APPROVE, databases, operations, restore, scalar

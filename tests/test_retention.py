@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from runbooks.retention import Candidate, RetentionPlan, select_retention
+from runbooks.decisions.retention import Candidate, RetentionPlan, select_retention
 from runbooks.settings import RetentionPolicy
 
 
@@ -314,9 +314,9 @@ def test_a_held_backup_is_kept_whatever_the_policy() -> None:
 
 
 def test_holds_lapse_and_are_cleared_by_the_next_hold(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from runbooks.catalog import BackupCatalog, BackupHold
-    from runbooks.manifest import BackupManifest
-    from runbooks.repository.local import LocalRepository
+    from runbooks.adapters.catalog import BackupCatalog, BackupHold
+    from runbooks.adapters.repository.local import LocalRepository
+    from runbooks.decisions.manifest import BackupManifest
 
     catalog = BackupCatalog(LocalRepository(tmp_path))
     now = datetime.now(UTC)

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runbooks.postgres import libpq_env, pg_tool
-from runbooks.roles import apply_role_plan, is_clean_cluster, plan_missing_roles, script_roles
-from runbooks.sandbox import SandboxState
+from runbooks.adapters.postgres import libpq_env, pg_tool
+from runbooks.adapters.roles import apply_role_plan, is_clean_cluster, plan_missing_roles, script_roles
+from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn
 
 

@@ -19,9 +19,9 @@ import prefect.runtime.flow_run
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows import RUNBOOKS
+from runbooks.flows import RUNBOOKS
 from runbooks.frame.names import MAX_LENGTH, run_name
-from runbooks.sandbox import SandboxState
+from runbooks_sandbox import SandboxState
 
 STAMP = r"\d{8}T\d{4}Z"
 
@@ -78,7 +78,7 @@ def test_a_dry_run_is_named_apart_from_the_real_run(runbook: str, named: Callabl
 
 def test_names_carry_target_and_mode_whether_parameters_are_a_dict_or_the_model(
         named: Callable[[str, Any], str]) -> None:
-    from flows.restore import RestoreParameters
+    from runbooks.flows.restore import RestoreParameters
 
     replace = {"database": "trading_db", "mode": "replace", "backup_id": "20261121T020000Z", "dry_run": True}
     expected = "restore-trading_db-replace-from-20261121T020000Z-dry-run"
@@ -129,7 +129,7 @@ def flow_run_name(state: Any) -> str:
 
 
 def test_a_real_health_check_run_is_named_by_the_engine(config: SandboxState, simulator: httpx.Client) -> None:
-    from flows.health_check import health_check_flow
+    from runbooks.flows.health_check import health_check_flow
 
     state = health_check_flow(host=False, return_state=True)
     assert re.fullmatch(f"health-check-no-host-{STAMP}", flow_run_name(state)), flow_run_name(state)
@@ -137,7 +137,7 @@ def test_a_real_health_check_run_is_named_by_the_engine(config: SandboxState, si
 
 def test_a_real_data_freshness_report_only_run_is_named_a_dry_run(config: SandboxState,
                                                                   simulator: httpx.Client) -> None:
-    from flows.data_freshness import data_freshness_flow
+    from runbooks.flows.data_freshness import data_freshness_flow
 
     state = data_freshness_flow(act=False, quality=False, return_state=True)
     assert re.fullmatch(f"data-freshness-all-no-quality-dry-run-{STAMP}", flow_run_name(state)), \

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks.sandbox import Sandbox, SandboxState
+from runbooks_sandbox import Sandbox, SandboxState
 from tests.test_cli import bare_env, cli, one_error_line
 
 

@@ -18,11 +18,11 @@ import httpx
 import psycopg
 import pytest
 
-from runbooks.markets import MarketSettings
-from runbooks.sandbox import Sandbox, SandboxState
-from runbooks.sandbox.environment import DATABASE
-from runbooks.sandbox.feeder import read_status
 from runbooks.settings import load_settings
+from runbooks.settings.markets import MarketSettings
+from runbooks_sandbox import Sandbox, SandboxState
+from runbooks_sandbox.environment import DATABASE
+from runbooks_sandbox.feeder import read_status
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_the_feeder_gets_its_password_from_its_environment_not_its_command_line(
     sandbox, state = box
     pid = state.pids["feeder"]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    assert "runbooks.sandbox.feeder" in cmdline
+    assert "runbooks_sandbox.feeder" in cmdline
     assert state.app_password not in cmdline and state.superuser_password not in cmdline
     assert (sandbox.root / "feeder.log").stat().st_mode & 0o077 == 0
     feed = sandbox.status()["feed"]

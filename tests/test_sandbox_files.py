@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks.sandbox import Sandbox
+from runbooks_sandbox import Sandbox
 
 
 def _mode(path: Path) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 from prefect import flow
 
 from runbooks.frame import RunbookRun, notify
-from runbooks.incidents import Notice
+from runbooks.decisions.incidents import Notice
 
 
 @flow

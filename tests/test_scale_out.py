@@ -36,13 +36,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from runbooks.catalog import BackupCatalog
-from runbooks.drill import DrillRecords
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.environment import BUCKET
-from runbooks.sandbox.seed import catch_up_bars
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.records import DrillRecords
+from runbooks.adapters.repository import open_repository
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.environment import BUCKET
+from runbooks_sandbox.seed import catch_up_bars
 from tests.events import runbook_events
 from tests.prefect_server import prefect_server, stop_process_group
 

@@ -40,21 +40,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from flows.backup import BackupParameters, backup_databases
-from flows.backup_verification import VerificationParameters, verify_backups_flow
-from flows.data_freshness import FreshnessParameters, data_freshness_flow
-from flows.disk_cleanup import CleanupParameters, disk_cleanup_flow
-from flows.dr_game_day import DrillParameters, dr_game_day_flow
-from flows.health_check import HealthCheckParameters, health_check_flow
-from flows.model_rollback import RollbackParameters, model_rollback_flow
-from flows.restore import RestoreParameters, restore_database_flow
-from flows.weekly_report import WeeklyReportParameters, weekly_report_flow
-from runbooks import redact
+from runbooks.adapters.cluster import free_port
+from runbooks.core import redact
+from runbooks.flows.backup import BackupParameters, backup_databases
+from runbooks.flows.backup_verification import VerificationParameters, verify_backups_flow
+from runbooks.flows.data_freshness import FreshnessParameters, data_freshness_flow
+from runbooks.flows.disk_cleanup import CleanupParameters, disk_cleanup_flow
+from runbooks.flows.dr_game_day import DrillParameters, dr_game_day_flow
+from runbooks.flows.health_check import HealthCheckParameters, health_check_flow
+from runbooks.flows.model_rollback import RollbackParameters, model_rollback_flow
+from runbooks.flows.restore import RestoreParameters, restore_database_flow
+from runbooks.flows.weekly_report import WeeklyReportParameters, weekly_report_flow
 from runbooks.frame import arguments, outcome
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.cluster import free_port
-from runbooks.sandbox.environment import BUCKET, CHECKOUT, S3_KEY_ID
-from runbooks.sandbox.seed import catch_up_bars
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.environment import BUCKET, CHECKOUT, S3_KEY_ID
+from runbooks_sandbox.seed import catch_up_bars
 from tests.pgfixtures import admin_dsn, drop_db
 from tests.receivers import Inbox
 
@@ -199,7 +199,7 @@ def _simulator(token: str, dsn: str, root: Path) -> Iterator[tuple[subprocess.Po
     log = open(root / "simulator.log", "ab")  # noqa: SIM115 - owned by the child
     env = {**os.environ, "SIMULATOR_TOKEN": token, "SIMULATOR_DSN": dsn, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "runbooks.sandbox.simulator", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "runbooks_sandbox.simulator", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     try:
@@ -690,7 +690,7 @@ def test_a_settings_error_keeps_no_chain_to_the_secret_it_refused(variable: str,
                                                                   tmp_path: Path) -> None:
     """The error names the bad value without its password, and holds no chained exception that still has it
     (pydantic's and json's errors keep their input; ``from None`` only hides them from tracebacks)."""
-    from runbooks.errors import ConfigurationError
+    from runbooks.core.errors import ConfigurationError
     from runbooks.settings import load_settings
 
     secret = _canary("pg")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from runbooks.errors import ConfigurationError
+from runbooks.core.errors import ConfigurationError
 from runbooks.settings import DatabaseSettings, Settings, config_path, load_settings
 
 FILE_PW = "file-pw-7Qx"

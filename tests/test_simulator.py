@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
-from runbooks.sandbox import SandboxState
-from runbooks.sandbox.environment import DATABASE
+from runbooks_sandbox import SandboxState
+from runbooks_sandbox.environment import DATABASE
 
 STATUS = "/api/v1/operations/status"
 

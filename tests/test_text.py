@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from runbooks.text import VISIBLE_PATTERN, is_blank, visible
+from runbooks.core.text import VISIBLE_PATTERN, is_blank, visible
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\t\n", "\u200b", "\u2060 ", "\ufeff", "\u3164", "\u2800", "\u00a0",

@@ -13,19 +13,26 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.backup import backup_databases
-from flows.weekly_report import WeeklyReportResult, weekly_report_flow
-from runbooks.drill import DrillRecord, DrillRecords
+from runbooks.adapters.records import DrillRecords
+from runbooks.adapters.repository import open_repository
+from runbooks.decisions.drill import DrillRecord
+from runbooks.decisions.manifest import backup_id_for
+from runbooks.decisions.weekly import RunbookRunEntry, backups_in_window, parse_breakers, summarize_runs
+from runbooks.flows.backup import backup_databases
+from runbooks.flows.weekly_report import WeeklyReportResult, weekly_report_flow
 from runbooks.frame import outcome
-from runbooks.manifest import backup_id_for
-from runbooks.repository import open_repository
-from runbooks.sandbox import SandboxState
 from runbooks.settings import load_settings
-from runbooks.weekly import RunbookRunEntry, backups_in_window, parse_breakers, summarize_runs
-from tasks.flow_runs import read_runbook_runs
-from tasks.models import read_evidence
-from tasks.storage import list_backups_in_window, read_drill_records
-from tasks.trading_api import read_circuit_breakers, read_pnl, read_risk_events, read_risk_health, read_risk_metrics
+from runbooks.tasks.flow_runs import read_runbook_runs
+from runbooks.tasks.models import read_evidence
+from runbooks.tasks.storage import list_backups_in_window, read_drill_records
+from runbooks.tasks.trading_api import (
+    read_circuit_breakers,
+    read_pnl,
+    read_risk_events,
+    read_risk_health,
+    read_risk_metrics,
+)
+from runbooks_sandbox import SandboxState
 
 
 @pytest.fixture
@@ -192,7 +199,7 @@ def test_the_run_fails_only_when_nothing_could_be_read(config: SandboxState, sim
 def test_a_temporary_prefect_server_is_not_taken_for_an_empty_week() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from runbooks.errors import ConfigurationError
+    from runbooks.core.errors import ConfigurationError
 
     now = datetime.now(UTC)
     with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(ConfigurationError,
@@ -227,8 +234,8 @@ def test_breakers_in_either_shape_and_odd_entries() -> None:
 
 
 def test_backups_outside_the_window_are_left_out_but_old_damaged_ones_are_kept_apart() -> None:
-    from runbooks.catalog import DamagedBackup
-    from runbooks.manifest import BackupManifest
+    from runbooks.adapters.catalog import DamagedBackup
+    from runbooks.decisions.manifest import BackupManifest
 
     now = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 

@@ -30,11 +30,11 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel, Field, ValidationError
 
-from runbooks.errors import Refused
+from runbooks.core.errors import Refused
+from runbooks.core.text import VISIBLE_PATTERN, is_blank, visible
+from runbooks.decisions.report import inline
 from runbooks.frame.run import RunbookRun
-from runbooks.report import inline
-from runbooks.text import VISIBLE_PATTERN, is_blank, visible
-from tasks.reports import artifact_key
+from runbooks.tasks.reports import artifact_key
 
 TIMEOUT_APPROVER = "runbooks (approval timeout)"
 # The form's help for every runbook's approval_timeout_seconds and approval_poll_seconds.
@@ -43,7 +43,7 @@ POLL_HELP = "How often the paused run looks for the decision."
 GRACE_SECONDS = 3600  # Prefect's own pause timeout, beyond ours: only reached if our timer cannot resume the run
 # At least one visible character (not whitespace, a control, a zero-width or a blank-looking one). JSON Schema's
 # "pattern" and pydantic's both search rather than match the whole string, so the server refuses "   " and
-# "\u200b" as it refuses "", and so does the model; the run checks again with runbooks.text.is_blank.
+# "\u200b" as it refuses "", and so does the model; the run checks again with runbooks.core.text.is_blank.
 NOT_BLANK = VISIBLE_PATTERN
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from runbooks.frame.run import RunbookRun
 from runbooks.settings import ApiSettings
-from tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
+from runbooks.tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
 
 class TradingGuard:

@@ -32,13 +32,13 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
-from runbooks.errors import BackupNotFound, ConfigurationError, LockBusy, LockLost
+from runbooks.adapters.postgres import AdvisoryLock
+from runbooks.adapters.processes import ProcessIdentity
+from runbooks.adapters.repository import Repository
+from runbooks.adapters.repository.local import make_private_dirs
+from runbooks.core.errors import BackupNotFound, ConfigurationError, LockBusy, LockLost
 from runbooks.frame.approval import cancel_orphaned_approvals
 from runbooks.frame.run import RunbookRun
-from runbooks.postgres import AdvisoryLock
-from runbooks.processes import ProcessIdentity
-from runbooks.repository import Repository
-from runbooks.repository.local import make_private_dirs
 from runbooks.settings import Settings
 
 _log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Notify on-call through Prefect notification blocks (``SlackWebhook``, ``PagerDutyWebHook``,
 ``CustomWebhookNotificationBlock``, …) routed by severity in the settings, rather than hand-written webhook code.
-Messages follow seed 004's templates (:mod:`runbooks.incidents`).
+Messages follow seed 004's templates (:mod:`runbooks.decisions.incidents`).
 
 A notification is best effort: a runbook that paused trading has done its job even if Slack is down, so a failed
 notification is logged and reported, never raised. Every secret field of a block (webhook URLs, keys) is
@@ -11,27 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runbooks.incidents import Notice, render
-from runbooks.notification_blocks import TEMPLATE_KEYS
-from runbooks.redact import register_secret, scrub
+from runbooks.adapters.notification_blocks import register_block_secrets
+from runbooks.core.redact import scrub
+from runbooks.decisions.incidents import Notice, render
 
 if TYPE_CHECKING:
     from runbooks.frame.run import RunbookRun
-
-
-def register_block_secrets(block: object) -> None:
-    """Secret fields (``SecretStr``, ``SecretDict``) and any URL of a loaded block: a webhook URL often is the
-    credential. Registered for scrubbing before anything can print them."""
-    for name in getattr(type(block), "model_fields", {}):
-        value: Any = getattr(block, name, None)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        elif not (isinstance(value, str) and "url" in name):
-            continue
-        if isinstance(value, dict):
-            register_secret(*[str(v) for k, v in value.items() if v and k not in TEMPLATE_KEYS])
-        elif isinstance(value, str):
-            register_secret(value)
 
 
 def _send(name: str, subject: str, body: str) -> None:

@@ -41,7 +41,7 @@ def _inventory() -> dict[str, list[str]] | None:
     import logging
     import os
 
-    from runbooks.errors import RunbookError
+    from runbooks.core.errors import RunbookError
     from runbooks.settings import config_path, load_settings
 
     path = config_path()

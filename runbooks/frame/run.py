@@ -14,12 +14,12 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from runbooks.core.redact import install_log_scrubbing, scrub_data
+from runbooks.decisions.incidents import PostIncident, post_incident_markdown
 from runbooks.frame.parameters import InvalidParameters
 from runbooks.frame.steps import Steps, StepTiming
-from runbooks.incidents import PostIncident, post_incident_markdown
-from runbooks.redact import install_log_scrubbing, scrub_data
 from runbooks.settings import Settings, load_settings
-from tasks.reports import publish_report
+from runbooks.tasks.reports import publish_report
 
 
 class RunbookResult(BaseModel):

@@ -13,19 +13,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from runbooks.redact import scrub, scrub_data
-
-Figure = int | float | str | bool | None
-
-
-class StepTiming(BaseModel):
-    step: str
-    started_at: datetime
-    seconds: float
-    outcome: str = "ok"
-    figures: dict[str, Figure] = Field(default_factory=dict)
+from runbooks.core.redact import scrub, scrub_data
+from runbooks.decisions.report import Figure, StepTiming
 
 
 def _emit(event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]) -> None:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from runbooks.errors import OutsideChangeWindow
-from runbooks.market_time import MarketCalendar
-from runbooks.text import is_blank
+from runbooks.core.errors import OutsideChangeWindow
+from runbooks.core.market_time import MarketCalendar
+from runbooks.core.text import is_blank
 
 
 class OpenMarket(BaseModel):
