@@ -8,12 +8,14 @@ close (by default every market that closes: a 24/7 venue would forbid maintenanc
 from __future__ import annotations
 
 from datetime import date, time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from runbooks.core.market_time import WEEKDAYS, MarketCalendar
 
+# The name of a market: a key of [markets].
+MarketName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS_MON_FRI: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
 
