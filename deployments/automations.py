@@ -129,8 +129,8 @@ def _block_ids(settings: Settings) -> BlockIds:
         except (ValueError, RuntimeError) as exc:
             raise ConfigurationError(f"notification block {name!r} named in [notifications] cannot be loaded "
                                      f"({str(exc).splitlines()[0][:200]}).",
-                                     hint="make it with 'runbooks notifications setup' (README 'Notifications "
-                                     "and escalation'), or fix the name; no automation was changed.") from None
+                                     hint="make it with 'runbooks notifications setup' (docs/notifications.md), "
+                                     "or fix the name; no automation was changed.") from None
         found[name] = block._block_document_id
     return lambda severity: [found[n] for n in settings.notifications.blocks_for(severity)]
 

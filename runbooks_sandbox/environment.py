@@ -177,7 +177,7 @@ def _pitr_toml(cluster: PostgresCluster, root: Path) -> list[str]:
         return ["# No [pitr]: the sandbox's path is too long for a Unix socket (at most 107 bytes with",
                 f"# '/postgres/run/.s.PGSQL.{cluster.port}'), and pgBackRest reaches a local cluster only through one.",
                 "# For PITR, recreate the sandbox in a shorter directory ('runbooks sandbox up --dir ...').", ""]
-    return ["# Point-in-time recovery (docs/pitr.md) of the sandbox's cluster, through its private Unix socket.",
+    return ["# Point-in-time recovery (docs/runbooks/pitr.md) of the sandbox's cluster, through its private socket.",
             "[pitr]", 'stanza = "sandbox"', f"socket_directory = {_toml_str(str(cluster.socket_directory))}",
             f"work_dir = {_toml_str(str(root / 'pitr'))}", ""]
 
