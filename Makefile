@@ -3,11 +3,21 @@ VENV ?= .venv
 PYTHON ?= python3
 SIZE ?= 50MB
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock: the exact set the suite passed with, as constraints (what a fresh machine installs).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
+
+.PHONY: lock
+# Regenerate requirements.lock from a clean virtualenv (after changing pyproject.toml's dependencies), then run
+# `make test` before committing it.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip
+	cd /tmp && $(CURDIR)/.lock-venv/bin/pip install --quiet '$(CURDIR)[test]'
+	{ sed -n 1,2p requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^runbooks @'; } \
+		> requirements.lock.new && mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 .PHONY: demo test down
 # Main job on the embedded default: sandbox up + seed, the nightly backup, then the DR game-day drill from it

@@ -26,7 +26,7 @@ from runbooks.decisions.pitr import (
     pitr_paths,
     protected_cluster,
 )
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -68,9 +68,7 @@ def render_report(result: ArchiveCheckResult) -> str:
             ["pg_wal", f"{s.wal_bytes / 2**20:.0f} MiB" if s.wal_bytes is not None else "-"]])]
     if result.judgement and result.judgement.reasons:
         lines += ["## Why", *[f"- {r}" for r in result.judgement.reasons], ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -115,6 +113,8 @@ def archive_check_flow(params: ArchiveCheckParameters) -> State:
     run: RunbookRun[ArchiveCheckResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     result = ArchiveCheckResult(started_at=run.started_at, stanza=pitr.stanza)
+    run.report(result, render=render_report, key="archive-check-report",
+               description=f"Archive check of stanza {pitr.stanza}")
     try:
         database = protected_cluster(settings)
         if params.marker:
@@ -143,5 +143,4 @@ def archive_check_flow(params: ArchiveCheckParameters) -> State:
             title=f"archive-check: the position database's RPO is at risk ({verdict})",
             impact=f"writes since the last archived WAL would be lost in a disaster (RPO {pitr.rpo})",
             details=[result.error or verdict], actions=result.next_steps or ["Read the run's report"]))
-    return run.conclude(result, render=render_report, report_key="archive-check-report",
-                        description=f"Archive check of stanza {pitr.stanza}")
+    return run.conclude(result)

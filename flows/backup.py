@@ -23,7 +23,7 @@ from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.manifest import BackupKind, BackupManifest, Verification
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -136,9 +136,7 @@ def render_report(result: BackupResult) -> str:
               table(["backup", "reason", "objects", "incomplete uploads", "action"],
                     [[lo.prefix, lo.reason, lo.objects, lo.incomplete_uploads,
                       "removed" if lo.removed else "would remove"] for lo in result.leftovers])]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -149,6 +147,8 @@ def backup_databases(params: BackupParameters) -> State:
     run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases) or "all")
     settings, logger = run.settings, run.logger
     result = BackupResult(repository=settings.repository.url, dry_run=params.dry_run, started_at=run.started_at)
+    run.report(result, render=render_report, key=f"backup-report-{'dry-run' if params.dry_run else 'run'}",
+               description="Backup runbook report")
 
     def conclude(error: str | None = None) -> State:
         result.error = error
@@ -161,9 +161,7 @@ def backup_databases(params: BackupParameters) -> State:
                 "Read the errors above; each ends with a HINT. Fix and rerun `runbooks run backup` (or the "
                 "deployment) for the failed databases only (`--param databases='[\"NAME\"]'`).",
                 "A backup marked `verification_failed` is kept for inspection but never used for restore."]
-        return run.conclude(result, render=render_report,
-                            report_key=f"backup-report-{'dry-run' if params.dry_run else 'run'}",
-                            description="Backup runbook report")
+        return run.conclude(result)
 
     names = params.databases or sorted(settings.databases)
     try:

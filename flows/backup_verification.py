@@ -20,7 +20,7 @@ from runbooks.adapters.catalog import BackupCatalog
 from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import ConfigurationError, RunbookError
 from runbooks.core.redact import scrub
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -70,10 +70,8 @@ def render_report(result: VerificationResult) -> str:
                     [[d.database, d.status.upper() if d.status != "passed" else d.status, d.backup_id or "-",
                       f"{d.age_hours:.1f} h" if d.age_hours is not None else "-",
                       human_bytes(d.bytes) if d.bytes is not None else "-", d.detail or "-"]
-                     for d in result.databases]),
-              "## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+                     for d in result.databases])]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -110,6 +108,8 @@ def verify_backups_flow(params: VerificationParameters) -> State:
     """Re-read the newest backup of every database: sizes, SHA-256, and the dump's table of contents."""
     run: RunbookRun[VerificationResult] = RunbookRun(RUNBOOK, resource="+".join(params.databases) or "all")
     result = VerificationResult(started_at=run.started_at)
+    run.report(result, render=render_report, key="backup-verification-report",
+               description="Weekly backup verification report")
     settings = run.settings
     try:
         names = params.databases or sorted(settings.databases)
@@ -144,5 +144,4 @@ def verify_backups_flow(params: VerificationParameters) -> State:
     result.succeeded = result.error is None and all(d.status == "passed" for d in result.databases)
     if not result.succeeded and result.error is None:
         result.error = "; ".join(f"{d.database}: {d.status}" for d in result.databases if d.status != "passed")
-    return run.conclude(result, render=render_report, report_key="backup-verification-report",
-                        description="Weekly backup verification report")
+    return run.conclude(result)

@@ -46,7 +46,7 @@ from runbooks.decisions.freshness import (
     worst,
 )
 from runbooks.decisions.incidents import Notice
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -163,9 +163,7 @@ def render_report(result: FreshnessResult) -> str:
                   f"Before: {before.trading_mode} (by {before.paused_by or '-'}, since {before.changed_at}).  ",
                   f"After: {after.trading_mode} (by {after.paused_by or '-'}, since {after.changed_at})." if after
                   else "After: unchanged.", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -195,6 +193,8 @@ def data_freshness_flow(params: FreshnessParameters) -> State:
     run: RunbookRun[FreshnessResult] = RunbookRun(RUNBOOK, resource="market-data")
     settings, logger, cfg = run.settings, run.logger, run.settings.freshness
     result = FreshnessResult(act=params.act, started_at=run.started_at)
+    run.report(result, render=render_report, key="data-freshness-report",
+               description="Data-freshness runbook report")
 
     def conclude(error: str | None = None) -> State:
         result.error = error or result.error
@@ -213,9 +213,7 @@ def data_freshness_flow(params: FreshnessParameters) -> State:
                                 gates_trading=finding.gates_trading, action=result.action)
         summary = "; ".join(f"{f.key}: {f.reason}" for f in result.findings if f.severity not in ("ok", "warn"))
         parts = [p for p in (result.error, summary) if p]
-        return run.conclude(result, render=render_report, report_key="data-freshness-report",
-                            description="Data-freshness runbook report",
-                            message=None if result.succeeded
+        return run.conclude(result, message=None if result.succeeded
                             else f"{result.worst}: {' / '.join(parts)} (action: {result.action})")
 
     try:

@@ -51,7 +51,7 @@ from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import ConfigurationError, Refused, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.dockerclean import DockerObject, DockerOutcome
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.locks import ON_HOST_HELP, require_this_host
@@ -353,9 +353,7 @@ def render_report(result: CleanupResult) -> str:
                   + (f" Approval: {'approved' if result.approval.approved else 'refused'} by "
                      f"{result.approval.approver} ({result.approval.via}): {result.approval.reason}"
                      if result.approval else ""), ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -389,6 +387,8 @@ def disk_cleanup_flow(params: CleanupParameters) -> State:
     cfg = settings.cleanup
     result = CleanupResult(started_at=run.started_at, host=settings.host_name, dry_run=params.dry_run,
                            force=params.force, high_watermark=cfg.high_watermark, low_watermark=cfg.low_watermark)
+    run.report(result, render=render_report, key="disk-cleanup-report",
+               description="Disk cleanup: usage, what went and where the space is")
     manifest: Manifest | None = None
     held = ExitStack()
     try:
@@ -467,8 +467,7 @@ def disk_cleanup_flow(params: CleanupParameters) -> State:
         held.close()
     _next_steps(result, params)
     result.succeeded = result.error is None and result.healthy is not False and not _failures(result)
-    return run.conclude(result, render=render_report, report_key="disk-cleanup-report",
-                        description="Disk cleanup: usage, what went and where the space is")
+    return run.conclude(result)
 
 
 def _failures(result: CleanupResult) -> bool:

@@ -52,7 +52,7 @@ from runbooks.decisions.freshness import Finding, QualityResult, TableFreshness,
 from runbooks.decisions.health import HealthCheck
 from runbooks.decisions.manifest import BackupManifest, backup_id_for
 from runbooks.decisions.pitr import RecoveryPoint, pitr_paths, protected_cluster
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, repository_lock, resource_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -331,9 +331,7 @@ def render_report(result: DrillResult) -> str:
                   *[f"- database `{name}` on the drill target" for name in result.swept_databases], ""]
     lines += ["## Teardown", "The clean cluster was torn down." if result.torn_down else
               "\n".join(f"- {k}" for k in result.kept) or "_nothing was provisioned_", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -345,9 +343,7 @@ def _render_refusal(result: DrillResult) -> str:
              "no cluster provisioned, no backup restored or held, nothing scored, nothing added to the trend.", ""]
     if result.error:
         lines += [f"**Refused:** {result.error}", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -365,6 +361,7 @@ def dr_game_day_flow(params: DrillParameters) -> State:
     run: RunbookRun[DrillResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     result = DrillResult(started_at=run.started_at, keep_cluster=params.keep_cluster, host=settings.host_name)
+    run.report(result, render=render_report, key="dr-game-day-report", description="DR game-day report")
     catalog: BackupCatalog | None = None
     attempted = False  # past the settings check: a drill, recorded in the trend
 
@@ -373,8 +370,7 @@ def dr_game_day_flow(params: DrillParameters) -> State:
             result.physical is None or result.physical.proven)
         if result.refused is not None:  # no drill ran: no scorecard event, no record in the trend
             run.steps.event("dr-game-day.refused", refused=result.refused)
-            return run.conclude(result, render=render_report, report_key="dr-game-day-report",
-                                description="DR game-day report (refused: another drill is running)",
+            return run.conclude(result, description="DR game-day report (refused: another drill is running)",
                                 message=result.refused)
         run.steps.event("dr-game-day.scorecard", operational=result.operational, summary=result.summary,
                         met=result.met, scored=result.scored, backup_id=result.backup_id,
@@ -384,9 +380,8 @@ def dr_game_day_flow(params: DrillParameters) -> State:
                                      "rpo_seconds": s.worst_rpo_seconds} for s in result.scorecard])
         if catalog is not None and attempted:
             _record(run, settings, catalog, result)
-        return run.conclude(result, render=render_report, report_key="dr-game-day-report",
-                            description="DR game-day report",
-                            message=f"platform operational on restored data; {result.summary}" if result.succeeded
+        return run.conclude(result, message=f"platform operational on restored data; {result.summary}"
+                            if result.succeeded
                             else f"platform NOT proven operational: {result.error or '?'}; {result.summary}")
 
     def refuse(exc: LockBusy) -> State:

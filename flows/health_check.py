@@ -23,7 +23,7 @@ from runbooks.core.errors import RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.health import HealthCheck, Status, worst
 from runbooks.decisions.incidents import Notice
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.locks import ON_HOST_HELP, require_this_host
 from runbooks.frame.names import run_name, run_parameters
@@ -80,10 +80,8 @@ def render_report(result: HealthCheckResult) -> str:
         lines += [f"**Error:** {result.error}", ""]
     lines += [table(["check", "status", "reading", "detail"],
                     [[c.name, c.status, "-" if c.value is None else f"{c.value:g} {c.unit}", c.detail or "-"]
-                     for c in result.checks]),
-              "## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+                     for c in result.checks])]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -103,6 +101,8 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     # The host the run is about: a run refused for another host must not read as this host's failure.
     result = HealthCheckResult(started_at=run.started_at,
                                host=(params.on_host or settings.host_name) if params.host else None)
+    run.report(result, render=render_report, key="health-check-report",
+               description="Daily health check (seed 001)")
     try:
         if params.host and params.on_host is not None:  # a run meant for another host judges nothing here
             with run.step("check host"):
@@ -147,5 +147,4 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     run.steps.event("health-check.status", status=result.status, alerts=len(bad), host=result.host,
                     platform=params.platform)
     result.succeeded = result.error is None and not bad
-    return run.conclude(result, render=render_report, report_key="health-check-report",
-                        description="Daily health check (seed 001)")
+    return run.conclude(result)

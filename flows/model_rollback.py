@@ -30,7 +30,7 @@ from runbooks.core.errors import ConfigurationError, InferenceApiUnavailable, Lo
 from runbooks.core.redact import scrub
 from runbooks.decisions.incidents import Notice, PostIncident
 from runbooks.decisions.models import Judgement, ModelEvidence, Verdict, judge
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.decisions.rollback import Plan, RollbackRecord, TargetView, grade_targets, pick_target, plan
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.frame.names import run_name, run_parameters
@@ -196,9 +196,7 @@ def render_report(result: RollbackResult) -> str:
                          for p in result.series_after])]
     if result.trading:
         lines += ["## Trading", *[f"- {a}" for a in result.trading], ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -224,6 +222,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
     model_id = run.resource
     result = RollbackResult(model_id=model_id, dry_run=params.dry_run, force=params.force, reason=params.reason,
                             initiated_by=params.initiated_by or run.actor, started_at=run.started_at)
+    run.report(result, render=render_report, key="model-rollback-report",
+               description="Model-rollback runbook report", post_incident=_post_incident)
     registry = RegistryRef(kind=cfg.registry, api=settings.inference_api, model_id=model_id)
 
     def conclude(error: str | None = None) -> State:
@@ -233,8 +233,7 @@ def model_rollback_flow(params: RollbackParameters) -> State:
                         verdict=result.judgement.verdict if result.judgement else None,
                         target_version=result.target_version, verified=result.verified,
                         escalated=result.escalation is not None)
-        return run.conclude(result, render=render_report, report_key="model-rollback-report",
-                            description="Model-rollback runbook report", post_incident=_post_incident)
+        return run.conclude(result)
 
     def escalate(why: str) -> _Escalated:
         result.escalation = why

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.core.errors import ConfigurationError, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -56,9 +56,7 @@ def render_report(result: PitrBackupResult) -> str:
                           b.type, f"{b.started_at:%Y-%m-%d %H:%M}Z",
                           f"{(b.stopped_at - b.started_at).total_seconds():.0f}", human_bytes(b.size),
                           human_bytes(b.stored)] for b in result.info.backups])]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -73,6 +71,8 @@ def pitr_backup_flow(params: PitrBackupParameters) -> State:
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)
     result = PitrBackupResult(started_at=run.started_at, stanza=pitr.stanza, kind=params.kind)
+    run.report(result, render=render_report, key="pitr-backup-report",
+               description=f"PITR {params.kind} backup of stanza {pitr.stanza}")
     try:
         if not paths.config.is_file():
             raise ConfigurationError(f"pgBackRest is not set up for stanza {pitr.stanza!r} ({paths.config} is "
@@ -100,5 +100,4 @@ def pitr_backup_flow(params: PitrBackupParameters) -> State:
     except RunbookError as exc:
         result.error = scrub(str(exc))
         run.logger.error("PITR backup failed: %s", result.error)  # the deployments' notify-on-failure pages
-    return run.conclude(result, render=render_report, report_key="pitr-backup-report",
-                        description=f"PITR {params.kind} backup of stanza {pitr.stanza}")
+    return run.conclude(result)

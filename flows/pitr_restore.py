@@ -26,7 +26,7 @@ from runbooks.adapters.postgres import CheckResult, connect, failure_line
 from runbooks.adapters.workdirs import OWNER, WorkDirs
 from runbooks.core.errors import Refused, RunbookError
 from runbooks.decisions.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -118,9 +118,7 @@ def render_report(result: PitrRestoreResult) -> str:
         lines += ["## Integrity checks", table(["database", "check", "status", "value", "expected"], rows)]
     if result.source_untouched is not None:
         lines += [f"Source cluster untouched: {'yes' if result.source_untouched else 'NO'}.", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -169,6 +167,8 @@ def pitr_restore_flow(params: PitrRestoreParameters) -> State:
     paths = pitr_paths(settings)
     target = parse_target(params.target_time)
     result = PitrRestoreResult(started_at=run.started_at, stanza=pitr.stanza, target_time=params.target_time)
+    run.report(result, render=render_report, key="pitr-restore-report",
+               description=f"PITR restore of stanza {pitr.stanza} to {params.target_time}")
     workdirs = WorkDirs(paths.restores, traversable=True)
     cluster: RestoredCluster | None = None
     done = inspect = False
@@ -262,8 +262,7 @@ def pitr_restore_flow(params: PitrRestoreParameters) -> State:
                 if not stopped:
                     run.logger.error("The restored cluster in %s did not stop; its directory is left for the next "
                                      "pitr-restore's sweep.", cluster.root)
-    return run.conclude(result, render=render_report, report_key="pitr-restore-report",
-                        description=f"PITR restore of stanza {pitr.stanza} to {params.target_time}")
+    return run.conclude(result)
 
 
 def _check_markers(cluster: RestoredCluster, source: DatabaseSettings, source_params: dict[str, object],

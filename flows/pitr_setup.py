@@ -39,7 +39,7 @@ from runbooks.decisions.pitr import (
     sql_literal,
     undo_statements,
 )
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
@@ -183,9 +183,7 @@ def render_report(result: PitrSetupResult) -> str:
     if result.info is not None:
         lines += [f"Stanza status: **{result.info.status}**; archive check "
                   f"{'passed' if result.checked else 'not run'}.", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -272,6 +270,7 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
     paths = pitr_paths(settings)
     result = PitrSetupResult(started_at=run.started_at, stanza=pitr.stanza, config_path=str(paths.config),
                              dry_run=not params.applies)
+    run.report(result, render=render_report, key="pitr-setup-report", description=f"PITR setup of stanza {pitr.stanza}")
     altered = stopped_for_restart = False
     database: DatabaseSettings | None = None
     data_directory: Path | None = None
@@ -322,8 +321,7 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
                             scrub_data(result.would_change))
             _plan_steps(result, plan)
             result.succeeded = True
-            return run.conclude(result, render=render_report, report_key="pitr-setup-report",
-                                description=f"PITR setup of stanza {pitr.stanza} (plan {plan.plan_hash})")
+            return run.conclude(result, description=f"PITR setup of stanza {pitr.stanza} (plan {plan.plan_hash})")
         with run.step("approval") as figures:
             if params.confirm is None:
                 result.timeline = list(run.steps.timeline)
@@ -401,6 +399,5 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
         elif altered and database is not None and data_directory is not None:
             _put_back(run, result, params=params, database=database, pitr=pitr, paths=paths,
                       data_directory=data_directory)
-    return run.conclude(result, render=render_report, report_key="pitr-setup-report",
-                        description=f"PITR setup of stanza {pitr.stanza}")
+    return run.conclude(result)
 

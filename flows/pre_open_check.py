@@ -45,7 +45,7 @@ from runbooks.decisions.preopen import (
     judge_trading,
     plan_markets,
 )
-from runbooks.decisions.report import table, timeline_markdown
+from runbooks.decisions.report import report_tail, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -142,9 +142,7 @@ def render_report(result: PreOpenResult) -> str:
         lines += ["## Why", *[f"- {r}" for r in result.reasons], ""]
     if result.to_fix:
         lines += ["## Fix before the open", *[f"- {f}" for f in result.to_fix], ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["", "## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -233,6 +231,8 @@ def pre_open_check_flow(params: PreOpenParameters) -> State:
     settings = run.settings
     at = params.at or run.started_at
     result = PreOpenResult(started_at=run.started_at, at=at, market=params.market)
+    run.report(result, render=render_report, key="pre-open-check-report",
+               description="Pre-open check (go/no-go before the market opens)")
     decision: Decision | None = None
     try:
         params.check_against(settings)
@@ -291,5 +291,4 @@ def pre_open_check_flow(params: PreOpenParameters) -> State:
             impact=f"{opens}: the platform is not fit to trade the open as it stands",
             details=result.reasons, actions=result.to_fix or ["Read the pre-open check's report"]))
     result.succeeded = result.error is None and result.verdict != "no-go"
-    return run.conclude(result, render=render_report, report_key="pre-open-check-report",
-                        description="Pre-open check (go/no-go before the market opens)")
+    return run.conclude(result)

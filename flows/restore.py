@@ -37,7 +37,7 @@ from runbooks.core.errors import Refused, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.incidents import Notice, PostIncident
 from runbooks.decisions.manifest import BackupManifest, Verification
-from runbooks.decisions.report import human_bytes, inline, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, inline, report_tail, table
 from runbooks.frame import (
     Approval,
     RunbookResult,
@@ -291,9 +291,7 @@ def render_report(result: RestoreResult) -> str:
         lines += [f"**Notification**: {result.notification}", ""]
     if result.kept_live_as:
         lines += [f"The previous live database is kept as `{result.kept_live_as}`.", ""]
-    lines += ["## Timeline", timeline_markdown(result.timeline)]
-    if result.next_steps:
-        lines += ["## Next steps", *[f"- {s}" for s in result.next_steps]]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -341,14 +339,15 @@ def restore_database_flow(params: RestoreParameters) -> State:
     guard = TradingGuard(run, settings.trading_api)
     result = RestoreResult(database=params.database, mode=params.mode, dry_run=params.dry_run,
                            started_at=run.started_at)
+    run.report(result, render=render_report, key=f"restore-report-{params.database}",
+               description=f"Restore runbook report ({params.mode})", post_incident=_post_incident)
 
     def conclude() -> State:
         result.trading = guard.actions
         result.succeeded = result.status in ("succeeded", "dry_run")
         if params.mode == "replace" and (result.kept_live_as or guard.actions):  # the live database was touched
             result.notification = notify(run, _notice(result))
-        return run.conclude(result, render=render_report, report_key=f"restore-report-{params.database}",
-                            description=f"Restore runbook report ({params.mode})", post_incident=_post_incident)
+        return run.conclude(result)
 
     try:
         database = settings.database_or_raise(params.database)

@@ -30,7 +30,7 @@ from runbooks.adapters.repository import open_repository
 from runbooks.core.redact import scrub
 from runbooks.decisions.drill import DrillRecord, human_duration
 from runbooks.decisions.models import judge
-from runbooks.decisions.report import human_bytes, table, timeline_markdown
+from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.decisions.weekly import (
     BackupEntry,
     ModelAccuracy,
@@ -271,10 +271,9 @@ def render_report(result: WeeklyReportResult) -> str:
         lines += [f"**Error:** {result.error}", ""]
     for part in (_pnl_section, _models_section, _risk_section, _backups_section, _drills_section, _runs_section):
         lines += part(result)
-    if result.next_steps:
-        lines += ["## Next steps", *[f"- {step}" for step in result.next_steps], ""]
-    lines += ["_Seed 003's other weekly items (dependency updates, security audit) are not part of this report._",
-              "", "## Timeline", timeline_markdown(result.timeline)]
+    lines += ["_The weekly maintenance checklist's other items (dependency updates, security audit) are not part "
+              "of this report._", ""]
+    lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 
 
@@ -341,6 +340,8 @@ def weekly_report_flow(params: WeeklyReportParameters) -> State:
     since, until = window_bounds(run.started_at, params.days)
     window = window_label(params.days)
     result = WeeklyReportResult(started_at=run.started_at, days=params.days, window_start=since, window_end=until)
+    run.report(result, render=render_report, key="weekly-report",
+               description="Weekly maintenance report (seed 003)")
 
     with _reading(run, result, "trading performance") as figures:
         result.pnl = read_pnl(api=settings.trading_api, path=config.pnl_path, window=window)
@@ -400,7 +401,5 @@ def weekly_report_flow(params: WeeklyReportParameters) -> State:
         result.error = "nothing could be read: " + "; ".join(f"{u.part}: {u.reason}" for u in result.unreadable)
     run.steps.event("weekly-report.published", sections_read=len(result.read), unreadable=len(result.unreadable))
     missing = [s for s in SECTIONS if s not in result.read]
-    return run.conclude(result, render=render_report, report_key="weekly-report",
-                        description="Weekly maintenance report (seed 003)",
-                        message=f"weekly report published; {len(result.read)} of {len(SECTIONS)} sections read"
+    return run.conclude(result, message=f"weekly report published; {len(result.read)} of {len(SECTIONS)} sections read"
                         + (f" (not: {', '.join(missing)})" if missing else "") if result.succeeded else None)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from runbooks.adapters.cleanup import Consumer, TreeOutcome, Usage, Walk, clean_tree, measure, survey
 from runbooks.decisions.report import human_bytes
 from runbooks.settings import FileRule
+from runbooks.tasks.policies import step_task
 
 
-@task(name="measure-disks", cache_policy=NO_CACHE)
+@step_task("measure-disks")
 def measure_disks(*, paths: list[Path]) -> list[Usage]:
     """``df`` of each path (a path missing on this host is logged and left out)."""
     usages = []
@@ -24,7 +24,7 @@ def measure_disks(*, paths: list[Path]) -> list[Usage]:
     return usages
 
 
-@task(name="survey-disk", cache_policy=NO_CACHE)
+@step_task("survey-disk")
 def survey_disk(*, paths: list[Path], top: int) -> dict[str, list[Consumer]]:
     """``du --max-depth=1`` of each path that exists: where the space went, for the report."""
     found: dict[str, list[Consumer]] = {}
@@ -36,7 +36,7 @@ def survey_disk(*, paths: list[Path], top: int) -> dict[str, list[Consumer]]:
     return found
 
 
-@task(name="clean-files", cache_policy=NO_CACHE)
+@step_task("clean-files")
 def clean_files(*, rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
     """One file rule on one root. Not retried: the walk itself is the retry (a rerun selects what is left)."""
     outcome = clean_tree(rule, root, walk)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from runbooks.decisions.dockerclean import DockerObject, DockerOutcome, connect, remove, select
 from runbooks.settings import DockerRule
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 
-@task(name="select-docker-objects", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("select-docker-objects", **TRANSIENT_RETRY)
 def select_docker_objects(*, rule: DockerRule, now: datetime) -> list[DockerObject]:
     """What ``rule`` would remove: the plan a dry run shows and a real run hands to ``remove_docker_objects``.
 
@@ -36,7 +35,7 @@ def select_docker_objects(*, rule: DockerRule, now: datetime) -> list[DockerObje
     return objects
 
 
-@task(name="remove-docker-objects", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("remove-docker-objects", **TRANSIENT_RETRY)
 def remove_docker_objects(*, rule: DockerRule, objects: list[DockerObject],
                           need_bytes: int | None = None) -> DockerOutcome:
     """Remove ``objects`` (a selection of ``rule``), skipping what changed since it was made.

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
@@ -34,6 +33,7 @@ from runbooks.core.errors import ConfigurationError, Refused, RunbookError
 from runbooks.core.redact import register_secret
 from runbooks.decisions.pitr import pg_ctl_command
 from runbooks.settings import DatabaseSettings, IntegrityCheck
+from runbooks.tasks.policies import step_task
 from runbooks.tasks.workspace import WorkDirReport
 
 SYSTEM_DATABASES = ("postgres", "template0", "template1")
@@ -93,7 +93,7 @@ def stop_cluster(workdir: Path) -> bool:
     return running_postmaster(cluster.datadir) is None
 
 
-@task(name="sweep-killed-drills", cache_policy=NO_CACHE)
+@step_task("sweep-killed-drills")
 def sweep_killed_drills(*, root: Path) -> list[WorkDirReport]:
     """Stop the throwaway clusters of drills that are gone (killed, or kept for inspection) and remove their
     directories: only directories with our owner record, only of processes gone from this host."""
@@ -111,7 +111,7 @@ def sweep_killed_drills(*, root: Path) -> list[WorkDirReport]:
     return [WorkDirReport(path=s.path, bytes=s.bytes, reason=s.reason, removed=s.removed) for s in swept]
 
 
-@task(name="provision-throwaway-cluster", cache_policy=NO_CACHE)
+@step_task("provision-throwaway-cluster")
 def provision_throwaway_cluster(*, workdir: Path) -> CleanCluster:
     """initdb and start a cluster on a free loopback port, with a superuser password made for this drill only
     (written 0600 beside it, for whoever inspects a kept cluster).
@@ -154,7 +154,7 @@ def check_cluster_root(root: Path) -> None:
                                  hint="install the PostgreSQL server (apt-get install postgresql).") from None
 
 
-@task(name="check-target-server", cache_policy=NO_CACHE)
+@step_task("check-target-server")
 def check_target_server(*, target: DatabaseSettings, inventory: dict[str, DatabaseSettings]) -> CleanCluster:
     """An existing server is a drill target only if it is none of the inventory's servers and we are superuser
     there (its emptiness is checked after the sweep of earlier drills' databases)."""
@@ -186,7 +186,7 @@ def check_target_server(*, target: DatabaseSettings, inventory: dict[str, Databa
                         server=server, notes=notes)
 
 
-@task(name="refuse-non-empty-target", cache_policy=NO_CACHE)
+@step_task("refuse-non-empty-target")
 def refuse_non_empty_target(*, cluster: CleanCluster) -> None:
     """After the sweep: any database but the system ones was not made by a drill, so the server is not ours."""
     with connect(cluster.admin.conninfo(), where="the drill target", autocommit=True) as conn:
@@ -199,7 +199,7 @@ def refuse_non_empty_target(*, cluster: CleanCluster) -> None:
                       "nothing was changed.")
 
 
-@task(name="drop-drill-databases", cache_policy=NO_CACHE)
+@step_task("drop-drill-databases")
 def drop_drill_databases(*, cluster: CleanCluster, records: RestoreRecords) -> list[str]:
     """Drop every database the records say a drill made on this target (same name and OID), and their records."""
     dropped = []
@@ -221,7 +221,7 @@ def drop_drill_databases(*, cluster: CleanCluster, records: RestoreRecords) -> l
     return dropped
 
 
-@task(name="drop-drill-roles", cache_policy=NO_CACHE)
+@step_task("drop-drill-roles")
 def drop_drill_roles(*, cluster: CleanCluster, roles: list[RoleCreated]) -> list[str]:
     """Drop the roles this drill created on an existing server (after its databases are gone)."""
     dropped = []
@@ -235,7 +235,7 @@ def drop_drill_roles(*, cluster: CleanCluster, roles: list[RoleCreated]) -> list
     return dropped
 
 
-@task(name="tear-down-throwaway-cluster", cache_policy=NO_CACHE)
+@step_task("tear-down-throwaway-cluster")
 def tear_down_throwaway_cluster(*, workdirs: WorkDirs, workdir: Path) -> None:
     """Stop the cluster and remove the drill's directory; a cluster that does not stop keeps its directory
     (released to the next drill's sweep, which tries again) and the drill reports it."""

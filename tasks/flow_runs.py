@@ -10,13 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from runbooks.core.errors import ConfigurationError, PrefectApiRefused, PrefectApiUnavailable
 from runbooks.core.redact import scrub
 from runbooks.decisions.weekly import RunbookRunEntry, RunbookRuns
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 PAGE = 200  # the server's default cap on one read
 
@@ -48,7 +46,7 @@ def _client(api_url: str | None) -> Any:
     return SyncPrefectClient(api_url, auth_string=PREFECT_API_AUTH_STRING.value(), api_key=PREFECT_API_KEY.value())
 
 
-@task(name="read-runbook-runs", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-runbook-runs", **TRANSIENT_RETRY)
 def read_runbook_runs(*, flows: list[str], since: datetime, until: datetime, api_url: str | None = None,
                       exclude: str | None = None, max_runs: int = 5000) -> RunbookRuns:
     """The flow runs of the flows named ``flows`` that started in [since, until], oldest first.

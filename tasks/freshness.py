@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 
 from runbooks.adapters.postgres import connect, database_errors
@@ -30,7 +28,7 @@ from runbooks.decisions.freshness import (
     summarize_rows,
 )
 from runbooks.settings import ApiSettings, DatabaseSettings, FreshnessSettings, MonitoredTable
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 from runbooks.tasks.trading_api import TRADING_API_RETRY, trading_api_attempt
 
 _ORIGIN = sql.SQL("'2000-01-01 00:00:00+00'::timestamptz")
@@ -189,7 +187,7 @@ def _failed(exc: psycopg.Error) -> tuple[str, str]:
     return _OUTCOMES.get(exc.sqlstate or "", "failed"), text
 
 
-@task(name="measure-freshness", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("measure-freshness", **TRANSIENT_RETRY)
 def measure_freshness(*, database_name: str, database: DatabaseSettings, tables: list[MonitoredTable],
                       settings: FreshnessSettings, as_of: datetime | None = None,
                       calendars: Mapping[str, MarketCalendar] | None = None,
@@ -256,7 +254,7 @@ def measure_freshness(*, database_name: str, database: DatabaseSettings, tables:
     return measured, volumes
 
 
-@task(name="read-platform-data-status", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-platform-data-status", **TRADING_API_RETRY)
 def read_platform_data_status(*, api: ApiSettings | None, database_age_seconds: float | None,
                               tolerance: timedelta, error_after: timedelta) -> PlatformView:
     """The platform's own view (``GET /api/v1/data/status``) beside the database's: they disagree when the ages

@@ -7,19 +7,18 @@ from __future__ import annotations
 import time
 
 import httpx
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from runbooks.adapters.host import count_matching_tail, disk_usage_percent, memory_usage_percent, sample_cpu
 from runbooks.adapters.postgres import connect
 from runbooks.core.redact import scrub
 from runbooks.decisions.health import HealthCheck, grade
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings
+from runbooks.tasks.policies import step_task
 
 NOT_CONFIGURED = ("redis", "pm2 processes", "docker compose services")
 
 
-@task(name="check-api-health", cache_policy=NO_CACHE)
+@step_task("check-api-health")
 def check_api_health(*, name: str, api: ApiSettings | None, baseline: HealthSettings) -> HealthCheck:
     """``GET /api/v1/health``: it must answer 2xx with ``status: healthy``; its response time is graded."""
     if api is None:
@@ -43,7 +42,7 @@ def check_api_health(*, name: str, api: ApiSettings | None, baseline: HealthSett
                        value=round(seconds, 3), unit="s", seconds=seconds, detail="healthy")
 
 
-@task(name="check-database-health", cache_policy=NO_CACHE)
+@step_task("check-database-health")
 def check_database_health(*, name: str, database: DatabaseSettings, baseline: HealthSettings) -> HealthCheck:
     """``SELECT 1``, then connections in use against ``max_connections`` (the seed's 80 % / 90 %)."""
     started = time.monotonic()
@@ -64,7 +63,7 @@ def check_database_health(*, name: str, database: DatabaseSettings, baseline: He
                        seconds=time.monotonic() - started)
 
 
-@task(name="check-host-health", cache_policy=NO_CACHE)
+@step_task("check-host-health")
 def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     """Disk of each configured path (one line per filesystem), memory, and CPU averaged over
     ``cpu_window_seconds`` (the call takes that long); then the components the settings do not configure."""
@@ -96,7 +95,7 @@ def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     return checks
 
 
-@task(name="count-recent-errors", cache_policy=NO_CACHE)
+@step_task("count-recent-errors")
 def count_recent_errors(*, baseline: HealthSettings) -> list[HealthCheck]:
     """Seed 001's ``grep -E "(error|unauthorized|failed)" logs/combined.log | tail -100``: matching lines among
     the last ``error_tail_lines`` of each configured log, graded against ``errors_warn`` / ``errors_alert``."""

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
 from runbooks.adapters.registry import Candidate, Predictions, Reading, RegistryRef, Serving
 from runbooks.core.errors import InferenceApiRefused, Refused
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 
-@task(name="read-serving-model", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-serving-model", **TRANSIENT_RETRY)
 def read_serving(ref: RegistryRef) -> Serving:
     registry = ref.open()
     try:
@@ -25,7 +24,7 @@ def read_serving(ref: RegistryRef) -> Serving:
         registry.close()
 
 
-@task(name="read-model-evidence", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-model-evidence", **TRANSIENT_RETRY)
 def read_evidence(ref: RegistryRef, *, window: str) -> Reading:
     """The serving version's metrics over ``window`` and the router's feature drift."""
     registry = ref.open()
@@ -35,7 +34,7 @@ def read_evidence(ref: RegistryRef, *, window: str) -> Reading:
         registry.close()
 
 
-@task(name="read-rollback-targets", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-rollback-targets", **TRANSIENT_RETRY)
 def read_rollback_targets(ref: RegistryRef) -> list[Candidate]:
     registry = ref.open()
     try:
@@ -44,7 +43,7 @@ def read_rollback_targets(ref: RegistryRef) -> list[Candidate]:
         registry.close()
 
 
-@task(name="read-predictions", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-predictions", **TRANSIENT_RETRY)
 def read_predictions(ref: RegistryRef) -> Predictions:
     registry = ref.open()
     try:
@@ -59,7 +58,7 @@ def _attempt() -> int:
     return context.task_run.run_count if context is not None else 1
 
 
-@task(name="request-rollback", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("request-rollback", **TRANSIENT_RETRY)
 def request_rollback(ref: RegistryRef, *, from_version: str, target_version: str,
                      reason: str, initiated_by: str) -> dict[str, Any]:
     """Ask the registry to serve ``target_version`` instead of ``from_version``. Each attempt first reads what

@@ -16,8 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, Field, SecretStr
@@ -46,7 +44,7 @@ from runbooks.decisions.pitr import (
     recovery_point,
 )
 from runbooks.settings import DatabaseSettings, IntegrityCheck, PitrSettings
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 PGBR_TIMEOUT = 6 * 3600  # a full backup of a large cluster takes hours; a hung tool must still end
 
@@ -151,7 +149,7 @@ class ClusterFacts(BaseModel):
 _WATCHED = ("archive_mode", "archive_command", "archive_timeout", "wal_level")
 
 
-@task(name="inspect-protected-cluster", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("inspect-protected-cluster", **TRANSIENT_RETRY)
 def inspect_cluster(*, database: DatabaseSettings) -> ClusterFacts:
     params = {**database.conninfo(), "dbname": database.conninfo().get("dbname") or "postgres"}
     with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
@@ -173,7 +171,7 @@ def inspect_cluster(*, database: DatabaseSettings) -> ClusterFacts:
                         socket_directories=row[7] or "")
 
 
-@task(name="write-pgbackrest-config", cache_policy=NO_CACHE)
+@step_task("write-pgbackrest-config")
 def write_config(*, pitr: PitrSettings, paths: PitrPaths, text: str) -> bool:
     """Write the config (0600, the tool user's) and make pgBackRest's directories; True if the file changed.
     Directories above the root stay ours; the tool user only passes through them (0711)."""
@@ -218,7 +216,7 @@ def read_config_text(paths: PitrPaths) -> str | None:
         return None
 
 
-@task(name="record-archive-settings", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("record-archive-settings", **TRANSIENT_RETRY)
 def record_settings(*, database: DatabaseSettings, names: list[str]) -> list[PreviousSetting]:
     """The run's own record of what it is about to change, read from the server just before ALTER SYSTEM: what it
     runs (pg_settings) and what postgresql.auto.conf holds (pg_file_settings re-reads the file; the last entry
@@ -235,7 +233,7 @@ def record_settings(*, database: DatabaseSettings, names: list[str]) -> list[Pre
     return [found[name] for name in names if name in found]
 
 
-@task(name="put-back-archive-settings", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("put-back-archive-settings", **TRANSIENT_RETRY)
 def put_back_settings(*, database: DatabaseSettings, previous: list[PreviousSetting]) -> list[str]:
     """ALTER SYSTEM every recorded setting back to what postgresql.auto.conf held (RESET where it held none) and
     reload; returns the settings still waiting for a restart (a postmaster setting that a restart made live)."""
@@ -253,7 +251,7 @@ def put_back_settings(*, database: DatabaseSettings, previous: list[PreviousSett
         return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
 
-@task(name="configure-archiving", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("configure-archiving", **TRANSIENT_RETRY)
 def configure_archiving(*, database: DatabaseSettings, wanted: dict[str, str]) -> list[str]:
     """ALTER SYSTEM what differs and reload; returns what changed. archive_mode takes effect only at a restart
     (the caller reads pending_restart)."""
@@ -274,14 +272,14 @@ def configure_archiving(*, database: DatabaseSettings, wanted: dict[str, str]) -
     return changed
 
 
-@task(name="read-pending-restart", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-pending-restart", **TRANSIENT_RETRY)
 def pending_restart(*, database: DatabaseSettings) -> list[str]:
     params = database.conninfo()
     with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
 
-@task(name="restart-protected-cluster", cache_policy=NO_CACHE)
+@step_task("restart-protected-cluster")
 def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> None:
     """``pg_ctl restart -m fast``: sessions are disconnected; the caller asked for it (``restart=true``). The
     server's own output goes to a log beside pgBackRest's (with logging_collector on, only its first lines): a
@@ -299,7 +297,7 @@ def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Pat
 
 
 # -- pgBackRest commands ------------------------------------------------------------------------------------------
-@task(name="pgbackrest-stanza-create", cache_policy=NO_CACHE)
+@step_task("pgbackrest-stanza-create")
 def stanza_create(*, pitr: PitrSettings, paths: PitrPaths) -> None:
     """Idempotent: an existing stanza of the same cluster is accepted; another cluster's is refused by the tool."""
     run_pgbackrest(pitr, paths, "stanza-create")
@@ -311,25 +309,25 @@ def check_timeout(pitr: PitrSettings) -> int:
     return int(min(max(pitr.rpo.total_seconds(), 10), 300))
 
 
-@task(name="pgbackrest-check", cache_policy=NO_CACHE)
+@step_task("pgbackrest-check")
 def check_stanza(*, pitr: PitrSettings, paths: PitrPaths) -> None:
     """Switches WAL and waits for the segment to reach the repository: archiving proven end to end."""
     run_pgbackrest(pitr, paths, "check", f"--archive-timeout={check_timeout(pitr)}")
 
 
-@task(name="pgbackrest-backup", cache_policy=NO_CACHE)
+@step_task("pgbackrest-backup")
 def take_backup(*, pitr: PitrSettings, paths: PitrPaths, kind: BackupType) -> None:
     """No retry here: pgBackRest resumes an interrupted backup itself on the next run."""
     run_pgbackrest(pitr, paths, "backup", f"--type={kind}")
 
 
-@task(name="pgbackrest-info", cache_policy=NO_CACHE)
+@step_task("pgbackrest-info")
 def read_info(*, pitr: PitrSettings, paths: PitrPaths) -> StanzaInfo:
     return parse_info(run_pgbackrest(pitr, paths, "info", "--output=json", timeout=300), pitr.stanza)
 
 
 # -- the archiver and the marker ----------------------------------------------------------------------------------
-@task(name="read-archiver", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-archiver", **TRANSIENT_RETRY)
 def read_archiver(*, database: DatabaseSettings) -> ArchiverState:
     params = database.conninfo()
     with connect(params, where=f"the protected cluster {describe(params)}", autocommit=True) as conn, \
@@ -356,7 +354,7 @@ def _marker_params(database: DatabaseSettings, marker_database: str) -> dict[str
     return {**database.conninfo(), "dbname": marker_database}
 
 
-@task(name="write-marker", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("write-marker", **TRANSIENT_RETRY)
 def write_marker(*, database: DatabaseSettings, pitr: PitrSettings, note: str) -> datetime:
     """One row in the marker table: a restore to a time counts them, so its result is checked, not assumed."""
     params = _marker_params(database, pitr.marker_database)
@@ -427,7 +425,7 @@ _MINIMAL_HBA = ("# written by runbooks pitr-restore: the backup held no pg_hba.c
                 "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n")
 
 
-@task(name="pgbackrest-restore", cache_policy=NO_CACHE)
+@step_task("pgbackrest-restore")
 def restore_into_new_cluster(*, pitr: PitrSettings, paths: PitrPaths, workdir: Path, source_data: Path | None,
                              target: datetime | None, label: str | None = None) -> RestoredCluster:
     """pgBackRest restores into ``workdir/data`` (empty, new): never the source's directory. Archiving is off in
@@ -511,7 +509,7 @@ def _write_owned(path: Path, text: str, uid: int, gid: int) -> None:
 _NOT_REACHED = "recovery ended before configured recovery target was reached"
 
 
-@task(name="start-restored-cluster", cache_policy=NO_CACHE)
+@step_task("start-restored-cluster")
 def start_restored(*, pitr: PitrSettings, cluster: RestoredCluster, source: DatabaseSettings,
                    target: datetime | None, timeout: timedelta) -> None:
     """Start it and wait until it has replayed to the target and promoted (no longer in recovery)."""
@@ -545,7 +543,7 @@ def start_restored(*, pitr: PitrSettings, cluster: RestoredCluster, source: Data
                      hint=f"read {cluster.logfile}; raise [pitr] restore_timeout for a long replay.")
 
 
-@task(name="read-recovery-point", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-recovery-point", **TRANSIENT_RETRY)
 def read_recovery_point(*, cluster: RestoredCluster, source: DatabaseSettings, target: datetime | None,
                         started_at: datetime) -> RecoveryPoint:
     with connect(cluster.params(source), where="the restored cluster", autocommit=True) as conn:
@@ -555,7 +553,7 @@ def read_recovery_point(*, cluster: RestoredCluster, source: DatabaseSettings, t
     return recovery_point(last_replayed_at=row[0], target=target, started_at=started_at, timeline=row[1])
 
 
-@task(name="check-restored-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("check-restored-database", **TRANSIENT_RETRY)
 def check_restored_database(*, cluster: RestoredCluster, source: DatabaseSettings, dbname: str,
                             checks: list[IntegrityCheck]) -> list[CheckResult]:
     with connect(cluster.params(source, dbname), where=f"restored database {dbname!r}", autocommit=False) as conn:
@@ -582,7 +580,7 @@ def describe_restored(cluster: RestoredCluster, user: str) -> str:
     return f"postgresql://{user}@127.0.0.1:{cluster.port}/ (data directory {cluster.datadir})"
 
 
-@task(name="list-restored-tables", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("list-restored-tables", **TRANSIENT_RETRY)
 def list_restored_tables(*, cluster: RestoredCluster, source: DatabaseSettings, dbname: str) -> list[str]:
     """'schema.table' of every user table that answers a count: what a component's tables are proven by."""
     with connect(cluster.params(source, dbname), where=f"restored database {dbname!r}", autocommit=True) as conn:

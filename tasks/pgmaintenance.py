@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from psycopg import sql
 from pydantic import BaseModel, Field
 
@@ -15,7 +14,7 @@ from runbooks.adapters.postgres import admin_params, connect, database_errors, d
 from runbooks.adapters.records import RestoreRecords
 from runbooks.core.errors import InsufficientPrivilege, Refused
 from runbooks.settings import DatabaseRule, DatabaseSettings
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 PRE_RESTORE_MARK = "_pre_restore_"
 
@@ -67,7 +66,7 @@ ORDER BY pg_total_relation_size(s.relid) DESC
 """
 
 
-@task(name="read-database-size", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-database-size", **TRANSIENT_RETRY)
 def read_database_size(*, name: str, database: DatabaseSettings, rule: DatabaseRule) -> DatabaseSize:
     """pg_database_size, the largest tables and the bloated ones (dead rows over both of the rule's lines)."""
     params = database.conninfo()
@@ -101,7 +100,7 @@ ORDER BY 1
 """
 
 
-@task(name="vacuum-tables", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("vacuum-tables", **TRANSIENT_RETRY)
 def vacuum_tables(*, name: str, database: DatabaseSettings, tables: list[tuple[str, str]], full: bool) -> list[str]:
     """``VACUUM (ANALYZE)`` (marks dead rows reusable; returns only trailing pages to the OS) or, approved,
     ``VACUUM (FULL, ANALYZE)`` (rewrites the table under an exclusive lock: reads and writes wait).
@@ -133,7 +132,7 @@ def vacuum_tables(*, name: str, database: DatabaseSettings, tables: list[tuple[s
     return done
 
 
-@task(name="find-kept-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("find-kept-databases", **TRANSIENT_RETRY)
 def find_kept_databases(*, database: DatabaseSettings, records: RestoreRecords, older_than: timedelta,
                         protected: set[str]) -> list[KeptDatabase]:
     """Every database whose name carries ``_pre_restore_``, with what the record says. The name only finds
@@ -163,7 +162,7 @@ def find_kept_databases(*, database: DatabaseSettings, records: RestoreRecords, 
     return found
 
 
-@task(name="drop-kept-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("drop-kept-database", **TRANSIENT_RETRY)
 def drop_kept_database(*, database: DatabaseSettings, records: RestoreRecords, name: str,
                        protected: set[str]) -> Literal["dropped", "gone"]:
     """Drop an approved kept database, only while the record shows a replace restore kept this very one.

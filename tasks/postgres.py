@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import psycopg
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from psycopg import sql
 from pydantic import BaseModel, Field
 
@@ -57,7 +56,7 @@ from runbooks.adapters.roles import RoleCreated, apply_role_plan, is_clean_clust
 from runbooks.core.errors import ConfigurationError, DatabaseInUse, InsufficientPrivilege, Refused, RunbookError
 from runbooks.decisions.manifest import ArchivedFile, BackupManifest, SnapshotInfo, StoredObject
 from runbooks.settings import DatabaseSettings, IntegrityCheck
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 MB = 1_000_000
 
@@ -68,7 +67,7 @@ class DatabaseProbe(BaseModel):
     size_bytes: int
 
 
-@task(name="probe-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("probe-database", **TRANSIENT_RETRY)
 def probe_database(*, name: str, database: DatabaseSettings) -> DatabaseProbe:
     """Connect and read the server version and database size (fails fast on bad credentials or dbname).
 
@@ -92,7 +91,7 @@ def _progress(name: str):  # type: ignore[no-untyped-def]
     return report
 
 
-@task(name="dump-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("dump-database", **TRANSIENT_RETRY)
 def dump_database(
     *,
     catalog: BackupCatalog,
@@ -215,7 +214,7 @@ def _tar_files(files: list[Path], archived: list[ArchivedFile]):  # type: ignore
     return produce
 
 
-@task(name="dump-cluster", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("dump-cluster", **TRANSIENT_RETRY)
 def dump_cluster(
     *,
     catalog: BackupCatalog,
@@ -333,7 +332,7 @@ def _server_major(conn: psycopg.Connection) -> int:
     return int(str(conn.execute("SHOW server_version_num").fetchone()[0])) // 10000  # type: ignore[index]
 
 
-@task(name="identify-server", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("identify-server", **TRANSIENT_RETRY)
 def identify_server(*, database: DatabaseSettings) -> str:
     """Returns:
     The cluster's identity under which the restore records of its databases are kept."""
@@ -344,7 +343,7 @@ def identify_server(*, database: DatabaseSettings) -> str:
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
 
-@task(name="check-restore-prerequisites", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("check-restore-prerequisites", **TRANSIENT_RETRY)
 def check_restore_prerequisites(*, database: DatabaseSettings, live: str, replace: bool, needed_bytes: int,
                                 reserve_percent: float) -> Prerequisites:
     """Refuse before any fetch or pg_restore: the role may create databases (and, to replace, rename the live one
@@ -450,7 +449,7 @@ def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str,
     return True
 
 
-@task(name="sweep-restore-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("sweep-restore-databases", **TRANSIENT_RETRY)
 def sweep_restore_databases(*, database: DatabaseSettings, records: RestoreRecords, source: str,
                             protected: set[str], dry_run: bool = False) -> Sweep:
     """Drop the scratch databases that interrupted restores of ``source`` left behind, as recorded.
@@ -486,7 +485,7 @@ def sweep_restore_databases(*, database: DatabaseSettings, records: RestoreRecor
     return sweep
 
 
-@task(name="inspect-target", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("inspect-target", **TRANSIENT_RETRY)
 def inspect_target(*, database: DatabaseSettings, records: RestoreRecords,
                    name: str) -> Literal["absent", "recovery", "foreign"]:
     """Returns:
@@ -499,7 +498,7 @@ def inspect_target(*, database: DatabaseSettings, records: RestoreRecords,
     return "recovery" if record and record.kind == "recovery" and record.oid == oid else "foreign"
 
 
-@task(name="create-scratch-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("create-scratch-database", **TRANSIENT_RETRY)
 def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecords, record: DatabaseRecord,
                             properties: DatabaseProperties | None, protected: set[str]) -> None:
     """Create the empty database a restore fills, with the source's encoding and locale, recorded as ours, and
@@ -520,7 +519,7 @@ def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecor
     get_run_logger().info("Created scratch database %r", record.name)
 
 
-@task(name="drop-restore-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("drop-restore-database", **TRANSIENT_RETRY)
 def drop_restore_database(*, database: DatabaseSettings, records: RestoreRecords, name: str,
                           kind: Literal["scratch", "recovery"], protected: set[str]) -> bool:
     """Drop a database a restore made (its scratch copy, or a previous recovery database the operator asked to
@@ -532,7 +531,7 @@ def drop_restore_database(*, database: DatabaseSettings, records: RestoreRecords
     return dropped
 
 
-@task(name="restore-roles", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("restore-roles", **TRANSIENT_RETRY)
 def restore_roles(*, database: DatabaseSettings, globals_sql: Path,
                   mode: Literal["auto", "always"]) -> list[RoleCreated]:
     """Create the roles of the cluster backup that the target cluster lacks, in one transaction.
@@ -573,7 +572,7 @@ def _lend_database(conn: psycopg.Connection, name: str, owner: str | None) -> bo
     return True
 
 
-@task(name="restore-database", cache_policy=NO_CACHE)  # no retry: a retry would meet a half-filled database
+@step_task("restore-database")  # no retry: a retry would meet a half-filled database
 def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int,
                      no_owner: bool, owner: str | None = None) -> float:
     """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
@@ -606,7 +605,7 @@ def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path
     return seconds
 
 
-@task(name="analyze-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("analyze-database", **TRANSIENT_RETRY)
 def analyze_database(*, database: DatabaseSettings, target: str) -> float:
     """``ANALYZE`` a freshly restored database: pg_restore leaves it without statistics, and until they exist the
     planner reads every time-range query as a scan of the whole table (what a DR runbook does after a restore).
@@ -622,7 +621,7 @@ def analyze_database(*, database: DatabaseSettings, target: str) -> float:
     return time.monotonic() - started
 
 
-@task(name="validate-database", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("validate-database", **TRANSIENT_RETRY)
 def validate_database(*, database: DatabaseSettings, target: str, expected: dict[str, int],
                       checks: list[IntegrityCheck], compare_live: str | None) -> ValidationReport:
     """Row counts against the manifest (the gate), the configured integrity checks (reported), and optionally
@@ -660,7 +659,7 @@ def validate_database(*, database: DatabaseSettings, target: str, expected: dict
     return report
 
 
-@task(name="publish-recovery-database", cache_policy=NO_CACHE)
+@step_task("publish-recovery-database")
 def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRecords, scratch: str, target: str,
                               overwrite: bool, protected: set[str]) -> None:
     """Give the validated scratch copy its final name (dropping the previous recovery database first if asked);
@@ -676,7 +675,7 @@ def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRec
     get_run_logger().info("Renamed database %r -> %r", scratch, target)
 
 
-@task(name="swap-databases", cache_policy=NO_CACHE)
+@step_task("swap-databases")
 def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live: str, scratch: str,
                    keep_as: str, source: str = "", backup_id: str = "", flow_run_id: str | None = None) -> None:
     """In one transaction: give the copy the live database's properties (owner, settings, per-role settings,
@@ -707,7 +706,7 @@ def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live:
         get_run_logger().warning("Could not record the kept database %r: %s", keep_as, exc)
 
 
-@task(name="locate-databases", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("locate-databases", **TRANSIENT_RETRY)
 def locate_databases(*, database: DatabaseSettings, names: list[str]) -> dict[str, int | None]:
     """Returns:
     Each name's OID, or None if no database has it (e.g. to learn whether a failed swap changed anything)."""
@@ -715,7 +714,7 @@ def locate_databases(*, database: DatabaseSettings, names: list[str]) -> dict[st
         return {name: database_oid(conn, name) for name in names}
 
 
-@task(name="rehearse-swap", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("rehearse-swap", **TRANSIENT_RETRY)
 def rehearse_swap(*, database: DatabaseSettings, live: str, scratch: str) -> None:
     """Before approval (and before trading is halted): give the copy the live database's properties in a
     transaction that is rolled back, and make sure the live database's sessions can be ended, so a swap never

@@ -14,8 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from psycopg import sql
 
 from runbooks.adapters.postgres import connect, database_errors, run_checks
@@ -23,7 +22,7 @@ from runbooks.core.redact import scrub
 from runbooks.decisions.freshness import ExpectationFailure, QualityResult
 from runbooks.settings import DatabaseSettings, IntegrityCheck, MonitoredTable
 from runbooks.tasks.freshness import as_of_sql, read_only_params, where_clause
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 SAMPLES = 5
 
@@ -125,7 +124,7 @@ def _import_gx() -> None:
         pass
 
 
-@task(name="validate-recent-window", cache_policy=NO_CACHE)
+@step_task("validate-recent-window")
 def validate_recent_window(*, table: MonitoredTable, database: DatabaseSettings, lookback: timedelta,
                            timeout_seconds: float, as_of: datetime | None = None) -> QualityResult:
     """Run the table's suite on its recent window, computed in PostgreSQL.
@@ -148,7 +147,7 @@ def validate_recent_window(*, table: MonitoredTable, database: DatabaseSettings,
     return result
 
 
-@task(name="run-integrity-checks", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("run-integrity-checks", **TRANSIENT_RETRY)
 def run_integrity_checks(*, name: str, database: DatabaseSettings, checks: list[IntegrityCheck],
                          timeout_seconds: float) -> QualityResult:
     """The database's configured integrity checks (positions, trades: seed 002's corruption checks by default),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from runbooks.core.redact import scrub
+from runbooks.tasks.policies import step_task
 
 
 def artifact_key(text: str) -> str:
@@ -16,7 +15,7 @@ def artifact_key(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100]
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
+@step_task("publish-report")
 def publish_report(*, key: str, markdown: str, description: str) -> str:
     """Publish the run report; secrets are scrubbed once more on the way out.
 

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from pydantic import BaseModel, Field
 
 from runbooks.adapters.catalog import BackupCatalog, BackupClaim
@@ -27,7 +26,7 @@ from runbooks.decisions.manifest import BackupKind, BackupManifest, Verification
 from runbooks.decisions.retention import Candidate, select_retention
 from runbooks.decisions.weekly import BackupWeek, backups_in_window
 from runbooks.settings import RetentionPolicy
-from runbooks.tasks.policies import TRANSIENT_RETRY
+from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 
 
 class LeftoverReport(BaseModel):
@@ -49,13 +48,13 @@ class RetentionReport(BaseModel):
     dry_run: bool
 
 
-@task(name="check-repository-writable", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("check-repository-writable", **TRANSIENT_RETRY)
 def check_repository_writable(*, catalog: BackupCatalog) -> None:
     """Fail before dumping anything if the repository would refuse the upload."""
     catalog.repository.check_writable()
 
 
-@task(name="claim-backup-id", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("claim-backup-id", **TRANSIENT_RETRY)
 def claim_backup_id(*, catalog: BackupCatalog, subjects: list[tuple[BackupKind, str]], flow_run_id: str | None,
                     heartbeat_seconds: float) -> BackupClaim:
     """Claim one backup id for every database (and the cluster) of this run, atomically in the repository.
@@ -68,7 +67,7 @@ def claim_backup_id(*, catalog: BackupCatalog, subjects: list[tuple[BackupKind, 
     return claim
 
 
-@task(name="sweep-leftovers", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("sweep-leftovers", **TRANSIENT_RETRY)
 def sweep_leftovers(*, catalog: BackupCatalog, stale_after: timedelta, dry_run: bool) -> list[LeftoverReport]:
     """Remove what interrupted backups left behind (objects and incomplete multipart uploads).
 
@@ -92,7 +91,7 @@ def sweep_leftovers(*, catalog: BackupCatalog, stale_after: timedelta, dry_run: 
     return reports
 
 
-@task(name="verify-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("verify-backup", **TRANSIENT_RETRY)
 def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verification:
     """Re-read every stored object: size and SHA-256 must match what was written, and the dump must open
     with ``pg_restore --list``. A mismatch is reported in the result, not raised, so the backup is
@@ -129,14 +128,14 @@ def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verifi
                         else "checksums match", toc_entries=toc_entries)
 
 
-@task(name="publish-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("publish-backup", **TRANSIENT_RETRY)
 def publish_backup(*, catalog: BackupCatalog, claim: BackupClaim, manifest: BackupManifest) -> None:
     """Write the manifest last: from this moment the backup is listed and restorable."""
     catalog.publish(manifest, claim)
     get_run_logger().info("Published %s %r backup %s", manifest.kind, manifest.name, manifest.backup_id)
 
 
-@task(name="apply-retention", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("apply-retention", **TRANSIENT_RETRY)
 def apply_retention(
     *, catalog: BackupCatalog, kind: BackupKind, name: str, policy: RetentionPolicy, dry_run: bool
 ) -> RetentionReport:
@@ -177,7 +176,7 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@task(name="resolve-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("resolve-backup", **TRANSIENT_RETRY)
 def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id: str,
                             before: datetime | None) -> BackupManifest:
     """Turn ``latest`` / an id / ``latest`` + ``before`` into one published, verified backup of ``database``.
@@ -234,7 +233,7 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
     return manifest
 
 
-@task(name="find-cluster-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("find-cluster-backup", **TRANSIENT_RETRY)
 def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, backup_id: str) -> BackupManifest | None:
     """Returns:
     The verified cluster (globals) backup of the same run as the database backup, else the newest earlier one.
@@ -244,7 +243,7 @@ def find_cluster_backup(*, catalog: BackupCatalog, cluster: str, backup_id: str)
     return found[-1] if found else None
 
 
-@task(name="fetch-backup", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("fetch-backup", **TRANSIENT_RETRY)
 def fetch_backup(*, catalog: BackupCatalog, manifest: BackupManifest, role: str, dest: Path,
                  settle: bool = True) -> Path:
     """Stream one object of a backup to a local file (decompressed), verifying it against the manifest.
@@ -314,7 +313,7 @@ def _write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, dest: Path,
     return digest.hexdigest()
 
 
-@task(name="restore-config-files", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("restore-config-files", **TRANSIENT_RETRY)
 def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, dest: Path,
                          originals: list[Path]) -> list[RestoredFile]:
     """Unpack a cluster backup's configuration files into ``dest`` (never over the originals) and check each.
@@ -370,7 +369,7 @@ def restore_config_files(*, catalog: BackupCatalog, manifest: BackupManifest, de
     return found
 
 
-@task(name="list-backups-in-window", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("list-backups-in-window", **TRANSIENT_RETRY)
 def list_backups_in_window(*, catalog: BackupCatalog, since: datetime, until: datetime) -> BackupWeek:
     """Every backup taken in [since, until], of every database and cluster: published ones with their
     verification, damaged ones (manifest unreadable) and incomplete ones (no manifest) shown as such.
@@ -383,7 +382,7 @@ def list_backups_in_window(*, catalog: BackupCatalog, since: datetime, until: da
     return backups_in_window(scan.manifests, scan.damaged, catalog.unfinished(), since=since, until=until)
 
 
-@task(name="read-drill-records", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@step_task("read-drill-records", **TRANSIENT_RETRY)
 def read_drill_records(*, catalog: BackupCatalog, cluster: str, since: datetime,
                        count: int = 100) -> tuple[list[DrillRecord], DrillRecord | None]:
     """The DR game-day records kept in the repository (``records/drills/<cluster>/``).

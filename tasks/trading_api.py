@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
 from runbooks.adapters.trading import TradingApi
@@ -30,7 +29,7 @@ from runbooks.decisions.weekly import (
     parse_risk_metrics,
 )
 from runbooks.settings import ApiSettings
-from runbooks.tasks.policies import TRANSIENT_RETRY, retry_if_transient
+from runbooks.tasks.policies import TRANSIENT_RETRY, retry_if_transient, step_task
 
 
 def budget_left(api: ApiSettings) -> float:
@@ -99,7 +98,7 @@ def _retry_unless_exhausted(task: Any, task_run: Any, state: Any) -> bool:
 TRADING_API_RETRY: dict[str, Any] = {**TRANSIENT_RETRY, "retry_condition_fn": _retry_unless_exhausted}
 
 
-@task(name="read-trading-status", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-trading-status", **TRADING_API_RETRY)
 def read_trading_status(*, api: ApiSettings | None) -> dict[str, Any]:
     """Returns:
     The operations status (``trading_mode``: running / paused / halted)."""
@@ -123,7 +122,7 @@ _UNCONFIRMED = ("The {what} is not confirmed: read the trading status (it may ha
                 "API (trading_api.base_url) and the platform (seed 004 section 3.3), then run the runbook again.")
 
 
-@task(name="halt-trading", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("halt-trading", **TRADING_API_RETRY)
 def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Activate the kill switch (idempotent: halting a halted platform is a no-op for it), then read the status
     back; a switch the status does not show is retried, then fails the task.
@@ -138,7 +137,7 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
     return status
 
 
-@task(name="pause-trading", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("pause-trading", **TRADING_API_RETRY)
 def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Pause trading (soft: no new orders; idempotent), then read the status back as ``halt_trading`` does. A
     platform found halted (someone pressed the kill switch meanwhile) is held all the same.
@@ -153,7 +152,7 @@ def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[s
     return status
 
 
-@task(name="resume-trading-if-ours", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("resume-trading-if-ours", **TRADING_API_RETRY)
 def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: str | None,
                            held_by: str | None = None) -> dict[str, Any]:
     """Resume trading (with the confirmation code) only while the halt in force is ``held_by``'s own (default:
@@ -180,7 +179,7 @@ def _read(api: ApiSettings | None, path: str, window: str | None = None) -> dict
         return client.read(path, window=window)
 
 
-@task(name="read-pnl", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-pnl", **TRADING_API_RETRY)
 def read_pnl(*, api: ApiSettings | None, path: str, window: str) -> PnlFigures:
     """Seed 003's ``/api/trading/pnl`` over ``window`` (e.g. ``7d``).
 
@@ -190,28 +189,28 @@ def read_pnl(*, api: ApiSettings | None, path: str, window: str) -> PnlFigures:
     return parse_pnl(_read(api, path, window), window=window)
 
 
-@task(name="read-risk-metrics", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-risk-metrics", **TRADING_API_RETRY)
 def read_risk_metrics(*, api: ApiSettings | None, path: str) -> RiskMetrics:
     """Returns:
     Drawdown, value at risk and exposure as the risk engine reports them now."""
     return parse_risk_metrics(_read(api, path))
 
 
-@task(name="read-circuit-breakers", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-circuit-breakers", **TRADING_API_RETRY)
 def read_circuit_breakers(*, api: ApiSettings | None, path: str) -> list[CircuitBreaker]:
     """Returns:
     Each circuit breaker with its state (seed 003: ``/api/risk/circuit-breakers``)."""
     return parse_breakers(_read(api, path))
 
 
-@task(name="read-risk-health", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-risk-health", **TRADING_API_RETRY)
 def read_risk_health(*, api: ApiSettings | None, path: str) -> str:
     """Returns:
     The risk engine's status word (seed 003: ``/api/risk/health``)."""
     return parse_risk_health(_read(api, path))
 
 
-@task(name="read-risk-events", cache_policy=NO_CACHE, **TRADING_API_RETRY)
+@step_task("read-risk-events", **TRADING_API_RETRY)
 def read_risk_events(*, api: ApiSettings | None, path: str, window: str) -> RiskEvents:
     """Returns:
     How many risk events the window held, by severity (seed 003: ``/api/risk/events``)."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from pydantic import BaseModel
 
 from runbooks.adapters.workdirs import WorkDirs
 from runbooks.decisions.report import human_bytes
+from runbooks.tasks.policies import step_task
 
 
 class WorkDirReport(BaseModel):
@@ -17,7 +17,7 @@ class WorkDirReport(BaseModel):
     removed: bool
 
 
-@task(name="sweep-work-directories", cache_policy=NO_CACHE)
+@step_task("sweep-work-directories")
 def sweep_work_directories(*, workdirs: WorkDirs, dry_run: bool, purpose: str) -> list[WorkDirReport]:
     """Give back the space killed runs left behind (a fetched dump can be as large as the database) before
     the free-space check counts it as used.

@@ -10,11 +10,17 @@ import httpx
 import psycopg
 import pytest
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.states import State
+from pydantic import BaseModel
 
 from runbooks.adapters.postgres import AdvisoryLock, connect, database_errors, tool_error
 from runbooks.core.errors import AuthenticationFailed, DatabaseUnavailable, InsufficientPrivilege, LockLost, QueryFailed
 from runbooks.core.redact import install_log_scrubbing, register_secret
-from runbooks.frame import RunbookResult, RunbookRun, TradingGuard
+from runbooks.decisions.report import report_tail
+from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, outcome, takes
+from runbooks.frame.run import UNEXPECTED_NEXT_STEP
 from runbooks_sandbox import SandboxState
 from tests.events import runbook_events, steps_of
 from tests.pgfixtures import admin_dsn
@@ -28,6 +34,11 @@ def _render(result: Outcome) -> str:
     return f"# test {result.succeeded} {result.note}"
 
 
+def _render_with_tail(result: Outcome) -> str:
+    body = _render(result)
+    return "\n".join([body, *report_tail(result, body=body)])
+
+
 @flow(name="frame-steps")
 def steps_flow(resource: str, fail: bool) -> dict[str, object]:
     run: RunbookRun[Outcome] = RunbookRun("frame-test", resource=resource)
@@ -39,8 +50,9 @@ def steps_flow(resource: str, fail: bool) -> dict[str, object]:
                 raise RuntimeError("boom")
     except RuntimeError:
         pass
-    state = run.conclude(Outcome(started_at=run.started_at, succeeded=True), render=_render,
-                         report_key="frame-test", description="test")
+    run.report(Outcome(started_at=run.started_at, succeeded=True), render=_render, key="frame-test",
+               description="test")
+    state = run.conclude()
     return {"run_id": run.flow_run_id, "timeline": [(s.step, s.outcome, s.figures) for s in state.data.timeline]}
 
 
@@ -57,6 +69,56 @@ def test_each_step_is_an_event_as_it_happens(config: SandboxState) -> None:
     assert failed.payload["error"] == "boom"
     assert any(e.event == "runbooks.run.concluded" for e in events)
     assert out["timeline"] == [("count things", "ok", {"rows": 42}), ("break things", "failed: RuntimeError", {})]
+
+
+class SurpriseParameters(BaseModel):
+    resource: str
+    report: bool = True
+
+
+@flow(name="frame-surprise")
+@takes(SurpriseParameters)
+def surprise_flow(params: SurpriseParameters) -> State:
+    """A runbook whose step meets an error nothing in it expected, after (or before) it declared its report."""
+    run: RunbookRun[Outcome] = RunbookRun("frame-test", resource=params.resource)
+    if params.report:
+        run.report(Outcome(started_at=run.started_at, note="half done"), render=_render_with_tail,
+                   key=f"frame-surprise-{params.resource}", description="surprise")
+    with run.step("read the disk"):
+        raise KeyError("no such column: close")
+    return run.conclude()
+
+
+def test_an_unexpected_error_still_concludes_the_run(config: SandboxState) -> None:
+    """Whatever a runbook did not expect ends it the same way as a failure it did: report published, the
+    concluding event emitted, the run Failed with the error in one line (and the traceback in its logs)."""
+    resource = f"res-{uuid.uuid4().hex[:8]}"
+    state = surprise_flow(resource=resource, return_state=True)
+    assert state.is_failed()
+    result = outcome(state)
+    assert isinstance(result, Outcome) and result.note == "half done" and not result.succeeded
+    assert result.error == "unexpected error: KeyError: 'no such column: close'"
+    assert result.next_steps and "traceback" in result.next_steps[-1]
+    assert result.timeline[-1].step == "read the disk" and result.timeline[-1].outcome.startswith("failed")
+    events = runbook_events(f"runbooks.frame-test.{resource}", until=lambda ev: any(
+        e.event == "runbooks.run.concluded" for e in ev))
+    [concluded] = [e for e in events if e.event == "runbooks.run.concluded"]
+    assert concluded.payload["succeeded"] is False and "KeyError" in concluded.payload["error"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"frame-surprise-{resource}"])))
+    assert artifacts and "# test False half done" in str(artifacts[0].data)
+    report = str(artifacts[0].data)  # the shared tail: what went wrong, the timeline, what to do next
+    assert "## Error\nunexpected error: KeyError" in report and "| read the disk |" in report
+    assert report.rstrip().endswith(UNEXPECTED_NEXT_STEP)
+
+
+def test_an_error_before_the_report_is_declared_propagates(config: SandboxState) -> None:
+    """Nothing to conclude with yet: the exception is the run's end, as Prefect records it."""
+    state = surprise_flow(resource=f"res-{uuid.uuid4().hex[:8]}", report=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(KeyError):
+        state.result()
 
 
 @flow(name="frame-guard")

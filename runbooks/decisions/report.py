@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +27,24 @@ def timeline_markdown(steps: Sequence[StepTiming]) -> str:
         ["step", "started (UTC)", "duration", "outcome", "figures"],
         [[s.step, f"{s.started_at:%H:%M:%S}", f"{s.seconds:.2f} s", s.outcome, figures(s)] for s in steps],
     )
+
+
+class Concluded(Protocol):
+    error: str | None
+    timeline: list[StepTiming]
+    next_steps: list[str]
+
+
+def report_tail(result: Concluded, *, body: str) -> list[str]:
+    """How every report ends: the run's error (unless ``body``, the report so far, already says it), the step
+    timeline and the next steps."""
+    lines: list[str] = []
+    if result.error and result.error not in body:
+        lines += ["## Error", result.error, ""]
+    lines += ["## Timeline", timeline_markdown(result.timeline)]
+    if result.next_steps:
+        lines += ["", "## Next steps", *[f"- {step}" for step in result.next_steps]]
+    return lines
 
 
 def human_bytes(n: float | None) -> str:

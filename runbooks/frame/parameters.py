@@ -150,7 +150,18 @@ def takes(model: type[M]) -> Callable[[Callable[[M], R]], Callable[..., R]]:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'parameters'}: {e['msg']}"
                                      for e in exc.errors())
                 raise InvalidParameters(f"invalid parameters: {problems}") from None
-            return body(params)
+            from runbooks.frame.run import _CURRENT, conclude_unexpected
+
+            token = _CURRENT.set(None)
+            try:
+                return body(params)
+            except Exception as exc:  # the frame concludes what the runbook did not expect: report, event, Failed
+                state = conclude_unexpected(exc)
+                if state is None:
+                    raise
+                return state  # type: ignore[return-value]
+            finally:
+                _CURRENT.reset(token)
 
         flow_body.__name__ = body.__name__
         flow_body.__qualname__ = body.__qualname__

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -14,8 +16,10 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from runbooks.core.redact import install_log_scrubbing, scrub_data
+from runbooks.core.errors import RunbookError
+from runbooks.core.redact import install_log_scrubbing, scrub, scrub_data
 from runbooks.decisions.incidents import PostIncident, post_incident_markdown
+from runbooks.decisions.report import report_tail
 from runbooks.frame.parameters import InvalidParameters
 from runbooks.frame.steps import Steps, StepTiming
 from runbooks.settings import Settings, load_settings
@@ -80,8 +84,24 @@ def quiet_expected_failures() -> None:
         engine.addFilter(_ENGINE_FILTER)
 
 
+@dataclass
+class _Report(Generic[R]):
+    result: R
+    render: Callable[[R], str]
+    key: str
+    description: str
+    post_incident: Callable[[R], PostIncident | None] | None = None
+
+
+_CURRENT: ContextVar[RunbookRun[Any] | None] = ContextVar("runbooks_current_run", default=None)
+
+UNEXPECTED_NEXT_STEP = ("An error no step expected ended this run (a bug, or a state the runbook does not know): "
+                        "read the run's logs for the traceback, check what the steps above already did, and report "
+                        "it before rerunning.")
+
+
 class RunbookRun(Generic[R]):
-    """One run of a runbook. Create it first thing in the flow."""
+    """One run of a runbook. Create it first thing in the flow, then declare its result with ``report``."""
 
     def __init__(self, runbook: str, *, resource: str | Callable[[Settings], str]) -> None:
         """``resource`` names what the run acts on in its events; a callable takes it from the settings."""
@@ -99,17 +119,39 @@ class RunbookRun(Generic[R]):
         self._started = time.monotonic()
         # Who this run is to the trading platform: halts carry it, and only a halt that still carries it is resumed.
         self.actor = f"runbooks-{runbook}:{(self.flow_run_id or 'local')[:8]}"
+        self._report: _Report[R] | None = None
+        self.concluded = False
+        _CURRENT.set(self)
 
-    def conclude(self, result: R, *, render: Callable[[R], str], report_key: str, description: str,
-                 post_incident: Callable[[R], PostIncident | None] | None = None, message: str | None = None) -> State:
-        """Publish the report (and, for a recovery that acted, seed 002's post-incident report) and return the
-        flow's final state, carrying the (scrubbed) result: as data when it completed, on a ``RunbookFailed`` when
-        it failed. ``message`` replaces the state's default message."""
+    def report(self, result: R, *, render: Callable[[R], str], key: str, description: str,
+               post_incident: Callable[[R], PostIncident | None] | None = None) -> R:
+        """Declare the result this run fills and how its report renders and is published. From here on the frame
+        concludes the run with it whatever happens, an exception no step expected included."""
+        self._report = _Report(result, render, key, description, post_incident)
+        return result
+
+    def conclude(self, result: R | None = None, *, key: str | None = None, description: str | None = None,
+                 message: str | None = None) -> State:
+        """Publish the report declared with ``report`` (and, for a recovery that acted, the post-incident report)
+        and return the flow's final state, carrying the (scrubbed) result: as data when it completed, on a
+        ``RunbookFailed`` when it failed. ``key`` and ``description`` replace the declared ones for this report,
+        ``message`` the state's default message."""
+        if self._report is None:
+            raise RuntimeError(f"{self.runbook}: conclude() before report(): declare the result first")
+        spec = self._report
+        result = spec.result if result is None else result
+        self.concluded = True
         result.seconds = time.monotonic() - self._started
         result.timeline = list(self.steps.timeline)
         result = type(result).model_validate(scrub_data(result.model_dump(mode="json")))
-        publish_report(key=report_key, markdown=render(result), description=description)
-        incident = post_incident(result) if post_incident else None
+        try:
+            markdown = spec.render(result)
+        except Exception:  # a report that cannot render still says how the run ended
+            self.logger.exception("The %s report did not render; publishing its summary", self.runbook)
+            markdown = "\n".join([f"# {self.runbook} — {'succeeded' if result.succeeded else 'FAILED'}", "",
+                                   *report_tail(result, body="")])
+        publish_report(key=key or spec.key, markdown=markdown, description=description or spec.description)
+        incident = spec.post_incident(result) if spec.post_incident else None
         if incident is not None:
             timeline = [(t.started_at, f"{t.step}: {t.outcome} ({t.seconds:.1f} s)") for t in result.timeline]
             publish_report(key=f"{self.runbook}-post-incident-{self.resource}",
@@ -126,3 +168,28 @@ class RunbookRun(Generic[R]):
                              "nothing was changed")
         message = message or result.error or f"{self.runbook} failed"
         return Failed(data=RunbookFailed(f"{self.runbook} failed: {message}", result), message=message)
+
+    def conclude_unexpected(self, exc: Exception) -> State:
+        """An exception no step caught: the report is still published, the concluding event still emitted, and
+        the run fails with the error in one line (the traceback goes to the run's logs)."""
+        assert self._report is not None
+        result = self._report.result
+        result.succeeded = False
+        if isinstance(exc, RunbookError):  # ours, raised past the steps: its message already says what to do
+            self.logger.error("%s failed: %s", self.runbook, scrub(str(exc)))
+            result.error = scrub(str(exc))
+        else:
+            self.logger.error("%s: unexpected error", self.runbook, exc_info=exc)
+            result.error = f"unexpected error: {type(exc).__name__}: {scrub(str(exc))}"
+            if UNEXPECTED_NEXT_STEP not in result.next_steps:
+                result.next_steps.append(UNEXPECTED_NEXT_STEP)
+        return self.conclude(result)
+
+
+def conclude_unexpected(exc: Exception) -> State | None:
+    """The final state for an exception that escaped a flow body, if a run that declared its report is in
+    progress and has not concluded; None otherwise (the exception then propagates as it is)."""
+    run = _CURRENT.get()
+    if run is None or run._report is None or run.concluded:
+        return None
+    return run.conclude_unexpected(exc)
