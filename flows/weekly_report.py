@@ -266,13 +266,13 @@ def render_report(result: WeeklyReportResult) -> str:
     verdict = "published" if result.succeeded else "NOTHING COULD BE READ"
     lines = [f"# Weekly maintenance report — {verdict}", "",
              f"Window: {_when(result.window_start)} to {_when(result.window_end)} UTC ({result.days} days). "
-             f"Read in {result.seconds:.1f} s; {len(result.read)} of {len(SECTIONS)} sections read.", ""]
+             f"Read in {result.seconds:.1f} s; {len(result.read)} of {len(SECTIONS)} sections read.", "",
+             "_The weekly maintenance checklist's other items (dependency updates, security audit) are not part of "
+             "this report._", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
     for part in (_pnl_section, _models_section, _risk_section, _backups_section, _drills_section, _runs_section):
         lines += part(result)
-    lines += ["_The weekly maintenance checklist's other items (dependency updates, security audit) are not part "
-              "of this report._", ""]
     lines += report_tail(result, body="\n".join(lines))
     return "\n".join(lines)
 

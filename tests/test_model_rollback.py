@@ -161,7 +161,7 @@ def test_a_forced_rollback_with_no_valid_target_is_refused_not_escalated(platfor
 def test_an_unreadable_record_means_no_rollback_on_its_own(platform: httpx.Client) -> None:
     degrade(platform)
     box = records()
-    box.repository.put_bytes(box._key("ppo_primary"), b"{not json")
+    box.store.repository.put_bytes(box.store.key("ppo_primary"), b"{not json")
     state, result = rollback()
     assert state.is_failed() and result.escalation and "rollback record cannot be read" in result.escalation
     assert calls(platform, "POST") == [] and serving(platform) == "v4"

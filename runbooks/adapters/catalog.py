@@ -25,7 +25,6 @@ hold left by a killed run lapses at its expiry.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from runbooks.adapters.processes import ProcessIdentity
 from runbooks.adapters.repository import Repository
+from runbooks.adapters.repository.leases import Heartbeat
 from runbooks.core.errors import BackupDamaged, BackupNotFound, LockLost, RepositoryUnavailable, RunbookError
 from runbooks.decisions.listing import (  # noqa: F401  (re-exported: the catalog's vocabulary)
     KIND_DIRS,
@@ -84,22 +84,20 @@ class CatalogScan:
 
 
 class BackupClaim:
-    """One run's claim on its backup directories (one per subject, same backup id), kept alive by a heartbeat
-    thread until each is published or discarded."""
+    """One run's claim on its backup directories (one per subject, same backup id): each directory's
+    ``lock.json`` is a lease kept alive by one heartbeat until it is published or discarded."""
 
     def __init__(self, catalog: BackupCatalog, backup_id: str, lock: BackupLock,
                  subjects: list[tuple[BackupKind, str]], heartbeat_seconds: float) -> None:
         self.catalog = catalog
         self.backup_id = backup_id
         self.lock = lock
-        self._held = set(subjects)
-        self._bodies = {subject: lock.model_dump_json().encode() for subject in subjects}
-        self._lost: set[tuple[BackupKind, str]] = set()
-        self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True,
-                                        name=f"backup-heartbeat-{backup_id}")
-        self._thread.start()
+        self._subjects = list(subjects)
+        self._heartbeat = Heartbeat(catalog.repository, every=heartbeat_seconds,
+                                    name=f"backup-heartbeat-{backup_id}", what="claim on")
+        body = lock.model_dump_json().encode()
+        for kind, name in subjects:
+            self._heartbeat.hold(self._lock_key(kind, name), lock, body)
 
     @property
     def token(self) -> str:
@@ -108,41 +106,27 @@ class BackupClaim:
     def prefix(self, kind: BackupKind, name: str) -> str:
         return backup_prefix(kind, name, self.backup_id)
 
-    def _beat(self, every: float) -> None:
-        while not self._stop.wait(every):
-            with self._mutex:
-                for kind, name in sorted(self._held):
-                    key = f"{self.prefix(kind, name)}/{LOCK}"
-                    try:
-                        beat = self.lock.model_copy(update={"heartbeat_at": datetime.now(UTC)})
-                        body = beat.model_dump_json().encode()
-                        # Compare-and-swap on what we last wrote: a swept or replaced lock is never recreated.
-                        if not self.catalog.repository.replace_bytes_if(key, body, expect=self._bodies[(kind, name)]):
-                            self._held.discard((kind, name))
-                            self._lost.add((kind, name))
-                            _log.error("Lost the claim on %s: another run removed or replaced its lock",
-                                       self.prefix(kind, name))
-                            continue
-                        self._bodies[(kind, name)] = body
-                    except Exception as exc:  # transient (S3 5xx, NFS ESTALE…): the next beat tries again
-                        _log.warning("Heartbeat of %s failed: %s", self.prefix(kind, name), exc)
+    def _lock_key(self, kind: BackupKind, name: str) -> str:
+        return f"{self.prefix(kind, name)}/{LOCK}"
 
     def release(self, kind: BackupKind, name: str) -> None:
         """Stop refreshing this subject's lock (it is being published or discarded)."""
-        with self._mutex:
-            self._held.discard((kind, name))
+        self._heartbeat.drop(self._lock_key(kind, name))
 
     def ensure(self, kind: BackupKind, name: str) -> None:
         """Raise LockLost unless this run still holds the subject's lock."""
-        if (kind, name) in self._lost or self.catalog.read_lock(self.prefix(kind, name)) != self.token:
+        if self._heartbeat.lost(self._lock_key(kind, name)) or \
+                self.catalog.read_lock(self.prefix(kind, name)) != self.token:
             raise LockLost(f"the claim on {self.prefix(kind, name)} was lost: another run swept or took it, so "
                            "this backup is not published.", hint="check for a concurrent backup run, then rerun.")
 
     def close(self) -> None:
         """Stop the heartbeat; remove locks of subjects never written (a lock alone is all there is)."""
-        self._stop.set()
-        self._thread.join()
-        for kind, name in sorted(self._held):
+        self._heartbeat.stop()
+        held = set(self._heartbeat.held())
+        for kind, name in sorted(self._subjects):
+            if self._lock_key(kind, name) not in held:
+                continue
             prefix = self.prefix(kind, name)
             try:
                 others = [o for o in self.catalog.repository.list_objects(prefix + "/")
@@ -151,7 +135,7 @@ class BackupClaim:
                     self.catalog.release_lock(prefix, self.token)
             except RunbookError as exc:
                 _log.warning("Could not release %s (the next run sweeps it): %s", prefix, exc)
-        self._held.clear()
+            self._heartbeat.drop(self._lock_key(kind, name))
 
 
 class BackupCatalog:

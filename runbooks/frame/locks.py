@@ -21,22 +21,21 @@ import fcntl
 import hashlib
 import logging
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from runbooks.adapters.postgres import AdvisoryLock
 from runbooks.adapters.processes import ProcessIdentity
 from runbooks.adapters.repository import Repository
+from runbooks.adapters.repository.leases import LockHolder, RepositoryLease
 from runbooks.adapters.repository.local import make_private_dirs
-from runbooks.core.errors import BackupNotFound, ConfigurationError, LockBusy, LockLost
+from runbooks.core.errors import ConfigurationError, LockBusy
 from runbooks.frame.approval import cancel_orphaned_approvals
 from runbooks.frame.run import RunbookRun
 from runbooks.settings import Settings
@@ -68,28 +67,11 @@ def resource_lock(run: RunbookRun, *, server: Mapping[str, Any], key: str,
         lock.release()
 
 
-class LockHolder(BaseModel):
-    """Who holds a host or repository lock: written by the holder, read by the run it refuses."""
-
-    token: str
-    runbook: str
-    flow_run_id: str | None = None
-    actor: str
-    writer: ProcessIdentity
-    host_name: str | None = Field(default=None, description="the holder's host_name among the settings' hosts (its "
-                                  "worker's RUNBOOKS_HOST_NAME), which may differ from the OS hostname")
-    since: AwareDatetime
-    heartbeat_at: AwareDatetime
-
-    @classmethod
-    def of(cls, run: RunbookRun) -> LockHolder:
-        now = datetime.now(UTC)
-        return cls(token=uuid.uuid4().hex, runbook=run.runbook, flow_run_id=run.flow_run_id, actor=run.actor,
-                   writer=ProcessIdentity.current(), host_name=run.settings.host_name, since=now, heartbeat_at=now)
-
-    def describe(self) -> str:
-        return (f"flow run {self.flow_run_id or '-'} ({self.actor}, process {self.writer.pid} on "
-                f"{self.host_name or self.writer.host}, since {self.since:%Y-%m-%d %H:%M:%S}Z)")
+def lock_holder(run: RunbookRun) -> LockHolder:
+    """This run, as a host or repository lock records its holder."""
+    now = datetime.now(UTC)
+    return LockHolder(token=uuid.uuid4().hex, runbook=run.runbook, flow_run_id=run.flow_run_id, actor=run.actor,
+                      writer=ProcessIdentity.current(), host_name=run.settings.host_name, since=now, heartbeat_at=now)
 
 
 @contextmanager
@@ -113,7 +95,7 @@ def host_lock(run: RunbookRun, *, directory: Path, name: str) -> Iterator[None]:
                                "never interleave.", hint="wait for it to finish and read its report (Prefect UI: "
                                "runs in progress); nothing was done.", holder=holder) from None
             os.ftruncate(fd, 0)
-            os.pwrite(fd, LockHolder.of(run).model_dump_json().encode(), 0)
+            os.pwrite(fd, lock_holder(run).model_dump_json().encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the flock
@@ -155,103 +137,11 @@ def _holder_of(fd: int) -> str:
         return "a run that has not written its name yet"
 
 
-class RepositoryLease:
-    """A lock kept as a small object in the backup repository: created only if absent; refreshed by a heartbeat
-    thread with a compare-and-swap on what it last wrote (so a lock taken over is never written back); taken
-    over only from a holder that is gone."""
-
-    def __init__(self, repository: Repository, key: str, holder: LockHolder, *, heartbeat_seconds: float = 10,
-                 stale_after: timedelta = timedelta(seconds=60)) -> None:
-        self.repository, self.key, self.holder = repository, key, holder
-        self.heartbeat_seconds, self.stale_after = heartbeat_seconds, stale_after
-        self.took_over: LockHolder | None = None
-        self._last = b""
-        self._lost = False
-        self._mutex = threading.Lock()  # a beat's write and ``_last`` change together, as ``ensure`` sees them
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _stale(self, other: LockHolder) -> bool:
-        if other.writer.on_this_host and not other.writer.alive():
-            return True
-        return datetime.now(UTC) - other.heartbeat_at > self.stale_after
-
-    def acquire(self, *, wait_seconds: float) -> None:
-        deadline = time.monotonic() + wait_seconds
-        body = self.holder.model_dump_json().encode()
-        while not self.repository.put_bytes_if_absent(self.key, body):
-            try:
-                raw = self.repository.get_bytes(self.key)
-            except BackupNotFound:
-                continue  # released meanwhile: try again
-            if raw.rstrip(b" ") == body:
-                break  # ours: a create retried after its answer was lost
-            try:
-                other: LockHolder | None = LockHolder.model_validate_json(raw)
-            except ValidationError:
-                other = None
-            if other is not None and self._stale(other):
-                if self.repository.replace_bytes_if(self.key, body, expect=raw):
-                    self.took_over = other
-                    break
-                continue
-            if time.monotonic() >= deadline:
-                who = other.describe() if other else f"its lock object {self.key!r} cannot be read"
-                raise LockBusy(f"another {self.holder.runbook} run holds {self.key!r}: {who}; runs never interleave.",
-                               hint="wait for it to finish and read its report (Prefect UI: runs in progress); a run "
-                               f"that died frees it at once on its own host, elsewhere after "
-                               f"{self.stale_after.total_seconds():g} s without a heartbeat; nothing was done.",
-                               holder=who)
-            time.sleep(0.5)
-        self._last = body
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{self.key}")
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
-            beat = self.holder.model_copy(update={"heartbeat_at": datetime.now(UTC)}).model_dump_json().encode()
-            try:
-                with self._mutex:
-                    if not self.repository.replace_bytes_if(self.key, beat, expect=self._last):
-                        self._lost = True
-                        _log.error("Lost the lock %s: another run removed or took it over", self.key)
-                        return
-                    self._last = beat
-            except Exception as exc:  # transient (S3 5xx, NFS): the next beat tries again
-                _log.warning("Heartbeat of the lock %s failed: %s", self.key, exc)
-
-    def ensure(self) -> None:
-        """Raise LockLost unless this run still holds the lock."""
-        if not self._lost:
-            with self._mutex:
-                try:
-                    # A local repository pads a replaced body with spaces to the old length.
-                    self._lost = self.repository.get_bytes(self.key).rstrip(b" ") != self._last
-                except BackupNotFound:
-                    self._lost = True
-                except Exception as exc:  # the repository did not answer: the heartbeat's compare-and-swap decides
-                    _log.warning("Could not read the lock %s back: %s", self.key, exc)
-        if self._lost:
-            raise LockLost(f"the lock {self.key!r} was lost (taken over after missed heartbeats, or removed); another "
-                           "run may now act on the same resource, so this run stops before its next change.",
-                           hint="read this run's report for what was already done, then rerun.")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            if not self._lost and self.repository.get_bytes(self.key).rstrip(b" ") == self._last:
-                self.repository.delete([self.key])
-        except Exception as exc:  # the next run finds it stale (dead process here, or no heartbeat)
-            _log.warning("Could not release the lock %s: %s", self.key, exc)
-
-
 @contextmanager
 def repository_lock(run: RunbookRun, *, repository: Repository, key: str,
                     wait_seconds: float = 0) -> Iterator[RepositoryLease]:
     """Hold ``locks/<key>.json`` in the backup repository for the block (works across hosts)."""
-    lease = RepositoryLease(repository, f"locks/{key}.json", LockHolder.of(run))
+    lease = RepositoryLease(repository, f"locks/{key}.json", lock_holder(run))
     with run.step("take lock", key=key) as figures:
         lease.acquire(wait_seconds=wait_seconds)
         if lease.took_over is not None:
