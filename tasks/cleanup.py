@@ -36,7 +36,7 @@ def survey_disk(*, paths: list[Path], top: int) -> dict[str, list[Consumer]]:
     return found
 
 
-@step_task("clean-files")
+@step_task("clean-files", mutates=True)
 def clean_files(*, rule: FileRule, root: Path, walk: Walk) -> TreeOutcome:
     """One file rule on one root. Not retried: the walk itself is the retry (a rerun selects what is left)."""
     outcome = clean_tree(rule, root, walk)

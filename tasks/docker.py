@@ -35,7 +35,7 @@ def select_docker_objects(*, rule: DockerRule, now: datetime) -> list[DockerObje
     return objects
 
 
-@step_task("remove-docker-objects", **TRANSIENT_RETRY)
+@step_task("remove-docker-objects", mutates=True, **TRANSIENT_RETRY)
 def remove_docker_objects(*, rule: DockerRule, objects: list[DockerObject],
                           need_bytes: int | None = None) -> DockerOutcome:
     """Remove ``objects`` (a selection of ``rule``), skipping what changed since it was made.

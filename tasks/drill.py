@@ -93,7 +93,7 @@ def stop_cluster(workdir: Path) -> bool:
     return running_postmaster(cluster.datadir) is None
 
 
-@step_task("sweep-killed-drills")
+@step_task("sweep-killed-drills", mutates=True)
 def sweep_killed_drills(*, root: Path) -> list[WorkDirReport]:
     """Stop the throwaway clusters of drills that are gone (killed, or kept for inspection) and remove their
     directories: only directories with our owner record, only of processes gone from this host."""
@@ -199,7 +199,7 @@ def refuse_non_empty_target(*, cluster: CleanCluster) -> None:
                       "nothing was changed.")
 
 
-@step_task("drop-drill-databases")
+@step_task("drop-drill-databases", mutates=True)
 def drop_drill_databases(*, cluster: CleanCluster, records: RestoreRecords) -> list[str]:
     """Drop every database the records say a drill made on this target (same name and OID), and their records."""
     dropped = []
@@ -221,7 +221,7 @@ def drop_drill_databases(*, cluster: CleanCluster, records: RestoreRecords) -> l
     return dropped
 
 
-@step_task("drop-drill-roles")
+@step_task("drop-drill-roles", mutates=True)
 def drop_drill_roles(*, cluster: CleanCluster, roles: list[RoleCreated]) -> list[str]:
     """Drop the roles this drill created on an existing server (after its databases are gone)."""
     dropped = []

@@ -58,7 +58,7 @@ def _attempt() -> int:
     return context.task_run.run_count if context is not None else 1
 
 
-@step_task("request-rollback", **TRANSIENT_RETRY)
+@step_task("request-rollback", mutates=True, **TRANSIENT_RETRY)
 def request_rollback(ref: RegistryRef, *, from_version: str, target_version: str,
                      reason: str, initiated_by: str) -> dict[str, Any]:
     """Ask the registry to serve ``target_version`` instead of ``from_version``. Each attempt first reads what

@@ -171,7 +171,7 @@ def inspect_cluster(*, database: DatabaseSettings) -> ClusterFacts:
                         socket_directories=row[7] or "")
 
 
-@step_task("write-pgbackrest-config")
+@step_task("write-pgbackrest-config", mutates=True)
 def write_config(*, pitr: PitrSettings, paths: PitrPaths, text: str) -> bool:
     """Write the config (0600, the tool user's) and make pgBackRest's directories; True if the file changed.
     Directories above the root stay ours; the tool user only passes through them (0711)."""
@@ -233,7 +233,7 @@ def record_settings(*, database: DatabaseSettings, names: list[str]) -> list[Pre
     return [found[name] for name in names if name in found]
 
 
-@step_task("put-back-archive-settings", **TRANSIENT_RETRY)
+@step_task("put-back-archive-settings", mutates=True, **TRANSIENT_RETRY)
 def put_back_settings(*, database: DatabaseSettings, previous: list[PreviousSetting]) -> list[str]:
     """ALTER SYSTEM every recorded setting back to what postgresql.auto.conf held (RESET where it held none) and
     reload; returns the settings still waiting for a restart (a postmaster setting that a restart made live)."""
@@ -251,7 +251,7 @@ def put_back_settings(*, database: DatabaseSettings, previous: list[PreviousSett
         return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
 
-@step_task("configure-archiving", **TRANSIENT_RETRY)
+@step_task("configure-archiving", mutates=True, **TRANSIENT_RETRY)
 def configure_archiving(*, database: DatabaseSettings, wanted: dict[str, str]) -> list[str]:
     """ALTER SYSTEM what differs and reload; returns what changed. archive_mode takes effect only at a restart
     (the caller reads pending_restart)."""
@@ -279,7 +279,7 @@ def pending_restart(*, database: DatabaseSettings) -> list[str]:
         return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")]
 
 
-@step_task("restart-protected-cluster")
+@step_task("restart-protected-cluster", mutates=True)
 def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> None:
     """``pg_ctl restart -m fast``: sessions are disconnected; the caller asked for it (``restart=true``). The
     server's own output goes to a log beside pgBackRest's (with logging_collector on, only its first lines): a
@@ -297,7 +297,7 @@ def restart_cluster(*, pitr: PitrSettings, paths: PitrPaths, data_directory: Pat
 
 
 # -- pgBackRest commands ------------------------------------------------------------------------------------------
-@step_task("pgbackrest-stanza-create")
+@step_task("pgbackrest-stanza-create", mutates=True)
 def stanza_create(*, pitr: PitrSettings, paths: PitrPaths) -> None:
     """Idempotent: an existing stanza of the same cluster is accepted; another cluster's is refused by the tool."""
     run_pgbackrest(pitr, paths, "stanza-create")

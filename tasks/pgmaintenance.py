@@ -100,7 +100,7 @@ ORDER BY 1
 """
 
 
-@step_task("vacuum-tables", **TRANSIENT_RETRY)
+@step_task("vacuum-tables", mutates=True, **TRANSIENT_RETRY)
 def vacuum_tables(*, name: str, database: DatabaseSettings, tables: list[tuple[str, str]], full: bool) -> list[str]:
     """``VACUUM (ANALYZE)`` (marks dead rows reusable; returns only trailing pages to the OS) or, approved,
     ``VACUUM (FULL, ANALYZE)`` (rewrites the table under an exclusive lock: reads and writes wait).
@@ -162,7 +162,7 @@ def find_kept_databases(*, database: DatabaseSettings, records: RestoreRecords, 
     return found
 
 
-@step_task("drop-kept-database", **TRANSIENT_RETRY)
+@step_task("drop-kept-database", mutates=True, **TRANSIENT_RETRY)
 def drop_kept_database(*, database: DatabaseSettings, records: RestoreRecords, name: str,
                        protected: set[str]) -> Literal["dropped", "gone"]:
     """Drop an approved kept database, only while the record shows a replace restore kept this very one.

@@ -38,7 +38,16 @@ TRANSIENT_RETRY: dict[str, Any] = {
 }
 
 
-def step_task(name: str, **options: Any) -> Callable[[Callable[P, T]], Task[P, T]]:
+MUTATES = "mutates"  # the tag of a task that changes what the platform, an operator or another run relies on
+
+
+def step_task(name: str, *, mutates: bool = False, **options: Any) -> Callable[[Callable[P, T]], Task[P, T]]:
     """A runbook task: named for the UI, never cached (every run must look again: a cached "backup verified" or
-    "disk at 40 %" would be a lie), retried only as ``options`` say (``**TRANSIENT_RETRY`` where a retry helps)."""
-    return task(name=name, cache_policy=NO_CACHE, **options)
+    "disk at 40 %" would be a lie), retried only as ``options`` say (``**TRANSIENT_RETRY`` where a retry helps).
+
+    ``mutates``: it changes or removes what someone relies on (a database, a file, trading, a setting). A flow
+    calls it only inside a destructive step (``run.step(..., destructive=...)``), which first proves the run still
+    holds its lock; the task's runs carry the tag ``mutates`` in the UI. tests/test_frame_rules.py checks every
+    flow."""
+    tags = {MUTATES} if mutates else set()
+    return task(name=name, cache_policy=NO_CACHE, tags=tags, **options)

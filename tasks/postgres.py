@@ -449,7 +449,7 @@ def _drop_recorded(conn: psycopg.Connection, records: RestoreRecords, name: str,
     return True
 
 
-@step_task("sweep-restore-databases", **TRANSIENT_RETRY)
+@step_task("sweep-restore-databases", mutates=True, **TRANSIENT_RETRY)
 def sweep_restore_databases(*, database: DatabaseSettings, records: RestoreRecords, source: str,
                             protected: set[str], dry_run: bool = False) -> Sweep:
     """Drop the scratch databases that interrupted restores of ``source`` left behind, as recorded.
@@ -498,7 +498,7 @@ def inspect_target(*, database: DatabaseSettings, records: RestoreRecords,
     return "recovery" if record and record.kind == "recovery" and record.oid == oid else "foreign"
 
 
-@step_task("create-scratch-database", **TRANSIENT_RETRY)
+@step_task("create-scratch-database", mutates=True, **TRANSIENT_RETRY)
 def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecords, record: DatabaseRecord,
                             properties: DatabaseProperties | None, protected: set[str]) -> None:
     """Create the empty database a restore fills, with the source's encoding and locale, recorded as ours, and
@@ -519,7 +519,7 @@ def create_scratch_database(*, database: DatabaseSettings, records: RestoreRecor
     get_run_logger().info("Created scratch database %r", record.name)
 
 
-@step_task("drop-restore-database", **TRANSIENT_RETRY)
+@step_task("drop-restore-database", mutates=True, **TRANSIENT_RETRY)
 def drop_restore_database(*, database: DatabaseSettings, records: RestoreRecords, name: str,
                           kind: Literal["scratch", "recovery"], protected: set[str]) -> bool:
     """Drop a database a restore made (its scratch copy, or a previous recovery database the operator asked to
@@ -531,7 +531,7 @@ def drop_restore_database(*, database: DatabaseSettings, records: RestoreRecords
     return dropped
 
 
-@step_task("restore-roles", **TRANSIENT_RETRY)
+@step_task("restore-roles", mutates=True, **TRANSIENT_RETRY)
 def restore_roles(*, database: DatabaseSettings, globals_sql: Path,
                   mode: Literal["auto", "always"]) -> list[RoleCreated]:
     """Create the roles of the cluster backup that the target cluster lacks, in one transaction.
@@ -572,7 +572,7 @@ def _lend_database(conn: psycopg.Connection, name: str, owner: str | None) -> bo
     return True
 
 
-@step_task("restore-database")  # no retry: a retry would meet a half-filled database
+@step_task("restore-database", mutates=True)  # no retry: a retry would meet a half-filled database
 def restore_database(*, database: DatabaseSettings, target: str, dump_file: Path, jobs: int,
                      no_owner: bool, owner: str | None = None) -> float:
     """``pg_restore -j`` from the verified local copy into ``target`` (a scratch database).
@@ -659,7 +659,7 @@ def validate_database(*, database: DatabaseSettings, target: str, expected: dict
     return report
 
 
-@step_task("publish-recovery-database")
+@step_task("publish-recovery-database", mutates=True)
 def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRecords, scratch: str, target: str,
                               overwrite: bool, protected: set[str]) -> None:
     """Give the validated scratch copy its final name (dropping the previous recovery database first if asked);
@@ -675,7 +675,7 @@ def publish_recovery_database(*, database: DatabaseSettings, records: RestoreRec
     get_run_logger().info("Renamed database %r -> %r", scratch, target)
 
 
-@step_task("swap-databases")
+@step_task("swap-databases", mutates=True)
 def swap_databases(*, database: DatabaseSettings, records: RestoreRecords, live: str, scratch: str,
                    keep_as: str, source: str = "", backup_id: str = "", flow_run_id: str | None = None) -> None:
     """In one transaction: give the copy the live database's properties (owner, settings, per-role settings,

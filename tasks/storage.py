@@ -67,7 +67,7 @@ def claim_backup_id(*, catalog: BackupCatalog, subjects: list[tuple[BackupKind, 
     return claim
 
 
-@step_task("sweep-leftovers", **TRANSIENT_RETRY)
+@step_task("sweep-leftovers", mutates=True, **TRANSIENT_RETRY)
 def sweep_leftovers(*, catalog: BackupCatalog, stale_after: timedelta, dry_run: bool) -> list[LeftoverReport]:
     """Remove what interrupted backups left behind (objects and incomplete multipart uploads).
 
@@ -135,7 +135,7 @@ def publish_backup(*, catalog: BackupCatalog, claim: BackupClaim, manifest: Back
     get_run_logger().info("Published %s %r backup %s", manifest.kind, manifest.name, manifest.backup_id)
 
 
-@step_task("apply-retention", **TRANSIENT_RETRY)
+@step_task("apply-retention", mutates=True, **TRANSIENT_RETRY)
 def apply_retention(
     *, catalog: BackupCatalog, kind: BackupKind, name: str, policy: RetentionPolicy, dry_run: bool
 ) -> RetentionReport:

@@ -17,7 +17,7 @@ class WorkDirReport(BaseModel):
     removed: bool
 
 
-@step_task("sweep-work-directories")
+@step_task("sweep-work-directories", mutates=True)
 def sweep_work_directories(*, workdirs: WorkDirs, dry_run: bool, purpose: str) -> list[WorkDirReport]:
     """Give back the space killed runs left behind (a fetched dump can be as large as the database) before
     the free-space check counts it as used.
