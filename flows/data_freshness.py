@@ -2,7 +2,8 @@
 
 Trigger: the ``data-freshness`` deployment every 5 minutes, on demand from the Prefect UI, or
 ``runbooks run data-freshness``. Blast radius: read-only on the databases (read-only sessions with a statement
-timeout); on the trading platform it may pause trading, press the kill switch, or resume a pause it made itself.
+timeout); on the trading platform it may pause trading, press the kill switch, or resume a pause it made itself,
+always through the frame's trading guard, which keeps the record of its hold across runs.
 Rollback: a pause this runbook made is lifted by a later run once every gating table is fresh and passing again;
 a kill switch it pressed, and any hold a human made, are lifted only by a human (CONFIRM_RESUME).
 Market time: a table that follows a market (``market`` in its settings) ages only while that market is open; while
@@ -13,15 +14,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from runbooks.adapters.holds import HoldRecords
-from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -47,13 +46,12 @@ from runbooks.decisions.freshness import (
 )
 from runbooks.decisions.incidents import Notice
 from runbooks.decisions.report import report_tail, table
-from runbooks.frame import RunbookResult, RunbookRun, notify, resource_lock
+from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, resource_lock
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.settings import DatabaseSettings, MonitoredTable, Settings
 from runbooks.tasks.freshness import measure_freshness, read_platform_data_status
 from runbooks.tasks.quality import run_integrity_checks, validate_recent_window
-from runbooks.tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
 
 RUNBOOK = "data-freshness"
 LOCK_WAIT = 60.0  # seconds a run waits for another run's decision (a run acts in well under a second)
@@ -374,44 +372,20 @@ def _decide_and_act(run: RunbookRun[FreshnessResult], params: FreshnessParameter
         _read_decide_act(run, params, result, complete=complete)
 
 
-def _forget(holds: HoldRecords | None, run: RunbookRun[FreshnessResult]) -> None:
-    try:
-        if holds is not None:
-            holds.forget(RUNBOOK)
-    except (RunbookError, OSError) as exc:
-        run.logger.warning("Could not forget the hold record (%s); the next run decides again", scrub(str(exc)))
-
-
-def _read_hold(holds: HoldRecords | None, run: RunbookRun[FreshnessResult]) -> tuple[HoldRecord | None, str | None]:
-    """The record, or why it could not be read. Reading it never stands between stale data and a pause."""
-    if holds is None:
-        return None, "the backup repository is not available"
-    try:
-        return holds.get(RUNBOOK), None
-    except (RunbookError, OSError) as exc:
-        note = scrub(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
-        run.logger.warning("Hold record unreadable (%s): no resume is decided from it", note)
-        return None, note
-
-
 def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParameters, result: FreshnessResult, *,
                      complete: bool) -> None:
-    settings, logger = run.settings, run.logger
+    settings = run.settings
     assert settings.trading_api is not None
-    try:
-        holds: HoldRecords | None = HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
-    except (RunbookError, OSError) as exc:
-        logger.warning("Backup repository unavailable for hold records: %s", scrub(str(exc)))
-        holds = None
+    # Every change to trading goes through the guard; its holds outlive the run, for a later run to lift.
+    guard = TradingGuard.keeping_holds(run, settings.trading_api)
     with run.step("read trading status"):
-        status = read_trading_status(api=settings.trading_api)
+        status = guard.check()
         result.trading_before = TradingState.of(status)
-        record, unreadable = _read_hold(holds, run)
-        result.hold_record = record
-    decision = decide(result.findings, status, record, may_resume=complete)
-    if unreadable and decision.target == "run" and status.get("trading_mode") != "running":
-        decision.why += f" (this runbook's hold record could not be read: {unreadable}; nothing is resumed)"
-    if decision.action == "forget-record" and holds is None:
+        result.hold_record = guard.recorded_hold()
+    decision = decide(result.findings, status, result.hold_record, may_resume=complete)
+    if guard.holds_problem and decision.target == "run" and status.get("trading_mode") != "running":
+        decision.why += f" (this runbook's hold record could not be read: {guard.holds_problem}; nothing is resumed)"
+    if decision.action == "forget-record" and guard.holds is None:
         decision = Decision(action="none", target=decision.target, why=decision.why)
     result.decision = decision
     if not params.act:
@@ -420,57 +394,49 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
     reason = "; ".join(f"{f.key}: {f.reason}" for f in result.findings
                        if f.gates_trading and f.severity in ("error", "kill"))[:500]
     destructive = decision.action in ("pause", "kill-switch", "resume")
+    acted = False
     with run.step(f"trading: {decision.action}", destructive=destructive) as figures:
         if decision.action in ("pause", "kill-switch"):
-            call = pause_trading if decision.action == "pause" else halt_trading
-            after = call(api=settings.trading_api, actor=run.actor, reason=f"market data check: {reason}")
-            result.trading_after = TradingState.of(after)
-            result.action = "paused trading" if decision.action == "pause" else "KILL SWITCH activated"
-            event = "trading.paused" if decision.action == "pause" else "trading.halted"
-            run.steps.event(event, how=decision.action, actor=run.actor, reason=reason)
-            if decision.action == "kill-switch":
-                run.steps.event("escalation", severity="P1", reason=f"data stale beyond kill_after: {reason}")
-                result.next_steps.append("ESCALATE (P1): market data stale beyond kill_after; the kill switch is on. "
-                                         "Follow seed 004 section 3.3, then resume by hand with CONFIRM_RESUME.")
-            if after.get("paused_by") == run.actor:
-                mode: Literal["paused", "halted"] = "halted" if decision.action == "kill-switch" else "paused"
-                record = HoldRecord(actor=run.actor, mode=mode, changed_at=after.get("changed_at"), reason=reason,
-                                    flow_run_id=run.flow_run_id, at=datetime.now(UTC))
-                try:
-                    if holds is None:
-                        raise RunbookError("the backup repository is not available")
-                    if record.changed_at is None:
-                        logger.warning("The platform gave no changed_at: this pause cannot be proven ours later, "
-                                       "so a human resumes it")
-                    holds.put(RUNBOOK, record)
-                    result.hold_record = record
-                except (RunbookError, OSError) as exc:
-                    logger.error("Trading %s, but its record could not be written (%s): a human resumes it",
-                                 mode, scrub(str(exc)))
+            # The ladder escalates a pause in force (anyone's) to the kill switch; a kill switch in force stands.
+            done = guard.halt(reason=f"market data check: {reason}", how=decision.action, escalate=True)
+            if done is None:  # someone held trading between this run's read and its call
+                result.action = f"none (trading {guard.actions[-1]})"
+            else:
+                acted = True
+                result.trading_after = TradingState.of(done.status)
+                result.action = "paused trading" if decision.action == "pause" else "KILL SWITCH activated"
+                if decision.action == "kill-switch":
+                    run.steps.event("escalation", severity="P1", reason=f"data stale beyond kill_after: {reason}")
+                    result.next_steps.append("ESCALATE (P1): market data stale beyond kill_after; the kill switch is "
+                                             "on. Follow seed 004 section 3.3, then resume by hand with "
+                                             "CONFIRM_RESUME.")
+                if not done.ours:
+                    result.action += f" (requested; the platform says it is held by {done.status.get('paused_by')!r})"
+                elif done.record is not None:
+                    result.hold_record = done.record
+                else:
                     result.next_steps.append("The hold record could not be written: this runbook will not "
                                              "resume trading itself; resume by hand once the data is fresh.")
-            else:
-                result.action += f" (requested; the platform says it is held by {after.get('paused_by')!r})"
         elif decision.action == "resume":
             assert result.hold_record is not None
-            now = resume_trading_if_ours(api=settings.trading_api, actor=run.actor,
-                                         held_by=result.hold_record.actor, changed_at=result.hold_record.changed_at)
-            if now["resumed"]:
+            now = guard.resume_recorded()
+            if now is None:
+                result.action = "none"
+            elif now["resumed"]:
+                acted = True
                 result.action = "resumed trading (the pause was this runbook's own)"
-                run.steps.event("trading.resumed", actor=run.actor, paused_by=result.hold_record.actor)
-                _forget(holds, run)
-                result.trading_after = TradingState.of(read_trading_status(api=settings.trading_api))
+                result.trading_after = TradingState.of(guard.check())
             else:
+                acted = True
                 result.action = (f"not resumed: trading is now held by {now.get('paused_by')!r} "
                                  f"since {now.get('changed_at')}")
-                _forget(holds, run)
         elif decision.action == "forget-record":
-            _forget(holds, run)
+            guard.forget_hold()
             result.action = "none (an obsolete hold record was forgotten)"
         else:
             result.action = "none"
         figures["action"] = result.action
-    if decision.action in ("pause", "kill-switch", "resume"):
+    if acted:
         findings = [f"{f.key}: {f.reason}" for f in result.findings if f.severity != "ok"]
         if decision.action == "resume":
             held = result.hold_record

@@ -122,7 +122,7 @@ _UNCONFIRMED = ("The {what} is not confirmed: read the trading status (it may ha
                 "API (trading_api.base_url) and the platform (seed 004 section 3.3), then run the runbook again.")
 
 
-@step_task("halt-trading", **TRADING_API_RETRY)
+@step_task("halt-trading", mutates=True, **TRADING_API_RETRY)
 def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Activate the kill switch (idempotent: halting a halted platform is a no-op for it), then read the status
     back; a switch the status does not show is retried, then fails the task.
@@ -137,7 +137,7 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
     return status
 
 
-@step_task("pause-trading", **TRADING_API_RETRY)
+@step_task("pause-trading", mutates=True, **TRADING_API_RETRY)
 def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Pause trading (soft: no new orders; idempotent), then read the status back as ``halt_trading`` does. A
     platform found halted (someone pressed the kill switch meanwhile) is held all the same.
@@ -152,12 +152,13 @@ def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[s
     return status
 
 
-@step_task("resume-trading-if-ours", **TRADING_API_RETRY)
+@step_task("resume-trading-if-ours", mutates=True, **TRADING_API_RETRY)
 def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: str | None,
-                           held_by: str | None = None) -> dict[str, Any]:
+                           held_by: str | None = None, mode: str | None = None) -> dict[str, Any]:
     """Resume trading (with the confirmation code) only while the halt in force is ``held_by``'s own (default:
-    ``actor``, this run), unchanged since ``changed_at``. Each attempt, retries included, reads the status again:
-    a responder who pressed the kill switch between two attempts keeps trading halted.
+    ``actor``, this run), unchanged since ``changed_at`` (and still in ``mode``, ``paused`` or ``halted``, when
+    given). Each attempt, retries included, reads the status again: a responder who pressed the kill switch
+    between two attempts keeps trading halted.
 
     Returns:
         The status read before deciding, with ``resumed`` set to whether this call resumed trading.
@@ -166,7 +167,8 @@ def resume_trading_if_ours(*, api: ApiSettings | None, actor: str, changed_at: s
                              "read its status, and resume with CONFIRM_RESUME by hand if the halt in force is this "
                              "run's.") as client:
         now = client.status()
-        ours = (now.get("trading_mode") in ("halted", "paused") and now.get("paused_by") == (held_by or actor)
+        ours = (now.get("trading_mode") in ("halted", "paused") and (mode is None or now.get("trading_mode") == mode)
+                and now.get("paused_by") == (held_by or actor)
                 and changed_at is not None and now.get("changed_at") == changed_at)
         if ours:
             client.resume(actor=actor)

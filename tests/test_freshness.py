@@ -11,11 +11,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psycopg
 import pytest
+from prefect import flow
 from psycopg import sql
 from pydantic import ValidationError
 
@@ -23,7 +24,7 @@ from runbooks.adapters.holds import HoldRecords
 from runbooks.adapters.repository import open_repository
 from runbooks.decisions.freshness import Finding, HoldRecord, decide, judge_volume
 from runbooks.flows.data_freshness import FreshnessResult, data_freshness_flow
-from runbooks.frame import outcome
+from runbooks.frame import RunbookRun, TradingGuard, outcome
 from runbooks.settings import FreshnessSettings, MonitoredTable, load_settings
 from runbooks_sandbox import SandboxState
 from tests.events import runbook_events
@@ -145,10 +146,16 @@ def test_stale_data_pauses_then_recovery_resumes_the_runbooks_own_pause(market: 
     assert json.loads(resume[0]["body"])["confirmation_code"] == "CONFIRM_RESUME"
     assert HoldRecords(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
                        ).get("data-freshness") is None
-    wanted = ["runbooks.trading.paused", "runbooks.trading.resumed", "runbooks.data-freshness.verdict"]
+    # The trading guard's events: the pause is a halt made "how=pause", and the resume names whose pause it was.
+    wanted = ["runbooks.trading.halted", "runbooks.trading.resumed", "runbooks.data-freshness.verdict"]
+    ours = status["paused_by"]  # names this test's first run, whatever other runs emitted on the same resource
     events = runbook_events("runbooks.data-freshness.market-data", names=wanted,
-                            until=lambda evs: any(e.event == "runbooks.trading.resumed" for e in evs))
+                            until=lambda evs: any(e.event == "runbooks.trading.resumed"
+                                                  and e.payload.get("paused_by") == ours for e in evs))
     assert {e.event for e in events} == set(wanted)
+    assert [e.payload["how"] for e in events if e.event == "runbooks.trading.halted"
+            and e.payload.get("actor") == ours] == ["pause"]
+    assert any(e.event == "runbooks.trading.resumed" and e.payload.get("paused_by") == ours for e in events)
 
 
 def test_two_hours_stale_presses_the_kill_switch_and_never_lifts_it(market: Market, simulator: httpx.Client) -> None:
@@ -199,6 +206,77 @@ def test_a_pause_renewed_by_a_human_or_forged_in_our_name_is_not_resumed(market:
     simulator.post("/api/v1/operations/pause", json={"paused_by": ours, "reason": "forged"})
     _, result = check()
     assert result.action == "none" and operations(simulator)["trading_mode"] == "paused"
+
+
+# -- the trading guard's hold that outlives the run (what data-freshness stands on) ------------------------------
+
+HOLDER = "guard-hold-test"
+
+
+@flow(name="guard-hold-halt")
+def hold_halt_flow(how: Literal["pause", "kill-switch"]) -> str:
+    """Run 1: holds trading through a guard that keeps its holds, and ends."""
+    run: RunbookRun[Any] = RunbookRun(HOLDER, resource="guard")
+    done = TradingGuard.keeping_holds(run, run.settings.trading_api).halt(reason="feed stale", how=how)
+    assert done is not None and done.record is not None
+    return run.actor
+
+
+@flow(name="guard-hold-resume")
+def hold_resume_flow() -> tuple[str, dict[str, Any] | None]:
+    """A later run: lifts the hold run 1 recorded, if the platform still matches the record."""
+    run: RunbookRun[Any] = RunbookRun(HOLDER, resource="guard")
+    return run.actor, TradingGuard.keeping_holds(run, run.settings.trading_api).resume_recorded()
+
+
+def holds() -> HoldRecords:
+    settings = load_settings()
+    assert settings.trading_api is not None
+    return HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
+
+
+def test_a_later_run_lifts_a_recorded_hold_only_while_the_platform_still_matches_the_record(
+        config: SandboxState, simulator: httpx.Client) -> None:
+    first = hold_halt_flow("pause")
+    status = operations(simulator)
+    record = holds().get(HOLDER)
+    assert status["trading_mode"] == "paused" and status["paused_by"] == first
+    assert record is not None and (record.actor, record.mode, record.changed_at) == (first, "paused",
+                                                                                     status["changed_at"])
+    second, now = hold_resume_flow()
+    assert second != first and now is not None and now["resumed"]  # another run lifts the first one's hold
+    assert operations(simulator)["trading_mode"] == "running" and holds().get(HOLDER) is None
+    assert posts(simulator) == ["/api/v1/operations/pause", "/api/v1/operations/resume"]
+
+    # A human acts in between: pausing again keeps mode and paused_by, but changed_at moves. Not ours any more.
+    simulator.post("/_control/reset")
+    hold_halt_flow("pause")
+    simulator.post("/api/v1/operations/pause", json={"paused_by": "oncall-bob", "reason": "confirming"})
+    held = operations(simulator)
+    _, now = hold_resume_flow()
+    assert now is not None and not now["resumed"]
+    assert operations(simulator) == held and holds().get(HOLDER) is None  # left as it is; the record forgotten
+    assert "/api/v1/operations/resume" not in posts(simulator)
+
+    # A human resumes and pauses again in their own name: left to them, the record forgotten.
+    simulator.post("/_control/reset")
+    hold_halt_flow("pause")
+    simulator.post("/api/v1/operations/resume", json={"resumed_by": "oncall-bob",
+                                                      "confirmation_code": "CONFIRM_RESUME"})
+    simulator.post("/api/v1/operations/pause", json={"paused_by": "oncall-bob", "reason": "FOMC"})
+    _, now = hold_resume_flow()
+    assert now is not None and not now["resumed"] and holds().get(HOLDER) is None
+    assert operations(simulator)["paused_by"] == "oncall-bob" and operations(simulator)["trading_mode"] == "paused"
+    assert posts(simulator).count("/api/v1/operations/resume") == 1  # the human's only
+
+    # The kill switch a run pressed is left for a human: nothing tried, the record kept.
+    simulator.post("/_control/reset")
+    first = hold_halt_flow("kill-switch")
+    _, now = hold_resume_flow()
+    assert now is None and operations(simulator)["trading_mode"] == "halted"
+    record = holds().get(HOLDER)
+    assert record is not None and (record.actor, record.mode) == (first, "halted")
+    assert posts(simulator) == ["/api/v1/operations/kill-switch"]
 
 
 def test_one_symbol_stale_while_the_other_ticks(market: Market, simulator: httpx.Client) -> None:

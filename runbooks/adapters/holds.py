@@ -1,6 +1,7 @@
 """The runbooks' own record of a trading pause (or kill switch) a scheduled runbook made and may later lift, kept
 in the backup repository beside the restore records: it outlives the run that paused, is shared by every worker
-host, and survives the Prefect database.
+host, and survives the Prefect database. Runbooks reach it through the trading guard
+(``runbooks.frame.TradingGuard.keeping_holds``), which writes it when it halts and lifts only what it says.
 
 A later run resumes only if the platform's state still matches this record exactly: same mode, same ``paused_by``,
 same ``changed_at`` (the platform's timestamp right after our call). A human who paused, resumed or pressed the

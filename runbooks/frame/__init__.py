@@ -11,13 +11,13 @@
 """
 
 from runbooks.frame.approval import Approval, ApprovalInput, request_approval
-from runbooks.frame.guard import TradingGuard
+from runbooks.frame.guard import Halt, TradingGuard
 from runbooks.frame.locks import host_lock, repository_lock, resource_lock
 from runbooks.frame.notify import notify
 from runbooks.frame.parameters import InvalidParameters, arguments, takes
 from runbooks.frame.run import RunbookFailed, RunbookResult, RunbookRun, outcome
 from runbooks.frame.steps import Steps, StepTiming
 
-__all__ = ["Approval", "ApprovalInput", "InvalidParameters", "RunbookFailed", "RunbookResult", "RunbookRun",
+__all__ = ["Approval", "ApprovalInput", "Halt", "InvalidParameters", "RunbookFailed", "RunbookResult", "RunbookRun",
            "StepTiming", "Steps", "TradingGuard", "arguments", "host_lock", "notify", "outcome", "repository_lock",
            "request_approval", "resource_lock", "takes"]
