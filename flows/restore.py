@@ -570,7 +570,7 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                 raise
         result.kept_live_as = keep_as
         if halt:
-            with run.step("resume trading"):
+            with run.step("resume trading", destructive=True):  # only while the lock is ours: else it stays halted
                 guard.resume_if_ours()
         result.status = "succeeded"
         result.next_steps.append(f"Once satisfied, drop {keep_as!r} by hand (kept on purpose).")

@@ -122,7 +122,7 @@ _UNCONFIRMED = ("The {what} is not confirmed: read the trading status (it may ha
                 "API (trading_api.base_url) and the platform (seed 004 section 3.3), then run the runbook again.")
 
 
-@step_task("halt-trading", mutates=True, **TRADING_API_RETRY)
+@step_task("halt-trading", **TRADING_API_RETRY)
 def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Activate the kill switch (idempotent: halting a halted platform is a no-op for it), then read the status
     back; a switch the status does not show is retried, then fails the task.
@@ -137,7 +137,7 @@ def halt_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[st
     return status
 
 
-@step_task("pause-trading", mutates=True, **TRADING_API_RETRY)
+@step_task("pause-trading", **TRADING_API_RETRY)
 def pause_trading(*, api: ApiSettings | None, reason: str, actor: str) -> dict[str, Any]:
     """Pause trading (soft: no new orders; idempotent), then read the status back as ``halt_trading`` does. A
     platform found halted (someone pressed the kill switch meanwhile) is held all the same.

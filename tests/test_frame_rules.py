@@ -47,10 +47,17 @@ def _destructive(step: ast.Call) -> bool:
     return False
 
 
+# TradingGuard's resumes: trading back on is a change that needs the lock proven. A halt or pause does not (stopping
+# is always allowed: it is the safe direction, and an emergency stop is never blocked by another run's lock).
+GUARD_CHANGES = {"resume_if_ours", "resume_recorded"}
+
+
 def _callee(call: ast.Call) -> str | None:
     func = call.func
     if isinstance(func, ast.Name):
         return func.id
+    if isinstance(func, ast.Attribute) and func.attr in GUARD_CHANGES:
+        return f"guard.{func.attr}"
     if isinstance(func, ast.Attribute) and func.attr in ("submit", "map") and isinstance(func.value, ast.Name):
         return func.value.id  # task.submit(...)
     return None
@@ -80,6 +87,7 @@ def violations(module_name: str) -> list[str]:
     module = importlib.import_module(module_name)
     tree = ast.parse(inspect.getsource(module))
     mutating = {name for name, value in vars(module).items() if isinstance(value, Task) and MUTATES in value.tags}
+    mutating |= {f"guard.{name}" for name in GUARD_CHANGES}
     functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
     unguarded = {name: [c for c in unguarded_calls(f) if (name, c.callee) not in OWN_CLEANUP]
                  for name, f in functions.items()}
@@ -111,6 +119,7 @@ def test_the_rule_sees_an_unguarded_call() -> None:
     source = '''
 def helper():
     swap()
+    guard.resume_if_ours()
 
 @flow
 def body(run):
@@ -124,7 +133,7 @@ def body(run):
     tree = ast.parse(source)
     functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
     assert [c.callee for c in unguarded_calls(functions["body"])] == ["swap", "helper"]
-    assert [c.callee for c in unguarded_calls(functions["helper"])] == ["swap"]
+    assert [c.callee for c in unguarded_calls(functions["helper"])] == ["swap", "guard.resume_if_ours"]
 
 
 @pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
