@@ -33,11 +33,11 @@ from runbooks.decisions.freshness import (
     SEVERITY_ORDER,
     Decision,
     Finding,
-    HoldRecord,
     PlatformView,
     QualityResult,
     Severity,
     TableFreshness,
+    TradingHold,
     VolumeCheck,
     decide,
     judge_quality,
@@ -97,7 +97,7 @@ class FreshnessResult(RunbookResult):
     decision: Decision | None = None
     action: str = Field(default="none", description="what was done to trading (or would be, with act=false)")
     trading_after: TradingState | None = None
-    hold_record: HoldRecord | None = Field(default=None, description="this runbook's record of its own pause")
+    hold_record: TradingHold | None = Field(default=None, description="this runbook's record of its own pause")
     notification: str | None = Field(default=None, description="who was told about the action, and how")
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.adapters.catalog import BackupCatalog
 from runbooks.adapters.postgres import CheckResult, failure_line, fit_name
-from runbooks.adapters.records import DatabaseRecord, DrillRecords, RestoreRecords
+from runbooks.adapters.records import DrillRecords, RestoreRecords
 from runbooks.adapters.repository import open_repository
 from runbooks.adapters.repository.local import LocalRepository
 from runbooks.adapters.roles import RoleCreated
@@ -53,6 +53,7 @@ from runbooks.decisions.health import HealthCheck
 from runbooks.decisions.manifest import BackupManifest, backup_id_for
 from runbooks.decisions.pitr import RecoveryPoint, pitr_paths, protected_cluster
 from runbooks.decisions.report import human_bytes, report_tail, table
+from runbooks.flows.restore_sequence import restore_to_scratch
 from runbooks.frame import RunbookResult, RunbookRun, host_lock, repository_lock, resource_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -85,9 +86,7 @@ from runbooks.tasks.pgbackrest import (
 from runbooks.tasks.postgres import (
     ValidationReport,
     analyze_database,
-    create_scratch_database,
     publish_recovery_database,
-    restore_database,
     restore_roles,
     validate_database,
 )
@@ -659,35 +658,31 @@ def _restore_cluster_objects(run: RunbookRun[DrillResult], settings: Settings, c
 def _restore_and_prove(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings,
                        catalog: BackupCatalog, manifest: BackupManifest, cluster: CleanCluster,
                        records: RestoreRecords | None, workdir: Path, drill: DatabaseDrill, *, no_owner: bool) -> None:
-    """One database: fetch (checksums), restore through the restore runbook's tasks, prove. A failure is this
-    database's, recorded in ``drill``; the drill goes on with the next."""
+    """One database: the restore runbook's sequence (fetch and verify, scratch copy, pg_restore) on the clean
+    cluster, published under the drill's name, then proven. A failure is this database's, recorded in ``drill``;
+    the drill goes on with the next."""
     assert records is not None
     name, live = drill.name, drill.restored_as
     step = "fetch and verify"
     try:
-        with run.step(f"fetch and verify {name}") as figures:
-            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / f"{name}.pgc",
-                                settle=False)
-            figures["bytes"] = manifest.bytes
+        scratch = fit_name(live, f"_restore_{datetime.now(UTC):%Y%m%d%H%M%S}")
+        drill.pg_restore_seconds = restore_to_scratch(
+            run, catalog=catalog, manifest=manifest, database=cluster.admin, records=records, protected=set(),
+            source=name, scratch=scratch, dump=workdir / f"{name}.pgc", jobs=params.jobs, no_owner=no_owner,
+            label=name, settle=False)
         step = "restore"
-        with run.step(f"restore {name}", destructive=True) as figures:
-            scratch = fit_name(live, f"_restore_{datetime.now(UTC):%Y%m%d%H%M%S}")
-            create_scratch_database(database=cluster.admin, records=records, protected=set(),
-                                    properties=manifest.database, record=DatabaseRecord(
-                                        server=records.server, name=scratch, oid=None, kind="scratch", source=name,
-                                        backup_id=manifest.backup_id, flow_run_id=run.flow_run_id))
-            drill.pg_restore_seconds = restore_database(database=cluster.admin, target=scratch, dump_file=dump,
-                                                        jobs=params.jobs, no_owner=no_owner)
-            dump.unlink()
+        with run.step(f"publish {name}", destructive=True) as figures:
             publish_recovery_database(database=cluster.admin, records=records, scratch=scratch, target=live,
                                       overwrite=False, protected=set())
-            figures["pg_restore_seconds"] = round(drill.pg_restore_seconds, 2)
             figures["analyze_seconds"] = round(analyze_database(database=cluster.admin, target=live), 2)
         step = "prove"
         with run.step(f"prove {name}") as figures:
             _prove(params, settings, cluster, drill, expected=manifest.row_counts)
             figures.update(proven=drill.proven, findings=len([f for f in drill.findings if f.severity != "ok"]))
     except Exception as exc:  # noqa: BLE001 - this database's failure (a full disk too); the drill goes on
+        last = run.steps.timeline[-1].step if run.steps.timeline else ""
+        if step == "fetch and verify" and not last.startswith("fetch and verify"):
+            step = "restore"  # the sequence got past the fetch: its scratch copy or pg_restore failed
         drill.stopped_at = step
         drill.detail = scrub(str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}")
         run.logger.error("Database %r: %s failed: %s", name, step, drill.detail)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbooks.adapters.catalog import BackupCatalog
 from runbooks.adapters.postgres import fit_name
-from runbooks.adapters.records import DatabaseRecord, RestoreRecords
+from runbooks.adapters.records import RestoreRecords
 from runbooks.adapters.repository import open_repository
 from runbooks.adapters.roles import RoleCreated
 from runbooks.adapters.workdirs import WorkDirs
@@ -38,6 +38,7 @@ from runbooks.core.redact import scrub
 from runbooks.decisions.incidents import Notice, PostIncident
 from runbooks.decisions.manifest import BackupManifest, Verification
 from runbooks.decisions.report import human_bytes, inline, report_tail, table
+from runbooks.flows.restore_sequence import restore_to_scratch
 from runbooks.frame import (
     Approval,
     RunbookResult,
@@ -56,14 +57,12 @@ from runbooks.tasks.postgres import (
     Prerequisites,
     ValidationReport,
     check_restore_prerequisites,
-    create_scratch_database,
     drop_restore_database,
     identify_server,
     inspect_target,
     locate_databases,
     publish_recovery_database,
     rehearse_swap,
-    restore_database,
     restore_roles,
     swap_databases,
     sweep_restore_databases,
@@ -487,20 +486,9 @@ def _restore_locked(run: RunbookRun[RestoreResult], params: RestoreParameters, s
                     raise Refused("restore_globals=always but there is no verified cluster backup of "
                                   f"{settings.cluster.name!r} before {manifest.backup_id}.")
                 figures["roles_created"] = len(result.roles_created)
-        with run.step("fetch and verify backup") as figures:
-            dump = fetch_backup(catalog=catalog, manifest=manifest, role="dump", dest=workdir / "dump.pgc")
-            figures["bytes"] = manifest.bytes
-        with run.step("create scratch database", destructive=True):
-            create_scratch_database(
-                database=database, records=records, protected=protected, properties=manifest.database,
-                record=DatabaseRecord(server=records.server, name=scratch, oid=None, kind="scratch",
-                                      source=params.database, backup_id=manifest.backup_id,
-                                      flow_run_id=run.flow_run_id))
-        with run.step(f"pg_restore -j {params.jobs}", destructive=True) as figures:
-            figures["seconds"] = round(restore_database(
-                database=database, target=scratch, dump_file=dump, jobs=params.jobs, no_owner=params.no_owner,
-                owner=manifest.database.owner if manifest.database else None), 2)
-        dump.unlink()
+        restore_to_scratch(run, catalog=catalog, manifest=manifest, database=database, records=records,
+                           protected=protected, source=params.database, scratch=scratch, dump=workdir / "dump.pgc",
+                           jobs=params.jobs, no_owner=params.no_owner)
         with run.step("validate restored copy") as figures:
             result.validation = validate_database(
                 database=database, target=scratch, expected=manifest.row_counts, checks=database.checks,

@@ -16,7 +16,6 @@ from prefect import Task
 from runbooks.flows import RUNBOOKS
 from runbooks.tasks.policies import MUTATES
 
-
 # Cleanup of what the run itself made, deliberately not gated on the lock: a run that lost its lock must still
 # remove its own leftovers (each task checks the runbooks' own record before it drops anything).
 OWN_CLEANUP = {

@@ -20,9 +20,9 @@ from prefect import flow
 from psycopg import sql
 from pydantic import ValidationError
 
-from runbooks.adapters.holds import HoldRecords
 from runbooks.adapters.repository import open_repository
-from runbooks.decisions.freshness import Finding, HoldRecord, decide, judge_volume
+from runbooks.adapters.trading_holds import TradingHolds
+from runbooks.decisions.freshness import Finding, TradingHold, decide, judge_volume
 from runbooks.flows.data_freshness import FreshnessResult, data_freshness_flow
 from runbooks.frame import RunbookRun, TradingGuard, outcome
 from runbooks.settings import FreshnessSettings, MonitoredTable, load_settings
@@ -128,7 +128,7 @@ def test_stale_data_pauses_then_recovery_resumes_the_runbooks_own_pause(market: 
     assert result.action == "paused trading"
     status = operations(simulator)
     assert status["trading_mode"] == "paused" and status["paused_by"].startswith("runbooks-data-freshness:")
-    record = HoldRecords(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
+    record = TradingHolds(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
                          ).get("data-freshness")
     assert record is not None and record.changed_at == status["changed_at"]
 
@@ -144,7 +144,7 @@ def test_stale_data_pauses_then_recovery_resumes_the_runbooks_own_pause(market: 
     assert operations(simulator)["trading_mode"] == "running"
     resume = [c for c in simulator.get("/_control/state").json()["calls"] if c["path"].endswith("/resume")]
     assert json.loads(resume[0]["body"])["confirmation_code"] == "CONFIRM_RESUME"
-    assert HoldRecords(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
+    assert TradingHolds(open_repository(load_settings().repository), load_settings().trading_api.base_url  # type: ignore[union-attr]
                        ).get("data-freshness") is None
     # The trading guard's events: the pause is a halt made "how=pause", and the resume names whose pause it was.
     wanted = ["runbooks.trading.halted", "runbooks.trading.resumed", "runbooks.data-freshness.verdict"]
@@ -229,10 +229,10 @@ def hold_resume_flow() -> tuple[str, dict[str, Any] | None]:
     return run.actor, TradingGuard.keeping_holds(run, run.settings.trading_api).resume_recorded()
 
 
-def holds() -> HoldRecords:
+def holds() -> TradingHolds:
     settings = load_settings()
     assert settings.trading_api is not None
-    return HoldRecords(open_repository(settings.repository), settings.trading_api.base_url)
+    return TradingHolds(open_repository(settings.repository), settings.trading_api.base_url)
 
 
 def test_a_later_run_lifts_a_recorded_hold_only_while_the_platform_still_matches_the_record(
@@ -420,7 +420,7 @@ def _finding(severity: str) -> Finding:
 def test_the_ladder() -> None:
     running = {"trading_mode": "running", "paused_by": None, "changed_at": "t0"}
     paused_by_us = {"trading_mode": "paused", "paused_by": "rb:1", "changed_at": "t1"}
-    record = HoldRecord(actor="rb:1", mode="paused", changed_at="t1", reason="r", at=datetime.now(UTC))
+    record = TradingHold(actor="rb:1", mode="paused", changed_at="t1", reason="r", at=datetime.now(UTC))
     assert decide([_finding("ok")], running, None).action == "none"
     assert decide([_finding("warn")], running, None).action == "none"
     assert decide([_finding("error")], running, None).action == "pause"
@@ -436,7 +436,7 @@ def test_the_ladder() -> None:
     assert decide([_finding("ok"), _finding("unknown")], paused_by_us, record).action == "none"
     assert decide([_finding("unknown")], running, None).action == "none"  # nothing is paused on a guess
     assert decide([_finding("unknown"), _finding("error")], running, None).action == "pause"
-    halted = HoldRecord(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
+    halted = TradingHold(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
     assert decide([_finding("ok")], {**paused_by_us, "trading_mode": "halted"}, halted).action == "none"
     renewed_halt = decide([_finding("ok")], {**paused_by_us, "trading_mode": "halted", "changed_at": "t2"}, halted)
     assert "no longer the kill switch this runbook pressed at t1" in renewed_halt.why
@@ -608,7 +608,7 @@ def test_when_the_trading_api_is_down_the_stale_verdict_and_what_to_do_by_hand_r
 
 
 def test_no_changed_at_from_the_platform_means_no_automatic_resume() -> None:
-    record = HoldRecord(actor="rb:1", mode="paused", changed_at=None, reason="r", at=datetime.now(UTC))
+    record = TradingHold(actor="rb:1", mode="paused", changed_at=None, reason="r", at=datetime.now(UTC))
     status = {"trading_mode": "paused", "paused_by": "rb:1"}
     decision = decide([_finding("ok")], status, record)
     assert decision.action == "none" and "changed_at" in decision.why

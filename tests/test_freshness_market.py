@@ -19,8 +19,8 @@ import pytest
 from runbooks.core.market_time import MarketCalendar
 from runbooks.decisions.freshness import (
     Finding,
-    HoldRecord,
     MarketView,
+    TradingHold,
     comparison_buckets,
     decide,
     judge_staleness,
@@ -123,7 +123,7 @@ def test_grouped_tables_age_per_group_in_open_time() -> None:
 
 def test_a_pause_made_in_session_is_not_resumed_while_the_market_is_closed_on_stale_data() -> None:
     ours = {"trading_mode": "paused", "paused_by": "rb:1", "changed_at": "t1"}
-    record = HoldRecord(actor="rb:1", mode="paused", changed_at="t1", reason="r", at=datetime.now(UTC))
+    record = TradingHold(actor="rb:1", mode="paused", changed_at="t1", reason="r", at=datetime.now(UTC))
     closed_stale, _ = judged(cot(20, 12, 30), cot(20, 20, 0))
     decision = decide([closed_stale], ours, record)
     assert decision.action == "none" and "stays until a session shows fresh data" in decision.why
@@ -134,7 +134,7 @@ def test_a_pause_made_in_session_is_not_resumed_while_the_market_is_closed_on_st
     running = {"trading_mode": "running", "paused_by": None, "changed_at": "t0"}
     decision = decide([closed_stale], running, None)
     assert decision.action == "none" and "no pause, no kill switch, no page" in decision.why
-    halted = HoldRecord(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
+    halted = TradingHold(actor="rb:1", mode="halted", changed_at="t1", reason="r", at=datetime.now(UTC))
     assert decide([closed_fresh], {**ours, "trading_mode": "halted"}, halted).action == "none"  # a human resumes
 
 

@@ -10,7 +10,7 @@
 - ``drills/<cluster>/<drill id>``: every DR drill, for the trend.
 - ``model-rollbacks/<inference API>/<model>``: the last rollback of each model (no flapping).
 
-The trading holds of a run that paused trading are in ``runbooks.adapters.holds``.
+The trading holds of a run that paused trading are in ``runbooks.adapters.trading_holds``.
 """
 
 from __future__ import annotations

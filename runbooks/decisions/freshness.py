@@ -351,7 +351,7 @@ def worst(findings: list[Finding]) -> Severity:
     return max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default="ok")
 
 
-class HoldRecord(BaseModel):
+class TradingHold(BaseModel):
     """This runbook's own record of the pause (or kill switch) it made: a resume is decided from it, never from the
     platform's free-text ``paused_by`` alone. ``changed_at`` is the platform's timestamp right after our call."""
 
@@ -373,7 +373,7 @@ class Decision(BaseModel):
                                                             "must pause, must halt, or no verdict (unknown)")
 
 
-def decide(findings: list[Finding], status: dict[str, object], record: HoldRecord | None, *,
+def decide(findings: list[Finding], status: dict[str, object], record: TradingHold | None, *,
            may_resume: bool = True) -> Decision:
     """The ladder on the gating findings, against the platform's state and our own record of what we did.
 

@@ -3,7 +3,7 @@ halt in force is still the one this run made. A responder who pressed the kill s
 halted; so does a platform that does not say who halted it.
 
 A hold may outlive the run that made it (data-freshness pauses in one scheduled run and lifts the pause in a later
-one): a guard made with ``TradingGuard.keeping_holds`` (or given ``holds=``) writes a ``HoldRecord`` in the
+one): a guard made with ``TradingGuard.keeping_holds`` (or given ``holds=``) writes a ``TradingHold`` in the
 repository when it halts, with the platform's ``changed_at`` read right after the call, and ``resume_recorded``
 lets a later run lift that hold only while the platform still matches the record (same mode, ``paused_by`` and
 ``changed_at``). Anyone's action since moves ``changed_at``, so their hold is never lifted; the record is then
@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from runbooks.adapters.holds import HoldRecords
 from runbooks.adapters.repository import open_repository
+from runbooks.adapters.trading_holds import TradingHolds
 from runbooks.core.errors import RunbookError
 from runbooks.core.redact import scrub
-from runbooks.decisions.freshness import HoldRecord
+from runbooks.decisions.freshness import TradingHold
 from runbooks.frame.run import RunbookRun
 from runbooks.settings import ApiSettings
 from runbooks.tasks.trading_api import halt_trading, pause_trading, read_trading_status, resume_trading_if_ours
@@ -34,14 +34,14 @@ class Halt(BaseModel):
     how: Literal["kill-switch", "pause"]
     status: dict[str, Any] = Field(description="the platform's status read back after the call")
     ours: bool = Field(description="the platform names this run as the holder (else someone's hold was in force)")
-    record: HoldRecord | None = Field(default=None, description="the hold record written, for a hold that "
+    record: TradingHold | None = Field(default=None, description="the hold record written, for a hold that "
                                       "outlives the run")
     unrecorded: str | None = Field(default=None, description="why a hold meant to outlive the run could not be "
                                    "recorded: no later run lifts it, a human does")
 
 
 class TradingGuard:
-    def __init__(self, run: RunbookRun[Any], api: ApiSettings | None, *, holds: HoldRecords | None = None) -> None:
+    def __init__(self, run: RunbookRun[Any], api: ApiSettings | None, *, holds: TradingHolds | None = None) -> None:
         """``holds``: where a hold that outlives the run is recorded (see ``keeping_holds``); without it every
         halt is this run's alone, resumed by ``resume_if_ours`` or left for a human."""
         self.run = run
@@ -51,7 +51,7 @@ class TradingGuard:
         self.holds = holds
         self.keeps_holds = holds is not None  # halts are recorded to outlive the run
         self.holds_problem: str | None = None  # why the hold records cannot be read or written, when they cannot
-        self._recorded: HoldRecord | None = None  # the hold record read by ``recorded_hold`` or written by ``halt``
+        self._recorded: TradingHold | None = None  # the hold record read by ``recorded_hold`` or written by ``halt``
         self._read = False
 
     @classmethod
@@ -64,7 +64,7 @@ class TradingGuard:
         try:
             if api is None:
                 raise RunbookError("no trading API is configured")
-            guard.holds = HoldRecords(open_repository(run.settings.repository), api.base_url)
+            guard.holds = TradingHolds(open_repository(run.settings.repository), api.base_url)
         except (RunbookError, OSError) as exc:
             run.logger.warning("Backup repository unavailable for hold records: %s", scrub(str(exc)))
             guard.holds_problem = REPOSITORY_UNAVAILABLE
@@ -74,7 +74,7 @@ class TradingGuard:
         """Prerequisite: the API answers (before any expensive work). Returns the current status."""
         return read_trading_status(api=self.api)
 
-    def recorded_hold(self) -> HoldRecord | None:
+    def recorded_hold(self) -> TradingHold | None:
         """The hold an earlier run of this runbook recorded, or None: none, or it could not be read (then
         ``holds_problem`` says why, and no resume is decided from it). Reading it never stands between stale data
         and a halt."""
@@ -116,7 +116,7 @@ class TradingGuard:
         """Write the hold record of a halt this run made. A record that cannot be written leaves the halt to a
         human: no later run can prove it is still the runbook's own."""
         mode: Literal["paused", "halted"] = "halted" if done.how == "kill-switch" else "paused"
-        record = HoldRecord(actor=self.run.actor, mode=mode, changed_at=done.status.get("changed_at"), reason=reason,
+        record = TradingHold(actor=self.run.actor, mode=mode, changed_at=done.status.get("changed_at"), reason=reason,
                             flow_run_id=self.run.flow_run_id, at=datetime.now(UTC))
         try:
             if self.holds is None:

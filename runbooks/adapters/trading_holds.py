@@ -1,0 +1,36 @@
+"""The runbooks' own record of a trading hold (a pause or kill switch) a scheduled runbook made and may later lift,
+kept in the backup repository beside the restore records: it outlives the run that paused, is shared by every
+worker host, and survives the Prefect database. Runbooks reach it through the trading guard
+(``runbooks.frame.TradingGuard.keeping_holds``), which writes it when it halts and lifts only what it says. (Not to
+be confused with a *backup* hold, ``BackupCatalog.holding``: a backup kept from retention while a run needs it.)
+
+A later run resumes only if the platform's state still matches this record exactly: same mode, same ``paused_by``,
+same ``changed_at`` (the platform's timestamp right after our call). A human who paused, resumed or pressed the
+kill switch since changed ``changed_at``, so their hold is never lifted by the runbook. Layout:
+``records/trading-holds/<quoted trading API URL>/<runbook>.json``.
+"""
+
+from __future__ import annotations
+
+from runbooks.adapters.repository import Repository
+from runbooks.adapters.repository.records import RecordStore
+from runbooks.decisions.freshness import TradingHold
+
+TRADING_HOLDS = "trading-holds"  # records/<kind>/
+
+
+class TradingHolds:
+    """One trading API's holds, by runbook. A record that does not parse is not acted on (no resume is decided
+    from it); errors of the repository itself are raised: the caller reports them and resumes nothing."""
+
+    def __init__(self, repository: Repository, api_url: str) -> None:
+        self.store = RecordStore(repository, TRADING_HOLDS, api_url, TradingHold, on_damaged="skip")
+
+    def get(self, runbook: str) -> TradingHold | None:
+        return self.store.get(runbook)
+
+    def put(self, runbook: str, record: TradingHold) -> None:
+        self.store.put(runbook, record)
+
+    def forget(self, runbook: str) -> None:
+        self.store.delete(runbook)
