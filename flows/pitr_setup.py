@@ -11,10 +11,29 @@ Rollback: automatic. The stanza is created before any setting changes, and the s
 change are recorded first; if anything fails after ALTER SYSTEM, they are put back from that record (reloaded, and
 with ``restart=true`` restarted again when archive_mode was already live). Whatever it cannot put back itself, its
 report spells out as exact commands. The repository is left as it is.
+
+One setup of a server at a time: a run that applies (never a dry run) holds the advisory lock ``runbooks-pitr-setup``
+on the protected server from before it inspects the cluster and makes its plan, through the approval wait (a paused
+run holds it, as a paused restore does), the config, the stanza, ALTER SYSTEM, the restart, the check and a
+failure's put-back. Another applying run is refused in one line (after ``lock_wait_seconds``) before it changes
+anything. Every step that changes something is destructive: it first proves the lock is still held, and a run that
+lost it stops.
+
+The lock is a session of the very server the run restarts: ``pg_ctl restart -m fast`` ends every session, the
+lock's own too, so the lock is gone from the moment the restart begins. The restart step proves the lock before it
+restarts (nothing after that instant inside the step changes anything), and the run takes the lock back at once
+after it, before anything else that changes something (the check, a put-back). A run that finds it taken in that
+gap stops: it neither checks nor puts anything back, since the run that holds the lock now owns the server's
+archive settings, and its report says so. The put-back's own restart is the last change a failed run makes; only
+reads follow it, so the lock is not taken back after it. A host lock (``flock``) would survive the restart, but it
+is the worker's state directory's, not the server's: two workers or containers with their own state directories
+would both get one. The advisory lock is the server's own, and taking it also cancels the approvals of runs killed
+while paused.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -22,8 +41,8 @@ from prefect import flow
 from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
-from runbooks.adapters.postgres import failure_line
-from runbooks.core.errors import ConfigurationError, Refused, RunbookError
+from runbooks.adapters.postgres import AdvisoryLock, failure_line
+from runbooks.core.errors import ConfigurationError, LockBusy, LockLost, Refused, RunbookError
 from runbooks.core.redact import scrub_data
 from runbooks.decisions.pitr import (
     PitrPaths,
@@ -40,7 +59,7 @@ from runbooks.decisions.pitr import (
     undo_statements,
 )
 from runbooks.decisions.report import report_tail, table
-from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
+from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval, resource_lock
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -64,6 +83,14 @@ from runbooks.tasks.pgbackrest import (
 from runbooks.tasks.reports import publish_report
 
 RUNBOOK = "pitr-setup"
+# The lock names the runbook, not a database: what a setup changes (archive settings, a restart) is the whole
+# server's, and the advisory lock already lives on that server (the maintenance database of the protected cluster,
+# as every resource_lock), so two setups of one server exclude each other whatever their stanza or worker. It is not
+# restore's key: ``runbooks-restore:<database>`` is one database's (two restores of different databases on one
+# server run side by side), so no single key of restore's means "this server". A restore, pitr-restore or backup
+# caught by this run's restart loses its sessions and fails (a restore's own lock check then stops it before its
+# next change); the change window keeps such restarts outside the trading sessions.
+LOCK_KEY = f"runbooks-{RUNBOOK}"
 
 
 class PitrSetupParameters(BaseModel):
@@ -82,6 +109,8 @@ class PitrSetupParameters(BaseModel):
     approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400,
                                           description=TIMEOUT_HELP)
     approval_poll_seconds: int = Field(default=5, ge=1, le=300, description=POLL_HELP)
+    lock_wait_seconds: int = Field(default=0, ge=0, le=86400, description="Wait this long for another pitr-setup "
+                                   "of the same server to finish; then this run is refused, nothing changed.")
     in_session_reason: str | None = Field(default=None, max_length=500, description="restart=true while a gating "
                                           "market is in session: why the restart cannot wait for the close; "
                                           "without it the run is refused until the close.")
@@ -205,15 +234,38 @@ def _restart_command(pitr: PitrSettings, paths: PitrPaths, data_directory: Path)
     return pg_ctl_as_owner(pitr, data_directory, f"-l {paths.log / 'postgresql-restart.log'} -m fast -w restart")
 
 
+def _hold_again(run: RunbookRun[PitrSetupResult], lock: AdvisoryLock) -> None:
+    """After this run restarted the server its lock's session is gone: take the lock again (no wait), or raise
+    LockLost when another run took it in between (that run acts on the server now)."""
+    try:
+        lock.ensure()
+        return
+    except LockLost:
+        pass
+    with run.step("take lock again", key=lock.key):
+        lock.release()  # the ended session's connection
+        try:
+            lock.acquire(wait_seconds=0)
+        except LockBusy as exc:
+            raise LockLost(f"PostgreSQL's restart ended this run's lock session, and another run took the lock "
+                           f"{lock.key!r} before this one could take it back ({exc.message}).",
+                           hint="that run owns the server's archive settings now: read its report; this run "
+                           "changes nothing more.") from None
+
+
 def _put_back(run: RunbookRun[PitrSetupResult], result: PitrSetupResult, *, params: PitrSetupParameters,
-              database: DatabaseSettings, pitr: PitrSettings, paths: PitrPaths, data_directory: Path) -> None:
+              database: DatabaseSettings, pitr: PitrSettings, paths: PitrPaths, data_directory: Path,
+              lock: AdvisoryLock, restarting: bool) -> None:
     """After a failure past ALTER SYSTEM: the recorded settings back in postgresql.auto.conf, reloaded, and
     restarted again when a restart had made ours live (restart=true); then what the server runs is compared with
-    the record, and what still differs becomes exact commands in the report."""
+    the record, and what still differs becomes exact commands in the report. Under the lock only: taken back first
+    when this run's restart may have ended it; a run that lost it puts nothing back (another run acts now)."""
     names = [p.name for p in result.previous]
     before = {p.name: p for p in result.previous}
     restart = _restart_command(pitr, paths, data_directory)
     try:
+        if restarting:
+            _hold_again(run, lock)
         with run.step("put previous settings back", destructive=True) as figures:
             pending = [n for n in put_back_settings(database=database, previous=result.previous) if n in names]
             result.put_back = names
@@ -224,6 +276,15 @@ def _put_back(run: RunbookRun[PitrSetupResult], result: PitrSetupResult, *, para
             result.still_changed = [n for n in names if n in now and now[n].running != before[n].running]
             figures.update(put_back=",".join(names), restarted=result.put_back_restarted,
                            still_changed=",".join(result.still_changed) or "-")
+    except LockLost as exc:
+        run.logger.error("Did not put the archive settings back: %s", failure_line(exc, where="the lock"))
+        result.still_changed = names
+        result.next_steps.append(
+            "This run lost its lock, so it did not put the settings back: another pitr-setup may be changing this "
+            "server now. Read that run's report first. Only if none runs, undo this run's changes as a superuser in "
+            f"psql: `{' '.join(undo_statements(result.previous))}`, then restart PostgreSQL as the cluster's owner: "
+            f"`{restart}`.")
+        return
     except (RunbookError, psycopg.Error, OSError) as exc:
         why = failure_line(exc, where="putting the archive settings back")
         run.logger.error("Could not put the archive settings back: %s", why)
@@ -264,16 +325,19 @@ def _run_name() -> str:
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 @takes(PitrSetupParameters)
 def pitr_setup_flow(params: PitrSetupParameters) -> State:
-    """Plan; then, approved: config, stanza, record, archive settings, (restart), check; put back on failure."""
+    """(Applying: the server's lock.) Plan; then, approved: config, stanza, record, archive settings, (restart,
+    lock taken back), check; put back on failure."""
     run: RunbookRun[PitrSetupResult] = RunbookRun(RUNBOOK, resource=lambda s: f"pitr:{s.pitr.stanza}")
     settings, pitr = run.settings, run.settings.pitr
     paths = pitr_paths(settings)
     result = PitrSetupResult(started_at=run.started_at, stanza=pitr.stanza, config_path=str(paths.config),
                              dry_run=not params.applies)
     run.report(result, render=render_report, key="pitr-setup-report", description=f"PITR setup of stanza {pitr.stanza}")
-    altered = stopped_for_restart = False
+    altered = stopped_for_restart = restarting = False
     database: DatabaseSettings | None = None
     data_directory: Path | None = None
+    lock: AdvisoryLock | None = None
+    held = ExitStack()  # the lock: held through the last change (a failure's put-back included), then the report
     try:
         if params.restart:
             with run.step("check change window") as figures:
@@ -282,6 +346,15 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
                     figures.update(change_window=result.change_window.summary(),
                                    in_session_reason=result.change_window.in_session_reason)
         database = protected_cluster(settings)
+        if params.applies:  # before the plan: it is made, approved and applied with no other setup between
+            try:
+                lock = held.enter_context(resource_lock(run, server=database.conninfo(), key=LOCK_KEY,
+                                                        wait_seconds=params.lock_wait_seconds))
+            except LockBusy as exc:
+                raise LockBusy(exc.message, hint="another pitr-setup of this server is under way or waits for "
+                               "approval: wait for it to finish and read its report (Prefect UI: runs in "
+                               "progress), or give lock_wait_seconds. Nothing was changed.",
+                               holder=exc.holder) from None
         with run.step("inspect cluster") as figures:
             facts = inspect_cluster(database=database)
             figures.update(version=facts.version_num, data_directory=str(facts.data_directory))
@@ -322,6 +395,7 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
             _plan_steps(result, plan)
             result.succeeded = True
             return run.conclude(result, description=f"PITR setup of stanza {pitr.stanza} (plan {plan.plan_hash})")
+        assert lock is not None  # an applying run took it above
         with run.step("approval") as figures:
             if params.confirm is None:
                 result.timeline = list(run.steps.timeline)
@@ -341,10 +415,11 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
             result.declined = f"{result.approval.approver}: {result.approval.reason}"
             raise Refused(f"the plan {plan.plan_hash} was not approved ({result.approval.reason}).",
                           hint="nothing was changed; run the dry run again when ready.")
-        with run.step("write config", path=str(paths.config)) as figures:
+        with run.step("write config", destructive=True, path=str(paths.config)) as figures:
             result.config_written = write_config(pitr=pitr, paths=paths, text=text)
             figures.update(changed=result.config_written)
-        with run.step("create stanza"):  # before any setting: a cluster pgBackRest cannot reach stays as it was
+        # Before any setting: a cluster pgBackRest cannot reach stays as it was.
+        with run.step("create stanza", destructive=True):
             stanza_create(pitr=pitr, paths=paths)
         if plan.changes:
             with run.step("record settings") as figures:
@@ -370,11 +445,16 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
                               "PostgreSQL restarts; the settings are in postgresql.auto.conf, the stanza exists.",
                               hint="restart PostgreSQL in a quiet window (the next steps say how) and run pitr-setup "
                               "again, or dry-run again with restart=true and confirm that plan.")
+            # The lock is proven as this step starts; the restart then ends its session (every session), and
+            # it is taken back before anything else changes.
             with run.step("restart PostgreSQL", destructive=True):
+                restarting = True
                 restart_cluster(pitr=pitr, paths=paths, data_directory=data_directory)
                 result.restarted = True
-                result.waiting_for_restart = [n for n in pending_restart(database=database) if n in watched]
-        with run.step("check archiving", timeout_seconds=check_timeout(pitr)):
+            _hold_again(run, lock)
+            result.waiting_for_restart = [n for n in pending_restart(database=database) if n in watched]
+        # Destructive too: it switches WAL on the server and archives the segment into the repository.
+        with run.step("check archiving", destructive=True, timeout_seconds=check_timeout(pitr)):
             check_stanza(pitr=pitr, paths=paths)
             result.checked = True
         with run.step("read repository") as figures:
@@ -396,8 +476,9 @@ def pitr_setup_flow(params: PitrSetupParameters) -> State:
                 "To undo instead, before any restart (this run's record), as a superuser in psql: "
                 f"`{' '.join(undo_statements(result.previous))}`" if result.previous else
                 "Nothing of this run is to undo: the pending settings were there before it."]
-        elif altered and database is not None and data_directory is not None:
+        elif altered and database is not None and data_directory is not None and lock is not None:
             _put_back(run, result, params=params, database=database, pitr=pitr, paths=paths,
-                      data_directory=data_directory)
+                      data_directory=data_directory, lock=lock, restarting=restarting)
+    finally:
+        held.close()
     return run.conclude(result)
-

@@ -144,6 +144,11 @@ def _reset_archiving(cluster: PostgresCluster) -> None:
     cluster.start()
 
 
+def _steps(result: Any) -> list[str]:
+    """The run's step names, in order."""
+    return [e.step for e in result.timeline]
+
+
 # -- the runbooks, end to end --------------------------------------------------------------------------------------
 def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: PostgresCluster,
                                                                     pitr_root: Path) -> None:
@@ -192,6 +197,7 @@ def test_setup_stops_for_a_restart_then_archives_and_is_idempotent(pitr_env: Pos
     state, result = _setup(restart=True)
     assert state.is_completed(), result.error
     assert result.restarted and result.checked and result.info.status in ("ok", "no valid backups")
+    assert _steps(result)[_steps(result).index("restart PostgreSQL") + 1] == "take lock again"
     # The restarted postmaster (and every backend and archive_command after it) keeps its environment for life:
     # none of the worker's settings or secrets (RUNBOOKS_PITR__DSN holds the superuser password).
     pid = int((pitr_env.datadir / "postmaster.pid").read_text().split()[0])
@@ -419,6 +425,82 @@ def test_pitr_setup_without_parameters_only_plans_and_confirm_applies_that_plan(
     assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
 
 
+def test_one_setup_of_a_server_at_a_time_and_its_lock_outlives_the_restart(pitr_env: PostgresCluster,
+                                                                           pitr_root: Path) -> None:
+    """Issue 27: pitr-setup restarted PostgreSQL under no lock, so two setups of one server could interleave. An
+    applying run now holds the server's advisory lock from before its plan (a paused run too); a second one is
+    refused in one line and changes nothing; a dry run takes no lock; the restart ends the lock's session and the
+    run takes the lock back before its check."""
+    from prefect.flow_runs import resume_flow_run
+
+    from runbooks.adapters.postgres import AdvisoryLock
+    from runbooks.core.errors import LockBusy
+    from runbooks.flows.pitr_setup import LOCK_KEY, pitr_setup_flow
+    from tests.approvals import act_when_paused, paused_run
+
+    server = psycopg.conninfo.conninfo_to_dict(pitr_env.dsn())
+    _reset_archiving(pitr_env)
+    other = AdvisoryLock(server, LOCK_KEY, holder="test other pitr-setup")  # as another run's session holds it
+    other.acquire(wait_seconds=0)
+    try:
+        before = _untouched(pitr_env, pitr_root)
+        state, planned = _plan(restart=True)  # a dry run takes no lock
+        assert state.is_completed() and planned.dry_run, planned.error
+        assert "take lock" not in _steps(planned)
+        plan_hash = planned.plan.plan_hash
+        state, refused = _confirmed(plan_hash, restart=True)
+        error = refused.error or ""
+        assert state.is_failed() and "\n" not in error, error
+        assert f"another run holds {LOCK_KEY!r}" in error and "test other pitr-setup" in error, error
+        assert "Nothing was changed" in error and "lock_wait_seconds" in error, error
+        assert _steps(refused) == ["check change window", "take lock"], _steps(refused)  # before it even looked
+        assert refused.timeline[-1].outcome.startswith("failed") and refused.plan is None
+        assert refused.approval is None and not refused.config_written and refused.previous == []
+        assert _untouched(pitr_env, pitr_root) == before
+        assert _sql(pitr_env, "SHOW archive_mode")[0][0] == "off"
+    finally:
+        other.release()
+
+    # A run waiting for approval holds the lock while paused: no other run may take it then.
+    seen: list[str] = []
+
+    def probe_then_reject() -> None:
+        paused = paused_run(timeout=120)
+        probe = AdvisoryLock(server, LOCK_KEY, holder="test probe")
+        try:
+            probe.acquire(wait_seconds=0)
+            probe.release()
+            seen.append("free")
+        except LockBusy as exc:
+            seen.append(str(exc))
+        resume_flow_run(paused.id, run_input={"approve": False, "approver": "oncall-bob", "reason": "not now"})
+        seen.append(str(paused.id))
+
+    approver = act_when_paused(probe_then_reject)
+    state = pitr_setup_flow(restart=True, dry_run=False, approval_timeout_seconds=180, approval_poll_seconds=1,
+                            return_state=True)
+    approver.join(timeout=60)
+    assert not approver.errors, approver.errors  # type: ignore[attr-defined]
+    declined = outcome(state)
+    assert declined.declined and "was not approved" in (declined.error or ""), declined.error  # not Failed: no page
+    assert len(seen) == 2 and f"another run holds {LOCK_KEY!r}" in seen[0], seen
+    assert f"runbooks pitr-setup {seen[1]}" in seen[0], seen  # the paused run's own session
+    assert _steps(declined)[:3] == ["check change window", "take lock", "inspect cluster"], _steps(declined)
+    assert _untouched(pitr_env, pitr_root) == before
+
+    # Free again: the same plan applies; the restart ends the lock's session, the lock is taken back before the
+    # check, and nobody holds it once the run is over.
+    state, applied = _confirmed(plan_hash, restart=True)
+    assert state.is_completed(), applied.error
+    steps = _steps(applied)
+    assert steps.index("take lock") < steps.index("inspect cluster") < steps.index("approval"), steps
+    assert steps.index("restart PostgreSQL") + 1 == steps.index("take lock again") < steps.index("check archiving")
+    assert applied.restarted and applied.checked and _sql(pitr_env, "SHOW archive_mode")[0][0] == "on"
+    after = AdvisoryLock(server, LOCK_KEY, holder="test after")
+    after.acquire(wait_seconds=0)
+    after.release()
+
+
 @pytest.fixture
 def lone(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PostgresCluster, Path]]:
     """A cluster and a pgBackRest work directory of one test's own, archiving set up by pitr-setup, with a short
@@ -513,6 +595,10 @@ def test_a_setup_that_fails_after_alter_system_puts_the_previous_settings_back(
                                                               "archive_timeout": "45s"}
     assert result.put_back == ["archive_mode", "archive_command", "archive_timeout"]
     assert result.put_back_restarted and result.still_changed == []
+    steps = _steps(result)  # the restart ended the lock's session: taken back, then the failed check, the put-back
+    assert steps[steps.index("restart PostgreSQL"):] == ["restart PostgreSQL", "take lock again", "check archiving",
+                                                         "put previous settings back"], steps
+    assert result.timeline[-1].outcome == "ok"
     assert _sql(cluster, "SHOW archive_mode")[0][0] == "off"
     assert _auto_conf(cluster) == {"archive_timeout": "45s"}  # postgresql.auto.conf as it was
     assert _sql(cluster, "SELECT count(*) FROM pg_settings WHERE pending_restart")[0][0] == 0
