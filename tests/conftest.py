@@ -43,6 +43,7 @@ import pytest  # noqa: E402
 from runbooks.settings.markets import MarketSettings  # noqa: E402
 from runbooks_sandbox import Sandbox, SandboxState  # noqa: E402
 from runbooks_sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
+from tests.disks import tmpfs  # noqa: E402
 from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
 
 
@@ -90,6 +91,13 @@ def s3_config(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Sandbox
     monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.s3_config_path)
     monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", f"s3://{BUCKET}/test-{uuid.uuid4().hex[:12]}")
     return sandbox
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs of this test's: real watermarks on a real filesystem (and a real "No space left on device")."""
+    with tmpfs(tmp_path / "disk", size_mb=16) as mount:
+        yield mount
 
 
 @pytest.fixture(scope="session")

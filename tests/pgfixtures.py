@@ -1,14 +1,15 @@
-"""Shared test helpers for PostgreSQL: a database exercising every feature a dump must carry, and ways to
-compare two databases and restore a backup from the repository with plain pg_restore."""
+"""Shared test helpers for PostgreSQL: a database exercising every feature a dump must carry, a bulky one, the
+databases of the sandbox's cluster, and ways to compare two databases and restore a backup from the repository with
+plain pg_restore."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from runbooks.adapters.catalog import BackupCatalog
@@ -70,9 +71,49 @@ def create_fidelity_db(sandbox: SandboxState) -> str:
     return name
 
 
+def create_bulk_db(sandbox: SandboxState, *, rows: int, prefix: str = "bulk", random: bool = True,
+                   primary_key: bool = False) -> str:
+    """A fresh database ``PREFIX_xxxxxxxx`` holding one table ``blobs`` of ``rows`` rows: enough bytes for a dump or
+    a restore to still be running when a test interrupts it. ``random``: two columns of random md5 text (~100 bytes
+    a row that compress poorly, e.g. for S3 to need a multipart upload); otherwise one column, the md5 of the row
+    number."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    columns = ("md5(random()::text) || md5(random()::text) AS a, md5(random()::text) AS b" if random
+               else "md5(g::text) AS a")
+    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE blobs AS SELECT g AS id, {} FROM generate_series(1, {}) g").format(
+            sql.SQL(columns), sql.Literal(rows)))
+        if primary_key:
+            conn.execute("ALTER TABLE blobs ADD PRIMARY KEY (id)")
+    return name
+
+
+def database_oids(sandbox: SandboxState) -> dict[str, int]:
+    """Every database of the sandbox's cluster (templates aside) and its OID: a database dropped and made again
+    under the same name has another."""
+    with psycopg.connect(admin_dsn(sandbox)) as conn:
+        return {name: int(oid) for name, oid in
+                conn.execute("SELECT datname, oid FROM pg_database WHERE NOT datistemplate")}
+
+
+def databases(sandbox: SandboxState) -> set[str]:
+    """The names of the sandbox cluster's databases, templates aside."""
+    return set(database_oids(sandbox))
+
+
 def drop_db(sandbox: SandboxState, name: str) -> None:
     with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_db_and_copies(sandbox: SandboxState, name: str) -> None:
+    """Drop ``name`` and every database whose name starts with it: what restores of a test's (uniquely named)
+    database made beside it (``_recovery``, scratch ``_restore_…``, kept ``_pre_restore_…`` copies)."""
+    for db in databases(sandbox):
+        if db.startswith(name):
+            drop_db(sandbox, db)
 
 
 def schema_dump(sandbox: SandboxState, dbname: str) -> str:
@@ -115,8 +156,11 @@ def restore_with_pg_restore(sandbox: SandboxState, catalog: BackupCatalog, manif
                    env=libpq_env(params), check=True, capture_output=True)
 
 
-def set_database_env(monkeypatch, sandbox: SandboxState, dbname: str) -> None:  # type: ignore[no-untyped-def]
-    """Add a database to the inventory through the environment (as an operator would override the file)."""
-    key = dbname.upper()
-    monkeypatch.setenv(f"RUNBOOKS_DATABASES__{key}__DSN", admin_dsn(sandbox, dbname))
-    os.environ.get(f"RUNBOOKS_DATABASES__{key}__DSN")
+def set_database_env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxState, dbname: str,
+                     port: int | None = None) -> None:
+    """Add a database to the inventory through the environment (as an operator would override the file), reached
+    directly or through ``port`` (a fault proxy in front of the cluster)."""
+    dsn = admin_dsn(sandbox, dbname)
+    if port is not None:
+        dsn = dsn.replace(f"127.0.0.1:{sandbox.postgres_port}/", f"127.0.0.1:{port}/")
+    monkeypatch.setenv(f"RUNBOOKS_DATABASES__{dbname.upper()}__DSN", dsn)

@@ -1,10 +1,12 @@
-"""Finding and signalling the processes a run started (for fault-injection tests)."""
+"""Starting ``runbooks`` in processes of their own, finding and signalling the processes a run started (for
+fault-injection tests)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,8 +68,68 @@ def kill_run_at(argv: list[str], env: dict[str, str], child: str, *, timeout: fl
         pids = wait_for(lambda: children_named(proc.pid, child), timeout=timeout)
         # pg_restore -j N forks its workers: under load they may already be there; the parent is the oldest.
         freeze_when(min(pids), lambda: True)  # type: ignore[call-overload]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
+
+
+def runbooks_command(*args: str, before: str = "") -> list[str]:
+    """The argv of ``runbooks ARGS`` in a new Python process that first runs ``before``: Python source changing one
+    thing in that process (a task's retry delays, a point where it stops itself) before the CLI starts."""
+    main = "import sys\nfrom runbooks.cli import main\nsys.argv = ['runbooks', *sys.argv[1:]]\nmain()\n"
+    return [sys.executable, "-c", f"{before}\n{main}", *args]
+
+
+def stopping_before(target: str) -> str:
+    """Source for ``runbooks_command(before=...)``: the process stops itself (SIGSTOP) the first time it calls
+    ``target`` (``module:function``, looked up in that module at call time), before the call, and goes on into it
+    when it gets SIGCONT. A freeze at an exact point: sending SIGSTOP when the test sees a sign of that point from
+    outside races with the run, which may be past it, or finished, when the signal lands."""
+    module, _, name = target.partition(":")
+    return f"""
+import functools, importlib, os, signal
+_module = importlib.import_module({module!r})
+_real = getattr(_module, {name!r})
+_reached = []
+
+
+@functools.wraps(_real)
+def _stop_before_first_call(*args, **kwargs):
+    if not _reached:
+        _reached.append(True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return _real(*args, **kwargs)
+
+
+setattr(_module, {name!r}, _stop_before_first_call)
+"""
+
+
+def start_run(runbook: str, *params: str, prefect_api: str, as_json: bool = False,
+              before: str = "") -> subprocess.Popen[bytes]:
+    """``runbooks run RUNBOOK --param PARAM…`` against the tests' Prefect API, in its own session and process group
+    (so one SIGKILL takes its children too). ``as_json``: ``--json``, its result on a pipe (``proc.communicate``);
+    ``before``: see ``runbooks_command``."""
+    args = ["run", runbook, *(["--json"] if as_json else [])]
+    for param in params:
+        args += ["--param", param]
+    return subprocess.Popen(runbooks_command(*args, before=before), env={**os.environ, "PREFECT_API_URL": prefect_api},
+                            stdout=subprocess.PIPE if as_json else subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the run and everything it started: no finally block, no atexit, no cleanup of any kind."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal (state ``T`` in ``/proc/PID/stat``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] in ("T", "t")

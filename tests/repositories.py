@@ -1,4 +1,5 @@
-"""Where a test's local backup repository lies on disk.
+"""The repository a test's settings name: the stores a test reads back from it (the backup catalog, the restore
+records), and where a local one lies on disk.
 
 A test that reaches into the repository's files needs the directory behind its ``file://`` URL. Stripping the
 scheme off as text (``url.removeprefix("file://")``) turns an ``s3://bucket/prefix`` URL, left unchanged, into the
@@ -12,7 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import psycopg
+
+from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.postgres import server_identity
+from runbooks.adapters.records import RestoreRecords
+from runbooks.adapters.repository import open_repository
 from runbooks.settings import load_settings
+from runbooks_sandbox import SandboxState
+from tests.pgfixtures import admin_dsn
+
+
+def catalog() -> BackupCatalog:
+    """The backup catalog of the repository the current settings name (a client of its own on each call, as
+    another process would have)."""
+    return BackupCatalog(open_repository(load_settings().repository))
+
+
+def restore_records(sandbox: SandboxState) -> RestoreRecords:
+    """The restore records of the sandbox's server in the repository the current settings name."""
+    with psycopg.connect(admin_dsn(sandbox)) as conn:
+        server = server_identity(conn, psycopg.conninfo.conninfo_to_dict(admin_dsn(sandbox)))
+    return RestoreRecords(open_repository(load_settings().repository), server)
 
 
 def local_repository_path(url: str) -> Path:

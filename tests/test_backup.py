@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases, render_report
-from runbooks.frame import outcome
-from runbooks.settings import load_settings
+from runbooks.flows.backup import render_report
 from runbooks_sandbox import SandboxState
 from tests.pgfixtures import (
     content_checksums,
@@ -21,15 +17,8 @@ from tests.pgfixtures import (
     schema_dump,
     set_database_env,
 )
-
-
-def run_backup(**params):  # type: ignore[no-untyped-def]
-    state = backup_databases(**params, return_state=True)
-    return state, outcome(state)
-
-
-def catalog() -> BackupCatalog:
-    return BackupCatalog(open_repository(load_settings().repository))
+from tests.repositories import catalog
+from tests.runs import run_backup
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

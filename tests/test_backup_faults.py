@@ -4,41 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
-import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
 from runbooks.flows.backup import backup_databases
 from runbooks.frame import outcome
-from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
-from tests.pgfixtures import admin_dsn, drop_db, set_database_env
-from tests.processes import children_named, freeze_when, wait_for
-
-
-def catalog() -> BackupCatalog:
-    return BackupCatalog(open_repository(load_settings().repository))
+from tests.pgfixtures import create_bulk_db, drop_db, set_database_env
+from tests.processes import children_named, freeze_when, kill_group, start_run, wait_for
+from tests.repositories import catalog
 
 
 @pytest.fixture
-def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """~20 MB of poorly compressible rows: enough for a dump to still be running when we interrupt it, and
     for S3 to need a multipart upload (5 MiB parts)."""
-    name = f"bulk_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
-        conn.execute("CREATE TABLE blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS a,"
-                     " md5(random()::text) AS b FROM generate_series(1, 220000) g")
+    name = create_bulk_db(sandbox, rows=220_000)
     set_database_env(monkeypatch, sandbox, name)
     monkeypatch.setenv("RUNBOOKS_REPOSITORY__PART_SIZE_MB", "5")
     yield name
@@ -83,23 +68,17 @@ def test_killed_flow_process_is_swept_by_the_next_run(
 ) -> None:
     """SIGKILL the whole `runbooks run backup` process midway (no chance to clean up), as an OOM kill would."""
     request.getfixturevalue("config" if backend == "local" else "s3_config")
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runbooks.cli", "run", "backup", "--param", f'databases=["{bulk_db}"]',
-         "--param", "include_cluster=false"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    proc = start_run("backup", f'databases=["{bulk_db}"]', "include_cluster=false", prefect_api=prefect_api)
     try:
         wait_for(lambda: children_named(proc.pid, "pg_dump"), timeout=90)
         # Freeze the flow's process, not pg_dump: pg_dump may fit its whole output into the pipe and the
         # compressor's buffers and exit before the first partial object shows (seen in CI under load); with the
         # writer stopped, pg_dump blocks on the full pipe and the backup stays midway.
         freeze_when(proc.pid, lambda: _has_partial_dump(bulk_db))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_group(proc)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc)
     # pg_dump was in our process group: it is gone too.
     cat = catalog()
     assert cat.list_backups() == []

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 import zlib
@@ -31,61 +30,38 @@ import psycopg
 import pytest
 
 from runbooks.adapters.cleanup import MANIFEST_FLUSH_LINES, measure
-from runbooks.adapters.postgres import server_identity
-from runbooks.adapters.records import RestoreRecords
 from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases
-from runbooks.flows.disk_cleanup import CleanupResult, disk_cleanup_flow
-from runbooks.flows.restore import RestoreResult, restore_database_flow
 from runbooks.frame import outcome
 from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
-from tests.disks import tmpfs
 from tests.events import runbook_events, steps_of
-from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, set_database_env
-from tests.processes import children_named, freeze_when, wait_for
+from tests.pgfixtures import (
+    admin_dsn,
+    content_checksums,
+    create_fidelity_db,
+    database_oids,
+    drop_db_and_copies,
+    set_database_env,
+)
+from tests.processes import (
+    children_named,
+    freeze_when,
+    is_stopped,
+    kill_group,
+    start_run,
+    stopping_before,
+    wait_for,
+)
+from tests.repositories import catalog, restore_records
+from tests.runs import restore, run_backup, run_cleanup
 
 pytestmark = pytest.mark.slow
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-def start_run(runbook: str, *params: str, prefect_api: str) -> subprocess.Popen[bytes]:
-    """``runbooks run RUNBOOK -p …`` in its own process group (so one SIGKILL takes its children too)."""
-    argv = [sys.executable, "-m", "runbooks.cli", "run", runbook]
-    for param in params:
-        argv += ["--param", param]
-    return subprocess.Popen(argv, env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the run and everything it started: no finally block, no atexit, no cleanup of any kind."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 def sql_rows(sandbox: SandboxState, query: str, params: list[Any] | None = None, dbname: str = "postgres") -> list[Any]:
     with psycopg.connect(admin_dsn(sandbox, dbname)) as conn:
         return conn.execute(query, params or []).fetchall()  # type: ignore[arg-type]
-
-
-def databases(sandbox: SandboxState) -> dict[str, int]:
-    return {name: int(oid) for name, oid in sql_rows(sandbox, "SELECT datname, oid FROM pg_database "
-                                                              "WHERE NOT datistemplate")}
-
-
-def restore_records(sandbox: SandboxState) -> RestoreRecords:
-    with psycopg.connect(admin_dsn(sandbox)) as conn:
-        server = server_identity(conn, psycopg.conninfo.conninfo_to_dict(admin_dsn(sandbox)))
-    return RestoreRecords(open_repository(load_settings().repository), server)
-
-
-def restore(**params: Any) -> tuple[Any, RestoreResult]:
-    state = restore_database_flow(**params, return_state=True)
-    return state, outcome(state)
 
 
 def trading(simulator: httpx.Client) -> dict[str, Any]:
@@ -130,9 +106,8 @@ def live(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     name = create_fidelity_db(config)
     set_database_env(monkeypatch, config, name)
     restored = content_checksums(config, name)
-    state = backup_databases(databases=[name], include_cluster=False,
-                             return_state=True)
-    assert state.is_completed(), outcome(state)
+    state, backed_up = run_backup(databases=[name], include_cluster=False)
+    assert state.is_completed(), backed_up
     with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
         conn.execute("DELETE FROM market.orders WHERE id > 100")
         conn.execute("INSERT INTO market.ticks VALUES ('2026-02-14 00:00+00', 1)")
@@ -140,11 +115,9 @@ def live(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     assert original != restored
     _, dry = restore(database=name, mode="replace", dry_run=True)
     assert dry.plan is not None, dry.error
-    yield {"name": name, "oid": databases(config)[name], "original": original, "restored": restored,
+    yield {"name": name, "oid": database_oids(config)[name], "original": original, "restored": restored,
            "confirm": dry.plan.plan_hash}
-    for db in databases(config):
-        if db.startswith(name):
-            drop_db(config, db)
+    drop_db_and_copies(config, name)
 
 
 def replace_run(live: dict[str, Any], prefect_api: str) -> subprocess.Popen[bytes]:
@@ -173,7 +146,7 @@ def test_replace_killed_during_pg_restore_leaves_the_live_database_and_trading_u
     flow_run_id = flow_run_of(f"runbooks.restore.{name}", "pg_restore -j 2")
 
     # What it left: the live database as it was, a recorded scratch copy, its work directory; trading untouched.
-    dbs = databases(config)
+    dbs = database_oids(config)
     assert dbs[name] == live["oid"] and content_checksums(config, name) == live["original"]
     [scratch] = [d for d in dbs if d.startswith(f"{name}_restore_")]
     record = restore_records(config).get(scratch)
@@ -192,7 +165,7 @@ def test_replace_killed_during_pg_restore_leaves_the_live_database_and_trading_u
     state, result = restore(database=name, mode="replace", confirm=live["confirm"])
     assert state.is_completed(), result.error
     assert result.scratch_swept == [scratch] and len(result.work_dirs_swept) == 1
-    assert scratch not in databases(config) and restore_records(config).get(scratch) is None
+    assert scratch not in database_oids(config) and restore_records(config).get(scratch) is None
     assert content_checksums(config, name) == live["restored"]
     kept = result.kept_live_as
     assert kept is not None and content_checksums(config, kept) == live["original"]
@@ -223,7 +196,7 @@ def test_replace_killed_inside_the_swap_transaction_changes_no_name(
     wait_for(lambda: not sql_rows(config, "SELECT pid FROM pg_stat_activity WHERE query LIKE 'ALTER DATABASE%%' "
                                           "AND pid <> pg_backend_pid()"), timeout=30, interval=0.1)
 
-    dbs = databases(config)
+    dbs = database_oids(config)
     assert dbs[name] == live["oid"] and content_checksums(config, name) == live["original"]  # never half
     assert not [d for d in dbs if "_pre_restore_" in d]
     [scratch] = [d for d in dbs if d.startswith(f"{name}_restore_")]
@@ -261,7 +234,7 @@ def test_replace_killed_after_the_swap_while_resuming_trading(
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations/resume", "status": 503,
                                                "count": 0, "method": "POST"}).raise_for_status()
 
-    dbs = databases(config)
+    dbs = database_oids(config)
     assert content_checksums(config, name) == live["restored"] and dbs[name] != live["oid"]
     [kept] = [d for d in dbs if d.startswith(f"{name}_pre_restore_")]
     assert dbs[kept] == live["oid"] and content_checksums(config, kept) == live["original"]
@@ -306,11 +279,6 @@ def age(path: Path, days: float) -> None:
 def cleanup_section(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *rules: dict[str, Any]) -> None:
     monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({
         "watch": [str(tmp_path)], "allowed_roots": [str(tmp_path / "root")], "survey": [], "rules": list(rules)}))
-
-
-def cleanup(**params: Any) -> tuple[Any, CleanupResult]:
-    state = disk_cleanup_flow(**params, return_state=True)
-    return state, outcome(state)
 
 
 @pytest.fixture
@@ -386,7 +354,7 @@ def test_cleanup_killed_mid_deletion_touches_nothing_outside_and_the_next_run_fi
     assert not [p for p in listed if os.path.lexists(p)]
     kept_busy = {p.split("/")[0] for p in big_tree["young"]}
 
-    state, result = cleanup(dry_run=False, force=True)
+    state, result = run_cleanup(dry_run=False, force=True)
     assert state.is_completed(), result.error
     [outcome] = result.files
     assert outcome.state == "done" and outcome.errors == []
@@ -447,7 +415,7 @@ def test_cleanup_killed_mid_compression_keeps_every_log_whole(
     assert not api_left or (root / "api.log.2").read_bytes() == small
     assert snapshot(outside) == outside_before
 
-    state, result = cleanup(dry_run=False, force=True)
+    state, result = run_cleanup(dry_run=False, force=True)
     assert state.is_completed(), result.error
     [outcome] = result.files
     assert outcome.errors == [] and outcome.leftovers == 1 and outcome.skipped == {}, outcome
@@ -465,26 +433,16 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> tuple[int, di
     return proc.returncode, json.loads(out)
 
 
-def start_json_run(runbook: str, *params: str, prefect_api: str) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "runbooks.cli", "run", runbook, "--json"]
-    for param in params:
-        argv += ["--param", param]
-    return subprocess.Popen(argv, env={**os.environ, "PREFECT_API_URL": prefect_api}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
 def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
         config: SandboxState, prefect_api: str) -> None:
     """The second backup runs from start to end while the first one's pg_dump is stopped mid-stream: it claims
     its own backup id, leaves the first one's unfinished directory alone, and both publish verified backups."""
     params = ('databases=["trading_db"]', "include_cluster=false", "apply_retention=false")
-    first = start_json_run("backup", *params, prefect_api=prefect_api)
+    first = start_run("backup", *params, as_json=True, prefect_api=prefect_api)
     try:
         [dump] = wait_for(lambda: children_named(first.pid, "pg_dump"), timeout=120)  # type: ignore[misc]
         os.kill(dump, signal.SIGSTOP)
-        state = backup_databases(databases=["trading_db"], include_cluster=False,
-                                                             apply_retention=False, return_state=True)
-        second = outcome(state)
+        state, second = run_backup(databases=["trading_db"], include_cluster=False, apply_retention=False)
         os.kill(dump, signal.SIGCONT)
         code, result = finish(first)
     finally:
@@ -495,26 +453,17 @@ def test_two_backups_of_one_database_at_once_never_share_or_sweep_a_directory(
     assert second.leftovers == [] and result["leftovers"] == []  # neither took the other for a killed run
     ids = {second.items[0].backup_id, result["items"][0]["backup_id"]}
     assert len(ids) == 2
-    from runbooks.adapters.catalog import BackupCatalog
-
-    catalog = BackupCatalog(open_repository(load_settings().repository))
-    listed = catalog.list_backups(kind="database", name="trading_db")
+    listed = catalog().list_backups(kind="database", name="trading_db")
     assert {m.backup_id for m in listed} == ids and all(m.verification.status == "passed" for m in listed)
-    assert catalog.unfinished() == []
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MB tmpfs: real watermarks on a real filesystem."""
-    with tmpfs(tmp_path / "root", size_mb=16) as mount:
-        yield mount
+    assert catalog().unfinished() == []
 
 
 def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
         config: SandboxState, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         prefect_api: str) -> None:
-    """A disk at 87.5 % needs 3 of its 20 old logs gone to be below 80 %. The first run is stopped as soon as it
-    has started its walk; a second run meanwhile must not measure the same disk and delete 3 more."""
+    """A disk at 87.5 % needs 3 of its 20 old logs gone to be below 80 %. The first run is stopped as its walk
+    starts (it holds the lock, has measured the disk and deleted nothing yet); a second run meanwhile must not
+    measure the same disk and delete 3 more."""
     logs = small_disk / "logs"
     logs.mkdir()
     for i in range(28):
@@ -526,11 +475,15 @@ def test_two_cleanups_at_once_never_free_twice_what_the_disk_needs(
         "low_watermark": 80, "rules": [{"kind": "files", "name": "old-logs", "roots": [str(logs)],
                                         "patterns": ["*.log"], "older_than": "7d"}]}))
     before = set(manifests())
-    first = start_json_run("disk-cleanup", "dry_run=false", prefect_api=prefect_api)
+    # It stops itself on entering its walk: stopped from outside when its manifest appeared, it had sometimes
+    # deleted, measured again and let go of the lock by the time the signal landed (the second then ran alone).
+    first = start_run("disk-cleanup", "dry_run=false", as_json=True, prefect_api=prefect_api,
+                      before=stopping_before("runbooks.tasks.cleanup:clean_tree"))
     try:
-        wait_for(lambda: set(manifests()) - before, timeout=120)  # its walk is about to start
-        os.kill(first.pid, signal.SIGSTOP)
-        state, second = cleanup(dry_run=False)
+        wait_for(lambda: is_stopped(first.pid) or first.poll() is not None, timeout=120)
+        assert first.poll() is None, "the first run ended before its walk"
+        assert set(manifests()) - before and len(os.listdir(logs)) == 28  # walk set up, nothing deleted yet
+        state, second = run_cleanup(dry_run=False)
         os.kill(first.pid, signal.SIGCONT)
         code, result = finish(first)
     finally:
@@ -550,7 +503,7 @@ def test_two_drills_at_once_the_second_is_refused(config: SandboxState, prefect_
     from tests.test_drill import back_up
 
     back_up()
-    first = start_json_run("dr-game-day", "quality=false", prefect_api=prefect_api)
+    first = start_run("dr-game-day", "quality=false", as_json=True, prefect_api=prefect_api)
     frozen: list[int] = []
     try:
         # The first is frozen in pg_restore while the second runs: a small restore would otherwise be done, and the
@@ -598,8 +551,8 @@ def test_two_model_rollbacks_at_once_roll_back_once(config: SandboxState, simula
         return [c for c in simulator.get("/_control/state").json()["calls"]
                 if c["method"] == "POST" and c["path"] == "/api/v1/models/rollback"]
 
-    first = start_json_run("model-rollback", "monitor_minutes=0", "poll_seconds=0.2", "initiated_by=alert",
-                           prefect_api=prefect_api)
+    first = start_run("model-rollback", "monitor_minutes=0", "poll_seconds=0.2", "initiated_by=alert",
+                      as_json=True, prefect_api=prefect_api)
     try:
         wait_for(rollback_posts, timeout=120, interval=0.05)  # its request is in flight
         state = model_rollback_flow(monitor_minutes=0, poll_seconds=0.2,

@@ -33,17 +33,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
-from runbooks.adapters.catalog import BackupCatalog, BackupLock
+from runbooks.adapters.catalog import BackupLock
 from runbooks.adapters.pipeline import iter_decompressed
 from runbooks.adapters.postgres import libpq_env, pg_tool
 from runbooks.adapters.processes import ProcessIdentity
-from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import Refused
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.data_freshness import data_freshness_flow
-from runbooks.flows.disk_cleanup import disk_cleanup_flow
 from runbooks.flows.health_check import health_check_flow
-from runbooks.flows.restore import restore_database_flow
 from runbooks.frame import outcome
 from runbooks.settings import DatabaseSettings, load_settings
 from runbooks.tasks.drill import check_target_server
@@ -56,6 +52,8 @@ from tests.pgfixtures import (
     restore_with_pg_restore,
     set_database_env,
 )
+from tests.repositories import catalog, restore_records
+from tests.runs import restore, run_backup, run_cleanup
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES_SQL = ROOT / "deployments" / "roles.sql"
@@ -144,28 +142,14 @@ def app_session_pid(sandbox: SandboxState) -> tuple[psycopg.Connection, int]:
     return conn, conn.info.backend_pid
 
 
-def run_backup(**params: Any) -> tuple[Any, Any]:
-    state = backup_databases(**params, return_state=True)
-    return state, outcome(state)
-
-
-def restore(**params: Any) -> tuple[Any, Any]:
-    state = restore_database_flow(**params, return_state=True)
-    return state, outcome(state)
-
-
-def run_cleanup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rule: dict[str, Any],
-                **params: Any) -> tuple[Any, Any]:
+def cleanup_databases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rule: dict[str, Any],
+                      **params: Any) -> tuple[Any, Any]:
+    """The disk cleanup with one databases rule (``rule``) and no file rule."""
     # An allowed root of its own: tmp_path holds the config fixture's repository, which no cleanup root may hold.
     monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps({"watch": [str(tmp_path)],
                                                        "allowed_roots": [str(tmp_path / "area")], "survey": [],
                                                        "rules": [{"kind": "databases", **rule}]}))
-    state = disk_cleanup_flow(**params, return_state=True)
-    return state, outcome(state)
-
-
-def catalog() -> BackupCatalog:
-    return BackupCatalog(open_repository(load_settings().repository))
+    return run_cleanup(**params)
 
 
 def test_roles_sql_gives_each_role_exactly_what_the_docs_say(sandbox: SandboxState, roles: Roles) -> None:
@@ -308,12 +292,12 @@ def test_restore_and_cleanup_roles_do_their_runbooks_and_nothing_of_another_owne
         # restore takes it back and drops it (found by review: it was refused for ever, "not owned by the
         # restore's role").
         from runbooks.adapters.records import DatabaseRecord
-        from tests.test_restore import records
         lent = f"{live}_restore_20260101000000"
         superuser(config, f'CREATE DATABASE "{lent}" OWNER trading_user')
         [(oid,)] = superuser(config, f"SELECT oid FROM pg_database WHERE datname = '{lent}'")
-        records(config).put(DatabaseRecord(server=records(config).server, name=lent, oid=oid, kind="scratch",
-                                           source=live, backup_id="20260101T000000Z", flow_run_id="killed"))
+        records = restore_records(config)
+        records.put(DatabaseRecord(server=records.server, name=lent, oid=oid, kind="scratch", source=live,
+                                   backup_id="20260101T000000Z", flow_run_id="killed"))
 
         state, dry = restore(database=live, mode="replace", halt_trading=False, dry_run=True)
         assert state.is_completed(), dry
@@ -337,10 +321,10 @@ def test_restore_and_cleanup_roles_do_their_runbooks_and_nothing_of_another_owne
 
         roles.use(monkeypatch, "rb_cleanup", database=live)
         rule = {"databases": [live], "pre_restore_older_than": "0s"}
-        _, planned = run_cleanup(monkeypatch, tmp_path, rule, dry_run=True, drop_pre_restore=[kept])
+        _, planned = cleanup_databases(monkeypatch, tmp_path, rule, dry_run=True, drop_pre_restore=[kept])
         [entry] = [k for k in planned.databases[0].kept if k.name == kept]
         assert entry.recorded and entry.droppable, entry  # the restore role's record, seen by the cleanup role
-        _, done = run_cleanup(monkeypatch, tmp_path, rule, dry_run=False, drop_pre_restore=[kept],
+        _, done = cleanup_databases(monkeypatch, tmp_path, rule, dry_run=False, drop_pre_restore=[kept],
                               confirm=planned.plan.plan_hash)
         assert done.error is None and done.databases[0].dropped == [kept], done
         assert not superuser(config, f"SELECT 1 FROM pg_database WHERE datname = '{kept}'")
@@ -366,13 +350,13 @@ def test_vacuum_by_a_role_that_may_not_is_refused_not_reported_as_done(config: S
     last_vacuum = f"SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{table}'"
     try:
         roles.use(monkeypatch, "rb_health")  # may log in, owns nothing
-        state, result = run_cleanup(monkeypatch, tmp_path, rule, dry_run=False, force=True)
+        state, result = cleanup_databases(monkeypatch, tmp_path, rule, dry_run=False, force=True)
         assert state.is_failed() and f"may not VACUUM public.{table}" in (result.error or ""), result
         assert not result.databases[0].sizes[0].vacuumed
         assert superuser(config, last_vacuum, dbname="trading_db") == [(False,)]
 
         roles.use(monkeypatch, "rb_cleanup")
-        state, result = run_cleanup(monkeypatch, tmp_path, rule, dry_run=False, force=True)
+        state, result = cleanup_databases(monkeypatch, tmp_path, rule, dry_run=False, force=True)
         assert result.error is None and f"public.{table}" in result.databases[0].sizes[0].vacuumed, result
         assert superuser(config, last_vacuum, dbname="trading_db") == [(True,)]
     finally:

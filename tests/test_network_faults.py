@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,66 +20,43 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases
-from runbooks.flows.restore import restore_database_flow
+from runbooks.flows.backup import BackupResult, backup_databases
 from runbooks.frame import outcome
 from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
 from runbooks_sandbox.environment import BUCKET
 from tests.disks import tmpfs
 from tests.faultproxy import FaultProxy, s3_error
-from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db
-from tests.processes import children_named, wait_for
+from tests.pgfixtures import (
+    admin_dsn,
+    content_checksums,
+    create_bulk_db,
+    create_fidelity_db,
+    databases,
+    drop_db,
+    drop_db_and_copies,
+    set_database_env,
+)
+from tests.processes import children_named, runbooks_command, wait_for
+from tests.repositories import catalog
+from tests.runs import restore, run_backup, without_retry_delays
 
 pytestmark = pytest.mark.slow
-
-
-def catalog() -> BackupCatalog:
-    return BackupCatalog(open_repository(load_settings().repository))
-
-
-def databases(sandbox: SandboxState) -> set[str]:
-    with psycopg.connect(admin_dsn(sandbox)) as conn:
-        return {r for (r,) in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
 
 
 @pytest.fixture(scope="module")
 def bulk(sandbox: SandboxState) -> Iterator[tuple[str, dict[str, str]]]:
     """~15 MB of poorly compressible rows (a multipart upload at 5 MiB parts), and its checksums."""
-    name = f"faults_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
-        conn.execute("CREATE TABLE blobs AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS a,"
-                     " md5(random()::text) AS b FROM generate_series(1, 150000) g")
-        conn.execute("ALTER TABLE blobs ADD PRIMARY KEY (id)")
+    name = create_bulk_db(sandbox, rows=150_000, prefix="faults", primary_key=True)
     yield name, content_checksums(sandbox, name)
-    for db in databases(sandbox):
-        if db.startswith(name):
-            drop_db(sandbox, db)
+    drop_db_and_copies(sandbox, name)
 
 
-def inventory(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxState, name: str, port: int | None = None) -> None:
-    """``name`` in the inventory, reached through ``port`` (a proxy) or directly."""
-    dsn = admin_dsn(sandbox, name)
-    if port is not None:
-        dsn = dsn.replace(f"127.0.0.1:{sandbox.postgres_port}/", f"127.0.0.1:{port}/")
-    monkeypatch.setenv(f"RUNBOOKS_DATABASES__{name.upper()}__DSN", dsn)
-
-
-def backup(name: str) -> tuple[Any, Any]:
-    state = backup_databases(databases=[name], include_cluster=False,
-                             return_state=True)
-    return state, outcome(state)
-
-
-def restore(**params: Any) -> tuple[Any, Any]:
-    state = restore_database_flow(**params, return_state=True)
-    return state, outcome(state)
+def backup(name: str) -> tuple[Any, BackupResult]:
+    """A backup of the one database ``name``, nothing of the cluster."""
+    return run_backup(databases=[name], include_cluster=False)
 
 
 def assert_whole(sandbox: SandboxState, name: str, sums: dict[str, str]) -> None:
@@ -121,7 +97,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the dump task's retry policy (count, condition) but not its real-world delays (2 to 16 s)."""
     from runbooks.tasks.postgres import dump_database
 
-    monkeypatch.setattr(dump_database, "retry_delay_seconds", [0.05] * 4)
+    without_retry_delays(monkeypatch, dump_database)
 
 
 @pytest.fixture
@@ -155,7 +131,7 @@ def test_s3_errors_on_every_write_are_retried_and_the_backup_is_whole(
         sandbox: SandboxState, bulk: tuple[str, dict[str, str]], s3_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch, status: int, code: str) -> None:
     name, sums = bulk
-    inventory(monkeypatch, sandbox, name)
+    set_database_env(monkeypatch, sandbox, name)
     s3_proxy.http_rule = first_attempt_fails(status, code, ("PUT", "POST"))
     state, result = backup(name)
     assert state.is_completed(), result
@@ -170,7 +146,7 @@ def test_s3_failing_every_completion_fails_the_backup_cleanly_and_the_next_run_i
         sandbox: SandboxState, bulk: tuple[str, dict[str, str]], s3_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch, fast_retries: None, one_retry: None) -> None:
     name, sums = bulk
-    inventory(monkeypatch, sandbox, name)
+    set_database_env(monkeypatch, sandbox, name)
     # Every part lands; completing the multipart upload answers 503 SlowDown, every time.
     s3_proxy.http_rule = lambda method, path: (s3_error(503, "SlowDown")
                                                if method == "POST" and "uploadId=" in path else None)
@@ -192,7 +168,7 @@ def test_connections_cut_mid_upload_and_mid_download_are_retried_and_nothing_is_
     """A raw TCP proxy cutting the connection after 2 MB (mid-part), three times."""
     name, sums = bulk
     assert sandbox.s3_config_path and sandbox.s3_port
-    inventory(monkeypatch, sandbox, name)
+    set_database_env(monkeypatch, sandbox, name)
     with FaultProxy(("127.0.0.1", sandbox.s3_port)) as proxy:
         monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.s3_config_path)
         monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", f"s3://{BUCKET}/cuts-{uuid.uuid4().hex[:12]}")
@@ -220,12 +196,12 @@ def test_a_slow_link_to_postgres_still_gives_a_whole_backup(
         config: SandboxState, bulk: tuple[str, dict[str, str]], pg_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch) -> None:
     name, sums = bulk
-    inventory(monkeypatch, config, name, pg_proxy.port)
+    set_database_env(monkeypatch, config, name, port=pg_proxy.port)
     pg_proxy.latency = 0.005  # per chunk, both ways
     state, result = backup(name)
     assert state.is_completed(), result
     pg_proxy.latency = 0
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     assert_whole(config, name, sums)
 
 
@@ -233,12 +209,12 @@ def test_a_connection_cut_mid_dump_never_lists_a_partial_backup(
         config: SandboxState, bulk: tuple[str, dict[str, str]], pg_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch) -> None:
     name, sums = bulk
-    inventory(monkeypatch, config, name, pg_proxy.port)
+    set_database_env(monkeypatch, config, name, port=pg_proxy.port)
     pg_proxy.cut_after, pg_proxy.cuts = 4 * 1024 * 1024, 1
     state, result = backup(name)
     assert pg_proxy.counts.cut == 1
     assert state.is_completed(), result  # the dump task's retry made a whole one
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     assert_whole(config, name, sums)
 
 
@@ -246,7 +222,7 @@ def test_refused_connections_fail_the_backup_cleanly(
         config: SandboxState, bulk: tuple[str, dict[str, str]], pg_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch, fast_retries: None) -> None:
     name, _sums = bulk
-    inventory(monkeypatch, config, name, pg_proxy.port)
+    set_database_env(monkeypatch, config, name, port=pg_proxy.port)
     pg_proxy.down()
     state, result = backup(name)
     assert state.is_failed()
@@ -258,10 +234,10 @@ def test_a_connection_cut_mid_restore_leaves_no_half_restored_database(
         config: SandboxState, bulk: tuple[str, dict[str, str]], pg_proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch) -> None:
     name, sums = bulk
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     state, result = backup(name)
     assert state.is_completed(), result
-    inventory(monkeypatch, config, name, pg_proxy.port)
+    set_database_env(monkeypatch, config, name, port=pg_proxy.port)
     target = f"{name}_cut"
     pg_proxy.cut_after, pg_proxy.cuts = 6 * 1024 * 1024, 1
     state, result = restore(database=name, mode="new", target_database=target)
@@ -279,7 +255,7 @@ def test_postgres_stopped_mid_dump_and_mid_restore(
         config: SandboxState, bulk: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A real stop (`pg_ctl stop -m fast`) while pg_dump, then pg_restore, streams; started again 1 s later."""
     name, sums = bulk
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     cluster = config.cluster()
 
     frozen: list[int] = []
@@ -428,9 +404,9 @@ def test_a_replace_restore_whose_halt_does_not_take_never_swaps(
     and the run says so; it never resumes what it never held."""
     from runbooks.tasks.trading_api import halt_trading
 
-    monkeypatch.setattr(halt_trading, "retry_delay_seconds", [0.05] * 4)  # the count and condition stay
+    without_retry_delays(monkeypatch, halt_trading)
     name, sums = bulk
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     state, result = backup(name)
     assert state.is_completed(), result
     plan_state, plan = restore(database=name, mode="replace", dry_run=True)
@@ -452,8 +428,7 @@ def test_model_rollback_with_the_inference_api_down_retries_then_fails_and_chang
     from runbooks.flows.model_rollback import model_rollback_flow
     from runbooks.tasks.models import read_evidence, read_serving, request_rollback
 
-    for task in (read_serving, read_evidence, request_rollback):
-        monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
+    without_retry_delays(monkeypatch, read_serving, read_evidence, request_rollback)
     received, _canary = webhook
     simulator.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.22, "win_rate": 0.31,
                                                           "error_rate": 0.02}}).raise_for_status()
@@ -489,7 +464,7 @@ def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote
         config: SandboxState, bulk: tuple[str, dict[str, str]], small_repository: Path,
         monkeypatch: pytest.MonkeyPatch, fast_retries: None) -> None:
     name, _sums = bulk
-    inventory(monkeypatch, config, name)
+    set_database_env(monkeypatch, config, name)
     state, result = backup(name)
     assert state.is_failed()
     [item] = result.items
@@ -499,7 +474,7 @@ def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote
     assert used < 512 * 1024, f"{used} bytes left behind on the full disk"
     small = create_fidelity_db(config)  # the freed disk takes a backup that fits
     try:
-        inventory(monkeypatch, config, small)
+        set_database_env(monkeypatch, config, small)
         state, result = backup(small)
         assert state.is_completed(), result
         assert [m.name for m in catalog().list_backups()] == [small]
@@ -508,13 +483,9 @@ def test_a_full_repository_disk_fails_the_backup_cleanly_and_frees_what_it_wrote
 
 
 # -- issue 24: the trading API down past every retry -------------------------------------------------------------
-FAST_RETRIES_CLI = """
-import sys
+FAST_STATUS_RETRIES = """
 from runbooks.tasks.trading_api import read_trading_status
 read_trading_status.retry_delay_seconds = [0.05] * 4  # the count and the condition stay; only the waits go
-from runbooks.cli import main
-sys.argv = ["runbooks", *sys.argv[1:]]
-main()
 """
 
 
@@ -530,8 +501,8 @@ def test_the_trading_api_down_past_its_retries_says_what_to_do_next_without_a_tr
                                                "count": 100}).raise_for_status()
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", FAST_RETRIES_CLI, "run", "restore", "--param", "database=trading_db",
-             "--param", "mode=replace", "--param", "dry_run=true"],
+            runbooks_command("run", "restore", "--param", "database=trading_db", "--param", "mode=replace",
+                             "--param", "dry_run=true", before=FAST_STATUS_RETRIES),
             env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True, timeout=300)
     finally:
         simulator.post("/_control/reset").raise_for_status()

@@ -10,32 +10,24 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from runbooks.adapters.catalog import BackupCatalog, BackupClaim
-from runbooks.adapters.repository import open_repository
 from runbooks.adapters.workdirs import OWNER
 from runbooks.core.errors import LockLost
-from runbooks.flows.backup import backup_databases
-from runbooks.flows.restore import restore_database_flow
-from runbooks.frame import outcome
-from runbooks.settings import load_settings
+from runbooks.flows.backup import BackupResult
 from runbooks_sandbox import SandboxState
-from tests.pgfixtures import admin_dsn, drop_db, set_database_env
+from tests.pgfixtures import create_bulk_db, drop_db_and_copies, set_database_env
 from tests.processes import kill_run_at, wait_for
-from tests.repositories import configured_repository_path, local_repository_path
+from tests.repositories import catalog, configured_repository_path, local_repository_path
+from tests.runs import restore, run_backup
 
 SUBJECTS = [("database", "trading_db"), ("cluster", "main")]
 MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
-
-
-def catalog() -> BackupCatalog:
-    return BackupCatalog(open_repository(load_settings().repository))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -43,10 +35,9 @@ def repo_config(request: pytest.FixtureRequest) -> SandboxState:
     return request.getfixturevalue("config" if request.param == "local" else "s3_config")  # type: ignore[no-any-return]
 
 
-def backup(*databases: str, cluster: bool = False, retention: bool = False):  # type: ignore[no-untyped-def]
-    state = backup_databases(databases=list(databases), include_cluster=cluster,
-                                                         apply_retention=retention, return_state=True)
-    result = state.result()
+def backup(*databases: str, cluster: bool = False, retention: bool = False) -> BackupResult:
+    """A backup of ``databases`` that must succeed."""
+    state, result = run_backup(databases=list(databases), include_cluster=cluster, apply_retention=retention)
     assert state.is_completed() and result.succeeded, result
     return result
 
@@ -88,17 +79,17 @@ def test_a_write_in_flight_is_no_leftover_but_one_a_killed_writer_left_is(config
     """Another run's atomic write between its temporary file and the link (seen in CI: two backups in the same
     second) must not read as a lockless leftover, or a sweep deletes the file under the writer; an hour-old one
     was left by a killed writer and is swept."""
-    catalog = BackupCatalog(open_repository(load_settings().repository))
+    cat = catalog()
     root = configured_repository_path()
     prefix = root / "databases" / "trading_db" / "20260101T000000Z"
     prefix.mkdir(parents=True)
     in_flight = prefix / f".lock.json.{uuid.uuid4().hex}.tmp"
     in_flight.write_bytes(b"{}")
-    assert catalog.stale_leftovers(stale_after=timedelta(minutes=5)) == []
+    assert cat.stale_leftovers(stale_after=timedelta(minutes=5)) == []
     hour_ago = time.time() - 3700
     os.utime(in_flight, (hour_ago, hour_ago))
-    [left] = catalog.stale_leftovers(stale_after=timedelta(minutes=5))
-    assert left.keys == [str(in_flight.relative_to(root))] and catalog.remove_leftover(left)
+    [left] = cat.stale_leftovers(stale_after=timedelta(minutes=5))
+    assert left.keys == [str(in_flight.relative_to(root))] and cat.remove_leftover(left)
     assert not in_flight.exists()
 
 
@@ -219,10 +210,7 @@ def test_a_truncated_manifest_is_listed_as_damaged_and_latest_refuses_to_skip_it
     assert as_json.returncode == 1
     assert [b.get("status") for b in json.loads(as_json.stdout) if b["backup_id"] == second] == ["damaged"]
 
-    state = restore_database_flow(database="trading_db", mode="new",
-                                                               target_database="trading_db_dmg",
-                                  return_state=True)
-    result = outcome(state)
+    state, result = restore(database="trading_db", mode="new", target_database="trading_db_dmg")
     assert state.is_failed() and second in result.error and "DAMAGED" in result.error
     assert f"backup_id={first}" in result.error  # says how to go on
 
@@ -257,16 +245,12 @@ def test_local_repository_files_are_0600_and_directories_0700(config: SandboxSta
 
 # -- 5. a killed restore's work directory is swept by the next run ------------------------------------------------
 @pytest.fixture
-def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    name = f"bulk_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(admin_dsn(sandbox, name), autocommit=True) as conn:
-        conn.execute("CREATE TABLE blobs AS SELECT g AS id, md5(g::text) AS a FROM generate_series(1, 200000) g")
+def bulk_db(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A dump of a few MB: pg_restore is still running when the test kills the run."""
+    name = create_bulk_db(sandbox, rows=200_000, random=False)
     set_database_env(monkeypatch, sandbox, name)
     yield name
-    for db in (name, f"{name}_recovery", f"{name}_again"):
-        drop_db(sandbox, db)
+    drop_db_and_copies(sandbox, name)
 
 
 def test_a_killed_restore_leaves_a_private_work_dir_that_the_next_run_removes(
@@ -285,10 +269,8 @@ def test_a_killed_restore_leaves_a_private_work_dir_that_the_next_run_removes(
 
     bystander = work / "not-ours"
     bystander.mkdir()
-    state = restore_database_flow(database=bulk_db, mode="new",
-                                                               target_database=f"{bulk_db}_again",
-                                                               restore_globals="never", return_state=True)
-    result = state.result()
+    state, result = restore(database=bulk_db, mode="new", target_database=f"{bulk_db}_again",
+                            restore_globals="never")
     assert state.is_completed(), result.error
     [swept] = result.work_dirs_swept
     assert swept.path == str(left) and swept.removed and swept.bytes > 1_000_000

@@ -15,27 +15,23 @@ import pytest
 from prefect.artifacts import Artifact
 from pydantic import ValidationError
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.records import DatabaseRecord, RestoreRecords
-from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases
-from runbooks.flows.restore import RestoreParameters, restore_database_flow
-from runbooks.frame import outcome
-from runbooks.settings import load_settings
+from runbooks.adapters.records import DatabaseRecord
+from runbooks.flows.restore import RestoreParameters
 from runbooks.tasks.reports import artifact_key
 from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
-from tests.pgfixtures import admin_dsn, content_checksums, create_fidelity_db, drop_db, schema_dump, set_database_env
+from tests.pgfixtures import (
+    admin_dsn,
+    content_checksums,
+    create_fidelity_db,
+    databases,
+    drop_db_and_copies,
+    schema_dump,
+    set_database_env,
+)
 from tests.processes import wait_for
-
-
-def records(sandbox: SandboxState) -> RestoreRecords:
-    """The restore records of the sandbox's server in this test's repository."""
-    from runbooks.adapters.postgres import server_identity
-
-    with psycopg.connect(admin_dsn(sandbox)) as conn:
-        server = server_identity(conn, psycopg.conninfo.conninfo_to_dict(admin_dsn(sandbox)))
-    return RestoreRecords(open_repository(load_settings().repository), server)
+from tests.repositories import catalog, restore_records
+from tests.runs import restore, run_backup
 
 
 def make_recorded_scratch(sandbox: SandboxState, name: str, source: str) -> None:
@@ -43,22 +39,13 @@ def make_recorded_scratch(sandbox: SandboxState, name: str, source: str) -> None
     with psycopg.connect(admin_dsn(sandbox), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
         oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", [name]).fetchone()[0]  # type: ignore[index]
-    records(sandbox).put(DatabaseRecord(server=records(sandbox).server, name=name, oid=oid, kind="scratch",
-                                        source=source, backup_id="20260101T000000Z", flow_run_id="killed"))
+    records = restore_records(sandbox)
+    records.put(DatabaseRecord(server=records.server, name=name, oid=oid, kind="scratch", source=source,
+                               backup_id="20260101T000000Z", flow_run_id="killed"))
 
 
 APPROVE = {"approve": True, "approver": "oncall-alice", "reason": "positions table corrupted at 01:40"}
 REJECT = {"approve": False, "approver": "oncall-bob", "reason": "backup too old"}
-
-
-def restore(**params):  # type: ignore[no-untyped-def]
-    state = restore_database_flow(**params, return_state=True)
-    return state, outcome(state)
-
-
-def databases(sandbox: SandboxState) -> set[str]:
-    with psycopg.connect(admin_dsn(sandbox)) as conn:
-        return {r for (r,) in conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate")}
 
 
 def scalar(sandbox: SandboxState, dbname: str, query: str):  # type: ignore[no-untyped-def]
@@ -77,12 +64,10 @@ def source(config: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: igno
     """A fidelity database in the inventory, with one verified backup in this test's repository."""
     name = create_fidelity_db(config)
     set_database_env(monkeypatch, config, name)
-    state = backup_databases(databases=[name], return_state=True)
-    assert state.is_completed(), outcome(state)
+    state, result = run_backup(databases=[name])
+    assert state.is_completed(), result
     yield name
-    for db in databases(config):
-        if db.startswith(name):
-            drop_db(config, db)
+    drop_db_and_copies(config, name)
 
 
 def test_verify_mode_touches_no_database(config: SandboxState, source: str) -> None:
@@ -101,10 +86,10 @@ def test_new_mode_restores_an_identical_copy_and_leaves_the_source(config: Sandb
     assert result.target == target and result.validation.passed and result.time_to_restore_seconds is not None
     assert schema_dump(config, target) == source_schema == schema_dump(config, source)
     assert content_checksums(config, target) == source_content == content_checksums(config, source)
-    record = records(config).get(target)
+    record = restore_records(config).get(target)
     assert record is not None and record.kind == "recovery" and record.source == source
     assert not [d for d in databases(config) if "_restore_" in d]  # no scratch left
-    assert not [r for r in records(config).all() if r.kind == "scratch"]
+    assert not [r for r in restore_records(config).all() if r.kind == "scratch"]
 
     # Again into the same target: refused unless overwrite_target, which then replaces it.
     state, result = restore(database=source, mode="new")
@@ -131,9 +116,9 @@ def test_refusals_change_nothing(config: SandboxState, source: str) -> None:
 
 
 def test_corrupted_backup_is_refused(config: SandboxState, source: str) -> None:
-    catalog = BackupCatalog(open_repository(load_settings().repository))
-    [manifest] = catalog.list_backups(kind="database", name=source)
-    path = Path(catalog.repository.root) / manifest.objects[0].key  # type: ignore[attr-defined]
+    cat = catalog()
+    [manifest] = cat.list_backups(kind="database", name=source)
+    path = Path(cat.repository.root) / manifest.objects[0].key  # type: ignore[attr-defined]
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x01
     path.write_bytes(bytes(data))
@@ -167,8 +152,8 @@ def test_replace_with_approval_halts_swaps_and_resumes(config: SandboxState, sou
     assert operations(simulator) == ["kill-switch", "resume"]  # halt before the swap, resume after
     assert simulator.get("/api/v1/operations/status").json()["trading_mode"] == "running"
     assert result.validation.live_deltas["market.orders"] == 400
-    assert records(config).get(source) is None  # the live database is never a droppable scratch
-    kept_record = records(config).get(kept)  # the disk cleanup's only evidence that it may offer to drop it
+    assert restore_records(config).get(source) is None  # the live database is never a droppable scratch
+    kept_record = restore_records(config).get(kept)  # the disk cleanup's only evidence that it may offer to drop it
     assert kept_record and kept_record.kind == "pre-restore" and kept_record.source == source
     with psycopg.connect(admin_dsn(config)) as conn:
         assert kept_record.oid == conn.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s",
@@ -332,7 +317,7 @@ def test_restore_process_killed_midway(config: SandboxState, source: str, prefec
                 {**os.environ, "PREFECT_API_URL": prefect_api}, "pg_restore")
     scratch = [d for d in databases(config) if d.startswith(f"{source}_restore_")]
     assert len(scratch) == 1
-    record = records(config).get(scratch[0])
+    record = restore_records(config).get(scratch[0])
     assert record is not None and record.kind == "scratch" and record.oid is not None  # recorded before pg_restore
     assert content_checksums(config, source) == content
     # Its report was never published, but its timeline is on the server: each step as it happened.
@@ -359,7 +344,7 @@ def test_missing_roles_come_from_the_cluster_backup_and_existing_ones_are_untouc
     with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
         conn.execute("ALTER TABLE market.docs OWNER TO desk_analyst")
     try:
-        state = backup_databases(databases=[name], return_state=True)
+        state, _ = run_backup(databases=[name])
         assert state.is_completed()
         with psycopg.connect(admin_dsn(config, name), autocommit=True) as conn:
             conn.execute("REASSIGN OWNED BY desk_analyst TO postgres; DROP OWNED BY desk_analyst")
@@ -380,9 +365,7 @@ def test_missing_roles_come_from_the_cluster_backup_and_existing_ones_are_untouc
         with psycopg.connect(config.cluster().dsn(name, "trading_user", "rotated-after-backup")) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("trading_user",)
     finally:
-        for db in databases(config):
-            if db.startswith(name):
-                drop_db(config, db)
+        drop_db_and_copies(config, name)
         with psycopg.connect(admin_dsn(config), autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS desk_analyst")
             conn.execute(f"ALTER ROLE trading_user PASSWORD '{config.app_password}'")
