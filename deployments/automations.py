@@ -63,7 +63,8 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
     automations = [
         AutomationCore(name=f"{PREFIX}runbook run failed", description="Watches runbook runs tagged "
                        "notify-on-failure (every scheduled maintenance and recovery runbook, prefect.yaml) that end "
-                       "Failed or TimedOut. Sends on-call a P2 incident (seed 004 'scheduled jobs failing') with the "
+                       "Failed or TimedOut. Sends on-call a P2 incident (the USD/COP playbook's P2 example: "
+                       "'scheduled jobs failing') with the "
                        "state message and a link to the run.",
                        trigger=_run_trigger(["Failed", "TimedOut"], "notify-on-failure"),
                        actions=_actions(settings, blocks, run_notice, started=RUN_STARTED)),
@@ -90,8 +91,9 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
                            impact="{{ 'trading gated on it' if event.payload.gates_trading else 'report only' }}; "
                            "runbook action: {{ event.payload.action }}",
                            details=["{{ event.payload.severity }}: {{ event.payload.reason }}"],
-                           actions=["The data-freshness runbook pauses and resumes trading itself (seed 004 "
-                                    "section 3.3): check the data source"], flow_run_url=EVENT_RUN_URL),
+                           actions=["The data-freshness runbook pauses and resumes trading itself (the USD/COP "
+                                    "playbook's 'Data Source Down', section 3.3): check the data source"],
+                           flow_run_url=EVENT_RUN_URL),
                            started="{{ event.occurred }} (UTC)")),
     ]
     seconds = cfg.backup_stale_after.total_seconds()

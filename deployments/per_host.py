@@ -62,11 +62,11 @@ SPLIT: dict[str, Split] = {
         fleet={"host": False},
         fleet_says="Daily health check of the platform, once for the fleet by any worker: trading and inference API "
         "health and latency, every database (SELECT 1, connections against max_connections) and recent errors in "
-        "the configured logs, graded against seed 001's baseline. Each host's disk, memory and CPU: its own "
-        "per-host deployment.",
+        "the configured logs, graded against the operations runbook's performance baseline. Each host's disk, memory "
+        "and CPU: its own per-host deployment.",
         host={"platform": False},
         host_says="Daily health check of this host: its disk, memory and CPU (averaged over a window), graded "
-        "against seed 001's baseline."),
+        "against the operations runbook's performance baseline."),
 }
 
 

@@ -43,7 +43,7 @@ GRANT :"owner" TO rb_restore;
 GRANT :"owner" TO rb_cleanup;
 
 -- data freshness: SELECT on the monitored tables and on what [databases.<name>.checks] read, nothing else
--- (seed 004's bars, seed 002's integrity checks on positions and trades). Adapt the list to your settings.
+-- (the USD/COP playbook's bars table, the incident response playbook's integrity checks on positions and trades). Adapt the list to your settings.
 \connect :"database"
 GRANT USAGE ON SCHEMA public TO rb_freshness;
 GRANT SELECT ON public.ohlcv_usdcop_5m, public.positions, public.trades TO rb_freshness;

@@ -186,8 +186,8 @@ def _run_name() -> str:
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 @takes(FreshnessParameters)
 def data_freshness_flow(params: FreshnessParameters) -> State:
-    """Measure the freshness, volume and quality of the monitored tables; pause, halt or resume trading by seed
-    004's ladder."""
+    """Measure the freshness, volume and quality of the monitored tables; pause, halt or resume trading by the
+    USD/COP playbook's staleness ladder (section 3.3)."""
     run: RunbookRun[FreshnessResult] = RunbookRun(RUNBOOK, resource="market-data")
     settings, logger, cfg = run.settings, run.logger, run.settings.freshness
     result = FreshnessResult(act=params.act, started_at=run.started_at)
@@ -339,7 +339,7 @@ def data_freshness_flow(params: FreshnessParameters) -> State:
         if stale:
             how = "press the kill switch" if any(f.severity == "kill" for f in stale) else "pause trading"
             result.next_steps.append(f"The data is stale or failing ({'; '.join(f.key for f in stale)}): {how} "
-                                     "by hand now (seed 004 section 3.3).")
+                                     "by hand now (the USD/COP playbook's 'Data Source Down', section 3.3).")
             if any(f.severity == "kill" for f in stale):
                 run.steps.event("escalation", severity="P1", reason="data stale beyond kill_after and this runbook "
                                 "could not act on trading")
@@ -350,7 +350,7 @@ def data_freshness_flow(params: FreshnessParameters) -> State:
                 kind="start", severity="P1", title="data-freshness: stale data and trading NOT known to be held",
                 status="Investigating", impact="trading continues on stale or failing market data",
                 details=[scrub(str(exc)), *(f"{f.key}: {f.reason}" for f in stale)],
-                actions=[f"{how.capitalize()} by hand now (seed 004 section 3.3)",
+                actions=[f"{how.capitalize()} by hand now (the USD/COP playbook's 'Data Source Down', section 3.3)",
                          "Check the trading API (GET /api/v1/operations/status)"]))
         return conclude(scrub(str(exc)))
     return conclude()
@@ -408,8 +408,8 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
                 if decision.action == "kill-switch":
                     run.steps.event("escalation", severity="P1", reason=f"data stale beyond kill_after: {reason}")
                     result.next_steps.append("ESCALATE (P1): market data stale beyond kill_after; the kill switch is "
-                                             "on. Follow seed 004 section 3.3, then resume by hand with "
-                                             "CONFIRM_RESUME.")
+                                             "on. Follow the USD/COP playbook's 'Data Source Down' (section 3.3), "
+                                             "then resume by hand with CONFIRM_RESUME.")
                 if not done.ours:
                     result.action += f" (requested; the platform says it is held by {done.status.get('paused_by')!r})"
                 elif done.record is not None:
@@ -446,14 +446,16 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
                             root_cause="market data went stale or failed its quality checks",
                             resolution=f"{decision.why}; trading resumed by {run.actor}",
                             started_at=held.at if held else None,
-                            actions=["Find why the feed stalled (seed 004 section 3.3) before the next one"])
+                            actions=["Find why the feed stalled (the USD/COP playbook's section 3.3) before the "
+                                     "next one"])
         else:
-            notice = Notice(kind="start", severity="P1",  # seed 004 1.2: data source down > 10 min
+            notice = Notice(kind="start", severity="P1",  # the USD/COP playbook 1.2: data source down > 10 min
                             title=f"data-freshness: {result.action}", status="Mitigating",
                             impact=f"trading {'halted (kill switch)' if decision.action == 'kill-switch' else 'paused'}"
                             " until the data is fresh", details=[f"{decision.why}", *findings],
                             actions=[f"{result.action} ({run.actor}); resumed by this runbook once the data is "
-                                     "fresh", "Check the data source (seed 004 section 3.3)"])
+                                     "fresh", "Check the data source (the USD/COP playbook's 'Data Source Down', "
+                                     "section 3.3)"])
         result.notification = notify(run, notice)
     if decision.target in ("pause", "kill") and result.trading_before and result.trading_before.trading_mode != \
             "running" and decision.action == "none":

@@ -484,7 +484,8 @@ def _next_steps(result: CleanupResult, params: CleanupParameters) -> None:
         result.next_steps.append("Nothing was changed. Run again with dry_run=false to do what this plan shows.")
     if result.healthy is False:
         result.next_steps.append("Still at or above the high watermark after every rule: look at the largest "
-                                 "consumers above, raise the budget or add rules, or grow the disk (seed 000).")
+                                 "consumers above, raise the budget or add rules, or grow the disk (the pager "
+                                 "playbook's 'Disk 90% Full').")
     for outcome in result.files:
         if outcome.state == "stopped" and "budget" in outcome.why:
             result.next_steps.append("The run's budget stopped it: run again, or raise [cleanup] max_files / "

@@ -133,7 +133,7 @@ def check_drill_settings(settings: Settings) -> None:
             raise ConfigurationError(
                 f"drill component {component.name!r} names database(s) {', '.join(unknown)}, which the inventory "
                 f"does not have (it has {', '.join(sorted(inventory))}).",
-                hint="fix [[drill.components]] (the defaults are the seeds' trading_db) to name inventory databases.")
+                hint="fix [[drill.components]] (the defaults name trading_db) to name inventory databases.")
     restored: dict[str, str] = {}
     for name, database in inventory.items():
         live = str(database.conninfo().get("dbname") or name)
@@ -265,7 +265,7 @@ def render_report(result: DrillResult) -> str:
              f"{result.seconds:.1f} s in all."]
     if result.recovery_seconds is not None:
         met = "within" if result.recovery_seconds <= result.recovery_target_seconds else "OVER"
-        lines.append(f"**Time to recovery: {human_duration(result.recovery_seconds)}** ({met} seed 001's "
+        lines.append(f"**Time to recovery: {human_duration(result.recovery_seconds)}** ({met} the operations runbook's "
                      f"{human_duration(result.recovery_target_seconds)} target).")
     if result.backup_id:
         lines.append(f"Backup set **{result.backup_id}**, taken {result.backup_taken_at:%Y-%m-%d %H:%M:%S}Z: "
@@ -274,7 +274,7 @@ def render_report(result: DrillResult) -> str:
         lines.append(f"Clean cluster: {result.cluster_kind} `{result.cluster}`.")
     if result.error:
         lines += ["", f"**Error:** {result.error}"]
-    lines += ["", "## RTO/RPO scorecard (seed 002)"]
+    lines += ["", "## RTO/RPO scorecard (the incident response playbook's table)"]
     if result.backup_markets:
         lines += ["Freshness at backup time is judged in market time:",
                   *[f"- {m.describe()}" for m in result.backup_markets], ""]
@@ -314,7 +314,7 @@ def render_report(result: DrillResult) -> str:
         lines += ["Roles created from the cluster backup: " + ", ".join(
             f"`{r.name}` ({r.attributes})" for r in result.roles_created), ""]
     if result.health:
-        lines += ["## Health check (seed 001)", table(
+        lines += ["## Health check (the operations runbook's script)", table(
             ["check", "status", "reading", "detail"],
             [[h.name, h.status, f"{h.value} {h.unit}" if h.value is not None else "-", h.detail or "-"]
              for h in result.health])]

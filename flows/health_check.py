@@ -94,7 +94,8 @@ def _run_name() -> str:
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 @takes(HealthCheckParameters)
 def health_check_flow(params: HealthCheckParameters) -> State:
-    """Every check of seed 001's script, graded against its baseline; one report, one verdict."""
+    """Every check of the operations runbook's health-check script, graded against its performance baseline; one
+    report, one verdict."""
     run: RunbookRun[HealthCheckResult] = RunbookRun(RUNBOOK, resource="platform")
     settings = run.settings
     baseline = settings.health
@@ -102,7 +103,7 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     result = HealthCheckResult(started_at=run.started_at,
                                host=(params.on_host or settings.host_name) if params.host else None)
     run.report(result, render=render_report, key="health-check-report",
-               description="Daily health check (seed 001)")
+               description="Daily health check (the operations runbook's health-check script)")
     try:
         if params.host and params.on_host is not None:  # a run meant for another host judges nothing here
             with run.step("check host"):
@@ -134,13 +135,14 @@ def health_check_flow(params: HealthCheckParameters) -> State:
     result.status = "failed" if result.error else worst(result.checks)
     bad = [c for c in result.checks if _ORDER.index(c.status) >= _ORDER.index("alert")]
     for check in bad:
-        result.next_steps.append(f"{check.name}: {check.status} ({check.detail or check.value}): see seed 001's "
-                                 "troubleshooting for it.")
+        result.next_steps.append(f"{check.name}: {check.status} ({check.detail or check.value}): see the "
+                                 "operations runbook's troubleshooting for it.")
     if _ORDER.index(result.status) >= _ORDER.index(params.notify_on):
         result.notification = notify(run, Notice(
             kind="start", severity="P2", title=f"Health check: {result.status}"
             + (f" on {result.host}" if result.host else ""),
-            impact="the daily health check found the platform outside seed 001's baseline",
+            impact="the daily health check found the platform outside the operations runbook's performance "
+                   "baseline",
             details=[f"{c.name}: {c.status} {c.detail}".strip() for c in result.checks
                      if _ORDER.index(c.status) >= _ORDER.index("warn")] + ([result.error] if result.error else []),
             actions=result.next_steps or ["Rerun the health check once fixed"]))

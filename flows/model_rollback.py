@@ -77,7 +77,7 @@ class RollbackParameters(BaseModel):
     force: bool = Field(default=False, description="Roll back even though the evidence does not call for it.")
     dry_run: bool = Field(default=False, description="Decide and pick the target, but change nothing.")
     monitor_minutes: float = Field(default=30, ge=0, le=1440, description="Watch the rolled-back model this long "
-                                   "(seed 004: 30 minutes); 0: do not watch.")
+                                   "(the USD/COP playbook: 30 minutes); 0: do not watch.")
     poll_seconds: float = Field(default=60, ge=0.1, le=3600, description="How often to read the metrics while "
                                 "watching (and the router while verifying, at most every 5 s).")
 
@@ -214,8 +214,9 @@ def _run_name() -> str:
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
 @takes(RollbackParameters)
 def model_rollback_flow(params: RollbackParameters) -> State:
-    """Judge the serving model by seed 004's decision table; roll back to the last version that was healthy while
-    it served, prove the router serves it and predictions flow, and watch it; escalate instead of flapping."""
+    """Judge the serving model by the USD/COP playbook's decision table (section 3.2); roll back to the last
+    version that was healthy while it served, prove the router serves it and predictions flow, and watch it;
+    escalate instead of flapping."""
     run: RunbookRun[RollbackResult] = RunbookRun(RUNBOOK, resource=lambda s: params.model_id or s.models.model_id)
     settings = run.settings
     cfg = settings.models
@@ -247,7 +248,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
             kind="start", severity="P1", title=f"model-rollback: ESCALATE {model_id}", status="Investigating",
             impact=f"model {model_id} is degraded and this runbook will not fix it on its own", details=[why],
             actions=["Kill switch pressed (kill_switch_on_escalation)" if cfg.kill_switch_on_escalation else
-                     "Trading left as it is", "On-call: follow seed 004 section 3.2 by hand"]))
+                     "Trading left as it is", "On-call: follow the USD/COP playbook's 'Model Performance Degradation' "
+                     "(section 3.2) by hand"]))
         if cfg.kill_switch_on_escalation:
             guard = TradingGuard(run, settings.trading_api)
             try:
@@ -256,7 +258,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
                 guard.actions.append(f"kill switch NOT pressed: {scrub(str(exc))}")
                 result.next_steps.append("Press the kill switch by hand: the escalation could not.")
             result.trading += guard.actions
-        result.next_steps.append(f"ESCALATE (P1): {why}. Follow seed 004 section 3.2 by hand; this runbook will "
+        result.next_steps.append(f"ESCALATE (P1): {why}. Follow the USD/COP playbook's 'Model Performance "
+                                 "Degradation' (section 3.2) by hand; this runbook will "
                                  "not roll back again for this incident.")
         return _Escalated(why)
 
@@ -300,7 +303,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
         if {"sharpe", "error_rate"} <= set(result.judgement.missing) and not params.force:
             why = (f"the registry gave neither a Sharpe ratio nor an error rate for {serving.version}: the model "
                    "cannot be judged")
-            result.next_steps.append("Check the inference API's metrics endpoint by hand (seed 004 section 3.2).")
+            result.next_steps.append("Check the inference API's metrics endpoint by hand (the USD/COP "
+                                     "playbook's section 3.2).")
             if not params.dry_run:
                 result.notification = notify(run, Notice(
                     kind="start", severity="P2", title=f"model-rollback: {model_id} cannot be judged",
@@ -320,7 +324,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
             return conclude()
         if decision.action == "none":
             if result.judgement.verdict == "shadow":
-                result.next_steps.append("Activate shadow-mode comparison (seed 004 section 3.2) and compare: "
+                result.next_steps.append("Activate shadow-mode comparison (the USD/COP playbook's section "
+                                         "3.2) and compare: "
                                          "GET /api/v1/models/shadow/comparison.")
                 if not params.dry_run:
                     result.notification = notify(run, Notice(
@@ -328,7 +333,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
                         impact="the serving model trades below its baseline", details=[decision.why],
                         actions=result.next_steps))
             elif result.judgement.verdict == "monitor":
-                result.next_steps.append("Monitor closely (seed 004 section 3.2); rerun, or force a rollback.")
+                result.next_steps.append("Monitor closely (the USD/COP playbook's section 3.2); rerun, or "
+                                         "force a rollback.")
             return conclude()
         if unreadable is not None and not params.force:
             raise escalate(f"the model is degraded, but this runbook's rollback record cannot be read ({unreadable}),"
@@ -372,7 +378,8 @@ def model_rollback_flow(params: RollbackParameters) -> State:
         if isinstance(exc, InferenceApiUnavailable) and not params.dry_run:
             # After the retries: nobody can judge or roll back the model from here, which is itself an incident.
             result.next_steps.append("The inference API did not answer after its retries: check it, then judge "
-                                     "and roll back by hand (seed 004 section 3.2) or rerun this runbook.")
+                                     "and roll back by hand (the USD/COP playbook's section 3.2) or rerun "
+                                     "this runbook.")
             result.notification = notify(run, Notice(
                 kind="start", severity="P1", title=f"model-rollback: inference API unreachable ({model_id})",
                 status="Investigating", impact=f"model {model_id} can be neither judged nor rolled back",
@@ -437,8 +444,8 @@ def _roll_back(run: RunbookRun[RollbackResult], result: RollbackResult, registry
         kind="resolved", severity="P1", title=f"model-rollback: {result.model_id} rolled back to {target}",
         impact=f"{result.model_id} served a degraded version until the rollback", root_cause=why,
         resolution=f"{result.action}; the router serves {target} and predictions flow",
-        actions=["Find why the model degraded before promoting a new version", "Post-mortem (seed 002 template: "
-                 "the model-rollback-post-incident artifact)"]))
+        actions=["Find why the model degraded before promoting a new version", "Post-mortem (the incident "
+                 "response playbook's template: the model-rollback-post-incident artifact)"]))
 
 
 def _post_incident(result: RollbackResult) -> PostIncident | None:

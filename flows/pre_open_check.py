@@ -179,7 +179,8 @@ def _health(settings: Settings, host: list[HealthCheck]) -> PreOpenCheck:
     checks += [c for c in host if not c.name.startswith("disk ")]
     if baseline.error_logs:
         checks += count_recent_errors(baseline=baseline)
-    return judge_health("health check", checks, fix="see seed 001's troubleshooting for each check named; "
+    return judge_health("health check", checks, fix="see the operations runbook's troubleshooting for each check "
+                        "named; "
                         "`runbooks run health-check` repeats it")
 
 

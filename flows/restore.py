@@ -98,7 +98,8 @@ class RestoreParameters(BaseModel):
         default="auto", description="Create the roles the cluster lacks from the cluster backup first. auto: as "
         "NOLOGIN roles without password (as in the backup on a clean cluster); always: as in the backup, LOGIN and "
         "password included, and fail if there is no cluster backup; never: skip.")
-    no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-acl (seeds' variant).")
+    no_owner: bool = Field(default=False,
+                           description="pg_restore --no-owner --no-acl (the operations runbook's variant).")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$",
                                 description="The plan hash a dry run printed: approves a replace without pausing.")
     approval_timeout_seconds: int = Field(default=1800, ge=1, le=86400,
@@ -302,8 +303,8 @@ def _notice(result: RestoreResult) -> Notice:
                       f"{result.backup_id}", impact=trading, root_cause=None,
                       resolution=f"{result.database} restored from {result.backup_id}, validated and swapped in; "
                       f"the previous one is kept as {result.kept_live_as}",
-                      actions=[f"Drop {result.kept_live_as} once satisfied", "Post-mortem (seed 002 template: the "
-                               "restore-post-incident artifact)"])
+                      actions=[f"Drop {result.kept_live_as} once satisfied", "Post-mortem (the incident response "
+                               "playbook's template: the restore-post-incident artifact)"])
     return Notice(kind="update", severity="P1", title=f"restore: replacing {result.database} FAILED",
                   status="Investigating", impact=trading, details=[result.error or "failed"],
                   actions=result.next_steps)

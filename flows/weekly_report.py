@@ -153,7 +153,8 @@ def _pnl_section(result: WeeklyReportResult) -> list[str]:
 
 
 def _models_section(result: WeeklyReportResult) -> list[str]:
-    lines = [f"## Model accuracy (last {result.days} days, graded by seed 004's table)", ""]
+    lines = [f"## Model accuracy (last {result.days} days, graded by the USD/COP playbook's "
+             "decision table, section 3.2)", ""]
     if line := _unreadable_line(result, "model accuracy"):
         return [*lines, line, ""]
     lines += [table(["model", "version", "verdict", "Sharpe", "win rate", "error rate", "latency", "drift PSI",
@@ -319,7 +320,8 @@ def _next_steps(result: WeeklyReportResult) -> list[str]:
                          "model-rollback runbook (`runbooks run model-rollback --param dry_run=true`).")
     for b in result.risk.breakers or []:
         if b.tripped:
-            steps.append(f"Circuit breaker {b.name!r} is {b.state}: seed 003 'Circuit Breaker Triggers'.")
+            steps.append(f"Circuit breaker {b.name!r} is {b.state}: see the trading-system runbook's "
+                         "'Circuit Breaker Triggers'.")
     if "DR drills" in result.read and not result.drills and result.last_drill is None:
         steps.append("No DR drill has been recorded: run `runbooks run dr-game-day`.")
     failed = [s for s in result.run_summary if s.last_problem]
@@ -341,7 +343,7 @@ def weekly_report_flow(params: WeeklyReportParameters) -> State:
     window = window_label(params.days)
     result = WeeklyReportResult(started_at=run.started_at, days=params.days, window_start=since, window_end=until)
     run.report(result, render=render_report, key="weekly-report",
-               description="Weekly maintenance report (seed 003)")
+               description="Weekly maintenance report (the trading-system runbook's weekly maintenance)")
 
     with _reading(run, result, "trading performance") as figures:
         result.pnl = read_pnl(api=settings.trading_api, path=config.pnl_path, window=window)

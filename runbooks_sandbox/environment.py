@@ -438,8 +438,8 @@ class Sandbox:
             "monthly = 6",
             "",
             *_markets_toml(state.markets),
-            "# Seed 004 section 3.3: 5-minute bars (USD/COP, and each other market's); pause after 10 minutes, kill",
-            "# switch after 60.",
+            "# The USD/COP playbook's 'Data Source Down' (section 3.3): 5-minute bars (USD/COP, and each other",
+            "# market's); pause after 10 minutes, kill switch after 60.",
             "[freshness]",
             'lookback = "6h"',
             f"platform_table = {_toml_str(SEED_BARS_TABLE)}",
@@ -449,13 +449,14 @@ class Sandbox:
             "[health]",
             "cpu_window_seconds = 5",
             "",
-            "# The DR game-day: a throwaway cluster under the sandbox; seed 002's components are the defaults.",
+            "# The DR game-day: a throwaway cluster under the sandbox; the components of the incident response",
+            "# playbook's RTO/RPO table are the defaults.",
             "[drill]",
             f"work_dir = {_toml_str(str(self.root / 'drills'))}",
             'backup_interval = "24h"',
             "",
-            "# Seed 000 \"Disk 90% Full\", confined to the sandbox: its own logs and work files, its backups, its"
-            " database.",
+            "# The pager playbook's \"Disk 90% Full\", confined to the sandbox: its own logs and work files, its"
+            " backups, its database.",
             "[cleanup]",
             f"watch = [{_toml_str(str(self.root))}]",
             f"allowed_roots = [{_toml_str(str(self.root / 'logs'))}]",  # never the state dir: runs keep work there

@@ -114,12 +114,14 @@ def _read_back(client: TradingApi, *, took: tuple[str, ...], what: str) -> dict[
     if mode not in took:
         raise TradingApiUnavailable(
             f"the trading API accepted the {what} but its status still reads trading_mode={mode!r}.",
-            hint=f"retried; if it persists, {what} by hand and check the platform (seed 004 section 3.3).")
+            hint=f"retried; if it persists, {what} by hand and check the platform (the USD/COP playbook's "
+                 "section 3.3).")
     return status
 
 
 _UNCONFIRMED = ("The {what} is not confirmed: read the trading status (it may have taken effect), check the trading "
-                "API (trading_api.base_url) and the platform (seed 004 section 3.3), then run the runbook again.")
+                "API (trading_api.base_url) and the platform (the USD/COP playbook's section 3.3), then run the "
+                "runbook again.")
 
 
 @step_task("halt-trading", **TRADING_API_RETRY)

@@ -27,6 +27,7 @@ from docker.errors import APIError, DockerException, NotFound
 from pydantic import BaseModel
 
 from runbooks.core.errors import ConfigurationError, DockerUnavailable
+from runbooks.core.instants import parse_instant
 from runbooks.core.redact import MASK, scrub
 from runbooks.settings import DockerRule
 
@@ -179,17 +180,6 @@ def _epoch(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) and value > 0 else None
 
 
-def _timestamp(value: Any) -> datetime | None:
-    """The engine's RFC 3339 times (nanoseconds, 'Z'); None for the zero time or anything unreadable."""
-    if not isinstance(value, str) or value.startswith("0001-"):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _size(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0  # absent (omitted when 0) or -1: unknown
 
@@ -242,18 +232,18 @@ def select(client: Any, rule: DockerRule, *, now: datetime) -> list[DockerObject
         with _engine(client, "reading its disk usage"):
             cache = client.df().get("BuildCache") or []
         for b in cache:
-            last_used = _timestamp(b.get("LastUsedAt")) or _timestamp(b.get("CreatedAt"))
+            last_used = parse_instant(b.get("LastUsedAt")) or parse_instant(b.get("CreatedAt"))
             if not b.get("InUse") and _old_enough(last_used, cutoff, rule):
                 selected.append(DockerObject(kind="build-cache", id=b["ID"],
                                              name=str(b.get("Description") or b.get("Type") or b["ID"]),
-                                             created_at=_timestamp(b.get("CreatedAt")), bytes=_size(b.get("Size")),
+                                             created_at=parse_instant(b.get("CreatedAt")), bytes=_size(b.get("Size")),
                                              detail=f"{b.get('Type', 'cache')}, last used {b.get('LastUsedAt')}"))
     if rule.volumes:
         with _engine(client, "listing unused volumes"):
             listed = client.api.volumes(filters={"dangling": True, **_engine_label_filter(rule)})
             sizes = {v["Name"]: (v.get("UsageData") or {}).get("Size") for v in client.df().get("Volumes") or []}
         for v in listed.get("Volumes") or []:
-            created_at = _timestamp(v.get("CreatedAt"))
+            created_at = parse_instant(v.get("CreatedAt"))
             if qualifies(v.get("Labels")) and _old_enough(created_at, cutoff, rule):
                 selected.append(DockerObject(kind="volume", id=v["Name"], name=v["Name"], created_at=created_at,
                                              bytes=_size(sizes.get(v["Name"])), detail="unused"))

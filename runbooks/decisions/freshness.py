@@ -391,11 +391,11 @@ def decide(findings: list[Finding], status: dict[str, object], record: TradingHo
             return Decision(action="none", target="kill", why=f"data stale beyond kill_after; trading already halted "
                             f"by {holder!r}")
         return Decision(action="kill-switch", target="kill", why="data stale beyond kill_after: kill switch and "
-                        "escalate (seed 004: > 60 minutes)")
+                        "escalate (the USD/COP playbook's 'Data Source Down', section 3.3: > 60 minutes)")
     if level == "error":
         if mode == "running":
             return Decision(action="pause", target="pause", why="gating data stale or failing quality: pause "
-                            "trading (seed 004: 10-60 minutes)")
+                            "trading (the USD/COP playbook's 'Data Source Down', section 3.3: 10-60 minutes)")
         return Decision(action="none", target="pause", why=f"trading already {mode} by {holder!r}; left as it is")
     if level == "unknown":
         return Decision(action="none", target="hold", why="the freshness of gating data is unknown: nothing is "

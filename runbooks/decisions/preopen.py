@@ -5,11 +5,12 @@ the one go/no-go verdict. Pure: the readings come from the tasks the other runbo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from runbooks.core.instants import parse_instant
 from runbooks.core.market_time import WEEKDAYS, MarketCalendar
 from runbooks.decisions.freshness import Finding
 from runbooks.decisions.health import HealthCheck
@@ -195,7 +196,7 @@ def judge_trading(status: Mapping[str, object] | None, *, previous_close: dateti
     mode = str(status.get("trading_mode") or "unknown")
     who = str(status.get("paused_by") or "unknown")
     reason = status.get("reason")
-    changed = _instant(status.get("changed_at"))
+    changed = parse_instant(status.get("changed_at"))
     since = f" since {changed:%Y-%m-%d %H:%M} UTC" if changed else ""
     if mode == "running":
         return PreOpenCheck(name="trading mode", outcome="pass", reason=f"running{since}")
@@ -209,18 +210,6 @@ def judge_trading(status: Mapping[str, object] | None, *, previous_close: dateti
                                 "cause is fixed, or keep the market from opening on this platform")
     return PreOpenCheck(name="trading mode", outcome="fail", reason=f"trading mode {mode!r} is not one the check "
                         "knows (running, paused, halted)", fix="read the trading API's operations status by hand")
-
-
-def _instant(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def judge_serving(*, model_id: str, version: str | None, healthy: bool | None,
@@ -254,7 +243,8 @@ def judge_feeds(findings: Sequence[Finding]) -> PreOpenCheck:
     lines = [f"{f.key}: {f.reason}" for f in (bad or warned or findings)]
     if bad:
         return PreOpenCheck(name="24/7 feeds", outcome="fail", reason="; ".join(lines),
-                            fix="restart the stale feed (seed 004 section 3.3); `runbooks run data-freshness` "
+                            fix="restart the stale feed (the USD/COP playbook's 'Data Source Down', section "
+                                "3.3); `runbooks run data-freshness` "
                                 "shows every table")
     if warned:
         return PreOpenCheck(name="24/7 feeds", outcome="warn", reason="; ".join(lines),

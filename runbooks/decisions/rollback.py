@@ -57,8 +57,10 @@ def plan(judgement: Judgement, *, serving: str, force: bool, requested: str | No
                     + (f": {reasons})" if reasons else ")"))
     why: dict[Verdict, str] = {
         "healthy": "the model is healthy: no rollback without force",
-        "monitor": f"minor degradation ({reasons}): monitor closely, no rollback (seed 004)",
-        "shadow": f"significant degradation ({reasons}): activate shadow-mode comparison, no rollback yet (seed 004)",
+        "monitor": f"minor degradation ({reasons}): monitor closely, no rollback (the USD/COP playbook's "
+                   "section 3.2)",
+        "shadow": f"significant degradation ({reasons}): activate shadow-mode comparison, no rollback yet (the "
+                  "USD/COP playbook's section 3.2)",
         "rollback": "",
     }
     return Plan(action="none", why=why[judgement.verdict])
@@ -118,5 +120,6 @@ def pick_target(views: list[TargetView], requested: str | None) -> TargetView:
     if not eligible:
         raise Refused("no rollback target was healthy while it served ("
                       + ("; ".join(f"{v.version}: {v.why_not}" for v in views) or "the registry offers none") + ").",
-                      hint="escalate: a human picks a version (seed 004 section 3.2) or retrains.")
+                      hint="escalate: a human picks a version (the USD/COP playbook's 'Model Performance "
+                           "Degradation', section 3.2) or retrains.")
     return eligible[0]

@@ -158,7 +158,8 @@ class RunbookRun(Generic[R]):
                            markdown=post_incident_markdown(incident, started_at=self.started_at,
                                                            seconds=result.seconds, timeline=timeline,
                                                            flow_run_id=self.flow_run_id),
-                           description=f"Post-incident report (seed 002 template): {incident.title}")
+                           description=f"Post-incident report (the incident response playbook's post-mortem template): "
+                                       f"{incident.title}")
         self.steps.event("run.concluded", succeeded=result.succeeded, error=result.error,
                          seconds=round(result.seconds, 3))
         if result.succeeded:

@@ -165,7 +165,8 @@ class CleanupSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     watch: list[AbsolutePath] = Field(default_factory=lambda: [Path("/"), Path("/var"), Path("/tmp")],
-                                      description="filesystems whose usage starts a cleanup (seed 001's df filter)")
+                                      description="filesystems whose usage starts a cleanup (the df filter of the "
+                                                  "operations runbook's health-check script)")
     high_watermark: float = Field(default=85, gt=0, le=100, description="percent used at or above which it cleans")
     low_watermark: float = Field(default=80, ge=0, lt=100, description="percent used below which it stops")
     allowed_roots: list[AbsolutePath] = Field(

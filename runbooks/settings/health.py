@@ -25,14 +25,17 @@ class HealthSettings(BaseModel):
     cpu_alert_percent: float = Field(default=85, gt=0, le=100)
     cpu_window_seconds: float = Field(default=30, ge=0.5, le=600, description="CPU is graded on its average over "
                                       "this window (6 samples), not on one instant: the baseline means sustained")
-    api_warn_seconds: float = Field(default=0.5, gt=0, description="response time (seed: p95 < 500 ms)")
+    api_warn_seconds: float = Field(default=0.5, gt=0, description="response time (the operations runbook's "
+                                     "performance baseline: p95 < 500 ms)")
     api_alert_seconds: float = Field(default=2.0, gt=0)
     connections_warn_percent: float = Field(default=80, gt=0, le=100, description="of max_connections")
     connections_alert_percent: float = Field(default=90, gt=0, le=100)
     error_logs: list[AbsolutePath] = Field(default_factory=list, description="application logs whose recent "
-                                           "lines are searched for errors (seed 001: logs/combined.log)")
+                                           "lines are searched for errors (the operations runbook greps "
+                                           "logs/combined.log)")
     error_pattern: str = Field(default=r"(error|unauthorized|failed)", min_length=1, max_length=500,
-                               description="seed 001's grep -E, matched case-insensitively")
+                               description="the operations runbook's grep -E, matched "
+                               "case-insensitively")
     error_tail_lines: int = Field(default=10_000, ge=1, le=10_000_000, description="recent = the last N lines")
     errors_warn: int = Field(default=10, ge=0, description="matching recent lines at which a log warns")
     errors_alert: int = Field(default=100, ge=0, description="... and alerts")

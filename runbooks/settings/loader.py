@@ -88,7 +88,7 @@ class Settings(BaseSettings):
 
     databases: dict[InventoryName, DatabaseSettings] = Field(default_factory=dict)
     markets: dict[MarketName, MarketSettings] = Field(default_factory=seed_markets, description="the trading "
-                                                      "calendar of each market (the seeds': USD/COP and crypto)")
+                                                      "calendar of each market (by default USD/COP and crypto)")
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)

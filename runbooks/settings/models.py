@@ -48,7 +48,8 @@ class ModelSettings(BaseModel):
     registry: Literal["inference-api"] = Field(
         default="inference-api", description="where versions live and are swapped: the inference API ([inference_api])")
     metrics_window: str = Field(default="1d", pattern=r"^[0-9]{1,4}[mhdw]$",
-                                description="the window of the metrics the verdict is taken on (seed 004: 1d, 7d)")
+                                description="the window of the metrics the verdict is taken on (the USD/COP "
+                                "playbook's section 3.2 compares 1d and 7d)")
     watch_window: str = Field(default="30m", pattern=r"^[0-9]{1,4}[mhdw]$",
                               description="the window of the metrics read while watching a rolled-back model")
     verify_timeout: Duration = Field(default=timedelta(minutes=2),

@@ -28,7 +28,8 @@ class SeverityLevel(BaseModel):
 
     name: str
     criteria: str
-    response: str = Field(description="response time, as the seed words it")
+    response: str = Field(description="response time, as the USD/COP playbook's severity table "
+                          "words it")
     resolution_minutes: int = Field(gt=0, description="resolution target")
     escalation: list[EscalationStep] = Field(default_factory=list)
     blocks: list[BlockName] = Field(default_factory=list, description="notification blocks for this severity "
@@ -73,14 +74,14 @@ class NotificationSettings(BaseModel):
     severities: dict[Severity, SeverityLevel] = Field(default_factory=_seed_severities)
     contacts: dict[str, str] = Field(default_factory=_seed_contacts, description="role -> handle (Slack, "
                                      "PagerDuty schedule), as the escalation lines name them")
-    timezone: str = Field(default="America/Bogota", description="time zone of the times in messages (the seeds "
-                          "use COT)")
+    timezone: str = Field(default="America/Bogota", description="time zone of the times in messages (the USD/COP "
+                          "playbook's templates use COT)")
     backup_stale_after: timedelta = Field(default=timedelta(hours=26), ge=timedelta(seconds=10),
                                           description="automation: raise a P1 when a database of the inventory "
-                                          "has had no successful backup for this long (seed: 26 h)")
+                                          "has had no successful backup for this long (26 h by default)")
     repeat_after: timedelta = Field(default=timedelta(minutes=30), ge=timedelta(0),
                                     description="automation: at most one stale-data notification per table in "
-                                    "this window (seed 002: updates every 30 min)")
+                                    "this window (the incident response playbook: a status update every 30 min)")
 
     @model_validator(mode="before")
     @classmethod

@@ -61,8 +61,9 @@ class PitrSettings(BaseModel):
     archive_timeout: Duration = Field(default=timedelta(seconds=30), description="PostgreSQL's archive_timeout: a "
                                       "WAL segment is archived at least this often when anything was written (half "
                                       "the RPO: the segment still has to reach the repository)")
-    rpo: Objective = Field(default=timedelta(minutes=1), description="seed 002's position database RPO: the "
-                           "archive check notifies when WAL waits longer than this")
+    rpo: Objective = Field(default=timedelta(minutes=1), description="the position database's RPO in the incident "
+                           "response playbook's RTO/RPO table: the archive check notifies when WAL waits longer "
+                           "than this")
     marker_database: str = Field(default="postgres", min_length=1, max_length=63, pattern=_PGBR_SAFE,
                                  description="database of the marker table the archive check writes every run")
     marker_table: str = Field(default="runbooks_pitr_marker", pattern=r"^[a-z_][a-z0-9_]{0,62}$",

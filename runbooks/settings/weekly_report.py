@@ -16,15 +16,16 @@ class WeeklyReportSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pnl_path: ApiPath = Field(default="/api/v1/trading/pnl", description="P&L over ?window=7d "
-                              "(seed 003: /api/trading/pnl)")
+                              "(the trading-system runbook's /api/trading/pnl)")
     risk_metrics_path: ApiPath = Field(default="/api/v1/risk/metrics", description="drawdown, VaR and exposure "
-                                       "(seed 003: review risk metrics)")
+                                       "(the trading-system runbook's weekly 'Review risk metrics')")
     circuit_breakers_path: ApiPath = Field(default="/api/v1/risk/circuit-breakers",
-                                           description="each breaker's state (seed 003: /api/risk/circuit-breakers)")
+                                           description="each breaker's state (the trading-system "
+                                           "runbook's /api/risk/circuit-breakers)")
     risk_health_path: ApiPath = Field(default="/api/v1/risk/health", description="the risk engine's health "
-                                      "(seed 003: /api/risk/health)")
+                                      "(the trading-system runbook's /api/risk/health)")
     risk_events_path: ApiPath = Field(default="/api/v1/risk/events", description="risk events over ?window=7d "
-                                      "(seed 003: /api/risk/events)")
+                                      "(the trading-system runbook's /api/risk/events)")
     model_ids: list[ModelId] = Field(default_factory=list, description="models whose accuracy is reported; "
                                      "empty: the one [models] model_id names")
     list_runs_up_to: int = Field(default=20, ge=0, le=1000, description="a runbook that ran more often than this in "
