@@ -26,7 +26,7 @@ from runbooks.decisions.pitr import (
     pitr_paths,
     protected_cluster,
 )
-from runbooks.decisions.report import report_tail, table
+from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -54,7 +54,7 @@ class ArchiveCheckResult(RunbookResult):
 def render_report(result: ArchiveCheckResult) -> str:
     verdict = result.judgement.verdict.upper() if result.judgement else "FAILED"
     lines = [f"# Archive check of stanza {result.stanza} — {verdict}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s."
+             f"{started(result)}."
              + (f" Notification: {result.notification}." if result.notification else ""), ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]

@@ -20,7 +20,7 @@ from runbooks.adapters.catalog import BackupCatalog
 from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import ConfigurationError, RunbookError
 from runbooks.core.redact import scrub
-from runbooks.decisions.report import human_bytes, report_tail, table
+from runbooks.decisions.report import human_bytes, report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -62,7 +62,7 @@ class VerificationResult(RunbookResult):
 def render_report(result: VerificationResult) -> str:
     bad = [d for d in result.databases if d.status != "passed"]
     lines = [f"# Weekly backup verification — {'OK' if result.succeeded else 'FAILED'}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s; "
+             f"{started(result)}; "
              f"{len(result.databases) - len(bad)} of {len(result.databases)} newest backups verified.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]

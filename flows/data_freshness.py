@@ -45,7 +45,7 @@ from runbooks.decisions.freshness import (
     worst,
 )
 from runbooks.decisions.incidents import Notice
-from runbooks.decisions.report import report_tail, table
+from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, resource_lock
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
@@ -105,7 +105,7 @@ def render_report(result: FreshnessResult) -> str:
     verdict = {"ok": "data fresh", "warn": "WARNING", "error": "STALE OR FAILING", "kill": "STALE: KILL SWITCH",
                "unknown": "UNKNOWN"}[result.worst]
     lines = [f"# Data freshness {'(act=false) ' if not result.act else ''}— {verdict}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. "
+             f"{started(result)}. "
              f"**Action: {result.action}.**" + (f" Notification: {result.notification}." if result.notification
                                                  else ""), ""]
     if result.decision:

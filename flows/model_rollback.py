@@ -30,7 +30,7 @@ from runbooks.core.errors import ConfigurationError, InferenceApiUnavailable, Lo
 from runbooks.core.redact import scrub
 from runbooks.decisions.incidents import Notice, PostIncident
 from runbooks.decisions.models import Judgement, ModelEvidence, Verdict, judge
-from runbooks.decisions.report import report_tail, table
+from runbooks.decisions.report import report_tail, started, table
 from runbooks.decisions.rollback import Plan, RollbackRecord, TargetView, grade_targets, pick_target, plan
 from runbooks.frame import RunbookResult, RunbookRun, TradingGuard, notify, repository_lock
 from runbooks.frame.names import run_name, run_parameters
@@ -141,7 +141,7 @@ def render_report(result: RollbackResult) -> str:
     verdict = result.judgement.verdict if result.judgement else "unknown"
     title = "ESCALATED" if result.escalation else ("dry run" if result.dry_run else result.action)
     lines = [f"# Model rollback of {result.model_id} — {title}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Verdict: **{verdict}**. "
+             f"{started(result)}. Verdict: **{verdict}**. "
              f"**Action: {result.action}.**" + (f" Notification: {result.notification}." if result.notification
                                                  else ""), ""]
     if result.reason or result.initiated_by:

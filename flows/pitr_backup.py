@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runbooks.core.errors import ConfigurationError, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.pitr import BackupType, PhysicalBackup, StanzaInfo, pitr_paths, protected_cluster
-from runbooks.decisions.report import human_bytes, report_tail, table
+from runbooks.decisions.report import human_bytes, report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -45,7 +45,7 @@ class PitrBackupResult(RunbookResult):
 
 def render_report(result: PitrBackupResult) -> str:
     lines = [f"# PITR backup ({result.kind}) of stanza {result.stanza} — {'OK' if result.succeeded else 'FAILED'}",
-             "", f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s.", ""]
+             "", f"{started(result)}.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
     if result.info is not None:

@@ -26,7 +26,7 @@ from runbooks.adapters.postgres import CheckResult, connect, failure_line
 from runbooks.adapters.workdirs import OWNER, WorkDirs
 from runbooks.core.errors import Refused, RunbookError
 from runbooks.decisions.pitr import RecoveryPoint, parse_target, pitr_paths, protected_cluster
-from runbooks.decisions.report import report_tail, table
+from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import instant, run_name, run_parameters
 from runbooks.frame.parameters import takes
@@ -98,7 +98,7 @@ class PitrRestoreResult(RunbookResult):
 def render_report(result: PitrRestoreResult) -> str:
     lines = [f"# PITR restore of stanza {result.stanza} to {result.target_time} — "
              f"{'OK' if result.succeeded else 'FAILED'}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s.", ""]
+             f"{started(result)}.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]
     if result.restored_at:

@@ -58,7 +58,7 @@ from runbooks.decisions.pitr import (
     sql_literal,
     undo_statements,
 )
-from runbooks.decisions.report import report_tail, table
+from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval, resource_lock
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
@@ -172,7 +172,7 @@ def _head(result: PitrSetupResult) -> str:
 
 def render_report(result: PitrSetupResult) -> str:
     lines = [f"# PITR setup of stanza {result.stanza} — {_head(result)}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s. Config "
+             f"{started(result)}. Config "
              f"`{result.config_path}`, data directory `{result.data_directory}`.", ""]
     if result.error:
         lines += [f"**Error:** {result.error}", ""]

@@ -37,7 +37,7 @@ from runbooks.core.errors import Refused, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.incidents import Notice, PostIncident
 from runbooks.decisions.manifest import BackupManifest, Verification
-from runbooks.decisions.report import human_bytes, inline, report_tail, table
+from runbooks.decisions.report import human_bytes, inline, report_tail, started, table
 from runbooks.flows.restore_sequence import restore_to_scratch
 from runbooks.frame import (
     Approval,
@@ -224,7 +224,7 @@ def render_report(result: RestoreResult) -> str:
     title = {"succeeded": "succeeded", "dry_run": "dry run", "rejected": "REJECTED — nothing changed",
              "timed_out": "approval TIMED OUT — nothing changed", "failed": "FAILED"}[result.status]
     lines = [f"# Restore of `{result.database}` ({result.mode}) — {title}", "",
-             f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s in all."]
+             f"{started(result)} in all."]
     if result.time_to_restore_seconds is not None:
         lines.append(f"**Time to a validated database: {result.time_to_restore_seconds:.1f} s** "
                      "(fetch + verify + pg_restore + validation).")

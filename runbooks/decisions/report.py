@@ -30,9 +30,21 @@ def timeline_markdown(steps: Sequence[StepTiming]) -> str:
 
 
 class Concluded(Protocol):
+    started_at: datetime
+    seconds: float
     error: str | None
     timeline: list[StepTiming]
     next_steps: list[str]
+
+
+def report_head(title: str, verdict: str) -> str:
+    """How every report starts: what ran, then how it ended (``# Backup — succeeded``)."""
+    return f"# {title} — {verdict}"
+
+
+def started(result: Concluded) -> str:
+    """The line under the heading: when the run started (UTC) and how long it took."""
+    return f"Started {result.started_at:%Y-%m-%d %H:%M:%S} UTC, {result.seconds:.1f} s"
 
 
 def report_tail(result: Concluded, *, body: str) -> list[str]:

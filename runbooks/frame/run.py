@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from runbooks.core.errors import RunbookError
 from runbooks.core.redact import install_log_scrubbing, scrub, scrub_data
 from runbooks.decisions.incidents import PostIncident, post_incident_markdown
-from runbooks.decisions.report import report_tail
+from runbooks.decisions.report import report_head, report_tail, started
 from runbooks.frame.parameters import InvalidParameters
 from runbooks.frame.steps import Steps, StepTiming
 from runbooks.settings import Settings, load_settings
@@ -148,8 +148,8 @@ class RunbookRun(Generic[R]):
             markdown = spec.render(result)
         except Exception:  # a report that cannot render still says how the run ended
             self.logger.exception("The %s report did not render; publishing its summary", self.runbook)
-            markdown = "\n".join([f"# {self.runbook} — {'succeeded' if result.succeeded else 'FAILED'}", "",
-                                   *report_tail(result, body="")])
+            markdown = "\n".join([report_head(self.runbook, "succeeded" if result.succeeded else "FAILED"), "",
+                                   f"{started(result)}.", "", *report_tail(result, body="")])
         publish_report(key=key or spec.key, markdown=markdown, description=description or spec.description)
         incident = spec.post_incident(result) if spec.post_incident else None
         if incident is not None:
