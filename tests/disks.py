@@ -1,9 +1,12 @@
-"""Small real filesystems for tests: a tmpfs of a given size (real watermarks, a real "No space left on device")."""
+"""Small real filesystems for tests: a tmpfs of a given size (real watermarks, a real "No space left on device"),
+and temporary directories other OS users may enter."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,3 +25,15 @@ def tmpfs(mount: Path, *, size_mb: int) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@contextmanager
+def traversable_dir(prefix: str) -> Iterator[Path]:
+    """A new directory (mode 0755) for the block, removed with its contents after it. Not under pytest's own tmp
+    directories, which are 0700 under root: a cluster runs as the postgres OS user then, and must pass through."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,15 +4,20 @@ plain pg_restore."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from runbooks.adapters.catalog import BackupCatalog
+from runbooks.adapters.cluster import PostgresCluster, free_port
 from runbooks.adapters.pipeline import iter_decompressed
 from runbooks.adapters.postgres import libpq_env, pg_tool
 from runbooks.decisions.manifest import BackupManifest
@@ -58,6 +63,19 @@ COMMENT ON TABLE market.orders IS 'orders with every column type a dump must car
 
 def admin_dsn(sandbox: SandboxState, dbname: str = "postgres") -> str:
     return sandbox.cluster().dsn(dbname)
+
+
+@contextmanager
+def running_cluster(root: Path, **options: Any) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the test's own in ``root`` (``options``: more ``PostgresCluster`` fields), on a free
+    port, started for the block and destroyed after it, its directory with it."""
+    cluster = PostgresCluster(root=root, port=free_port(), superuser_password=secrets.token_urlsafe(16), **options)
+    cluster.init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def create_fidelity_db(sandbox: SandboxState) -> str:

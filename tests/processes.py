@@ -1,5 +1,5 @@
-"""Starting ``runbooks`` in processes of their own, finding and signalling the processes a run started (for
-fault-injection tests)."""
+"""Starting ``runbooks`` in processes of their own (the operator's command line, a sandbox), finding and signalling
+the processes a run started (for fault-injection tests)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,48 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from tests.disks import traversable_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | str | None = None,
+        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without RUNBOOKS_* and with the checkout importable from any directory."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNBOOKS_")}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The whole of stderr, which must be one line (no traceback, no wrapping) starting with 'error:'."""
+    text = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and "\n" not in text, proc.stderr
+    assert text.startswith("error: "), proc.stderr
+    return text
+
+
+@contextmanager
+def sandbox_up(env: dict[str, str], prefix: str) -> Iterator[tuple[Path, Path, subprocess.CompletedProcess[str]]]:
+    """``runbooks sandbox up --size 1MB`` (which must succeed) into ``sb`` of a traversable directory of its own,
+    run from that directory: the directory, the sandbox's and the command's result. After the block, ``sandbox
+    down`` (harmless if the test already took it down) and the directory removed."""
+    with traversable_dir(prefix) as parent:
+        box = parent / "sb"
+        try:
+            up = cli(env, "sandbox", "up", "--size", "1MB", "--dir", str(box), cwd=parent, timeout=300)
+            assert up.returncode == 0, up.stderr[-3000:]
+            yield parent, box, up
+        finally:
+            cli(env, "sandbox", "down", "--dir", str(box), cwd=parent, timeout=120)
 
 
 def children_named(parent: int, name: str) -> list[int]:

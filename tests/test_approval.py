@@ -30,8 +30,9 @@ from runbooks.tasks.reports import artifact_key, publish_report
 from runbooks_sandbox import SandboxState
 from tests.approvals import act_when_paused, decide_when_paused, paused_run, resume_bypassing_the_schema, stored_form
 from tests.events import runbook_events
-from tests.pgfixtures import admin_dsn, content_checksums
-from tests.test_restore import databases, operations, restore, source  # noqa: F401 - source is a fixture
+from tests.pgfixtures import admin_dsn, content_checksums, databases
+from tests.runs import restore
+from tests.test_restore import operations, source  # noqa: F401 - source is a fixture
 
 EMPTY = {"approve": True, "approver": "", "reason": ""}
 BLANK = {"approve": True, "approver": "   ", "reason": "\t"}

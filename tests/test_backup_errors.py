@@ -10,24 +10,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbooks.adapters.catalog import BackupCatalog
 from runbooks.adapters.cluster import free_port
-from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import ConfigurationError
-from runbooks.flows.backup import backup_databases
-from runbooks.frame import outcome
 from runbooks.settings import load_settings
 from runbooks.tasks.postgres import dump_database, probe_database
 from runbooks_sandbox import SandboxState
 from tests.pgfixtures import admin_dsn
-from tests.repositories import local_repository_path
+from tests.repositories import catalog, local_repository_path
+from tests.runs import run_backup, without_retry_delays
 
 CANARY = "canary-Pw-7f3a9c"
-
-
-def run(**params):  # type: ignore[no-untyped-def]
-    state = backup_databases(**params, return_state=True)
-    return state, outcome(state)
 
 
 def flow_logs(state) -> str:  # type: ignore[no-untyped-def]
@@ -52,19 +44,18 @@ def report_text() -> str:
 
 
 def nothing_listed() -> bool:
-    cat = BackupCatalog(open_repository(load_settings().repository))
+    cat = catalog()
     return cat.list_backups() == [] and cat.unfinished() == []
 
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the retry policy (count, condition) but not its real-world delays."""
-    for task in (dump_database, probe_database):
-        monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
+    without_retry_delays(monkeypatch, dump_database, probe_database)
 
 
 def test_unknown_database_is_refused_before_any_work(config: SandboxState) -> None:
-    state, result = run(databases=["trading_db", "no_such_db"])
+    state, result = run_backup(databases=["trading_db", "no_such_db"])
     assert state.is_failed()
     assert "'no_such_db' is not in the inventory" in result.error and "HINT:" in result.error
     assert "trading_db" in result.error  # names what is configured
@@ -74,7 +65,7 @@ def test_unknown_database_is_refused_before_any_work(config: SandboxState) -> No
 
 def test_database_missing_on_the_server(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_DATABASES__GHOST__DSN", admin_dsn(config, "ghost_db"))
-    state, result = run(databases=["ghost"], include_cluster=False)
+    state, result = run_backup(databases=["ghost"], include_cluster=False)
     assert state.is_failed()
     [item] = result.items
     assert 'database "ghost_db" does not exist' in item.error and "HINT:" in item.error
@@ -86,7 +77,7 @@ def test_unreachable_server_retries_then_fails_clearly(
 ) -> None:
     port = free_port()  # nothing listens there
     monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__DSN", f"postgresql://postgres:{CANARY}@127.0.0.1:{port}/x")
-    state, result = run(databases=["trading_db"], include_cluster=False)
+    state, result = run_backup(databases=["trading_db"], include_cluster=False)
     assert state.is_failed()
     [item] = result.items
     assert "unreachable" in item.error and "HINT:" in item.error
@@ -100,7 +91,7 @@ def test_wrong_password_fails_at_once_without_leaking_it(
     config: SandboxState, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RUNBOOKS_DATABASES__TRADING_DB__PASSWORD", CANARY)
-    state, result = run(databases=["trading_db"], include_cluster=False)
+    state, result = run_backup(databases=["trading_db"], include_cluster=False)
     assert state.is_failed()
     [item] = result.items
     assert "rejected the credentials" in item.error and "HINT:" in item.error
@@ -116,7 +107,7 @@ def test_repository_not_writable(config: SandboxState, monkeypatch: pytest.Monke
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", (blocker / "repo").as_uri())
-    state, result = run()
+    state, result = run_backup()
     assert state.is_failed()
     assert "is not writable" in result.error and "HINT:" in result.error
     assert result.items == []
@@ -169,9 +160,9 @@ def test_secrets_never_appear_in_a_successful_run(
                        s3_config.cluster().dsn("trading_db", "canary_backup", CANARY))
     s3_canary = "canary-S3-secret-91be"
     monkeypatch.setenv("RUNBOOKS_REPOSITORY__SECRET_ACCESS_KEY", s3_canary)  # moto accepts any key
-    state, result = run(databases=["trading_db"])
+    state, result = run_backup(databases=["trading_db"])
     assert state.is_completed(), result
-    cat = BackupCatalog(open_repository(load_settings().repository))
+    cat = catalog()
     manifests = "".join(m.model_dump_json() for m in cat.list_backups())
     captured = capfd.readouterr()
     everything = (flow_logs(state) + result.model_dump_json() + report_text() + manifests + captured.out

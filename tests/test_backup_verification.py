@@ -10,15 +10,12 @@ from typing import Any
 import pytest
 from prefect.artifacts import Artifact
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.backup_verification import verify_backups_flow
 from runbooks.frame import outcome
-from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
 from tests.processes import wait_for
-from tests.repositories import configured_repository_path
+from tests.repositories import catalog, configured_repository_path
+from tests.runs import run_backup
 
 
 def verify(**params: Any) -> tuple[Any, Any]:
@@ -27,15 +24,15 @@ def verify(**params: Any) -> tuple[Any, Any]:
 
 
 def back_up() -> str:
-    state = backup_databases(databases=["trading_db"], return_state=True)
-    assert state.is_completed(), outcome(state)
-    return str(state.result().items[0].backup_id)
+    state, result = run_backup(databases=["trading_db"])
+    assert state.is_completed(), result
+    return str(result.items[0].backup_id)
 
 
 def newest_dir() -> Path:
-    catalog = BackupCatalog(open_repository(load_settings().repository))
-    manifest = catalog.list_backups(kind="database", name="trading_db")[-1]
-    return Path(catalog.repository.root) / manifest.objects[0].key.rsplit("/", 1)[0]  # type: ignore[attr-defined]
+    cat = catalog()
+    manifest = cat.list_backups(kind="database", name="trading_db")[-1]
+    return Path(cat.repository.root) / manifest.objects[0].key.rsplit("/", 1)[0]  # type: ignore[attr-defined]
 
 
 def test_a_good_backup_passes_and_turns_stale_with_age(config: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:

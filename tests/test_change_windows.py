@@ -16,7 +16,9 @@ from runbooks.flows.restore import render_report
 from runbooks.frame.window import change_window, require_change_window
 from runbooks_sandbox import SandboxState
 from tests.markets import closed_now, open_now, set_markets
-from tests.pgfixtures import content_checksums
+from tests.pgfixtures import content_checksums, databases
+from tests.processes import cli
+from tests.runs import restore
 from tests.test_restore import source  # noqa: F401 - the fixture
 
 COT = ZoneInfo("America/Bogota")
@@ -93,9 +95,6 @@ def test_disk_cleanup_waits_for_the_close_before_vacuum_full_not_before_file_rul
 def test_a_replace_in_session_is_refused_without_a_reason_and_goes_on_with_one(
         config: SandboxState, source: str, simulator: httpx.Client,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch, prefect_api: str) -> None:
-    from tests.test_cli import cli
-    from tests.test_restore import databases, restore
-
     set_markets(monkeypatch, fx=open_now())
     _, dry = restore(database=source, mode="replace", dry_run=True)  # a dry run says what the window would do
     assert dry.change_window.in_session and dry.status == "dry_run"
@@ -123,8 +122,6 @@ def test_a_replace_in_session_is_refused_without_a_reason_and_goes_on_with_one(
 
 def test_a_replace_after_the_close_needs_no_reason(config: SandboxState, source: str,  # noqa: F811
                                                    simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_restore import restore
-
     set_markets(monkeypatch, fx=closed_now())
     _, dry = restore(database=source, mode="replace", dry_run=True)
     state, done = restore(database=source, mode="replace", confirm=dry.plan.plan_hash)
@@ -137,7 +134,6 @@ def test_pitr_setup_restarts_only_outside_the_session_or_with_a_reason(config: S
                                                                        prefect_api: str) -> None:
     from runbooks.flows.pitr_setup import PitrSetupParameters
     from runbooks.settings import load_settings
-    from tests.test_cli import cli
 
     set_markets(monkeypatch, fx=open_now())
     proc = cli({**os.environ, "PREFECT_API_URL": prefect_api}, "run", "pitr-setup", "--param", "restart=true",

@@ -17,29 +17,10 @@ import pytest
 from runbooks.flows import RUNBOOKS
 from runbooks.frame import outcome
 from runbooks_sandbox import SandboxState
+from tests import disks
+from tests.processes import ROOT, bare_env, cli, one_error_line
 
-ROOT = Path(__file__).resolve().parent.parent
 EVIL = "\x1b]0;PWNED\x07\x1b[31m[bold]evil[/bold]"  # retitles and recolours a terminal; rich markup
-
-
-def cli(env: dict[str, str], *args: str, cwd: Path | str | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
-
-
-def bare_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without RUNBOOKS_* and with the checkout importable from any directory."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNBOOKS_")}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The whole of stderr, which must be one line (no traceback, no wrapping) starting with 'error:'."""
-    text = proc.stderr.strip()
-    assert "Traceback" not in proc.stderr and "\n" not in text, proc.stderr
-    assert text.startswith("error: "), proc.stderr
-    return text
 
 
 def assert_no_raw_controls(text: str) -> None:
@@ -49,10 +30,8 @@ def assert_no_raw_controls(text: str) -> None:
 @pytest.fixture
 def traversable_dir() -> Iterator[Path]:
     """A directory the postgres OS user can enter (pytest's own tmp dirs are 0700 under root)."""
-    path = Path(tempfile.mkdtemp(prefix="runbooks-cli-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with disks.traversable_dir("runbooks-cli-") as path:
+        yield path
 
 
 def test_run_backup_then_list_and_show(config: SandboxState, prefect_api: str) -> None:

@@ -22,12 +22,12 @@ from runbooks.adapters.cleanup import Budget, Ledger, Manifest, Usage, Walk, cle
 from runbooks.adapters.postgres import server_identity
 from runbooks.adapters.records import DatabaseRecord, RestoreRecords
 from runbooks.adapters.repository import open_repository
-from runbooks.flows.disk_cleanup import CleanupResult, disk_cleanup_flow, plan_hash
-from runbooks.frame import outcome
+from runbooks.flows.disk_cleanup import CleanupResult, plan_hash
 from runbooks.settings import FileRule, load_settings
 from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
-from tests.disks import tmpfs
+from tests.repositories import catalog
+from tests.runs import run_backup, run_cleanup
 
 DAY = 86400
 OLD = time.time() - 30 * DAY
@@ -397,18 +397,6 @@ def cleanup_settings(monkeypatch: pytest.MonkeyPatch, **section: Any) -> None:
     monkeypatch.setenv("RUNBOOKS_CLEANUP", json.dumps(section, default=str))
 
 
-def run_cleanup(**params: Any) -> tuple[Any, CleanupResult]:
-    state = disk_cleanup_flow(**params, return_state=True)
-    return state, outcome(state)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MB tmpfs: real watermarks on a real filesystem."""
-    with tmpfs(tmp_path / "disk", size_mb=16) as mount:
-        yield mount
-
-
 def fill(disk: Path, *, old: int, new: int, size: int = 512 * 1024) -> None:
     for i in range(old):
         write(disk / "logs" / f"app-{i:03d}.log", size, age_days=10 + i)
@@ -725,25 +713,21 @@ def test_the_flow_prunes_exactly_the_docker_leftovers_it_selects(config: Sandbox
 
 def test_the_flow_deletes_local_backups_beyond_retention_never_the_newest(config: SandboxState, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from runbooks.flows.backup import backup_databases
-
     for _ in range(3):
-        assert backup_databases(databases=["trading_db"], include_cluster=False,
-                                                            apply_retention=False, return_state=True).is_completed()
+        state, result = run_backup(databases=["trading_db"], include_cluster=False, apply_retention=False)
+        assert state.is_completed(), result
     monkeypatch.setenv("RUNBOOKS_BACKUP__RETENTION", json.dumps({"daily": 1, "weekly": 0, "monthly": 0}))
     cleanup_settings(monkeypatch, watch=[str(tmp_path)], allowed_roots=[str(tmp_path / "area")], survey=[],
                      rules=[{"kind": "backups"}])
-    from runbooks.adapters.catalog import BackupCatalog
-
-    catalog = BackupCatalog(open_repository(load_settings().repository))
-    ids = [m.backup_id for m in catalog.scan(name="trading_db").manifests]
+    cat = catalog()
+    ids = [m.backup_id for m in cat.scan(name="trading_db").manifests]
     assert len(ids) == 3
     _, dry = run_cleanup(force=True)
     assert dry.backups[0].removed == {"database trading_db": ids[:2]} and dry.backups[0].bytes > 0
-    assert len(catalog.scan(name="trading_db").manifests) == 3
+    assert len(cat.scan(name="trading_db").manifests) == 3
     _, done = run_cleanup(force=True, dry_run=False)
     assert done.succeeded and done.backups[0].removed == {"database trading_db": ids[:2]}
-    assert [m.backup_id for m in catalog.scan(name="trading_db").manifests] == ids[2:]
+    assert [m.backup_id for m in cat.scan(name="trading_db").manifests] == ids[2:]
 
 
 def test_an_unreachable_docker_engine_fails_its_rule_not_the_rules_after_it(config: SandboxState, tmp_path: Path,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,28 +15,28 @@ import psycopg
 import pytest
 
 from runbooks.adapters.catalog import DamagedBackup
-from runbooks.adapters.cluster import PostgresCluster, free_port
+from runbooks.adapters.cluster import PostgresCluster
 from runbooks.adapters.records import DrillRecords
 from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import Refused
 from runbooks.decisions.drill import Proof, pick_backup_set, score_component
 from runbooks.decisions.manifest import BackupManifest, StoredObject, Verification
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.dr_game_day import DrillResult, dr_game_day_flow
 from runbooks.frame import outcome
 from runbooks.settings import DrillComponent, load_settings
 from runbooks_sandbox import SandboxState
 from runbooks_sandbox.seed import catch_up_bars
 from tests.events import runbook_events
-from tests.pgfixtures import admin_dsn
+from tests.pgfixtures import admin_dsn, running_cluster
+from tests.runs import run_backup
 
 
 def back_up() -> str:
     """The nightly backup, of data as fresh as a live feed keeps it (the session's sandbox was seeded earlier)."""
     catch_up_bars(load_settings().databases["trading_db"].dsn.get_secret_value())
-    state = backup_databases(apply_retention=False, return_state=True)
+    state, result = run_backup(apply_retention=False)
     assert state.is_completed(), state.message
-    return str(state.result().items[0].backup_id)
+    return str(result.items[0].backup_id)
 
 
 def drill(**params):  # type: ignore[no-untyped-def]
@@ -180,15 +179,8 @@ def test_a_drill_killed_mid_restore_is_cleaned_up_by_the_next(config: SandboxSta
 
 @pytest.fixture
 def empty_server(sandbox: SandboxState):  # type: ignore[no-untyped-def]
-    root = Path(sandbox.root) / f"target-{secrets.token_hex(4)}"
-    cluster = PostgresCluster(root=root, port=free_port(), superuser_password=secrets.token_urlsafe(16))
-    cluster.init()
-    cluster.start()
-    try:
+    with running_cluster(Path(sandbox.root) / f"target-{secrets.token_hex(4)}") as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def server_contents(cluster: PostgresCluster) -> tuple[set[str], set[str]]:

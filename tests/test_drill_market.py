@@ -15,13 +15,13 @@ import pytest
 
 from runbooks.decisions.drill import backup_market, judge_at_backup
 from runbooks.decisions.freshness import MarketView, summarize_rows
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.dr_game_day import render_report
 from runbooks.settings import MonitoredTable, load_settings
 from runbooks.settings.markets import MarketSettings, seed_markets
 from runbooks_sandbox import SandboxState
 from runbooks_sandbox.seed import catch_up_bars
 from tests.markets import closed_now, open_now, set_markets
+from tests.runs import run_backup
 from tests.test_drill import drill, leftovers
 
 COT = ZoneInfo("America/Bogota")
@@ -111,9 +111,9 @@ def market(monkeypatch: pytest.MonkeyPatch, hours: dict[str, Any]) -> None:
 
 
 def back_up() -> str:
-    state = backup_databases(apply_retention=False, return_state=True)
+    state, result = run_backup(apply_retention=False)
     assert state.is_completed(), state.message
-    return str(state.result().items[0].backup_id)
+    return str(result.items[0].backup_id)
 
 
 @pytest.mark.slow  # a drill on the sandbox

@@ -32,6 +32,7 @@ from runbooks.adapters.workdirs import OWNER, WorkDirs, WorkOwner
 from runbooks.settings import load_settings
 from runbooks.tasks.drill import stop_cluster
 from runbooks_sandbox import SandboxState
+from tests.repositories import catalog
 from tests.test_drill import back_up, damage, drill, leftovers, repo_dir
 
 
@@ -287,7 +288,6 @@ def test_host_files_outside_cluster_config_files_are_never_read(config: SandboxS
 
     from prefect import flow
 
-    from runbooks.adapters.catalog import BackupCatalog
     from runbooks.tasks.storage import restore_config_files
 
     backup_id = back_up()
@@ -296,13 +296,13 @@ def test_host_files_outside_cluster_config_files_are_never_read(config: SandboxS
     manifest["files"].append({"path": "/dev/zero", "bytes": 1, "sha256": "0" * 64, "mode": 0o644})
     path.write_text(json.dumps(manifest))
     settings = load_settings()
-    catalog = BackupCatalog(open_repository(settings.repository))
-    [cluster_manifest] = [m for m in catalog.list_backups(kind="cluster") if m.backup_id == backup_id]
+    cat = catalog()
+    [cluster_manifest] = [m for m in cat.list_backups(kind="cluster") if m.backup_id == backup_id]
     found: list[object] = []
 
     @flow
     def restore_files() -> None:
-        found.extend(restore_config_files(catalog=catalog, manifest=cluster_manifest, dest=tmp_path / "w" / "config",
+        found.extend(restore_config_files(catalog=cat, manifest=cluster_manifest, dest=tmp_path / "w" / "config",
                                           originals=settings.cluster.config_files))
 
     (tmp_path / "w").mkdir()

@@ -34,12 +34,10 @@ import pytest
 import yaml
 from psycopg import sql
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
-from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
 from tests.prefect_server import prefect_server, stop_process_group
 from tests.receivers import Inbox
+from tests.repositories import catalog
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +122,7 @@ def stack(server_on_postgres: tuple[str, str], sandbox: SandboxState, tmp_path: 
     home, state = tmp_path / "prefect-home", tmp_path / "state"
     home.mkdir()
     state.mkdir()
-    # This process reads the same repository (load_settings) as the runs do.
+    # This process reads the same repository (catalog(), through load_settings) as the runs do.
     monkeypatch.setenv("RUNBOOKS_CONFIG", sandbox.config_path)
     monkeypatch.setenv("RUNBOOKS_REPOSITORY__URL", repository.as_uri())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RUNBOOKS_"))}
@@ -396,8 +394,7 @@ def test_the_runbooks_run_end_to_end_on_a_prefect_server_on_postgresql(stack: St
     try:
         # 4. Backup, then restore (verify) of trading_db through their deployments, run by the worker.
         backup_run = run_and_wait("backup/backup-on-demand", {"databases": ["trading_db"]}, worker)
-        [manifest] = BackupCatalog(open_repository(load_settings().repository)).list_backups(
-            kind="database", name="trading_db")
+        [manifest] = catalog().list_backups(kind="database", name="trading_db")
         assert backup_run.start_time and manifest.started_at >= backup_run.start_time - timedelta(seconds=5)
 
         restore_run = run_and_wait("restore/restore-on-demand",

@@ -26,6 +26,7 @@ from runbooks.settings import ApiSettings, ModelPolicy, load_settings
 from runbooks.tasks.models import read_evidence, read_serving, request_rollback
 from runbooks_sandbox import SandboxState
 from tests.events import runbook_events
+from tests.runs import without_retry_delays
 
 DEGRADED = {"sharpe_ratio": 0.22, "win_rate": 0.31, "error_rate": 0.02}
 QUICK = {"monitor_minutes": 0, "poll_seconds": 0.2}
@@ -41,8 +42,7 @@ def platform(config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the retry policy (count, condition) but not its real-world delays."""
-    for task in (read_serving, read_evidence, request_rollback):
-        monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
+    without_retry_delays(monkeypatch, read_serving, read_evidence, request_rollback)
 
 
 def rollback(**params: Any) -> tuple[Any, RollbackResult]:

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from runbooks.adapters.catalog import BackupCatalog
-from runbooks.flows.backup import BackupResult, backup_databases
+from runbooks.flows.backup import BackupResult
 from runbooks.frame import outcome
 from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
@@ -493,9 +493,8 @@ def test_the_trading_api_down_past_its_retries_says_what_to_do_next_without_a_tr
         config: SandboxState, simulator: httpx.Client, prefect_api: str) -> None:
     """Every status read answers 503. Each retry's note may say the task retries; once the retries are spent the
     error says so and what to do (check the API at its URL, run again), and the CLI prints no traceback."""
-    backup_state = backup_databases(databases=["trading_db"], include_cluster=False,
-                                    return_state=True)
-    assert backup_state.is_completed(), outcome(backup_state)
+    backup_state, backed_up = run_backup(databases=["trading_db"], include_cluster=False)
+    assert backup_state.is_completed(), backed_up
     url = load_settings().trading_api.base_url  # type: ignore[union-attr]
     simulator.post("/_control/failures", json={"path_prefix": "/api/v1/operations", "status": 503,
                                                "count": 100}).raise_for_status()

@@ -23,8 +23,8 @@ from prefect import flow
 
 from runbooks.decisions.incidents import Notice
 from runbooks.frame import RunbookRun, notify
+from tests.processes import ROOT, bare_env, one_error_line
 from tests.receivers import Inbox
-from tests.test_cli import ROOT, bare_env, one_error_line
 
 
 def runbooks(env: dict[str, str], *args: str, stdin: str = "", cwd: Path) -> subprocess.CompletedProcess[str]:

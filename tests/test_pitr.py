@@ -8,7 +8,6 @@ import json
 import os
 import pwd
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -24,13 +23,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from runbooks.adapters.cluster import PostgresCluster, free_port, server_os_user
+from runbooks.adapters.cluster import PostgresCluster, server_os_user
 from runbooks.adapters.postgres import pg_bindir
 from runbooks.core.errors import ConfigurationError
 from runbooks.decisions.pitr import ArchiverState, PitrPaths, judge_archiver, parse_info, parse_target, render_config
 from runbooks.frame import outcome
 from runbooks.settings import PitrSettings
 from runbooks_sandbox import SandboxState
+from tests.disks import traversable_dir
+from tests.pgfixtures import running_cluster
 
 # Drills on real clusters with pgBackRest (about 3 minutes in all): `make test` and CI run them after the suite.
 pytestmark = pytest.mark.slow
@@ -49,18 +50,11 @@ def _private_tmp(prefix: str) -> Path:
 @contextmanager
 def protected(prefix: str) -> Iterator[PostgresCluster]:
     """A cluster to protect, with a Unix socket (pgBackRest needs one): archiving off until pitr-setup turns it on."""
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    root.chmod(0o755)
     sockets = _private_tmp("rbpg-")
-    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12),
-                              socket_directory=sockets)
-    cluster.init()
-    cluster.start()
     try:
-        yield cluster
+        with traversable_dir(prefix) as root, running_cluster(root / "pg", socket_directory=sockets) as cluster:
+            yield cluster
     finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(sockets, ignore_errors=True)
 
 
@@ -611,13 +605,8 @@ def test_a_cluster_pgbackrest_cannot_reach_is_refused_before_anything_changes(
         sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox's cluster had unix_socket_directories = '': stanza-create failed ('unable to find primary
     cluster') after archive_mode was already on. Now the plan refuses it, naming the socket, and changes nothing."""
-    root = Path(tempfile.mkdtemp(prefix="runbooks-pitr-nosock-"))
-    root.chmod(0o755)
-    work = root / "pitr"
-    cluster = PostgresCluster(root=root / "pg", port=free_port(), superuser_password=secrets.token_urlsafe(12))
-    cluster.init()
-    cluster.start()
-    try:
+    with traversable_dir("runbooks-pitr-nosock-") as root, running_cluster(root / "pg") as cluster:
+        work = root / "pitr"
         for key, value in {"CONFIG": sandbox.config_path, "PITR__DSN": cluster.dsn(), "PITR__WORK_DIR": str(work),
                            "PITR__SOCKET_DIRECTORY": str(cluster.socket_dir), "PITR__STANZA": "positions"}.items():
             monkeypatch.setenv(f"RUNBOOKS_{key}", value)
@@ -628,9 +617,6 @@ def test_a_cluster_pgbackrest_cannot_reach_is_refused_before_anything_changes(
             assert "Nothing was changed" in result.error
         assert _auto_conf(cluster) == {} and _sql(cluster, "SHOW archive_mode")[0][0] == "off"
         assert not work.exists()  # not even pgBackRest's config
-    finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _confirmed(plan_hash: str, restart: bool = True) -> Any:

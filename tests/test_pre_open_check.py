@@ -42,13 +42,13 @@ from runbooks.decisions.preopen import (
     plan_markets,
 )
 from runbooks.decisions.weekly import BackupEntry
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.pre_open_check import PreOpenParameters, PreOpenResult, pre_open_check_flow, render_report
 from runbooks.frame import outcome
 from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
 from tests.markets import EVERY_DAY, closed_now, set_markets
 from tests.pgfixtures import admin_dsn
+from tests.runs import run_backup
 
 COT = ZoneInfo("America/Bogota")
 USD_COP = MarketCalendar(name="usd_cop", timezone="America/Bogota", open=time(8), close=time(13), holidays="CO")
@@ -196,8 +196,7 @@ def platform(config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.
 
 
 def back_up() -> None:
-    state = backup_databases(include_cluster=False, apply_retention=False,
-                             return_state=True)
+    state, _ = run_backup(include_cluster=False, apply_retention=False)
     assert state.is_completed(), state.message
 
 

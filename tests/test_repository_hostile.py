@@ -32,6 +32,7 @@ from runbooks.settings import load_settings
 from runbooks.tasks.storage import resolve_backup_or_raise
 from runbooks_sandbox import SandboxState
 from tests.processes import wait_for
+from tests.repositories import catalog
 
 MOMENT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 STALE = timedelta(minutes=10)
@@ -49,7 +50,7 @@ def local(tmp_path: Path) -> BackupCatalog:
 @pytest.fixture(params=["local", "s3"])
 def any_repo(request: pytest.FixtureRequest) -> BackupCatalog:
     request.getfixturevalue("config" if request.param == "local" else "s3_config")
-    return BackupCatalog(open_repository(load_settings().repository))
+    return catalog()
 
 
 def make_manifest(name: str, backup_id: str, *, keys: list[str] | None = None, kind: str = "database",

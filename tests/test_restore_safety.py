@@ -12,22 +12,26 @@ import httpx
 import psycopg
 import pytest
 
-from runbooks.adapters.catalog import BackupCatalog
-from runbooks.adapters.repository import open_repository
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.restore import keep_names
-from runbooks.frame import outcome
-from runbooks.settings import load_settings
 from runbooks_sandbox import SandboxState
 from tests.approvals import decide_when_paused
-from tests.pgfixtures import admin_dsn, create_fidelity_db, drop_db, set_database_env
-from tests.test_restore import APPROVE, databases, operations, restore, scalar
+from tests.pgfixtures import (
+    admin_dsn,
+    create_fidelity_db,
+    databases,
+    drop_db,
+    drop_db_and_copies,
+    set_database_env,
+)
+from tests.repositories import catalog
+from tests.runs import restore, run_backup
+from tests.test_restore import APPROVE, operations, scalar
 
 
 def backup(*names: str, retention: bool = True) -> None:
-    state = backup_databases(databases=list(names), apply_retention=retention,
-                             return_state=True)
-    assert state.is_completed(), outcome(state)
+    """A backup of ``names`` that must succeed (the tests here are about what a restore does with it)."""
+    state, result = run_backup(databases=list(names), apply_retention=retention)
+    assert state.is_completed(), result
 
 
 def sql(sandbox: SandboxState, statement: str, dbname: str = "postgres", **user: str) -> None:
@@ -44,9 +48,7 @@ def fresh(config: SandboxState, monkeypatch: pytest.MonkeyPatch):  # type: ignor
     name = create_fidelity_db(config)
     set_database_env(monkeypatch, config, name)
     yield name
-    for db in databases(config):
-        if db.startswith(name):
-            drop_db(config, db)
+    drop_db_and_copies(config, name)
 
 
 def test_a_forged_comment_never_gets_the_live_database_dropped(config: SandboxState) -> None:
@@ -126,9 +128,7 @@ def test_replace_carries_every_database_property(config: SandboxState, fresh: st
             assert conn.execute("SHOW search_path").fetchone() == ('"$user", public, "Odd Schema"',)
             assert conn.execute("SELECT count(*) FROM market.orders").fetchone() == (500,)  # unqualified works too
     finally:
-        for db in databases(config):
-            if db.startswith(fresh):
-                drop_db(config, db)
+        drop_db_and_copies(config, fresh)
         sql(config, f"DROP ROLE IF EXISTS {role}")
 
 
@@ -145,9 +145,7 @@ def test_the_copy_gets_the_source_encoding_and_locale(config: SandboxState, monk
         assert scalar(config, f"{name}_recovery", query.replace("datcollate", "datcollate || ''")) == "LATIN1"
         assert scalar(config, f"{name}_recovery", "SELECT s FROM t") == "Bogotá"
     finally:
-        for db in databases(config):
-            if db.startswith(name):
-                drop_db(config, db)
+        drop_db_and_copies(config, name)
 
 
 def test_integrity_checks_are_configuration_and_never_fail_a_matching_restore(
@@ -268,8 +266,8 @@ def test_a_lost_lock_stops_the_run_before_the_swap(config: SandboxState, fresh: 
 def test_retention_never_deletes_the_backup_a_pending_plan_is_built_on(
         config: SandboxState, fresh: str, monkeypatch: pytest.MonkeyPatch) -> None:
     backup(fresh)
-    catalog = BackupCatalog(open_repository(load_settings().repository))
-    [older] = catalog.list_backups(kind="database", name=fresh)
+    cat = catalog()
+    [older] = cat.list_backups(kind="database", name=fresh)
     backup(fresh, retention=False)  # two backups the same day: the default policy would keep only the newest
     done: dict = {}  # type: ignore[type-arg]
 
@@ -284,7 +282,7 @@ def test_retention_never_deletes_the_backup_a_pending_plan_is_built_on(
     for period in ("DAILY", "WEEKLY", "MONTHLY"):  # keep only the newest...
         monkeypatch.setenv(f"RUNBOOKS_BACKUP__RETENTION__{period}", "0")
     backup(fresh)  # ...the nightly backup runs during the approval wait
-    ids = [m.backup_id for m in catalog.list_backups(kind="database", name=fresh)]
+    ids = [m.backup_id for m in cat.list_backups(kind="database", name=fresh)]
     assert older.backup_id in ids and len(ids) == 2  # the held one and the newest
     from prefect.flow_runs import resume_flow_run
 
@@ -292,7 +290,7 @@ def test_retention_never_deletes_the_backup_a_pending_plan_is_built_on(
     thread.join(120)
     assert done["result"].status == "rejected"
     backup(fresh)  # no longer held: retention may take it now
-    assert older.backup_id not in [m.backup_id for m in catalog.list_backups(kind="database", name=fresh)]
+    assert older.backup_id not in [m.backup_id for m in cat.list_backups(kind="database", name=fresh)]
 
 
 def test_a_run_killed_while_paused_has_its_orphan_cancelled(config: SandboxState, fresh: str,
@@ -346,7 +344,5 @@ def test_a_swap_that_would_fail_is_refused_before_trading_is_halted(
         assert result.kept_live_as is None and scalar(config, fresh, "SELECT count(*) FROM market.orders") == 500
         assert not [d for d in databases(config) if d.startswith(f"{fresh}_")]
     finally:
-        for db in databases(config):
-            if db.startswith(fresh):
-                drop_db(config, db)
+        drop_db_and_copies(config, fresh)
         sql(config, f"DROP OWNED BY {owner}; DROP ROLE {owner}")

@@ -4,9 +4,7 @@ stops only processes whose recorded pid still runs our child. Every tree here is
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from runbooks_sandbox import Sandbox, SandboxState
-from tests.test_cli import bare_env, cli, one_error_line
+from tests.disks import traversable_dir
+from tests.processes import bare_env, cli, one_error_line
 
 
 @pytest.fixture
 def parent() -> Iterator[Path]:
     """A directory of the test's own; traversable, since the cluster runs as the postgres OS user under root."""
-    path = Path(tempfile.mkdtemp(prefix="runbooks-sandbox-down-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with traversable_dir("runbooks-sandbox-down-") as path:
+        yield path
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -6,16 +6,14 @@ receiver's token (the block's secret) is printed nowhere."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_cli import bare_env, cli
+from tests.processes import bare_env, cli, sandbox_up
 
 PAGE = """
 from typing import Any
@@ -48,13 +46,8 @@ def _wait_for(log: Path, text: str, timeout: float = 30) -> str:
 
 @pytest.mark.slow
 def test_a_page_arrives_in_the_sandboxs_notifications_log() -> None:
-    parent = Path(tempfile.mkdtemp(prefix="runbooks-sandbox-notify-"))  # the postgres OS user must pass through
-    parent.chmod(0o755)
-    box = parent / "sb"
     env = bare_env(COLUMNS="200")
-    try:
-        up = cli(env, "sandbox", "up", "--size", "1MB", "--dir", str(box), cwd=parent, timeout=300)
-        assert up.returncode == 0, up.stderr[-3000:]
+    with sandbox_up(env, "runbooks-sandbox-notify-") as (parent, box, up):
         state = json.loads((box / "state.json").read_text())
         token = state["receiver_token"]
         status = json.loads(cli(env, "sandbox", "status", "--json", "--dir", str(box), cwd=parent).stdout)
@@ -86,6 +79,3 @@ def test_a_page_arrives_in_the_sandboxs_notifications_log() -> None:
         down = cli(env, "sandbox", "down", "--dir", str(box), cwd=parent, timeout=120)
         assert f"stopped receiver (pid {state['pids']['receiver']})" in down.stdout, down.stdout + down.stderr
         assert not box.exists()
-    finally:
-        cli(env, "sandbox", "down", "--dir", str(box), cwd=parent, timeout=120)
-        shutil.rmtree(parent, ignore_errors=True)

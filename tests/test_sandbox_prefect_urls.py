@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.test_cli import bare_env, cli
+from tests.processes import bare_env, cli, sandbox_up
 
 
 @pytest.mark.slow
 def test_sandbox_up_prints_the_api_url_to_export_and_its_server_knows_the_ui_url() -> None:
-    parent = Path(tempfile.mkdtemp(prefix="runbooks-sandbox-urls-"))  # the postgres OS user must pass through
-    parent.chmod(0o755)
-    box = parent / "sb"
     env = bare_env(COLUMNS="200")
-    try:
-        up = cli(env, "sandbox", "up", "--size", "1MB", "--dir", str(box), cwd=parent, timeout=300)
-        assert up.returncode == 0, up.stderr[-3000:]
+    with sandbox_up(env, "runbooks-sandbox-urls-") as (parent, box, up):
         status = json.loads(cli(env, "sandbox", "status", "--json", "--dir", str(box), cwd=parent).stdout)
         api, ui = status["prefect"]["api_url"], status["prefect"]["ui"]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/api", api) and ui == api.removesuffix("/api")
@@ -33,6 +25,3 @@ def test_sandbox_up_prints_the_api_url_to_export_and_its_server_knows_the_ui_url
         # What the running server itself uses to render `flow_run|ui_url` in the automations' messages.
         settings = httpx.get(f"{api}/admin/settings", timeout=10).raise_for_status().json()
         assert settings["ui_url"] == ui, settings["ui_url"]
-    finally:
-        cli(env, "sandbox", "down", "--dir", str(box), cwd=parent, timeout=120)
-        shutil.rmtree(parent, ignore_errors=True)

@@ -18,7 +18,6 @@ from runbooks.adapters.repository import open_repository
 from runbooks.decisions.drill import DrillRecord
 from runbooks.decisions.manifest import backup_id_for
 from runbooks.decisions.weekly import RunbookRunEntry, backups_in_window, parse_breakers, summarize_runs
-from runbooks.flows.backup import backup_databases
 from runbooks.flows.weekly_report import WeeklyReportResult, weekly_report_flow
 from runbooks.frame import outcome
 from runbooks.settings import load_settings
@@ -33,14 +32,14 @@ from runbooks.tasks.trading_api import (
     read_risk_metrics,
 )
 from runbooks_sandbox import SandboxState
+from tests.runs import run_backup, without_retry_delays
 
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the retry policy (count, condition) but not its real-world delays."""
-    for task in (read_pnl, read_risk_metrics, read_circuit_breakers, read_risk_health, read_risk_events,
-                 read_evidence, list_backups_in_window, read_drill_records, read_runbook_runs):
-        monkeypatch.setattr(task, "retry_delay_seconds", [0.05] * 4)
+    without_retry_delays(monkeypatch, read_pnl, read_risk_metrics, read_circuit_breakers, read_risk_health,
+                         read_risk_events, read_evidence, list_backups_in_window, read_drill_records, read_runbook_runs)
 
 
 def closed_port_url() -> str:
@@ -71,9 +70,7 @@ def section(markdown: str, title: str) -> list[str]:
 
 
 def backup_trading_db() -> str:
-    state = backup_databases(databases=["trading_db"], include_cluster=False,
-                             return_state=True)
-    result = outcome(state)
+    state, result = run_backup(databases=["trading_db"], include_cluster=False)
     assert state.is_completed(), result
     return str(result.items[0].backup_id)
 
