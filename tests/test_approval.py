@@ -180,6 +180,7 @@ def test_an_approval_by_nobody_that_bypasses_the_server_is_refused_by_the_run(co
     assert refused.payload["plan_hash"] == "abc123" and refused.payload["seconds_left"] > 0
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_a_run_whose_only_input_was_refused_concludes_not_approved_at_its_deadline(config: SandboxState) -> None:
     thread = act_when_paused(lambda: resume_bypassing_the_schema(paused_run(), EMPTY))
     approval = approval_flow(f"res-{uuid.uuid4().hex[:8]}", timeout_seconds=15)
@@ -296,6 +297,7 @@ def test_a_rejection_by_the_second_decision_rejects(four_eyes: SandboxState, rej
                                                                              (False, rejecter)]
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_a_timeout_after_the_first_approval_is_not_an_approval(four_eyes: SandboxState) -> None:
     approvers = decide_when_paused([ALICE], timeout=60)
     approval = approval_flow(f"res-{uuid.uuid4().hex[:8]}", timeout_seconds=15)

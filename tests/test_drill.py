@@ -66,6 +66,7 @@ def damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_drill_on_the_sandbox_end_to_end(config: SandboxState, tmp_path: Path) -> None:
     """Backup, then the drill: a clean cluster, roles, the database and the config files restored, the platform
     proven, seed 002 scored honestly, the cluster torn down, and the game-day record kept in the repository."""
@@ -159,6 +160,7 @@ def test_a_drill_without_a_recent_backup_fails_its_rpo(config: SandboxState, tmp
     assert any("72." in r and "old at drill time" in r for r in historical.reasons), historical.reasons
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_a_drill_killed_mid_restore_is_cleaned_up_by_the_next(config: SandboxState, prefect_api: str) -> None:
     from tests.processes import kill_run_at
 

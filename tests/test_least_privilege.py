@@ -598,6 +598,7 @@ def test_the_writer_policy_allows_exactly_what_a_backup_run_calls(s3_config: San
 
 
 # -- S3: object lock ----------------------------------------------------------------------------------------------
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_object_lock_keeps_every_backup_from_a_compromised_writer(s3_config: SandboxState, s3_client,  # type: ignore[no-untyped-def]
                                                                   roles: Roles,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -430,6 +430,7 @@ def _report_of(result: RollbackResult) -> str:
     return render_report(result)
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_a_degradation_event_starts_a_rollback_run_through_the_deployment_trigger(real_prefect_server: str) -> None:
     """The deployment and its trigger as `deployments/serve.py` builds them from prefect.yaml, applied to a real
     Prefect server whose trigger service renders the event into the run's parameters."""

@@ -78,6 +78,7 @@ def _page(title: str) -> str:
                                               "details": ["symptom"], "actions": ["action"]}))
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_setup_makes_a_block_that_delivers_and_never_shows_the_url(tmp_path: Path, prefect_api: str, inbox: Inbox,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     block, canary = f"custom-webhook/{unique('oncall')}", f"canary-{uuid.uuid4().hex}"
@@ -111,6 +112,7 @@ def test_setup_makes_a_block_that_delivers_and_never_shows_the_url(tmp_path: Pat
         assert canary not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_an_update_replaces_only_the_url_and_keeps_the_operators_payload(tmp_path: Path, prefect_api: str,
                                                                          inbox: Inbox) -> None:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -230,6 +232,7 @@ def test_slack_and_pagerduty_secrets_go_into_secret_fields(tmp_path: Path, prefe
         (f"routing-{canary}", f"api-{canary}", "failure")
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_check_names_each_missing_block_and_how_to_make_it(tmp_path: Path, prefect_api: str, inbox: Inbox) -> None:
     made, missing, by_hand = (f"custom-webhook/{unique('oncall')}", f"slack-webhook/{unique('gone')}",
                               f"discord-webhook/{unique('chat')}")

@@ -101,6 +101,7 @@ def test_a_sandbox_link_is_refused_and_its_target_untouched(parent: Path) -> Non
     assert _tree(target) == before and (parent / "work" / ".sandbox").is_symlink()
 
 
+@pytest.mark.slow  # end to end on real servers: run with the drills, to keep the suite short
 def test_down_stops_the_sandbox_removes_what_it_made_and_keeps_a_users_file(parent: Path) -> None:
     root = parent / "box"
     box, state = _up(root, feeder=True)
