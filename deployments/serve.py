@@ -2,8 +2,8 @@
 
 The deployments are the ones in ``prefect.yaml`` (names, schedules, parameters, descriptions, tags), so the
 nightly backup keeps its 02:00 UTC schedule and operators find the same names in the UI. A runbook of
-``flows.RUNBOOKS`` without an entry there is served on demand as ``<name>-on-demand``. Work pools and pull steps
-do not apply: this process runs the flows itself, from this checkout.
+``runbooks.flows.RUNBOOKS`` without an entry there is served on demand as ``<name>-on-demand``. Work pools and pull
+steps do not apply: this process runs the flows itself, from this checkout.
 
 Run ``python deployments/serve.py`` with ``PREFECT_API_URL`` pointing at the Prefect server. Stopping it
 (Ctrl-C, SIGTERM) pauses the schedules until it serves again. One host only: with several ``hosts`` in the settings

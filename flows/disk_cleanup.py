@@ -46,11 +46,11 @@ from runbooks.adapters.cleanup import (
     check_root,
     open_files,
 )
+from runbooks.adapters.dockerclean import DockerObject, DockerOutcome
 from runbooks.adapters.records import RestoreRecords
 from runbooks.adapters.repository import open_repository
 from runbooks.core.errors import ConfigurationError, Refused, RunbookError
 from runbooks.core.redact import scrub
-from runbooks.decisions.dockerclean import DockerObject, DockerOutcome
 from runbooks.decisions.report import human_bytes, report_tail, table
 from runbooks.frame import Approval, RunbookResult, RunbookRun, host_lock, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
@@ -504,7 +504,7 @@ def _next_steps(result: CleanupResult, params: CleanupParameters) -> None:
 def _docker(rule: DockerRule, ledger: Ledger, dry_run: bool) -> DockerReport:
     """Select through the engine; a dry run plans the prefix of the selection that reaches the low watermark,
     a real run removes the same list and stops at the same point."""
-    from runbooks.decisions.dockerclean import connect, data_root
+    from runbooks.adapters.dockerclean import connect, data_root
 
     report = DockerReport(rule=rule.name)
     if rule.base_url is None and not os.environ.get("DOCKER_HOST") and not os.path.exists(DEFAULT_SOCKET):

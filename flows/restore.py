@@ -1,7 +1,8 @@
 """On-demand restore of one PostgreSQL database from the backup repository (seeds 001-003).
 
-Trigger: on demand — the ``restore-on-demand`` deployment, ``runbooks run restore`` — and unattended by the DR
-game-day (``confirm`` = the plan hash). Blast radius: ``verify`` touches no database; ``new`` creates one database
+Trigger: on demand — the ``restore-on-demand`` deployment, ``runbooks run restore``; unattended with ``confirm`` =
+the plan hash its dry run printed. (The DR game-day restores with the same sequence, ``restore_sequence.py``, into
+its own clean cluster.) Blast radius: ``verify`` touches no database; ``new`` creates one database
 (default ``<database>_recovery``) and never touches the source; ``replace`` restores into a scratch database,
 validates it, and only after approval halts trading and swaps names — the live database is kept as
 ``<database>_pre_restore_<backup id>`` (``_2``, ``_3``… when that name is taken), the name the plan shows and its

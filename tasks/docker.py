@@ -10,7 +10,7 @@ from datetime import datetime
 
 from prefect import get_run_logger
 
-from runbooks.decisions.dockerclean import DockerObject, DockerOutcome, connect, remove, select
+from runbooks.adapters.dockerclean import DockerObject, DockerOutcome, connect, remove, select
 from runbooks.settings import DockerRule
 from runbooks.tasks.policies import TRANSIENT_RETRY, step_task
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from runbooks.adapters.dockerclean import connect
 from runbooks.core.errors import DockerUnavailable
-from runbooks.decisions.dockerclean import connect
 from runbooks.settings import DockerRule
 
 BUSYBOX = Path("/bin/busybox")

@@ -18,9 +18,9 @@ import pytest
 from docker.errors import NotFound
 from prefect import flow
 
+from runbooks.adapters import dockerclean
+from runbooks.adapters.dockerclean import DockerObject, DockerOutcome, connect, data_root, remove, select
 from runbooks.core.errors import DockerUnavailable
-from runbooks.decisions import dockerclean
-from runbooks.decisions.dockerclean import DockerObject, DockerOutcome, connect, data_root, remove, select
 from runbooks.settings import DockerRule
 from runbooks.tasks.docker import remove_docker_objects, select_docker_objects
 from tests.dockerd import (

@@ -1,5 +1,5 @@
-"""Every deployment in ``prefect.yaml`` loads its flow, belongs to a runbook of ``flows.RUNBOOKS`` and passes that
-runbook's parameter model; ``deployments/serve.py`` builds the same deployments without serving them.
+"""Every deployment in ``prefect.yaml`` loads its flow, belongs to a runbook of ``runbooks.flows.RUNBOOKS`` and
+passes that runbook's parameter model; ``deployments/serve.py`` builds the same deployments without serving them.
 
 No database and no API calls: only Prefect's loaders, schema builder and validators.
 """
@@ -52,7 +52,7 @@ def entry_flow(entrypoint: str) -> Flow[..., Any]:
 def runbook_of(entrypoint: str) -> Runbook:
     flow = entry_flow(entrypoint)
     matches = [rb for rb in RUNBOOKS.values() if rb.name == flow.name]
-    assert matches, f"{entrypoint!r} is flow {flow.name!r}, which is not a runbook of flows.RUNBOOKS {sorted(RUNBOOKS)}"
+    assert matches, f"{entrypoint!r} is flow {flow.name!r}, not a runbook of runbooks.flows.RUNBOOKS {sorted(RUNBOOKS)}"
     return matches[0]
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from prefect import Task
 
+import runbooks.flows as flows_package
 from runbooks.flows import RUNBOOKS
 from runbooks.tasks.policies import MUTATES
 
@@ -80,13 +82,29 @@ def unguarded_calls(node: ast.AST, guarded: bool = False) -> Iterator[Call]:
         yield from unguarded_calls(child, guarded)
 
 
+def mutating_helpers(module_name: str) -> set[str]:
+    """The functions of a shared flow module (``runbooks.flows.restore_sequence``) that call a mutating task
+    outside a destructive step of their own: a runbook must call them inside one."""
+    module = importlib.import_module(module_name)
+    tree = ast.parse(inspect.getsource(module))
+    mutating = {name for name, value in vars(module).items() if isinstance(value, Task) and MUTATES in value.tags}
+    return {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+            and any(c.callee in mutating for c in unguarded_calls(f))}
+
+
+SHARED = [f"runbooks.flows.{m.name}" for m in pkgutil.iter_modules(flows_package.__path__)
+          if m.name not in {rb.module for rb in RUNBOOKS.values()}]
+
+
 def violations(module_name: str) -> list[str]:
-    """Calls of mutating tasks outside a destructive step, followed through the module's own functions: a helper
-    that calls one unguarded must itself be called inside a destructive step."""
+    """Calls of mutating tasks outside a destructive step, followed through the module's own functions and the
+    shared flow modules' (a helper that calls one unguarded must itself be called inside a destructive step)."""
     module = importlib.import_module(module_name)
     tree = ast.parse(inspect.getsource(module))
     mutating = {name for name, value in vars(module).items() if isinstance(value, Task) and MUTATES in value.tags}
     mutating |= {f"guard.{name}" for name in GUARD_CHANGES}
+    for shared in SHARED:
+        mutating |= {name for name in mutating_helpers(shared) if getattr(module, name, None) is not None}
     functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
     unguarded = {name: [c for c in unguarded_calls(f) if (name, c.callee) not in OWN_CLEANUP]
                  for name, f in functions.items()}
@@ -111,6 +129,12 @@ def violations(module_name: str) -> list[str]:
 @pytest.mark.parametrize("runbook", sorted(RUNBOOKS))
 def test_a_mutating_task_runs_only_in_a_destructive_step(runbook: str) -> None:
     assert violations(f"runbooks.flows.{RUNBOOKS[runbook].module}") == []
+
+
+@pytest.mark.parametrize("module", SHARED)
+def test_a_shared_flow_module_guards_its_own_mutations(module: str) -> None:
+    """The restore sequence marks its own steps destructive, so every runbook that uses it is guarded."""
+    assert mutating_helpers(module) == set()
 
 
 def test_the_rule_sees_an_unguarded_call() -> None:

@@ -461,7 +461,7 @@ def test_volume_judgement() -> None:
 
 
 def test_great_expectations_is_not_imported_by_the_cli_or_the_flow() -> None:
-    code = ("import sys, runbooks.cli, flows.data_freshness, tasks.quality; "
+    code = ("import sys, runbooks.cli, runbooks.flows.data_freshness, runbooks.tasks.quality; "
             "print(any(m.startswith('great_expectations') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

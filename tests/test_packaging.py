@@ -18,13 +18,18 @@ pytestmark = pytest.mark.slow  # a real pip install into a new virtualenv
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv with only ``pip install .`` (constrained by the lock, as make installs), built from a copy
-    of the checkout so that nothing of the working tree is on its path."""
+    """A virtualenv with only ``pip install .`` (constrained by the lock, as make installs), built from the
+    committed tree (``git archive HEAD``) in a directory of its own: nothing of the working tree (a ``build/``
+    left by an earlier build, an uncommitted file) can end up in the wheel or on the path."""
     where = tmp_path_factory.mktemp("clean-install")
-    venv = where / "venv"
+    source, venv = where / "source", where / "venv"
+    source.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-c", str(ROOT / "requirements.lock"),
-                           str(ROOT)], cwd=where, capture_output=True, text=True, timeout=900)
+                           str(source)], cwd=where, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv
 

@@ -74,7 +74,7 @@ def run_name(runbook: str, *parts: str | None, dry_run: bool = False, stamp: boo
     """``runbook-part-part[-dry-run][-YYYYmmddTHHMMZ]``: ``None`` and empty parts are left out.
 
     Args:
-        runbook: the kebab-case runbook name (``flows.RUNBOOKS`` key).
+        runbook: the kebab-case runbook name (``runbooks.flows.RUNBOOKS`` key).
         parts: target, mode and other key parameters, in reading order.
         dry_run: append ``dry-run`` (never truncated away).
         stamp: append the UTC minute the run was created (scheduled runbooks repeat; the stamp tells them apart).

@@ -177,7 +177,7 @@ def takes(model: type[M]) -> Callable[[Callable[[M], R]], Callable[..., R]]:
 
 
 def arguments(params: BaseModel) -> dict[str, Any]:
-    """A validated model as the flow's keyword arguments (what ``runbooks run`` and the drill pass)."""
+    """A validated model as the flow's keyword arguments (what ``runbooks run`` passes)."""
     return {name: getattr(params, name) for name in type(params).model_fields}
 
 

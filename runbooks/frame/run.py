@@ -44,7 +44,7 @@ R = TypeVar("R", bound=RunbookResult)
 
 class RunbookFailed(Exception):
     """A runbook that concluded failed. Prefect needs an exception as a failed state's data (else the engine logs
-    "Unexpected result for failed state"); the result rides on it, for ``outcome`` and the drill to read."""
+    "Unexpected result for failed state"); the result rides on it, for ``outcome`` to read."""
 
     def __init__(self, message: str, result: RunbookResult) -> None:
         super().__init__(message)
@@ -126,7 +126,8 @@ class RunbookRun(Generic[R]):
     def report(self, result: R, *, render: Callable[[R], str], key: str, description: str,
                post_incident: Callable[[R], PostIncident | None] | None = None) -> R:
         """Declare the result this run fills and how its report renders and is published. From here on the frame
-        concludes the run with it whatever happens, an exception no step expected included."""
+        concludes the run with it on any exception, one no step expected included (a cancellation or a kill ends
+        the run without a report: its step events show where it stopped)."""
         self._report = _Report(result, render, key, description, post_incident)
         return result
 

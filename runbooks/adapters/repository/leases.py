@@ -76,9 +76,9 @@ class Heartbeat:
             with self.mutex:
                 for key in sorted(self._held):
                     record, last = self._held[key]
-                    beat = record.model_copy(update={"heartbeat_at": datetime.now(UTC)})
-                    body = beat.model_dump_json().encode()
                     try:
+                        beat = record.model_copy(update={"heartbeat_at": datetime.now(UTC)})
+                        body = beat.model_dump_json().encode()
                         if not self.repository.replace_bytes_if(key, body, expect=last):
                             del self._held[key]
                             self._lost.add(key)
