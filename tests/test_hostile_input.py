@@ -292,6 +292,7 @@ SPECS: list[Spec] = [
          st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
     Spec("pitr-setup", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400)),
     Spec("pitr-setup", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300)),
+    Spec("pitr-setup", "lock_wait_seconds", not_int(0, 86400), st.integers(0, 86400)),
     Spec("pitr-setup", "in_session_reason", st.one_of(more_chars_than(500), not_text(nullable=True)),
          st.one_of(st.none(), spiced(max_size=60))),
     Spec("pitr-backup", "kind", not_choice(("full", "diff", "incr")), st.sampled_from(["full", "diff", "incr"])),
