@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import sys
-import types
-import typing
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -411,26 +409,8 @@ def markets(
 
 
 # -- run --------------------------------------------------------------------------------------------------------
-def _text_only(model: Any, name: str) -> bool:
-    """Is field ``name`` of ``model`` text and only text (``str``, ``str | None``)? Its VALUE is then taken as typed:
-    a plan hash of digits only (``123456789012``, ``12e456789012``) would otherwise parse as a JSON number."""
-    field = getattr(model, "model_fields", {}).get(name)
-    if field is None:
-        return False
-    def kinds(annotation: Any) -> list[Any]:
-        if typing.get_origin(annotation) is typing.Annotated:
-            return kinds(typing.get_args(annotation)[0])
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-            return [k for arg in typing.get_args(annotation) for k in kinds(arg)]
-        return [] if annotation is type(None) else [annotation]
-
-    found = kinds(field.annotation)
-    return bool(found) and all(k is str for k in found)
-
-
-def _parse_params(pairs: list[str], model: Any = None) -> dict[str, Any]:
-    """``NAME=VALUE`` pairs (VALUE as JSON if it parses, except for a text field: ``null`` there is still None); a
-    name given twice is refused, not silently replaced."""
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs (VALUE as JSON if it parses); a name given twice is refused, not silently replaced."""
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -440,9 +420,6 @@ def _parse_params(pairs: list[str], model: Any = None) -> dict[str, Any]:
         if name in params:
             raise _fail(ValueError(f"--param {name!r} is given more than once. HINT: give each parameter once; "
                                    "a list is one JSON value, e.g. --param 'databases=[\"a\", \"b\"]'."), 2)
-        if _text_only(model, name) and value != "null":
-            params[name] = value
-            continue
         try:
             params[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -465,11 +442,10 @@ def run(
 
     if runbook not in RUNBOOKS:
         raise _fail(ValueError(f"unknown runbook {runbook!r}. HINT: pick one of {', '.join(RUNBOOKS)}."), 2)
-    _parse_params(param or [])  # NAME=VALUE and each name once, refused before anything is read
+    raw = _parse_params(param or [])
     settings = _settings()
     _prefect_env(settings)
     flow_fn, model, render = RUNBOOKS[runbook].load()
-    raw = _parse_params(param or [], model)
     prepare_log_output()
     _skip_heartbeat_join()
     try:

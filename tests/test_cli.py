@@ -334,16 +334,3 @@ def test_a_mistyped_parameter_gets_the_runbooks_own_closest_name(tmp_path: Path)
     proc = cli(bare_env(RUNBOOKS_CONFIG=str(config)), "run", "restore", "--param", "database=trading_db",
                "--param", "dryrun=true")
     assert proc.returncode == 2 and "restore.dryrun: unknown name (did you mean 'dry_run'?)" in one_error_line(proc)
-
-
-def test_a_text_parameter_is_taken_as_typed_even_when_it_reads_as_a_number() -> None:
-    """A plan hash is 12 hex digits: one made of digits only, or of digits and one 'e', parses as a JSON number and
-    was refused as 'not a valid string' (seen when a hash happened to be 12e456789012). Other fields stay JSON."""
-    from runbooks.cli import _parse_params
-    from runbooks.flows.restore import RestoreParameters
-
-    parsed = _parse_params(["confirm=123456789012", "database=123", "jobs=3", "dry_run=true",
-                            "in_session_reason=null"], RestoreParameters)
-    assert parsed == {"confirm": "123456789012", "database": "123", "jobs": 3, "dry_run": True,
-                      "in_session_reason": None}
-    assert _parse_params(["confirm=12e456789012"], RestoreParameters) == {"confirm": "12e456789012"}
