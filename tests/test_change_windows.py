@@ -102,7 +102,8 @@ def test_a_replace_in_session_is_refused_without_a_reason_and_goes_on_with_one(
 
     before, content = databases(config), content_checksums(config, source)
     proc = cli({**os.environ, "PREFECT_API_URL": prefect_api}, "run", "restore", "--param", f"database={source}",
-               "--param", "mode=replace", "--param", f"confirm={dry.plan.plan_hash}")
+               "--param", "mode=replace",
+               "--param", f'confirm="{dry.plan.plan_hash}"')  # as JSON: a hash like 12e456789012 reads as a number
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line and "Traceback" not in line and "market 'fx' is in session" in line, proc.stderr

@@ -411,7 +411,7 @@ def test_pitr_setup_without_parameters_only_plans_and_confirm_applies_that_plan(
     assert state.is_completed() and plan.restart and plan.restart_needed and plan.plan_hash != plan_hash
     assert [c.name for c in plan.changes] == ["archive_mode", "archive_command", "archive_timeout"]
     assert _untouched(pitr_env, pitr_root) == before
-    applied = _cli("--param", "restart=true", "--param", f"confirm={plan.plan_hash}", "--json",
+    applied = _cli("--param", "restart=true", "--param", f'confirm="{plan.plan_hash}"', "--json",
                    prefect_api=prefect_api)
     assert applied.returncode == 0, (applied.stdout[-2000:], applied.stderr)
     result = json.loads(applied.stdout)
