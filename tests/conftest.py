@@ -38,6 +38,7 @@ os.environ["RUNBOOKS_HEALTH__CPU_WINDOW_SECONDS"] = "1"
 
 import boto3  # noqa: E402
 import httpx  # noqa: E402
+import psycopg  # noqa: E402
 import pytest  # noqa: E402
 
 from runbooks.settings.markets import MarketSettings  # noqa: E402
@@ -49,12 +50,24 @@ from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[str]:
-    """Prefect's test harness (one temporary server for the session); yields its API URL for subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    """Prefect's test harness (one temporary server for the session) on a PostgreSQL cluster of its own, not
+    SQLite (tests/prefect_harness.py says why); yields its API URL for subprocesses."""
+    from tests.pgfixtures import running_cluster
+    from tests.prefect_harness import prefect_harness_on
 
-    with prefect_test_harness(server_startup_timeout=90):
-        yield str(PREFECT_API_URL.value())
+    # Not under /tmp: the seed cleanup rule walks /tmp, and a root holding a PostgreSQL data directory is refused.
+    root = Path(tempfile.mkdtemp(prefix="runbooks-prefect-db-", dir=_STATE_PARENT))
+    root.chmod(0o755)  # as root, the server runs as the postgres OS user
+    try:
+        with running_cluster(root) as cluster:
+            dsn = cluster.dsn()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE prefect")
+            url = cluster.dsn("prefect").replace("postgresql://", "postgresql+asyncpg://", 1)
+            with prefect_harness_on(url) as api:
+                yield api
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
