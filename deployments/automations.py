@@ -4,7 +4,9 @@
 - a **stale or failing table** (``runbooks.data.finding``, at most once per table per ``repeat_after``; the
   data-freshness runbook pauses trading itself);
 - **no successful backup** of an inventory database for ``backup_stale_after`` (26 h): a proactive P1, raised by
-  the absence of ``runbooks.backup.succeeded``, not by a failed run (a backup that never ran fails no run).
+  the absence of ``runbooks.backup.succeeded``, not by a failed run (a backup that never ran fails no run);
+- with ``[trading_safety] stop_on_p0`` (off by default): a **P0 escalation** of data-freshness or health-check runs
+  the ``emergency-stop`` deployment.
 
 The degradation → model-rollback automation is a deployment trigger in ``prefect.yaml``. Messages are seed 004's
 incident-start template, sent through the notification blocks of each severity (``[notifications]``); the server
@@ -23,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
+from prefect.automations import AutomationCore, EventTrigger, Posture, RunDeployment, SendNotification
 from prefect.events.actions import ActionTypes
 from prefect.exceptions import ObjectNotFound
 
@@ -52,8 +54,29 @@ def _run_trigger(states: list[str], tag: str) -> EventTrigger:
                         posture=Posture.Reactive, threshold=1, within=timedelta(0))
 
 
-def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
-    """Every automation this configuration makes, in a stable order."""
+STOP_DEPLOYMENT = "emergency-stop/emergency-stop"  # flow/deployment, as prefect.yaml deploys it
+P0_SOURCES = ["runbooks.data-freshness.*", "runbooks.health-check.*"]
+
+
+def stop_on_p0(deployment_id: UUID) -> AutomationCore:
+    """``[trading_safety] stop_on_p0``: a P0 escalation of data-freshness or health-check (a
+    ``runbooks.escalation`` event labelled ``runbooks.severity = P0``) runs the emergency stop."""
+    return AutomationCore(
+        name=f"{PREFIX}emergency stop on P0", description="Watches runbooks.escalation events labelled "
+        "runbooks.severity P0 from data-freshness and health-check runs (e.g. a trading database unavailable, P0 in "
+        "the USD/COP playbook). Runs the emergency-stop deployment with the event's reason: trading halts, verified, "
+        "and on-call is paged P0 by that run. On because [trading_safety] stop_on_p0 = true.",
+        trigger=EventTrigger(expect={"runbooks.escalation"},
+                             match={"prefect.resource.id": P0_SOURCES, "runbooks.severity": "P0"},
+                             posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id, job_variables=None, parameters={
+            "reason": "P0 from {{ event.resource['runbooks.runbook'] }}: {{ event.payload.reason | truncate(400) }}",
+            "initiated_by": "automation ({{ event.event }} {{ event.id }})"})])
+
+
+def desired(settings: Settings, blocks: BlockIds, stop_deployment: UUID | None = None) -> list[AutomationCore]:
+    """Every automation this configuration makes, in a stable order. ``stop_deployment``: the emergency-stop
+    deployment's id, needed when ``[trading_safety] stop_on_p0`` is on."""
     cfg = settings.notifications
     run_notice = Notice(kind="start", severity="P2", title="{{ flow.name }}: run {{ flow_run.name }} "
                         "{{ flow_run.state.name }}", impact="the runbook did not finish its work",
@@ -117,6 +140,12 @@ def desired(settings: Settings, blocks: BlockIds) -> list[AutomationCore]:
                          "successful backup, or since the automations were applied)"],
                 actions=[f"Run backup-on-demand with databases=['{name}'] and read its report",
                          "Check the backup-nightly runs and the worker"]), started=f"{span} ago or earlier")))
+    if settings.trading_safety.stop_on_p0:
+        if stop_deployment is None:
+            raise ConfigurationError("[trading_safety] stop_on_p0 is on, but the emergency-stop deployment is not "
+                                     "known to the Prefect server.", hint="deploy it first (prefect --no-prompt "
+                                     "deploy --name emergency-stop), then apply again; no automation was changed.")
+        automations.append(stop_on_p0(stop_deployment))
     return automations
 
 
@@ -143,9 +172,11 @@ def refuse_missing_blocks(settings: Settings) -> None:
     marks = {severity: uuid4() for severity in settings.notifications.severities}  # a stand-in block per severity
     severity_of = {mark: severity for severity, mark in marks.items()}
     silent: dict[str, list[str]] = {}
-    for automation in desired(settings, lambda severity: [marks[severity]]):
+    for automation in desired(settings, lambda severity: [marks[severity]], stop_deployment=uuid4()):
         for action in automation.actions:
-            severity = severity_of[action.block_document_id]  # type: ignore[union-attr]
+            if not isinstance(action, SendNotification):
+                continue
+            severity = severity_of[action.block_document_id]
             if not settings.notifications.blocks_for(severity):
                 silent.setdefault(severity, []).append(automation.name)
     if not silent:
@@ -167,9 +198,9 @@ def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
     from prefect.client.orchestration import get_client
 
     refuse_missing_blocks(settings)
-    wanted = desired(settings, _block_ids(settings))
     lines = []
     with get_client(sync_client=True) as client:
+        wanted = desired(settings, _block_ids(settings), stop_deployment=_stop_deployment(client, settings))
         existing = {a.name: a for a in client.read_automations() if a.name.startswith(PREFIX)}
         for automation in wanted:
             current = existing.pop(automation.name, None)
@@ -191,6 +222,16 @@ def apply(settings: Settings, *, dry_run: bool = False) -> list[str]:
     if not dry_run:
         _start_backup_watch(sorted(settings.databases))
     return lines
+
+
+def _stop_deployment(client: Any, settings: Settings) -> UUID | None:
+    """The emergency-stop deployment's id, when the stop-on-P0 automation needs it (None if not deployed)."""
+    if not settings.trading_safety.stop_on_p0:
+        return None
+    try:
+        return UUID(str(client.read_deployment_by_name(STOP_DEPLOYMENT).id))
+    except ObjectNotFound:
+        return None
 
 
 def _start_backup_watch(databases: list[str]) -> None:

@@ -4,7 +4,8 @@ Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, 
 ``health-check`` (daily), ``backup-verification`` (weekly), ``weekly-report`` (Mondays), ``dr-game-day``
 (quarterly), ``pitr-backup`` (full weekly, differential daily), ``archive-check`` (every minute),
 ``pre-open-check`` (30 minutes before each gating market's open). On-demand recovery: ``restore``,
-``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``.
+``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``, ``emergency-stop`` (also on
+a P0 event, where enabled).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ RUNBOOKS: dict[str, Runbook] = {
                              "ArchiveCheckParameters", "render_report", "scheduled maintenance"),
     "pre-open-check": Runbook("pre-open-check", "pre_open_check", "pre_open_check_flow",
                               "PreOpenParameters", "render_report", "scheduled maintenance"),
+    "emergency-stop": Runbook("emergency-stop", "emergency_stop", "emergency_stop_flow",
+                              "EmergencyStopParameters", "render_report", "on-demand recovery"),
 }
 
 

@@ -341,8 +341,8 @@ def data_freshness_flow(params: FreshnessParameters) -> State:
             result.next_steps.append(f"The data is stale or failing ({'; '.join(f.key for f in stale)}): {how} "
                                      "by hand now (the USD/COP playbook's 'Data Source Down', section 3.3).")
             if any(f.severity == "kill" for f in stale):
-                run.steps.event("escalation", severity="P1", reason="data stale beyond kill_after and this runbook "
-                                "could not act on trading")
+                run.steps.event("escalation", labels={"runbooks.severity": "P1"}, severity="P1",
+                                reason="data stale beyond kill_after and this runbook could not act on trading")
         if stale and params.act and api_down:
             # Escalate: nobody but a human can hold trading now (seed 004 1.2: data source down is P1). Only for an
             # API that would not answer: a lock held by another run is that run's to act on.
@@ -406,7 +406,8 @@ def _read_decide_act(run: RunbookRun[FreshnessResult], params: FreshnessParamete
                 result.trading_after = TradingState.of(done.status)
                 result.action = "paused trading" if decision.action == "pause" else "KILL SWITCH activated"
                 if decision.action == "kill-switch":
-                    run.steps.event("escalation", severity="P1", reason=f"data stale beyond kill_after: {reason}")
+                    run.steps.event("escalation", labels={"runbooks.severity": "P1"}, severity="P1",
+                                    reason=f"data stale beyond kill_after: {reason}")
                     result.next_steps.append("ESCALATE (P1): market data stale beyond kill_after; the kill switch is "
                                              "on. Follow the USD/COP playbook's 'Data Source Down' (section 3.3), "
                                              "then resume by hand with CONFIRM_RESUME.")

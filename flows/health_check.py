@@ -146,6 +146,11 @@ def health_check_flow(params: HealthCheckParameters) -> State:
             details=[f"{c.name}: {c.status} {c.detail}".strip() for c in result.checks
                      if _ORDER.index(c.status) >= _ORDER.index("warn")] + ([result.error] if result.error else []),
             actions=result.next_steps or ["Rerun the health check once fixed"]))
+    unavailable = [c for c in result.checks if c.name.startswith("database ") and c.status == "failed"]
+    if unavailable:
+        # The USD/COP playbook: a database unavailable is P0. The stop-on-P0 automation may act on it.
+        why = "; ".join(f"{c.name} unavailable ({c.detail})" for c in unavailable)
+        run.steps.event("escalation", labels={"runbooks.severity": "P0"}, severity="P0", reason=why)
     run.steps.event("health-check.status", status=result.status, alerts=len(bad), host=result.host,
                     platform=params.platform)
     result.succeeded = result.error is None and not bad

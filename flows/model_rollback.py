@@ -243,7 +243,7 @@ def model_rollback_flow(params: RollbackParameters) -> State:
             result.next_steps.append(f"A real run would escalate (P1): {why}.")
             return _Escalated(why)
         run.logger.error("ESCALATE: %s", why)
-        run.steps.event("escalation", severity="P1", reason=why, model_id=model_id)
+        run.steps.event("escalation", labels={"runbooks.severity": "P1"}, severity="P1", reason=why, model_id=model_id)
         result.notification = notify(run, Notice(  # first: the kill switch may retry
             kind="start", severity="P1", title=f"model-rollback: ESCALATE {model_id}", status="Investigating",
             impact=f"model {model_id} is degraded and this runbook will not fix it on its own", details=[why],

@@ -1,6 +1,8 @@
 """The trading platform simulator: the trading and inference API endpoints the seeds' runbooks call, with state,
 bearer-token auth, and a test-control surface (``/_control``) to set metrics, staleness, latency and failures, and
-to stop and resume the sandbox's market-data feeder (``/_control/feed``: a dead feed on demand).
+to stop and resume the sandbox's market-data feeder (``/_control/feed``: a dead feed on demand). With a database,
+the simulated platform honours its ``system_config`` row ``trading_mode`` (``halt``: trading is halted, whatever
+the API's own switch says), the trading system runbook's database kill switch.
 
 Serve it with ``python -m runbooks_sandbox.simulator --port PORT [--dsn DSN]``; the token comes from
 ``SIMULATOR_TOKEN`` and the feeder's control directory from ``SIMULATOR_FEED_DIR``.
@@ -102,9 +104,11 @@ class SimulatorState:
 
     def __init__(self, dsn: str | None = None) -> None:
         self.dsn = dsn
+        self.generation = 0
         self.reset()
 
     def reset(self) -> None:
+        self.generation += 1  # a request held by injected latency across a reset is dropped, never applied
         self.trading_mode: Literal["running", "paused", "halted"] = "running"
         self.kill_switch_active = False
         self.paused_by: str | None = None
@@ -130,6 +134,7 @@ class SimulatorState:
         self.breakers = _default_breakers()
         self.risk_health = "healthy"
         self.risk_events = _default_risk_events()
+        self.kill_switch_ignored = False  # the kill switch answers 200 and changes nothing (a platform bug)
 
     def active(self) -> ModelVersion:
         return next(m for m in self.models if m.status == "active")
@@ -203,6 +208,11 @@ class FeedControl(BaseModel):
     running: bool = Field(description="false: the feeder writes no bars (a dead feed) until set true again")
 
 
+class KillSwitchControl(BaseModel):
+    ignored: bool = Field(description="true: POST kill-switch answers 200 and halts nothing (to hang it or fail "
+                          "it, use /_control/latency or /_control/failures on /api/v1/operations/kill-switch)")
+
+
 class DataControl(BaseModel):
     staleness_seconds: float | None = None
     last_bar_at: datetime | None = None
@@ -229,11 +239,15 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
                 return path.startswith(prefix) and state.methods.get(f"{kind}:{prefix}", request.method) == \
                     request.method
 
+            generation = state.generation
             for prefix, seconds in list(state.latency.items()):
                 if applies("latency", prefix) and seconds > 0 and state.latency_left.get(prefix, 1) > 0:
                     if prefix in state.latency_left:
                         state.latency_left[prefix] -= 1
                     await asyncio.sleep(seconds)
+            if state.generation != generation:  # reset while it hung: the client gave up long ago, drop it
+                entry["status"] = 503
+                return JSONResponse({"detail": "dropped: the simulator was reset while it was held"}, status_code=503)
             for prefix, failure in list(state.failures.items()):
                 if applies("failure", prefix) and failure[1] > 0:
                     failure[1] -= 1
@@ -248,10 +262,42 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             return response
         return await call_next(request)
 
+    def database_mode() -> tuple[str, datetime | None] | None:
+        """The platform's ``system_config`` trading mode (the trading system runbook's database kill switch), which
+        the simulated platform honours like its own switch; None without a database or when it cannot be read."""
+        if not state.dsn:
+            return None
+        import psycopg
+
+        try:
+            with psycopg.connect(state.dsn, connect_timeout=2, application_name="simulator") as conn:
+                row = conn.execute("SELECT value, updated_at FROM system_config WHERE key = 'trading_mode'").fetchone()
+        except psycopg.Error:
+            return None
+        return None if row is None else (str(row[0]), row[1])
+
+    def set_database_mode(value: str) -> None:
+        if state.dsn:
+            import psycopg
+
+            try:
+                with psycopg.connect(state.dsn, connect_timeout=2, application_name="simulator") as conn:
+                    conn.execute("UPDATE system_config SET value = %s, updated_at = now() WHERE key = 'trading_mode'",
+                                 [value])
+            except psycopg.Error:
+                pass
+
     def ops_status() -> dict[str, Any]:
-        return {"trading_mode": state.trading_mode, "kill_switch_active": state.kill_switch_active,
-                "paused_by": state.paused_by, "reason": state.pause_reason,
-                "changed_at": state.changed_at.isoformat(), "history": state.operations[-20:]}
+        status = {"trading_mode": state.trading_mode, "kill_switch_active": state.kill_switch_active,
+                  "paused_by": state.paused_by, "reason": state.pause_reason,
+                  "changed_at": state.changed_at.isoformat(), "history": state.operations[-20:]}
+        db = database_mode()
+        status["database_mode"] = db[0] if db else None
+        if db and db[0] == "halt" and state.trading_mode != "halted":
+            status.update(trading_mode="halted", kill_switch_active=True, paused_by="system_config",
+                          reason="system_config trading_mode = 'halt'",
+                          changed_at=_aware(db[1]).isoformat() if db[1] else status["changed_at"])
+        return status
 
     def record(action: str, actor: str, reason: str | None) -> None:
         state.changed_at = _now()
@@ -277,6 +323,8 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
 
     @app.post("/api/v1/operations/kill-switch", dependencies=auth)
     def kill_switch(req: KillRequest) -> dict[str, Any]:
+        if state.kill_switch_ignored:
+            return {**ops_status(), "accepted": True}
         state.trading_mode, state.kill_switch_active = "halted", True
         state.paused_by, state.pause_reason = req.activated_by, req.reason
         record("kill-switch", req.activated_by, req.reason)
@@ -288,6 +336,9 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             raise HTTPException(status_code=400, detail="confirmation_code must be CONFIRM_RESUME")
         state.trading_mode, state.kill_switch_active = "running", False
         state.paused_by = state.pause_reason = None
+        db = database_mode()
+        if db and db[0] == "halt":  # resuming lifts every switch, the database's too
+            set_database_mode("live")
         record("resume", req.resumed_by, None)
         return ops_status()
 
@@ -442,6 +493,9 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
     @app.post("/_control/reset", dependencies=auth)
     def control_reset() -> dict[str, str]:
         state.reset()
+        db = database_mode()
+        if db and db[0] != "live":
+            set_database_mode("live")
         if feed_dir is not None:
             from runbooks_sandbox.feeder import set_running
 
@@ -536,6 +590,11 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             state.risk_events = req.events
         return {"metrics": state.risk_metrics, "breakers": state.breakers, "health": state.risk_health,
                 "events": state.risk_events}
+
+    @app.post("/_control/kill-switch", dependencies=auth)
+    def control_kill_switch(req: KillSwitchControl) -> dict[str, bool]:
+        state.kill_switch_ignored = req.ignored
+        return {"ignored": state.kill_switch_ignored}
 
     @app.post("/_control/data", dependencies=auth)
     def control_data(req: DataControl) -> dict[str, Any]:

@@ -247,3 +247,50 @@ def test_a_severity_without_a_block_is_refused_in_one_line_before_the_server_is_
     assert line.startswith(f"runbooks: no notification block for {missing}: "), line
     assert names in line and "'runbooks notifications setup'" in line and "HINT:" in line, line
     assert "no automation was changed" in line and "could not be reached" not in line, line
+
+
+@slow
+def test_stop_on_p0_runs_the_emergency_stop_for_a_p0_escalation_only(on_server: Inbox, real_prefect_server: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default (no automation, no deployment needed); on, it needs the emergency-stop deployment and runs
+    it for a P0 escalation of health-check, not for a P1 nor for another runbook's P0."""
+    from runbooks.core.errors import ConfigurationError
+    from runbooks.flows.emergency_stop import EmergencyStopParameters
+    from runbooks.settings import load_settings
+
+    assert not any("emergency stop" in line for line in automations.apply(load_settings(), dry_run=True))
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__STOP_ON_P0", "true")
+    with pytest.raises(ConfigurationError, match="emergency-stop deployment"):
+        automations.apply(load_settings(), dry_run=True)
+    spec = importlib.util.spec_from_file_location(
+        "deployments_serve", Path(__file__).resolve().parents[1] / "deployments" / "serve.py")
+    assert spec and spec.loader
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    (deployment,) = [d for d in serve.build_deployments() if d.name == "emergency-stop"]
+    deployment_id = deployment.apply()
+    assert "created   runbooks: emergency stop on P0" in automations.apply(load_settings())
+
+    def runs() -> list[dict[str, Any]]:
+        answer = httpx.post(f"{real_prefect_server}/flow_runs/filter",
+                            json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=10)
+        answer.raise_for_status()
+        return list(answer.json())
+
+    health = {"runbooks.runbook": "health-check"}
+    _emit(real_prefect_server, "runbooks.escalation", "runbooks.health-check.platform",
+          {**health, "runbooks.severity": "P1"}, reason="not P0")
+    _emit(real_prefect_server, "runbooks.escalation", "runbooks.model-rollback.ppo_primary",
+          {"runbooks.runbook": "model-rollback", "runbooks.severity": "P0"}, reason="another runbook")
+    _emit(real_prefect_server, "runbooks.escalation", "runbooks.health-check.platform",
+          {**health, "runbooks.severity": "P0"}, reason="database trading_db unavailable (connection refused)")
+    deadline = time.monotonic() + 60
+    while not (found := runs()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(found) == 1, "the P0 escalation did not start an emergency stop"
+    parameters = found[0]["parameters"]
+    assert parameters["reason"] == "P0 from health-check: database trading_db unavailable (connection refused)"
+    assert parameters["initiated_by"].startswith("automation (runbooks.escalation ")
+    EmergencyStopParameters.model_validate(parameters)
+    time.sleep(3)
+    assert len(runs()) == 1  # neither the P1 nor the model-rollback P0 started one

@@ -63,8 +63,14 @@ def takes_model_fields(flow: Flow[..., Any], model: type[BaseModel]) -> None:
     assert list(inspect.signature(flow.fn).parameters) == list(model.model_fields), flow.name
 
 
+# What the operator must give when starting a run (the form asks for it): no default in the deployment stands in.
+ASKED_AT_RUN = {"emergency-stop": {"reason": "a filled-in reason"}}
+
+
 def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: dict[str, Any], where: str) -> None:
-    """Refuse what the server (schema), the engine (signature) or the runbook's model would refuse at run time."""
+    """Refuse what the server (schema), the engine (signature) or the runbook's model would refuse at run time,
+    once the operator has filled in what the form asks for (``ASKED_AT_RUN``)."""
+    parameters = {**ASKED_AT_RUN.get(flow.name, {}), **parameters}
     unknown = set(parameters) - set(inspect.signature(flow.fn).parameters)
     # Prefect's schema does not forbid unknown top-level names; the run would fail only when it starts.
     assert not unknown, f"{where}: {sorted(unknown)} are not parameters of flow {flow.name!r}"

@@ -21,3 +21,7 @@ def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     bars = settings.freshness.tables[0]
     assert (bars.table, bars.error_after.total_seconds(), bars.quality) == ("ohlcv_usdcop_5m", 600, "ohlcv")
     assert settings.weekly_report.model_ids == [settings.models.model_id]
+    safety = settings.trading_safety
+    assert safety.switches == ["api", "database", "environment"] and not safety.stop_on_p0
+    assert safety.database and (safety.database.table, safety.database.halt_value) == ("system_config", "halt")
+    assert safety.environment and safety.environment.command[:2] == ["docker", "compose"]

@@ -15,6 +15,7 @@ from runbooks.adapters.host import count_matching_tail
 from runbooks.flows.health_check import HealthCheckResult, health_check_flow, render_report
 from runbooks.frame import outcome
 from runbooks_sandbox import SandboxState
+from tests.events import runbook_events
 
 
 def run_check(**params: Any) -> tuple[Any, HealthCheckResult]:
@@ -74,6 +75,25 @@ def test_a_database_that_does_not_answer_fails_the_run(config: SandboxState, sim
     state, result = run_check(host=False)
     check = next(c for c in result.checks if c.name == "database trading_db")
     assert state.is_failed() and check.status == "failed" and check.detail
+    # The USD/COP playbook: a database unavailable is P0; the escalation is what the stop-on-P0 automation matches.
+    run_id = str(state.state_details.flow_run_id)
+    events = runbook_events("runbooks.health-check.platform", names=["runbooks.escalation"], until=lambda found: any(
+        any(r.id == f"prefect.flow-run.{run_id}" for r in e.related) for e in found))
+    [escalation] = [e for e in events if any(r.id == f"prefect.flow-run.{run_id}" for r in e.related)]
+    assert escalation.resource["runbooks.severity"] == "P0" and escalation.payload["severity"] == "P0"
+    assert "database trading_db unavailable" in escalation.payload["reason"]
+
+
+def test_a_healthy_database_raises_no_escalation(config: SandboxState, simulator: httpx.Client,
+                                                 relaxed_host: None) -> None:
+    state, _result = run_check(host=False)
+    run_id = str(state.state_details.flow_run_id)
+    events = runbook_events("runbooks.health-check.platform", names=["runbooks.health-check.status"],
+                            until=lambda found: any(any(r.id == f"prefect.flow-run.{run_id}" for r in e.related)
+                                                    for e in found))
+    assert any(any(r.id == f"prefect.flow-run.{run_id}" for r in e.related) for e in events)
+    escalations = runbook_events("runbooks.health-check.platform", names=["runbooks.escalation"], timeout=0)
+    assert not [e for e in escalations if any(r.id == f"prefect.flow-run.{run_id}" for r in e.related)]
 
 
 def test_only_the_tail_of_a_log_is_read(tmp_path: Path) -> None:

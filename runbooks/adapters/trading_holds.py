@@ -15,6 +15,7 @@ from __future__ import annotations
 from runbooks.adapters.repository import Repository
 from runbooks.adapters.repository.records import RecordStore
 from runbooks.decisions.freshness import TradingHold
+from runbooks.settings import Settings
 
 TRADING_HOLDS = "trading-holds"  # records/<kind>/
 
@@ -34,3 +35,12 @@ class TradingHolds:
 
     def forget(self, runbook: str) -> None:
         self.store.delete(runbook)
+
+
+def halt_scope(settings: Settings) -> str:
+    """What a hold record is filed under: the trading API's URL, or (without one) the database switch's database.
+    The guard files its holds under the URL too, so every runbook of one platform sees the others' holds."""
+    if settings.trading_api is not None:
+        return settings.trading_api.base_url
+    switch = settings.trading_safety.database
+    return f"database:{switch.database if switch else 'none'}"

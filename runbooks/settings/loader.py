@@ -52,6 +52,7 @@ from runbooks.settings.pitr import PitrSettings
 from runbooks.settings.prefect_api import PrefectSettings
 from runbooks.settings.repository import RepositorySettings
 from runbooks.settings.restore import RestoreSettings
+from runbooks.settings.trading_safety import TradingSafetySettings
 from runbooks.settings.weekly_report import WeeklyReportSettings
 
 DEFAULT_CONFIG = "runbooks.toml"
@@ -105,6 +106,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
+    trading_safety: TradingSafetySettings = Field(default_factory=TradingSafetySettings)
     state_dir: AbsoluteOsPath = Field(default_factory=default_state_dir, description="this host's private working "
                                       "state (restore work directories): created 0700")
     hosts: list[HostName] = Field(default_factory=list, max_length=256, description="the hosts whose workers run "

@@ -1,0 +1,86 @@
+"""``[trading_safety]``: the kill switches ``emergency-stop`` tries, in order, until a halt is read back.
+
+The trading API's switch needs only ``[trading_api]``. The database switch is the trading system runbook's
+``UPDATE system_config SET value = 'halt' WHERE key = 'trading_mode'``: which database, table and columns are the
+platform's schema, so they are settings, with the seeds' names as defaults. The environment switch (``TRADING_MODE=
+halt`` and a restart of the services) is a command of the operator's (for example ``docker compose up -d
+--force-recreate``: a plain restart does not re-read the environment), run without a shell with ``TRADING_MODE``
+set in its environment; not configured, it is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runbooks.settings.fields import Identifier, InventoryName
+
+Switch = Literal["api", "database", "environment"]
+SWITCHES: tuple[Switch, ...] = ("api", "database", "environment")
+
+
+class DatabaseSwitch(BaseModel):
+    """Where the platform reads its trading mode (the trading system runbook's database kill switch)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    database: InventoryName = Field(default="trading_db", description="the inventory database holding the table")
+    schema_: Identifier = Field(default="public", alias="schema")
+    table: Identifier = "system_config"
+    key_column: Identifier = "key"
+    value_column: Identifier = "value"
+    updated_at_column: Identifier | None = Field(default="updated_at", description="set to now() with the "
+                                                 "switch, and read as 'since when'; None: the table has none")
+    key: str = Field(default="trading_mode", min_length=1, max_length=200)
+    halt_value: str = Field(default="halt", min_length=1, max_length=200)
+
+    @field_validator("updated_at_column", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """TOML has no null: ``updated_at_column = ""`` says the table has no such column."""
+        return None if value == "" else value
+
+
+class EnvironmentSwitch(BaseModel):
+    """The environment kill switch: a command that restarts the services with ``TRADING_MODE`` set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = Field(min_length=1, max_length=64, description="argv, run without a shell, with "
+                               "TRADING_MODE=<halt value> in its environment, e.g. [\"docker\", \"compose\", \"-f\", "
+                               "\"/srv/trading/compose.yml\", \"up\", \"-d\", \"--force-recreate\"]")
+    timeout_seconds: float = Field(default=120, gt=0, le=1800, description="the command is killed after this long")
+    variable: Identifier = Field(default="TRADING_MODE", description="the environment variable the services read")
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, argv: list[str]) -> list[str]:
+        if any("\x00" in arg for arg in argv) or not argv[0]:
+            raise ValueError("the command's words must be non-empty text without NUL bytes")
+        return argv
+
+
+class TradingSafetySettings(BaseModel):
+    """The emergency stop's switches and how long each may take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    switches: list[Switch] = Field(default_factory=lambda: list(SWITCHES), min_length=1,
+                                   description="the kill switches, tried in this order until one is read back")
+    api_budget_seconds: float = Field(default=10, gt=0, le=300, description="the trading API switch (retries "
+                                      "included) gives up after this long and the next switch is tried")
+    database: DatabaseSwitch | None = Field(default_factory=DatabaseSwitch, description="None: no database switch")
+    environment: EnvironmentSwitch | None = None
+    database_timeout_seconds: float = Field(default=5, gt=0, le=300, description="connecting to the database "
+                                            "and each statement give up after this long")
+    stop_on_p0: bool = Field(default=False, description="an automation (deployments/automations.py apply) runs "
+                             "the emergency-stop deployment when data-freshness or health-check escalates a P0 "
+                             "condition; off: a P0 pages, and a human decides")
+
+    @field_validator("switches")
+    @classmethod
+    def _each_once(cls, switches: list[Switch]) -> list[Switch]:
+        if len(set(switches)) != len(switches):
+            raise ValueError("each switch may be named once")
+        return switches
