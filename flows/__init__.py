@@ -4,8 +4,9 @@ Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, 
 ``health-check`` (daily), ``backup-verification`` (weekly), ``weekly-report`` (Mondays), ``dr-game-day``
 (quarterly), ``pitr-backup`` (full weekly, differential daily), ``archive-check`` (every minute),
 ``pre-open-check`` (30 minutes before each gating market's open). On-demand recovery: ``restore``,
-``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``, ``emergency-stop`` (also on
-a P0 event, where enabled).
+``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``. Trading safety:
+``emergency-stop`` (also on a P0 event, where enabled), ``resume-trading``, ``drawdown-limit``,
+``exchange-reconnect``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ RUNBOOKS: dict[str, Runbook] = {
                               "PreOpenParameters", "render_report", "scheduled maintenance"),
     "emergency-stop": Runbook("emergency-stop", "emergency_stop", "emergency_stop_flow",
                               "EmergencyStopParameters", "render_report", "on-demand recovery"),
+    "resume-trading": Runbook("resume-trading", "resume_trading", "resume_trading_flow", "ResumeParameters",
+                              "render_report", "on-demand recovery"),
+    "drawdown-limit": Runbook("drawdown-limit", "drawdown_limit", "drawdown_limit_flow", "DrawdownParameters",
+                              "render_report", "on-demand recovery"),
+    "exchange-reconnect": Runbook("exchange-reconnect", "exchange_reconnect", "exchange_reconnect_flow",
+                                  "ExchangeParameters", "render_report", "on-demand recovery"),
 }
 
 

@@ -109,7 +109,7 @@ class SimulatorState:
 
     def reset(self) -> None:
         self.generation += 1  # a request held by injected latency across a reset is dropped, never applied
-        self.trading_mode: Literal["running", "paused", "halted"] = "running"
+        self.trading_mode: Literal["running", "paused", "halted", "paper"] = "running"
         self.kill_switch_active = False
         self.paused_by: str | None = None
         self.pause_reason: str | None = None
@@ -135,6 +135,9 @@ class SimulatorState:
         self.risk_health = "healthy"
         self.risk_events = _default_risk_events()
         self.kill_switch_ignored = False  # the kill switch answers 200 and changes nothing (a platform bug)
+        self.position_size_fraction = 1.0  # a gradual restart trades this fraction of the usual size
+        self.exchange_connected = True
+        self.reconnect_fixes = True  # a reconnect brings the exchange back
 
     def active(self) -> ModelVersion:
         return next(m for m in self.models if m.status == "active")
@@ -153,6 +156,23 @@ class KillRequest(BaseModel):
 class ResumeRequest(BaseModel):
     resumed_by: str
     confirmation_code: str
+    position_size_fraction: float | None = Field(default=None, gt=0, le=1, description="a gradual restart: trade "
+                                                 "this fraction of the usual position size (absent: all of it)")
+
+
+class PaperRequest(BaseModel):
+    requested_by: str
+    reason: str = "unspecified"
+
+
+class ResetDdlRequest(BaseModel):
+    reset_by: str
+    reason: str
+
+
+class ExchangeControl(BaseModel):
+    connected: bool | None = None
+    reconnect_fixes: bool | None = Field(default=None, description="false: a reconnect leaves it down")
 
 
 class RollbackRequest(BaseModel):
@@ -290,9 +310,13 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
     def ops_status() -> dict[str, Any]:
         status = {"trading_mode": state.trading_mode, "kill_switch_active": state.kill_switch_active,
                   "paused_by": state.paused_by, "reason": state.pause_reason,
-                  "changed_at": state.changed_at.isoformat(), "history": state.operations[-20:]}
+                  "changed_at": state.changed_at.isoformat(), "position_size_fraction": state.position_size_fraction,
+                  "history": state.operations[-20:]}
         db = database_mode()
         status["database_mode"] = db[0] if db else None
+        if db and db[0] == "paper" and state.trading_mode == "running":
+            status.update(trading_mode="paper", paused_by="system_config", reason="system_config trading_mode = "
+                          "'paper'", changed_at=_aware(db[1]).isoformat() if db[1] else status["changed_at"])
         if db and db[0] == "halt" and state.trading_mode != "halted":
             status.update(trading_mode="halted", kill_switch_active=True, paused_by="system_config",
                           reason="system_config trading_mode = 'halt'",
@@ -336,11 +360,43 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             raise HTTPException(status_code=400, detail="confirmation_code must be CONFIRM_RESUME")
         state.trading_mode, state.kill_switch_active = "running", False
         state.paused_by = state.pause_reason = None
+        state.position_size_fraction = req.position_size_fraction or 1.0
         db = database_mode()
-        if db and db[0] == "halt":  # resuming lifts every switch, the database's too
+        if db and db[0] in ("halt", "paper"):  # resuming lifts every switch, the database's too
             set_database_mode("live")
         record("resume", req.resumed_by, None)
         return ops_status()
+
+    @app.post("/api/v1/operations/paper", dependencies=auth)
+    def paper(req: PaperRequest) -> dict[str, Any]:
+        """The trading system runbook's "Switch to Paper Mode": orders are simulated, none reach the exchange."""
+        state.trading_mode, state.kill_switch_active = "paper", False
+        state.paused_by, state.pause_reason = req.requested_by, req.reason
+        db = database_mode()
+        if db and db[0] == "halt":  # paper lifts the database's halt into paper
+            set_database_mode("paper")
+        record("paper", req.requested_by, req.reason)
+        return ops_status()
+
+    @app.get("/api/v1/exchange/status", dependencies=auth)
+    def exchange_status() -> dict[str, Any]:
+        return {"exchange": "simulated-fx", "connected": state.exchange_connected,
+                "status": "connected" if state.exchange_connected else "disconnected",
+                "last_heartbeat_at": (_now() - timedelta(seconds=1 if state.exchange_connected else 600)).isoformat()}
+
+    @app.post("/api/v1/exchange/reconnect", dependencies=auth)
+    def exchange_reconnect() -> dict[str, Any]:
+        if state.reconnect_fixes:
+            state.exchange_connected = True
+        state.operations.append({"action": "exchange-reconnect", "by": "api", "reason": None, "at": _now().isoformat()})
+        return {"accepted": True, **exchange_status()}
+
+    @app.post("/api/v1/risk/reset-ddl", dependencies=auth)
+    def reset_ddl(req: ResetDdlRequest) -> dict[str, Any]:
+        """The trading system runbook's manual override of the daily drawdown limit."""
+        state.breakers.setdefault("daily_drawdown_limit", {})["state"] = "armed"
+        record("reset-ddl", req.reset_by, req.reason)
+        return {"reset": True, "breaker": {"name": "daily_drawdown_limit", **state.breakers["daily_drawdown_limit"]}}
 
     @app.get("/api/v1/data/status", dependencies=auth)
     def data_status() -> dict[str, Any]:
@@ -590,6 +646,14 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             state.risk_events = req.events
         return {"metrics": state.risk_metrics, "breakers": state.breakers, "health": state.risk_health,
                 "events": state.risk_events}
+
+    @app.post("/_control/exchange", dependencies=auth)
+    def control_exchange(req: ExchangeControl) -> dict[str, Any]:
+        if req.connected is not None:
+            state.exchange_connected = req.connected
+        if req.reconnect_fixes is not None:
+            state.reconnect_fixes = req.reconnect_fixes
+        return {"connected": state.exchange_connected, "reconnect_fixes": state.reconnect_fixes}
 
     @app.post("/_control/kill-switch", dependencies=auth)
     def control_kill_switch(req: KillSwitchControl) -> dict[str, bool]:

@@ -29,9 +29,15 @@ class TradingApi(JsonApi):
     def kill_switch(self, *, reason: str, actor: str) -> dict[str, Any]:
         return self._call("POST", "/api/v1/operations/kill-switch", {"reason": reason, "activated_by": actor})
 
-    def resume(self, *, actor: str) -> dict[str, Any]:
-        return self._call("POST", "/api/v1/operations/resume",
-                          {"resumed_by": actor, "confirmation_code": CONFIRMATION_CODE})
+    def resume(self, *, actor: str, position_size_fraction: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"resumed_by": actor, "confirmation_code": CONFIRMATION_CODE}
+        if position_size_fraction is not None:  # a gradual restart, where the platform supports it
+            body["position_size_fraction"] = position_size_fraction
+        return self._call("POST", "/api/v1/operations/resume", body)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A POST at a path the settings name (paper mode, the drawdown limit's reset, the exchange's reconnect)."""
+        return self.call("POST", path, body)
 
     def data_status(self) -> dict[str, Any]:
         return self._call("GET", "/api/v1/data/status")

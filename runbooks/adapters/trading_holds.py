@@ -12,6 +12,8 @@ kill switch since changed ``changed_at``, so their hold is never lifted by the r
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from runbooks.adapters.repository import Repository
 from runbooks.adapters.repository.records import RecordStore
 from runbooks.decisions.freshness import TradingHold
@@ -35,6 +37,15 @@ class TradingHolds:
 
     def forget(self, runbook: str) -> None:
         self.store.delete(runbook)
+
+    def by_runbook(self) -> dict[str, TradingHold]:
+        """Every runbook's hold record on this platform (damaged ones left out: nothing is decided from them)."""
+        found: dict[str, TradingHold] = {}
+        for key in self.store.keys():
+            name = unquote(key.removeprefix(self.store.prefix).removesuffix(".json"))
+            for record in self.store.read([key]):
+                found[name] = record
+        return found
 
 
 def halt_scope(settings: Settings) -> str:

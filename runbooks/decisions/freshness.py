@@ -356,7 +356,7 @@ class TradingHold(BaseModel):
     platform's free-text ``paused_by`` alone. ``changed_at`` is the platform's timestamp right after our call."""
 
     actor: str
-    mode: Literal["paused", "halted"]
+    mode: Literal["paused", "halted", "paper"]
     changed_at: str | None
     reason: str
     flow_run_id: str | None = None

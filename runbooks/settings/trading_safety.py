@@ -10,11 +10,13 @@ set in its environment; not configured, it is skipped.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from runbooks.settings.fields import Identifier, InventoryName
+from runbooks.settings.api import ApiPath
+from runbooks.settings.fields import Duration, Identifier, InventoryName
 
 Switch = Literal["api", "database", "environment"]
 SWITCHES: tuple[Switch, ...] = ("api", "database", "environment")
@@ -61,6 +63,47 @@ class EnvironmentSwitch(BaseModel):
         return argv
 
 
+class TradingPaths(BaseModel):
+    """Where the trading API serves what the trading-safety runbooks call (the seeds' methtrader paths, v1 forms)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paper: ApiPath = Field(default="/api/v1/operations/paper", description="POST: switch to paper mode")
+    pnl: ApiPath = Field(default="/api/v1/trading/pnl", description="GET ?window=1d: today's P&L")
+    circuit_breakers: ApiPath = "/api/v1/risk/circuit-breakers"
+    risk_metrics: ApiPath = Field(default="/api/v1/risk/metrics", description="GET: the drawdown now")
+    reset_ddl: ApiPath = Field(default="/api/v1/risk/reset-ddl", description="POST: the daily drawdown limit's "
+                               "manual override")
+    exchange_status: ApiPath = "/api/v1/exchange/status"
+    exchange_reconnect: ApiPath = "/api/v1/exchange/reconnect"
+
+
+class ResumeSettings(BaseModel):
+    """The trading system runbook's "Gradual Restart": paper mode first, watched, then live at a fraction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paper_watch: Duration = Field(default=timedelta(hours=24), description="how long trading stays in paper mode "
+                                  "before live trading may resume (the seed: monitor for 24 hours)")
+    position_size_fraction: float | None = Field(default=0.25, gt=0, le=1, description="live trading resumes at "
+                                                 "this fraction of the usual position size, where the platform "
+                                                 "supports it; None: full size")
+    max_drawdown_percent: float = Field(default=5.0, gt=0, le=100, description="the drawdown above which trading "
+                                        "is not resumed (the daily drawdown limit)")
+    drawdown_breaker: str = Field(default="daily_drawdown_limit", min_length=1, max_length=200,
+                                  description="the circuit breaker the drawdown-limit runbook reports and resets")
+
+
+class ExchangeSettings(BaseModel):
+    """The exchange-reconnect runbook's bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reconnect_timeout_seconds: float = Field(default=30, gt=0, le=600, description="after a reconnect, how long "
+                                             "the exchange has to read connected")
+    poll_seconds: float = Field(default=2, gt=0, le=60)
+
+
 class TradingSafetySettings(BaseModel):
     """The emergency stop's switches and how long each may take."""
 
@@ -74,6 +117,9 @@ class TradingSafetySettings(BaseModel):
     environment: EnvironmentSwitch | None = None
     database_timeout_seconds: float = Field(default=5, gt=0, le=300, description="connecting to the database "
                                             "and each statement give up after this long")
+    paths: TradingPaths = Field(default_factory=TradingPaths)
+    resume: ResumeSettings = Field(default_factory=ResumeSettings)
+    exchange: ExchangeSettings = Field(default_factory=ExchangeSettings)
     stop_on_p0: bool = Field(default=False, description="an automation (deployments/automations.py apply) runs "
                              "the emergency-stop deployment when data-freshness or health-check escalates a P0 "
                              "condition; off: a P0 pages, and a human decides")

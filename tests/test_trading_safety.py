@@ -1,0 +1,248 @@
+"""The way back to live trading, the drawdown limit and the exchange, against the simulator over real HTTP, the
+sandbox's real databases and a market-data table of the test's own: resume refused on stale data, an unhealthy
+model, a breached drawdown, another runbook's hold and someone else's halt; resumed through paper mode with
+approval; the drawdown override refused without approval; the exchange down → paper mode and an escalation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from runbooks.adapters.repository import open_repository
+from runbooks.adapters.trading_holds import TradingHolds, halt_scope
+from runbooks.flows.drawdown_limit import DrawdownResult, drawdown_limit_flow
+from runbooks.flows.emergency_stop import emergency_stop_flow
+from runbooks.flows.exchange_reconnect import ExchangeResult, exchange_reconnect_flow
+from runbooks.flows.resume_trading import ResumeResult, resume_trading_flow
+from runbooks.frame import outcome
+from runbooks.settings import load_settings
+from runbooks.tasks.trading_api import halt_trading, read_trading_status
+from runbooks_sandbox import SandboxState
+from tests.approvals import decide_when_paused
+from tests.events import runbook_events
+from tests.runs import without_retry_delays
+from tests.test_freshness import Market, bucket, platform_says
+
+
+@pytest.fixture
+def platform(config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> Iterator[httpx.Client]:
+    """The sandbox with fresh market data of the test's own (the suite's seeded bars age while it runs)."""
+    market = Market(config, monkeypatch)
+    market.bars(end=bucket())
+    platform_says(simulator, bucket())
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__API_BUDGET_SECONDS", "3")
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__EXCHANGE__RECONNECT_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__EXCHANGE__POLL_SECONDS", "0.2")
+    without_retry_delays(monkeypatch, halt_trading, read_trading_status)
+    try:
+        yield simulator
+    finally:
+        from tests.pgfixtures import drop_db
+
+        drop_db(config, market.name)
+
+
+def status(simulator: httpx.Client) -> dict[str, Any]:
+    return dict(simulator.get("/api/v1/operations/status").json())
+
+
+def posts(simulator: httpx.Client) -> list[str]:
+    return [c["path"] for c in simulator.get("/_control/state").json()["calls"] if c["method"] == "POST"]
+
+
+def resume(**params: Any) -> tuple[Any, ResumeResult]:
+    state = resume_trading_flow(**{"reason": "root cause fixed", "approval_timeout_seconds": 10,
+                                   "approval_poll_seconds": 1, **params}, return_state=True)
+    result = outcome(state)
+    assert isinstance(result, ResumeResult), result
+    return state, result
+
+
+def stop() -> None:
+    assert emergency_stop_flow(reason="runaway orders", return_state=True).is_completed()
+
+
+def test_after_an_emergency_stop_trading_comes_back_through_paper_then_live_with_approval(
+        platform: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "2s")
+    stop()
+    state, dry = resume(dry_run=True)
+    assert state.is_completed() and dry.phase == "to paper" and dry.plan_hash, dry.error
+    assert [(p.name, p.ok) for p in dry.preconditions] == [
+        ("market data", True), ("serving model", True), ("risk limits", True), ("runbook holds", True),
+        ("database", True), ("exchange", True)]
+    assert "emergency-stop runbook's halt" in (dry.attribution or "")
+    assert status(platform)["trading_mode"] == "halted"  # a dry run changes nothing
+
+    state, paper = resume(initiated_by="alice")  # the runbooks' own halt: paper needs no approval
+    assert state.is_completed() and paper.action == "switched to paper mode", paper.error
+    assert status(platform)["trading_mode"] == "paper" and paper.watch is not None
+
+    state, watching = resume()  # before the watch ends: nothing changes
+    assert state.is_completed() and watching.phase == "watching" and status(platform)["trading_mode"] == "paper"
+    time.sleep(2.5)
+    state, plan = resume(dry_run=True)
+    assert plan.phase == "to live" and plan.plan_hash and plan.plan_hash != dry.plan_hash
+    state, live = resume(confirm=plan.plan_hash, initiated_by="alice")
+    assert state.is_completed() and live.action.startswith("resumed live trading"), live.error
+    after = status(platform)
+    assert after["trading_mode"] == "running" and after["position_size_fraction"] == 0.25  # gradual
+    assert live.approval and live.approval.via == "confirm"
+    events = runbook_events("runbooks.resume-trading.trading", names=["runbooks.trading.resumed"],
+                            until=lambda found: bool(found))
+    assert events and events[-1].payload["initiated_by"] == "alice"
+    state, again = resume()  # idempotent: live already
+    assert state.is_completed() and again.phase == "live already"
+
+
+def test_live_trading_waits_for_an_approver_and_a_reason(platform: httpx.Client,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "1s")
+    stop()
+    assert resume()[1].action == "switched to paper mode"
+    time.sleep(1.5)
+    approver = decide_when_paused({"approve": True, "approver": "bob", "reason": "paper day was clean"})
+    state, live = resume()
+    approver.join(10)
+    assert state.is_completed() and live.approval and live.approval.approver == "bob", live.error
+    assert status(platform)["trading_mode"] == "running"
+
+
+@pytest.mark.parametrize("breaks", ["stale data", "unhealthy model", "drawdown", "breaker", "exchange"])
+def test_a_failed_precondition_refuses_and_changes_nothing(platform: httpx.Client, config: SandboxState,
+                                                           monkeypatch: pytest.MonkeyPatch, breaks: str) -> None:
+    stop()
+    if breaks == "stale data":
+        market = Market(config, monkeypatch)  # a second table of the test's own, 40 minutes behind
+        market.bars(end=bucket(40))
+    elif breaks == "unhealthy model":
+        platform.post("/_control/metrics", json={"metrics": {"sharpe_ratio": 0.1, "error_rate": 0.2}}
+                      ).raise_for_status()
+    elif breaks == "drawdown":
+        platform.post("/_control/risk", json={"metrics": {"current_drawdown_pct": 7.5}}).raise_for_status()
+    elif breaks == "breaker":
+        platform.post("/_control/risk", json={"breakers": {"daily_drawdown_limit": "triggered"}}).raise_for_status()
+    else:
+        platform.post("/_control/exchange", json={"connected": False}).raise_for_status()
+    before = posts(platform)
+    state, result = resume()
+    assert state.is_failed() and result.phase == "refused"
+    failed = {p.name for p in result.preconditions if not p.ok}
+    assert failed == {{"stale data": "market data", "unhealthy model": "serving model", "drawdown": "risk limits",
+                       "breaker": "risk limits", "exchange": "exchange"}[breaks]}
+    assert posts(platform) == before and status(platform)["trading_mode"] == "halted"
+
+
+def test_someone_elses_halt_is_resumed_only_when_the_approver_names_its_holder(platform: httpx.Client) -> None:
+    platform.post("/api/v1/operations/kill-switch", json={"reason": "risk desk", "activated_by": "carol"}
+                  ).raise_for_status()
+    state, refused = resume()
+    assert state.is_failed() and "someone else's halt (carol)" in (refused.error or "")
+    assert status(platform)["trading_mode"] == "halted"
+    state, wrong = resume(halt_holder="dave")
+    assert state.is_failed() and "does not match" in (wrong.error or "")
+    state, dry = resume(halt_holder="carol", dry_run=True)
+    assert state.is_completed() and dry.phase == "to paper", dry.error
+    state, paper = resume(halt_holder="carol", confirm=dry.plan_hash)  # someone else's: approved (by the hash)
+    assert state.is_completed() and paper.approval and status(platform)["trading_mode"] == "paper", paper.error
+
+
+def test_another_runbooks_own_hold_is_left_to_it(platform: httpx.Client) -> None:
+    """data-freshness paused trading and records its hold: it lifts it itself once data is fresh again."""
+    platform.post("/api/v1/operations/pause", json={"reason": "stale", "paused_by": "runbooks-data-freshness:1"}
+                  ).raise_for_status()
+    now = status(platform)
+    from datetime import UTC, datetime
+
+    from runbooks.decisions.freshness import TradingHold
+
+    settings = load_settings()
+    TradingHolds(open_repository(settings.repository), halt_scope(settings)).put("data-freshness", TradingHold(
+        actor=now["paused_by"], mode="paused", changed_at=now["changed_at"], reason="stale", at=datetime.now(UTC)))
+    state, result = resume(halt_holder=now["paused_by"])
+    assert state.is_failed() and "data-freshness" in (result.error or "")
+    assert status(platform)["trading_mode"] == "paused"
+
+
+def test_a_halt_pressed_during_the_paper_watch_voids_it(platform: httpx.Client,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "1s")
+    stop()
+    resume()
+    platform.post("/api/v1/operations/kill-switch", json={"reason": "not yet", "activated_by": "erin"}
+                  ).raise_for_status()
+    time.sleep(1.5)
+    state, result = resume()
+    assert state.is_failed() and "erin" in (result.error or "") and status(platform)["trading_mode"] == "halted"
+
+
+# -- drawdown-limit ---------------------------------------------------------------------------------------------
+def ddl(**params: Any) -> tuple[Any, DrawdownResult]:
+    state = drawdown_limit_flow(**{"approval_timeout_seconds": 10, "approval_poll_seconds": 1, **params},
+                                return_state=True)
+    result = outcome(state)
+    assert isinstance(result, DrawdownResult), result
+    return state, result
+
+
+def test_the_drawdown_report_reads_pnl_and_breakers_and_changes_nothing(platform: httpx.Client) -> None:
+    state, result = ddl()
+    assert state.is_completed() and result.triggered is False and result.pnl and result.pnl.total is not None
+    assert result.risk and result.risk.drawdown_percent == 1.8 and posts(platform) == []
+
+
+def test_the_drawdown_override_needs_a_reason_and_an_approval(platform: httpx.Client) -> None:
+    platform.post("/_control/risk", json={"breakers": {"daily_drawdown_limit": "triggered"}}).raise_for_status()
+    assert drawdown_limit_flow(reset=True, return_state=True).is_failed()  # no reason: refused
+    rejecter = decide_when_paused({"approve": False, "approver": "frank", "reason": "losses not understood"})
+    state, declined = ddl(reset=True, reason="desk reviewed the day")
+    rejecter.join(10)
+    assert declined.declined and "/api/v1/risk/reset-ddl" not in posts(platform)
+    state, nobody = ddl(reset=True, reason="desk reviewed the day", approval_timeout_seconds=10)
+    assert nobody.declined and "/api/v1/risk/reset-ddl" not in posts(platform)  # no decision in time
+    approver = decide_when_paused({"approve": True, "approver": "grace", "reason": "one-off fill error"})
+    state, reset = ddl(reset=True, reason="desk reviewed the day")
+    approver.join(10)
+    assert state.is_completed() and reset.breaker_after == "armed", reset.error
+    assert posts(platform).count("/api/v1/risk/reset-ddl") == 1
+
+
+# -- exchange-reconnect -----------------------------------------------------------------------------------------
+def exchange(**params: Any) -> tuple[Any, ExchangeResult]:
+    state = exchange_reconnect_flow(**params, return_state=True)
+    result = outcome(state)
+    assert isinstance(result, ExchangeResult), result
+    return state, result
+
+
+def test_a_connected_exchange_is_left_alone_and_a_dropped_one_reconnects(platform: httpx.Client) -> None:
+    state, result = exchange()
+    assert state.is_completed() and result.action == "none: connected" and posts(platform) == []
+    platform.post("/_control/exchange", json={"connected": False}).raise_for_status()
+    state, result = exchange()
+    assert state.is_completed() and result.reconnected and status(platform)["trading_mode"] == "running"
+
+
+def test_an_exchange_that_stays_down_goes_to_paper_and_escalates(platform: httpx.Client, webhook: Any) -> None:
+    received, _ = webhook
+    platform.post("/_control/exchange", json={"connected": False, "reconnect_fixes": False}).raise_for_status()
+    state, result = exchange()
+    assert state.is_failed() and result.escalation and "PAPER" in result.action
+    assert status(platform)["trading_mode"] == "paper"
+    assert received and received[-1]["text"].startswith("[P1] INCIDENT: exchange-reconnect: the exchange is DOWN")
+    # resume-trading knows this paper mode for the runbooks' own, and waits for the exchange
+    state, refused = resume()
+    assert state.is_failed() and "exchange-reconnect runbook's halt" in (refused.attribution or "")
+    assert {p.name for p in refused.preconditions if not p.ok} == {"exchange"}
+
+
+def test_a_halt_in_force_is_not_turned_into_paper_mode(platform: httpx.Client) -> None:
+    stop()
+    platform.post("/_control/exchange", json={"connected": False, "reconnect_fixes": False}).raise_for_status()
+    state, result = exchange()
+    assert state.is_failed() and status(platform)["trading_mode"] == "halted"
+    assert "left halted" in result.action
