@@ -444,11 +444,11 @@ def _schedule_follow_up(run: RunbookRun[ResumeResult], params: ResumeParameters,
     """A deployment run schedules the next move at the end of the watch (it pauses there for the approval); a run
     outside a deployment leaves it to the operator."""
     from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
     from prefect.states import Scheduled
 
     try:
-        deployment_id = flow_run.deployment_id
+        deployment_id = deployment.id
         if not deployment_id:
             return None
         with get_client(sync_client=True) as client:

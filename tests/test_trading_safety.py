@@ -246,3 +246,37 @@ def test_a_halt_in_force_is_not_turned_into_paper_mode(platform: httpx.Client) -
     state, result = exchange()
     assert state.is_failed() and status(platform)["trading_mode"] == "halted"
     assert "left halted" in result.action
+
+
+def test_a_deployment_run_schedules_its_follow_up_at_the_end_of_the_paper_watch(platform: httpx.Client) -> None:
+    """The run a worker would execute (a flow run of the resume-trading deployment, run by Prefect's engine here)
+    schedules the next run of the same deployment for when the watch ends."""
+    import importlib.util
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    spec = importlib.util.spec_from_file_location(
+        "deployments_serve", Path(__file__).resolve().parents[1] / "deployments" / "serve.py")
+    assert spec and spec.loader
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    (deployment,) = [d for d in serve.build_deployments() if d.name == "resume-trading"]
+    deployment_id = deployment.apply()
+    stop()
+    parameters = {"reason": "root cause fixed", "initiated_by": "alice"}
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+    state = run_flow(resume_trading_flow, flow_run=flow_run, parameters=parameters, return_type="state")
+    result = outcome(state)
+    assert isinstance(result, ResumeResult) and result.watch is not None, result
+    assert result.action == "switched to paper mode" and result.watch.follow_up, result.next_steps
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id and r.id != flow_run.id]
+    assert len(runs) == 1 and runs[0].state and runs[0].state.is_scheduled()
+    scheduled = runs[0].state.state_details.scheduled_time
+    assert scheduled is not None and abs((scheduled - result.watch.until).total_seconds()) < 1
+    assert runs[0].parameters["reason"] == "root cause fixed" and "resume-trading-follow-up" in runs[0].tags
+    with get_client(sync_client=True) as client:
+        client.delete_flow_run(runs[0].id)  # no worker here, but keep the harness's server tidy
