@@ -533,6 +533,7 @@ def test_s3_policies_are_well_formed_and_accepted_by_the_server(s3_client) -> No
         "NoncurrentDays"]
 
 
+@pytest.mark.slow  # a minute of real S3 calls: run with the drills, to keep the suite short
 def test_the_writer_policy_allows_exactly_what_a_backup_run_calls(s3_config: SandboxState, s3_client,  # type: ignore[no-untyped-def]
                                                                   roles: Roles,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -211,6 +211,7 @@ def test_kept_names_fit_postgres_and_never_collide() -> None:
     assert len(next(keep_names("é" * 40, "20261123T020001Z")).encode()) <= 63  # never splits a character
 
 
+@pytest.mark.slow  # three restores, one waiting out the trading API's retry budget: run with the drills
 def test_prerequisites_are_checked_before_any_expensive_work(config: SandboxState, fresh: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     backup(fresh)
