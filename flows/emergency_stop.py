@@ -12,14 +12,12 @@ confirmation code, by a human.
 from __future__ import annotations
 
 import time
-import unicodedata
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import State
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.adapters.repository import open_repository
 from runbooks.adapters.trading_holds import TradingHolds, halt_scope
@@ -31,27 +29,13 @@ from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
+from runbooks.frame.words import OneLine, Reason
 from runbooks.settings import ApiSettings
-from runbooks.settings.trading_safety import DatabaseSwitch, Switch
+from runbooks.settings.trading_safety import Switch
 from runbooks.tasks.kill_switches import DatabaseMode, read_database_mode, run_environment_switch, set_database_halt
 from runbooks.tasks.trading_api import halt_trading, read_trading_status
 
 RUNBOOK = "emergency-stop"
-
-
-def _one_line(value: str) -> str:
-    """Plain text on one line: it goes into the platform's halt record, a page and the report."""
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text on one line")
-    if not value.strip():
-        raise ValueError("is blank: say why trading must stop")
-    return value.strip()
-
-
-def _name(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text")
-    return value.strip()
 
 
 class EmergencyStopParameters(BaseModel):
@@ -59,12 +43,10 @@ class EmergencyStopParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, AfterValidator(_one_line)] = Field(min_length=1, max_length=500, description="Why "
-                                                              "trading must stop (sent with the kill switch, "
-                                                              "kept in the report and the page).")
-    initiated_by: Annotated[str, AfterValidator(_name)] = Field(default="", max_length=200, description="Who "
-                                                                 "asks (an engineer, or the automation); empty: "
-                                                                 "this run.")
+    reason: Reason = Field(min_length=1, max_length=500, description="Why trading must stop (sent with the kill "
+                           "switch, kept in the report and the page).")
+    initiated_by: OneLine = Field(default="", max_length=200, description="Who asks (an engineer, or the "
+                                  "automation); empty: this run.")
 
 
 class Attempt(BaseModel):
@@ -134,36 +116,71 @@ def _budgeted(api: ApiSettings | None, seconds: float) -> ApiSettings | None:
                                   "timeout_seconds": min(api.timeout_seconds, seconds)})
 
 
-def _record(run: RunbookRun[EmergencyStopResult], reason: str, *, api: ApiSettings | None,
-            switch_db: DatabaseSwitch | None, database_mode: Callable[[], DatabaseMode | None],
-            ) -> tuple[TradingHold | None, str | None]:
-    """Write the runbooks' own record of this halt: the holder and ``changed_at`` the trading API reads back now
-    (or, without an answering API, the database row's time). resume-trading lifts a halt as the runbooks' own only
-    while the platform still matches it."""
-    holder, changed_at = None, None
-    if api is not None:
-        try:
-            now = read_trading_status(api=api)
-            holder, changed_at = now.get("paused_by"), now.get("changed_at")
-        except RunbookError:
-            pass
-    if holder is None:
-        row = database_mode()
-        if row is not None and row.updated_at is not None and switch_db is not None:
-            holder, changed_at = f"database:{switch_db.table}.{switch_db.key}", row.updated_at.isoformat()
-    if holder is None:
-        return None, "neither the trading API nor the database row could be read back to record who holds it"
-    record = TradingHold(actor=str(holder), mode="halted", changed_at=None if changed_at is None else str(changed_at),
-                         reason=reason, flow_run_id=run.flow_run_id, at=datetime.now(UTC))
+def _put_record(run: RunbookRun[EmergencyStopResult], record: TradingHold) -> str | None:
+    """Write the runbooks' own record of this halt; returns why it could not be written."""
     try:
         TradingHolds(open_repository(run.settings.repository), halt_scope(run.settings)).put(RUNBOOK, record)
-    except (RunbookError, OSError) as exc:
-        return None, _line(exc)
-    return record, None
+    except Exception as exc:  # noqa: BLE001 - the halt stands; the record is what resume-trading attributes it by
+        return _line(exc)
+    return None
 
 
-def _line(exc: Exception) -> str:
+def _line(exc: BaseException) -> str:
     return scrub(f"{exc}" if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}").splitlines()[0][:400]
+
+
+class _Platform:
+    """What the run reads back, every read bounded and never raising: a read that fails is None."""
+
+    def __init__(self, run: RunbookRun[EmergencyStopResult], api: ApiSettings | None) -> None:
+        self.run = run
+        self.api = api
+        safety = run.settings.trading_safety
+        self.safety = safety
+        self.switch = safety.database
+        self.database = run.settings.databases.get(self.switch.database) if self.switch else None
+
+    def status(self) -> dict[str, Any] | None:
+        if self.api is None:
+            return None
+        try:
+            return read_trading_status(api=self.api)
+        except Exception as exc:  # noqa: BLE001 - an unreadable API is a fact to report, not the end of the stop
+            self.run.logger.warning("Trading API unreadable: %s", _line(exc))
+            return None
+
+    def row(self) -> DatabaseMode | None:
+        if self.switch is None or self.database is None:
+            return None
+        try:
+            return read_database_mode(database=self.database, switch=self.switch,
+                                      timeout=self.safety.database_timeout_seconds)
+        except Exception as exc:  # noqa: BLE001 - as above
+            self.run.logger.warning("Trading-mode row unreadable: %s", _line(exc))
+            return None
+
+    def row_halted(self, row: DatabaseMode | None) -> bool:
+        return self.switch is not None and row is not None and row.value == self.switch.halt_value
+
+    def verify(self) -> tuple[str | None, str, dict[str, Any] | None]:
+        """After the database or environment switch: the trading API must read halted within ``honour_seconds``;
+        only an API that cannot be read leaves the database row as the proof. Returns (verified by, what was
+        read, the API's last status)."""
+        deadline = time.monotonic() + self.safety.honour_seconds
+        while True:
+            status = self.status()
+            if status is not None and status.get("trading_mode") == "halted":
+                return "trading API status", "trading API reads halted", status
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, self.safety.honour_seconds))
+        row = self.row()
+        said = f"database row reads {row.value if row else 'nothing (unreadable)'}"
+        if status is None:
+            return ("database row (the trading API cannot be read)" if self.row_halted(row) else None,
+                    f"trading API unreadable; {said}", None)
+        return None, (f"trading API still reads {status.get('trading_mode')!r} after {self.safety.honour_seconds:g} "
+                      f"s: the platform has not taken it; {said}"), status
 
 
 @flow(name=RUNBOOK, flow_run_name=_run_name, log_prints=False)
@@ -174,56 +191,41 @@ def emergency_stop_flow(params: EmergencyStopParameters) -> State:
     settings = run.settings
     safety = settings.trading_safety
     api = _budgeted(settings.trading_api, safety.api_budget_seconds)
-    switch_db = safety.database
-    database = settings.databases.get(switch_db.database) if switch_db else None
+    platform = _Platform(run, api)
+    switch_db, database = platform.switch, platform.database
     result = EmergencyStopResult(started_at=run.started_at, reason=params.reason,
                                  initiated_by=params.initiated_by or run.actor)
     run.report(result, render=render_report, key="emergency-stop-report",
                description="Emergency stop (the trading system runbook's kill switch activation)")
     reason = f"{params.reason} (emergency-stop, requested by {result.initiated_by})"[:500]
 
-    def api_mode() -> str | None:
-        """The API's trading mode now, None when it cannot be read (within the budget)."""
-        if api is None:
-            return None
-        try:
-            return str(read_trading_status(api=api).get("trading_mode"))
-        except RunbookError:
-            return None
-
-    def database_mode() -> DatabaseMode | None:
-        if switch_db is None or database is None:
-            return None
-        try:
-            return read_database_mode(database=database, switch=switch_db, timeout=safety.database_timeout_seconds)
-        except RunbookError:
-            return None
-
     with run.step("read trading state") as figures:
-        if api is not None:
-            try:
-                result.api_before = read_trading_status(api=api)
-            except RunbookError as exc:
-                run.logger.warning("Trading API unreadable: %s", _line(exc))
-        result.database_before = database_mode()
+        result.api_before = platform.status()
+        result.database_before = platform.row()
         figures.update(api=(result.api_before or {}).get("trading_mode"),
                        database=result.database_before.value if result.database_before else None)
     before = result.api_before or {}
     if before.get("trading_mode") == "halted":
         result.already_halted = (f"the trading API says halted by {before.get('paused_by') or 'someone unnamed'} "
                                  f"({before.get('reason') or 'no reason given'}) since {before.get('changed_at')}")
-    elif switch_db and result.database_before and result.database_before.value == switch_db.halt_value:
+    elif result.api_before is None and platform.row_halted(result.database_before):
+        # The row is the proof only when the API cannot be read: an API that answers "running" is not halted,
+        # whatever a row says (the platform may not be reading it).
+        assert switch_db is not None and result.database_before is not None
         since = result.database_before.updated_at
-        result.already_halted = (f"the database row {switch_db.table}.{switch_db.key} reads "
-                                 f"{switch_db.halt_value!r}"
+        result.already_halted = (f"the trading API cannot be read and the database row {switch_db.table}."
+                                 f"{switch_db.key} reads {switch_db.halt_value!r}"
                                  + (f" since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""))
+    elif platform.row_halted(result.database_before):
+        run.logger.warning("The database row says halt but the trading API reads %r: the platform is not honouring "
+                           "it; pressing the switches", before.get("trading_mode"))
     if result.already_halted:
         run.logger.warning("Trading already halted: %s; left as it is", result.already_halted)
         run.steps.event("trading.left-as-is", mode="halted", detail=result.already_halted)
         result.succeeded = True
         return run.conclude(result, message=f"trading already halted: {result.already_halted}")
 
-    for switch in safety.switches:
+    for switch in safety.order():
         attempt = Attempt(switch=switch, outcome="skipped", detail="")
         begun = time.monotonic()
         with run.step(f"kill switch: {switch}") as figures:
@@ -235,6 +237,10 @@ def emergency_stop_flow(params: EmergencyStopParameters) -> State:
                         status = halt_trading(api=api, reason=reason, actor=run.actor)  # reads the status back
                         attempt.outcome, attempt.verified_by = "halted", "trading API status"
                         attempt.detail = f"POST kill-switch; status reads {status.get('trading_mode')!r}"
+                        if status.get("paused_by") == run.actor:  # ours, not someone's who pressed meanwhile
+                            result.record = TradingHold(actor=run.actor, mode="halted", reason=params.reason,
+                                                        changed_at=status.get("changed_at"),
+                                                        flow_run_id=run.flow_run_id, at=datetime.now(UTC))
                 elif switch == "database":
                     if switch_db is None:
                         attempt.detail = "no [trading_safety.database] configured"
@@ -243,30 +249,27 @@ def emergency_stop_flow(params: EmergencyStopParameters) -> State:
                     else:
                         row = set_database_halt(database=database, switch=switch_db,
                                                 timeout=safety.database_timeout_seconds)
-                        mode = api_mode()
+                        verified, said, seen = platform.verify()
                         attempt.detail = (f"UPDATE {switch_db.table} SET {switch_db.value_column} = "
-                                          f"{switch_db.halt_value!r}; row reads {row.value!r}; trading API "
-                                          f"reads {mode or 'nothing (unreachable)'}")
-                        if row.value == switch_db.halt_value:
-                            attempt.outcome, attempt.verified_by = "halted", "database row"
-                        else:
-                            attempt.outcome = "failed"
+                                          f"{switch_db.halt_value!r}" + ("" if row.changed else " (it already "
+                                          "read so)") + f"; {said}")
+                        attempt.outcome, attempt.verified_by = ("halted", verified) if verified else ("failed", None)
+                        if verified and row.changed and seen is not None and row.updated_at is not None \
+                                and seen.get("changed_at") == row.updated_at.isoformat():
+                            # The platform's halt is the row this run wrote (its time is ours): recorded as ours.
+                            result.record = TradingHold(actor=str(seen.get("paused_by")), mode="halted",
+                                                        changed_at=seen.get("changed_at"), reason=params.reason,
+                                                        flow_run_id=run.flow_run_id, at=datetime.now(UTC))
                 else:
                     env = safety.environment
                     if env is None:
                         attempt.detail = "no [trading_safety.environment] command configured"
                     else:
                         done = run_environment_switch(switch=env, value=switch_db.halt_value if switch_db else "halt")
-                        mode, read = api_mode(), database_mode()
+                        verified, said, _status = platform.verify()
                         attempt.detail = (f"{env.variable}=halt, {done.argv0} exited 0 in {done.seconds:.1f} s; "
-                                          f"trading API reads {mode or 'nothing (unreachable)'}, database row "
-                                          f"reads {read.value if read else 'nothing (unreadable)'}")
-                        if mode == "halted":
-                            attempt.outcome, attempt.verified_by = "halted", "trading API status"
-                        elif switch_db and read and read.value == switch_db.halt_value:
-                            attempt.outcome, attempt.verified_by = "halted", "database row"
-                        else:
-                            attempt.outcome = "failed"
+                                          f"{said}")
+                        attempt.outcome, attempt.verified_by = ("halted", verified) if verified else ("failed", None)
             except Exception as exc:  # noqa: BLE001 - whatever stopped this switch, the next one is tried
                 attempt.outcome, attempt.detail = "failed", _line(exc)
             attempt.seconds = time.monotonic() - begun
@@ -277,16 +280,22 @@ def emergency_stop_flow(params: EmergencyStopParameters) -> State:
         if attempt.outcome == "halted":
             result.halted_via, result.verified_by = switch, attempt.verified_by
             break
+        result.record = None
 
     tried = "; ".join(f"{a.switch}: {a.outcome} ({a.detail})" for a in result.attempts)
     if result.halted_via:
         with run.step("record the halt") as figures:
-            result.record, result.unrecorded = _record(run, params.reason, api=api, switch_db=switch_db,
-                                                       database_mode=database_mode)
+            if result.record is None:
+                result.unrecorded = ("the halt in force cannot be proven this run's (someone may have halted "
+                                     "meanwhile, or the platform did not say who holds it)")
+            else:
+                result.unrecorded = _put_record(run, result.record)
+                if result.unrecorded:
+                    result.record = None
             figures.update(recorded=result.record is not None)
         if result.unrecorded:
-            result.next_steps.append(f"The halt could not be recorded ({result.unrecorded}): resume-trading will "
-                                     "treat it as someone else's and ask the approver to name its holder")
+            result.next_steps.append(f"The halt was not recorded as the runbooks' own ({result.unrecorded}): "
+                                     "resume-trading will ask for its holder to be named")
         run.steps.event("trading.halted", how=result.halted_via, verified_by=result.verified_by,
                         actor=run.actor, initiated_by=result.initiated_by, reason=params.reason)
         result.next_steps += ["Assess the damage (P&L, failed orders, risk violations) and find the root cause "
@@ -314,4 +323,3 @@ def emergency_stop_flow(params: EmergencyStopParameters) -> State:
                  *[f"{a.switch}: {a.outcome}: {a.detail}" for a in result.attempts]],
         actions=result.next_steps))
     return run.conclude(result)
-

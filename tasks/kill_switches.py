@@ -31,6 +31,19 @@ class DatabaseMode(BaseModel):
 
     value: str | None = Field(description="the row's value; None: no such row")
     updated_at: datetime | None = None
+    changed: bool = Field(default=False, description="this run's UPDATE changed the row (it was not halt before)")
+
+
+def _mode(row: tuple[object, ...] | None, switch: DatabaseSwitch, *, changed: bool = False) -> DatabaseMode:
+    if row is None:
+        return DatabaseMode(value=None)
+    since = row[1]
+    if since is not None and not isinstance(since, datetime):
+        raise ConfigurationError(f"{switch.table}.{switch.updated_at_column} is not a timestamp "
+                                 f"({type(since).__name__}).",
+                                 hint="set [trading_safety.database] updated_at_column to a timestamptz column, or "
+                                 "to \"\" if the table has none.")
+    return DatabaseMode(value=str(row[0]), updated_at=since, changed=changed)
 
 
 def _params(database: DatabaseSettings, timeout: float) -> dict[str, Any]:
@@ -56,7 +69,7 @@ def read_database_mode(*, database: DatabaseSettings, switch: DatabaseSwitch, ti
     where = f"reading {switch.table}.{switch.key} in {switch.database!r}"
     with connect(_params(database, timeout), where=where, autocommit=True) as conn, database_errors(where):
         row = conn.execute(_select(switch), [switch.key]).fetchone()
-    return DatabaseMode(value=None if row is None else str(row[0]), updated_at=None if row is None else row[1])
+    return _mode(row, switch)
 
 
 @step_task("database-kill-switch")
@@ -72,16 +85,19 @@ def set_database_halt(*, database: DatabaseSettings, switch: DatabaseSwitch, tim
     assignments = [sql.SQL("{} = %s").format(sql.Identifier(switch.value_column))]
     if switch.updated_at_column:
         assignments.append(sql.SQL("{} = now()").format(sql.Identifier(switch.updated_at_column)))
-    update = sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
-        _table(switch), sql.SQL(", ").join(assignments), sql.Identifier(switch.key_column))
+    # Only a row not already halted: one already halted is someone's, and its time must not become ours.
+    update = sql.SQL("UPDATE {} SET {} WHERE {} = %s AND {} IS DISTINCT FROM %s").format(
+        _table(switch), sql.SQL(", ").join(assignments), sql.Identifier(switch.key_column),
+        sql.Identifier(switch.value_column))
     with connect(_params(database, timeout), where=where, autocommit=True) as conn, database_errors(where):
-        updated = conn.execute(update, [switch.halt_value, switch.key]).rowcount
+        updated = conn.execute(update, [switch.halt_value, switch.key, switch.halt_value]).rowcount
         row = conn.execute(_select(switch), [switch.key]).fetchone()
-    if not updated or row is None:
+    if row is None:
         raise ConfigurationError(f"{where}: no row has {switch.key_column} = {switch.key!r}.",
                                  hint="check [trading_safety.database] names the platform's own table and key.")
-    get_run_logger().warning("Trading mode set to %r in %s.%s", switch.halt_value, switch.database, switch.table)
-    return DatabaseMode(value=str(row[0]), updated_at=row[1])
+    if updated:
+        get_run_logger().warning("Trading mode set to %r in %s.%s", switch.halt_value, switch.database, switch.table)
+    return _mode(row, switch, changed=bool(updated))
 
 
 class CommandRun(BaseModel):

@@ -220,6 +220,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kill_switch_database_is_known(self) -> Settings:
+        """A database switch configured on purpose names an inventory database (found out at load, not mid-stop).
+        The default (the seeds' trading_db) is tried only where the inventory has it, and reported skipped
+        otherwise."""
+        switch = self.trading_safety.database
+        if ("database" in self.trading_safety.model_fields_set and switch is not None
+                and switch.database not in self.databases):
+            raise ValueError(f"[trading_safety.database] database {switch.database!r} is not in [databases] "
+                             f"(configured: {', '.join(sorted(self.databases))})")
+        return self
+
+    @model_validator(mode="after")
     def _tables_name_known_markets(self) -> Settings:
         for table in self.freshness.tables:
             if table.market is not None and table.market not in self.markets:

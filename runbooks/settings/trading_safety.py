@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runbooks.settings.api import ApiPath
 from runbooks.settings.fields import Duration, Identifier, InventoryName
@@ -36,6 +36,13 @@ class DatabaseSwitch(BaseModel):
                                                  "switch, and read as 'since when'; None: the table has none")
     key: str = Field(default="trading_mode", min_length=1, max_length=200)
     halt_value: str = Field(default="halt", min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> DatabaseSwitch:
+        columns = [self.key_column, self.value_column, *([self.updated_at_column] if self.updated_at_column else [])]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"key_column, value_column and updated_at_column must be distinct columns ({columns})")
+        return self
 
     @field_validator("updated_at_column", mode="before")
     @classmethod
@@ -109,12 +116,16 @@ class TradingSafetySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    switches: list[Switch] = Field(default_factory=lambda: list(SWITCHES), min_length=1,
-                                   description="the kill switches, tried in this order until one is read back")
+    switches: list[Switch] | None = Field(default=None, min_length=1, description="the kill switches, tried in "
+                                          "this order until one is read back; unset: api, database, and "
+                                          "environment where a command is configured")
     api_budget_seconds: float = Field(default=10, gt=0, le=300, description="the trading API switch (retries "
                                       "included) gives up after this long and the next switch is tried")
     database: DatabaseSwitch | None = Field(default_factory=DatabaseSwitch, description="None: no database switch")
     environment: EnvironmentSwitch | None = None
+    honour_seconds: float = Field(default=10, ge=0, le=300, description="after the database or environment "
+                                  "switch, how long the trading API has to read halted before the switch counts as "
+                                  "not taken (an API that cannot be read leaves the database row as the proof)")
     database_timeout_seconds: float = Field(default=5, gt=0, le=300, description="connecting to the database "
                                             "and each statement give up after this long")
     paths: TradingPaths = Field(default_factory=TradingPaths)
@@ -126,7 +137,23 @@ class TradingSafetySettings(BaseModel):
 
     @field_validator("switches")
     @classmethod
-    def _each_once(cls, switches: list[Switch]) -> list[Switch]:
-        if len(set(switches)) != len(switches):
+    def _each_once(cls, switches: list[Switch] | None) -> list[Switch] | None:
+        if switches is not None and len(set(switches)) != len(switches):
             raise ValueError("each switch may be named once")
         return switches
+
+    @model_validator(mode="after")
+    def _listed_switches_are_configured(self) -> TradingSafetySettings:
+        """A switch listed but not configured would only show as "skipped" in an emergency: refused at load."""
+        for switch in self.switches or []:
+            if switch == "database" and self.database is None:
+                raise ValueError("switches lists 'database' but [trading_safety.database] is not configured")
+            if switch == "environment" and self.environment is None:
+                raise ValueError("switches lists 'environment' but [trading_safety.environment] has no command")
+        return self
+
+    def order(self) -> list[Switch]:
+        """The switches to try, in order."""
+        if self.switches is not None:
+            return list(self.switches)
+        return [s for s in SWITCHES if s != "environment" or self.environment is not None]
