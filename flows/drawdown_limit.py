@@ -11,34 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
-from typing import Annotated
 
 from prefect import flow
 from prefect.states import State
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runbooks.core.errors import ConfigurationError
+from runbooks.core.text import is_blank
 from runbooks.decisions.report import report_tail, started, table
 from runbooks.decisions.weekly import CircuitBreaker, PnlFigures, RiskMetrics
 from runbooks.frame import Approval, RunbookResult, RunbookRun, request_approval
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
+from runbooks.frame.words import OneLine
 from runbooks.tasks.reports import publish_report
 from runbooks.tasks.trading_api import read_circuit_breakers, read_pnl, read_risk_metrics
 from runbooks.tasks.trading_modes import reset_drawdown_limit
 
 RUNBOOK = "drawdown-limit"
-
-
-def _line(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text on one line")
-    return value.strip()
-
-
-Line = Annotated[str, AfterValidator(_line)]
 
 
 class DrawdownParameters(BaseModel):
@@ -48,7 +39,7 @@ class DrawdownParameters(BaseModel):
 
     reset: bool = Field(default=False, description="Reset the daily drawdown limit's breaker (the manual "
                         "override), after approval; false: only report.")
-    reason: Line = Field(default="", max_length=500, description="Why the breaker may be reset (required with "
+    reason: OneLine = Field(default="", max_length=500, description="Why the breaker may be reset (required with "
                          "reset).")
     confirm: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$", description="The plan hash a run without "
                                 "it printed: approves exactly that reset, unattended.")
@@ -57,7 +48,7 @@ class DrawdownParameters(BaseModel):
 
     @model_validator(mode="after")
     def _reset_says_why(self) -> DrawdownParameters:
-        if self.reset and not self.reason:
+        if self.reset and is_blank(self.reason):
             raise ValueError("reset=true needs a reason: say why the breaker may be reset")
         return self
 

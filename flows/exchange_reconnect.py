@@ -10,13 +10,12 @@ Rollback: resume-trading once the exchange is back.
 from __future__ import annotations
 
 import time
-import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow
 from prefect.states import State
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.adapters.repository import open_repository
 from runbooks.adapters.trading_holds import TradingHolds, halt_scope
@@ -28,16 +27,11 @@ from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
+from runbooks.frame.words import OneLine
 from runbooks.tasks.trading_api import read_trading_status
 from runbooks.tasks.trading_modes import ExchangeStatus, read_exchange_status, reconnect_exchange, switch_to_paper
 
 RUNBOOK = "exchange-reconnect"
-
-
-def _name(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text")
-    return value.strip()
 
 
 class ExchangeParameters(BaseModel):
@@ -45,8 +39,7 @@ class ExchangeParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    initiated_by: Annotated[str, AfterValidator(_name)] = Field(default="", max_length=200, description="Who asks; "
-                                                                 "empty: this run.")
+    initiated_by: OneLine = Field(default="", max_length=200, description="Who asks; empty: this run.")
     paper_if_down: bool = Field(default=True, description="If the exchange stays down, switch live trading to "
                                 "paper mode (the runbook's step 3); false: only escalate.")
 
@@ -128,21 +121,31 @@ def exchange_reconnect_flow(params: ExchangeParameters) -> State:
 
     why = (f"the exchange is still {link.status} {safety.exchange.reconnect_timeout_seconds:g} s after a "
            "reconnect")
-    status = read_trading_status(api=api)
-    result.trading = {k: v for k, v in status.items() if k != "history"}
-    mode = status.get("trading_mode")
-    if mode == "running" and params.paper_if_down:
-        with run.step("switch to paper mode", destructive=True):
-            after = switch_to_paper(api=api, path=safety.paths.paper, actor=run.actor,
-                                    reason=f"exchange-reconnect: {why}"[:500])
-        result.trading = {k: v for k, v in after.items() if k != "history"}
-        result.action = "still down: switched live trading to PAPER mode"
-        _record(run, after, why)
-        run.steps.event("trading.paper", actor=run.actor, reason=why)
-    elif mode == "running":
-        result.action = "still down: trading left live (paper_if_down=false)"
-    else:
-        result.action = f"still down: trading left {mode} as it was"
+    # Whatever fails from here, the escalation still goes out: the exchange is down.
+    try:
+        status = read_trading_status(api=api)
+        result.trading = {k: v for k, v in status.items() if k != "history"}
+        mode = status.get("trading_mode")
+        if mode == "running" and params.paper_if_down:
+            with run.step("switch to paper mode", destructive=True):
+                answer = switch_to_paper(api=api, path=safety.paths.paper, actor=run.actor,
+                                         reason=f"exchange-reconnect: {why}"[:500], expected=status)
+            if answer["switched"]:
+                result.trading = {k: v for k, v in answer["after"].items() if k != "history"}
+                result.action = "still down: switched live trading to PAPER mode"
+                _record(run, answer["after"], why)
+                run.steps.event("trading.paper", actor=run.actor, reason=why)
+            else:  # someone halted or paused meanwhile: theirs stands
+                result.action = (f"still down: trading left {answer.get('trading_mode')} as it was (it changed "
+                                 "before the switch)")
+        elif mode == "running":
+            result.action = "still down: trading left live (paper_if_down=false)"
+        else:
+            result.action = f"still down: trading left {mode} as it was"
+    except RunbookError as exc:
+        result.action = f"still down: paper mode NOT confirmed ({scrub(str(exc)).splitlines()[0][:300]})"
+        result.next_steps.append("Switch trading to paper mode by hand (the trading system runbook's 'Switch to "
+                                 "Paper Mode') or halt it with emergency-stop")
     result.escalation = why
     result.next_steps += ["Check the exchange's own status page and the platform's exchange credentials and network "
                           "(the trading system runbook's 'Exchange Connection Issues')",

@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.states import State
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from runbooks.adapters.registry import RegistryRef
 from runbooks.adapters.repository import open_repository
 from runbooks.adapters.repository.records import RecordStore
 from runbooks.adapters.trading_holds import TradingHolds, halt_scope
-from runbooks.core.errors import ConfigurationError, Refused, RunbookError
+from runbooks.core.errors import ConfigurationError, RunbookError
 from runbooks.core.redact import scrub
 from runbooks.decisions.freshness import SEVERITY_ORDER
 from runbooks.decisions.incidents import Notice
@@ -42,6 +41,7 @@ from runbooks.frame import Approval, RunbookResult, RunbookRun, notify, outcome,
 from runbooks.frame.approval import POLL_HELP, TIMEOUT_HELP
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
+from runbooks.frame.words import OneLine, Reason
 from runbooks.settings import Settings
 from runbooks.tasks.health import check_database_health
 from runbooks.tasks.models import read_evidence, read_predictions
@@ -55,31 +55,15 @@ RECORDS = "trading-resumes"  # records/<kind>/<platform>/resume-trading.json
 LIFTS_HOLDS_OF = ("emergency-stop", "exchange-reconnect")
 
 
-def _one_line(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError(f"{value[:80]!r} contains a control character: give it as plain text on one line")
-    return value.strip()
-
-
-def _reason(value: str) -> str:
-    value = _one_line(value)
-    if not value:
-        raise ValueError("is blank: say why trading may resume")
-    return value
-
-
-Line = Annotated[str, AfterValidator(_one_line)]
-
-
 class ResumeParameters(BaseModel):
     """Why, who asks, and whose halt. The watch, the fraction and the drawdown limit are ``[trading_safety.resume]``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, AfterValidator(_reason)] = Field(min_length=1, max_length=500, description="Why trading "
-                                                            "may resume (the root cause found and fixed).")
-    initiated_by: Line = Field(default="", max_length=200, description="Who asks; empty: this run.")
-    halt_holder: Line | None = Field(default=None, max_length=200, description="Lift a halt the runbooks did not "
+    reason: Reason = Field(min_length=1, max_length=500, description="Why trading may resume (the root cause found "
+                           "and fixed).")
+    initiated_by: OneLine = Field(default="", max_length=200, description="Who asks; empty: this run.")
+    halt_holder: OneLine | None = Field(default=None, max_length=200, description="Lift a halt the runbooks did not "
                                      "make: the holder exactly as the platform names it (the report of a refused "
                                      "run shows it). Without it, someone else's halt is never lifted.")
     dry_run: bool = Field(default=False, description="Check the preconditions and print the plan and its hash; "
@@ -88,6 +72,9 @@ class ResumeParameters(BaseModel):
                                 "printed: approves exactly that plan, unattended.")
     approval_timeout_seconds: int = Field(default=1800, ge=10, le=86400, description=TIMEOUT_HELP)
     approval_poll_seconds: int = Field(default=5, ge=1, le=300, description=POLL_HELP)
+    follow_up_of: str | None = Field(default=None, max_length=64, pattern=r"^[0-9a-f-]+$", description="Set by "
+                                     "the run that started a paper watch on the follow-up it schedules: the "
+                                     "follow-up only resumes live trading from that watch, and does nothing else.")
 
 
 class PaperWatch(BaseModel):
@@ -257,6 +244,13 @@ def resume_trading_flow(params: ResumeParameters) -> State:
             f"If {result.holder!r}'s halt may be lifted, rerun with halt_holder={result.holder!r} (the approver "
             "takes that decision)")
         return run.conclude(result)
+    if params.follow_up_of is not None and not (ours_in_paper and watch is not None
+                                                 and watch.flow_run_id == params.follow_up_of):
+        # Scheduled a day ago for one paper watch: anything else (a new halt, someone's pause) is a human's call.
+        result.phase, result.succeeded = "refused", True
+        result.action = "none: the paper watch this follow-up was scheduled for no longer stands"
+        result.next_steps.append("Trading was left as it is; run resume-trading by hand if it should resume")
+        return run.conclude(result, message=result.action)
     failed = [c for c in checks if not c.ok]
     if failed:
         result.phase = "refused"
@@ -264,8 +258,12 @@ def resume_trading_flow(params: ResumeParameters) -> State:
         result.next_steps += [f"{c.name}: {c.fix}" for c in failed if c.fix]
         return run.conclude(result)
 
+    if not params.dry_run:  # records of the runbooks' halts that no longer match the platform are spent
+        for name in (n for n in LIFTS_HOLDS_OF if n in records and n not in matching):
+            holds.forget(name)
     if not ours_in_paper:
-        return _to_paper(run, result, params, watches, status=status, foreign=foreign)
+        return _to_paper(run, result, params, watches, holds, status=status, lifted=sorted(
+            n for n in LIFTS_HOLDS_OF if n in matching))
     assert watch is not None
     now = datetime.now(UTC)
     if now < watch.until:
@@ -302,6 +300,10 @@ def _preconditions(run: RunbookRun[ResumeResult], result: ResumeResult, *, other
         freshness = outcome(data_freshness_flow(act=False, return_state=True))
         if isinstance(freshness, BaseException):
             raise freshness
+        if freshness.error or not freshness.tables:
+            why = freshness.error or "no monitored table"
+            return Precondition(name="market data", ok=False, evidence=f"not measured: {why}",
+                                fix="make the data-freshness runbook measure the market data")
         bad = [f for f in freshness.findings if f.gates_trading
                and SEVERITY_ORDER[f.severity] >= SEVERITY_ORDER["error"]]
         if bad:
@@ -330,7 +332,7 @@ def _preconditions(run: RunbookRun[ResumeResult], result: ResumeResult, *, other
         limit = safety.resume.max_drawdown_percent
         metrics = read_risk_metrics(api=api, path=safety.paths.risk_metrics)
         tripped = [b for b in read_circuit_breakers(api=api, path=safety.paths.circuit_breakers) if b.tripped]
-        drawdown = metrics.drawdown_percent
+        drawdown = None if metrics.drawdown_percent is None else abs(metrics.drawdown_percent)  # -5.1 % is 5.1 %
         problems = []
         if drawdown is None:
             problems.append("the risk engine gave no drawdown")
@@ -352,11 +354,11 @@ def _preconditions(run: RunbookRun[ResumeResult], result: ResumeResult, *, other
 
     def database() -> Precondition:
         switch = safety.database
-        name = switch.database if switch and switch.database in settings.databases else next(
-            iter(sorted(settings.databases)), None)
-        if name is None:
-            return Precondition(name="database", ok=False, evidence="no database in the inventory",
-                                fix="add the trading database to [databases]")
+        name = switch.database if switch else None
+        if name is None or name not in settings.databases:
+            return Precondition(name="database", ok=False, evidence=f"the trading database {name!r} is not in "
+                                "the inventory", fix="set [trading_safety.database] database to an entry of "
+                                "[databases]")
         found = check_database_health(name=name, database=settings.databases[name], baseline=settings.health)
         ok = found.status in ("ok", "warn")
         return Precondition(name="database", ok=ok, evidence=f"{name}: {found.status} {found.detail or ''}".strip(),
@@ -391,7 +393,8 @@ def _approve(run: RunbookRun[ResumeResult], result: ResumeResult, params: Resume
 
 
 def _to_paper(run: RunbookRun[ResumeResult], result: ResumeResult, params: ResumeParameters,
-              watches: RecordStore[PaperWatch], *, status: dict[str, Any], foreign: bool) -> State:
+              watches: RecordStore[PaperWatch], holds: TradingHolds, *, status: dict[str, Any], lifted: list[str]
+              ) -> State:
     settings = run.settings
     safety = settings.trading_safety
     watch_for: timedelta = safety.resume.paper_watch
@@ -401,25 +404,34 @@ def _to_paper(run: RunbookRun[ResumeResult], result: ResumeResult, params: Resum
     result.plan_hash = _hash(phase="paper", holder=result.holder, changed_at=status.get("changed_at"))
     if params.dry_run:
         result.action, result.succeeded = "would switch to paper mode (dry run)", True
-        result.next_steps.append(f"Run with confirm={result.plan_hash} to switch to paper mode"
-                                 + (" (someone else's halt: the approval is needed)" if foreign else ""))
+        result.next_steps.append(f"Run with confirm={result.plan_hash}, or without it to approve in the UI, to "
+                                 "switch to paper mode")
         return run.conclude(result)
-    if foreign and not _approve(run, result, params, summary=f"Lift {result.holder!r}'s halt into paper mode "
-                                f"(plan {result.plan_hash}): {params.reason}"):
+    # Lifting a kill switch is a human decision, even the runbooks' own (an unattended run must never undo an
+    # emergency stop): approved in the UI, or by confirm equal to the plan hash.
+    if not _approve(run, result, params, summary=f"Lift {result.holder!r}'s halt into paper mode (plan "
+                    f"{result.plan_hash}): {params.reason}"):
         return run.conclude(result)
-    if params.confirm is not None and params.confirm != result.plan_hash and not foreign:
-        raise Refused(f"confirm {params.confirm!r} does not match this plan's hash {result.plan_hash!r}.",
-                      hint="the platform changed since the dry run; run a dry run and confirm the new hash.")
     with run.step("switch to paper mode", destructive=True) as figures:
-        after = switch_to_paper(api=settings.trading_api, path=safety.paths.paper, actor=run.actor,
-                                reason=f"resume-trading: {params.reason}"[:500])
+        answer = switch_to_paper(api=settings.trading_api, path=safety.paths.paper, actor=run.actor,
+                                 reason=f"resume-trading: {params.reason}"[:500], expected=status)
+        figures.update(switched=bool(answer["switched"]))
+        if not answer["switched"]:
+            result.error = (f"not switched: trading is now {answer.get('trading_mode')!r}, held by "
+                            f"{answer.get('paused_by')!r} since {answer.get('changed_at')}: the platform moved "
+                            "after the plan was approved")
+            run.steps.event("trading.left-halted", mode=answer.get("trading_mode"), paused_by=answer.get("paused_by"))
+            return run.conclude(result)
+        after = answer["after"]
         result.status_after = {k: v for k, v in after.items() if k != "history"}
         now = datetime.now(UTC)
-        result.watch = PaperWatch(paper_by=str(after.get("paused_by")), changed_at=after.get("changed_at"),
+        result.watch = PaperWatch(paper_by=after["paused_by"], changed_at=after.get("changed_at"),
                                   started_at=now, until=now + watch_for, lifted=result.attribution or "-",
                                   reason=params.reason, initiated_by=result.initiated_by,
                                   flow_run_id=run.flow_run_id)
         watches.put(RUNBOOK, result.watch)  # first: a run stopped after the switch is still known for ours
+        for name in lifted:  # the halt they recorded is lifted: their records are spent
+            holds.forget(name)
         result.watch.follow_up = _schedule_follow_up(run, params, result.watch.until)
         if result.watch.follow_up:
             watches.put(RUNBOOK, result.watch)
@@ -454,7 +466,8 @@ def _schedule_follow_up(run: RunbookRun[ResumeResult], params: ResumeParameters,
         with get_client(sync_client=True) as client:
             follow = client.create_flow_run_from_deployment(
                 deployment_id, parameters={"reason": params.reason, "initiated_by": params.initiated_by,
-                                           "approval_timeout_seconds": params.approval_timeout_seconds},
+                                           "approval_timeout_seconds": params.approval_timeout_seconds,
+                                           "follow_up_of": run.flow_run_id},
                 state=Scheduled(scheduled_time=until), tags=["resume-trading-follow-up"])
         return f"{follow.name} ({follow.id})"
     except Exception as exc:  # noqa: BLE001 - the watch is recorded; the operator's next run completes it
@@ -482,13 +495,21 @@ def _to_live(run: RunbookRun[ResumeResult], result: ResumeResult, params: Resume
         answer = resume_live(api=settings.trading_api, actor=run.actor, held_by=watch.paper_by,
                              changed_at=watch.changed_at, position_size_fraction=fraction)
         figures.update(resumed=bool(answer["resumed"]))
+    if not answer["resumed"] and answer.get("trading_mode") == "running":
+        watches.delete(RUNBOOK)
+        result.action, result.succeeded = "none: trading was already live (someone resumed it meanwhile)", True
+        result.status_after = {k: v for k, v in answer.items() if k not in ("history", "resumed")}
+        return run.conclude(result, message=result.action)
     if not answer["resumed"]:
         watches.delete(RUNBOOK)  # the platform moved: this paper mode is no longer ours to resume
         result.error = (f"not resumed: trading is {answer.get('trading_mode')!r}, held by "
                         f"{answer.get('paused_by')!r}, no longer this runbook's paper mode")
         run.steps.event("trading.left-halted", mode=answer.get("trading_mode"), paused_by=answer.get("paused_by"))
         return run.conclude(result)
-    result.status_after = {k: v for k, v in answer["after"].items() if k != "history"}
+    after = answer["after"]
+    result.status_after = None if after is None else {k: v for k, v in after.items() if k != "history"}
+    if after is None:
+        result.next_steps.append("The resume was accepted but the status could not be read back: read it by hand")
     watches.delete(RUNBOOK)
     approver = result.approval.approver if result.approval else "-"
     run.steps.event("trading.resumed", actor=run.actor, paused_by=watch.paper_by, approver=approver,

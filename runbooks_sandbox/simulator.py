@@ -138,6 +138,7 @@ class SimulatorState:
         self.position_size_fraction = 1.0  # a gradual restart trades this fraction of the usual size
         self.exchange_connected = True
         self.reconnect_fixes = True  # a reconnect brings the exchange back
+        self.status_failures_after_resume = 0  # the next N status reads after a resume answer 503
 
     def active(self) -> ModelVersion:
         return next(m for m in self.models if m.status == "active")
@@ -168,6 +169,11 @@ class PaperRequest(BaseModel):
 class ResetDdlRequest(BaseModel):
     reset_by: str
     reason: str
+
+
+class AfterResumeControl(BaseModel):
+    status_failures: int = Field(ge=0, le=100, description="the next N status reads after a resume answer 503 (a "
+                                 "resume whose read-back fails)")
 
 
 class ExchangeControl(BaseModel):
@@ -365,7 +371,13 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
         if db and db[0] in ("halt", "paper"):  # resuming lifts every switch, the database's too
             set_database_mode("live")
         record("resume", req.resumed_by, None)
-        return ops_status()
+        answer = ops_status()
+        if state.status_failures_after_resume:
+            prefix = "/api/v1/operations/status"
+            state.failures[prefix] = [503, state.status_failures_after_resume]
+            state.methods[f"failure:{prefix}"] = "GET"
+            state.status_failures_after_resume = 0
+        return answer
 
     @app.post("/api/v1/operations/paper", dependencies=auth)
     def paper(req: PaperRequest) -> dict[str, Any]:
@@ -395,7 +407,9 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
     def reset_ddl(req: ResetDdlRequest) -> dict[str, Any]:
         """The trading system runbook's manual override of the daily drawdown limit."""
         state.breakers.setdefault("daily_drawdown_limit", {})["state"] = "armed"
-        record("reset-ddl", req.reset_by, req.reason)
+        # Not record(): a breaker reset is no change of the trading mode, so the status's changed_at stays.
+        state.operations.append({"action": "reset-ddl", "by": req.reset_by, "reason": req.reason,
+                                 "at": _now().isoformat()})
         return {"reset": True, "breaker": {"name": "daily_drawdown_limit", **state.breakers["daily_drawdown_limit"]}}
 
     @app.get("/api/v1/data/status", dependencies=auth)
@@ -646,6 +660,11 @@ def create_app(*, token: str, dsn: str | None = None, feed_dir: Path | None = No
             state.risk_events = req.events
         return {"metrics": state.risk_metrics, "breakers": state.breakers, "health": state.risk_health,
                 "events": state.risk_events}
+
+    @app.post("/_control/after-resume", dependencies=auth)
+    def control_after_resume(req: AfterResumeControl) -> dict[str, int]:
+        state.status_failures_after_resume = req.status_failures
+        return {"status_failures": req.status_failures}
 
     @app.post("/_control/exchange", dependencies=auth)
     def control_exchange(req: ExchangeControl) -> dict[str, Any]:

@@ -60,21 +60,33 @@ def reconnect_exchange(*, api: ApiSettings | None, path: str) -> dict[str, Any]:
 
 
 @step_task("switch-to-paper", mutates=True, **TRADING_API_RETRY)
-def switch_to_paper(*, api: ApiSettings | None, path: str, actor: str, reason: str) -> dict[str, Any]:
-    """Paper mode: orders simulated, none reach the exchange. Read back: the status must say ``paper``.
+def switch_to_paper(*, api: ApiSettings | None, path: str, actor: str, reason: str, expected: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Paper mode (orders simulated, none reach the exchange), only while the platform is still exactly as the run
+    read and judged it (``expected``: its ``trading_mode``, ``paused_by`` and ``changed_at``): each attempt, retries
+    included, reads first, so a halt someone pressed meanwhile is never turned into paper. Then read back: paper,
+    held by ``actor``.
 
     Returns:
-        The operations status read after the call.
+        The status read before deciding, with ``switched`` (this call, or an earlier attempt whose answer was
+        lost, put it in paper mode) and, when switched, ``after`` (the status read back).
     """
+    keys = ("trading_mode", "paused_by", "changed_at")
     with trading_api_attempt(api, then="Paper mode is not confirmed: read the trading status and switch by hand "
                              "(the trading system runbook's 'Switch to Paper Mode').") as client:
+        now = client.status()
+        if now.get("trading_mode") == "paper" and now.get("paused_by") == actor:
+            return {**now, "switched": True, "after": now}  # an earlier attempt took; its answer was lost
+        if any(now.get(k) != expected.get(k) for k in keys):
+            return {**now, "switched": False}
         client.post(path, {"requested_by": actor, "reason": reason})
-        status = client.status()
-    if status.get("trading_mode") != "paper":
+        after = client.status()
+    if after.get("trading_mode") != "paper" or after.get("paused_by") != actor:
         raise TradingApiUnavailable(f"the trading API accepted paper mode but its status reads trading_mode="
-                                    f"{status.get('trading_mode')!r}.", hint="retried; if it persists, switch by hand.")
+                                    f"{after.get('trading_mode')!r} held by {after.get('paused_by')!r}.",
+                                    hint="retried (each retry reads first); if it persists, switch by hand.")
     get_run_logger().warning("Trading switched to PAPER mode: %s", reason)
-    return status
+    return {**now, "switched": True, "after": after}
 
 
 @step_task("resume-live-trading", mutates=True, **TRADING_API_RETRY)
@@ -82,9 +94,11 @@ def resume_live(*, api: ApiSettings | None, actor: str, held_by: str, changed_at
                 position_size_fraction: float | None) -> dict[str, Any]:
     """Resume live trading with the confirmation code, only while the platform is still in the paper mode
     ``held_by`` set at ``changed_at`` (each attempt reads again: someone who halted meanwhile keeps it halted).
+    Once the resume is sent, a read-back that fails does not undo the answer: ``after`` is then None.
 
     Returns:
-        The status read before deciding, with ``resumed`` and, after a resume, ``after`` (the status read back).
+        The status read before deciding, with ``resumed`` and, after a resume, ``after`` (the status read back,
+        or None when it could not be read).
     """
     with trading_api_attempt(api, then="Live trading may not have resumed: read the trading status; resume with "
                              "CONFIRM_RESUME by hand only if it is still in this run's paper mode.") as client:
@@ -94,10 +108,14 @@ def resume_live(*, api: ApiSettings | None, actor: str, held_by: str, changed_at
         if not ours:
             return {**now, "resumed": False}
         client.resume(actor=actor, position_size_fraction=position_size_fraction)
-        after = client.status()
-    if after.get("trading_mode") != "running":
-        raise TradingApiUnavailable(f"the trading API accepted the resume but its status reads trading_mode="
-                                    f"{after.get('trading_mode')!r}.", hint="read the status and resume by hand.")
+        try:
+            after: dict[str, Any] | None = client.status()
+        except TradingApiUnavailable as exc:
+            get_run_logger().warning("Live trading resumed, but its status could not be read back: %s", exc)
+            after = None
+    if after is not None and after.get("trading_mode") != "running":
+        raise Refused(f"the trading API accepted the resume but its status reads trading_mode="
+                      f"{after.get('trading_mode')!r}.", hint="read the status and resume by hand.")
     get_run_logger().warning("LIVE trading resumed by %r (position size fraction %s)", actor, position_size_fraction)
     return {**now, "resumed": True, "after": after}
 

@@ -66,6 +66,15 @@ def stop() -> None:
     assert emergency_stop_flow(reason="runaway orders", return_state=True).is_completed()
 
 
+def paper_from_halt(**params: Any) -> ResumeResult:
+    """A dry run, then its plan confirmed: halted -> paper."""
+    _state, dry = resume(dry_run=True, **params)
+    assert dry.phase == "to paper" and dry.plan_hash, dry.error
+    state, paper = resume(confirm=dry.plan_hash, **params)
+    assert state.is_completed(), paper.error
+    return paper
+
+
 def test_after_an_emergency_stop_trading_comes_back_through_paper_then_live_with_approval(
         platform: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "2s")
@@ -78,15 +87,16 @@ def test_after_an_emergency_stop_trading_comes_back_through_paper_then_live_with
     assert "emergency-stop runbook's halt" in (dry.attribution or "")
     assert status(platform)["trading_mode"] == "halted"  # a dry run changes nothing
 
-    state, paper = resume(initiated_by="alice")  # the runbooks' own halt: paper needs no approval
+    state, paper = resume(initiated_by="alice", confirm=dry.plan_hash)  # lifting a kill switch: approved
     assert state.is_completed() and paper.action == "switched to paper mode", paper.error
+    assert paper.approval and paper.approval.via == "confirm"
     assert status(platform)["trading_mode"] == "paper" and paper.watch is not None
 
     state, watching = resume()  # before the watch ends: nothing changes
     assert state.is_completed() and watching.phase == "watching" and status(platform)["trading_mode"] == "paper"
     time.sleep(2.5)
     state, plan = resume(dry_run=True)
-    assert plan.phase == "to live" and plan.plan_hash and plan.plan_hash != dry.plan_hash
+    assert plan.phase == "to live" and plan.plan_hash
     state, live = resume(confirm=plan.plan_hash, initiated_by="alice")
     assert state.is_completed() and live.action.startswith("resumed live trading"), live.error
     after = status(platform)
@@ -103,7 +113,7 @@ def test_live_trading_waits_for_an_approver_and_a_reason(platform: httpx.Client,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "1s")
     stop()
-    assert resume()[1].action == "switched to paper mode"
+    assert paper_from_halt().action == "switched to paper mode"
     time.sleep(1.5)
     approver = decide_when_paused({"approve": True, "approver": "bob", "reason": "paper day was clean"})
     state, live = resume()
@@ -172,7 +182,7 @@ def test_a_halt_pressed_during_the_paper_watch_voids_it(platform: httpx.Client,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "1s")
     stop()
-    resume()
+    paper_from_halt()
     platform.post("/api/v1/operations/kill-switch", json={"reason": "not yet", "activated_by": "erin"}
                   ).raise_for_status()
     time.sleep(1.5)
@@ -197,7 +207,9 @@ def test_the_drawdown_report_reads_pnl_and_breakers_and_changes_nothing(platform
 
 def test_the_drawdown_override_needs_a_reason_and_an_approval(platform: httpx.Client) -> None:
     platform.post("/_control/risk", json={"breakers": {"daily_drawdown_limit": "triggered"}}).raise_for_status()
-    assert drawdown_limit_flow(reset=True, return_state=True).is_failed()  # no reason: refused
+    for blank in ("", "\u200b \u200b"):  # no reason, or one nobody can read: refused before anything is read
+        refused = drawdown_limit_flow(reset=True, reason=blank, return_state=True)
+        assert refused.is_failed() and "needs a reason" in (refused.message or "")
     rejecter = decide_when_paused({"approve": False, "approver": "frank", "reason": "losses not understood"})
     state, declined = ddl(reset=True, reason="desk reviewed the day")
     rejecter.join(10)
@@ -265,7 +277,8 @@ def test_a_deployment_run_schedules_its_follow_up_at_the_end_of_the_paper_watch(
     (deployment,) = [d for d in serve.build_deployments() if d.name == "resume-trading"]
     deployment_id = deployment.apply()
     stop()
-    parameters = {"reason": "root cause fixed", "initiated_by": "alice"}
+    _state, dry = resume(dry_run=True)
+    parameters = {"reason": "root cause fixed", "initiated_by": "alice", "confirm": dry.plan_hash}
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
     state = run_flow(resume_trading_flow, flow_run=flow_run, parameters=parameters, return_type="state")
@@ -278,5 +291,61 @@ def test_a_deployment_run_schedules_its_follow_up_at_the_end_of_the_paper_watch(
     scheduled = runs[0].state.state_details.scheduled_time
     assert scheduled is not None and abs((scheduled - result.watch.until).total_seconds()) < 1
     assert runs[0].parameters["reason"] == "root cause fixed" and "resume-trading-follow-up" in runs[0].tags
+    assert runs[0].parameters["follow_up_of"] == str(flow_run.id) and "confirm" not in runs[0].parameters
     with get_client(sync_client=True) as client:
         client.delete_flow_run(runs[0].id)  # no worker here, but keep the harness's server tidy
+
+
+def test_an_emergency_stop_is_never_lifted_unattended(platform: httpx.Client) -> None:
+    """Even the runbooks' own kill switch: a run without an approver changes nothing when its approval times out,
+    and a follow-up scheduled for an earlier paper watch does nothing at all."""
+    stop()
+    state, unattended = resume(approval_timeout_seconds=10)
+    assert unattended.declined and status(platform)["trading_mode"] == "halted"
+    state, follow_up = resume(follow_up_of="0123abcd-0000-0000-0000-000000000000")
+    assert state.is_completed() and follow_up.action.startswith("none: the paper watch")
+    assert status(platform)["trading_mode"] == "halted" and "/api/v1/operations/paper" not in posts(platform)
+
+
+def test_a_halt_pressed_while_the_plan_waits_for_approval_is_not_turned_into_paper(platform: httpx.Client) -> None:
+    """The plan was carol's halt; dave presses the kill switch while it waits; the approval of carol's plan must
+    not lift dave's halt."""
+    import contextvars
+    import threading
+
+    from prefect.flow_runs import resume_flow_run
+
+    from tests.approvals import paused_run
+
+    platform.post("/api/v1/operations/kill-switch", json={"reason": "risk desk", "activated_by": "carol"}
+                  ).raise_for_status()
+
+    def dave_then_bob() -> None:
+        paused = paused_run(timeout=60)
+        platform.post("/api/v1/operations/kill-switch", json={"reason": "not now", "activated_by": "dave"}
+                      ).raise_for_status()
+        resume_flow_run(paused.id, run_input={"approve": True, "approver": "bob", "reason": "carol agreed"})
+
+    helper = threading.Thread(target=contextvars.copy_context().run, args=(dave_then_bob,), daemon=True)
+    helper.start()
+    state, result = resume(halt_holder="carol", approval_timeout_seconds=60)
+    helper.join(10)
+    assert state.is_failed() and result.approval and result.approval.approved
+    assert "platform moved" in (result.error or "")
+    now = status(platform)
+    assert now["trading_mode"] == "halted" and now["paused_by"] == "dave"
+    assert "/api/v1/operations/paper" not in posts(platform)
+
+
+def test_a_resume_whose_read_back_fails_is_still_reported_resumed(platform: httpx.Client,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNBOOKS_TRADING_SAFETY__RESUME__PAPER_WATCH", "1s")
+    stop()
+    paper_from_halt()
+    time.sleep(1.5)
+    _state, plan = resume(dry_run=True)
+    # The resume goes through; the status read right after it fails.
+    platform.post("/_control/after-resume", json={"status_failures": 1}).raise_for_status()
+    state, live = resume(confirm=plan.plan_hash)
+    assert state.is_completed() and live.action.startswith("resumed live trading"), live.error
+    assert live.status_after is None and status(platform)["trading_mode"] == "running"
