@@ -29,7 +29,7 @@ from runbooks.decisions.report import report_tail, started, table
 from runbooks.frame import RunbookResult, RunbookRun, notify
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
-from runbooks.frame.words import OneLine, Reason
+from runbooks.frame.words import CleanedReason, OneLine
 from runbooks.settings import ApiSettings
 from runbooks.settings.trading_safety import Switch
 from runbooks.tasks.kill_switches import DatabaseMode, read_database_mode, run_environment_switch, set_database_halt
@@ -43,8 +43,9 @@ class EmergencyStopParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: Reason = Field(min_length=1, max_length=500, description="Why trading must stop (sent with the kill "
-                           "switch, kept in the report and the page).")
+    reason: CleanedReason = Field(min_length=1, max_length=500, description="Why trading must stop (sent with the "
+                                  "kill switch, kept in the report and the page). Line breaks and control "
+                                  "characters become spaces: a stop never fails on its wording.")
     initiated_by: OneLine = Field(default="", max_length=200, description="Who asks (an engineer, or the "
                                   "automation); empty: this run.")
 

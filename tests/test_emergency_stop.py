@@ -234,13 +234,20 @@ def test_a_timestamp_column_that_is_not_one_does_not_stop_the_stop(platform: htt
     assert result.attempts[0].outcome == "failed" and "not a timestamp" in result.attempts[0].detail
 
 
-@pytest.mark.parametrize("reason", ["  ", "\u200b", "stop\u2028now", "stop \u202enow", "a\tb"])
+@pytest.mark.parametrize("reason", ["  ", "\u200b", "\u200b\t\u2028"])
 def test_a_reason_a_reader_cannot_see_is_refused_before_anything_is_pressed(platform: httpx.Client,
                                                                             reason: str) -> None:
     before = kill_calls(platform)
     state = emergency_stop_flow(reason=reason, return_state=True)
     assert state.is_failed() and "reason" in (state.message or "")
     assert kill_calls(platform) == before and status(platform)["trading_mode"] == "running"
+
+
+def test_a_reason_with_line_breaks_or_bidi_controls_is_cleaned_not_refused(platform: httpx.Client) -> None:
+    """An automation fills the reason from an event: a stop must never fail on its wording."""
+    state, result = stop(reason="feed\ndown\u2028since 09:00 \u202eP0\t!")
+    assert state.is_completed() and result.reason == "feed down since 09:00 P0 !"
+    assert "feed down since 09:00 P0 !" in status(platform)["reason"]
 
 
 def test_the_simulated_platform_honours_and_resume_lifts_the_database_switch(platform: httpx.Client,

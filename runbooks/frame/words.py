@@ -34,5 +34,13 @@ def reason(value: str) -> str:
     return value
 
 
+def cleaned_reason(value: str) -> str:
+    """A reason made one plain line (control, separator and bidi characters become spaces) rather than refused:
+    for a stop, which must never fail on its wording (an automation fills it from an event)."""
+    kept = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _REORDERING else ch for ch in value)
+    return reason(" ".join(kept.split()))
+
+
 OneLine = Annotated[str, AfterValidator(one_line)]
 Reason = Annotated[str, AfterValidator(reason)]
+CleanedReason = Annotated[str, AfterValidator(cleaned_reason)]
