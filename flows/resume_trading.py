@@ -378,7 +378,8 @@ def _preconditions(run: RunbookRun[ResumeResult], result: ResumeResult, *, other
 
 def _approve(run: RunbookRun[ResumeResult], result: ResumeResult, params: ResumeParameters, *, summary: str
              ) -> bool:
-    """The frame's approval of ``result.plan``; False (and the result says why) when not approved."""
+    """The frame's approval of ``result.plan``; False (and the result says why) when not approved, or when a
+    precondition no longer holds once an operator approved (the wait may have been long)."""
     publish_report(key="resume-trading-plan", markdown=render_report(result),
                    description="Resume-trading plan awaiting approval")
     assert result.plan_hash is not None
@@ -389,6 +390,15 @@ def _approve(run: RunbookRun[ResumeResult], result: ResumeResult, params: Resume
         result.declined = f"{result.approval.via}: {result.approval.reason}"
         result.next_steps.append("Trading was left as it was; rerun when the plan may go ahead.")
         return False
+    if result.approval.via == "operator":
+        # An approval can take up to a day: what was checked before it is checked again before acting on it.
+        result.preconditions = []
+        failed = [c for c in _preconditions(run, result, other_runbook=[]) if not c.ok]
+        if failed:
+            result.error = ("approved, but not acted on: since the approval was asked, " + "; ".join(
+                f"{c.name}: {c.evidence}" for c in failed))
+            result.next_steps += [f"{c.name}: {c.fix}" for c in failed if c.fix]
+            return False
     return True
 
 

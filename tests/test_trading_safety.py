@@ -349,3 +349,28 @@ def test_a_resume_whose_read_back_fails_is_still_reported_resumed(platform: http
     state, live = resume(confirm=plan.plan_hash)
     assert state.is_completed() and live.action.startswith("resumed live trading"), live.error
     assert live.status_after is None and status(platform)["trading_mode"] == "running"
+
+
+def test_preconditions_are_checked_again_after_an_operators_approval(platform: httpx.Client) -> None:
+    """The exchange drops while the plan waits in the UI: the approval is not acted on."""
+    import contextvars
+    import threading
+
+    from prefect.flow_runs import resume_flow_run
+
+    from tests.approvals import paused_run
+
+    stop()
+
+    def drop_then_approve() -> None:
+        paused = paused_run(timeout=60)
+        platform.post("/_control/exchange", json={"connected": False}).raise_for_status()
+        resume_flow_run(paused.id, run_input={"approve": True, "approver": "bob", "reason": "looks fine"})
+
+    helper = threading.Thread(target=contextvars.copy_context().run, args=(drop_then_approve,), daemon=True)
+    helper.start()
+    state, result = resume(approval_timeout_seconds=60)
+    helper.join(10)
+    assert state.is_failed() and (result.error or "").startswith("approved, but not acted on")
+    assert "exchange" in (result.error or "") and status(platform)["trading_mode"] == "halted"
+    assert "/api/v1/operations/paper" not in posts(platform)
