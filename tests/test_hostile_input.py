@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from runbooks.core.errors import ConfigurationError
+from runbooks.core.text import is_blank
 from runbooks.decisions.health import Status
 from runbooks.flows import RUNBOOKS
 from runbooks.flows.restore import IDENTIFIER
@@ -201,6 +202,16 @@ BAD_HOST = st.one_of(st.sampled_from(["", "../x", "-worker", "worker-", "a b", "
                      with_char(CONTROL), not_text(nullable=True))
 GOOD_HOST = st.one_of(st.none(), st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?(?:\.[a-z0-9]{1,10})?\Z"))
 RESTORE = {"database": "trading_db"}
+WHY = {"reason": "why"}  # the trading-safety runbooks that need a reason
+# One line a reader can see (frame/words.py): no control character, line separator or bidi control; stripped.
+BIDI = st.sampled_from(["\u202e", "\u202d", "\u200f", "\u2066", "\u2069", "\u061c"])
+ONE_LINE_CHAR = st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp"),
+                              exclude_characters="\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066"
+                                                 "\u2067\u2068\u2069")
+ONE_LINE_GOOD = st.lists(ONE_LINE_CHAR, max_size=40).map("".join).map(str.strip)
+ONE_LINE_BAD = st.one_of(with_char(CONTROL), with_char(BIDI), with_char(st.sampled_from(["\u2028", "\u2029"])),
+                         more_chars_than(200), not_text())
+BLANK_REASON = st.sampled_from(["", " ", "\u200b", "\u200b \u00a0", "\t\n"])
 SPECS: list[Spec] = [
     Spec("backup", "databases", st.one_of(bad_list(INVENTORY_NAME, HOSTILE_NAME),
                                           st.lists(INVENTORY_NAME, min_size=1, max_size=3).map(lambda n: n + n[:1])),
@@ -307,6 +318,35 @@ SPECS: list[Spec] = [
     boolean("pitr-restore", "keep_running"),
     boolean("archive-check", "marker"), boolean("archive-check", "notify"),
 
+    Spec("emergency-stop", "reason", st.one_of(BLANK_REASON, more_chars_than(500), not_text()), None),
+    Spec("emergency-stop", "initiated_by", ONE_LINE_BAD, ONE_LINE_GOOD, WHY),
+
+    Spec("resume-trading", "reason", st.one_of(BLANK_REASON, with_char(CONTROL), more_chars_than(500), not_text()),
+         ONE_LINE_GOOD.filter(lambda t: not is_blank(t))),
+    Spec("resume-trading", "initiated_by", ONE_LINE_BAD, ONE_LINE_GOOD, WHY),
+    Spec("resume-trading", "halt_holder", st.one_of(with_char(CONTROL), with_char(BIDI), more_chars_than(200),
+                                                    not_text(nullable=True)),
+         st.one_of(st.none(), ONE_LINE_GOOD), WHY),
+    boolean("resume-trading", "dry_run", base=WHY),
+    Spec("resume-trading", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345"), not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z")), WHY),
+    Spec("resume-trading", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400), WHY),
+    Spec("resume-trading", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300), WHY),
+    Spec("resume-trading", "follow_up_of", st.one_of(not_matching("[0-9a-f-]+", "ABC", "x" * 65),
+                                                     not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f-]{1,64}\Z")), WHY),
+
+    boolean("drawdown-limit", "reset", base=WHY),
+    Spec("drawdown-limit", "reason", st.one_of(with_char(CONTROL), with_char(BIDI), more_chars_than(500), not_text()),
+         ONE_LINE_GOOD),
+    Spec("drawdown-limit", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345"), not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
+    Spec("drawdown-limit", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400)),
+    Spec("drawdown-limit", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300)),
+
+    Spec("exchange-reconnect", "initiated_by", ONE_LINE_BAD, ONE_LINE_GOOD),
+    boolean("exchange-reconnect", "paper_if_down"),
+
     Spec("pre-open-check", "market", st.one_of(not_matching(r"[a-z0-9][a-z0-9_-]{0,62}", "USD_COP", "usd cop",
                                                             "_x", "x" * 64), not_text(nullable=True)),
          st.one_of(st.none(), st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z"))),
@@ -392,7 +432,9 @@ def test_valid_values_are_kept_and_round_trip_through_json(spec: Spec) -> None:
 @given(runbook=st.sampled_from(sorted(MODELS)), name=st.text(min_size=1, max_size=30))
 def test_unknown_parameter_names_are_refused(runbook: str, name: str) -> None:
     model = MODELS[runbook]
-    errors = refusal(model, {**(RESTORE if runbook == "restore" else {}), name: "x"})
+    base = RESTORE if runbook == "restore" else WHY if "reason" in model.model_fields and model.model_fields[
+        "reason"].is_required() else {}
+    errors = refusal(model, {**base, name: "x"})
     assert name in model.model_fields or [(e["loc"], e["type"]) for e in errors] == [((name,), "extra_forbidden")]
 
 

@@ -3,7 +3,7 @@ API token and a webhook URL, each unmistakable and each really used by its compo
 run once to success and once to failure. Then every place a secret could land is read back and grepped:
 
 - the Prefect API: logs, artifacts, flow runs (parameters, names, state messages), task runs (inputs, state
-  messages), events; and the server's own database file, which holds all of it;
+  messages), events; and the server's own database (dumped), which holds all of it;
 - what the runs returned (results, state messages), what the process printed, what went to the webhook and to the
   trading platform, every object in the repository and every file under the run's state directory;
 - the process table: every process's ``/proc/*/cmdline``, sampled continuously by a background thread while the
@@ -47,9 +47,13 @@ from runbooks.flows.backup_verification import VerificationParameters, verify_ba
 from runbooks.flows.data_freshness import FreshnessParameters, data_freshness_flow
 from runbooks.flows.disk_cleanup import CleanupParameters, disk_cleanup_flow
 from runbooks.flows.dr_game_day import DrillParameters, dr_game_day_flow
+from runbooks.flows.drawdown_limit import DrawdownParameters, drawdown_limit_flow
+from runbooks.flows.emergency_stop import EmergencyStopParameters, emergency_stop_flow
+from runbooks.flows.exchange_reconnect import ExchangeParameters, exchange_reconnect_flow
 from runbooks.flows.health_check import HealthCheckParameters, health_check_flow
 from runbooks.flows.model_rollback import RollbackParameters, model_rollback_flow
 from runbooks.flows.restore import RestoreParameters, restore_database_flow
+from runbooks.flows.resume_trading import ResumeParameters, resume_trading_flow
 from runbooks.flows.weekly_report import WeeklyReportParameters, weekly_report_flow
 from runbooks.frame import arguments, outcome
 from runbooks_sandbox import SandboxState
@@ -454,12 +458,20 @@ def read_prefect_api(control: Canary, *, timeout: float = 60) -> dict[str, str]:
 
 
 def read_prefect_database() -> str:
-    """The server's SQLite file (and its write-ahead log): whatever the API stored, however it is exposed."""
+    """Everything the server stored, however the API exposes it: its SQLite file (and write-ahead log), or the
+    data of its PostgreSQL database (the suite's harness: tests/prefect_harness.py) dumped as plain SQL."""
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
+    from runbooks.adapters.postgres import libpq_env, pg_tool
+
     url = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
-    path = Path(url.split(":///", 1)[1])
-    return "".join(p.read_bytes().decode("utf-8", errors="replace") for p in path.parent.glob(path.name + "*"))
+    if url.startswith("sqlite"):
+        path = Path(url.split(":///", 1)[1])
+        return "".join(p.read_bytes().decode("utf-8", errors="replace") for p in path.parent.glob(path.name + "*"))
+    params = psycopg.conninfo.conninfo_to_dict(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    dumped = subprocess.run([pg_tool("pg_dump"), "--data-only", "--no-owner"], env=libpq_env(params),
+                            capture_output=True, check=True, timeout=300)
+    return dumped.stdout.decode("utf-8", errors="replace")
 
 
 def read_repository(sandbox: SandboxState, prefix: str) -> str:
@@ -593,6 +605,21 @@ def test_no_canary_secret_leaks_from_any_runbook_run(platform: Platform, monkeyp
             RollbackParameters(monitor_minutes=0, poll_seconds=0.2, reason="canary drill"), expect="FAILED",
             before=stuck)
         reset()
+        # trading safety: a stop through the API (the token canary), then with the token and the password wrong
+        # (the API refuses, the database refuses: a failed stop, paged); the drawdown report, the exchange check;
+        # resume-trading with the token wrong.
+        run("emergency-stop", emergency_stop_flow, EmergencyStopParameters(reason="canary drill"), expect="COMPLETED",
+            before=reset)
+        run("emergency-stop, token and password wrong", emergency_stop_flow,
+            EmergencyStopParameters(reason="canary drill"), expect="FAILED", env={**wrong_tokens, **wrong_pg},
+            before=reset)
+        run("drawdown-limit", drawdown_limit_flow, DrawdownParameters(), expect="COMPLETED", before=reset)
+        run("drawdown-limit, token wrong", drawdown_limit_flow, DrawdownParameters(), expect="FAILED",
+            env=wrong_tokens)
+        run("exchange-reconnect", exchange_reconnect_flow, ExchangeParameters(), expect="COMPLETED")
+        run("resume-trading, token wrong", resume_trading_flow, ResumeParameters(reason="canary drill"),
+            expect="FAILED", env=wrong_tokens)
+        reset()
         # weekly report: everything read; then nothing readable (tokens refused, no bucket, no Prefect API there).
         run("weekly-report", weekly_report_flow, WeeklyReportParameters(), expect="COMPLETED")
         run("weekly-report, nothing readable", weekly_report_flow, WeeklyReportParameters(), expect="FAILED",
@@ -622,7 +649,7 @@ def test_no_canary_secret_leaks_from_any_runbook_run(platform: Platform, monkeyp
 
     captured = capfd.readouterr()
     places = read_prefect_api(c.control)
-    places["the Prefect server's database file"] = read_prefect_database()
+    places["the Prefect server's database"] = read_prefect_database()
     places["results and final states"] = "\n".join(
         r.text for r in run.done)
     places["printed (stdout, stderr)"] = captured.out + captured.err
@@ -634,7 +661,7 @@ def test_no_canary_secret_leaks_from_any_runbook_run(platform: Platform, monkeyp
 
     # The controls: each reader sees a value that is not a secret, so it would see a leaked one too.
     for place in ("logs (Prefect API)", "artifacts", "flow runs (parameters, names, state messages)",
-                  "task runs (inputs, names, state messages)", "events", "the Prefect server's database file",
+                  "task runs (inputs, names, state messages)", "events", "the Prefect server's database",
                   "printed (stdout, stderr)"):
         assert c.control.found_in(places[place]), f"the control is not seen in {place}: that reader is blind"
     assert "control" in table.hits, f"the process table sampler did not see the control ({table.scans} scans)"
