@@ -39,6 +39,7 @@ from runbooks.settings.approvals import ApprovalSettings
 from runbooks.settings.backup import BackupSettings
 from runbooks.settings.cleanup import ALLOWED_ROOT_FIX, RULE_ROOT_FIX, CleanupSettings, FileRule
 from runbooks.settings.cluster import ClusterSettings
+from runbooks.settings.connections import ConnectionsSettings
 from runbooks.settings.databases import DatabaseSettings
 from runbooks.settings.drill import DrillSettings
 from runbooks.settings.fields import AbsoluteOsPath, InventoryName, refused_at, resolve_secret, secrets_held
@@ -50,8 +51,10 @@ from runbooks.settings.models import ModelSettings
 from runbooks.settings.notifications import NotificationSettings
 from runbooks.settings.pitr import PitrSettings
 from runbooks.settings.prefect_api import PrefectSettings
+from runbooks.settings.redis import RedisSettings
 from runbooks.settings.repository import RepositorySettings
 from runbooks.settings.restore import RestoreSettings
+from runbooks.settings.services import ServicesSettings
 from runbooks.settings.trading_safety import TradingSafetySettings
 from runbooks.settings.weekly_report import WeeklyReportSettings
 
@@ -107,6 +110,10 @@ class Settings(BaseSettings):
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     weekly_report: WeeklyReportSettings = Field(default_factory=WeeklyReportSettings)
     trading_safety: TradingSafetySettings = Field(default_factory=TradingSafetySettings)
+    redis: dict[InventoryName, RedisSettings] = Field(default_factory=dict, description="the platform's Redis "
+                                                      "instances (the memory/learning system)")
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
+    connections: ConnectionsSettings = Field(default_factory=ConnectionsSettings)
     state_dir: AbsoluteOsPath = Field(default_factory=default_state_dir, description="this host's private working "
                                       "state (restore work directories): created 0700")
     hosts: list[HostName] = Field(default_factory=list, max_length=256, description="the hosts whose workers run "
