@@ -1,7 +1,9 @@
-"""Nightly backup of the platform's PostgreSQL databases into the backup repository.
+"""Nightly backup of the platform's PostgreSQL databases and Redis instances into the backup repository.
 
 Trigger: the ``backup-nightly`` deployment (02:00 UTC), on demand from the Prefect UI, or
-``runbooks run backup``. Blast radius: read-only on the databases (one REPEATABLE READ snapshot per database);
+``runbooks run backup``; Redis alone every 15 minutes with ``backup-redis-15min`` (opt-in: seed 002's RPO for the
+memory/learning system). Blast radius: read-only on the databases (one REPEATABLE READ snapshot per database) and
+on Redis (a BGSAVE, which forks: its memory is copied on write while it runs);
 writes new objects to the repository; retention deletes backups outside the policy, never the newest verified
 one. Rollback: nothing to undo. A failed run lists no backup, and the next run sweeps what it left behind.
 """
@@ -16,7 +18,7 @@ from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.states import State
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runbooks.adapters.catalog import BackupCatalog, BackupClaim
 from runbooks.adapters.repository import open_repository
@@ -28,7 +30,9 @@ from runbooks.frame import RunbookResult, RunbookRun
 from runbooks.frame.names import listed, run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.settings import DatabaseSettings, InventoryName, Settings
+from runbooks.settings.redis import RedisSettings
 from runbooks.tasks.postgres import dump_cluster, dump_database, probe_database
+from runbooks.tasks.redis import dump_redis, probe_redis
 from runbooks.tasks.storage import (
     LeftoverReport,
     RetentionReport,
@@ -48,7 +52,12 @@ class BackupParameters(BaseModel):
 
     databases: list[Annotated[InventoryName, InventoryChoices("databases")]] = Field(default_factory=list,
                                            description="Databases from the inventory; empty: all.")
+    include_databases: bool = Field(default=True, description="Back up the databases (the named ones, or all). "
+                                    "False with include_redis: Redis alone (the 15-minute schedule).")
     include_cluster: bool = Field(default=True, description="Also back up roles (globals) and config files.")
+    redis: list[Annotated[InventoryName, InventoryChoices("redis")]] = Field(default_factory=list,
+                                 description="Redis instances from the inventory; empty: all.")
+    include_redis: bool = Field(default=True, description="Back up the Redis instances (the named ones, or all).")
     apply_retention: bool = Field(default=True, description="Apply the retention policy after a good backup.")
     dry_run: bool = Field(default=False, description="Change nothing: report what would be backed up and deleted.")
 
@@ -61,10 +70,31 @@ class BackupParameters(BaseModel):
             raise ValueError(f"{', '.join(map(repr, twice))} listed more than once: name each database once")
         return names
 
+    @field_validator("redis")
+    @classmethod
+    def _redis_once(cls, names: list[str]) -> list[str]:
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once: name each instance once")
+        return names
+
+    @model_validator(mode="after")
+    def _something(self) -> BackupParameters:
+        if self.databases and not self.include_databases:
+            raise ValueError("databases are named but include_databases is false: drop one of them")
+        if self.redis and not self.include_redis:
+            raise ValueError("Redis instances are named but include_redis is false: drop one of them")
+        if not (self.include_databases or self.include_redis or self.include_cluster):
+            raise ValueError("include_databases, include_redis and include_cluster are all false: nothing to "
+                             "back up")
+        return self
+
     def check_against(self, settings: Settings) -> None:
-        """Refuse (ConfigurationError) a database the inventory lacks; the CLI calls it before any run."""
+        """Refuse (ConfigurationError) a database or Redis instance the inventory lacks; the CLI calls it before
+        any run."""
         for name in self.databases:
             settings.database_or_raise(name)
+        for name in self.redis:
+            settings.redis_or_raise(name)
 
 
 class ItemResult(BaseModel):
@@ -91,7 +121,9 @@ class BackupResult(RunbookResult):
 
 def _run_name() -> str:
     p = run_parameters()
-    return run_name("backup", listed(p.get("databases")), dry_run=bool(p.get("dry_run")), stamp=True)
+    only_redis = p.get("include_databases") is False
+    return run_name("backup", "redis" if only_redis else listed(p.get("databases")),
+                    listed(p.get("redis")) if only_redis else None, dry_run=bool(p.get("dry_run")), stamp=True)
 
 
 def _retention_action(report: RetentionReport) -> str:
@@ -144,7 +176,7 @@ def render_report(result: BackupResult) -> str:
 @takes(BackupParameters)
 def backup_databases(params: BackupParameters) -> State:
     """Back up every configured database (or the named ones), the cluster globals and config files."""
-    run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases) or "all")
+    run: RunbookRun[BackupResult] = RunbookRun("backup", resource="+".join(params.databases + params.redis) or "all")
     settings, logger = run.settings, run.logger
     result = BackupResult(repository=settings.repository.url, dry_run=params.dry_run, started_at=run.started_at)
     run.report(result, render=render_report, key=f"backup-report-{'dry-run' if params.dry_run else 'run'}",
@@ -163,10 +195,12 @@ def backup_databases(params: BackupParameters) -> State:
                 "A backup marked `verification_failed` is kept for inspection but never used for restore."]
         return run.conclude(result)
 
-    names = params.databases or sorted(settings.databases)
+    names = (params.databases or sorted(settings.databases)) if params.include_databases else []
+    redis_names = (params.redis or sorted(settings.redis)) if params.include_redis else []
     try:
         with run.step("check inventory and repository"):
             databases = {name: settings.database_or_raise(name) for name in names}
+            instances = {name: settings.redis_or_raise(name) for name in redis_names}
             catalog = BackupCatalog(open_repository(settings.repository))
             result.repository = catalog.repository.url
             if not params.dry_run:
@@ -187,6 +221,7 @@ def backup_databases(params: BackupParameters) -> State:
     if not params.dry_run:
         subjects: list[tuple[BackupKind, str]] = [("database", n) for n in names]
         subjects += [("cluster", cluster.name)] if with_cluster else []
+        subjects += [("redis", n) for n in redis_names]
         try:
             with run.step("claim backup id") as figures:
                 claim = claim_backup_id(catalog=catalog, subjects=subjects, flow_run_id=run.flow_run_id,
@@ -196,7 +231,7 @@ def backup_databases(params: BackupParameters) -> State:
             logger.error("Backup refused before any dump: %s", scrub(str(exc)))
             return conclude(scrub(str(exc)))
     try:
-        return _back_up_all(run, params, catalog, claim, databases, with_cluster, result, conclude)
+        return _back_up_all(run, params, catalog, claim, databases, instances, with_cluster, result, conclude)
     finally:
         if claim is not None:
             claim.close()
@@ -208,8 +243,9 @@ def heartbeat_seconds(stale_after_minutes: int) -> float:
 
 
 def _back_up_all(run: RunbookRun[BackupResult], params: BackupParameters, catalog: BackupCatalog,
-                 claim: BackupClaim | None, databases: dict[str, DatabaseSettings], with_cluster: bool,
-                 result: BackupResult, conclude: Callable[..., State]) -> State:
+                 claim: BackupClaim | None, databases: dict[str, DatabaseSettings],
+                 instances: dict[str, RedisSettings], with_cluster: bool, result: BackupResult,
+                 conclude: Callable[..., State]) -> State:
     """Dump, verify and publish each item under the run's claim, then apply retention."""
     settings, logger = run.settings, run.logger
     cfg = settings.backup
@@ -295,6 +331,22 @@ def _back_up_all(run: RunbookRun[BackupResult], params: BackupParameters, catalo
                 catalog=catalog, claim=cluster_claim, cluster_name=cluster.name, database=cluster.database(),
                 config_files=cluster.config_files, level=cfg.compression_level,
                 threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
+
+    for name, instance in instances.items():
+        if params.dry_run:
+            with run.step(f"probe redis {name}"):
+                try:
+                    seen = probe_redis(name=name, settings=instance)
+                    result.items.append(ItemResult(kind="redis", name=name, status="dry_run",
+                                                   database_size=seen.used_memory))
+                    logger.info("Would back up Redis %r (%d keys, Redis %s, RDB %s)", name, seen.key_count,
+                                seen.version, seen.rdb)
+                except RunbookError as exc:
+                    result.items.append(ItemResult(kind="redis", name=name, status="failed", error=scrub(str(exc))))
+            continue
+        back_up(ItemResult(kind="redis", name=name, status="failed"), functools.partial(
+            dump_redis, catalog=catalog, claim=claim, name=name, settings=instance, level=cfg.compression_level,
+            threads=cfg.compression_threads, flow_run_id=run.flow_run_id))
 
     if params.apply_retention:
         for item in result.items:

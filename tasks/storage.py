@@ -178,7 +178,7 @@ def _aware(moment: datetime) -> datetime:
 
 @step_task("resolve-backup", **TRANSIENT_RETRY)
 def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id: str,
-                            before: datetime | None) -> BackupManifest:
+                            before: datetime | None, kind: BackupKind = "database") -> BackupManifest:
     """Turn ``latest`` / an id / ``latest`` + ``before`` into one published, verified backup of ``database``.
 
     Returns:
@@ -186,11 +186,13 @@ def resolve_backup_or_raise(*, catalog: BackupCatalog, database: str, backup_id:
     """
     catalog.repository.check_exists()  # a mistyped repository.url is not "no backup"
     if backup_id != "latest":
-        [manifest] = catalog.find_or_raise(backup_id, name=database)
-        if manifest.kind != "database":
-            raise BackupNotFound(f"backup {backup_id} of {database!r} is a cluster backup, not a database dump.")
+        found = catalog.find_or_raise(backup_id, name=database)
+        manifest = next((m for m in found if m.kind == kind), found[0])  # a database and an instance may share a name
+        if manifest.kind != kind:
+            raise BackupNotFound(f"backup {backup_id} of {database!r} is a {manifest.kind} backup, not a {kind} "
+                                 "one.", hint="'runbooks backups list' shows each backup's kind.")
     else:
-        scan = catalog.scan(kind="database", name=database)
+        scan = catalog.scan(kind=kind, name=database)
         candidates = scan.manifests
         damaged = scan.damaged
         if before is not None:  # the same cutoff for both, so "latest before" never skips a damaged one

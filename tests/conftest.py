@@ -46,6 +46,7 @@ from runbooks_sandbox import Sandbox, SandboxState  # noqa: E402
 from runbooks_sandbox.environment import BUCKET, S3_KEY_ID  # noqa: E402
 from tests.disks import tmpfs  # noqa: E402
 from tests.dockerd import docker_engine, docker_label  # noqa: E402, F401
+from tests.redisfixtures import redis_server  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -181,3 +181,11 @@ class PrefectApiUnavailable(TransientError):
 
 class PrefectApiRefused(PermanentError):
     pass
+
+
+class RedisUnavailable(TransientError):
+    pass
+
+
+class RedisRefused(PermanentError):
+    """Redis answered with an error a retry will not change (a command refused, a save that failed)."""

@@ -25,7 +25,7 @@ class IncompleteUpload:
     initiated: datetime
 
 
-KIND_DIRS: dict[BackupKind, str] = {"database": "databases", "cluster": "clusters"}
+KIND_DIRS: dict[BackupKind, str] = {"database": "databases", "cluster": "clusters", "redis": "redis"}
 KINDS_BY_DIR: dict[str, BackupKind] = {d: k for k, d in KIND_DIRS.items()}
 
 
@@ -57,12 +57,18 @@ class DamagedBackup:
     def prefix(self) -> str:
         return backup_prefix(self.kind, self.name, self.backup_id)
 
+    @property
+    def _by_hand(self) -> str:
+        if self.kind == "redis":
+            return "zstd -dc … > dump.rdb, redis-check-rdb dump.rdb, then a redis-server started on it"
+        return "zstd -dc … | pg_restore --list, then pg_restore"
+
     def recovery(self, repository_url: str) -> str:
         dumps = [o.key for o in self.objects if o.key.endswith(".zst")]
         where = f"{repository_url}/{dumps[0]}" if dumps else f"{repository_url}/{self.prefix}/"
         return (f"its manifest is {self.reason}, so its checksums cannot be checked and no runbook restores it. "
                 f"Recover the manifest from a copy of the repository (bucket versioning, replica, filesystem "
-                f"snapshot), or restore by hand from {where} (zstd -dc … | pg_restore --list, then pg_restore). "
+                f"snapshot), or restore by hand from {where} ({self._by_hand}). "
                 "Retention never deletes it; remove the directory by hand once it is dealt with")
 
     def as_dict(self, repository_url: str) -> dict[str, object]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-BackupKind = Literal["database", "cluster"]
+BackupKind = Literal["database", "cluster", "redis"]
 Privilege = Literal["CREATE", "TEMPORARY", "CONNECT"]
 AclEntry = tuple[str, Privilege, bool]
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -41,7 +41,7 @@ class DatabaseProperties(BaseModel):
 
 
 class StoredObject(BaseModel):
-    role: Literal["dump", "globals", "config"]
+    role: Literal["dump", "globals", "config", "rdb"]
     key: str = Field(description="path relative to the repository root")
     format: str = Field(description="e.g. 'pg_dump custom', 'sql', 'tar'")
     compression: Literal["zstd"] = "zstd"
@@ -73,6 +73,18 @@ class Verification(BaseModel):
     toc_entries: int | None = None
 
 
+class RedisSnapshot(BaseModel):
+    """A Redis backup's RDB as ``redis-check-rdb`` read it on its way into the repository: what a restore loads."""
+
+    key_count: int = Field(description="keys in the RDB ('keys read')")
+    expires: int = Field(default=0, description="of which with a time to live")
+    already_expired: int = Field(default=0, description="of which already expired when the RDB was read")
+    keyspace: dict[str, int] = Field(default_factory=dict, description="keys per database (db0, db1...) as INFO "
+                                     "keyspace gave them just after the save: the live count, not the file's")
+    saved_at: AwareDatetime = Field(description="LASTSAVE after the BGSAVE: the moment the data is from")
+    save_seconds: float = Field(default=0.0, description="how long the BGSAVE took")
+
+
 class BackupManifest(BaseModel):
     format_version: Literal[1] = 1
     backup_id: str
@@ -92,6 +104,7 @@ class BackupManifest(BaseModel):
     database_bytes: int | None = Field(default=None, description="pg_database_size at backup time")
     files: list[ArchivedFile] = Field(default_factory=list, description="the configuration files in the tar "
                                       "(cluster backups; empty in those taken before checksums were recorded)")
+    redis: RedisSnapshot | None = Field(default=None, description="Redis backups: the RDB's key counts")
     verification: Verification | None = Field(default=None, description="None only before publishing")
 
     @property

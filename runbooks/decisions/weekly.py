@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from runbooks.decisions.listing import DamagedBackup, Leftover
+from runbooks.decisions.listing import KINDS_BY_DIR, DamagedBackup, Leftover
 from runbooks.decisions.manifest import BackupKind, BackupManifest, parse_backup_id
 from runbooks.decisions.models import Judgement, ModelEvidence
 
@@ -231,13 +231,13 @@ def backups_in_window(manifests: list[BackupManifest], damaged: list[DamagedBack
             week.entries.append(entry)
     for leftover in unfinished:
         parts = leftover.prefix.split("/")
-        if len(parts) != 3 or parts[0] not in ("databases", "clusters"):
+        if len(parts) != 3 or parts[0] not in KINDS_BY_DIR:
             continue
         taken = _taken(parts[2])
         if taken is not None and not since <= taken <= until:
             continue
         reason = leftover.reason or "no manifest: interrupted, or still being written"
-        week.entries.append(BackupEntry(kind="database" if parts[0] == "databases" else "cluster", name=parts[1],
+        week.entries.append(BackupEntry(kind=KINDS_BY_DIR[parts[0]], name=parts[1],
                                         backup_id=parts[2], started_at=taken, status="incomplete",
                                         stored_bytes=leftover.stored_bytes, detail=reason))
     week.entries.sort(key=lambda e: (e.started_at is None, e.started_at or since, e.kind, e.name))

@@ -28,7 +28,7 @@ from pydantic.json_schema import SkipJsonSchema
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-Inventory = Literal["databases", "markets", "tables", "rules", "hosts"]
+Inventory = Literal["databases", "markets", "tables", "rules", "hosts", "redis"]
 
 
 _NAMES: dict[tuple[Any, ...], dict[str, list[str]] | None] = {}
@@ -63,7 +63,8 @@ def _inventory() -> dict[str, list[str]] | None:
                 "markets": sorted(name for name, market in settings.markets.items() if market.gates),
                 "tables": sorted(table.key for table in settings.freshness.tables),
                 "rules": sorted(rule.name for rule in settings.cleanup.rules),
-                "hosts": sorted(settings.hosts)}
+                "hosts": sorted(settings.hosts),
+                "redis": sorted(settings.redis)}
     return _NAMES[key]
 
 

@@ -199,6 +199,16 @@ class Settings(BaseSettings):
                 hint=f"add [databases.{_toml_key(name)}] to {config_path()} or pick a configured one.",
             ) from None
 
+    def redis_or_raise(self, name: str) -> RedisSettings:
+        try:
+            return self.redis[name]
+        except KeyError:
+            known = ", ".join(sorted(self.redis)) or "none"
+            raise ConfigurationError(
+                f"Redis instance {name!r} is not in the inventory (configured: {known}).",
+                hint=f"add [redis.{_toml_key(name)}] to {config_path()} or pick a configured one.",
+            ) from None
+
     @property
     def several_hosts(self) -> bool:
         """Whether the runbooks run on more than one host: what they share must then be shared by all."""
