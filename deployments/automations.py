@@ -55,15 +55,16 @@ def _run_trigger(states: list[str], tag: str) -> EventTrigger:
 
 
 STOP_DEPLOYMENT = "emergency-stop/emergency-stop"  # flow/deployment, as prefect.yaml deploys it
-P0_SOURCES = ["runbooks.data-freshness.*", "runbooks.health-check.*"]
+P0_SOURCES = ["runbooks.data-freshness.*", "runbooks.health-check.*", "runbooks.database-connections.*"]
 
 
 def stop_on_p0(deployment_id: UUID) -> AutomationCore:
-    """``[trading_safety] stop_on_p0``: a P0 escalation of data-freshness or health-check (a
+    """``[trading_safety] stop_on_p0``: a P0 escalation of data-freshness, health-check or database-connections (a
     ``runbooks.escalation`` event labelled ``runbooks.severity = P0``) runs the emergency stop."""
     return AutomationCore(
         name=f"{PREFIX}emergency stop on P0", description="Watches runbooks.escalation events labelled "
-        "runbooks.severity P0 from data-freshness and health-check runs (e.g. a trading database unavailable, P0 in "
+        "runbooks.severity P0 from data-freshness, health-check and database-connections runs (e.g. a trading "
+        "database unavailable, P0 in "
         "the USD/COP playbook). Runs the emergency-stop deployment with the event's reason: trading halts, verified, "
         "and on-call is paged P0 by that run. On because [trading_safety] stop_on_p0 = true.",
         trigger=EventTrigger(expect={"runbooks.escalation"},

@@ -6,7 +6,8 @@ Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, 
 ``pre-open-check`` (30 minutes before each gating market's open). On-demand recovery: ``restore``,
 ``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``. Trading safety:
 ``emergency-stop`` (also on a P0 event, where enabled), ``resume-trading``, ``drawdown-limit``,
-``exchange-reconnect``. The rest of the platform: ``redis-restore`` (Redis is backed up by ``backup``).
+``exchange-reconnect``. The rest of the platform: ``redis-restore`` (Redis is backed up by ``backup``),
+``database-connections``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ RUNBOOKS: dict[str, Runbook] = {
                               "render_report", "on-demand recovery"),
     "exchange-reconnect": Runbook("exchange-reconnect", "exchange_reconnect", "exchange_reconnect_flow",
                                   "ExchangeParameters", "render_report", "on-demand recovery"),
+    "database-connections": Runbook("database-connections", "database_connections", "database_connections_flow",
+                                    "ConnectionsParameters", "render_report", "on-demand recovery"),
     "redis-restore": Runbook("redis-restore", "redis_restore", "redis_restore_flow", "RedisRestoreParameters",
                              "render_report", "on-demand recovery"),
 }

@@ -64,7 +64,8 @@ def takes_model_fields(flow: Flow[..., Any], model: type[BaseModel]) -> None:
 
 
 # What the operator must give when starting a run (the form asks for it): no default in the deployment stands in.
-ASKED_AT_RUN = {"emergency-stop": {"reason": "a filled-in reason"}, "resume-trading": {"reason": "a filled-in reason"}}
+ASKED_AT_RUN = {"emergency-stop": {"reason": "a filled-in reason"}, "resume-trading": {"reason": "a filled-in reason"},
+                "redis-restore": {"instance": "memory"}}
 
 
 def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: dict[str, Any], where: str) -> None:
@@ -200,9 +201,12 @@ NEXT_FIRES = {
     "archive-check-every-minute": ["2026-11-23T12:01", "2026-11-23T12:02", "2026-11-23T12:03"],
     # 07:30 COT (UTC-5 all year) on weekdays: 30 minutes before the USD/COP open.
     "pre-open-check-daily": ["2026-11-23T12:30", "2026-11-24T12:30", "2026-11-25T12:30"],
+    # Seed 002: the memory/learning system's RPO is 15 minutes.
+    "backup-redis-15min": ["2026-11-23T12:15", "2026-11-23T12:30", "2026-11-23T12:45"],
 }
-# Opt-in: pgBackRest must be set up on the database host first (pitr-setup); their schedules start inactive.
-OPT_IN = {"pitr-backup-full-weekly", "pitr-backup-diff-daily", "archive-check-every-minute"}
+# Opt-in: pgBackRest must be set up on the database host first (pitr-setup), Redis configured; their schedules
+# start inactive.
+OPT_IN = {"pitr-backup-full-weekly", "pitr-backup-diff-daily", "archive-check-every-minute", "backup-redis-15min"}
 
 
 def test_every_schedule_fires_when_the_seeds_say() -> None:
@@ -325,8 +329,9 @@ def test_scheduled_maintenance_fires_outside_every_session_for_a_year() -> None:
 
 
 def test_in_session_watchers_are_read_only_monitors() -> None:
+    """The watchers, and the Redis backup: a 15-minute RPO holds in session too, and a BGSAVE only forks."""
     watchers = sorted(d["name"] for d in DEPLOYMENTS if "in-session" in d["tags"])
-    assert watchers == ["archive-check-every-minute", "data-freshness"]
+    assert watchers == ["archive-check-every-minute", "backup-redis-15min", "data-freshness"]
 
 
 # Deployments whose failed runs do not go through the `runbooks: runbook run failed` automation, and why: each of

@@ -202,6 +202,7 @@ BAD_HOST = st.one_of(st.sampled_from(["", "../x", "-worker", "worker-", "a b", "
                      with_char(CONTROL), not_text(nullable=True))
 GOOD_HOST = st.one_of(st.none(), st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?(?:\.[a-z0-9]{1,10})?\Z"))
 RESTORE = {"database": "trading_db"}
+REDIS = {"instance": "memory"}
 WHY = {"reason": "why"}  # the trading-safety runbooks that need a reason
 # One line a reader can see (frame/words.py): no control character, line separator or bidi control; stripped.
 BIDI = st.sampled_from(["\u202e", "\u202d", "\u200f", "\u2066", "\u2069", "\u061c"])
@@ -217,6 +218,28 @@ SPECS: list[Spec] = [
                                           st.lists(INVENTORY_NAME, min_size=1, max_size=3).map(lambda n: n + n[:1])),
          st.lists(INVENTORY_NAME, max_size=3, unique=True)),
     boolean("backup", "include_cluster"), boolean("backup", "apply_retention"), boolean("backup", "dry_run"),
+    boolean("backup", "include_databases"), boolean("backup", "include_redis"),
+    Spec("backup", "redis", st.one_of(bad_list(INVENTORY_NAME, HOSTILE_NAME),
+                                      st.lists(INVENTORY_NAME, min_size=1, max_size=3).map(lambda n: n + n[:1])),
+         st.lists(INVENTORY_NAME, max_size=3, unique=True)),
+
+    Spec("redis-restore", "instance", st.one_of(HOSTILE_NAME, not_text()), INVENTORY_NAME),
+    Spec("redis-restore", "backup_id", BAD_BACKUP_ID, BACKUP_ID, REDIS),
+    Spec("redis-restore", "target", not_choice(("new", "replace")), st.sampled_from(["new", "replace"]), REDIS),
+    Spec("redis-restore", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345", "0" * 11, "0" * 13),
+                                               not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z")), REDIS),
+    Spec("redis-restore", "approval_timeout_seconds", not_int(1, 86400), st.integers(1, 86400), REDIS),
+    Spec("redis-restore", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300), REDIS),
+    Spec("redis-restore", "sync_timeout_seconds", not_int(5, 86400), st.integers(5, 86400), REDIS),
+    boolean("redis-restore", "dry_run", base=REDIS),
+
+    Spec("database-connections", "database", st.one_of(HOSTILE_NAME, not_text(nullable=True)),
+         st.one_of(st.none(), INVENTORY_NAME)),
+    boolean("database-connections", "dry_run"),
+    Spec("database-connections", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345"),
+                                                      not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z"))),
 
     Spec("backup-verification", "databases", bad_list(INVENTORY_NAME, HOSTILE_NAME),
          st.lists(INVENTORY_NAME, max_size=3)),

@@ -87,6 +87,9 @@ def tool_version(path: str) -> str:
     return out or "unknown"
 
 
+APPLICATION_NAME = "runbooks"
+
+
 def libpq_env(params: Mapping[str, Any], *, dbname: str | None = None) -> dict[str, str]:
     """Environment for a libpq tool: the password travels in PGPASSWORD, never on a command line (ps)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -96,6 +99,8 @@ def libpq_env(params: Mapping[str, Any], *, dbname: str | None = None) -> dict[s
         env[_ENV_NAMES.get(key, "PG" + key.upper().replace("_", ""))] = str(value)
     if dbname is not None:
         env["PGDATABASE"] = dbname
+    if not params.get("application_name"):
+        env["PGAPPNAME"] = APPLICATION_NAME  # pg_dump's and pg_restore's sessions are the runbooks' own too
     env.pop("LC_ALL", None)
     env["LC_MESSAGES"] = "C"  # the tools' messages are then the wording tool_error knows
     return env
@@ -207,7 +212,9 @@ def database_errors(where: str) -> Iterator[None]:
 
 def connect(params: Mapping[str, Any], *, where: str, **kwargs: Any) -> psycopg.Connection:
     with database_errors(where):
-        return psycopg.connect(**{"connect_timeout": 10, **params}, **kwargs)
+        # Named, so that the database-connections runbook never terminates the runbooks' own sessions (a backup's
+        # exported snapshot sits idle in a transaction for the whole dump).
+        return psycopg.connect(**{"connect_timeout": 10, "application_name": APPLICATION_NAME, **params}, **kwargs)
 
 
 @dataclass
