@@ -7,7 +7,7 @@ Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, 
 ``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``. Trading safety:
 ``emergency-stop`` (also on a P0 event, where enabled), ``resume-trading``, ``drawdown-limit``,
 ``exchange-reconnect``. The rest of the platform: ``redis-restore`` (Redis is backed up by ``backup``),
-``database-connections``.
+``database-connections``, ``restart-service``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ RUNBOOKS: dict[str, Runbook] = {
                                   "ExchangeParameters", "render_report", "on-demand recovery"),
     "database-connections": Runbook("database-connections", "database_connections", "database_connections_flow",
                                     "ConnectionsParameters", "render_report", "on-demand recovery"),
+    "restart-service": Runbook("restart-service", "restart_service", "restart_service_flow",
+                               "RestartServiceParameters", "render_report", "on-demand recovery"),
     "redis-restore": Runbook("redis-restore", "redis_restore", "redis_restore_flow", "RedisRestoreParameters",
                              "render_report", "on-demand recovery"),
 }

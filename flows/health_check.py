@@ -30,6 +30,8 @@ from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import InventoryChoices, takes
 from runbooks.settings import HostName, Settings
 from runbooks.tasks.health import check_api_health, check_database_health, check_host_health, count_recent_errors
+from runbooks.tasks.redis import check_redis_health
+from runbooks.tasks.services import check_compose_health, check_pm2_health, state_file_of
 
 RUNBOOK = "health-check"
 
@@ -121,10 +123,24 @@ def health_check_flow(params: HealthCheckParameters) -> State:
                 for name, database in settings.databases.items():
                     result.checks.append(check_database_health(name=name, database=database, baseline=baseline))
                 figures.update(status=worst(result.checks[2:]))
+            for name, instance in settings.redis.items():
+                with run.step(f"redis {name}") as figures:
+                    found = check_redis_health(name=name, settings=instance)
+                    result.checks += found
+                    figures.update(status=worst(found))
         if params.host:
             with run.step("host") as figures:
                 result.checks += check_host_health(baseline=baseline)
                 figures.update(status=worst(result.checks), host=settings.host_name)
+            services = settings.services
+            if services.pm2 or services.compose:  # this host's PM2 daemon; services of other hosts are skipped
+                with run.step("services") as figures:
+                    state_file = state_file_of(services, settings.state_dir)
+                    found = check_pm2_health(services=services, state_file=state_file, host_name=settings.host_name)
+                    found += check_compose_health(services=services, state_file=state_file,
+                                                  host_name=settings.host_name)
+                    result.checks += found
+                    figures.update(status=worst(found))
         if params.platform and baseline.error_logs:
             with run.step("recent errors") as figures:
                 found = count_recent_errors(baseline=baseline)

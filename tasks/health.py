@@ -1,6 +1,7 @@
 """Seed 001's health-check script as tasks: API health, the database, disk, memory and CPU against the seed's
-performance baseline. The DR drill runs them on the restored platform and the daily health check on the live one;
-components the settings do not name (Redis, PM2, Docker Compose) are reported "not configured", never skipped."""
+performance baseline. The DR drill runs them on the restored platform and the daily health check on the live one.
+Redis (``tasks/redis.py``) and the PM2 and Compose services (``tasks/services.py``) have tasks of their own; what
+the settings do not configure is not shown."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from runbooks.core.redact import scrub
 from runbooks.decisions.health import HealthCheck, grade
 from runbooks.settings import ApiSettings, DatabaseSettings, HealthSettings
 from runbooks.tasks.policies import step_task
-
-NOT_CONFIGURED = ("redis", "pm2 processes", "docker compose services")
 
 
 @step_task("check-api-health")
@@ -66,7 +65,7 @@ def check_database_health(*, name: str, database: DatabaseSettings, baseline: He
 @step_task("check-host-health")
 def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     """Disk of each configured path (one line per filesystem), memory, and CPU averaged over
-    ``cpu_window_seconds`` (the call takes that long); then the components the settings do not configure."""
+    ``cpu_window_seconds`` (the call takes that long)."""
     checks: list[HealthCheck] = []
     seen: set[int] = set()
     for path in baseline.disk_paths:
@@ -91,7 +90,6 @@ def check_host_health(*, baseline: HealthSettings) -> list[HealthCheck]:
     checks.append(HealthCheck(name="cpu", value=round(cpu.average, 1), unit="% busy", detail=cpu.detail(),
                               status=cpu.grade(warn=baseline.cpu_warn_percent, alert=baseline.cpu_alert_percent),
                               seconds=time.monotonic() - started))
-    checks += [HealthCheck(name=n, status="not_configured", detail="not in the settings") for n in NOT_CONFIGURED]
     return checks
 
 

@@ -74,8 +74,8 @@ def unguarded_calls(node: ast.AST, guarded: bool = False) -> Iterator[Call]:
             inside = guarded or any((step := _is_step(i)) is not None and _destructive(step) for i in child.items)
             for item in child.items:
                 yield from unguarded_calls(item.context_expr, guarded)
-            for statement in child.body:
-                yield from unguarded_calls(statement, inside)
+            # Each statement of the body is judged as a whole (a with directly inside a with included).
+            yield from unguarded_calls(ast.Module(body=child.body, type_ignores=[]), inside)
             continue
         if isinstance(child, ast.Call) and not guarded and (name := _callee(child)):
             yield Call(name, child.lineno)
@@ -152,10 +152,14 @@ def body(run):
         swap()
         helper()
     helper()
+    with lock():
+        with run.step("act", destructive=True):
+            swap()
+        swap()
 '''
     tree = ast.parse(source)
     functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
-    assert [c.callee for c in unguarded_calls(functions["body"])] == ["swap", "helper"]
+    assert [c.callee for c in unguarded_calls(functions["body"])] == ["swap", "helper", "swap"]
     assert [c.callee for c in unguarded_calls(functions["helper"])] == ["swap", "guard.resume_if_ours"]
 
 

@@ -16,6 +16,7 @@ from runbooks.flows.health_check import HealthCheckResult, health_check_flow, re
 from runbooks.frame import outcome
 from runbooks_sandbox import SandboxState
 from tests.events import runbook_events
+from tests.redisfixtures import RedisServer
 
 
 def run_check(**params: Any) -> tuple[Any, HealthCheckResult]:
@@ -34,7 +35,9 @@ def relaxed_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_healthy_platform_passes_and_reports_every_check(config: SandboxState, simulator: httpx.Client,
                                                            relaxed_host: None, tmp_path: Path,
+                                                           redis_server: RedisServer,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server.env(monkeypatch, "memory")
     log = tmp_path / "combined.log"
     log.write_text("".join(f"2026-11-24 06:{i:02d} INFO order {i} filled\n" for i in range(50))
                    + "2026-11-24 06:59 ERROR broker timeout\n")
@@ -43,7 +46,9 @@ def test_a_healthy_platform_passes_and_reports_every_check(config: SandboxState,
     assert state.is_completed() and result.succeeded and result.status in ("ok", "warn")
     names = [c.name for c in result.checks]
     assert names[:3] == ["trading API", "inference API", "database trading_db"]
-    assert {"memory", "cpu", "redis", f"errors in {log}"} <= set(names)
+    assert {"memory", "cpu", "redis memory", "redis memory last save", "redis memory clients",
+            f"errors in {log}"} <= set(names)
+    assert not [c for c in result.checks if c.status == "not_configured"]  # no placeholders (issue 29)
     errors = next(c for c in result.checks if c.name == f"errors in {log}")
     assert errors.value == 1 and errors.status == "ok" and "broker timeout" in errors.detail
     cpu = next(c for c in result.checks if c.name == "cpu")  # graded on a window's average, which the report shows

@@ -234,6 +234,11 @@ SPECS: list[Spec] = [
     Spec("redis-restore", "sync_timeout_seconds", not_int(5, 86400), st.integers(5, 86400), REDIS),
     boolean("redis-restore", "dry_run", base=REDIS),
 
+    Spec("restart-service", "service", st.one_of(HOSTILE_NAME, not_text()), INVENTORY_NAME, WHY),
+    Spec("restart-service", "reason", st.one_of(BLANK_REASON, with_char(CONTROL), more_chars_than(500), not_text()),
+         ONE_LINE_GOOD.filter(lambda t: not is_blank(t)), {"service": "x"}),
+    boolean("restart-service", "dry_run", base={"service": "x", **WHY}),
+
     Spec("database-connections", "database", st.one_of(HOSTILE_NAME, not_text(nullable=True)),
          st.one_of(st.none(), INVENTORY_NAME)),
     boolean("database-connections", "dry_run"),
@@ -455,8 +460,9 @@ def test_valid_values_are_kept_and_round_trip_through_json(spec: Spec) -> None:
 @given(runbook=st.sampled_from(sorted(MODELS)), name=st.text(min_size=1, max_size=30))
 def test_unknown_parameter_names_are_refused(runbook: str, name: str) -> None:
     model = MODELS[runbook]
-    base = RESTORE if runbook == "restore" else WHY if "reason" in model.model_fields and model.model_fields[
-        "reason"].is_required() else {}
+    base = {"restore": RESTORE, "redis-restore": REDIS}.get(runbook, {})
+    base = {**base, **(WHY if "reason" in model.model_fields and model.model_fields["reason"].is_required() else {})}
+    base = {**base, **({"service": "x"} if runbook == "restart-service" else {})}
     errors = refusal(model, {**base, name: "x"})
     assert name in model.model_fields or [(e["loc"], e["type"]) for e in errors] == [((name,), "extra_forbidden")]
 
@@ -593,6 +599,9 @@ UNKNOWN = {
                                  unique=True),
     "backup-verification.databases": st.lists(INVENTORY_NAME.filter(lambda n: n != "trading_db"), min_size=1,
                                               max_size=2),
+    "restart-service.service": INVENTORY_NAME,
+    "redis-restore.instance": INVENTORY_NAME.filter(lambda n: n != "memory"),
+    "backup.redis": st.lists(INVENTORY_NAME.filter(lambda n: n != "memory"), min_size=1, max_size=2, unique=True),
     "restore.database": INVENTORY_NAME.filter(lambda n: n not in ("trading_db", "trading_db_recovery")),
     "data-freshness.tables": st.lists(spiced(min_size=1, max_size=20).filter(lambda t: t != "ohlcv_usdcop_5m"),
                                       min_size=1, max_size=2),

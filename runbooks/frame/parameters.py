@@ -28,7 +28,7 @@ from pydantic.json_schema import SkipJsonSchema
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-Inventory = Literal["databases", "markets", "tables", "rules", "hosts", "redis"]
+Inventory = Literal["databases", "markets", "tables", "rules", "hosts", "redis", "services"]
 
 
 _NAMES: dict[tuple[Any, ...], dict[str, list[str]] | None] = {}
@@ -64,7 +64,8 @@ def _inventory() -> dict[str, list[str]] | None:
                 "tables": sorted(table.key for table in settings.freshness.tables),
                 "rules": sorted(rule.name for rule in settings.cleanup.rules),
                 "hosts": sorted(settings.hosts),
-                "redis": sorted(settings.redis)}
+                "redis": sorted(settings.redis),
+                "services": settings.services.names()}
     return _NAMES[key]
 
 
