@@ -39,6 +39,7 @@ from runbooks.settings.approvals import ApprovalSettings
 from runbooks.settings.backup import BackupSettings
 from runbooks.settings.cleanup import ALLOWED_ROOT_FIX, RULE_ROOT_FIX, CleanupSettings, FileRule
 from runbooks.settings.cluster import ClusterSettings
+from runbooks.settings.config_rollback import ConfigRollbackSettings
 from runbooks.settings.connections import ConnectionsSettings
 from runbooks.settings.databases import DatabaseSettings
 from runbooks.settings.drill import DrillSettings
@@ -114,6 +115,7 @@ class Settings(BaseSettings):
                                                       "instances (the memory/learning system)")
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     connections: ConnectionsSettings = Field(default_factory=ConnectionsSettings)
+    config_rollback: ConfigRollbackSettings = Field(default_factory=ConfigRollbackSettings)
     state_dir: AbsoluteOsPath = Field(default_factory=default_state_dir, description="this host's private working "
                                       "state (restore work directories): created 0700")
     hosts: list[HostName] = Field(default_factory=list, max_length=256, description="the hosts whose workers run "
