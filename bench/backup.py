@@ -64,7 +64,7 @@ def main() -> None:
         try:
             print(f"== {size}: starting sandbox and seeding", flush=True)
             state = box.up(size_mb=parse_size(size), s3=not args.skip_s3, simulator=False, prefect=True,
-                           progress=lambda m: print("  " + m, flush=True))
+                           redis=False, pm2=False, progress=lambda m: print("  " + m, flush=True))
             dsn = state.cluster().dsn(DATABASE)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("VACUUM ANALYZE")

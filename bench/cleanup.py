@@ -121,7 +121,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         print("starting a Prefect server (the sandbox's) for the whole-process runs …", flush=True)
-        state = box.up(size_mb=1, prefect=True, progress=lambda m: None)
+        state = box.up(redis=False, pm2=False, size_mb=1, prefect=True, progress=lambda m: None)
         config = base / "bench.toml"
         work = base / "tree"
         write_config(config, str(base), work, base / "state")

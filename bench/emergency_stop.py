@@ -54,7 +54,8 @@ def main() -> None:
     db_runs: list[tuple[float, float, dict[str, Any]]] = []
     try:
         print("== starting the sandbox", flush=True)
-        state = box.up(size_mb=1, s3=False, feeder=False, progress=lambda m: print("  " + m, flush=True))
+        state = box.up(
+            redis=False, pm2=False, size_mb=1, s3=False, feeder=False, progress=lambda m: print("  " + m, flush=True))
         env = flow_env(state.config_path, state.prefect_api_url, RUNBOOKS_TRADING_SAFETY__API_BUDGET_SECONDS="3")
         sim = httpx.Client(base_url=state.simulator_url or "",
                            headers={"Authorization": f"Bearer {state.simulator_token}"}, timeout=30)

@@ -335,7 +335,7 @@ def main() -> None:
     admin = ""
     try:
         print(f"== sandbox ({args.size}) in {root}", flush=True)
-        state = box.up(size_mb=parse_size(args.size), s3=False, simulator=False, prefect=True,
+        state = box.up(redis=False, pm2=False, size_mb=parse_size(args.size), s3=False, simulator=False, prefect=True,
                        progress=lambda m: print("  " + m, flush=True))
         admin = state.cluster().dsn("postgres")
         dsn = state.cluster().dsn(SCRATCH)

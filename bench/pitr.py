@@ -95,7 +95,8 @@ def main() -> None:
     try:
         print(f"== {args.size}: Prefect server, cluster, seeding", flush=True)
         (root / "sandbox").mkdir(mode=0o755)
-        state = box.up(size_mb=1, s3=False, simulator=False, prefect=True, progress=lambda _m: None)
+        state = box.up(
+            redis=False, pm2=False, size_mb=1, s3=False, simulator=False, prefect=True, progress=lambda _m: None)
         env = flow_env(str(config), state.prefect_api_url, RUNBOOKS_PITR__DSN=cluster.dsn())
         cluster.init()
         cluster.start()

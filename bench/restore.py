@@ -49,7 +49,7 @@ def main() -> None:
     box = Sandbox(root)
     try:
         print(f"== {args.size}: starting sandbox and seeding", flush=True)
-        state = box.up(size_mb=parse_size(args.size), s3=False, simulator=False, prefect=True,
+        state = box.up(redis=False, pm2=False, size_mb=parse_size(args.size), s3=False, simulator=False, prefect=True,
                        progress=lambda m: print("  " + m, flush=True))
         env = flow_env(state.config_path, state.prefect_api_url)
         print("  taking a backup with the flow", flush=True)

@@ -114,6 +114,10 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
         row("S3 (moto)", f"{s3['endpoint_url']}  bucket {s3['bucket']}/{s3['prefix']}", s3["up"])
     row("simulator", status["simulator"]["url"], status["simulator"]["up"])
     row("prefect UI", status["prefect"]["ui"], status["prefect"]["up"])
+    if status.get("redis"):
+        row(f"redis {status['redis']['instance']}", status["redis"]["endpoint"], status["redis"]["up"])
+    if status.get("pm2"):
+        row(f"pm2 {status['pm2']['app']}", status["pm2"]["url"], status["pm2"]["up"])
     if notified := status.get("notifications"):  # where pages arrive: the receiver and the log it appends to
         row("notifications", f"{notified['receiver']} -> {notified['log']} ({notified['messages']} received)",
             notified["up"])

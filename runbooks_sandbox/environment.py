@@ -1,4 +1,5 @@
-"""The embedded default platform: PostgreSQL cluster + S3 server + simulator + Prefect server on loopback.
+"""The embedded default platform: PostgreSQL cluster + S3 server + simulator + Prefect server on loopback, and where
+installed a Redis server (the memory/learning system) and a PM2-managed app.
 
 ``runbooks sandbox up`` starts it and writes a config pointing at it; ``down`` removes every process and file it
 made. The tests use the same class through session fixtures.
@@ -28,6 +29,7 @@ from runbooks.adapters.cluster import PostgresCluster, free_port, refuse_closed_
 from runbooks.core.errors import ConfigurationError
 from runbooks.core.redact import redact_dsn
 from runbooks.settings.markets import MarketSettings, seed_markets
+from runbooks_sandbox import services
 from runbooks_sandbox.seed import (
     SEED_BARS_TABLE,
     SEED_CHECKS,
@@ -46,13 +48,13 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 S3_KEY_ID = "sandbox"
 # What ``up`` (and the runbooks its config points at) make directly in the sandbox directory: ``down`` removes these
 # and nothing else, so a file someone else put there survives it. ``state.json``, the record, goes last.
-MADE_DIRS = ("postgres", "repository", "feed", "prefect", "logs", "state", "pitr", "drills")
+MADE_DIRS = ("postgres", "repository", "feed", "prefect", "logs", "state", "pitr", "drills", "redis", "pm2")
 MADE_FILES = ("runbooks.toml", "runbooks-s3.toml", "notifications.log")
 # How each child's command line reads (``_spawn``'s argv): a recorded pid whose process does not read so is no longer
 # ours (the pid was reused), and is left alone.
 CHILD_ARGV = {"s3": "-m runbooks_sandbox.s3server", "simulator": "-m runbooks_sandbox.simulator",
               "feeder": "-m runbooks_sandbox.feeder", "prefect": "-m prefect server start",
-              "receiver": "-m runbooks_sandbox.receiver"}
+              "receiver": "-m runbooks_sandbox.receiver", "redis": "redis-server"}
 # The sandbox's on-call: a custom-webhook block pointing at its receiver, named in its config's [notifications].
 NOTIFICATION_BLOCK = "custom-webhook/sandbox-oncall"
 NOTIFICATIONS_LOG = "notifications.log"
@@ -87,6 +89,10 @@ class SandboxState(BaseModel):
     seeded_rows: dict[str, int] = {}
     markets: dict[str, MarketSettings] = {}  # the sandbox's markets: its seeded history, feeder and config follow them
     feed_interval_seconds: float | None = None  # None: no feeder
+    redis_port: int | None = None  # None: no redis-server on this machine
+    redis_password: str | None = None
+    redis_keys: int = 0
+    agent_port: int | None = None  # the PM2-managed app; None: no Node.js or PM2 on this machine
 
     @property
     def feed_dir(self) -> Path:
@@ -246,7 +252,8 @@ class Sandbox:
     # -- lifecycle -----------------------------------------------------------------------------------------
     def up(self, *, size_mb: float = 5, s3: bool = True, simulator: bool = True, prefect: bool = True,
            markets: Mapping[str, MarketSettings] | None = None, feeder: bool = True, feed_interval: float = 300,
-           notifications: bool = True, progress: Any = print) -> SandboxState:
+           notifications: bool = True, redis: bool = True, pm2: bool = True,
+           progress: Any = print) -> SandboxState:
         """Start everything (idempotent: a running sandbox is returned as it is).
 
         With a Prefect server and ``notifications``, a webhook receiver stands in for on-call: the config's
@@ -294,6 +301,10 @@ class Sandbox:
                 _wait_http(f"{state.s3_endpoint}/", timeout=60, what="moto S3 server", proc=proc,
                            log=self._log("s3"))
                 self._create_bucket(state)
+            if redis:
+                self._start_redis(state, progress=progress)
+            if pm2:
+                self._start_agent(state, progress=progress)
             if feeder and bar_feeds(state.markets):
                 self._start_feeder(state, cluster, interval=feed_interval, progress=progress)
             if simulator:
@@ -335,6 +346,28 @@ class Sandbox:
             self._teardown(state)  # what this call made, by its own record in hand
             raise
         return state
+
+    def _start_redis(self, state: SandboxState, *, progress: Any) -> None:
+        """The memory/learning system: Debian's redis-server, seeded; skipped, and said, where it is not installed."""
+        if not services.redis_available():
+            progress("Redis: redis-server is not installed; the sandbox has no memory/learning system "
+                     "(apt-get install redis-server, then sandbox down and up)")
+            return
+        state.redis_port, state.redis_password = free_port(), secrets.token_urlsafe(18)
+        conf = services.write_redis_conf(self.root / "redis", port=state.redis_port, password=state.redis_password)
+        progress(f"Redis (memory/learning system): 127.0.0.1:{state.redis_port}")
+        self._spawn(state, "redis", ["redis-server", str(conf)])
+        state.redis_keys = services.seed_redis(state.redis_port, state.redis_password)
+
+    def _start_agent(self, state: SandboxState, *, progress: Any) -> None:
+        """A small app under a PM2 daemon of the sandbox's own, where Node.js and PM2 are installed."""
+        if not services.pm2_available():
+            progress("PM2: node or pm2 is not installed; the sandbox has no PM2-managed app (npm install -g pm2)")
+            return
+        state.agent_port = free_port()
+        self._save(state)  # before the daemon exists: a failed start is still torn down
+        progress(f"PM2 app {services.PM2_APP!r}: http://127.0.0.1:{state.agent_port}/health")
+        services.start_agent(self.root / "pm2", port=state.agent_port)
 
     def _log(self, name: str) -> Path:
         return self.root / f"{name}.log"
@@ -492,6 +525,19 @@ class Sandbox:
             for section in ("trading_api", "inference_api"):
                 common += [f"[{section}]", f"base_url = {_toml_str(state.simulator_url)}",
                            f"token = {_toml_str(state.simulator_token or '')}", ""]
+        if state.redis_port:
+            common += ["# The memory/learning system (seed 002: RTO 30 min, RPO 15 min): backed up with the databases,",
+                       "# restored by redis-restore and by the DR drill.",
+                       f"[redis.{services.REDIS_INSTANCE}]", f"port = {state.redis_port}",
+                       f"password = {_toml_str(state.redis_password or '')}", ""]
+        if state.agent_port:
+            pm2_dir = self.root / "pm2"
+            common += ["# A PM2-managed app: the health check reads it (pm2 jlist), restart-service restarts it.",
+                       f"[services.pm2.{services.PM2_SERVICE}]", f"app = {_toml_str(services.PM2_APP)}",
+                       f"ecosystem_file = {_toml_str(str(pm2_dir / 'ecosystem.config.js'))}",
+                       f"pm2_home = {_toml_str(str(pm2_dir / 'home'))}",
+                       f'verify_api = "{"trading_api" if state.simulator_url else "none"}"',
+                       'escalation_severity = "P1"', ""]
         if state.prefect_api_url:
             common += ["[prefect]", f"api_url = {_toml_str(state.prefect_api_url)}", ""]
         if state.receiver_port:
@@ -549,6 +595,8 @@ class Sandbox:
             if drill.is_running():
                 drill.stop()
                 done.append(f"stopped the drill cluster in {kept.parent}")
+        if state.agent_port is not None and services.stop_pm2(self.root / "pm2"):
+            done.append("stopped the sandbox's PM2 daemon")
         logs = {f"{name}.log" for name in (*CHILD_ARGV, *state.pids)}
         for name in (*MADE_DIRS, *MADE_FILES, *sorted(logs), self.state_file.name):
             _remove_entry(self.root / name)
@@ -627,6 +675,11 @@ class Sandbox:
                         "up": alive(f"{state.prefect_api_url}/health" if state.prefect_api_url else None)},
             "notifications": self._notifications_status(state, alive),
             "feed": self._feed_status(state),
+            "redis": {"endpoint": f"redis://127.0.0.1:{state.redis_port}", "instance": services.REDIS_INSTANCE,
+                      "up": services.redis_answers(state.redis_port, state.redis_password or "")}
+            if state.redis_port else None,
+            "pm2": {"app": services.PM2_APP, "url": f"http://127.0.0.1:{state.agent_port}/health",
+                    "up": alive(f"http://127.0.0.1:{state.agent_port}/health")} if state.agent_port else None,
         }
 
     @staticmethod

@@ -82,7 +82,8 @@ def sandbox() -> Iterator[SandboxState]:
     # run: tests/markets.py), and no process writes bars behind a test's back (tests/test_sandbox_feed.py starts a
     # sandbox with the seeds' markets and a feeder).
     always_open = {"usd_cop": MarketSettings(always_open=True, symbols=["USDCOP"])}
-    state = box.up(size_mb=3, prefect=False, markets=always_open, feeder=False, progress=lambda _m: None)
+    state = box.up(size_mb=3, prefect=False, markets=always_open, feeder=False, redis=False, pm2=False,
+                   progress=lambda _m: None)
     try:
         yield state
     finally:

@@ -43,6 +43,7 @@ def box() -> Iterator[tuple[Sandbox, SandboxState]]:
     markets = {"crypto": MarketSettings(always_open=True, symbols=["BTCUSDT", "ETHUSDT"]), "shut": _closed_now()}
     try:
         state = sandbox.up(size_mb=0.5, s3=False, prefect=False, markets=markets, feed_interval=1,
+                           redis=False, pm2=False,
                            progress=lambda _m: None)
         yield sandbox, state
     finally:
