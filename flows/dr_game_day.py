@@ -58,6 +58,7 @@ from runbooks.frame import RunbookResult, RunbookRun, host_lock, repository_lock
 from runbooks.frame.names import run_name, run_parameters
 from runbooks.frame.parameters import takes
 from runbooks.settings import BackupSelector, Settings
+from runbooks.settings.drill import DrillComponent
 from runbooks.tasks.drill import (
     SYSTEM_DATABASES,
     CleanCluster,
@@ -91,6 +92,7 @@ from runbooks.tasks.postgres import (
     validate_database,
 )
 from runbooks.tasks.quality import preload_gx, validate_recent_window
+from runbooks.tasks.redis import restore_redis_instance
 from runbooks.tasks.storage import RestoredFile, fetch_backup, restore_config_files
 from runbooks.tasks.workspace import WorkDirReport
 
@@ -204,6 +206,7 @@ class DrillResult(RunbookResult):
     roles_created: list[RoleCreated] = Field(default_factory=list)
     config_files: list[RestoredFile] = Field(default_factory=list)
     databases: list[DatabaseDrill] = Field(default_factory=list)
+    redis: list[RedisDrill] = Field(default_factory=list, description="the Redis instances restored")
     health: list[HealthCheck] = Field(default_factory=list)
     operational: bool = False
     recovery_seconds: float | None = Field(default=None, description="drill start to the platform proven")
@@ -306,6 +309,14 @@ def render_report(result: DrillResult) -> str:
                     for d in result.databases if not d.proven],
                   *[f"- {f.key} at backup time ({f.severity}): {f.reason}" for d in result.databases
                     for f in d.findings if "quality" not in f.reason], ""]
+    if result.redis:
+        lines += ["## Redis (the memory/learning system)", table(
+            ["instance", "backup", "saved", "keys in the backup", "keys loaded", "restored in", "proven"],
+            [[r.name, r.backup_id or "-", f"{r.saved_at:%Y-%m-%d %H:%M}Z" if r.saved_at else "-",
+              r.expected_keys if r.expected_keys is not None else "-",
+              r.loaded_keys if r.loaded_keys is not None else "-",
+              f"{r.seconds:.1f} s" if r.seconds else "-", "yes" if r.proven else f"NO: {r.detail}"]
+             for r in result.redis])]
     if result.config_files:
         lines += ["## Configuration files", table(
             ["file", "restored", "against the backup's checksum", "the file on this host now"],
@@ -445,7 +456,12 @@ def dr_game_day_flow(params: DrillParameters) -> State:
                 for manifest in [*backup_set.databases.values(), *cluster_manifests.values()]:
                     held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
                                                        reason="DR game-day", until=until))
-                _drill(run, params, settings, catalog, backup_set, result)
+                redis_backups = pick_redis_backups(catalog, settings, backup_set.backup_id if params.backup_id !=
+                                                   "latest" else None)
+                for manifest in redis_backups.values():
+                    held.enter_context(catalog.holding(manifest, holder=run.flow_run_id or "local",
+                                                       reason="DR game-day", until=until))
+                _drill(run, params, settings, catalog, backup_set, result, redis_backups)
         except RunbookError as exc:
             result.error = scrub(str(exc))
             run.logger.error("DR game-day failed: %s", result.error)
@@ -456,9 +472,9 @@ def dr_game_day_flow(params: DrillParameters) -> State:
             result.error = "; ".join(d.detail or "?" for d in result.databases if not d.proven) or \
                 "the platform could not be proven operational (see the issues)"
         result.scorecard = result.scorecard or [  # the error is said once, above the scorecard, not in every row
-            score_component(c, {}, started_at=run.started_at, backup_interval=settings.drill.backup_interval,
+            score_component(c, {}, started_at=run.started_at, backup_interval=component_interval(settings, c),
                             unproven="not restored: the drill stopped (see the error)")
-            for c in settings.drill.components]
+            for c in drill_components(settings)]
         if params.physical and attempted:
             result.physical = _physical_path(run, settings)
             if not result.physical.proven:
@@ -545,7 +561,7 @@ def _elapsed(run: RunbookRun[DrillResult]) -> float:
 
 
 def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Settings, catalog: BackupCatalog,
-           backup_set: BackupSet, result: DrillResult) -> None:
+           backup_set: BackupSet, result: DrillResult, redis_backups: dict[str, BackupManifest]) -> None:
     """Provision, restore, prove, score; the cluster is torn down whatever happened (unless kept)."""
     workdirs = drill_workdirs(settings.drill_root)
     workdir = workdirs.create(RUNBOOK, flow_run_id=run.flow_run_id)
@@ -582,6 +598,11 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
                 tables=sorted(drill.validation.row_counts) if drill.validation else [])
             if not drill.proven:
                 result.issues.append(f"database {name}: {drill.stopped_at} failed: {drill.detail or 'not proven'}")
+        for name, manifest in redis_backups.items():
+            proofs[f"redis {name}"] = _restore_redis(run, settings, catalog, name, manifest, workdir, result)
+        for name in sorted(set(settings.redis) - set(redis_backups)):
+            result.redis.append(RedisDrill(name=name, proven=False, detail="no verified backup"))
+            proofs[f"redis {name}"] = Proof(item=f"redis {name}", ok=False, detail="no verified backup of it")
         with run.step("health check") as figures:
             api = check_api_health(name="trading API of the restored platform", api=settings.drill.trading_api,
                                    baseline=settings.health)
@@ -601,13 +622,83 @@ def _drill(run: RunbookRun[DrillResult], params: DrillParameters, settings: Sett
             result.recovery_seconds = _elapsed(run)
         with run.step("score") as figures:
             result.scorecard = [score_component(c, proofs, started_at=run.started_at,
-                                                backup_interval=settings.drill.backup_interval)
-                                for c in settings.drill.components]
+                                                backup_interval=component_interval(settings, c))
+                                for c in drill_components(settings)]
             figures.update(met=result.met, components=len(result.scorecard))
         result.issues += [f"{s.name}: not covered by any backup" for s in result.scorecard
                           if s.status == "not_covered"]
     finally:
         _tear_down(run, params, workdirs, workdir, cluster, records, result)
+
+
+class RedisDrill(BaseModel):
+    """One Redis instance restored into a redis-server of the drill's own, and what it proved."""
+
+    name: str
+    backup_id: str | None = None
+    saved_at: datetime | None = None
+    expected_keys: int | None = None
+    loaded_keys: int | None = None
+    seconds: float = 0.0
+    proven: bool = False
+    detail: str = ""
+
+
+def drill_components(settings: Settings) -> list[DrillComponent]:
+    """Seed 002's components, each with the Redis instances whose ``[redis] component`` names it."""
+    components = []
+    for c in settings.drill.components:
+        named = sorted({*c.redis, *(n for n, r in settings.redis.items() if r.component == c.name)})
+        components.append(c.model_copy(update={"redis": named}))
+    return components
+
+
+def component_interval(settings: Settings, component: DrillComponent) -> timedelta:
+    """How often what backs the component is backed up: the nightly set's interval, or, for a component backed by
+    Redis alone, its instances' (the 15-minute schedule)."""
+    if component.redis and not (component.databases or component.tables or component.config_files):
+        return max(settings.redis[n].backup_interval for n in component.redis if n in settings.redis)
+    return settings.drill.backup_interval
+
+
+def pick_redis_backups(catalog: BackupCatalog, settings: Settings, upto: str | None) -> dict[str, BackupManifest]:
+    """Each configured instance's newest verified backup (at or before the drilled backup run, when one is named)."""
+    picked = {}
+    for name in settings.redis:
+        verified = [m for m in catalog.list_backups(kind="redis", name=name)
+                    if m.verified and (upto is None or m.backup_id <= upto)]
+        if verified:
+            picked[name] = verified[-1]
+    return picked
+
+
+def _restore_redis(run: RunbookRun[DrillResult], settings: Settings, catalog: BackupCatalog, name: str,
+                   manifest: BackupManifest, workdir: Path, result: DrillResult) -> Proof:
+    """Restore the instance into a redis-server of the drill's own (a free loopback port, its own password), check
+    every key against the manifest, stop it."""
+    assert manifest.redis is not None
+    drill = RedisDrill(name=name, backup_id=manifest.backup_id, saved_at=manifest.redis.saved_at,
+                       expected_keys=manifest.redis.key_count)
+    result.redis.append(drill)
+    where = workdir / f"redis-{name}"
+    where.mkdir(mode=0o700)
+    started = datetime.now(UTC)
+    try:
+        with run.step(f"restore redis {name}") as figures:
+            instance, check = restore_redis_instance(catalog=catalog, manifest=manifest, workdir=where,
+                                                     settings=settings.redis[name])
+            instance.stop()
+            drill.loaded_keys, drill.proven, drill.detail = check.loaded_keys, check.passed, check.detail
+            figures.update(keys=check.loaded_keys, proven=check.passed)
+    except RunbookError as exc:
+        drill.detail = scrub(str(exc))
+    finally:
+        drill.seconds = (datetime.now(UTC) - started).total_seconds()
+        shutil.rmtree(where, ignore_errors=True)
+    if not drill.proven:
+        result.issues.append(f"redis {name}: not proven: {drill.detail}")
+    return Proof(item=f"redis {name}", ok=drill.proven, taken_at=manifest.redis.saved_at, detail=drill.detail,
+                 validated_after_seconds=_elapsed(run) if drill.proven else None)
 
 
 def _restore_cluster_objects(run: RunbookRun[DrillResult], settings: Settings, catalog: BackupCatalog,

@@ -193,3 +193,38 @@ def test_health_reads_ping_memory_save_and_clients(config: SandboxState, tmp_pat
     [down] = check_redis_health(name="memory", settings=settings)
     assert down.status == "failed" and "did not answer" in down.detail
     assert server.password not in down.detail
+
+
+def test_the_drill_restores_redis_and_scores_the_memory_component(live: RedisServer, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 002's memory/learning system (RTO 30 min, RPO 15 min): restored from its backup in the drill's clean
+    environment, every key checked, scored; with the 15-minute schedule it meets its RPO, nightly it cannot."""
+    from runbooks.flows.dr_game_day import dr_game_day_flow
+
+    state, backed = run_backup()
+    assert state.is_completed(), backed
+    monkeypatch.setenv("RUNBOOKS_REDIS__MEMORY__BACKUP_INTERVAL", "15m")
+    try:
+        state = dr_game_day_flow(quality=False, return_state=True)
+        result = outcome(state)
+        assert state.is_completed(), (result.error, result.issues)
+        [restored] = result.redis
+        assert restored.proven and restored.loaded_keys == restored.expected_keys == 408, restored
+        memory = {s.name: s for s in result.scorecard}["Memory/Learning System"]
+        assert memory.backed_by == ["redis memory"] and memory.status == "met", memory
+        assert memory.rto_seconds is not None and memory.rpo_seconds is not None
+        assert "## Redis (the memory/learning system)" in result_report(result)
+
+        monkeypatch.delenv("RUNBOOKS_REDIS__MEMORY__BACKUP_INTERVAL")  # the default: the nightly set only
+        state = dr_game_day_flow(quality=False, return_state=True)
+        nightly = {s.name: s for s in outcome(state).scorecard}["Memory/Learning System"]
+        assert nightly.status == "missed" and any("backup-redis-15min" in r for r in nightly.reasons), nightly
+    finally:
+        kill_all(leftover_servers(tmp_path))
+    assert leftover_servers(Path(load_settings().drill_root)) == []
+
+
+def result_report(result: Any) -> str:
+    from runbooks.flows.dr_game_day import render_report
+
+    return render_report(result)

@@ -238,6 +238,7 @@ def score_component(component: DrillComponent, proofs: dict[str, Proof], *, star
         needed.append((f"database {database}", qualified))
     if component.config_files:
         needed.append(("configuration files", None))
+    needed += [(f"redis {name}", None) for name in component.redis]
     score.backed_by = [item if table is None else f"{item.removeprefix('database ')}.{table}"
                        for item, table in needed]
     used: list[Proof] = []
@@ -263,15 +264,20 @@ def score_component(component: DrillComponent, proofs: dict[str, Proof], *, star
     if not score.rto_met:
         score.reasons.append(f"recovered in {human_duration(score.rto_seconds)}, target "
                              f"{human_duration(score.rto_target_seconds)}")
+    only_redis = bool(component.redis) and not (component.databases or component.tables or component.config_files)
     if not score.rpo_met:
         if (score.rpo_seconds or 0.0) > score.rpo_target_seconds:
             score.reasons.append(f"the newest backup was {human_duration(score.rpo_seconds)} old at drill time, "
                                  f"target {human_duration(score.rpo_target_seconds)}")
         if backup_interval.total_seconds() > score.rpo_target_seconds:
             score.reasons.append(
-                f"backups run every {human_duration(backup_interval.total_seconds())} (drill.backup_interval), so "
-                f"up to that much is lost; an RPO of {human_duration(score.rpo_target_seconds)} needs continuous WAL "
-                "archiving (point-in-time recovery) or replication, not a logical backup")
+                f"backups run every {human_duration(backup_interval.total_seconds())} ("
+                + ("[redis] backup_interval" if only_redis else "drill.backup_interval") + "), so "
+                "up to that much is lost; " + (
+                    f"an RPO of {human_duration(score.rpo_target_seconds)} needs Redis backed up as often: activate "
+                    "backup-redis-15min and set [redis] backup_interval" if only_redis else
+                    f"an RPO of {human_duration(score.rpo_target_seconds)} needs continuous WAL archiving "
+                    "(point-in-time recovery) or replication, not a logical backup"))
     score.status = "met" if score.rto_met and score.rpo_met else "missed"
     return score
 

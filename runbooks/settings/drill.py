@@ -23,6 +23,8 @@ class DrillComponent(BaseModel):
     databases: list[InventoryName] = Field(default_factory=list, description="whole databases backing it")
     tables: list[str] = Field(default_factory=list, description="'database.table' or 'database.schema.table'")
     config_files: bool = Field(default=False, description="the cluster's configuration files back it")
+    redis: list[InventoryName] = Field(default_factory=list, description="Redis instances backing it, besides "
+                                       "those whose [redis] component names it")
 
     @field_validator("tables")
     @classmethod
@@ -34,12 +36,13 @@ class DrillComponent(BaseModel):
 
     @property
     def covered(self) -> bool:
-        return bool(self.databases or self.tables or self.config_files)
+        return bool(self.databases or self.tables or self.config_files or self.redis)
 
 
 def _seed_components() -> list[DrillComponent]:
     """Seed 002, "System Components RTO/RPO", backed by the sandbox schema (the seeds' tables in trading_db).
-    The memory/learning system (Redis) and monitoring/logs have no backup here: reported "not covered"."""
+    The memory/learning system is backed by the Redis instances whose ``[redis] component`` names it (none: "not
+    covered"); monitoring/logs have no backup here: reported "not covered"."""
     m = timedelta(minutes=1)
     return [
         DrillComponent(name="Trading Engine", rto=5 * m, rpo=0 * m,

@@ -31,6 +31,9 @@ class RedisSettings(BaseModel):
                                           "sees it; none: asked of Redis (CONFIG GET dir and dbfilename)")
     component: str = Field(default="Memory/Learning System", min_length=1, max_length=200, description="the "
                            "DR drill's component (seed 002's recovery objectives) this instance's restore scores")
+    backup_interval: Duration = Field(default=timedelta(hours=24), description="how often it is backed up: what "
+                                      "a disaster just before the next backup loses (the nightly set: 24h; with "
+                                      "backup-redis-15min active: 15m); the DR drill scores its RPO with it")
     save_timeout: Duration = Field(default=timedelta(minutes=10), description="how long a BGSAVE may take before "
                                    "the backup gives up (LASTSAVE did not move)")
     socket_timeout_seconds: float = Field(default=5, gt=0, le=300)
