@@ -57,12 +57,9 @@ def dump_redis(*, catalog: BackupCatalog, claim: BackupClaim, name: str, setting
     key = f"{claim.prefix('redis', name)}/dump.rdb.zst"
     try:
         with rd.connect(settings, where=where) as client:
-            saved = rd.save_snapshot(client, timeout_seconds=settings.save_timeout.total_seconds(), where=where)
-            path = rd.rdb_location(client, settings, where=where)
-            logger.info("Redis %r saved at %s in %.1f s; streaming %s into %r", name, f"{saved.saved_at:%H:%M:%S}Z",
-                        saved.seconds, path, key)
-            stats, check = rd.stream_rdb(path, repository=catalog.repository, key=key, level=level,
-                                         threads=threads, not_before=saved.saved_at)
+            saved, stats, check = rd.save_and_stream(client, settings, repository=catalog.repository, key=key,
+                                                     level=level, threads=threads, where=where)
+            logger.info("Redis %r saved at %s in %.1f s", name, f"{saved.saved_at:%H:%M:%S}Z", saved.seconds)
     except BaseException:
         catalog.discard(claim, "redis", name, [key], release=False)  # a retry keeps the claim
         raise
@@ -75,7 +72,8 @@ def dump_redis(*, catalog: BackupCatalog, claim: BackupClaim, name: str, setting
         objects=[StoredObject(role="rdb", key=key, format="redis rdb", bytes=stats.raw_bytes,
                               stored_bytes=stats.stored_bytes, sha256=stats.sha256)],
         redis=RedisSnapshot(key_count=check.keys, expires=check.expires, already_expired=check.already_expired,
-                            keyspace=saved.keyspace, saved_at=saved.saved_at, save_seconds=saved.seconds))
+                            keyspace=saved.keyspace, saved_at=saved.saved_at, save_seconds=saved.seconds,
+                            while_saving=saved.while_saving))
 
 
 @step_task("check-redis-health")

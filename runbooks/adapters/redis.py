@@ -102,6 +102,7 @@ class Saved:
     seconds: float
     version: str
     keyspace: dict[str, int]
+    while_saving: bool = False  # streamed from the save's temporary file as Redis wrote it
 
 
 def _last_log_error(client: redis.Redis) -> str | None:
@@ -127,54 +128,83 @@ def _last_log_error(client: redis.Redis) -> str | None:
     return None
 
 
-def save_snapshot(client: redis.Redis, *, timeout_seconds: float, poll_seconds: float = 0.05,
-                  where: str) -> Saved:
-    """``BGSAVE``, then wait (bounded) until the save this call asked for has ended, and say if it failed.
+class SaveInProgress:
+    """One ``BGSAVE`` this call asked for, followed until it ends.
 
     ``rdb_saves`` counts save attempts, so "ours has ended" is that counter moving past its value before the call
     with no save in progress; ``LASTSAVE`` alone has a one-second resolution and does not move on a failed save.
     A save already running (another BGSAVE, a replica's sync) started before this call and may miss recent
     writes: wait for it, then ask again. ``BGSAVE SCHEDULE`` waits out an AOF rewrite instead of failing.
     """
-    started = time.monotonic()
-    deadline = started + timeout_seconds
-    with redis_errors(where):
-        version = str(info(client, "server").get("redis_version", "?"))
-        before = info(client, "persistence")
-        while True:
-            try:
-                client.bgsave(schedule=True)
-                break
-            except redis.ResponseError as exc:
-                if "in progress" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(poll_seconds)
-                before = info(client, "persistence")
-        counted = "rdb_saves" in before
-        while True:
-            now = info(client, "persistence")
-            idle = not now.get("rdb_bgsave_in_progress")
-            moved = (now["rdb_saves"] > before["rdb_saves"] if counted
-                     else now["rdb_last_save_time"] > before["rdb_last_save_time"]
-                     or now.get("rdb_last_bgsave_status") != "ok")
-            if idle and moved:
-                break
-            if time.monotonic() > deadline:
-                raise RedisRefused(f"{where}: BGSAVE did not finish within {timeout_seconds:.0f} s.",
-                                   hint="a large dataset or a slow disk: raise [redis] save_timeout; INFO "
-                                   "persistence shows the save's progress.")
+
+    def __init__(self, client: redis.Redis, *, timeout_seconds: float, where: str, poll_seconds: float = 0.05):
+        self.client, self.where, self.timeout = client, where, timeout_seconds
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_seconds
+        with redis_errors(where):
+            self.version = str(info(client, "server").get("redis_version", "?"))
+            self.server_pid = int(info(client, "server").get("process_id", 0))
+            self.before = info(client, "persistence")
+            while True:
+                try:
+                    client.bgsave(schedule=True)
+                    break
+                except redis.ResponseError as exc:
+                    if "in progress" not in str(exc) or time.monotonic() > self.deadline:
+                        raise
+                    time.sleep(poll_seconds)
+                    self.before = info(client, "persistence")
+        self.now: dict[str, Any] = {}
+
+    def ended(self) -> bool:
+        """Whether the save has ended well (False: still running); raises when it failed or ran out of time."""
+        with redis_errors(self.where):
+            now = info(self.client, "persistence")
+        before = self.before
+        moved = (now["rdb_saves"] > before["rdb_saves"] if "rdb_saves" in before
+                 else now["rdb_last_save_time"] > before["rdb_last_save_time"]
+                 or now.get("rdb_last_bgsave_status") != "ok")
+        if not now.get("rdb_bgsave_in_progress") and moved:
+            self.now = now
+            if now.get("rdb_last_bgsave_status") != "ok":
+                self._failed()
+            return True
+        if time.monotonic() > self.deadline:
+            raise RedisRefused(f"{self.where}: BGSAVE did not finish within {self.timeout:.0f} s.",
+                               hint="a large dataset or a slow disk: raise [redis] save_timeout; INFO "
+                               "persistence shows the save's progress.")
+        return False
+
+    def _failed(self) -> None:
+        why = _last_log_error(self.client)
+        try:
+            stops = self.client.config_get("stop-writes-on-bgsave-error").get("stop-writes-on-bgsave-error") == "yes"
+        except redis.RedisError:
+            stops = False
+        raise RedisRefused(
+            f"{self.where}: BGSAVE failed (rdb_last_bgsave_status: err)" + (f": {why}" if why else "") + ".",
+            hint="usually the data directory is unwritable or full (Redis' log says which)"
+            + ("; while saves fail, Redis refuses writes (stop-writes-on-bgsave-error yes, MISCONF)"
+               if stops else "") + ". Fix it, then rerun the backup.")
+
+    def wait(self, poll_seconds: float = 0.05) -> None:
+        while not self.ended():
             time.sleep(poll_seconds)
-        if now.get("rdb_last_bgsave_status") != "ok":
-            why = _last_log_error(client)
-            stops = client.config_get("stop-writes-on-bgsave-error").get("stop-writes-on-bgsave-error") == "yes"
-            raise RedisRefused(
-                f"{where}: BGSAVE failed (rdb_last_bgsave_status: err)" + (f": {why}" if why else "") + ".",
-                hint="usually the data directory is unwritable or full (Redis' log says which)"
-                + ("; while saves fail, Redis refuses writes (stop-writes-on-bgsave-error yes, MISCONF)"
-                   if stops else "") + ". Fix it, then rerun the backup.")
-        saved_at = datetime.fromtimestamp(int(now["rdb_last_save_time"]), UTC)
-        return Saved(saved_at=saved_at, seconds=time.monotonic() - started, version=version,
-                     keyspace=keyspace(client))
+
+    def result(self) -> Saved:
+        assert self.now, "the save has not ended"
+        with redis_errors(self.where):
+            space = keyspace(self.client)
+        return Saved(saved_at=datetime.fromtimestamp(int(self.now["rdb_last_save_time"]), UTC),
+                     seconds=time.monotonic() - self.started, version=self.version, keyspace=space)
+
+
+def save_snapshot(client: redis.Redis, *, timeout_seconds: float, poll_seconds: float = 0.05,
+                  where: str) -> Saved:
+    """``BGSAVE``, then wait (bounded) until the save this call asked for has ended, and say if it failed."""
+    save = SaveInProgress(client, timeout_seconds=timeout_seconds, where=where)
+    save.wait(poll_seconds)
+    return save.result()
 
 
 def rdb_location(client: redis.Redis, settings: RedisSettings, *, where: str) -> Path:
@@ -307,6 +337,102 @@ def stream_rdb(path: Path, *, repository: Repository, key: str, level: int, thre
                                  hint="Redis' own file is damaged: check its disk and log before anything else; "
                                  "nothing was listed.")
     return stats, check
+
+
+def _child_temp_file(directory: Path, server_pid: int) -> Path | None:
+    """The temporary RDB a save's child writes (``temp-<child pid>.rdb``), when that child is visible here: this
+    worker on the Redis host, in its PID namespace, the file's pid a child of the server's."""
+    if server_pid <= 0:
+        return None
+    try:
+        entries = list(directory.glob("temp-*.rdb"))
+    except OSError:
+        return None
+    for entry in entries:
+        m = re.fullmatch(r"temp-(\d+)\.rdb", entry.name)
+        if not m:
+            continue
+        try:
+            fields = Path(f"/proc/{m.group(1)}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and int(fields[1]) == server_pid:
+            return entry
+    return None
+
+
+def save_and_stream(client: redis.Redis, settings: RedisSettings, *, repository: Repository, key: str, level: int,
+                    threads: int, where: str) -> tuple[Saved, StreamStats, RdbCheck]:
+    """``BGSAVE``, and the RDB it writes streamed into ``key``, ``redis-check-rdb`` reading the same bytes.
+
+    Where this worker sees the save's child (on the Redis host), its temporary file is read while the child writes
+    it, so compression overlaps Redis' own serialization, as ``redis-cli --rdb`` overlaps them over the replication
+    stream; the save must then end well, and the RDB's own checksum, which redis-check-rdb checks at its end,
+    proves the whole file was read. Elsewhere (Redis in another PID namespace, a save that ended before its file
+    was seen): the save first, then the finished file.
+    """
+    location_error: ConfigurationError | None = None
+    path: Path | None = None
+    try:
+        path = rdb_location(client, settings, where=where)
+    except ConfigurationError as exc:  # a failed save is the more useful report: the save goes first
+        location_error = exc
+    save = SaveInProgress(client, timeout_seconds=settings.save_timeout.total_seconds(), where=where)
+    growing = None
+    if path is not None:
+        look_until = time.monotonic() + 2.0
+        while time.monotonic() < look_until:
+            temp = _child_temp_file(path.parent, save.server_pid)
+            if temp is not None:
+                try:
+                    growing = temp.open("rb")
+                except OSError:
+                    pass  # renamed between the listing and the open: the save has ended
+                break
+            if save.ended():
+                break
+            time.sleep(0.005)
+    if growing is None:
+        save.wait()
+        if location_error is not None:
+            raise location_error
+        assert path is not None
+        saved = save.result()
+        stats, check = stream_rdb(path, repository=repository, key=key, level=level, threads=threads,
+                                  not_before=saved.saved_at)
+        return saved, stats, check
+    with growing:
+        checker = _Checker()
+
+        def produce(sink: CompressingSink) -> None:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            ended = False
+            while True:
+                n = growing.readinto(buf)
+                if n:
+                    sink.write(view[:n])
+                    checker.feed(view[:n])
+                elif ended:
+                    return  # the save ended well before this read: the file was whole
+                elif save.ended():
+                    ended = True
+                else:
+                    time.sleep(0.02)
+
+        try:
+            stats = stream_into(produce, repository=repository, key=key, level=level, threads=threads)
+        except BaseException:
+            checker.kill()
+            raise
+    check = checker.finish()
+    if not check.ok:
+        raise VerificationFailed(f"redis-check-rdb rejects the RDB Redis wrote: {check.detail}.",
+                                 hint="Redis' own file is damaged, or it was read while rewritten: rerun the "
+                                 "backup, then check Redis' disk and log; nothing was listed.")
+    saved = save.result()
+    saved.while_saving = True
+    return saved, stats, check
 
 
 def check_rdb_file(path: Path) -> RdbCheck:

@@ -83,6 +83,8 @@ class RedisSnapshot(BaseModel):
                                      "keyspace gave them just after the save: the live count, not the file's")
     saved_at: AwareDatetime = Field(description="LASTSAVE after the BGSAVE: the moment the data is from")
     save_seconds: float = Field(default=0.0, description="how long the BGSAVE took")
+    while_saving: bool = Field(default=False, description="streamed from the save's temporary file as Redis wrote "
+                               "it (the worker on the Redis host); false: from the finished file")
 
 
 class BackupManifest(BaseModel):
