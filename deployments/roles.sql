@@ -21,7 +21,7 @@
 \endif
 
 SELECT format('CREATE ROLE %I LOGIN', name)
-FROM unnest(ARRAY['rb_backup', 'rb_restore', 'rb_cleanup', 'rb_freshness', 'rb_health']) AS name
+FROM unnest(ARRAY['rb_backup', 'rb_restore', 'rb_cleanup', 'rb_freshness', 'rb_health', 'rb_connections']) AS name
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = name) \gexec
 
 -- backup: pg_dump of every database and pg_dumpall --globals-only (which reads pg_authid: this role sees the
@@ -41,6 +41,10 @@ GRANT :"owner" TO rb_restore;
 -- DROP DATABASE of a copy a replace restore kept need the owner's privileges (PostgreSQL 15 has no pg_maintain).
 -- A cleanup that only reports can do without this grant.
 GRANT :"owner" TO rb_cleanup;
+
+-- database connections: every session's state, role and query (pg_read_all_stats), and ending the idle
+-- transactions of non-superusers (pg_signal_backend; never a superuser's, whatever is granted).
+GRANT pg_read_all_stats, pg_signal_backend TO rb_connections;
 
 -- data freshness: SELECT on the monitored tables and on what [databases.<name>.checks] read, nothing else
 -- (the USD/COP playbook's bars table, the incident response playbook's integrity checks on positions and trades). Adapt the list to your settings.

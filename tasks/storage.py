@@ -103,10 +103,12 @@ def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verifi
     try:
         for obj in manifest.objects:
             list_argv = None
+            magic = b"REDIS" if obj.role == "rdb" else None
             if obj.role == "dump":
                 major = int(manifest.server_version.split(".")[0]) if manifest.server_version else None
                 list_argv = [pg_tool("pg_restore", major), "--list"]
-            check = check_object(catalog.repository, obj.key, list_argv=list_argv, decompress_all=list_argv is None)
+            check = check_object(catalog.repository, obj.key, list_argv=list_argv, magic=magic,
+                                 decompress_all=list_argv is None and magic is None)
             if check.stored_bytes != obj.stored_bytes or check.sha256 != obj.sha256:
                 raise VerificationFailed(
                     f"object {obj.key!r} re-read as {check.stored_bytes} bytes sha256 {check.sha256[:12]}…, "
@@ -125,7 +127,8 @@ def verify_backup(*, catalog: BackupCatalog, manifest: BackupManifest) -> Verifi
     logger.info("Verified %s %r backup %s in %.1f s", manifest.kind, manifest.name, manifest.backup_id, seconds)
     return Verification(status="passed", checked_at=datetime.now(UTC), seconds=seconds,
                         detail="checksums match; pg_restore --list reads the archive" if toc_entries is not None
-                        else "checksums match", toc_entries=toc_entries)
+                        else "checksums match; an RDB as redis-check-rdb read it on its way in"
+                        if manifest.kind == "redis" else "checksums match", toc_entries=toc_entries)
 
 
 @step_task("publish-backup", **TRANSIENT_RETRY)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -653,3 +654,30 @@ def test_object_lock_keeps_every_backup_from_a_compromised_writer(s3_config: San
         assert restored.validation.passed and restored.backup_id == new
     finally:
         drop_db(s3_config, "trading_db_recovery")
+
+
+# -- database connections ---------------------------------------------------------------------------------------
+def test_the_connections_role_sees_every_session_and_ends_only_a_non_superusers(
+        config: SandboxState, roles: Roles, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbooks.flows.database_connections import database_connections_flow
+    from runbooks.frame import outcome
+
+    roles.use(monkeypatch, "rb_connections")
+    monkeypatch.setenv("RUNBOOKS_CONNECTIONS__EXHAUSTED_PERCENT", "0.1")  # the pool counts as exhausted
+    monkeypatch.setenv("RUNBOOKS_CONNECTIONS__IDLE_IN_TRANSACTION", "1s")
+    app, pid = app_session_pid(config)
+    admin = psycopg.connect(admin_dsn(config, "trading_db"))
+    try:
+        app.execute("SELECT 1")  # both now idle in a transaction
+        admin.execute("SELECT 1")
+        time.sleep(1.5)
+        state = database_connections_flow(dry_run=False, return_state=True)
+        result = outcome(state)
+        assert pid in result.terminated, result
+        assert admin.info.backend_pid not in result.terminated
+        admin.execute("SELECT 1")  # the superuser's session is alive
+        with pytest.raises(psycopg.OperationalError):
+            app.execute("SELECT 1")
+    finally:
+        app.close()
+        admin.close()

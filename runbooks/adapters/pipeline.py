@@ -166,11 +166,13 @@ def check_object(
     list_argv: list[str] | None = None,
     env: dict[str, str] | None = None,
     decompress_all: bool = False,
+    magic: bytes | None = None,
 ) -> ObjectCheck:
     """Re-read ``key``: SHA-256 over every stored byte, and optionally pipe it through ``pg_restore --list``.
 
     ``pg_restore --list`` stops reading after the archive's table of contents, so only the head is decompressed;
-    the checksum still covers the whole object.
+    the checksum still covers the whole object. ``magic``: the decompressed content must start with it (only the
+    head is decompressed: a Redis RDB was read whole by redis-check-rdb on its way in).
     """
     sha = hashlib.sha256()
     size = 0
@@ -189,6 +191,7 @@ def check_object(
             t.start()
     feeding = proc is not None
     error: str | None = None
+    head = b""
     try:
         for chunk in repository.iter_chunks(key):
             sha.update(chunk)
@@ -196,7 +199,11 @@ def check_object(
             if error is not None:
                 continue  # keep hashing: a checksum mismatch is the more precise report
             try:
-                if decompress_all and not list_argv:
+                if magic is not None and len(head) < len(magic):
+                    head += decompressor.decompress(chunk)
+                    if len(head) >= len(magic) and not head.startswith(magic):
+                        error = f"object {key!r} does not start as it should ({magic!r})"
+                elif decompress_all and not list_argv:
                     decompressor.decompress(chunk)
                 elif feeding:
                     assert proc is not None and proc.stdin is not None
@@ -220,6 +227,8 @@ def check_object(
                 t.join()
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
+    if magic is not None and error is None and not head.startswith(magic):
+        error = f"object {key!r} does not start as it should ({magic!r})"
     listing = None
     if proc is not None and error is None:
         if proc.returncode != 0:
