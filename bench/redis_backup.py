@@ -6,9 +6,10 @@ A ``redis-server`` of the benchmark's own is filled with ``--size`` of values (h
 a memory store's are), then, alternately: (a) the raw tool, ``redis-cli --rdb - | zstd -3 -T2 > file`` (Redis
 forks and streams a fresh snapshot over its replication protocol; the server's diskless-sync delay set to 0);
 (b) ``runbooks run backup`` for Redis alone (``include_databases=false``) into a local repository: BGSAVE, the
-RDB streamed compressed (zstd level 3, two threads, as the settings' defaults) with redis-check-rdb reading it on the way, verified, published. For (b),
-what an operator waits for (the whole process) and the flow-internal time of the Redis item (dump + verify +
-publish), with the process's peak RSS. The issue's target: (b) whole process <= 1.2x (a).
+RDB streamed compressed (zstd level 3, two threads, as the settings' defaults) with redis-check-rdb reading it
+on the way, verified, published. For (b), what an operator waits for (the whole process) and the flow-internal
+time of the Redis item (dump + verify + publish), with the process's peak RSS. The issue's target: (b) whole
+process <= 1.2x (a).
 """
 
 from __future__ import annotations
