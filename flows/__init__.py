@@ -7,7 +7,7 @@ Scheduled maintenance: ``backup``, ``data-freshness``, ``disk-cleanup`` (daily, 
 ``model-rollback`` (also on a degradation event), ``pitr-setup``, ``pitr-restore``. Trading safety:
 ``emergency-stop`` (also on a P0 event, where enabled), ``resume-trading``, ``drawdown-limit``,
 ``exchange-reconnect``. The rest of the platform: ``redis-restore`` (Redis is backed up by ``backup``),
-``database-connections``, ``restart-service``.
+``database-connections``, ``restart-service``, ``config-rollback``.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ RUNBOOKS: dict[str, Runbook] = {
                                     "ConnectionsParameters", "render_report", "on-demand recovery"),
     "restart-service": Runbook("restart-service", "restart_service", "restart_service_flow",
                                "RestartServiceParameters", "render_report", "on-demand recovery"),
+    "config-rollback": Runbook("config-rollback", "config_rollback", "config_rollback_flow",
+                               "ConfigRollbackParameters", "render_report", "on-demand recovery"),
     "redis-restore": Runbook("redis-restore", "redis_restore", "redis_restore_flow", "RedisRestoreParameters",
                              "render_report", "on-demand recovery"),
 }

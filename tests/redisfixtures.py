@@ -42,14 +42,18 @@ class RedisServer:
             self.proc.wait()
 
 
-def start_redis(directory: Path, *extra: str) -> RedisServer:
+def start_redis(directory: Path, *extra: str, password: str | None = None) -> RedisServer:
+    """The password goes in a 0600 config file, never on the command line (the secrets canary reads ``ps``)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
     directory.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_hex(12)
+    password = password or secrets.token_hex(12)
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-                             "--save", "", "--appendonly", "no", "--requirepass", password,
+    conf = directory / "redis.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(f"requirepass {password}\n")
+    proc = subprocess.Popen(["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                             str(directory), "--save", "", "--appendonly", "no",
                              "--logfile", str(directory / "redis.log"), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(directory=directory, port=port, password=password, proc=proc, extra=list(extra))

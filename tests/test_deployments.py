@@ -66,7 +66,8 @@ def takes_model_fields(flow: Flow[..., Any], model: type[BaseModel]) -> None:
 # What the operator must give when starting a run (the form asks for it): no default in the deployment stands in.
 ASKED_AT_RUN = {"emergency-stop": {"reason": "a filled-in reason"}, "resume-trading": {"reason": "a filled-in reason"},
                 "redis-restore": {"instance": "memory"},
-                "restart-service": {"service": "trading_api", "reason": "a filled-in reason"}}
+                "restart-service": {"service": "trading_api", "reason": "a filled-in reason"},
+                "config-rollback": {"group": "trading_api", "reason": "a filled-in reason"}}
 
 
 def check_parameters(flow: Flow[..., Any], model: type[BaseModel], parameters: dict[str, Any], where: str) -> None:

@@ -203,6 +203,7 @@ BAD_HOST = st.one_of(st.sampled_from(["", "../x", "-worker", "worker-", "a b", "
 GOOD_HOST = st.one_of(st.none(), st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?(?:\.[a-z0-9]{1,10})?\Z"))
 RESTORE = {"database": "trading_db"}
 REDIS = {"instance": "memory"}
+CFG = {"group": "x", "reason": "why"}
 WHY = {"reason": "why"}  # the trading-safety runbooks that need a reason
 # One line a reader can see (frame/words.py): no control character, line separator or bidi control; stripped.
 BIDI = st.sampled_from(["\u202e", "\u202d", "\u200f", "\u2066", "\u2069", "\u061c"])
@@ -238,6 +239,27 @@ SPECS: list[Spec] = [
     Spec("restart-service", "reason", st.one_of(BLANK_REASON, with_char(CONTROL), more_chars_than(500), not_text()),
          ONE_LINE_GOOD.filter(lambda t: not is_blank(t)), {"service": "x"}),
     boolean("restart-service", "dry_run", base={"service": "x", **WHY}),
+
+    Spec("config-rollback", "group", st.one_of(HOSTILE_NAME, not_text()), INVENTORY_NAME, WHY),
+    Spec("config-rollback", "reason", st.one_of(BLANK_REASON, with_char(CONTROL), more_chars_than(500), not_text()),
+         ONE_LINE_GOOD.filter(lambda t: not is_blank(t)), {"group": "x"}),
+    Spec("config-rollback", "action", not_choice(("rollback", "keep")), st.sampled_from(["rollback", "keep"]), CFG),
+    Spec("config-rollback", "source", not_choice(("kept", "backup")), st.sampled_from(["kept", "backup"]), CFG),
+    Spec("config-rollback", "version", st.one_of(not_matching(r"[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?", "2026-11-21",
+                                                              "20261121T020000Z-1234"), not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9]{8}T[0-9]{6}Z\Z")), CFG),
+    Spec("config-rollback", "backup_id", BAD_BACKUP_ID, BACKUP_ID, {**CFG, "source": "backup"}),
+    Spec("config-rollback", "files",
+         st.one_of(bad_list(st.just("/etc/app.conf"), st.sampled_from(["etc/x", "/a/../b", "/a\x00b", ""])),
+                   st.just(["/etc/a.conf", "/etc/a.conf"])),
+         st.lists(st.from_regex(r"\A(/[a-z0-9_]{1,8}){1,4}\Z"), max_size=3, unique=True).map(
+             lambda files: [Path(f) for f in files]), CFG),
+    boolean("config-rollback", "dry_run", base=CFG),
+    Spec("config-rollback", "confirm", st.one_of(not_matching("[0-9a-f]{12}", "ABCDEF012345"),
+                                                 not_text(nullable=True)),
+         st.one_of(st.none(), st.from_regex(r"\A[0-9a-f]{12}\Z")), CFG),
+    Spec("config-rollback", "approval_timeout_seconds", not_int(10, 86400), st.integers(10, 86400), CFG),
+    Spec("config-rollback", "approval_poll_seconds", not_int(1, 300), st.integers(1, 300), CFG),
 
     Spec("database-connections", "database", st.one_of(HOSTILE_NAME, not_text(nullable=True)),
          st.one_of(st.none(), INVENTORY_NAME)),
@@ -463,6 +485,7 @@ def test_unknown_parameter_names_are_refused(runbook: str, name: str) -> None:
     base = {"restore": RESTORE, "redis-restore": REDIS}.get(runbook, {})
     base = {**base, **(WHY if "reason" in model.model_fields and model.model_fields["reason"].is_required() else {})}
     base = {**base, **({"service": "x"} if runbook == "restart-service" else {})}
+    base = {**base, **({"group": "x"} if runbook == "config-rollback" else {})}
     errors = refusal(model, {**base, name: "x"})
     assert name in model.model_fields or [(e["loc"], e["type"]) for e in errors] == [((name,), "extra_forbidden")]
 
@@ -600,6 +623,7 @@ UNKNOWN = {
     "backup-verification.databases": st.lists(INVENTORY_NAME.filter(lambda n: n != "trading_db"), min_size=1,
                                               max_size=2),
     "restart-service.service": INVENTORY_NAME,
+    "config-rollback.group": INVENTORY_NAME,
     "redis-restore.instance": INVENTORY_NAME.filter(lambda n: n != "memory"),
     "backup.redis": st.lists(INVENTORY_NAME.filter(lambda n: n != "memory"), min_size=1, max_size=2, unique=True),
     "restore.database": INVENTORY_NAME.filter(lambda n: n not in ("trading_db", "trading_db_recovery")),

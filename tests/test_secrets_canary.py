@@ -45,6 +45,7 @@ from runbooks.core import redact
 from runbooks.flows.backup import BackupParameters, backup_databases
 from runbooks.flows.backup_verification import VerificationParameters, verify_backups_flow
 from runbooks.flows.data_freshness import FreshnessParameters, data_freshness_flow
+from runbooks.flows.database_connections import ConnectionsParameters, database_connections_flow
 from runbooks.flows.disk_cleanup import CleanupParameters, disk_cleanup_flow
 from runbooks.flows.dr_game_day import DrillParameters, dr_game_day_flow
 from runbooks.flows.drawdown_limit import DrawdownParameters, drawdown_limit_flow
@@ -52,6 +53,7 @@ from runbooks.flows.emergency_stop import EmergencyStopParameters, emergency_sto
 from runbooks.flows.exchange_reconnect import ExchangeParameters, exchange_reconnect_flow
 from runbooks.flows.health_check import HealthCheckParameters, health_check_flow
 from runbooks.flows.model_rollback import RollbackParameters, model_rollback_flow
+from runbooks.flows.redis_restore import RedisRestoreParameters, redis_restore_flow
 from runbooks.flows.restore import RestoreParameters, restore_database_flow
 from runbooks.flows.resume_trading import ResumeParameters, resume_trading_flow
 from runbooks.flows.weekly_report import WeeklyReportParameters, weekly_report_flow
@@ -61,6 +63,7 @@ from runbooks_sandbox.environment import BUCKET, CHECKOUT, S3_KEY_ID
 from runbooks_sandbox.seed import catch_up_bars
 from tests.pgfixtures import admin_dsn, drop_db
 from tests.receivers import Inbox
+from tests.redisfixtures import fill, kill_all, leftover_servers, start_redis
 
 
 # -- the canaries ------------------------------------------------------------------------------------------------
@@ -92,12 +95,13 @@ class Canaries:
     token: Canary = field(default_factory=lambda: _canary("token"))  # trading + inference API bearer token
     token_wrong: Canary = field(default_factory=lambda: _canary("tokenwrong"))  # a token the platform refuses
     hook: Canary = field(default_factory=lambda: _canary("hook"))  # the webhook URL's credential (block secrets)
+    redis: Canary = field(default_factory=lambda: _canary("redis"))  # the Redis AUTH password
     # Not a secret (never registered): the positive control every reader must find.
     control: Canary = field(default_factory=lambda: _canary("control"))
 
     @property
     def secrets(self) -> list[Canary]:
-        return [self.pg, self.pg_wrong, self.s3, self.token, self.token_wrong, self.hook]
+        return [self.pg, self.pg_wrong, self.s3, self.token, self.token_wrong, self.hook, self.redis]
 
     @property
     def all(self) -> list[Canary]:
@@ -230,7 +234,7 @@ def _toml(value: str) -> str:
 
 
 def _write_config(path: Path, *, sandbox: SandboxState, c: Canaries, role: str, root: Path, prefix: str,
-                  simulator_url: str, blocks: list[str], token_block: str) -> None:
+                  simulator_url: str, blocks: list[str], token_block: str, redis_port: int) -> None:
     port = sandbox.postgres_port
     datadir = sandbox.cluster().datadir
     lines = [
@@ -258,6 +262,10 @@ def _write_config(path: Path, *, sandbox: SandboxState, c: Canaries, role: str, 
         "[inference_api]",  # the same token, from a Prefect Secret block
         f"base_url = {_toml(simulator_url)}",
         f"token_block = {_toml(token_block)}",
+        "",
+        "[redis.memory]",
+        f"port = {redis_port}",
+        f"password = {_toml(c.redis.value)}",
         "",
         "[notifications]",
         f"block = {_toml(blocks[0])}",
@@ -344,8 +352,16 @@ def platform(sandbox: SandboxState, monkeypatch: pytest.MonkeyPatch) -> Iterator
         Secret(value=c.token.value).save(token_block)  # type: ignore[arg-type]
         config = root / "runbooks.toml"
         prefix = f"canary-{uuid.uuid4().hex[:12]}"
+        # The memory/learning system, its AUTH password the canary; its config (which holds it) outside the tree read.
+        redis_dir = Path(tempfile.mkdtemp(prefix="cnry-redis-"))
+        made.callback(shutil.rmtree, redis_dir, ignore_errors=True)
+        memory = start_redis(redis_dir, password=c.redis.value)
+        made.callback(memory.stop)
+        made.callback(lambda: kill_all(leftover_servers(root)))  # copies redis-restore handed over
+        fill(memory, keys=50, databases=(0,))
         _write_config(config, sandbox=sandbox, c=c, role=role, root=root, prefix=prefix, simulator_url=url,
-                      blocks=[f"custom-webhook/{block}", f"custom-webhook/{refusing}"], token_block=token_block)
+                      blocks=[f"custom-webhook/{block}", f"custom-webhook/{refusing}"], token_block=token_block,
+                      redis_port=memory.port)
         monkeypatch.setenv("RUNBOOKS_CONFIG", str(config))
         client = made.enter_context(httpx.Client(base_url=url, headers={"Authorization": f"Bearer {c.token.value}"}))
         yield Platform(sandbox=sandbox, canaries=c, root=root, config=config, prefix=prefix, role=role,
@@ -539,7 +555,8 @@ def test_no_canary_secret_leaks_from_any_runbook_run(platform: Platform, monkeyp
     assert httpx.get(f"{platform.simulator_url}/api/v1/operations/status",
                      headers={"Authorization": f"Bearer {c.token_wrong.value}"}).status_code == 401
     config_text = platform.config.read_text()
-    assert found([c.pg, c.s3, c.token], config_text) == ["pg", "s3", "token"]  # the grep sees them where they live
+    # the grep sees them where they live
+    assert found([c.pg, c.s3, c.token, c.redis], config_text) == ["pg", "s3", "token", "redis"]
 
     wrong_pg = {"RUNBOOKS_DATABASES__TRADING_DB__PASSWORD": c.pg_wrong.value,
                 "RUNBOOKS_CLUSTER__PASSWORD": c.pg_wrong.value}
@@ -617,6 +634,12 @@ def test_no_canary_secret_leaks_from_any_runbook_run(platform: Platform, monkeyp
         run("drawdown-limit, token wrong", drawdown_limit_flow, DrawdownParameters(), expect="FAILED",
             env=wrong_tokens)
         run("exchange-reconnect", exchange_reconnect_flow, ExchangeParameters(), expect="COMPLETED")
+        # Redis: the backup above took it with the canary password; a restore into a copy; the wrong password.
+        run("redis-restore", redis_restore_flow, RedisRestoreParameters(instance="memory"), expect="COMPLETED")
+        run("backup of Redis, wrong password", backup_databases,
+            BackupParameters(include_databases=False, include_cluster=False), expect="FAILED",
+            env={"RUNBOOKS_REDIS__MEMORY__PASSWORD": c.pg_wrong.value})
+        run("database-connections", database_connections_flow, ConnectionsParameters(), expect="COMPLETED")
         run("resume-trading, token wrong", resume_trading_flow, ResumeParameters(reason="canary drill"),
             expect="FAILED", env=wrong_tokens)
         reset()

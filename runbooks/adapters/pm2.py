@@ -135,6 +135,17 @@ def _reading(app: _App) -> Pm2Reading:
                       created_at=_instant(env.created_at))
 
 
+def reload_pm2(service: Pm2Service) -> None:
+    """``pm2 reload <ecosystem file> --only <app> --update-env``: the app re-reads its ecosystem entry (its env with
+    ``--update-env``) and its own files; PM2 reloads it without dropping connections where it can (cluster mode)."""
+    _daemon_or_raise(service)
+    if not service.ecosystem_file.is_file():
+        raise ConfigurationError(f"the ecosystem file {str(service.ecosystem_file)!r} does not exist.",
+                                 hint="set [services.pm2.<name>] ecosystem_file; nothing was done.")
+    _run(service, ["reload", str(service.ecosystem_file), "--only", service.app, "--update-env"],
+         doing=f"reloading {service.app!r}", cwd=service.ecosystem_file.parent)
+
+
 def restart_pm2(service: Pm2Service) -> None:
     """``pm2 restart <ecosystem file> --only <app> --update-env`` (pm2 exits 0 even when the file declares no such
     app: the caller waits for the app to come back, which proves the restart)."""

@@ -28,7 +28,7 @@ from pydantic.json_schema import SkipJsonSchema
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
-Inventory = Literal["databases", "markets", "tables", "rules", "hosts", "redis", "services"]
+Inventory = Literal["databases", "markets", "tables", "rules", "hosts", "redis", "services", "config_groups"]
 
 
 _NAMES: dict[tuple[Any, ...], dict[str, list[str]] | None] = {}
@@ -65,7 +65,8 @@ def _inventory() -> dict[str, list[str]] | None:
                 "rules": sorted(rule.name for rule in settings.cleanup.rules),
                 "hosts": sorted(settings.hosts),
                 "redis": sorted(settings.redis),
-                "services": settings.services.names()}
+                "services": settings.services.names(),
+                "config_groups": settings.config_rollback.names()}
     return _NAMES[key]
 
 

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The runbooks that pause for an approval before their destructive step: the only keys [approvals.runbooks] takes.
-# A runbook that starts asking (Redis replace, config rollback, drawdown override) adds its name here with its flow.
-APPROVING_RUNBOOKS = ("restore", "disk-cleanup", "pitr-setup", "resume-trading", "drawdown-limit", "redis-restore")
+# A runbook that starts asking adds its name here with its flow.
+APPROVING_RUNBOOKS = ("restore", "disk-cleanup", "pitr-setup", "resume-trading", "drawdown-limit", "redis-restore",
+                      "config-rollback")
 MAX_APPROVERS = 3
 
 
