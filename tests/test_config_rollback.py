@@ -35,6 +35,9 @@ from tests.pgfixtures import running_cluster
 from tests.pm2 import PM2, Pm2Daemon, pm2_available
 from tests.runs import run_backup
 
+# End to end on real processes (PM2 daemons, servers, approvals): the drills' half of the suite, run in CI too.
+pytestmark = pytest.mark.slow
+
 SECRET = "tok-9f2c7e51d0a4"
 # Exits at once while its CRASH_MARKER exists (PM2 restarts it until it gives up: errored), else runs until stopped.
 # At once, not after a delay: on a loaded machine a slow start must not look like "online for stable_seconds".

@@ -32,6 +32,9 @@ from tests.dockerd import BASE_IMAGE, labels_for
 from tests.events import runbook_events
 from tests.pm2 import Pm2Daemon, pm2_daemon_fixture  # noqa: F401 - the fixture pm2_daemon
 
+# End to end on real processes (PM2 daemons, servers, approvals): the drills' half of the suite, run in CI too.
+pytestmark = pytest.mark.slow
+
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 

@@ -27,6 +27,9 @@ from tests.events import runbook_events
 from tests.runs import without_retry_delays
 from tests.test_freshness import Market, bucket, platform_says
 
+# End to end on real processes (PM2 daemons, servers, approvals): the drills' half of the suite, run in CI too.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def platform(config: SandboxState, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> Iterator[httpx.Client]:
