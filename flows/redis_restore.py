@@ -107,6 +107,8 @@ class RedisRestoreResult(RunbookResult):
                                 "its password)")
     previous_backup_id: str | None = Field(default=None, description="replace: the backup of the live data taken "
                                            "just before it was replaced (restore it to undo)")
+    copy_left_running: bool = Field(default=False, description="a replace failed while the live instance still "
+                                    "followed the copy: the copy is left running (see next steps)")
     keyspace_after: dict[str, int] = Field(default_factory=dict)
     time_to_restore_seconds: float | None = None
     notification: str | None = None
@@ -165,6 +167,26 @@ def _run_name() -> str:
     p = run_parameters()
     return run_name(RUNBOOK, p.get("instance"), p.get("target") or "new", "from", p.get("backup_id") or "latest",
                     dry_run=bool(p.get("dry_run")))
+
+
+def _hand_over_if_still_replica(run: RunbookRun[RedisRestoreResult], params: RedisRestoreParameters,
+                                result: RedisRestoreResult, copy: RestoredInstance) -> None:
+    """A replace that failed while the live instance still follows the copy: stopping the copy would leave it a
+    replica of nothing, refusing writes. The copy is left running and handed over, and the report says so."""
+    try:
+        role, _space = read_redis_role(name=params.instance, settings=run.settings.redis_or_raise(params.instance))
+    except RunbookError:
+        role = "unknown"
+    if role == "master":
+        return
+    result.copy_left_running = True
+    result.port = copy.port
+    result.workdir = str(copy.workdir)
+    result.next_steps.append(
+        f"Redis {params.instance} is {role}, following the restored copy on port {copy.port}, which is left "
+        f"running: once it has loaded, run REPLICAOF NO ONE and CONFIG SET masterauth/masteruser back on it, then "
+        f"stop the copy (its password is in {copy.workdir}/redis.conf). Backup {result.previous_backup_id} holds "
+        "the data from before.")
 
 
 def stop_left_copy(directory: Path) -> bool:
@@ -259,8 +281,10 @@ def _restore(run: RunbookRun[RedisRestoreResult], params: RedisRestoreParameters
         try:
             with run.step("restore into a new instance") as figures:
                 began = time.monotonic()
+                # A replace's copy listens where the live instance reaches it ([redis] restore_host).
                 copy, result.check = restore_redis_instance(catalog=catalog, manifest=manifest, workdir=workdir,
-                                                            settings=instance,
+                                                            settings=instance, bind="127.0.0.1" if kept
+                                                            else instance.restore_host,
                                                             timeout_seconds=params.sync_timeout_seconds)
                 result.time_to_restore_seconds = time.monotonic() - began
                 figures.update(port=copy.port, passed=result.check.passed, keys=result.check.loaded_keys)
@@ -276,7 +300,9 @@ def _restore(run: RunbookRun[RedisRestoreResult], params: RedisRestoreParameters
                 return
             _replace(run, params, result, catalog, manifest, copy)
         finally:
-            if copy is not None:
+            if result.copy_left_running:
+                pass  # the live instance still follows it: never stopped under it
+            elif copy is not None:
                 copy.stop()
                 WorkDirs.remove(workdir)
             elif not kept or result.status != "succeeded":
@@ -325,19 +351,25 @@ def _replace(run: RunbookRun[RedisRestoreResult], params: RedisRestoreParameters
             figures.update(backup_id=previous.backup_id, keys=previous.redis.key_count if previous.redis else None)
     finally:
         claim.close()
-    with run.step("replace the live data", destructive=True) as figures:
-        result.keyspace_after = replace_redis_data(name=params.instance, settings=instance, source=copy,
-                                                   timeout_seconds=params.sync_timeout_seconds)
-        figures.update(keys=sum(result.keyspace_after.values()))
-    assert result.check is not None
+    try:
+        with run.step("replace the live data", destructive=True) as figures:
+            loaded = replace_redis_data(name=params.instance, settings=instance, source=copy,
+                                        timeout_seconds=params.sync_timeout_seconds)
+            result.keyspace_after = loaded.live
+            figures.update(keys=sum(loaded.live.values()))
+    except RunbookError:
+        _hand_over_if_still_replica(run, params, result, copy)
+        raise
     with run.step("check the live data") as figures:
-        want = {db: n for db, n in result.check.keyspace.items() if n}
-        got = {db: n for db, n in result.keyspace_after.items() if n}
+        # Both read at the end of the sync, the live instance still read-only: a key expiring meanwhile is no
+        # difference, a write that slipped in is.
+        want = {db: n for db, n in loaded.copy.items() if n}
+        got = {db: n for db, n in loaded.live.items() if n}
         figures.update(expected=sum(want.values()), found=sum(got.values()))
         if got != want:
-            raise Refused(f"after the replace, Redis {params.instance!r} holds {got}, the restored copy held {want}.",
-                          hint=f"writes may have reached it since; backup {result.previous_backup_id} holds the data "
-                          "from before the replace.")
+            raise Refused(f"after the replace, Redis {params.instance!r} holds {got}, the restored copy held {want}: "
+                          "its data was replaced, but not by exactly the copy.",
+                          hint=f"backup {result.previous_backup_id} holds the data from before the replace.")
     result.status = "succeeded"
     result.next_steps.append(f"Backup {result.previous_backup_id} holds the data from before; drop nothing.")
 

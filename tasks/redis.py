@@ -148,12 +148,16 @@ def restore_redis_instance(*, catalog: BackupCatalog, manifest: BackupManifest, 
 
 @step_task("replace-redis-data", mutates=True)
 def replace_redis_data(*, name: str, settings: RedisSettings, source: rd.RestoredInstance,
-                       timeout_seconds: float = 600) -> dict[str, int]:
+                       timeout_seconds: float = 600) -> rd.Loaded:
     """The live instance takes the restored copy's whole dataset (a full sync from it), then serves on its own."""
     where = f"Redis {name!r} ({settings.address()})"
-    with rd.connect(settings, where=where) as client:
-        return rd.load_from(client, source_host=settings.restore_host, source_port=source.port,
-                            source_password=source.password, timeout_seconds=timeout_seconds, where=where)
+    copy = source.client(settings)
+    try:
+        with rd.connect(settings, where=where) as client:
+            return rd.load_from(client, source=copy, source_host=settings.restore_host, source_port=source.port,
+                                source_password=source.password, timeout_seconds=timeout_seconds, where=where)
+    finally:
+        copy.close()
 
 
 @step_task("read-redis-role")

@@ -245,3 +245,47 @@ def test_the_rdb_is_streamed_while_redis_writes_it_and_checked_whole(live: Redis
         assert state.is_completed() and result.check.passed, result.check
     finally:
         kill_all(leftover_servers(Path(result.workdir or "/nonexistent").parent))
+
+
+def test_a_replace_whose_load_outlasts_the_timeout_waits_for_it_and_puts_everything_back(
+        live: RedisServer, tmp_path: Path) -> None:
+    """Once the live instance loads the copy's data its old data is gone: the replace never gives up half-way (a
+    read-only replica of a stopped copy, refusing writes). Its own masteruser/masterauth are put back."""
+    item = back_up_redis()
+    client = live.client()
+    client.config_set("masteruser", "replicator")  # its own replication settings, which the replace must keep
+    client.config_set("key-load-delay", "15000")  # Redis' test knob: 15 ms per key loaded (~6 s for 408 keys)
+    try:
+        state, result = redis_restore(instance="memory", backup_id=item.backup_id, target="replace",
+                                      confirm=redis_restore(instance="memory", backup_id=item.backup_id,
+                                                            target="replace", dry_run=True)[1].plan.plan_hash,
+                                      sync_timeout_seconds=5)
+        assert state.is_completed(), result
+        assert client.info("replication")["role"] == "master"
+        assert client.config_get("masteruser")["masteruser"] == "replicator"
+        assert client.config_get("masterauth")["masterauth"] == ""
+        client.set("writable", "again")
+        assert leftover_servers(tmp_path) == []
+    finally:
+        client.config_set("key-load-delay", "0")
+        kill_all(leftover_servers(tmp_path))
+
+
+def test_a_save_killed_half_way_fails_the_backup_and_lists_nothing(live: RedisServer) -> None:
+    """A FLUSHALL kills a running BGSAVE and Redis still says 'ok' of the last save: the backup says the save was
+    aborted instead of listing a half file or the previous one as new."""
+    import threading
+
+    client = live.client()
+    client.config_set("rdb-key-save-delay", "20000")  # 20 ms per key: an 8 s save
+    timer = threading.Timer(1.5, lambda: live.client().flushall())
+    timer.start()
+    try:
+        state, result = run_backup(include_databases=False, include_cluster=False)
+    finally:
+        timer.join()
+        client.config_set("rdb-key-save-delay", "0")
+    assert state.is_failed()
+    [item] = result.items
+    assert "aborted" in (item.error or "") or "redis-check-rdb rejects" in (item.error or ""), item.error
+    assert catalog().list_backups(kind="redis") == []

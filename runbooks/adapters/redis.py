@@ -145,6 +145,10 @@ class SaveInProgress:
             self.version = str(info(client, "server").get("redis_version", "?"))
             self.server_pid = int(info(client, "server").get("process_id", 0))
             self.before = info(client, "persistence")
+            # LASTSAVE counts seconds: a save ending in the second the last one ended could not be told from none.
+            wait = int(self.before.get("rdb_last_save_time", 0)) + 1 - time.time()
+            if 0 < wait <= 1:
+                time.sleep(wait)
             while True:
                 try:
                     client.bgsave(schedule=True)
@@ -168,6 +172,11 @@ class SaveInProgress:
             self.now = now
             if now.get("rdb_last_bgsave_status") != "ok":
                 self._failed()
+            if now["rdb_last_save_time"] <= before["rdb_last_save_time"]:
+                # Counted, yet no save time: the child was killed (a FLUSHALL kills a running save) and Redis still
+                # says "ok" of the last one that finished.
+                raise RedisRefused(f"{self.where}: the BGSAVE was aborted before it finished (a FLUSHALL, or its "
+                                   "child killed); no new RDB was written.", hint="rerun the backup.")
             return True
         if time.monotonic() > self.deadline:
             raise RedisRefused(f"{self.where}: BGSAVE did not finish within {self.timeout:.0f} s.",
@@ -568,33 +577,89 @@ def replication_role(client: redis.Redis) -> str:
     return str(info(client, "replication").get("role", "?"))
 
 
-def load_from(client: redis.Redis, *, source_host: str, source_port: int, source_password: str,
-              timeout_seconds: float, where: str) -> dict[str, int]:
+@dataclass
+class Loaded:
+    """What a replace's sync ended with: both keyspaces read at the same moment, the live one still a replica (no
+    client can write to it), so that a key expiring in between does not read as a difference."""
+
+    live: dict[str, int]
+    copy: dict[str, int]
+
+
+LINK_GRACE_SECONDS = 15.0  # a link that never came up by then will not: give the live instance its writes back
+
+
+def load_from(client: redis.Redis, *, source: redis.Redis, source_host: str, source_port: int,
+              source_password: str, timeout_seconds: float, where: str) -> Loaded:
     """Make the live instance a replica of the restored copy until it has the copy's whole dataset, then a master
     again: Redis replaces a running server's data this way (a full sync), with its own files and config untouched,
-    instead of the seed's stop / copy over ``dump.rdb`` / start. Its previous ``masterauth`` is put back."""
+    instead of the seed's stop / copy over ``dump.rdb`` / start.
+
+    Until the live instance starts loading the copy's data, a failure leaves its data as it was, and the wait is
+    bounded (``timeout_seconds``; a link that never comes up, ``LINK_GRACE_SECONDS``). Once it loads, its old data
+    is gone: the wait is for the load to end (bounded by ten times the timeout), never given up half-way. Either
+    way it is made a master again (retried while it loads) and its ``masterauth`` / ``masteruser`` put back.
+    Raises RedisRefused saying which of the two happened.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_seconds
+    committed = False  # the live instance began loading the copy's data: its old data is gone
     with redis_errors(where):
-        previous_auth = client.config_get("masterauth").get("masterauth") or ""
-        register_secret(previous_auth)
+        previous = {k: (client.config_get(k).get(k) or "") for k in ("masterauth", "masteruser")}
+        register_secret(previous["masterauth"])
+        client.config_set("masteruser", "")  # the copy's default user, by its requirepass
         client.config_set("masterauth", source_password)
-        try:
-            client.replicaof(source_host, source_port)
-            deadline = time.monotonic() + timeout_seconds
+        client.replicaof(source_host, source_port)
+    loaded: Loaded | None = None
+    try:
+        with redis_errors(where):
             while True:
                 try:
                     rep = info(client, "replication")
-                    loading = info(client, "persistence").get("loading")
+                    loading = bool(info(client, "persistence").get("loading"))
                 except redis.BusyLoadingError:
-                    rep, loading = {}, 1
-                if rep.get("master_link_status") == "up" and not rep.get("master_sync_in_progress") \
-                        and not loading:
+                    rep, loading = {}, True
+                committed = committed or loading
+                if rep.get("master_link_status") == "up" and not rep.get("master_sync_in_progress") and not loading:
+                    loaded = Loaded(live=keyspace(client), copy=keyspace(source))
                     break
-                if time.monotonic() > deadline:
-                    raise RedisRefused(f"{where}: the live instance did not finish its sync from the restored copy "
-                                       f"within {timeout_seconds:.0f} s (link {rep.get('master_link_status')!r}).",
-                                       hint="it can reach the copy at [redis] restore_host? Its log says why.")
+                now = time.monotonic()
+                if committed and now > started + 10 * timeout_seconds:
+                    raise RedisRefused(f"{where}: still loading the restored copy's data after "
+                                       f"{10 * timeout_seconds:.0f} s.", hint="its previous data is gone; let it "
+                                       "finish, then REPLICAOF NO ONE on it (the copy is left running).")
+                if not committed and (now > deadline or (
+                        not rep.get("master_sync_in_progress") and rep.get("master_link_status") != "up"
+                        and now > started + LINK_GRACE_SECONDS)):
+                    raise RedisRefused(
+                        f"{where}: the sync from the restored copy did not start (link "
+                        f"{rep.get('master_link_status')!r}); its data is as it was.",
+                        hint="it must reach the copy at [redis] restore_host (the worker's address as Redis sees "
+                        "it); Redis' log says why (WRONGPASS, connection refused).")
                 time.sleep(0.1)
-        finally:
+    finally:
+        _be_master_again(client, previous, patience=max(timeout_seconds, 60.0) if committed else 30.0,
+                         where=where)
+    assert loaded is not None
+    return loaded
+
+
+def _be_master_again(client: redis.Redis, previous: dict[str, str], *, patience: float, where: str) -> None:
+    """``REPLICAOF NO ONE`` (retried while the instance is loading), then ``masterauth`` and ``masteruser`` as they
+    were, each on its own: one failing does not keep the others from being put back."""
+    give_up = time.monotonic() + patience
+    while True:
+        try:
             client.replicaof("NO", "ONE")
-            client.config_set("masterauth", previous_auth)
-        return keyspace(client)
+            break
+        except redis.BusyLoadingError:
+            if time.monotonic() > give_up:
+                raise RedisRefused(f"{where}: still loading; it is left a replica of the restored copy.",
+                                   hint="once it has loaded, run REPLICAOF NO ONE on it, and put its masterauth "
+                                   "back; the copy is left running.") from None
+            time.sleep(0.2)
+    for key in ("masterauth", "masteruser"):
+        try:
+            client.config_set(key, previous[key])
+        except redis.RedisError:
+            pass  # reported by the role check that follows a replace
