@@ -197,18 +197,88 @@ def age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# One token at a time, left to right, so that a quote inside a comment or an identifier is never read as a string.
-# Strings honour backslash escapes whatever standard_conforming_strings says: misreading `'C:\'` only scrubs more.
-_TOKENS = re.compile(r"""
-    (?P<comment>--[^\n]*|/\*[\s\S]*?(?:\*/|\Z))
-  | (?P<dollar>\$\$[\s\S]*?(?:\$\$|\Z)
-      |\$(?P<tag>[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)\$[\s\S]*?(?:\$(?P=tag)\$|\Z))
-  | (?P<string>(?:[eEbBxXnN]|[uU]&)?'(?:[^'\\]|\\[\s\S]?|'')*'?)
-  | (?P<quoted>(?:[uU]&)?"(?:[^"]|"")*"?)
-  | (?P<param>\$\d+)
-  | (?P<word>[A-Za-z_\x80-\U0010ffff][\w$\x80-\U0010ffff]*)
-  | (?P<number>0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)
-""", re.VERBOSE)
+_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][\w$\x80-\U0010ffff]*")
+_DOLLAR = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?\$")
+_PARAM = re.compile(r"\$\d+")
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)"
+                     r"(?:[eE][+-]?\d+)?")
+
+
+def _scan(query: str, *, backslash_escapes: bool) -> str:
+    """One reading of ``query``, left to right: comments (``--``, and ``/* */`` nested as PostgreSQL nests them)
+    dropped, strings, dollar-quoted bodies and numbers replaced by ``?``; identifiers, keywords and ``$1`` kept.
+    ``backslash_escapes``: whether a plain ``'…'`` takes ``\'`` (standard_conforming_strings off); ``E'…'`` always
+    does."""
+    out: list[str] = []
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if query.startswith("--", i):
+            end = query.find("\n", i)
+            i = n if end < 0 else end
+            out.append(" ")
+        elif query.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if query.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif query.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            out.append(" ")
+        elif c == "$" and (m := _PARAM.match(query, i)):
+            out.append(m.group(0))
+            i = m.end()
+        elif c == "$" and (m := _DOLLAR.match(query, i)):
+            end = query.find(m.group(0), m.end())
+            i = n if end < 0 else end + len(m.group(0))
+            out.append("?")
+        elif c == "'" or (c in "eEbBxXnNuU" and not (out and _WORD.fullmatch(out[-1][-1:] or " "))
+                          and _string_start(query, i)):
+            quote = query.index("'", i)
+            escapes = backslash_escapes or query[i] in "eE"
+            j = quote + 1
+            while j < n:
+                if query[j] == "'":
+                    if j + 1 < n and query[j + 1] == "'":
+                        j += 2
+                        continue
+                    j += 1
+                    break
+                j += 2 if escapes and query[j] == "\\" else 1
+            else:
+                j = n
+            out.append("?")
+            i = j
+        elif c == '"':
+            end = i + 1
+            while end < n:
+                if query[end] == '"':
+                    if end + 1 < n and query[end + 1] == '"':
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(query[i:end + 1])
+            i = end + 1
+        elif (m := _WORD.match(query, i)):
+            out.append(m.group(0))
+            i = m.end()
+        elif (c.isdigit() or (c == "." and i + 1 < n and query[i + 1].isdigit())) and (m := _NUMBER.match(query, i)):
+            out.append("?")
+            i = m.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _string_start(query: str, i: int) -> bool:
+    """``E'``, ``B'``, ``X'``, ``N'`` or ``U&'`` at ``i``: a prefixed string, not a word."""
+    if query[i] in "uU":
+        return query.startswith("&'", i + 1)
+    return query.startswith("'", i + 1)
 
 
 def scrub_literals(query: str, *, limit: int = 200) -> str:
@@ -218,15 +288,9 @@ def scrub_literals(query: str, *, limit: int = 200) -> str:
     statement is still recognisable. An unterminated literal (the server cuts query text at
     ``track_activity_query_size``) is scrubbed to the end."""
 
-    def replace(match: re.Match[str]) -> str:
-        kind = match.lastgroup
-        if kind == "tag":  # the named group inside a dollar quote
-            kind = "dollar"
-        if kind == "comment":
-            return " "
-        if kind in ("dollar", "string", "number"):
-            return "?"
-        return match.group(0)
-
-    text = " ".join(visible(_TOKENS.sub(replace, query)).split())  # bidi and zero-width characters go too
+    # Both readings of a plain string (standard_conforming_strings on, the default, and off): a reading that is
+    # wrong for this server ends a string early and shows what follows, so the one that shows less is kept.
+    readings = [_scan(query, backslash_escapes=flag) for flag in (False, True)]
+    scrubbed = min(readings, key=lambda r: len("".join(r.replace("?", "").split())))
+    text = " ".join(visible(scrubbed).split())  # bidi and zero-width characters go too
     return text if len(text) <= limit else text[:max(0, limit - 1)] + "…"
