@@ -217,3 +217,24 @@ def test_a_compose_service_is_restarted_and_healthy_again(compose_container: tup
     missing = ServicesSettings.model_validate({"compose": {"gone": {"project": project, "service": "nope"}}})
     rows = check_compose_health.fn(services=missing, state_file=tmp_path / "restarts.json")
     assert rows[0].status == "failed" and "no container" in rows[0].detail
+
+
+def test_a_socket_left_by_a_dead_daemon_is_not_a_daemon(tmp_path: Path) -> None:
+    """A PM2 daemon killed with SIGKILL leaves rpc.sock behind: any pm2 command would start a fresh daemon and the
+    app under the runbooks' user. The runbook refuses instead, and starts nothing (a hostile review's find)."""
+    import socket
+
+    from runbooks.adapters.pm2 import read_pm2, restart_pm2
+    from runbooks.core.errors import ConfigurationError
+    from runbooks.settings.services import Pm2Service
+
+    home = tmp_path / "pm2home"
+    home.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(home / "rpc.sock"))  # bound, never listening: what a killed daemon leaves
+    (tmp_path / "ecosystem.config.js").write_text("module.exports = {apps: []};\n")
+    service = Pm2Service(app="app", ecosystem_file=tmp_path / "ecosystem.config.js", pm2_home=home)
+    for call in (read_pm2, restart_pm2):
+        with pytest.raises(ConfigurationError, match="left by a daemon that died"):
+            call(service)
+    assert not (home / "pm2.pid").exists() and not (home / "pm2.log").exists()  # no daemon was started

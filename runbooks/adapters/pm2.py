@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,11 +87,29 @@ def _program(service: Pm2Service) -> str:
 
 
 def _daemon_or_raise(service: Pm2Service) -> None:
+    """A PM2 daemon answers at PM2_HOME, and it is the one of the user who owns that home: any pm2 command against
+    a home without one starts a daemon (and ``restart`` the app) as the runbooks' user, root perhaps. A socket file
+    left by a killed daemon is not a daemon: it must accept a connection."""
     home = pm2_home(service)
-    if not (home / "rpc.sock").exists():
+    sock = home / "rpc.sock"
+    hint = ("set [services.pm2.<name>] pm2_home to the platform's PM2_HOME, or start the platform's PM2 as its own "
+            "user (pm2 resurrect); nothing was done.")
+    try:
+        info = sock.stat()
+    except OSError:
         raise ConfigurationError(f"no PM2 daemon runs at PM2_HOME {str(home)!r} (no rpc.sock there).",
-                                 hint="set [services.pm2.<name>] pm2_home to the platform's PM2_HOME, or start the "
-                                 "platform's PM2 as its own user (pm2 resurrect); nothing was done.")
+                                 hint=hint) from None
+    if info.st_uid != os.geteuid():
+        raise ConfigurationError(f"the PM2 daemon at {str(home)!r} is another user's (uid {info.st_uid}): pm2 run "
+                                 "as this worker's user would start a daemon and the app of its own.",
+                                 hint="run this worker as the platform's PM2 user; nothing was done.")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            raise ConfigurationError(f"no PM2 daemon answers at PM2_HOME {str(home)!r} (its rpc.sock is left by "
+                                     "a daemon that died).", hint=hint) from None
 
 
 def _run(service: Pm2Service, args: list[str], *, doing: str, cwd: Path | None = None) -> str:
