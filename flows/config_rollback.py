@@ -272,7 +272,7 @@ def config_rollback_flow(params: ConfigRollbackParameters) -> State:
                 result.kept_version = kept.version
                 figures.update(version=kept.version)
             with run.step("prune kept versions", destructive=True):
-                result.pruned = prune_kept_versions(records=records, group_name=params.group,
+                result.pruned = prune_kept_versions(records=records, group_name=params.group, group=group,
                                                     keep=group.keep_versions, protect={kept.version})
         result.outcome, result.succeeded = f"kept as {kept.version}", True
         return run.conclude(result, message=result.outcome)
@@ -319,9 +319,14 @@ def config_rollback_flow(params: ConfigRollbackParameters) -> State:
             result.kept_version = kept.version
             figures.update(version=kept.version)
         changing = [f.path for f in plan.changing]
-        with run.step("write target files", destructive=True) as figures:
-            result.written = write_config_files(group=group, writes=[(now[p], targets[p].data) for p in changing])
-            figures.update(files=len(result.written))
+        try:
+            with run.step("write target files", destructive=True) as figures:
+                result.written = write_config_files(group=group, writes=[(now[p], targets[p].data)
+                                                                         for p in changing])
+                figures.update(files=len(result.written))
+        except RunbookError:
+            _undo_partial_write(run, group, targets, now, changing, result)
+            raise
         result.reloaded = owner
         with run.step("reload owner", destructive=True):
             reloaded_at = reload_config_owner(service=service, server=server, where=owner)
@@ -332,8 +337,8 @@ def config_rollback_flow(params: ConfigRollbackParameters) -> State:
             _put_back(run, group, service, server, owner, targets, now, changing, result)
         with run.step("prune kept versions", destructive=True):
             protect = {kept.version, *([plan.version] if plan.version else [])}
-            result.pruned = prune_kept_versions(records=records, group_name=params.group, keep=group.keep_versions,
-                                                protect=protect)
+            result.pruned = prune_kept_versions(records=records, group_name=params.group, group=group,
+                                                keep=group.keep_versions, protect=protect)
     if result.rolled_back_itself:
         return run.conclude(result)
     result.outcome, result.succeeded = "rolled back and healthy", True
@@ -410,6 +415,21 @@ def _verify(settings: Settings, group: ConfigGroup, service: Pm2Service | Compos
         if check.status in ("ok", "warn") or time.monotonic() >= deadline:
             return health, check
         time.sleep(service.poll_seconds)
+
+
+def _undo_partial_write(run: RunbookRun[ConfigRollbackResult], group: ConfigGroup, targets: dict[str, ConfigFile],
+                        previous: dict[str, ConfigFile], changing: list[str], result: ConfigRollbackResult) -> None:
+    """Writing stopped half-way (a full disk, a file swapped for a link): the files it already wrote get their
+    previous content back before anything reloads, so the owner never reads half a rollback."""
+    try:
+        with run.step("put back what was written", destructive=True) as figures:
+            now = {f.path: f for f in read_config_files(group=group, paths=[Path(p) for p in changing])}
+            back = [p for p in changing
+                    if now[p].sha256 == targets[p].sha256 and targets[p].sha256 != previous[p].sha256]
+            result.put_back = write_config_files(group=group, writes=[(now[p], previous[p].data) for p in back])
+            figures.update(files=len(result.put_back))
+    except RunbookError as exc:
+        run.logger.error("Putting back the files a failed write changed failed too: %s", scrub(str(exc)))
 
 
 def _put_back(run: RunbookRun[ConfigRollbackResult], group: ConfigGroup,

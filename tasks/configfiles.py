@@ -222,7 +222,8 @@ def verify_postgres_config(*, server: Mapping[str, Any], where: str, timeout_sec
 
 
 @step_task("prune-kept-versions", mutates=True)
-def prune_kept_versions(*, records: KeptRecords, group_name: str, keep: int, protect: set[str]) -> list[str]:
+def prune_kept_versions(*, records: KeptRecords, group_name: str, group: ConfigGroup, keep: int,
+                        protect: set[str]) -> list[str]:
     """Delete the kept versions beyond ``keep`` (oldest first), only those the record lists and only copies that
     still hold what was kept; a copy changed since stays, and so does its entry.
 
@@ -232,6 +233,14 @@ def prune_kept_versions(*, records: KeptRecords, group_name: str, keep: int, pro
     record = records.load(group_name)
     removed = []
     for version in versions_to_prune(record, keep=keep, protect=protect):
+        # Only where this runbook keeps copies, under its own name: a record edited to name another file deletes
+        # nothing (the same check a rollback makes before it reads a copy).
+        astray = [f.kept_as for f in version.files if Path(f.kept_as).parent != group.kept_directory(Path(f.path))
+                  or Path(f.kept_as).name != kept_name(Path(f.path).name, version.version)]
+        if astray:
+            get_run_logger().warning("Kept version %s of %r names copies where config-rollback keeps none (%s): "
+                                     "left in place", version.version, group_name, ", ".join(astray))
+            continue
         left = [f for f in version.files if not remove_copy(Path(f.kept_as), sha256=f.sha256)]
         if left:
             get_run_logger().warning("Kept version %s of %r: %s changed since kept, left in place", version.version,
