@@ -26,6 +26,7 @@ from runbooks.decisions.config_rollback import (
     changed_since_plan,
     config_diff,
     mask_line,
+    mask_lines,
     plan_hash,
 )
 from runbooks.flows.config_rollback import ConfigRollbackResult, config_rollback_flow
@@ -55,6 +56,15 @@ def test_secret_values_are_masked_in_the_diff_and_the_hash_covers_both_checksums
     assert mask_line("export API_KEY=abc") == "export API_KEY=***"
     assert SECRET not in mask_line(f'module.exports = {{env: {{"API_TOKEN": "{SECRET}", "FOO": "1"}}}}')
     assert mask_line("work_mem = 4MB") == "work_mem = 4MB"
+    # A hostile review's forms: short and signing keys, flags in argv, a YAML value on the next line.
+    for line in ["MYSQL_PWD=S3cr3tQ", "ADMIN_PW: 'S3cr3tQ'", "JWT_SIGNING=S3cr3tQ", "SESSION_SIGNING_SALT: S3cr3tQ",
+                 "  args: '--password S3cr3tQ --port 3000'", "  args: ['--db-pass', 'S3cr3tQ'],",
+                 "node app.js --api-key=S3cr3tQ"]:
+        assert "S3cr3tQ" not in mask_line(line), line
+    assert "--port 3000" in mask_line("  args: '--password S3cr3tQ --port 3000'")
+    yaml = ["db:\n", "  password:\n", "    S3cr3tQ\n", "  host: db\n", "token: |\n", "  S3cr3tQ-line\n", "port: 1\n"]
+    shown = "".join(mask_lines(yaml))
+    assert "S3cr3tQ" not in shown and "host: db" in shown and "port: 1" in shown, shown
     diff = config_diff("/etc/app.conf", b"a = 1\napi_token = old-secret-1\n", b"a = 2\napi_token = new-secret-2\n")
     assert "-a = 1" in diff and "+a = 2" in diff and "secret-1" not in diff and "secret-2" not in diff
     assert config_diff("/x", b"same", b"same") == ""

@@ -23,7 +23,7 @@ Source = Literal["kept", "backup"]
 KEPT_MARK = ".runbooks-"
 VERSION_PATTERN = r"^[0-9]{8}T[0-9]{6}Z(-[0-9]{1,3})?$"  # [0-9], not \d: that also matches other scripts' digits
 _VERSION = re.compile(VERSION_PATTERN)
-_SECRET_WORD = r"(?:pass(?:word|wd|phrase)?|secret|token|key|credential|auth|dsn|private)"
+_SECRET_WORD = r"(?:pass(?:word|wd|phrase)?|pwd?|secret|token|key|credential|auth|dsn|private|salt|signing|cookie)"
 # A line whose key looks secret: `password = x`, `DB_PASSWORD: "x",`, `export API_KEY=x`, `"token": "x"`. The key
 # may be quoted and prefixed (comments too: a commented-out password is still one). Masked on both sides of the diff.
 _SECRET_LINE = re.compile(
@@ -62,15 +62,41 @@ def kept_name(file_name: str, version: str) -> str:
     return f"{file_name}{KEPT_MARK}{version}"
 
 
+# A command-line flag that carries a secret (PM2 `args: '--password x'`, `['--db-pass', 'x']`): its next value.
+_SECRET_FLAG = re.compile(
+    rf"""(?P<flag>--?[\w\-]*{_SECRET_WORD}[\w\-]*)(?P<sep>=|\s+|["']\s*,\s*["'])"""
+    r"""(?P<value>[^\s"',\]]+)""", re.IGNORECASE)
+# A key whose value is on the next lines (YAML `password:` then an indented or block value).
+_SECRET_BLOCK_KEY = re.compile(rf"""^\s*(?:[#;]+\s*)?["']?[\w.\-]*{_SECRET_WORD}[\w.\-]*["']?\s*:\s*[|>]?[-+]?\s*$""",
+                               re.IGNORECASE)
+
+
 def mask_line(line: str) -> str:
-    """The line with its value masked when its key looks like a password, secret, token or key; registered
-    secrets and URL passwords are scrubbed from every line."""
+    """The line with its value masked when its key looks like a password, secret, token or key (or a flag that
+    carries one); registered secrets and URL passwords are scrubbed from every line. It over-masks rather than
+    under-masks: the approver sees that such a line changed, never its value."""
     found = _SECRET_LINE.match(line)
     if found and found["value"].strip() not in ("", MASK):
         line = f"{found['key']}{MASK}{found['tail']}"
     else:
         line = _SECRET_PAIR.sub(lambda m: f"{m['key']}{MASK}", line)
+    line = _SECRET_FLAG.sub(lambda m: f"{m['flag']}{m['sep']}{MASK}", line)
     return scrub(line)
+
+
+def mask_lines(lines: list[str]) -> list[str]:
+    """``mask_line`` on each, and the lines after a key whose value starts on the next line (YAML ``password:``
+    then an indented value or block), masked whole while they are indented deeper than that key."""
+    masked: list[str] = []
+    block_indent: int | None = None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if block_indent is not None and line.strip() and indent > block_indent:
+            masked.append(" " * indent + MASK + ("\n" if line.endswith("\n") else ""))
+            continue
+        block_indent = indent if _SECRET_BLOCK_KEY.match(line.rstrip("\n")) else None
+        masked.append(mask_line(line))
+    return masked
 
 
 def _text(data: bytes) -> list[str] | None:
@@ -87,7 +113,7 @@ def config_diff(path: str, current: bytes, target: bytes, *, context: int = 3, m
     before, after = _text(current), _text(target)
     if before is None or after is None:
         return f"binary file {path}: {len(current)} bytes now, {len(target)} bytes in the target (not shown)"
-    lines = list(difflib.unified_diff([mask_line(x) for x in before], [mask_line(x) for x in after],
+    lines = list(difflib.unified_diff(mask_lines(before), mask_lines(after),
                                       fromfile=f"{path} (now)", tofile=f"{path} (target)", lineterm="", n=context))
     if not lines:  # differs only in masked values or line endings
         return f"--- {path} (now)\n+++ {path} (target)\n(differs only in masked values or line endings)"
