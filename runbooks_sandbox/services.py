@@ -111,6 +111,8 @@ def start_agent(directory: Path, *, port: int) -> Path:
     # umask 077: the daemon it starts, and the logs it writes, are the owner's only.
     subprocess.run(["pm2", "start", str(ecosystem)], env=pm2_env(home), check=True, capture_output=True,
                    timeout=120, umask=0o077)
+    for sock in home.glob("*.sock"):  # node makes its sockets 0775 whatever the umask
+        sock.chmod(0o600)
     return ecosystem
 
 
