@@ -372,18 +372,21 @@ def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_approvals_settings_default_to_one_and_take_a_count_per_runbook(bare: None,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     assert {name: load_settings().approvals.required_for(name) for name in APPROVING_RUNBOOKS} == {
-        "restore": 1, "disk-cleanup": 1, "pitr-setup": 1, "resume-trading": 1, "drawdown-limit": 1}
+        "restore": 1, "disk-cleanup": 1, "pitr-setup": 1, "resume-trading": 1, "drawdown-limit": 1,
+        "redis-restore": 1, "config-rollback": 1}
     monkeypatch.setenv("RUNBOOKS_APPROVALS__REQUIRED", "2")
     monkeypatch.setenv("RUNBOOKS_APPROVALS__RUNBOOKS__DISK_CLEANUP", "1")  # no dash in a variable's name
     monkeypatch.setenv("RUNBOOKS_APPROVALS__RUNBOOKS__RESTORE", "3")
     settings = load_settings()
     assert {name: settings.approvals.required_for(name) for name in APPROVING_RUNBOOKS} == {
-        "restore": 3, "disk-cleanup": 1, "pitr-setup": 2, "resume-trading": 2, "drawdown-limit": 2}
+        "restore": 3, "disk-cleanup": 1, "pitr-setup": 2, "resume-trading": 2, "drawdown-limit": 2,
+        "redis-restore": 2, "config-rollback": 2}
 
 
 @pytest.mark.parametrize(("approvals", "said"), [
     ({"runbooks": {"backup": 2}}, "'backup' is not a runbook that asks for approval (those that do: restore, "
-                                  "disk-cleanup, pitr-setup, resume-trading, drawdown-limit)"),
+                                  "disk-cleanup, pitr-setup, resume-trading, drawdown-limit, redis-restore, "
+                                  "config-rollback)"),
     ({"runbooks": {"disk_cleanup": 2, "disk-cleanup": 2}}, "'disk-cleanup' is set twice"),
     ({"required": 0}, "approvals.required"),
     ({"required": 4}, "approvals.required"),
