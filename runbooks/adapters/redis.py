@@ -7,6 +7,7 @@ Redis refuses or a save that failed is ``RedisRefused``, a wrong password ``Auth
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -305,6 +306,37 @@ class _Checker:
         self.finish()
 
 
+def _stream_checked(f: io.BufferedReader, *, writer_done: Callable[[], bool] | None, repository: Repository, key: str,
+                    level: int, threads: int) -> tuple[StreamStats, RdbCheck]:
+    """``f`` compressed into ``key`` with ``redis-check-rdb`` reading the same bytes. ``writer_done``: the file is
+    still being written; at its end, ask whether the writer has finished (then read what is left and stop), else
+    wait for more. None: the file is whole."""
+    checker = _Checker()
+
+    def produce(sink: CompressingSink) -> None:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        ended = writer_done is None
+        while True:
+            n = f.readinto(buf)
+            if n:
+                sink.write(view[:n])
+                checker.feed(view[:n])
+            elif ended:
+                return  # the writer had finished before this read: the file was whole
+            elif writer_done is not None and writer_done():
+                ended = True
+            else:
+                time.sleep(0.02)
+
+    try:
+        stats = stream_into(produce, repository=repository, key=key, level=level, threads=threads)
+    except BaseException:
+        checker.kill()
+        raise
+    return stats, checker.finish()
+
+
 def stream_rdb(path: Path, *, repository: Repository, key: str, level: int, threads: int,
                not_before: datetime) -> tuple[StreamStats, RdbCheck]:
     """Stream the RDB at ``path`` compressed into ``key``, ``redis-check-rdb`` reading the same bytes on the way.
@@ -326,21 +358,8 @@ def stream_rdb(path: Path, *, repository: Repository, key: str, level: int, thre
                                      f"before the save just made ({not_before:%H:%M:%S}Z): it is not the file "
                                      "this Redis saves to.", hint="set [redis] rdb_path to Redis' dir/dbfilename "
                                      "as this worker sees it.")
-        checker = _Checker()
-
-        def produce(sink: CompressingSink) -> None:
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                sink.write(view[:n])
-                checker.feed(view[:n])
-
-        try:
-            stats = stream_into(produce, repository=repository, key=key, level=level, threads=threads)
-        except BaseException:
-            checker.kill()
-            raise
-    check = checker.finish()
+        stats, check = _stream_checked(f, writer_done=None, repository=repository, key=key, level=level,
+                                       threads=threads)
     if not check.ok:
         raise VerificationFailed(f"redis-check-rdb rejects the RDB file {str(path)!r}: {check.detail}.",
                                  hint="Redis' own file is damaged: check its disk and log before anything else; "
@@ -411,30 +430,8 @@ def save_and_stream(client: redis.Redis, settings: RedisSettings, *, repository:
                                   not_before=saved.saved_at)
         return saved, stats, check
     with growing:
-        checker = _Checker()
-
-        def produce(sink: CompressingSink) -> None:
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            ended = False
-            while True:
-                n = growing.readinto(buf)
-                if n:
-                    sink.write(view[:n])
-                    checker.feed(view[:n])
-                elif ended:
-                    return  # the save ended well before this read: the file was whole
-                elif save.ended():
-                    ended = True
-                else:
-                    time.sleep(0.02)
-
-        try:
-            stats = stream_into(produce, repository=repository, key=key, level=level, threads=threads)
-        except BaseException:
-            checker.kill()
-            raise
-    check = checker.finish()
+        stats, check = _stream_checked(growing, writer_done=save.ended, repository=repository, key=key,
+                                       level=level, threads=threads)
     if not check.ok:
         raise VerificationFailed(f"redis-check-rdb rejects the RDB Redis wrote: {check.detail}.",
                                  hint="Redis' own file is damaged, or it was read while rewritten: rerun the "
