@@ -238,7 +238,7 @@ def test_the_rdb_is_streamed_while_redis_writes_it_and_checked_whole(live: Redis
     [manifest] = catalog().list_backups(kind="redis", name="memory")
     assert manifest.backup_id == item.backup_id
     assert manifest.redis is not None and manifest.redis.while_saving, manifest.redis
-    assert manifest.redis.key_count == 408 and manifest.redis.save_seconds > 0.1
+    assert manifest.redis.key_count == 408
     live.client().config_set("rdb-key-save-delay", "0")
     state, result = redis_restore(instance="memory")
     try:
